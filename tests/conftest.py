@@ -1,0 +1,111 @@
+"""Shared fixtures: a migrated database per test (SQLite file or a fresh PostgreSQL schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.db import create_engine
+from workers.migrate import upgrade
+from workers.store import Store
+
+pytest_plugins = ["tests.fakes.fixtures"]
+
+PG_URL = os.environ.get("DELEGATE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+async def _postgres_problem() -> str | None:
+    """None if PostgreSQL answers, else why not."""
+    engine = create_engine(PG_URL)
+    try:
+        async with asyncio.timeout(5), engine.connect():
+            pass
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await engine.dispose()
+    return None
+
+
+_pg_problem: str | None | bool = False  # False: not probed yet
+
+
+async def require_postgres() -> None:
+    """Skip without a server on a developer machine; fail in CI, where one must exist."""
+    global _pg_problem
+    if _pg_problem is False:
+        _pg_problem = await _postgres_problem()
+    if _pg_problem:
+        message = f"PostgreSQL at {PG_URL} is not reachable ({_pg_problem})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it", pytrace=False)
+        pytest.skip(message)
+
+
+class Database:
+    """A migrated, isolated database for one test, and a factory for more engines on it."""
+
+    def __init__(self, backend: str, url: str, schema: str | None) -> None:
+        self.backend = backend
+        self.url = url
+        self.schema = schema
+
+    def engine(self) -> AsyncEngine:
+        if self.schema:
+            return create_engine(
+                self.url, connect_args={"server_settings": {"search_path": self.schema}}
+            )
+        return create_engine(self.url)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process using this database (PostgreSQL via search_path)."""
+        env = {"DATABASE_URL": self.url}
+        if self.schema:
+            env["PGOPTIONS"] = f"-c search_path={self.schema}"
+        return env
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A freshly migrated database on each backend."""
+    if request.param == "sqlite":
+        db = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}", None)
+        engine = db.engine()
+        await upgrade(engine)
+        await engine.dispose()
+        yield db
+        return
+    await require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    async with admin.begin() as conn:
+        await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    db = Database("postgres", PG_URL, schema)
+    engine = db.engine()
+    await upgrade(engine)
+    await engine.dispose()
+    try:
+        yield db
+    finally:
+        async with admin.begin() as conn:
+            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.dispose()
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    s = Store(database.engine())
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}"

@@ -1,0 +1,190 @@
+"""Storage round trips on SQLite and PostgreSQL: orders, transitions, runs, Slack bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import Database
+from tests.factories import make_order
+from workers.db import create_engine
+from workers.errors import IllegalTransition, NotFound
+from workers.migrate import current_revision, head_revision
+from workers.models import LlmCall, ToolCall
+from workers.store import Store
+from workers.workorder import Status, WorkloadClass
+
+
+async def test_migrations_reach_head_and_match_the_models(database: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = database.engine()
+    try:
+        assert await current_revision(engine) == head_revision()
+
+        def diff(conn):  # type: ignore[no-untyped-def]
+            return compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+
+        async with engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_order_round_trip_keeps_every_field(store: Store) -> None:
+    deadline = datetime(2026, 12, 1, 17, 30, tzinfo=UTC)
+    draft = make_order(
+        deadline=deadline,
+        workload_class=WorkloadClass.DEEP,
+        context="From #marketing",
+        verification={"automatic_checks": False, "reviewers": ["U2", "U3"]},
+    )
+    created = await store.create_order(draft, actor="U1")
+    assert created.id is not None and created.id.startswith("WO-")
+    loaded = await store.get_order(created.id)
+    assert loaded == created
+    assert loaded.model_dump(exclude={"id"}) == draft.model_dump(exclude={"id"})
+    assert loaded.deadline == deadline
+
+
+async def test_order_ids_are_sequential(store: Store) -> None:
+    first = await store.create_order(make_order(), actor="U1")
+    second = await store.create_order(make_order(), actor="U1")
+    assert int(second.id[3:]) == int(first.id[3:]) + 1  # type: ignore[index]
+
+
+async def test_missing_order_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="WO-999"):
+        await store.get_order("WO-999")
+
+
+async def test_transitions_are_applied_and_audited(store: Store) -> None:
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft ready")
+    queued = await store.transition(order.id, Status.QUEUED, actor="U1", reason="Start clicked")
+    assert queued.status is Status.QUEUED
+    with pytest.raises(IllegalTransition):
+        await store.transition(order.id, Status.APPROVED, actor="U2", reason="skip ahead")
+    assert (await store.get_order(order.id)).status is Status.QUEUED
+
+    trail = await store.audit_trail(order.id)
+    assert [e.kind for e in trail] == ["created", "transition", "transition"]
+    assert trail[2].actor == "U1"
+    assert trail[2].data == {"from": "awaiting_confirmation", "to": "queued", "reason": "Start clicked"}
+
+
+async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
+    """Two processes racing to start the same order: exactly one succeeds."""
+    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    assert order.id
+    other = Store(store.engine)  # a second manager over the same database
+    results = await asyncio.gather(
+        store.transition(order.id, Status.QUEUED, actor="U1", reason="click 1"),
+        other.transition(order.id, Status.QUEUED, actor="U1", reason="click 2"),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, IllegalTransition) for r in results) == 1
+    assert [e.kind for e in await store.audit_trail(order.id)].count("transition") == 1
+
+
+async def test_update_order_validates_and_audits_changes(store: Store) -> None:
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    updated = await store.update_order(order.id, actor="U1", title="New title")
+    assert updated.title == "New title"
+    with pytest.raises(ValueError):
+        await store.update_order(order.id, actor="U1", acceptance_criteria=[])
+    with pytest.raises(ValueError, match="not editable"):
+        await store.update_order(order.id, actor="U1", status="approved")
+    assert (await store.get_order(order.id)).title == "New title"
+    edit = (await store.audit_trail(order.id))[-1]
+    assert edit.kind == "edited"
+    assert edit.data["changes"]["title"]["to"] == "New title"
+
+
+async def test_list_orders_filters_by_requester_and_status(store: Store) -> None:
+    mine = await store.create_order(make_order(requester="U1"), actor="U1")
+    await store.create_order(make_order(requester="U2"), actor="U2")
+    assert [o.id for o in await store.list_orders(requester="U1")] == [mine.id]
+    assert await store.list_orders(statuses=[Status.QUEUED]) == []
+
+
+async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    first = await store.start_attempt(order.id, worker_id="w1")
+    assert first.id is not None
+    history = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
+    await store.save_checkpoint(first.id, history, step=2)
+    second = await store.start_attempt(order.id, worker_id="w2")
+    assert (first.number, second.number) == (1, 2)
+
+    resumed = await store.latest_checkpoint(order.id)
+    assert resumed is not None and resumed.checkpoint == history and resumed.step == 2
+
+    number = int(order.id[3:])
+    await store.record_llm_call(
+        LlmCall(order_id=number, attempt_id=first.id, role="execute", provider="anthropic",
+                model="claude-sonnet-4-5", input_tokens=1200, output_tokens=300,
+                cache_write_tokens=1000, cache_read_tokens=0, cost_micro_usd=12_345, latency_ms=850)
+    )
+    await store.record_tool_call(
+        ToolCall(order_id=number, attempt_id=first.id, name="web_fetch",
+                 arguments={"url": "http://169.254.169.254/"}, allowed=False, outcome="denied",
+                 error="address is link-local")
+    )
+    [call] = await store.llm_calls(order.id)
+    assert (call.model, call.cache_write_tokens, call.cost_micro_usd) == ("claude-sonnet-4-5", 1000, 12_345)
+    [tool] = await store.tool_calls(order.id)
+    assert tool.allowed is False and tool.arguments == {"url": "http://169.254.169.254/"}
+
+
+async def test_event_dedupe_is_unique_across_managers(store: Store) -> None:
+    other = Store(store.engine)
+    results = await asyncio.gather(
+        *(s.mark_event_seen("Ev123", kind="app_mention") for s in [store, other, store, other])
+    )
+    assert sorted(results) == [False, False, False, True]
+    assert await store.mark_event_seen("Ev124") is True
+
+
+async def test_slack_message_bookkeeping_is_keyed(store: Store) -> None:
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    assert await store.slack_message(f"{order.id}:status") is None
+    await store.save_slack_message(key=f"{order.id}:status", purpose="status", channel="C1", ts="1.1", order=order.id)
+    await store.save_slack_message(key=f"{order.id}:status", purpose="status", channel="C1", ts="1.2", order=order.id)
+    saved = await store.slack_message(f"{order.id}:status")
+    assert saved is not None and saved.ts == "1.2"
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() >= 5000
+    finally:
+        await engine.dispose()
+
+
+async def test_foreign_keys_are_enforced(store: Store) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        await store.record_tool_call(ToolCall(order_id=424242, name="read_thread"))
+
+
+async def test_timestamps_come_back_in_utc(store: Store) -> None:
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    [created] = await store.audit_trail(order.id)
+    assert created.at.tzinfo is not None
+    assert abs(created.at - datetime.now(UTC)) < timedelta(minutes=1)

@@ -1,0 +1,366 @@
+"""Configuration: environment variables plus an optional YAML file, validated once at start.
+
+Nothing else in Delegate reads ``os.environ``: every other module receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from workers.errors import ConfigError
+from workers.workorder import Budget, WorkloadClass
+
+Provider = Literal["anthropic", "openai"]
+Role = Literal["intake", "execute", "verify"]
+ROLES: tuple[Role, ...] = ("intake", "execute", "verify")
+
+_PLACEHOLDERS = {"changeme", "change-me", "todo", "xxx", "placeholder", "secret", "your-token"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    provider: Provider
+    model: str = Field(min_length=1)
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+def _parse_model_ref(value: Any) -> Any:
+    if isinstance(value, str):
+        provider, sep, model = value.partition(":")
+        if not sep or not model:
+            raise ValueError(
+                f"expected 'provider:model' such as 'anthropic:claude-sonnet-4-5', got {value!r}"
+            )
+        return {"provider": provider, "model": model}
+    return value
+
+
+class Route(_Strict):
+    primary: ModelRef
+    fallback: ModelRef | None = None
+
+    _parse = field_validator("primary", "fallback", mode="before")(_parse_model_ref)
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0)
+    cache_read: float = Field(ge=0)
+
+
+class AuthorityPolicy(_Strict):
+    description: str = ""
+    tools: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    allow_private_network: bool = False
+
+
+class ChannelDefaults(_Strict):
+    reviewers: list[str] = Field(default_factory=list)
+    escalation_contact: str | None = None
+    policy: str = "default"
+    team: str = "default"
+
+
+class TeamQuota(_Strict):
+    weekly_usd: float = Field(gt=0)
+    max_concurrent_runs_per_user: int = Field(default=2, gt=0)
+    members: list[str] = Field(default_factory=list)
+
+
+class DigestSchedule(_Strict):
+    channel: str = Field(min_length=1)
+    cron: str = Field(default="0 9 * * mon", description="5-field cron expression")
+    timezone: str = "UTC"
+    teams: list[str] = Field(default_factory=list, description="empty: every team")
+
+    @model_validator(mode="after")
+    def _cron_parses(self) -> DigestSchedule:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+        except Exception as exc:  # apscheduler raises ValueError or pytz/zoneinfo errors
+            raise ValueError(
+                f"cron {self.cron!r} with timezone {self.timezone!r} is not valid: {exc}"
+            ) from exc
+        return self
+
+
+class IntakeSettings(_Strict):
+    max_rounds: int = Field(default=2, ge=0, le=5)
+    max_questions_per_round: int = Field(default=3, ge=1, le=5)
+
+
+class EngineSettings(_Strict):
+    lease_ttl_s: int = Field(default=60, gt=0)
+    heartbeat_s: int = Field(default=15, gt=0)
+    max_attempts: int = Field(default=3, gt=0)
+    status_update_interval_s: float = Field(default=5, ge=0)
+    ignore_bot_messages: bool = True
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> EngineSettings:
+        if self.heartbeat_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_ttl_s "
+                f"({self.lease_ttl_s}), or leases expire between heartbeats"
+            )
+        return self
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Shipped defaults.yaml, with the file named by DELEGATE_CONFIG merged over it."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        data = _load_yaml_text(resources.files("workers").joinpath("defaults.yaml").read_text())
+        path = os.environ.get("DELEGATE_CONFIG")
+        if path:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"DELEGATE_CONFIG={path!r}: cannot read the file ({exc.strerror})"
+                ) from exc
+            user = _load_yaml_text(text, source=path)
+            data = _deep_merge(data, user)
+        return data
+
+
+def _load_yaml_text(text: str, *, source: str = "defaults.yaml") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Settings(BaseSettings):
+    """Everything Delegate is configured with."""
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, populate_by_name=True)
+
+    # Environment contract: these names are fixed.
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    port: int = Field(default=3000, ge=1, le=65535)
+    database_url: str = "sqlite+aiosqlite:///delegate.db"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias=AliasChoices("DELEGATE_LOG_LEVEL", "log_level")
+    )
+
+    # From YAML (defaults shipped).
+    routing: dict[Role, dict[str, Route]]
+    prices: dict[str, Price]
+    budgets: dict[WorkloadClass, Budget]
+    priorities: dict[WorkloadClass, int]
+    policies: dict[str, AuthorityPolicy]
+    channels: dict[str, ChannelDefaults]
+    teams: dict[str, TeamQuota]
+    digests: list[DigestSchedule] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
+    @classmethod
+    def _not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        if not raw:
+            return None
+        lowered = raw.lower()
+        if lowered in _PLACEHOLDERS or "your" in lowered or "..." in raw:
+            raise ValueError("looks like a placeholder; paste the real value from your Slack app")
+        return SecretStr(raw)
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("a bot token starts with 'xoxb-' (OAuth & Permissions page)")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("an app-level token starts with 'xapp-' (Basic Information page)")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url_shape(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http(s) URL such as https://slack.com/api/")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_shape(cls, value: str) -> str:
+        if value.startswith("sqlite:"):
+            value = "sqlite+aiosqlite:" + value.removeprefix("sqlite:")
+        elif value.startswith(("postgresql:", "postgres:")):
+            value = "postgresql+asyncpg:" + value.split(":", 1)[1]
+        if not value.startswith(("sqlite+aiosqlite:", "postgresql+asyncpg:")):
+            raise ValueError(
+                "expected sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        problems: list[str] = []
+        for role in ROLES:
+            routes = self.routing.get(role)
+            if not routes:
+                problems.append(
+                    f"routing.{role}: missing; every role needs at least a 'default' route"
+                )
+                continue
+            if "default" not in routes and not all(w.value in routes for w in WorkloadClass):
+                problems.append(
+                    f"routing.{role}: needs a 'default' route or one per workload class "
+                    f"({', '.join(w.value for w in WorkloadClass)})"
+                )
+            for key, route in routes.items():
+                if key != "default" and key not in WorkloadClass.__members__.values():
+                    problems.append(
+                        f"routing.{role}.{key}: unknown workload class; expected 'default' or one of "
+                        f"{', '.join(w.value for w in WorkloadClass)}"
+                    )
+                for ref in (route.primary, route.fallback):
+                    if ref is not None and ref.model not in self.prices:
+                        problems.append(
+                            f"routing.{role}.{key}: model {ref.model!r} has no entry in prices; "
+                            "add its USD per million tokens so budgets can be enforced"
+                        )
+        for wc in WorkloadClass:
+            if wc not in self.budgets:
+                problems.append(f"budgets.{wc.value}: missing; every workload class needs a budget")
+        if "default" not in self.channels:
+            problems.append("channels.default: missing; it applies to channels without an entry")
+        if "default" not in self.teams:
+            problems.append("teams.default: missing; users in no team are charged to it")
+        for name, channel in self.channels.items():
+            if channel.policy not in self.policies:
+                problems.append(
+                    f"channels.{name}.policy: {channel.policy!r} is not a policy; expected one of "
+                    f"{', '.join(sorted(self.policies))}"
+                )
+            if channel.team not in self.teams:
+                problems.append(
+                    f"channels.{name}.team: {channel.team!r} is not a team; expected one of "
+                    f"{', '.join(sorted(self.teams))}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # Lookups used across the engine.
+
+    def route(self, role: Role, workload_class: WorkloadClass | str) -> Route:
+        routes = self.routing[role]
+        return routes.get(str(workload_class)) or routes["default"]
+
+    def price(self, model: str) -> Price:
+        return self.prices[model]
+
+    def channel_defaults(self, channel: str | None) -> ChannelDefaults:
+        return self.channels.get(channel or "", self.channels["default"])
+
+    def team_of(self, user: str) -> str:
+        return self._team_by_member.get(user, "default")
+
+    @cached_property
+    def _team_by_member(self) -> dict[str, str]:
+        return {m: name for name, team in self.teams.items() for m in team.members}
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation failures into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["Invalid configuration:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "<hidden>" if _is_secret_field(field) else repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        lines.append(f"  - {field} = {shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _is_secret_field(field: str) -> bool:
+    return any(word in field for word in ("token", "secret", "api_key"))

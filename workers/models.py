@@ -1,0 +1,185 @@
+"""Database tables (SQLModel). The schema itself is created by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkOrderRow(SQLModel, table=True):
+    """A work order and its live counters. `id` is the number in `WO-42`."""
+
+    __tablename__ = "work_orders"
+    __table_args__ = (Index("ix_work_orders_queue", "status", "priority", "available_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str
+    requester: str = Field(index=True)
+    team: str = Field(default="default", index=True)
+    channel: str | None = None
+    thread_ts: str | None = None
+    goal: str
+    context: str = ""
+    deliverable: str
+    acceptance_criteria: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    budget: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    workload_class: str
+    authority_policy: str
+    verification: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    escalation_contact: str | None = None
+    deadline: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    status: str = Field(index=True)
+    # Compare-and-set guard: every state change bumps it, so racing writers cannot both win.
+    version: int = Field(default=1)
+    priority: int = Field(default=1)
+    rework_count: int = Field(default=0)
+    attempts: int = Field(default=0)
+    # Queue and lease.
+    available_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # Spend so far (settled) and held back for calls in flight (reserved). Money is counted in
+    # integer micro-dollars so that ceilings compare exactly.
+    spent_micro_usd: int = 0
+    spent_tokens: int = 0
+    reserved_micro_usd: int = 0
+    reserved_tokens: int = 0
+    tool_calls: int = 0
+    model_calls: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class RunAttempt(SQLModel, table=True):
+    """One worker's attempt at an order, with the agent's latest checkpoint."""
+
+    __tablename__ = "run_attempts"
+    __table_args__ = (UniqueConstraint("order_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    number: int
+    worker_id: str
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    ended_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    outcome: str | None = None
+    step: int = 0
+    checkpoint: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    checkpoint_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class LlmCall(SQLModel, table=True):
+    """One model request: what it cost and how it went."""
+
+    __tablename__ = "llm_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
+    attempt_id: int | None = Field(default=None, foreign_key="run_attempts.id")
+    role: str
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_micro_usd: int = 0
+    reserved_micro_usd: int = 0
+    latency_ms: int = 0
+    outcome: str = "ok"
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ToolCall(SQLModel, table=True):
+    """One tool invocation, allowed or refused by the authority policy."""
+
+    __tablename__ = "tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    attempt_id: int | None = Field(default=None, foreign_key="run_attempts.id")
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    allowed: bool = True
+    outcome: str = "ok"
+    error: str | None = None
+    result_excerpt: str | None = None
+    duration_ms: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class SlackMessage(SQLModel, table=True):
+    """A message the bot posted for an order; the key makes posting idempotent."""
+
+    __tablename__ = "slack_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
+    key: str = Field(unique=True, description="idempotency key, e.g. 'WO-42:status'")
+    purpose: str
+    channel: str
+    ts: str | None = None
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class SlackEventSeen(SQLModel, table=True):
+    """Dedupe record for inbound Slack deliveries; the primary key is the uniqueness guarantee."""
+
+    __tablename__ = "slack_events_seen"
+
+    event_id: str = Field(primary_key=True)
+    kind: str = ""
+    received_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of a hash chain. Rows are only ever inserted."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("chain", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chain: str = Field(index=True, description="'WO-42', or 'system' for events of no order")
+    seq: int
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    actor: str
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str
+    hash: str = Field(unique=True)
