@@ -34,7 +34,7 @@ async def _postgres_problem() -> str | None:
     return None
 
 
-_pg_problem: str | None | bool = False  # False: not probed yet
+_pg_problem: str | bool | None = False  # False: not probed yet
 
 
 async def require_postgres() -> None:

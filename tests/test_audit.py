@@ -68,8 +68,15 @@ async def test_rehashed_forgery_still_breaks_the_next_link(store: Store) -> None
     order_id = await _order_with_history(store)
     trail = await store.audit_trail(order_id)
     forged = trail[1]
-    new_hash = event_hash(chain=forged.chain, seq=forged.seq, at=forged.at, actor="mallory",
-                          kind=forged.kind, data=forged.data, prev_hash=forged.prev_hash)
+    new_hash = event_hash(
+        chain=forged.chain,
+        seq=forged.seq,
+        at=forged.at,
+        actor="mallory",
+        kind=forged.kind,
+        data=forged.data,
+        prev_hash=forged.prev_hash,
+    )
     async with store.engine.begin() as conn:
         await conn.execute(
             text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE id = :id"),

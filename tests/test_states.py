@@ -12,9 +12,7 @@ from workers.workorder import Status
 
 LEGAL = [(src, dst) for src, targets in TRANSITIONS.items() for dst in sorted(targets)]
 ILLEGAL = [
-    (src, dst)
-    for src, dst in itertools.product(Status, Status)
-    if dst not in TRANSITIONS[src]
+    (src, dst) for src, dst in itertools.product(Status, Status) if dst not in TRANSITIONS[src]
 ]
 
 

@@ -66,7 +66,9 @@ async def test_missing_order_is_not_found(store: Store) -> None:
 async def test_transitions_are_applied_and_audited(store: Store) -> None:
     order = await store.create_order(make_order(), actor="U1")
     assert order.id
-    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft ready")
+    await store.transition(
+        order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft ready"
+    )
     queued = await store.transition(order.id, Status.QUEUED, actor="U1", reason="Start clicked")
     assert queued.status is Status.QUEUED
     with pytest.raises(IllegalTransition):
@@ -76,7 +78,11 @@ async def test_transitions_are_applied_and_audited(store: Store) -> None:
     trail = await store.audit_trail(order.id)
     assert [e.kind for e in trail] == ["created", "transition", "transition"]
     assert trail[2].actor == "U1"
-    assert trail[2].data == {"from": "awaiting_confirmation", "to": "queued", "reason": "Start clicked"}
+    assert trail[2].data == {
+        "from": "awaiting_confirmation",
+        "to": "queued",
+        "reason": "Start clicked",
+    }
 
 
 async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
@@ -120,7 +126,10 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
     assert order.id
     first = await store.start_attempt(order.id, worker_id="w1")
     assert first.id is not None
-    history = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
+    history = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
     await store.save_checkpoint(first.id, history, step=2)
     second = await store.start_attempt(order.id, worker_id="w2")
     assert (first.number, second.number) == (1, 2)
@@ -130,17 +139,37 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
 
     number = int(order.id[3:])
     await store.record_llm_call(
-        LlmCall(order_id=number, attempt_id=first.id, role="execute", provider="anthropic",
-                model="claude-sonnet-4-5", input_tokens=1200, output_tokens=300,
-                cache_write_tokens=1000, cache_read_tokens=0, cost_micro_usd=12_345, latency_ms=850)
+        LlmCall(
+            order_id=number,
+            attempt_id=first.id,
+            role="execute",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            input_tokens=1200,
+            output_tokens=300,
+            cache_write_tokens=1000,
+            cache_read_tokens=0,
+            cost_micro_usd=12_345,
+            latency_ms=850,
+        )
     )
     await store.record_tool_call(
-        ToolCall(order_id=number, attempt_id=first.id, name="web_fetch",
-                 arguments={"url": "http://169.254.169.254/"}, allowed=False, outcome="denied",
-                 error="address is link-local")
+        ToolCall(
+            order_id=number,
+            attempt_id=first.id,
+            name="web_fetch",
+            arguments={"url": "http://169.254.169.254/"},
+            allowed=False,
+            outcome="denied",
+            error="address is link-local",
+        )
     )
     [call] = await store.llm_calls(order.id)
-    assert (call.model, call.cache_write_tokens, call.cost_micro_usd) == ("claude-sonnet-4-5", 1000, 12_345)
+    assert (call.model, call.cache_write_tokens, call.cost_micro_usd) == (
+        "claude-sonnet-4-5",
+        1000,
+        12_345,
+    )
     [tool] = await store.tool_calls(order.id)
     assert tool.allowed is False and tool.arguments == {"url": "http://169.254.169.254/"}
 
@@ -158,8 +187,12 @@ async def test_slack_message_bookkeeping_is_keyed(store: Store) -> None:
     order = await store.create_order(make_order(), actor="U1")
     assert order.id
     assert await store.slack_message(f"{order.id}:status") is None
-    await store.save_slack_message(key=f"{order.id}:status", purpose="status", channel="C1", ts="1.1", order=order.id)
-    await store.save_slack_message(key=f"{order.id}:status", purpose="status", channel="C1", ts="1.2", order=order.id)
+    await store.save_slack_message(
+        key=f"{order.id}:status", purpose="status", channel="C1", ts="1.1", order=order.id
+    )
+    await store.save_slack_message(
+        key=f"{order.id}:status", purpose="status", channel="C1", ts="1.2", order=order.id
+    )
     saved = await store.slack_message(f"{order.id}:status")
     assert saved is not None and saved.ts == "1.2"
 
@@ -188,3 +221,15 @@ async def test_timestamps_come_back_in_utc(store: Store) -> None:
     [created] = await store.audit_trail(order.id)
     assert created.at.tzinfo is not None
     assert abs(created.at - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+async def test_thread_messages_are_stored_once_in_order(store: Store) -> None:
+    for ts, text_ in [("1.3", "third"), ("1.1", "root"), ("1.2", "second")]:
+        assert await store.record_thread_message(
+            channel="C1", thread_ts="1.1", ts=ts, text=text_, user="U1"
+        )
+    assert not await store.record_thread_message(
+        channel="C1", thread_ts="1.1", ts="1.2", text="again"
+    )
+    await store.record_thread_message(channel="C2", thread_ts="1.1", ts="1.4", text="elsewhere")
+    assert [m.text for m in await store.thread_messages("C1", "1.1")] == ["root", "second", "third"]

@@ -183,3 +183,51 @@ class AuditEvent(SQLModel, table=True):
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     prev_hash: str
     hash: str = Field(unique=True)
+
+
+class ThreadMessage(SQLModel, table=True):
+    """A Slack message as the bot received it, so runs can read their thread without history APIs."""
+
+    __tablename__ = "thread_messages"
+    __table_args__ = (
+        UniqueConstraint("channel", "ts"),
+        Index("ix_thread_messages_thread", "channel", "thread_ts"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str
+    thread_ts: str = Field(description="ts of the thread's root message")
+    ts: str
+    user: str | None = None
+    bot_id: str | None = None
+    text: str = ""
+    received_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class IntakeSession(SQLModel, table=True):
+    """The clarifying dialogue in one thread (or console session), until it becomes an order or chat."""
+
+    __tablename__ = "intake_sessions"
+    __table_args__ = (UniqueConstraint("channel", "thread_ts"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    surface: str = Field(default="slack", description="'slack' or 'console'")
+    channel: str
+    thread_ts: str
+    requester: str = Field(index=True)
+    kind: str = Field(default="pending", description="'pending', 'chat' or 'delegation'")
+    state: str = Field(default="open", description="'open', 'proposed', 'confirmed' or 'closed'")
+    rounds: int = 0
+    transcript: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    draft: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id")
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

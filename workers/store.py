@@ -30,6 +30,7 @@ from workers.models import (
     RunAttempt,
     SlackEventSeen,
     SlackMessage,
+    ThreadMessage,
     ToolCall,
     WorkOrderRow,
     utcnow,
@@ -372,6 +373,42 @@ class Store:
                 existing.channel, existing.ts, existing.updated_at = channel, ts, utcnow()
             s.add(existing)
         return existing
+
+    async def record_thread_message(
+        self,
+        *,
+        channel: str,
+        thread_ts: str,
+        ts: str,
+        text: str,
+        user: str | None = None,
+        bot_id: str | None = None,
+    ) -> bool:
+        """Remember a message seen in a thread; False if it was already stored."""
+        try:
+            async with self.transaction() as s:
+                s.add(
+                    ThreadMessage(
+                        channel=channel,
+                        thread_ts=thread_ts,
+                        ts=ts,
+                        text=text,
+                        user=user,
+                        bot_id=bot_id,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def thread_messages(self, channel: str, thread_ts: str) -> list[ThreadMessage]:
+        query = (
+            select(ThreadMessage)
+            .where(ThreadMessage.channel == channel, ThreadMessage.thread_ts == thread_ts)
+            .order_by(col(ThreadMessage.ts))
+        )
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
 
     # Audit trail
 

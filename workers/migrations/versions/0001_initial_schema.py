@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:29:00.757472
+Create Date: 2026-11-22 07:31:30.050646
 """
 
 from __future__ import annotations
@@ -44,6 +44,22 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("event_id"),
     )
+    op.create_table(
+        "thread_messages",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(), nullable=False),
+        sa.Column("thread_ts", sa.String(), nullable=False),
+        sa.Column("ts", sa.String(), nullable=False),
+        sa.Column("user", sa.String(), nullable=True),
+        sa.Column("bot_id", sa.String(), nullable=True),
+        sa.Column("text", sa.String(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("channel", "ts"),
+    )
+    with op.batch_alter_table("thread_messages", schema=None) as batch_op:
+        batch_op.create_index("ix_thread_messages_thread", ["channel", "thread_ts"], unique=False)
+
     op.create_table(
         "work_orders",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -87,6 +103,33 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_work_orders_requester"), ["requester"], unique=False)
         batch_op.create_index(batch_op.f("ix_work_orders_status"), ["status"], unique=False)
         batch_op.create_index(batch_op.f("ix_work_orders_team"), ["team"], unique=False)
+
+    op.create_table(
+        "intake_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("surface", sa.String(), nullable=False),
+        sa.Column("channel", sa.String(), nullable=False),
+        sa.Column("thread_ts", sa.String(), nullable=False),
+        sa.Column("requester", sa.String(), nullable=False),
+        sa.Column("kind", sa.String(), nullable=False),
+        sa.Column("state", sa.String(), nullable=False),
+        sa.Column("rounds", sa.Integer(), nullable=False),
+        sa.Column("transcript", sa.JSON(), nullable=False),
+        sa.Column("draft", sa.JSON(), nullable=True),
+        sa.Column("order_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["order_id"],
+            ["work_orders.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("channel", "thread_ts"),
+    )
+    with op.batch_alter_table("intake_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_intake_sessions_requester"), ["requester"], unique=False
+        )
 
     op.create_table(
         "run_attempts",
@@ -204,6 +247,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_run_attempts_order_id"))
 
     op.drop_table("run_attempts")
+    with op.batch_alter_table("intake_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_intake_sessions_requester"))
+
+    op.drop_table("intake_sessions")
     with op.batch_alter_table("work_orders", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_work_orders_team"))
         batch_op.drop_index(batch_op.f("ix_work_orders_status"))
@@ -211,6 +258,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_work_orders_queue")
 
     op.drop_table("work_orders")
+    with op.batch_alter_table("thread_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_thread_messages_thread")
+
+    op.drop_table("thread_messages")
     op.drop_table("slack_events_seen")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_chain"))
