@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from sqlalchemy import text
@@ -33,7 +34,7 @@ async def test_each_event_links_to_the_previous_hash(store: Store) -> None:
     order_id = await _order_with_history(store)
     trail = await store.audit_trail(order_id)
     assert trail[0].prev_hash == "0" * 64
-    for before, after in zip(trail, trail[1:], strict=False):
+    for before, after in itertools.pairwise(trail):
         assert after.prev_hash == before.hash
     assert len({e.hash for e in trail}) == len(trail)
 
