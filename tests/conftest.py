@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workers.db import create_engine
@@ -50,53 +51,45 @@ async def require_postgres() -> None:
 
 
 class Database:
-    """A migrated, isolated database for one test, and a factory for more engines on it."""
+    """A migrated, isolated database for one test: a SQLite file or a PostgreSQL database."""
 
-    def __init__(self, backend: str, url: str, schema: str | None) -> None:
+    def __init__(self, backend: str, url: str) -> None:
         self.backend = backend
         self.url = url
-        self.schema = schema
 
     def engine(self) -> AsyncEngine:
-        if self.schema:
-            return create_engine(
-                self.url, connect_args={"server_settings": {"search_path": self.schema}}
-            )
         return create_engine(self.url)
 
     def env(self) -> dict[str, str]:
-        """Environment for a child process using this database (PostgreSQL via search_path)."""
-        env = {"DATABASE_URL": self.url}
-        if self.schema:
-            env["PGOPTIONS"] = f"-c search_path={self.schema}"
-        return env
+        """Environment for a child process using this database."""
+        return {"DATABASE_URL": self.url}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A freshly migrated database on each backend."""
     if request.param == "sqlite":
-        db = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}", None)
-        engine = db.engine()
-        await upgrade(engine)
-        await engine.dispose()
-        yield db
-        return
-    await require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    async with admin.begin() as conn:
-        await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    db = Database("postgres", PG_URL, schema)
+        db = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}")
+    else:
+        await require_postgres()
+        name = f"delegate_t_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        db = Database(
+            "postgres",
+            str(make_url(PG_URL).set(database=name).render_as_string(hide_password=False)),
+        )
     engine = db.engine()
     await upgrade(engine)
     await engine.dispose()
     try:
         yield db
     finally:
-        async with admin.begin() as conn:
-            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.dispose()
+        if db.backend == "postgres":
+            async with admin.connect() as conn:
+                await conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.dispose()
 
 
 @pytest.fixture
@@ -109,3 +102,26 @@ async def store(database: Database) -> AsyncIterator[Store]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}"
+
+
+SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Settings built from explicit values (which win over the developer's environment)."""
+    from workers.config import Settings, load_settings
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "slack_bot_token": "xoxb-test",
+            "slack_signing_secret": SIGNING_SECRET,
+            "slack_app_token": None,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}",
+            "anthropic_api_key": "sk-ant-test",
+            "openai_api_key": "sk-test",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make

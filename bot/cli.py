@@ -1,0 +1,179 @@
+"""`delegate`: run the bot and workers, manage the database, inspect the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from workers.config import Settings, load_settings
+from workers.errors import ConfigError, NotFound
+
+log = logging.getLogger("delegate")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="delegate",
+        description="Delegate: turn Slack requests into budgeted, verified work orders.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the Slack bot, a worker pool and the scheduler")
+    run.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
+    run.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+
+    worker = sub.add_parser("worker", help="run only a worker pool (for scale-out on PostgreSQL)")
+    worker.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations")
+    db_sub.add_parser("current", help="print the applied and the latest migration")
+
+    audit = sub.add_parser(
+        "audit",
+        help="print an order's audit trail, or verify every chain",
+        description="`delegate audit WO-42 [--format md|json]` prints a trail; "
+        "`delegate audit verify` checks every chain and names the first broken event.",
+    )
+    audit.add_argument("target", metavar="WO-42|verify")
+    audit.add_argument("--format", choices=["md", "json"], default="md")
+
+    sub.add_parser("schema", help="print the work order's JSON Schema")
+    sub.add_parser("doctor", help="check configuration, database, Slack and model providers")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        return _schema()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "run": _run,
+        "worker": _worker,
+        "db": _db,
+        "audit": _audit,
+        "doctor": _doctor,
+    }
+    try:
+        return asyncio.run(handlers[args.command](settings, args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _schema() -> int:
+    from workers.workorder import WorkOrder
+
+    print(json.dumps(WorkOrder.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.runner import missing_slack_credentials, run_bot
+
+    missing = missing_slack_credentials(settings)
+    if missing:
+        from bot.messages import MISSING_SLACK_CREDENTIALS
+
+        print(MISSING_SLACK_CREDENTIALS.format(missing=missing), file=sys.stderr)
+        return EXIT_USAGE
+    await run_bot(settings, host=args.host, concurrency=args.concurrency)
+    return EXIT_OK
+
+
+async def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.runner import run_workers_only
+
+    await run_workers_only(settings, concurrency=args.concurrency)
+    return EXIT_OK
+
+
+async def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.db import create_engine
+    from workers.migrate import current_revision, head_revision, upgrade
+
+    engine = create_engine(settings.database_url)
+    try:
+        if args.db_command == "upgrade":
+            before = await current_revision(engine)
+            await upgrade(engine)
+            after = await current_revision(engine)
+            if before == after:
+                print(f"Database is up to date (revision {after}).")
+            else:
+                print(f"Upgraded database from {before or 'empty'} to {after}.")
+        else:
+            print(f"applied: {await current_revision(engine) or 'none'}; latest: {head_revision()}")
+    finally:
+        await engine.dispose()
+    return EXIT_OK
+
+
+async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.audit import SYSTEM_CHAIN, render_json, render_markdown
+    from workers.store import Store
+    from workers.workorder import format_order_id, parse_order_id
+
+    store = Store.from_url(settings.database_url)
+    try:
+        if args.target == "verify":
+            checked, breaks = await store.verify_audit()
+            chains = len(await store.audit_chains())
+            if breaks:
+                for broken in breaks:
+                    print(f"BROKEN {broken}")
+                print(f"{len(breaks)} of {chains} chains broken ({checked} events checked).")
+                return EXIT_FAILED
+            print(f"OK: {chains} chains, {checked} events verified.")
+            return EXIT_OK
+        if args.target == SYSTEM_CHAIN:
+            chain = SYSTEM_CHAIN
+        else:
+            try:
+                chain = format_order_id(parse_order_id(args.target))
+            except ValueError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_USAGE
+        try:
+            await store.get_order(chain) if chain != SYSTEM_CHAIN else None
+        except NotFound as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_FAILED
+        records = await store.audit_trail(chain)
+        render = render_json if args.format == "json" else render_markdown
+        print(render(chain, records))
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.doctor import run_checks
+
+    results = await run_checks(settings)
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    print()
+    print(f"{len(failed)} problem(s) found." if failed else "Everything looks good.")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Process lifecycles: `delegate run` (bot + workers + scheduler) and `delegate worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.app import create_app
+from bot.server import build_web_app, start_site
+from bot.slack_client import make_slack_client
+from bot.socket import start_socket_mode
+from workers.config import Settings
+from workers.migrate import upgrade
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def missing_slack_credentials(settings: Settings) -> str:
+    """Empty if the bot can start; otherwise which variables are missing, in plain words."""
+    missing = []
+    if settings.slack_bot_token is None:
+        missing.append("SLACK_BOT_TOKEN is not set")
+    if settings.slack_app_token is None and settings.slack_signing_secret is None:
+        missing.append(
+            "SLACK_SIGNING_SECRET is not set (needed in HTTP mode; or set SLACK_APP_TOKEN for Socket Mode)"
+        )
+    return "; ".join(missing)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int = 2) -> None:
+    """Serve Slack (Socket Mode if SLACK_APP_TOKEN is set, else HTTP) until SIGTERM/SIGINT."""
+    stop = _stop_event()
+    store = Store.from_url(settings.database_url)
+    await upgrade(store.engine)
+    client = make_slack_client(settings)
+    bolt = create_app(settings, store=store, client=client)
+    socket_mode = settings.slack_app_token is not None
+    web_runner = await start_site(
+        build_web_app(store=store, bolt=None if socket_mode else bolt),
+        host=host,
+        port=settings.port,
+    )
+    log.info(
+        "Delegate listening on %s:%d (%s mode)",
+        host,
+        settings.port,
+        "Socket" if socket_mode else "HTTP",
+    )
+    socket_handler = None
+    if settings.slack_app_token is not None:
+        socket_handler = await start_socket_mode(
+            bolt, app_token=settings.slack_app_token.get_secret_value()
+        )
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        scheduler.shutdown(wait=False)
+        if socket_handler is not None:
+            await socket_handler.close_async()
+        await web_runner.cleanup()
+        await store.close()
+
+
+async def run_workers_only(settings: Settings, *, concurrency: int) -> None:
+    store = Store.from_url(settings.database_url)
+    await upgrade(store.engine)
+    stop = _stop_event()
+    try:
+        await stop.wait()
+    finally:
+        await store.close()

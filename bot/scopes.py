@@ -1,0 +1,23 @@
+"""What the Slack app must be granted; manifest.yml declares the same lists (a test keeps them equal)."""
+
+from __future__ import annotations
+
+BOT_SCOPES: frozenset[str] = frozenset(
+    {
+        "app_mentions:read",
+        "channels:history",
+        "chat:write",
+        "commands",
+        "files:write",
+        "groups:history",
+        "im:history",
+        "im:read",
+        "im:write",
+        "reactions:write",
+        "users:read",
+    }
+)
+
+BOT_EVENTS: frozenset[str] = frozenset(
+    {"app_mention", "message.im", "app_home_opened", "message.channels", "message.groups"}
+)

@@ -1,0 +1,48 @@
+"""The HTTP surface: Slack's Events API and interactivity endpoint, and a health check."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+HEALTH_PATH = "/healthz"
+
+
+def build_web_app(*, store: Store, bolt: AsyncApp | None) -> web.Application:
+    """`bolt` is None in Socket Mode, where Slack does not call us over HTTP."""
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def health(_request: web.Request) -> web.Response:
+        try:
+            await store.ping()
+        except Exception as exc:  # any failure means "not healthy"; say which
+            log.warning("health check failed: database unreachable (%s)", type(exc).__name__)
+            return web.json_response({"status": "unhealthy", "database": "unreachable"}, status=503)
+        return web.json_response({"status": "ok", "database": "ok"})
+
+    app.router.add_get(HEALTH_PATH, health)
+
+    if bolt is not None:
+
+        async def slack_events(request: web.Request) -> web.Response:
+            return await to_aiohttp_response(
+                await bolt.async_dispatch(await to_bolt_request(request))
+            )
+
+        app.router.add_post(EVENTS_PATH, slack_events)
+    return app
+
+
+async def start_site(app: web.Application, *, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

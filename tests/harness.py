@@ -1,0 +1,50 @@
+"""A running Delegate bot (real Bolt app behind the real aiohttp server) for end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from bot.app import create_app
+from bot.server import build_web_app, start_site
+from bot.slack_client import make_slack_client
+from tests.fakes.slack import FakeSlack, SlackSender
+from workers.config import Settings
+from workers.store import Store
+
+
+class RunningBot:
+    def __init__(self, *, url: str, store: Store, sender: SlackSender, settings: Settings) -> None:
+        self.url = url
+        self.store = store
+        self.sender = sender
+        self.settings = settings
+
+
+@asynccontextmanager
+async def running_bot(
+    settings: Settings, *, store: Store, fake_slack: FakeSlack, **_: Any
+) -> AsyncIterator[RunningBot]:
+    """Serve the bot over HTTP on a free port, talking to `fake_slack`."""
+    settings = settings.model_copy(update={"slack_api_url": fake_slack.api_url})
+    client = make_slack_client(settings, backoff_factor_s=0.01)
+    bolt = create_app(settings, store=store, client=client)
+    runner: web.AppRunner = await start_site(
+        build_web_app(store=store, bolt=bolt), host="127.0.0.1", port=0
+    )
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    secret = settings.slack_signing_secret
+    assert secret is not None
+    try:
+        yield RunningBot(
+            url=url,
+            store=store,
+            sender=SlackSender(url, secret.get_secret_value()),
+            settings=settings,
+        )
+    finally:
+        await runner.cleanup()

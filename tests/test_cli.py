@@ -1,0 +1,217 @@
+"""The `delegate` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+
+from bot.scopes import BOT_SCOPES
+from tests.conftest import Database
+from tests.factories import make_order
+from tests.fakes.slack import FakeSlack
+from workers.store import Store
+from workers.workorder import Status
+
+DELEGATE = Path(sys.executable).with_name("delegate")
+# Variables the developer's shell might carry that would change what the CLI sees.
+_SCRUB = (
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "SLACK_API_URL",
+    "DATABASE_URL",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "DELEGATE_CONFIG",
+    "PORT",
+    "PGOPTIONS",
+)
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(values)
+    return env
+
+
+async def delegate(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_console_script_is_installed() -> None:
+    assert DELEGATE.exists(), f"`delegate` should be installed beside {sys.executable}"
+
+
+async def test_help_lists_every_command(tmp_path: Path) -> None:
+    code, out, _ = await delegate("--help", env=_env(), cwd=tmp_path)
+    assert code == 0
+    for command in ("run", "worker", "db", "audit", "schema", "doctor"):
+        assert command in out
+
+
+async def test_schema_prints_the_work_order_json_schema(tmp_path: Path) -> None:
+    code, out, _ = await delegate("schema", env=_env(), cwd=tmp_path)
+    assert code == 0
+    schema = json.loads(out)
+    assert schema["title"] == "WorkOrder"
+    assert {"goal", "deliverable", "acceptance_criteria", "budget"} <= set(schema["required"])
+
+
+async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
+    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    code, out, err = await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert "Upgraded database from empty to" in out
+    code, out, _ = await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    assert code == 0 and "up to date" in out
+
+
+async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> None:
+    store = Store(database.engine())
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
+    env = _env(**database.env())
+
+    code, out, _ = await delegate("audit", order.id, env=env, cwd=tmp_path)
+    assert code == 0 and f"# Audit trail for {order.id}" in out and "drafted" in out
+    code, out, _ = await delegate(
+        "audit", order.id.lower(), "--format", "json", env=env, cwd=tmp_path
+    )
+    assert [e["kind"] for e in json.loads(out)["events"]] == ["created", "transition"]
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "2 events verified" in out
+
+    trail = await store.audit_trail(order.id)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE audit_events SET kind = 'forged' WHERE id = :id"), {"id": trail[1].id}
+        )
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 1
+    assert f"event #{trail[1].id}" in out and order.id in out
+    await store.close()
+
+
+async def test_audit_of_unknown_or_malformed_order(tmp_path: Path) -> None:
+    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    code, _, err = await delegate("audit", "WO-77", env=env, cwd=tmp_path)
+    assert code == 1 and "WO-77 does not exist" in err
+    code, _, err = await delegate("audit", "seventy", env=env, cwd=tmp_path)
+    assert code == 2 and "expected something like WO-42" in err
+
+
+async def test_invalid_configuration_names_field_value_and_expectation(tmp_path: Path) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text("budgets:\n  quick: {max_usd: -1}\n")
+    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    assert code == 2
+    assert "budgets.quick.max_usd = -1" in err and "greater than 0" in err
+    assert "Traceback" not in err
+
+
+async def test_run_without_slack_credentials_explains_what_to_do(tmp_path: Path) -> None:
+    code, out, err = await delegate("run", env=_env(), cwd=tmp_path)
+    assert code == 2
+    assert "SLACK_BOT_TOKEN is not set" in err and "manifest.yml" in err
+    assert "Traceback" not in err + out
+
+
+async def test_doctor_reports_each_check_with_fixes(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    env = _env(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        SLACK_BOT_TOKEN=fake_slack.token,
+        SLACK_SIGNING_SECRET="s3cr3t-signing",
+        SLACK_API_URL=fake_slack.api_url,
+        ANTHROPIC_API_KEY="sk-ant-x",
+    )
+    code, out, _ = await delegate("doctor", env=env, cwd=tmp_path)
+    assert code == 1
+    assert "[FAIL] database" in out and "delegate db upgrade" in out
+    assert "[ok]   Slack auth.test" in out
+    assert "[FAIL] openai API key" in out and "OPENAI_API_KEY" in out
+    await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    fake_slack.scopes = ["chat:write"]
+    code, out, _ = await delegate("doctor", env=env | {"OPENAI_API_KEY": "sk-x"}, cwd=tmp_path)
+    assert "[ok]   database" in out
+    assert "[FAIL] Slack scopes: missing" in out and "app_mentions:read" in out
+    fake_slack.scopes = sorted(BOT_SCOPES)  # everything the manifest asks for
+    code, out, _ = await delegate("doctor", env=env | {"OPENAI_API_KEY": "sk-x"}, cwd=tmp_path)
+    assert code == 0, out
+    assert "Everything looks good." in out
+    code, out, _ = await delegate(
+        "doctor", env=env | {"SLACK_BOT_TOKEN": "xoxb-wrong"}, cwd=tmp_path
+    )
+    assert code == 1 and "Slack refused the token (invalid_auth)" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_run_serves_health_and_stops_on_sigterm(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = _env(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        PORT=str(port),
+        SLACK_BOT_TOKEN=fake_slack.token,
+        SLACK_SIGNING_SECRET="s3cr3t-signing",
+        SLACK_API_URL=fake_slack.api_url,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "run",
+        "--host",
+        "127.0.0.1",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        healthy = False
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        healthy = resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        assert healthy, "delegate run never answered /healthz"
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err.decode()
+        assert "xoxb" not in err.decode(), "secrets must never be logged"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
