@@ -85,7 +85,12 @@ class ChannelDefaults(_Strict):
     reviewers: list[str] = Field(default_factory=list)
     escalation_contact: str | None = None
     policy: str = "default"
+    # Policies a request from this channel may be granted when it needs more than `policy`.
+    allowed_policies: list[str] = Field(default_factory=list)
     team: str = "default"
+
+    def grantable_policies(self) -> list[str]:
+        return [self.policy, *(p for p in self.allowed_policies if p != self.policy)]
 
 
 class TeamQuota(_Strict):
@@ -124,6 +129,31 @@ class EngineSettings(_Strict):
     max_attempts: int = Field(default=3, gt=0)
     status_update_interval_s: float = Field(default=5, ge=0)
     ignore_bot_messages: bool = True
+    # Worker runtime.
+    poll_interval_s: float = Field(default=1.0, gt=0, description="idle wait between claims")
+    cancel_poll_s: float = Field(
+        default=1.0, gt=0, description="how often a run checks for cancellation"
+    )
+    shutdown_grace_s: float = Field(
+        default=20, ge=0, description="SIGTERM: time running steps get before being checkpointed"
+    )
+    max_steps: int = Field(default=60, gt=0, description="agent loop iterations per attempt")
+    max_forbidden_tool_calls: int = Field(
+        default=3, gt=0, description="forbidden tool calls before the run ends in exception"
+    )
+    max_output_tokens: int = Field(default=4096, gt=0, description="per model call")
+    min_output_tokens: int = Field(
+        default=256, gt=0, description="a call that cannot afford this many output tokens stops"
+    )
+    inline_retry_after_s: float = Field(
+        default=20, ge=0, description="longer provider Retry-After waits defer the run instead"
+    )
+    quota_headroom_usd: float = Field(
+        default=0.05, ge=0, description="a team needs this much weekly quota left to start a run"
+    )
+    max_quota_wait_s: int | None = Field(
+        default=None, gt=0, description="queued behind quota longer than this: exception"
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> EngineSettings:
@@ -133,6 +163,22 @@ class EngineSettings(_Strict):
                 f"({self.lease_ttl_s}), or leases expire between heartbeats"
             )
         return self
+
+
+class WebFetchSettings(_Strict):
+    timeout_s: float = Field(default=15, gt=0, description="total time per fetch, redirects included")
+    max_bytes: int = Field(default=2_000_000, gt=0, description="response body cap")
+    max_chars: int = Field(default=20_000, gt=0, description="text handed to the model")
+    max_redirects: int = Field(default=5, ge=0)
+    user_agent: str = "DelegateBot/0.1 (+https://github.com/delegate-bot)"
+
+
+class ToolSettings(_Strict):
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="extra tools as 'module:attribute' (a Tool, a list of them or a factory)",
+    )
+    web_fetch: WebFetchSettings = Field(default_factory=WebFetchSettings)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -210,6 +256,7 @@ class Settings(BaseSettings):
     admins: list[str] = Field(default_factory=list)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -309,6 +356,12 @@ class Settings(BaseSettings):
                     f"channels.{name}.policy: {channel.policy!r} is not a policy; expected one of "
                     f"{', '.join(sorted(self.policies))}"
                 )
+            for extra in channel.allowed_policies:
+                if extra not in self.policies:
+                    problems.append(
+                        f"channels.{name}.allowed_policies: {extra!r} is not a policy; expected one of "
+                        f"{', '.join(sorted(self.policies))}"
+                    )
             if channel.team not in self.teams:
                 problems.append(
                     f"channels.{name}.team: {channel.team!r} is not a team; expected one of "

@@ -27,3 +27,46 @@ class NotFound(DelegateError):
 
 class StaleUpdate(DelegateError):
     """A record changed under us (another process won the race)."""
+
+
+# Engine outcomes. The worker raises these; the front door turns each into one thread message.
+
+
+class BudgetExceeded(DelegateError):
+    """A run reached one of its ceilings; `limit` names which one."""
+
+    LIMITS = ("usd", "tokens", "wall_clock", "tool_calls", "model_calls", "team_quota")
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class AuthorityDenied(DelegateError):
+    """The run kept asking for something its authority policy does not grant."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        self.tool = tool
+        super().__init__(message)
+
+
+class RetryLater(DelegateError):
+    """Not now: try again after `after_s` seconds (a provider's long Retry-After, a Slack 429)."""
+
+    def __init__(self, after_s: float, message: str = "") -> None:
+        self.after_s = after_s
+        super().__init__(message or f"retry in {after_s:g} s")
+
+
+class ProviderUnavailable(DelegateError):
+    """Every configured model for this call failed (overloaded, server errors, timeouts)."""
+
+
+class ProviderRejected(DelegateError):
+    """The provider refused the request for a reason retrying will not fix (key, billing, input).
+
+    The message is a plain explanation meant for the thread."""
+
+
+class LeaseLost(DelegateError):
+    """Another worker owns this run now, or the order left the running state (e.g. cancelled)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+# Micro-dollars: 64-bit on PostgreSQL (INTEGER would cap at $2,147); SQLite integers are 64-bit.
+MICRO_USD = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -53,9 +56,9 @@ class WorkOrderRow(SQLModel, table=True):
     )
     # Spend so far (settled) and held back for calls in flight (reserved). Money is counted in
     # integer micro-dollars so that ceilings compare exactly.
-    spent_micro_usd: int = 0
+    spent_micro_usd: int = Field(default=0, sa_type=MICRO_USD)
     spent_tokens: int = 0
-    reserved_micro_usd: int = 0
+    reserved_micro_usd: int = Field(default=0, sa_type=MICRO_USD)
     reserved_tokens: int = 0
     tool_calls: int = 0
     model_calls: int = 0
@@ -65,6 +68,21 @@ class WorkOrderRow(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+    # Engine bookkeeping (worker runtime).
+    inbox: list[dict[str, Any]] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="requester replies and notes waiting to be read by the next run step",
+    )
+    wait_reason: str | None = Field(default=None, description="why a queued order is not starting")
+    waiting_since: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    lost_leases: int = Field(default=0, description="attempts that died without finishing")
+    elapsed_ms: int = Field(default=0, description="running time used, across attempts")
+    exception_kind: str | None = None
+    exception_message: str | None = None
 
 
 class RunAttempt(SQLModel, table=True):
@@ -115,6 +133,11 @@ class LlmCall(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+    reserved_tokens: int = 0
+    team: str | None = Field(default=None, description="team quota the reservation was held on")
+    quota_week: str | None = Field(default=None, description="ISO date of that quota week's Monday")
+    error: str | None = None
 
 
 class ToolCall(SQLModel, table=True):
@@ -229,5 +252,40 @@ class IntakeSession(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class TeamSpend(SQLModel, table=True):
+    """A team's spend in one quota week (Monday 00:00 UTC onwards), settled and held back."""
+
+    __tablename__ = "team_spend"
+    __table_args__ = (UniqueConstraint("team", "week"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team: str
+    week: str = Field(description="ISO date of the week's Monday, e.g. '2026-11-16'")
+    spent_micro_usd: int = Field(default=0, sa_type=MICRO_USD)
+    reserved_micro_usd: int = Field(default=0, sa_type=MICRO_USD)
+    quota_micro_usd: int | None = Field(
+        default=None,
+        sa_type=MICRO_USD,
+        description="a lead's override of the configured weekly quota",
+    )
+
+
+class Deliverable(SQLModel, table=True):
+    """What a run submitted; the tool-use id makes a resumed submission idempotent."""
+
+    __tablename__ = "deliverables"
+    __table_args__ = (UniqueConstraint("order_id", "tool_use_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    attempt_id: int | None = Field(default=None, foreign_key="run_attempts.id")
+    tool_use_id: str
+    summary: str = ""
+    content: str
+    created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
