@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
-__all__ = ["FakeServer"]
+__all__ = ["SSE", "FakeServer", "StreamCut", "chunk_json", "chunk_text", "estimate_tokens"]
 
 
 class FakeServer:
@@ -27,7 +30,9 @@ class FakeServer:
 
     async def start(self) -> Self:
         """Bind to a free port and start serving."""
-        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
+        runner = web.AppRunner(
+            self.app, handle_signals=False, shutdown_timeout=0.5, access_log=None
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -51,3 +56,74 @@ class FakeServer:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def estimate_tokens(value: object) -> int:
+    """Rough token count (about four characters per token) of a string or JSON-able value."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return max(1, len(text) // 4)
+
+
+def chunk_text(text: str, words: int = 3) -> list[str]:
+    """Split text into streaming deltas of a few words each (whitespace preserved)."""
+    tokens = re.findall(r"\s*\S+\s*", text) or [text]
+    return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
+
+
+def chunk_json(text: str, size: int = 16) -> list[str]:
+    """Split a JSON string into fixed-size partial fragments."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+class StreamCut(Exception):
+    """Raised by `SSE.send` when a scripted stream must be cut off."""
+
+
+class SSE:
+    """Writes server-sent events to an aiohttp response, optionally cutting the stream short."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        *,
+        headers: dict[str, str] | None = None,
+        cut_after: int | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.request = request
+        self.response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                **(headers or {}),
+            }
+        )
+        self.sent = 0
+        self._cut_after = cut_after
+        self._delay = delay
+
+    async def prepare(self) -> None:
+        """Send the status line and headers."""
+        await self.response.prepare(self.request)
+
+    async def send(self, data: object, event: str | None = None) -> None:
+        """Send one event (`data` is JSON-encoded unless it is already a string)."""
+        if self._cut_after is not None and self.sent >= self._cut_after:
+            raise StreamCut
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        payload = data if isinstance(data, str) else json.dumps(data)
+        prefix = f"event: {event}\n" if event else ""
+        await self.response.write(f"{prefix}data: {payload}\n\n".encode())
+        self.sent += 1
+
+    async def finish(self) -> web.StreamResponse:
+        """End the stream cleanly."""
+        await self.response.write_eof()
+        return self.response
+
+    def abort(self) -> web.StreamResponse:
+        """Drop the TCP connection mid-body, as a network failure would."""
+        if self.request.transport is not None:
+            self.request.transport.abort()
+        return self.response

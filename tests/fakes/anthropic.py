@@ -1,0 +1,352 @@
+"""A scripted fake of the Anthropic Messages API (`POST /v1/messages`, JSON and SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import SSE, FakeServer, StreamCut, chunk_json, chunk_text, estimate_tokens
+
+__all__ = ["FakeAnthropic", "Reply", "ScriptItem", "ToolUse"]
+
+_ERROR_TYPES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: (
+        "rate_limit_error",
+        "This request would exceed the rate limit for your organization of 50 requests per "
+        "minute. Please try again later.",
+    ),
+    500: ("api_error", "Internal server error"),
+    503: ("api_error", "Service unavailable"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_01{uuid.uuid4().hex[:22]}"
+
+
+@dataclass
+class ToolUse:
+    """One `tool_use` content block the fake model emits."""
+
+    name: str
+    input: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: _new_id("toolu"))
+
+    def block(self) -> dict[str, Any]:
+        """The wire form of this block."""
+        return {"type": "tool_use", "id": self.id, "name": self.name, "input": self.input}
+
+
+@dataclass
+class Reply:
+    """One scripted answer: a message (text and/or tool uses) or an HTTP error.
+
+    `usage` keys override the derived defaults: input_tokens, output_tokens,
+    cache_creation_input_tokens, cache_read_input_tokens. For streams, `cut_after`
+    drops the connection after that many SSE events (or, with `error_event`, sends an
+    SSE `error` event of that type instead); `chunk_delay` paces the events.
+    """
+
+    text: str | None = None
+    tool_uses: list[ToolUse] = field(default_factory=list)
+    stop_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    status: int = 200
+    error_type: str | None = None
+    error_message: str | None = None
+    retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    cut_after: int | None = None
+    error_event: str | None = None
+
+    @classmethod
+    def tool(
+        cls,
+        name: str,
+        input: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        text: str | None = None,
+        **kwargs: Any,
+    ) -> Reply:
+        """A reply calling a single tool (optionally preceded by text)."""
+        use = ToolUse(name, input or {}) if id is None else ToolUse(name, input or {}, id)
+        return cls(text=text, tool_uses=[use], **kwargs)
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str | None = None,
+        *,
+        type: str | None = None,
+        retry_after: float | None = None,
+        **kwargs: Any,
+    ) -> Reply:
+        """An HTTP error answer in Anthropic's `{"type": "error", ...}` shape."""
+        return cls(
+            status=status,
+            error_type=type,
+            error_message=message,
+            retry_after=retry_after,
+            **kwargs,
+        )
+
+    @property
+    def is_error(self) -> bool:
+        """Whether this reply is an HTTP error."""
+        return self.status >= 400
+
+    def content(self) -> list[dict[str, Any]]:
+        """Content blocks of the reply message."""
+        blocks: list[dict[str, Any]] = []
+        if self.text is not None or not self.tool_uses:
+            blocks.append({"type": "text", "text": self.text or ""})
+        blocks.extend(use.block() for use in self.tool_uses)
+        return blocks
+
+    def final_stop_reason(self) -> str:
+        """The stop reason sent (explicit, else `tool_use` when tools were called)."""
+        return self.stop_reason or ("tool_use" if self.tool_uses else "end_turn")
+
+
+ScriptItem = Reply | str | Callable[[dict[str, Any]], "Reply | str"]
+
+
+class FakeAnthropic(FakeServer):
+    """A fake Anthropic API answering `POST /v1/messages` from a FIFO script."""
+
+    def __init__(self, api_key: str = "sk-ant-test", *, default_text: str = "OK.") -> None:
+        super().__init__()
+        self.api_keys: set[str] = {api_key}
+        self.default_text = default_text
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[CIMultiDict[str]] = []
+        self.credentials: list[str | None] = []
+        self.count_requests: list[dict[str, Any]] = []
+        self._script: deque[ScriptItem] = deque()
+        self.app.router.add_post("/v1/messages", self._handle_messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self._handle_count_tokens)
+
+    @property
+    def api_key(self) -> str:
+        """A valid API key to hand to `AsyncAnthropic(api_key=...)`."""
+        return next(iter(self.api_keys))
+
+    @property
+    def base_url(self) -> str:
+        """Base URL for `AsyncAnthropic(base_url=...)`."""
+        return self.url
+
+    @property
+    def last_request(self) -> dict[str, Any]:
+        """Body of the most recent `/v1/messages` request."""
+        assert self.requests, "FakeAnthropic received no /v1/messages request"
+        return self.requests[-1]
+
+    @property
+    def pending(self) -> int:
+        """Number of scripted replies not yet consumed."""
+        return len(self._script)
+
+    def script(self, *items: ScriptItem) -> None:
+        """Queue replies: a `Reply`, a plain string (text reply) or a callable of the body."""
+        self._script.extend(items)
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        item: ScriptItem = self._script.popleft() if self._script else self.default_text
+        if callable(item):
+            item = item(body)
+        return Reply(text=item) if isinstance(item, str) else item
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if _credential(request) not in self.api_keys:
+            return _error_response(Reply.error(401))
+        if "anthropic-version" not in request.headers:
+            return _error_response(
+                Reply.error(400, "anthropic-version: header is required", type=None)
+            )
+        return None
+
+    async def _handle_count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.count_requests.append(body)
+        if (error := self._auth_error(request)) is not None:
+            return error
+        counted = {k: body.get(k) for k in ("system", "messages", "tools") if body.get(k)}
+        return web.json_response({"input_tokens": estimate_tokens(counted)}, headers=_ids())
+
+    async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(CIMultiDict(request.headers))
+        self.credentials.append(_credential(request))
+        if (error := self._auth_error(request)) is not None:
+            return error
+        for name in ("model", "max_tokens", "messages"):
+            if name not in body:
+                return _error_response(Reply.error(400, f"{name}: Field required"))
+        reply = self._next_reply(body)
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.is_error:
+            return _error_response(reply)
+        message = self._message(body, reply)
+        if body.get("stream"):
+            return await self._stream(request, message, reply)
+        if reply.cut_after is not None:
+            return SSE(request).abort()
+        return web.json_response(message, headers={**_ids(), **reply.headers})
+
+    def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        content = reply.content()
+        prompt = {k: body.get(k) for k in ("system", "messages", "tools") if body.get(k)}
+        usage: dict[str, Any] = {
+            "input_tokens": estimate_tokens(prompt),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": estimate_tokens(content),
+            "service_tier": "standard",
+        }
+        usage.update(reply.usage)
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
+            "ephemeral_1h_input_tokens": 0,
+        }
+        stop_reason = reply.final_stop_reason()
+        return {
+            "id": _new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "model": reply.model or body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "stop_details": {"type": "refusal"} if stop_reason == "refusal" else None,
+            "usage": usage,
+        }
+
+    async def _stream(
+        self, request: web.Request, message: dict[str, Any], reply: Reply
+    ) -> web.StreamResponse:
+        sse = SSE(
+            request,
+            headers={**_ids(), **reply.headers},
+            cut_after=reply.cut_after,
+            delay=reply.chunk_delay,
+        )
+        await sse.prepare()
+        usage = message["usage"]
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "stop_details": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
+        try:
+            await sse.send({"type": "message_start", "message": start}, "message_start")
+            for index, block in enumerate(message["content"]):
+                await self._stream_block(sse, index, block)
+            delta = {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": message["stop_reason"],
+                    "stop_sequence": None,
+                    "stop_details": message["stop_details"],
+                },
+                "usage": {
+                    k: usage[k]
+                    for k in (
+                        "input_tokens",
+                        "cache_creation_input_tokens",
+                        "cache_read_input_tokens",
+                        "output_tokens",
+                    )
+                },
+            }
+            await sse.send(delta, "message_delta")
+            await sse.send({"type": "message_stop"}, "message_stop")
+        except StreamCut:
+            if reply.error_event is None:
+                return sse.abort()
+            error = _error_body(reply.error_event, _message_for_type(reply.error_event))
+            await sse.response.write(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+        return await sse.finish()
+
+    async def _stream_block(self, sse: SSE, index: int, block: dict[str, Any]) -> None:
+        if block["type"] == "text":
+            start: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in chunk_text(block["text"])]
+        else:
+            start = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": ""}]
+            deltas += [{"type": "input_json_delta", "partial_json": p} for p in chunk_json(raw)]
+        event = {"type": "content_block_start", "index": index, "content_block": start}
+        await sse.send(event, "content_block_start")
+        if index == 0:
+            await sse.send({"type": "ping"}, "ping")
+        for delta in deltas:
+            event = {"type": "content_block_delta", "index": index, "delta": delta}
+            await sse.send(event, "content_block_delta")
+        await sse.send({"type": "content_block_stop", "index": index}, "content_block_stop")
+
+
+def _credential(request: web.Request) -> str | None:
+    """The API key sent as `x-api-key` or as an `Authorization: Bearer` token."""
+    auth = request.headers.get("Authorization", "")
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    return request.headers.get("x-api-key") or bearer
+
+
+def _ids() -> dict[str, str]:
+    return {"request-id": _new_id("req")}
+
+
+def _message_for_type(error_type: str) -> str:
+    return next((m for t, m in _ERROR_TYPES.values() if t == error_type), "Error")
+
+
+def _error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": _new_id("req"),
+    }
+
+
+def _error_response(reply: Reply) -> web.Response:
+    default_type, default_message = _ERROR_TYPES.get(
+        reply.status, ("api_error" if reply.status >= 500 else "invalid_request_error", "Error")
+    )
+    error_type = reply.error_type or default_type
+    message = reply.error_message or (
+        default_message if error_type == default_type else _message_for_type(error_type)
+    )
+    headers = {**_ids(), **reply.headers}
+    if reply.retry_after is not None:
+        headers["retry-after"] = f"{reply.retry_after:g}"
+    return web.json_response(_error_body(error_type, message), status=reply.status, headers=headers)

@@ -1,0 +1,987 @@
+"""A fake Slack Web API server and a signed-request sender for Bolt apps under test."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+import mimetypes
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from slack_sdk.signature import SignatureVerifier
+
+from . import FakeServer
+
+__all__ = [
+    "DEFAULT_SCOPES",
+    "Call",
+    "FakeSlack",
+    "ResponseUrlPost",
+    "SlackError",
+    "SlackSender",
+]
+
+DEFAULT_SCOPES: tuple[str, ...] = (
+    "app_mentions:read",
+    "chat:write",
+    "commands",
+    "im:history",
+    "im:read",
+    "im:write",
+    "users:read",
+    "files:write",
+    "reactions:write",
+    "channels:history",
+    "groups:history",
+)
+
+# Arguments that slack_sdk form-encodes as JSON strings; the fake always decodes them.
+_JSON_ARGS = frozenset({"blocks", "attachments", "view", "files", "metadata"})
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class SlackError(Exception):
+    """Raised by a method handler to answer `{"ok": false, "error": <code>}`."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class Call:
+    """One Web API call received; `status`/`response` are filled once it has been answered.
+
+    JSON-string arguments such as `blocks`, `view` and `files` are decoded.
+    """
+
+    method: str
+    args: dict[str, Any]
+    headers: CIMultiDict[str]
+    token: str | None = None
+    status: int | None = None
+    response: dict[str, Any] | None = None
+
+
+@dataclass
+class ResponseUrlPost:
+    """One JSON body POSTed to a `response_url` handed out by the fake."""
+
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass
+class _Failure:
+    status: int
+    error: str
+    retry_after: float | None
+
+
+@dataclass
+class _Ids:
+    """Monotonic generators for realistic Slack identifiers."""
+
+    micros: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(1_700_000_000_000_100, 100)
+    )
+    serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def ts(self) -> str:
+        us = next(self.micros)
+        return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+    def make(self, prefix: str) -> str:
+        return f"{prefix}{next(self.serial):08X}"
+
+
+class FakeSlack(FakeServer):
+    """A stateful fake of the Slack Web API served at `api_url` (`/api/<method>`)."""
+
+    def __init__(
+        self,
+        token: str = "xoxb-test",
+        *,
+        scopes: list[str] | None = None,
+        team_id: str = "T1",
+        bot_user_id: str = "UBOT",
+        bot_id: str = "BBOT",
+        app_id: str = "A1",
+    ) -> None:
+        super().__init__()
+        self.tokens: set[str] = {token}
+        self.scopes: list[str] = list(DEFAULT_SCOPES if scopes is None else scopes)
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.app_id = app_id
+        self.calls: list[Call] = []
+        self.responses: list[ResponseUrlPost] = []
+        self.delay: dict[str, float] = {}
+        self.users: dict[str, dict[str, Any] | None] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.ephemerals: list[dict[str, Any]] = []
+        self.views: dict[str, dict[str, Any]] = {}
+        self.home_views: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.reactions: list[tuple[str, str, str]] = []
+        self.handlers: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.replies": self._conversations_replies,
+            "users.info": self._users_info,
+            "views.open": self._views_open,
+            "views.push": self._views_open,
+            "views.update": self._views_update,
+            "views.publish": self._views_publish,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
+            "assistant.threads.setStatus": self._assistant_set_status,
+            "reactions.add": self._reactions_add,
+            "reactions.remove": self._reactions_remove,
+        }
+        self._failures: dict[str, deque[_Failure]] = {}
+        self._activity = asyncio.Event()
+        self._ids = _Ids()
+        self.app.router.add_route("*", "/api/{method}", self._handle_api)
+        self.app.router.add_post("/upload/{file_id}", self._handle_upload)
+        self.app.router.add_post("/response_url/{key}", self._handle_response_url)
+
+    # ------------------------------------------------------------------ public helpers
+
+    @property
+    def token(self) -> str:
+        """The first valid token (what tests should hand to `AsyncWebClient`)."""
+        return next(iter(self.tokens))
+
+    @property
+    def api_url(self) -> str:
+        """Base URL for `AsyncWebClient(base_url=...)`."""
+        return f"{self.url}/api/"
+
+    def calls_to(self, method: str) -> list[Call]:
+        """All recorded calls of one Web API method, oldest first."""
+        return [c for c in self.calls if c.method == method]
+
+    def last_call(self, method: str) -> Call:
+        """The most recent call of `method` (AssertionError if there was none)."""
+        calls = self.calls_to(method)
+        assert calls, f"no {method} call; saw {[c.method for c in self.calls]}"
+        return calls[-1]
+
+    async def wait_for(self, method: str, count: int = 1, *, within: float = 5.0) -> list[Call]:
+        """Wait up to `within` seconds until `count` calls of `method` were answered."""
+
+        def answered() -> int:
+            return sum(c.response is not None for c in self.calls_to(method))
+
+        await self.wait_until(lambda: answered() >= count, within=within)
+        return self.calls_to(method)
+
+    async def wait_until(self, predicate: Callable[[], bool], *, within: float = 5.0) -> None:
+        """Wait up to `within` seconds until `predicate()` holds, re-checking on every request."""
+        try:
+            async with asyncio.timeout(within):
+                while not predicate():
+                    self._activity.clear()
+                    await self._activity.wait()
+        except TimeoutError:
+            seen = [c.method for c in self.calls]
+            raise AssertionError(f"condition not met within {within}s; calls: {seen}") from None
+
+    def fail_next(
+        self,
+        method: str,
+        status: int = 429,
+        *,
+        retry_after: float | None = None,
+        times: int = 1,
+        error: str | None = None,
+    ) -> None:
+        """Make the next `times` calls of `method` fail with `status` (200 + `error` also works).
+
+        A 429 carries `Retry-After` (default 1 second) and the error `ratelimited`.
+        """
+        default_error = {429: "ratelimited", 503: "service_unavailable"}.get(
+            status, "internal_error" if status >= 500 else "fatal_error"
+        )
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        failure = _Failure(status, error or default_error, retry_after)
+        self._failures.setdefault(method, deque()).extend([failure] * times)
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str = "U1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Seed a (user-authored) message into a channel or thread and return it."""
+        message: dict[str, Any] = {"type": "message", "user": user, "text": text}
+        message.update(extra)
+        return self._store(channel, message, ts=ts, thread_ts=thread_ts)
+
+    def messages_in(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """Stored messages of a channel, or of one thread (root first) when `thread_ts` is set."""
+        messages = self.messages.get(channel, [])
+        if thread_ts is None:
+            return list(messages)
+        return [m for m in messages if m["ts"] == thread_ts or m.get("thread_ts") == thread_ts]
+
+    def response_url(self, key: str | None = None) -> str:
+        """A `response_url` served by the fake; POSTs to it land in `responses`."""
+        return f"{self.url}/response_url/{key or self._ids.make('R')}"
+
+    def user_profile(self, user_id: str) -> dict[str, Any]:
+        """The user object `users.info` answers for `user_id` (defaults merged with `users`)."""
+        override = self.users.get(user_id) or {}
+        tz = str(override.get("tz", "America/New_York"))
+        user: dict[str, Any] = {
+            "id": user_id,
+            "team_id": self.team_id,
+            "name": user_id.lower(),
+            "real_name": f"User {user_id}",
+            "deleted": False,
+            "is_bot": user_id == self.bot_user_id,
+            "is_admin": False,
+            "is_owner": False,
+            "tz": tz,
+            "tz_label": tz,
+            "tz_offset": _tz_offset(tz),
+            "updated": 1_700_000_000,
+            "profile": {
+                "real_name": f"User {user_id}",
+                "display_name": user_id.lower(),
+                "email": f"{user_id.lower()}@example.com",
+                "team": self.team_id,
+            },
+        }
+        user.update(override)
+        return user
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    async def _handle_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args = await _read_args(request)
+        token = _bearer(request.headers.get("Authorization")) or args.pop("token", None)
+        call = Call(method, args, CIMultiDict(request.headers), token)
+        self.calls.append(call)
+        if delay := self.delay.get(method):
+            await asyncio.sleep(delay)
+        headers = {"x-oauth-scopes": ",".join(self.scopes)}
+        call.status, call.response = self._answer(call, headers)
+        self._activity.set()
+        return web.json_response(call.response, status=call.status, headers=headers)
+
+    def _answer(self, call: Call, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        queue = self._failures.get(call.method)
+        if queue:
+            failure = queue.popleft()
+            if failure.retry_after is not None:
+                headers["Retry-After"] = f"{failure.retry_after:g}"
+            return failure.status, {"ok": False, "error": failure.error}
+        if not call.token:
+            return 200, {"ok": False, "error": "not_authed"}
+        if call.token not in self.tokens:
+            return 200, {"ok": False, "error": "invalid_auth"}
+        handler = self.handlers.get(call.method)
+        if handler is None:
+            return 200, {"ok": False, "error": "unknown_method"}
+        try:
+            return 200, {"ok": True, **handler(call.args)}
+        except SlackError as exc:
+            return 200, {"ok": False, "error": exc.error}
+
+    async def _handle_upload(self, request: web.Request) -> web.Response:
+        file = self.files.get(request.match_info["file_id"])
+        if file is None:
+            return web.Response(status=404, text="Not Found")
+        content = await request.read()
+        file["content"] = content
+        file["size"] = len(content)
+        return web.Response(text=f"OK - {len(content)}", content_type="text/plain")
+
+    async def _handle_response_url(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        self.responses.append(ResponseUrlPost(request.match_info["key"], body))
+        self._activity.set()
+        return web.Response(text="ok", content_type="text/html")
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _store(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        *,
+        ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        message["ts"] = ts or self._ids.ts()
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+            parent = self._find(channel, thread_ts)
+            if parent is not None and parent is not message:
+                parent["thread_ts"] = thread_ts
+                parent["reply_count"] = parent.get("reply_count", 0) + 1
+                parent["latest_reply"] = message["ts"]
+                users = parent.setdefault("reply_users", [])
+                if message.get("user") and message["user"] not in users:
+                    users.append(message["user"])
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    def _bot_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "team": self.team_id,
+            "text": args.get("text") or "",
+        }
+        for key in ("blocks", "attachments", "metadata"):
+            if args.get(key):
+                message[key] = args[key]
+        return message
+
+    def _file_object(self, file: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in file.items() if k != "content"}
+        public["permalink"] = f"https://test.slack.com/files/{self.bot_user_id}/{file['id']}"
+        public["url_private"] = f"{self.url}/files-pri/{self.team_id}-{file['id']}/{file['name']}"
+        return public
+
+    # ------------------------------------------------------------------ method handlers
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://test.slack.com/",
+            "team": "Test Team",
+            "user": "delegate",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        if not (args.get("text") or args.get("blocks") or args.get("attachments")):
+            raise SlackError("no_text")
+        message = self._store(channel, self._bot_message(args), thread_ts=args.get("thread_ts"))
+        return {"channel": channel, "ts": message["ts"], "message": copy.deepcopy(message)}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        message = self._find(channel, _require(args, "ts", error="message_not_found"))
+        if message is None:
+            raise SlackError("message_not_found")
+        for key in ("text", "blocks", "attachments", "metadata"):
+            if key in args:
+                message[key] = args[key]
+        message["edited"] = {"user": self.bot_user_id, "ts": self._ids.ts()}
+        return {
+            "channel": channel,
+            "ts": message["ts"],
+            "text": message.get("text", ""),
+            "message": copy.deepcopy(message),
+        }
+
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        message = self._find(channel, _require(args, "ts", error="message_not_found"))
+        if message is None:
+            raise SlackError("message_not_found")
+        self.messages[channel].remove(message)
+        return {"channel": channel, "ts": message["ts"]}
+
+    def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        user = _require(args, "user", error="user_not_in_channel")
+        message = {**self._bot_message(args), "ts": self._ids.ts(), "channel": channel}
+        message["recipient"] = user
+        if args.get("thread_ts"):
+            message["thread_ts"] = args["thread_ts"]
+        self.ephemerals.append(message)
+        return {"message_ts": message["ts"]}
+
+    def _chat_get_permalink(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        ts = _require(args, "message_ts", error="message_not_found")
+        return {
+            "channel": channel,
+            "permalink": f"https://test.slack.com/archives/{channel}/p{ts.replace('.', '')}",
+        }
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        ts = _require(args, "ts", error="thread_not_found")
+        thread = sorted(self.messages_in(channel, ts), key=lambda m: float(m["ts"]))
+        if not thread:
+            raise SlackError("thread_not_found")
+        return {
+            "messages": copy.deepcopy(thread),
+            "has_more": False,
+            "response_metadata": {"next_cursor": ""},
+        }
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user_id = _require(args, "user", error="user_not_found")
+        if user_id in self.users and self.users[user_id] is None:
+            raise SlackError("user_not_found")
+        return {"user": self.user_profile(user_id)}
+
+    def _new_view(self, view: dict[str, Any], view_id: str | None = None) -> dict[str, Any]:
+        stored = {
+            "type": "modal",
+            "blocks": [],
+            "private_metadata": "",
+            "callback_id": "",
+            "external_id": "",
+            **view,
+            "id": view_id or self._ids.make("V"),
+            "team_id": self.team_id,
+            "app_id": self.app_id,
+            "bot_id": self.bot_id,
+            "state": {"values": {}},
+            "hash": f"{time.time():.6f}.{uuid.uuid4().hex[:8]}",
+            "previous_view_id": None,
+            "root_view_id": view_id,
+        }
+        stored["root_view_id"] = stored["root_view_id"] or stored["id"]
+        self.views[stored["id"]] = stored
+        return stored
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        _require(args, "trigger_id", error="invalid_arguments")
+        view = _require(args, "view", error="invalid_arguments")
+        return {"view": copy.deepcopy(self._new_view(view))}
+
+    def _views_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = _require(args, "view", error="invalid_arguments")
+        current = self.views.get(args.get("view_id") or "")
+        if current is None and args.get("external_id"):
+            current = next(
+                (v for v in self.views.values() if v.get("external_id") == args["external_id"]),
+                None,
+            )
+        if current is None:
+            raise SlackError("not_found")
+        if args.get("hash") and args["hash"] != current["hash"]:
+            raise SlackError("hash_conflict")
+        return {"view": copy.deepcopy(self._new_view(view, current["id"]))}
+
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        user_id = _require(args, "user_id", error="invalid_arguments")
+        view = self._new_view(_require(args, "view", error="invalid_arguments"))
+        self.home_views[user_id] = view
+        return {"view": copy.deepcopy(view)}
+
+    def _files_get_upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename = _require(args, "filename", error="invalid_arguments")
+        length = int(_require(args, "length", error="invalid_arguments"))
+        file_id = self._ids.make("F")
+        mimetype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        self.files[file_id] = {
+            "id": file_id,
+            "created": int(time.time()),
+            "name": filename,
+            "title": filename,
+            "mimetype": mimetype,
+            "filetype": filename.rsplit(".", 1)[-1] if "." in filename else "binary",
+            "user": self.bot_user_id,
+            "size": length,
+            "content": None,
+        }
+        return {"upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        entries = _require(args, "files", error="invalid_arguments")
+        done = []
+        for entry in entries:
+            file = self.files.get(entry.get("id", ""))
+            if file is None:
+                raise SlackError("file_not_found")
+            if file["content"] is None:
+                raise SlackError("file_upload_not_complete")
+            file["title"] = entry.get("title") or file["name"]
+            done.append(self._file_object(file))
+        channels = [args["channel_id"]] if args.get("channel_id") else []
+        channels += [c for c in str(args.get("channels") or "").split(",") if c]
+        for channel in channels:
+            share = {**self._bot_message({"text": args.get("initial_comment")}), "files": done}
+            self._store(channel, share, thread_ts=args.get("thread_ts"))
+        return {"files": done}
+
+    def _assistant_set_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel_id", error="channel_not_found")
+        thread_ts = _require(args, "thread_ts", error="invalid_arguments")
+        self.statuses[(channel, thread_ts)] = str(args.get("status") or "")
+        return {}
+
+    def _reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = (
+            _require(args, "channel", error="channel_not_found"),
+            _require(args, "timestamp", error="message_not_found"),
+            _require(args, "name", error="invalid_name"),
+        )
+        if key in self.reactions:
+            raise SlackError("already_reacted")
+        self.reactions.append(key)
+        return {}
+
+    def _reactions_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = (
+            _require(args, "channel", error="channel_not_found"),
+            _require(args, "timestamp", error="message_not_found"),
+            _require(args, "name", error="invalid_name"),
+        )
+        if key not in self.reactions:
+            raise SlackError("no_reaction")
+        self.reactions.remove(key)
+        return {}
+
+
+def _require(args: Mapping[str, Any], name: str, *, error: str) -> Any:
+    value = args.get(name)
+    if value in (None, ""):
+        raise SlackError(error)
+    return value
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return None
+
+
+def _tz_offset(tz: str) -> int:
+    try:
+        offset = datetime.now(ZoneInfo(tz)).utcoffset()
+    except (ZoneInfoNotFoundError, ValueError):
+        return 0
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+async def _read_args(request: web.Request) -> dict[str, Any]:
+    """Merge query-string, form, multipart and JSON arguments the way Slack does."""
+    args: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        if isinstance(body, dict):
+            args.update(body)
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        for key, value in form.items():
+            if isinstance(value, web.FileField):
+                args[key] = value.file.read()
+            else:
+                args[key] = value if isinstance(value, str) else bytes(value)
+    for key in _JSON_ARGS & args.keys():
+        if isinstance(args[key], str) and args[key][:1] in ("[", "{"):
+            args[key] = json.loads(args[key])
+    return args
+
+
+# ---------------------------------------------------------------------- signed requests
+
+
+class SlackSender:
+    """Sends correctly signed Slack requests (events, commands, interactivity) to a Bolt app.
+
+    Pass `slack=fake_slack` so default `response_url`s point at that fake (never the internet).
+    """
+
+    def __init__(
+        self,
+        bot_url: str,
+        signing_secret: str,
+        *,
+        slack: FakeSlack | None = None,
+        path: str = "/slack/events",
+        team_id: str = "T1",
+        api_app_id: str = "A1",
+        bot_user_id: str = "UBOT",
+    ) -> None:
+        self.url = bot_url.rstrip("/") + path
+        self.signing_secret = signing_secret
+        self.slack = slack
+        self.team_id = team_id
+        self.api_app_id = api_app_id
+        self.bot_user_id = bot_user_id
+        self._ids = _Ids(micros=itertools.count(int(time.time() * 1_000_000), 100))
+
+    # ------------------------------------------------------------------ transport
+
+    async def post(
+        self,
+        body: str,
+        content_type: str,
+        *,
+        timestamp: int | str | None = None,
+        bad_signature: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """POST a raw body with Slack's signature headers; returns (status, body text)."""
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        signature = SignatureVerifier(self.signing_secret).generate_signature(
+            timestamp=ts, body=body
+        )
+        assert signature is not None
+        if bad_signature:
+            signature = signature[:-4] + ("0000" if not signature.endswith("0000") else "1111")
+        all_headers: CIMultiDict[str] = CIMultiDict(
+            {
+                "Content-Type": content_type,
+                "X-Slack-Request-Timestamp": ts,
+                "X-Slack-Signature": signature,
+            }
+        )
+        all_headers.update(headers or {})
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, data=body.encode(), headers=all_headers) as resp,
+        ):
+            return resp.status, await resp.text()
+
+    async def post_json(self, payload: dict[str, Any], **kwargs: Any) -> tuple[int, str]:
+        """POST a JSON body (Events API style)."""
+        return await self.post(json.dumps(payload), "application/json", **kwargs)
+
+    async def post_form(self, fields: Mapping[str, str], **kwargs: Any) -> tuple[int, str]:
+        """POST a form-encoded body (slash command / interactivity style)."""
+        return await self.post(urlencode(fields), "application/x-www-form-urlencoded", **kwargs)
+
+    # ------------------------------------------------------------------ Events API
+
+    async def event(
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        retry_num: int | None = None,
+        retry_reason: str | None = None,
+        team_id: str | None = None,
+        api_app_id: str | None = None,
+        timestamp: int | str | None = None,
+        bad_signature: bool = False,
+    ) -> tuple[int, str]:
+        """Deliver `event` inside an `event_callback` envelope."""
+        team = team_id or self.team_id
+        envelope = {
+            "token": "verification-token",
+            "team_id": team,
+            "api_app_id": api_app_id or self.api_app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": team,
+                    "user_id": self.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+            "event_context": f"4-{uuid.uuid4().hex}",
+        }
+        headers: dict[str, str] = {}
+        if retry_num is not None:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = retry_reason or "http_timeout"
+        return await self.post_json(
+            envelope, timestamp=timestamp, bad_signature=bad_signature, headers=headers
+        )
+
+    async def url_verification(self, challenge: str = "challenge-token") -> tuple[int, str]:
+        """Send the Events API `url_verification` handshake."""
+        payload = {
+            "token": "verification-token",
+            "challenge": challenge,
+            "type": "url_verification",
+        }
+        return await self.post_json(payload)
+
+    def app_mention(
+        self,
+        text: str,
+        *,
+        user: str = "U1",
+        channel: str = "C1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """Build an `app_mention` event (text should usually contain `<@UBOT>`)."""
+        event = self._message_like("app_mention", text, user, channel, ts, thread_ts)
+        event["channel_type"] = "channel"
+        return event
+
+    def direct_message(
+        self,
+        text: str,
+        *,
+        user: str = "U1",
+        channel: str = "D1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """Build a `message` event in a DM (`channel_type` "im")."""
+        event = self._message_like("message", text, user, channel, ts, thread_ts)
+        event["channel_type"] = "im"
+        return event
+
+    def _message_like(
+        self,
+        kind: str,
+        text: str,
+        user: str,
+        channel: str,
+        ts: str | None,
+        thread_ts: str | None,
+    ) -> dict[str, Any]:
+        ts = ts or self._ids.ts()
+        event: dict[str, Any] = {
+            "type": kind,
+            "user": user,
+            "text": text,
+            "ts": ts,
+            "channel": channel,
+            "event_ts": ts,
+            "team": self.team_id,
+            "client_msg_id": str(uuid.uuid4()),
+            "blocks": [],
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return event
+
+    # ------------------------------------------------------------------ slash commands
+
+    async def command(
+        self,
+        command: str = "/delegate",
+        text: str = "",
+        *,
+        user_id: str = "U1",
+        channel_id: str = "C1",
+        trigger_id: str | None = None,
+        response_url: str | None = None,
+        timestamp: int | str | None = None,
+        bad_signature: bool = False,
+    ) -> tuple[int, str]:
+        """Send a form-encoded slash command."""
+        fields = {
+            "token": "verification-token",
+            "team_id": self.team_id,
+            "team_domain": "test",
+            "channel_id": channel_id,
+            "channel_name": "general",
+            "user_id": user_id,
+            "user_name": user_id.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": self.api_app_id,
+            "is_enterprise_install": "false",
+            "response_url": response_url or self._response_url("commands"),
+            "trigger_id": trigger_id or self._trigger_id(),
+        }
+        return await self.post_form(fields, timestamp=timestamp, bad_signature=bad_signature)
+
+    # ------------------------------------------------------------------ interactivity
+
+    async def action(
+        self,
+        payload: dict[str, Any],
+        *,
+        timestamp: int | str | None = None,
+        bad_signature: bool = False,
+    ) -> tuple[int, str]:
+        """Send an interactivity payload (block_actions, shortcut, view_submission...)."""
+        fields = {"payload": json.dumps(payload)}
+        return await self.post_form(fields, timestamp=timestamp, bad_signature=bad_signature)
+
+    def block_action(
+        self,
+        action_id: str,
+        value: str = "",
+        *,
+        user_id: str = "U1",
+        channel_id: str = "C1",
+        message_ts: str | None = None,
+        block_id: str = "actions",
+        message: dict[str, Any] | None = None,
+        response_url: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """Build a `block_actions` payload for a button click on a bot message."""
+        message_ts = message_ts or self._ids.ts()
+        msg = message or {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": "BBOT",
+            "text": "",
+            "ts": message_ts,
+            "blocks": [],
+        }
+        if thread_ts:
+            msg.setdefault("thread_ts", thread_ts)
+        return {
+            "type": "block_actions",
+            "user": self._user(user_id),
+            "api_app_id": self.api_app_id,
+            "token": "verification-token",
+            "container": {
+                "type": "message",
+                "message_ts": message_ts,
+                "channel_id": channel_id,
+                "is_ephemeral": False,
+                **({"thread_ts": thread_ts} if thread_ts else {}),
+            },
+            "trigger_id": self._trigger_id(),
+            "team": {"id": self.team_id, "domain": "test"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel_id, "name": "general"},
+            "message": msg,
+            "state": {"values": {}},
+            "response_url": response_url or self._response_url("actions"),
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": block_id,
+                    "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                    "value": value,
+                    "type": "button",
+                    "action_ts": self._ids.ts(),
+                }
+            ],
+        }
+
+    def message_shortcut(
+        self,
+        callback_id: str,
+        message_text: str,
+        *,
+        user_id: str = "U1",
+        channel_id: str = "C1",
+        message_ts: str | None = None,
+        message_user: str = "U2",
+        thread_ts: str | None = None,
+        response_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Build a `message_action` (message shortcut) payload."""
+        message_ts = message_ts or self._ids.ts()
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": message_user,
+            "text": message_text,
+            "ts": message_ts,
+        }
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return {
+            "type": "message_action",
+            "token": "verification-token",
+            "action_ts": self._ids.ts(),
+            "team": {"id": self.team_id, "domain": "test"},
+            "user": self._user(user_id),
+            "channel": {"id": channel_id, "name": "general"},
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "callback_id": callback_id,
+            "trigger_id": self._trigger_id(),
+            "response_url": response_url or self._response_url("app"),
+            "message_ts": message_ts,
+            "message": message,
+        }
+
+    def view_submission(
+        self,
+        callback_id: str,
+        values: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user_id: str = "U1",
+        private_metadata: str = "",
+        view_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Build a `view_submission`; plain-string leaves of `values` become text inputs."""
+        state = {
+            block_id: {
+                action_id: (
+                    {"type": "plain_text_input", "value": leaf} if isinstance(leaf, str) else leaf
+                )
+                for action_id, leaf in actions.items()
+            }
+            for block_id, actions in (values or {}).items()
+        }
+        return {
+            "type": "view_submission",
+            "team": {"id": self.team_id, "domain": "test"},
+            "user": self._user(user_id),
+            "api_app_id": self.api_app_id,
+            "token": "verification-token",
+            "trigger_id": self._trigger_id(),
+            "view": {
+                "id": view_id or self._ids.make("V"),
+                "team_id": self.team_id,
+                "type": "modal",
+                "callback_id": callback_id,
+                "private_metadata": private_metadata,
+                "state": {"values": state},
+                "hash": f"{time.time():.6f}.abcd",
+                "title": {"type": "plain_text", "text": "Delegate"},
+                "blocks": [],
+                "app_id": self.api_app_id,
+                "bot_id": "BBOT",
+            },
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+
+    def _user(self, user_id: str) -> dict[str, Any]:
+        return {
+            "id": user_id,
+            "username": user_id.lower(),
+            "name": user_id.lower(),
+            "team_id": self.team_id,
+        }
+
+    def _response_url(self, kind: str) -> str:
+        if self.slack is not None:
+            return self.slack.response_url()
+        return f"https://hooks.slack.com/{kind}/{self.team_id}/1/x"
+
+    def _trigger_id(self) -> str:
+        return f"{int(time.time())}.{next(self._ids.serial)}.{uuid.uuid4().hex[:16]}"
