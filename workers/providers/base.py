@@ -1,0 +1,121 @@
+"""The provider-neutral request and reply shapes, and the interface each provider implements.
+
+Messages use an Anthropic-shaped neutral format::
+
+    {"role": "user" | "assistant",
+     "content": str | [{"type": "text", "text": ...}
+                       | {"type": "tool_use", "id": ..., "name": ..., "input": {...}}
+                       | {"type": "tool_result", "tool_use_id": ..., "content": str,
+                          "is_error": bool}]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+StopReason = Literal["end_turn", "tool_use", "max_tokens", "refusal"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as the model sees it."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass
+class ModelRequest:
+    system: str
+    messages: list[dict[str, Any]]
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: str | None = None
+    """Force this tool by name."""
+    max_output_tokens: int = 1024
+    cache_prefix: bool = True
+    """Mark the stable prefix (tools, system prompt) and the conversation so far for caching."""
+
+
+@dataclass
+class ToolUse:
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+    raw_arguments: str
+    error: str | None = None
+    """Set when the model's arguments were not a valid JSON object."""
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    """Input tokens billed at the plain input rate (not read from or written to the cache)."""
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_write_tokens
+            + self.cache_read_tokens
+        )
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+@dataclass
+class ModelReply:
+    text: str
+    tool_calls: list[ToolUse]
+    stop_reason: StopReason
+    usage: Usage
+    provider: str
+    model: str
+    latency_ms: int
+
+
+FailureKind = Literal["transient", "defer", "reject"]
+
+
+class ProviderFailure(Exception):
+    """A provider call failed after the SDK's own retries; `kind` says what the router does next.
+
+    transient: try the fallback model. defer: come back after `after_s`. reject: stop with the
+    plain `explanation`. `billed` is "none" when the provider cannot have charged for the call,
+    "unknown" when it may have (timeouts, dropped connections): then the worst case is charged.
+    """
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        explanation: str,
+        *,
+        after_s: float | None = None,
+        billed: Literal["none", "unknown"] = "none",
+        status: int | None = None,
+    ) -> None:
+        super().__init__(explanation)
+        self.kind = kind
+        self.explanation = explanation
+        self.after_s = after_s
+        self.billed = billed
+        self.status = status
+
+
+class ProviderClient(Protocol):
+    """One provider's Messages-style API behind the neutral shapes."""
+
+    name: str
+
+    async def complete(
+        self, model: str, request: ModelRequest, *, max_output_tokens: int, timeout_s: float
+    ) -> ModelReply:
+        """One call, with the SDK's retries; raises ProviderFailure when it gives up."""
+        ...

@@ -1,0 +1,242 @@
+"""Routing by role and workload class, failover, budget reservations and the record of every call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from anthropic import AsyncAnthropic
+from openai import AsyncOpenAI
+
+from workers.budget import (
+    BudgetGuard,
+    Reservation,
+    call_cost_micro_usd,
+    estimate_input_tokens,
+    worst_case_micro_usd,
+)
+from workers.config import Role, Settings
+from workers.errors import ProviderRejected, ProviderUnavailable, RetryLater
+from workers.models import LlmCall
+from workers.providers.anthropic import AnthropicProvider
+from workers.providers.base import (
+    ModelReply,
+    ModelRequest,
+    ProviderClient,
+    ProviderFailure,
+    Usage,
+)
+from workers.providers.openai import OpenAIProvider, make_openai_client
+from workers.workorder import WorkloadClass, parse_order_id
+
+if TYPE_CHECKING:
+    from workers.store import Store  # the store imports workers.providers.base at type-check time
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALL_TIMEOUT_S = 600.0
+# When every model keeps answering 429 with short Retry-After waits, come back after this long.
+RATE_LIMITED_RETRY_S = 60.0
+
+
+class ModelRouter:
+    """The one way Delegate calls a model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        anthropic: AsyncAnthropic | None,
+        openai: AsyncOpenAI | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.providers: dict[str, ProviderClient] = {}
+        if anthropic is not None:
+            self.providers["anthropic"] = AnthropicProvider(
+                anthropic, inline_retry_after_s=settings.engine.inline_retry_after_s
+            )
+        if openai is not None:
+            self.providers["openai"] = OpenAIProvider(openai)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store) -> ModelRouter:
+        """SDK clients from the configured keys and base URLs.
+
+        An OpenAI base URL without a key is allowed: that is a local OpenAI-compatible server.
+        """
+        anthropic = None
+        if settings.anthropic_api_key is not None:
+            anthropic = AsyncAnthropic(
+                api_key=settings.anthropic_api_key.get_secret_value(),
+                base_url=settings.anthropic_base_url,
+            )
+        openai = None
+        if settings.openai_api_key is not None or settings.openai_base_url:
+            key = settings.openai_api_key
+            openai = make_openai_client(
+                api_key=key.get_secret_value() if key is not None else None,
+                base_url=settings.openai_base_url,
+                inline_retry_after_s=settings.engine.inline_retry_after_s,
+            )
+        return cls(settings, store, anthropic=anthropic, openai=openai)
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            client = getattr(provider, "client", None)
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
+
+    async def complete(
+        self,
+        role: Role,
+        workload_class: WorkloadClass | str,
+        request: ModelRequest,
+        *,
+        order_id: str | None = None,
+        attempt_id: int | None = None,
+        budget: BudgetGuard | None = None,
+        timeout_s: float | None = None,
+    ) -> ModelReply:
+        """One model call on the route for `role` and `workload_class`, failing over if needed.
+
+        Raises BudgetExceeded (nothing was sent), ProviderRejected (retrying will not help; the
+        message is a plain explanation), RetryLater (come back after `after_s`) or
+        ProviderUnavailable (every configured model failed).
+        """
+        route = self.settings.route(role, workload_class)
+        candidates = [ref for ref in (route.primary, route.fallback) if ref is not None]
+        failures: list[ProviderFailure] = []
+        for ref in candidates:
+            provider = self.providers.get(ref.provider)
+            if provider is None:
+                failures.append(
+                    ProviderFailure("transient", f"no {ref.provider} API key is configured")
+                )
+                continue
+            try:
+                return await self._call(
+                    provider,
+                    ref.model,
+                    role,
+                    request,
+                    order_id=order_id,
+                    attempt_id=attempt_id,
+                    budget=budget,
+                    timeout_s=timeout_s or DEFAULT_CALL_TIMEOUT_S,
+                )
+            except ProviderFailure as failure:
+                if failure.kind == "reject":
+                    raise ProviderRejected(failure.explanation) from failure
+                if failure.kind == "defer":
+                    after_s = failure.after_s or RATE_LIMITED_RETRY_S
+                    raise RetryLater(after_s, failure.explanation) from failure
+                log.warning(
+                    "model call failed, trying the next route",
+                    extra={"order": order_id, "model": str(ref), "reason": failure.explanation},
+                )
+                failures.append(failure)
+        if failures and all(f.status == 429 for f in failures):
+            after = max((f.after_s or 0.0) for f in failures) or RATE_LIMITED_RETRY_S
+            raise RetryLater(after, "every configured model is rate limiting us")
+        reasons = "; ".join(f.explanation for f in failures) or "no model is configured"
+        raise ProviderUnavailable(f"no model could take the call: {reasons}")
+
+    async def _call(
+        self,
+        provider: ProviderClient,
+        model: str,
+        role: Role,
+        request: ModelRequest,
+        *,
+        order_id: str | None,
+        attempt_id: int | None,
+        budget: BudgetGuard | None,
+        timeout_s: float,
+    ) -> ModelReply:
+        if budget is not None:
+            input_tokens = budget.estimate_input_tokens(request)
+            reservation: Reservation | None = await budget.reserve(
+                role=role,
+                provider=provider.name,
+                model=model,
+                input_tokens=input_tokens,
+                want_output_tokens=request.max_output_tokens,
+            )
+            assert reservation is not None
+            max_output = reservation.max_output_tokens
+        else:
+            input_tokens = estimate_input_tokens(request)
+            reservation, max_output = None, request.max_output_tokens
+
+        async def record(
+            usage: Usage | None, outcome: str, latency_ms: int, *, error: str | None = None
+        ) -> None:
+            if budget is not None and reservation is not None:
+                await budget.settle(
+                    reservation,
+                    usage=usage,
+                    outcome=outcome,
+                    latency_ms=latency_ms,
+                    provider=provider.name,
+                    model=model,
+                    error=error,
+                )
+                return
+            price = self.settings.price(model)
+            if usage is None:
+                cost = worst_case_micro_usd(price, input_tokens, max_output)
+                usage = Usage()
+            else:
+                cost = call_cost_micro_usd(price, usage)
+            await self.store.record_llm_call(
+                LlmCall(
+                    order_id=parse_order_id(order_id) if order_id else None,
+                    attempt_id=attempt_id,
+                    role=role,
+                    provider=provider.name,
+                    model=model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cost_micro_usd=cost,
+                    latency_ms=latency_ms,
+                    outcome=outcome,
+                    error=error,
+                )
+            )
+
+        started = self.clock()
+
+        def elapsed_ms() -> int:
+            return int((self.clock() - started) * 1000)
+
+        try:
+            reply = await provider.complete(
+                model, request, max_output_tokens=max_output, timeout_s=timeout_s
+            )
+        except ProviderFailure as failure:
+            # A refused or failed HTTP exchange is not billed; a timeout or cut connection may be.
+            usage = None if failure.billed == "unknown" else Usage()
+            await asyncio.shield(
+                record(usage, f"failed:{failure.kind}", elapsed_ms(), error=failure.explanation)
+            )
+            raise
+        except BaseException as exc:
+            # Cancelled (deadline, cancel button, shutdown) or broken: usage unknown, worst case.
+            outcome = "interrupted" if isinstance(exc, asyncio.CancelledError) else "error"
+            await asyncio.shield(record(None, outcome, elapsed_ms(), error=type(exc).__name__))
+            raise
+        outcome = "refusal" if reply.stop_reason == "refusal" else "ok"
+        await asyncio.shield(record(reply.usage, outcome, reply.latency_ms))
+        if budget is not None:
+            budget.meter.observe(request, reply.usage)
+        return reply
