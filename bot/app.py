@@ -1,28 +1,57 @@
-"""The Bolt app: every listener Delegate registers with Slack, wired to the engine."""
+"""The Bolt app: every listener Delegate registers with Slack, wired to the engine.
+
+Listeners acknowledge first and work afterwards: Bolt sends the HTTP response (or the Socket
+Mode envelope ack) as soon as `ack()` runs, and events are acknowledged before their listener
+starts. Only the dedupe record is written before the ack.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import home
+from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
+from bot.commands import Commands
+from bot.conversation import Conversations, Incoming, may_control
 from bot.dedupe import dedupe_middleware
 from bot.messages import HELP
+from bot.modals import (
+    EDIT_CALLBACK,
+    INTAKE_CALLBACK,
+    edit_modal,
+    intake_modal,
+    intake_request,
+    parse_edit,
+)
 from workers.config import Settings
+from workers.errors import NotFound
+from workers.intake import Completer, IntakeEngine
 from workers.store import Store
+from workers.workorder import Status
 
 log = logging.getLogger(__name__)
 
 COMMAND = "/delegate"
 SHORTCUT_DELEGATE_THIS = "delegate_this"
+# Message subtypes that are still a person writing something new.
+_PLAIN_SUBTYPES = (None, "file_share", "thread_broadcast")
+_LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s,:]*")
 
 
-def create_app(settings: Settings, *, store: Store, client: AsyncWebClient) -> AsyncApp:
+def create_app(
+    settings: Settings, *, store: Store, client: AsyncWebClient, completer: Completer
+) -> AsyncApp:
     """Build the Bolt app with its listeners; the caller chooses HTTP or Socket Mode."""
     secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
@@ -35,44 +64,220 @@ def create_app(settings: Settings, *, store: Store, client: AsyncWebClient) -> A
         ignoring_self_events_enabled=True,
     )
     app.use(dedupe_middleware(store))
+    conversations = Conversations(
+        settings, store=store, engine=IntakeEngine(settings, completer), client=client
+    )
+    commands = Commands(settings, store=store, conversations=conversations, client=client)
 
     @app.event("app_mention")
     async def on_mention(event: dict[str, Any], say: Any) -> None:
         await _remember(store, event)
-        await say(text=HELP, thread_ts=event.get("thread_ts") or event["ts"])
+        root = event.get("thread_ts") or event["ts"]
+        text = strip_mention(event.get("text") or "")
+        if not text:
+            await say(text=HELP, thread_ts=root)
+            return
+        await conversations.handle(
+            Incoming(
+                channel=event["channel"],
+                thread_ts=root,
+                ts=event["ts"],
+                user=event["user"],
+                text=text,
+                new_request=True,
+            )
+        )
 
     @app.event("message")
-    async def on_message(event: dict[str, Any], say: Any) -> None:
+    async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
         if _from_a_bot(event) and settings.engine.ignore_bot_messages:
             return
-        if event.get("subtype") not in (None, "file_share", "thread_broadcast"):
+        if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
             return
         await _remember(store, event)
-        if event.get("channel_type") == "im" and not event.get("thread_ts"):
-            await say(text=HELP, thread_ts=event["ts"])
+        text = event.get("text") or ""
+        is_dm = event.get("channel_type") == "im"
+        if not is_dm and context.bot_user_id and f"<@{context.bot_user_id}" in text:
+            return  # the app_mention listener handles it
+        await conversations.handle(
+            Incoming(
+                channel=event["channel"],
+                thread_ts=event.get("thread_ts") or event["ts"],
+                ts=event["ts"],
+                user=event["user"],
+                text=strip_mention(text),
+                new_request=is_dm and not event.get("thread_ts"),
+            )
+        )
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:
         if event.get("tab") != "home":
             return
-        await client.views_publish(user_id=event["user"], view=home.home_view())
+        orders = await store.list_orders(requester=event["user"], limit=10)
+        await client.views_publish(user_id=event["user"], view=home.home_view(orders))
 
     @app.command(COMMAND)
     async def on_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        await respond(response_type="ephemeral", text=HELP)
+        await commands.run(command, respond)
 
     @app.shortcut(SHORTCUT_DELEGATE_THIS)
     async def on_delegate_this(
         ack: AsyncAck, shortcut: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
+        message = shortcut.get("message", {})
+        channel = shortcut["channel"]["id"]
+        permalink = ""
+        try:
+            response = await client.chat_getPermalink(channel=channel, message_ts=message["ts"])
+            permalink = str(response.get("permalink", ""))
+        except SlackApiError as exc:
+            log.info("chat.getPermalink failed: %s", exc.response.get("error"))
+        metadata = {
+            "channel": channel,
+            "permalink": permalink,
+            "author": message.get("user", ""),
+            "source": (message.get("text") or "")[:1500],
+        }
+        await client.views_open(
+            trigger_id=shortcut["trigger_id"],
+            view=intake_modal(initial_text=message.get("text") or "", metadata=metadata),
+        )
 
     @app.action(home.NEW_ORDER_ACTION)
-    async def on_new_order(ack: AsyncAck) -> None:
+    async def on_new_order(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()
+        await client.views_open(trigger_id=body["trigger_id"], view=intake_modal(metadata={}))
+
+    @app.view(INTAKE_CALLBACK)
+    async def on_intake_submitted(
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        request = intake_request(view["state"]["values"])
+        if not request:
+            await ack(response_action="errors", errors={"request": "Tell me what should be done."})
+            return
+        await ack()
+        user = body["user"]["id"]
+        metadata = json.loads(view.get("private_metadata") or "{}")
+        channel = metadata.get("channel") or user  # App Home: the conversation moves to the DM
+        context_text = ""
+        if metadata.get("source"):
+            link = (
+                f"<{metadata['permalink']}|this message>"
+                if metadata.get("permalink")
+                else "this message"
+            )
+            context_text = f"From {link} by <@{metadata.get('author')}>:\n{metadata['source']}"
+        intro = (
+            f"<@{user}> is delegating {link}." if context_text else f"<@{user}> asked me: {request}"
+        )
+        posted = await commands.open_thread(channel=channel, user=user, text=intro)
+        if posted is None:
+            return
+        root_channel, root_ts = posted
+        await conversations.handle(
+            Incoming(
+                channel=root_channel,
+                thread_ts=root_ts,
+                ts=root_ts,
+                user=user,
+                text=request,
+                new_request=True,
+                context=context_text,
+            )
+        )
+
+    @app.action(START_ACTION)
+    async def on_start(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await conversations.start(
+            action["value"], user=body["user"]["id"], channel=_channel_of(body)
+        )
+
+    @app.action(CANCEL_ACTION)
+    async def on_cancel(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await conversations.cancel(
+            action["value"], user=body["user"]["id"], channel=_channel_of(body)
+        )
+
+    @app.action(EDIT_ACTION)
+    async def on_edit(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        user = body["user"]["id"]
+        order = await store.get_order(action["value"])
+        if not may_control(order, user, settings):
+            await client.chat_postEphemeral(
+                channel=_channel_of(body),
+                user=user,
+                thread_ts=order.thread_ts,
+                text=f"Only <@{order.requester}>, who asked for {order.id}, or an admin can edit it.",
+            )
+            return
+        tz = await conversations.user_tz(user)
+        await client.views_open(
+            trigger_id=body["trigger_id"],
+            view=edit_modal(order, settings, metadata={"order_id": order.id, "tz": tz}),
+        )
+
+    @app.view(EDIT_CALLBACK)
+    async def on_edit_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        metadata = json.loads(view.get("private_metadata") or "{}")
+        try:
+            order = await store.get_order(str(metadata.get("order_id", "")))
+        except (NotFound, ValueError):
+            await ack(
+                response_action="errors", errors={"title": "This work order no longer exists."}
+            )
+            return
+        if not may_control(order, user, settings):
+            await ack(
+                response_action="errors",
+                errors={"title": f"Only <@{order.requester}> or an admin can edit {order.id}."},
+            )
+            return
+        if order.status is not Status.AWAITING_CONFIRMATION:
+            await ack(
+                response_action="errors",
+                errors={"title": f"{order.id} has already started; it can no longer be edited."},
+            )
+            return
+        result = parse_edit(
+            view["state"]["values"],
+            order,
+            settings,
+            tz=str(metadata.get("tz", "UTC")),
+            now=datetime.now(UTC),
+        )
+        if result.errors:
+            await ack(response_action="errors", errors=result.errors)
+            return
+        await ack()
+        assert order.id
+        updated = await store.update_order(
+            order.id, actor=user, reason="edited in Slack", **result.changes
+        )
+        await conversations.show_card(updated, note=f"Edited by <@{user}>.")
 
     return app
+
+
+def strip_mention(text: str) -> str:
+    return _LEADING_MENTION.sub("", text).strip()
+
+
+def _channel_of(body: dict[str, Any]) -> str:
+    return str(
+        (body.get("channel") or {}).get("id")
+        or (body.get("container") or {}).get("channel_id")
+        or body["user"]["id"]
+    )
 
 
 def _from_a_bot(event: dict[str, Any]) -> bool:

@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("target", metavar="WO-42|verify")
     audit.add_argument("--format", choices=["md", "json"], default="md")
 
+    console = sub.add_parser(
+        "console",
+        help="delegate from a terminal: the Slack dialogue over standard input and output",
+    )
+    console.add_argument("--user", default="console", help="who is asking (default: console)")
+    console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
+
     sub.add_parser("schema", help="print the work order's JSON Schema")
     sub.add_parser("doctor", help="check configuration, database, Slack and model providers")
     return parser
@@ -70,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _db,
         "audit": _audit,
         "doctor": _doctor,
+        "console": _console,
     }
     try:
         return asyncio.run(handlers[args.command](settings, args))
@@ -161,6 +169,25 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await store.close()
+
+
+async def _console(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.console import Console
+    from workers.intake import IntakeEngine
+    from workers.migrate import upgrade
+    from workers.providers import ModelRouter
+    from workers.store import Store
+
+    store = Store.from_url(settings.database_url)
+    try:
+        await upgrade(store.engine)
+        engine = IntakeEngine(settings, ModelRouter.from_settings(settings, store))
+        order_id = await Console(
+            settings, store=store, engine=engine, user=args.user, tz=args.tz
+        ).run()
+    finally:
+        await store.close()
+    return EXIT_OK if order_id else EXIT_FAILED
 
 
 async def _doctor(settings: Settings, args: argparse.Namespace) -> int:

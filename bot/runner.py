@@ -12,9 +12,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.app import create_app
 from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
-from bot.socket import start_socket_mode
+from bot.socket import SocketModeRunner
 from workers.config import Settings
 from workers.migrate import upgrade
+from workers.providers import ModelRouter
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     store = Store.from_url(settings.database_url)
     await upgrade(store.engine)
     client = make_slack_client(settings)
-    bolt = create_app(settings, store=store, client=client)
+    router = ModelRouter.from_settings(settings, store)
+    bolt = create_app(settings, store=store, client=client, completer=router)
     socket_mode = settings.slack_app_token is not None
     web_runner = await start_site(
         build_web_app(store=store, bolt=None if socket_mode else bolt),
@@ -62,9 +64,10 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     )
     socket_handler = None
     if settings.slack_app_token is not None:
-        socket_handler = await start_socket_mode(
-            bolt, app_token=settings.slack_app_token.get_secret_value()
+        socket_handler = SocketModeRunner(
+            bolt, app_token=settings.slack_app_token.get_secret_value(), settings=settings.slack
         )
+        await socket_handler.start()
     scheduler = AsyncIOScheduler(timezone="UTC")
     scheduler.start()
     try:
@@ -73,8 +76,9 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         log.info("shutting down")
         scheduler.shutdown(wait=False)
         if socket_handler is not None:
-            await socket_handler.close_async()
+            await socket_handler.close()
         await web_runner.cleanup()
+        await router.close()
         await store.close()
 
 

@@ -1,17 +1,78 @@
-"""Socket Mode: Slack pushes requests over a WebSocket instead of calling our HTTP endpoint."""
+"""Socket Mode: Slack pushes requests over a WebSocket instead of calling our HTTP endpoint.
+
+slack_sdk reconnects when the socket closes or its own pings fail, but a connection can also
+go quietly dead (a proxy keeps it open, nothing arrives). The watchdog here recreates the
+connection when neither inbound traffic nor a ping reply has been seen for a while.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from typing import Any
 
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
+from workers.config import SlackSettings
+
 log = logging.getLogger(__name__)
 
+WATCHDOG_RECONNECT = (
+    "Socket Mode: no inbound traffic and no ping reply for %.0f s; recreating the connection"
+)
 
-async def start_socket_mode(app: AsyncApp, *, app_token: str) -> AsyncSocketModeHandler:
-    handler = AsyncSocketModeHandler(app, app_token=app_token, web_client=app.client)
-    await handler.connect_async()
-    log.info("connected to Slack in Socket Mode")
-    return handler
+
+class SocketModeRunner:
+    """A Socket Mode connection with a watchdog task."""
+
+    def __init__(self, app: AsyncApp, *, app_token: str, settings: SlackSettings) -> None:
+        self.handler = AsyncSocketModeHandler(
+            app,
+            app_token=app_token,
+            web_client=app.client,
+            ping_interval=settings.socket_ping_interval_s,
+        )
+        self.client = self.handler.client
+        self.watchdog_s = settings.socket_watchdog_s
+        self.reconnects = 0
+        self._last_inbound = time.time()
+        self._watchdog: asyncio.Task[None] | None = None
+        self.client.on_message_listeners.append(self._on_message)
+
+    async def _on_message(self, _message: Any) -> None:
+        self._last_inbound = time.time()
+
+    def silence_s(self) -> float:
+        last_pong = self.client.last_ping_pong_time or 0.0
+        return time.time() - max(self._last_inbound, last_pong)
+
+    async def start(self) -> None:
+        await self.handler.connect_async()
+        self._last_inbound = time.time()
+        self._watchdog = asyncio.create_task(self._watch(), name="socket-mode-watchdog")
+        log.info("connected to Slack in Socket Mode")
+
+    async def _watch(self) -> None:
+        interval = min(5.0, self.watchdog_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            silence = self.silence_s()
+            if silence < self.watchdog_s:
+                continue
+            log.warning(WATCHDOG_RECONNECT, silence)
+            self.reconnects += 1
+            self._last_inbound = time.time()
+            try:
+                await self.client.connect_to_new_endpoint(force=True)
+            except Exception as exc:  # keep watching: the next round tries again
+                log.error("Socket Mode reconnect failed: %s", type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self.handler.close_async()

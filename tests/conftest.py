@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from workers.db import create_engine
 from workers.migrate import upgrade
 from workers.store import Store
@@ -108,8 +110,9 @@ SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
 
 
 @pytest.fixture
-def settings_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Settings built from explicit values (which win over the developer's environment)."""
+def settings_factory(tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI):  # type: ignore[no-untyped-def]
+    """Settings built from explicit values (which win over the developer's environment),
+    with both model providers pointed at their fakes."""
     from workers.config import Settings, load_settings
 
     def make(**overrides: object) -> Settings:
@@ -118,8 +121,10 @@ def settings_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
             "slack_signing_secret": SIGNING_SECRET,
             "slack_app_token": None,
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}",
-            "anthropic_api_key": "sk-ant-test",
-            "openai_api_key": "sk-test",
+            "anthropic_api_key": fake_anthropic.api_key,
+            "anthropic_base_url": fake_anthropic.base_url,
+            "openai_api_key": fake_openai.api_key,
+            "openai_base_url": fake_openai.base_url,
         }
         values.update(overrides)
         return load_settings(**values)

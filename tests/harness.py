@@ -13,6 +13,7 @@ from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
 from tests.fakes.slack import FakeSlack, SlackSender
 from workers.config import Settings
+from workers.providers import ModelRouter
 from workers.store import Store
 
 
@@ -31,7 +32,8 @@ async def running_bot(
     """Serve the bot over HTTP on a free port, talking to `fake_slack`."""
     settings = settings.model_copy(update={"slack_api_url": fake_slack.api_url})
     client = make_slack_client(settings, backoff_factor_s=0.01)
-    bolt = create_app(settings, store=store, client=client)
+    router = ModelRouter.from_settings(settings, store)
+    bolt = create_app(settings, store=store, client=client, completer=router)
     runner: web.AppRunner = await start_site(
         build_web_app(store=store, bolt=bolt), host="127.0.0.1", port=0
     )
@@ -48,3 +50,4 @@ async def running_bot(
         )
     finally:
         await runner.cleanup()
+        await router.close()

@@ -123,6 +123,13 @@ class IntakeSettings(_Strict):
     max_questions_per_round: int = Field(default=3, ge=1, le=5)
 
 
+class SlackSettings(_Strict):
+    socket_ping_interval_s: float = Field(default=10, gt=0, description="Socket Mode ping period")
+    socket_watchdog_s: float = Field(
+        default=120, gt=0, description="reconnect after this long with no traffic and no ping reply"
+    )
+
+
 class EngineSettings(_Strict):
     lease_ttl_s: int = Field(default=60, gt=0)
     heartbeat_s: int = Field(default=15, gt=0)
@@ -255,6 +262,7 @@ class Settings(BaseSettings):
     digests: list[DigestSchedule] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
 

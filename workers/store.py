@@ -31,6 +31,7 @@ from workers.errors import NotFound, StaleUpdate
 from workers.models import (
     AuditEvent,
     Deliverable,
+    IntakeSession,
     LlmCall,
     RunAttempt,
     SlackEventSeen,
@@ -419,6 +420,52 @@ class Store:
         async with self._sessions() as s:
             return list((await s.exec(query)).all())
 
+    # Intake dialogue
+
+    async def open_intake(
+        self, *, channel: str, thread_ts: str, requester: str, surface: str = "slack"
+    ) -> tuple[IntakeSession, bool]:
+        """The dialogue in this thread, creating it if needed; True if it was created now."""
+        existing = await self.intake_session(channel, thread_ts)
+        if existing is not None:
+            return existing, False
+        try:
+            async with self.transaction() as s:
+                session = IntakeSession(
+                    channel=channel, thread_ts=thread_ts, requester=requester, surface=surface
+                )
+                s.add(session)
+        except IntegrityError:  # another process opened it a moment ago
+            again = await self.intake_session(channel, thread_ts)
+            assert again is not None
+            return again, False
+        return session, True
+
+    async def intake_session(self, channel: str, thread_ts: str) -> IntakeSession | None:
+        query = select(IntakeSession).where(
+            IntakeSession.channel == channel, IntakeSession.thread_ts == thread_ts
+        )
+        async with self._sessions() as s:
+            return (await s.exec(query)).first()
+
+    async def intake_for_order(self, ref: OrderRef) -> IntakeSession | None:
+        query = select(IntakeSession).where(IntakeSession.order_id == _order_number(ref))
+        async with self._sessions() as s:
+            return (await s.exec(query)).first()
+
+    async def save_intake(self, session: IntakeSession) -> IntakeSession:
+        session.updated_at = utcnow()
+        async with self.transaction() as s:
+            merged = await s.merge(session)
+        return merged
+
+    async def count_intake(self, *, kind: str, since: datetime | None = None) -> int:
+        query = select(func.count()).select_from(IntakeSession).where(IntakeSession.kind == kind)
+        if since is not None:
+            query = query.where(col(IntakeSession.created_at) >= since)
+        async with self._sessions() as s:
+            return int((await s.exec(query)).one())
+
     # Audit trail
 
     async def audit(
@@ -484,7 +531,6 @@ class Store:
             if broken:
                 breaks.append(broken)
         return checked, breaks
-
 
     # Engine: queue, leases and spend. workers.queue, workers.budget and workers.runtime call
     # these; each is one transaction, and locks rows in one order (work order, then its LLM

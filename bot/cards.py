@@ -1,0 +1,118 @@
+"""The work-order card: the draft or order shown legibly in its thread, with its controls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.blocks import (
+    Block,
+    button,
+    cap_blocks,
+    context,
+    fields,
+    header,
+    sections,
+    slack_date,
+    truncate,
+)
+from workers.config import Settings
+from workers.workorder import Status, WorkOrder
+
+START_ACTION = "wo_start"
+EDIT_ACTION = "wo_edit"
+CANCEL_ACTION = "wo_cancel"
+
+STATE_LABELS: dict[Status, str] = {
+    Status.DRAFTING: "Drafting",
+    Status.AWAITING_CONFIRMATION: "Draft: waiting for the requester to start it",
+    Status.QUEUED: "Queued",
+    Status.RUNNING: "Running",
+    Status.WAITING_FOR_REQUESTER: "Waiting for the requester",
+    Status.VERIFYING: "Verifying",
+    Status.AWAITING_REVIEW: "Awaiting review",
+    Status.CHANGES_REQUESTED: "Changes requested",
+    Status.APPROVED: "Approved",
+    Status.REJECTED: "Rejected",
+    Status.EXCEPTION: "Needs attention",
+    Status.CANCELLED: "Cancelled",
+}
+
+
+def mention(user: str | None) -> str:
+    return f"<@{user}>" if user else "_nobody_"
+
+
+def card_text(order: WorkOrder) -> str:
+    """Notification fallback text."""
+    return f"{order.id or 'Draft'}: {order.title} ({STATE_LABELS[order.status]})"
+
+
+def render_card(
+    order: WorkOrder, settings: Settings, *, open_points: list[str] | None = None, note: str = ""
+) -> list[Block]:
+    policy = settings.policies.get(order.authority_policy)
+    tools = ", ".join(policy.tools) if policy else "unknown policy"
+    reviewers = (
+        ", ".join(mention(u) for u in order.verification.reviewers)
+        or "_none named_ (requester reviews)"
+    )
+    deadline = (
+        slack_date(int(order.deadline.timestamp()), order.deadline.strftime("%Y-%m-%d %H:%M UTC"))
+        if order.deadline
+        else "_none_"
+    )
+    criteria = "\n".join(f"☐ {c}" for c in order.acceptance_criteria)
+    blocks: list[Block] = [
+        header(order.title),
+        context(
+            f"*{order.id or 'Draft'}* · {STATE_LABELS[order.status]} · requested by {mention(order.requester)}"
+        ),
+        *sections(f"*Goal*\n{order.goal}"),
+        *sections(f"*Deliverable*\n{order.deliverable}"),
+        *sections(f"*Acceptance criteria*\n{criteria}"),
+        fields(
+            [
+                ("Budget", order.budget.describe()),
+                ("Deadline", deadline),
+                ("Reviewer", reviewers),
+                ("Escalation", mention(order.escalation_contact)),
+                ("Policy", f"`{order.authority_policy}`: {tools}"),
+                ("Workload", order.workload_class.value),
+            ]
+        ),
+    ]
+    if order.context:
+        blocks.append(context(truncate(f"Context: {order.context}", 1500)))
+    if open_points:
+        blocks += sections("*Open points*\n" + "\n".join(f"• {p}" for p in open_points))
+    if note:
+        blocks.append(context(note))
+    if order.status is Status.AWAITING_CONFIRMATION and order.id:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "wo_controls",
+                "elements": [
+                    button("Start", START_ACTION, order.id, style="primary"),
+                    button("Edit", EDIT_ACTION, order.id),
+                    button(
+                        "Cancel",
+                        CANCEL_ACTION,
+                        order.id,
+                        style="danger",
+                        confirm=_confirm_cancel(order.id),
+                    ),
+                ],
+            }
+        )
+        blocks.append(context("Reply *go* in this thread to start, or use the buttons."))
+    return cap_blocks(blocks)
+
+
+def _confirm_cancel(order_id: str) -> dict[str, Any]:
+    return {
+        "title": {"type": "plain_text", "text": "Cancel this order?"},
+        "text": {"type": "mrkdwn", "text": f"{order_id} will not run."},
+        "confirm": {"type": "plain_text", "text": "Cancel it"},
+        "deny": {"type": "plain_text", "text": "Keep it"},
+    }

@@ -1,0 +1,304 @@
+"""The Slack adapter over the intake dialogue: threads in, questions, answers and cards out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
+from bot.cards import card_text, render_card
+from workers.config import Settings
+from workers.errors import IllegalTransition
+from workers.intake import (
+    ChatAnswer,
+    Draft,
+    IntakeEngine,
+    IntakeUnavailable,
+    Questions,
+    RequesterContext,
+    Turn,
+)
+from workers.models import IntakeSession
+from workers.states import TERMINAL
+from workers.store import Store
+from workers.workorder import Status, WorkOrder
+
+log = logging.getLogger(__name__)
+
+GO_WORDS = frozenset({"go", "start", "go ahead", "start it", "yes go", "ship it"})
+CANCEL_WORDS = frozenset({"cancel", "stop", "cancel it", "never mind", "nevermind"})
+TZ_CACHE_S = 3600
+
+
+def card_key(order_id: str) -> str:
+    return f"{order_id}:card"
+
+
+def normalise_reply(text: str) -> str:
+    return re.sub(r"[^\w\s]", "", re.sub(r"<@[^>]+>", "", text)).strip().lower()
+
+
+def may_control(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Only the requester (or an admin) may start, edit or cancel an order."""
+    return user == order.requester or user in settings.admins
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message that may start or continue a dialogue."""
+
+    channel: str
+    thread_ts: str
+    ts: str
+    user: str
+    text: str
+    new_request: bool
+    context: str = ""
+
+
+class Conversations:
+    """Drives intake dialogues in Slack threads and controls the resulting draft orders."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store, engine: IntakeEngine, client: AsyncWebClient
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.client = client
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tz: dict[str, tuple[str, float]] = {}
+
+    # Dialogue
+
+    async def handle(self, msg: Incoming) -> None:
+        async with self._locks[(msg.channel, msg.thread_ts)]:
+            session = await self.store.intake_session(msg.channel, msg.thread_ts)
+            if session is None:
+                if not msg.new_request:
+                    return
+                session, _ = await self.store.open_intake(
+                    channel=msg.channel, thread_ts=msg.thread_ts, requester=msg.user
+                )
+            if msg.user != session.requester:
+                return  # others may talk in the thread; only the requester drives the dialogue
+            if session.state == "proposed" and session.order_id is not None:
+                if await self._handle_reply_to_card(session, msg):
+                    return
+            elif session.state != "open":
+                return
+            await self._advance(session, msg)
+
+    async def _handle_reply_to_card(self, session: IntakeSession, msg: Incoming) -> bool:
+        """'go' starts the proposed order and 'cancel' cancels it; anything else refines the draft."""
+        assert session.order_id is not None
+        word = normalise_reply(msg.text)
+        if word in GO_WORDS:
+            await self.start(f"WO-{session.order_id}", user=msg.user, channel=msg.channel)
+            return True
+        if word in CANCEL_WORDS:
+            await self.cancel(f"WO-{session.order_id}", user=msg.user, channel=msg.channel)
+            return True
+        return False
+
+    async def _advance(self, session: IntakeSession, msg: Incoming) -> None:
+        turns = [Turn(t["role"], t["text"]) for t in session.transcript]
+        turns.append(Turn("requester", msg.text))
+        session.transcript = [*session.transcript, {"role": "requester", "text": msg.text}]
+        await self._react(msg.channel, msg.ts, "eyes")
+        ctx = RequesterContext(
+            user_id=msg.user,
+            channel=msg.channel,
+            tz=await self.user_tz(msg.user),
+            context=msg.context or _context_of(session),
+        )
+        if msg.context:
+            session.draft = {**(session.draft or {}), "context": msg.context}
+        try:
+            outcome = await self.engine.step(turns, ctx, rounds_so_far=session.rounds)
+        except IntakeUnavailable:
+            await self.store.save_intake(session)
+            await self._post(
+                msg.channel,
+                msg.thread_ts,
+                "I couldn't reach the language model just now, so I can't draft this yet. "
+                "Reply in this thread to try again.",
+            )
+            return
+        if isinstance(outcome, ChatAnswer):
+            session.kind, session.state = "chat", "closed"
+            session.transcript = [*session.transcript, {"role": "delegate", "text": outcome.text}]
+            await self.store.save_intake(session)
+            await self._post(msg.channel, msg.thread_ts, outcome.text)
+        elif isinstance(outcome, Questions):
+            session.rounds += 1
+            text = _questions_text(outcome.questions)
+            session.transcript = [*session.transcript, {"role": "delegate", "text": text}]
+            await self.store.save_intake(session)
+            await self._post(msg.channel, msg.thread_ts, text)
+        else:
+            await self._propose(session, outcome, msg)
+
+    async def _propose(self, session: IntakeSession, draft: Draft, msg: Incoming) -> None:
+        order = draft.order.model_copy(update={"channel": msg.channel, "thread_ts": msg.thread_ts})
+        if session.order_id is None:
+            order = await self.store.create_order(order, actor=msg.user)
+            assert order.id
+            order = await self.store.transition(
+                order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
+            )
+        else:
+            existing = await self.store.get_order(f"WO-{session.order_id}")
+            if existing.status is not Status.AWAITING_CONFIRMATION:
+                return
+            order = await self.store.update_order(
+                f"WO-{session.order_id}",
+                actor=msg.user,
+                reason="refined in thread",
+                **order.model_dump(
+                    include={
+                        "title",
+                        "goal",
+                        "deliverable",
+                        "acceptance_criteria",
+                        "budget",
+                        "workload_class",
+                        "authority_policy",
+                        "verification",
+                        "deadline",
+                    }
+                ),
+            )
+        assert order.id
+        session.kind, session.state = "delegation", "proposed"
+        session.order_id = int(order.id.removeprefix("WO-"))
+        session.draft = {"open_points": draft.open_points, "context": _context_of(session)}
+        summary = f"Drafted {order.id}: {order.title}"
+        session.transcript = [*session.transcript, {"role": "delegate", "text": summary}]
+        await self.store.save_intake(session)
+        await self.show_card(order, open_points=draft.open_points)
+
+    # Card
+
+    async def show_card(
+        self, order: WorkOrder, *, open_points: list[str] | None = None, note: str = ""
+    ) -> None:
+        """Post the order's card in its thread, or update it in place if it was posted before."""
+        assert order.id and order.channel
+        if open_points is None:
+            session = await self.store.intake_for_order(order.id)
+            open_points = list((session.draft or {}).get("open_points", [])) if session else []
+        blocks = render_card(order, self.settings, open_points=open_points, note=note)
+        key = card_key(order.id)
+        posted = await self.store.slack_message(key)
+        if posted is not None and posted.ts:
+            await self.client.chat_update(
+                channel=posted.channel, ts=posted.ts, text=card_text(order), blocks=blocks
+            )
+            return
+        response = await self.client.chat_postMessage(
+            channel=order.channel, thread_ts=order.thread_ts, text=card_text(order), blocks=blocks
+        )
+        await self.store.save_slack_message(
+            key=key,
+            purpose="card",
+            channel=str(response["channel"]),
+            ts=str(response["ts"]),
+            order=order.id,
+        )
+
+    # Controls (buttons, slash commands and thread replies all end up here)
+
+    async def start(self, order_id: str, *, user: str, channel: str) -> WorkOrder | None:
+        order = await self.store.get_order(order_id)
+        if not await self._authorised(order, user, channel, "start"):
+            return None
+        try:
+            order = await self.store.transition(
+                order_id, Status.QUEUED, actor=user, reason="started by requester"
+            )
+        except IllegalTransition:
+            return None  # already started (a double click) or no longer startable
+        session = await self.store.intake_for_order(order_id)
+        if session is not None:
+            session.state = "confirmed"
+            await self.store.save_intake(session)
+        await self.show_card(
+            order, note=f"Started by <@{user}>. I'll post progress in this thread."
+        )
+        return order
+
+    async def cancel(self, order_id: str, *, user: str, channel: str) -> WorkOrder | None:
+        order = await self.store.get_order(order_id)
+        if not await self._authorised(order, user, channel, "cancel"):
+            return None
+        if order.status in TERMINAL:
+            return None
+        try:
+            order = await self.store.transition(
+                order_id, Status.CANCELLED, actor=user, reason="cancelled by requester"
+            )
+        except IllegalTransition:
+            return None
+        session = await self.store.intake_for_order(order_id)
+        if session is not None:
+            session.state = "closed"
+            await self.store.save_intake(session)
+        await self.show_card(order, note=f"Cancelled by <@{user}>.")
+        return order
+
+    async def _authorised(self, order: WorkOrder, user: str, channel: str, verb: str) -> bool:
+        if may_control(order, user, self.settings):
+            return True
+        await self.client.chat_postEphemeral(
+            channel=channel,
+            user=user,
+            thread_ts=order.thread_ts,
+            text=f"Only <@{order.requester}>, who asked for {order.id}, or an admin can {verb} it.",
+        )
+        return False
+
+    # Slack helpers
+
+    async def user_tz(self, user: str) -> str:
+        cached = self._tz.get(user)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        tz = "UTC"
+        try:
+            response = await self.client.users_info(user=user)
+            tz = str(response["user"].get("tz") or "UTC")
+        except SlackApiError as exc:
+            log.info("users.info failed for %s: %s; assuming UTC", user, exc.response.get("error"))
+        self._tz[user] = (tz, time.monotonic() + TZ_CACHE_S)
+        return tz
+
+    async def _post(self, channel: str, thread_ts: str, text: str) -> None:
+        await self.client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread_ts,
+            text=truncate(text, MESSAGE_TEXT_MAX),
+            blocks=cap_blocks(sections(text)),
+        )
+
+    async def _react(self, channel: str, ts: str, name: str) -> None:
+        try:
+            await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
+        except SlackApiError:
+            pass  # a missing reaction is cosmetic (already_reacted, no permission)
+
+
+def _questions_text(questions: list[str]) -> str:
+    numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+    return f"A few questions before I draft this:\n{numbered}\n_Reply in this thread._"
+
+
+def _context_of(session: IntakeSession) -> str:
+    return str((session.draft or {}).get("context", ""))

@@ -1,0 +1,316 @@
+"""Modals: the intake form (shortcut, App Home) and the work-order editor, with inline validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.blocks import modal_title, plain, truncate
+from workers.config import Settings
+from workers.workorder import WorkloadClass, WorkOrder
+
+INTAKE_CALLBACK = "intake_modal"
+EDIT_CALLBACK = "edit_order_modal"
+MAX_USD = Decimal("1000")
+MAX_CRITERIA = 6
+
+
+def _input(
+    block_id: str, label: str, element: dict[str, Any], *, optional: bool = False, hint: str = ""
+) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "input",
+        "block_id": block_id,
+        "label": plain(label, 2000),
+        "element": {**element, "action_id": block_id},
+        "optional": optional,
+    }
+    if hint:
+        block["hint"] = plain(hint, 2000)
+    return block
+
+
+def _text(initial: str, *, multiline: bool = False, max_length: int = 3000) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "multiline": multiline,
+        "max_length": max_length,
+    }
+    if initial:
+        element["initial_value"] = truncate(initial, max_length, "…")
+    return element
+
+
+def _option(value: str, label: str) -> dict[str, Any]:
+    return {"text": plain(label, 75), "value": value}
+
+
+# Intake form
+
+
+def intake_modal(*, initial_text: str = "", metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": INTAKE_CALLBACK,
+        "title": modal_title("Delegate this"),
+        "submit": plain("Continue", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps(metadata)[:3000],
+        "blocks": [
+            _input(
+                "request",
+                "What should be done?",
+                _text(initial_text, multiline=True),
+                hint="I'll ask a question or two if needed, then draft a work order for you to start.",
+            )
+        ],
+    }
+
+
+def intake_request(values: dict[str, Any]) -> str:
+    return str(_value(values, "request") or "").strip()
+
+
+# Work-order editor
+
+
+def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]) -> dict[str, Any]:
+    policies = settings.channel_defaults(order.channel).grantable_policies()
+    if order.authority_policy not in policies:
+        policies = [order.authority_policy, *policies]
+    reviewers: dict[str, Any] = {
+        "type": "multi_users_select",
+        "placeholder": plain("Choose reviewers"),
+    }
+    if order.verification.reviewers:
+        reviewers["initial_users"] = order.verification.reviewers
+    escalation: dict[str, Any] = {"type": "users_select", "placeholder": plain("Choose a person")}
+    if order.escalation_contact:
+        escalation["initial_user"] = order.escalation_contact
+    tz = _zone(str(metadata.get("tz", "UTC")))
+    deadline_date: dict[str, Any] = {"type": "datepicker"}
+    deadline_time: dict[str, Any] = {"type": "timepicker"}
+    if order.deadline:
+        local = order.deadline.astimezone(tz)
+        deadline_date["initial_date"] = local.date().isoformat()
+        deadline_time["initial_time"] = local.strftime("%H:%M")
+    budget = order.budget
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "title": modal_title(f"Edit {order.id or 'draft'}"),
+        "submit": plain("Save", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps(metadata)[:3000],
+        "blocks": [
+            _input("title", "Title", _text(order.title, max_length=200)),
+            _input("goal", "Goal", _text(order.goal, multiline=True)),
+            _input("deliverable", "Deliverable", _text(order.deliverable, multiline=True)),
+            _input(
+                "criteria",
+                "Acceptance criteria",
+                _text("\n".join(order.acceptance_criteria), multiline=True),
+                hint=f"One per line, 1 to {MAX_CRITERIA}, each checkable by reading the result.",
+            ),
+            _input(
+                "workload",
+                "Workload",
+                {
+                    "type": "static_select",
+                    "options": [_option(w.value, w.value) for w in WorkloadClass],
+                    "initial_option": _option(
+                        order.workload_class.value, order.workload_class.value
+                    ),
+                },
+            ),
+            _input(
+                "budget_usd",
+                "Budget (USD)",
+                {
+                    "type": "number_input",
+                    "is_decimal_allowed": True,
+                    "min_value": "0.01",
+                    "max_value": str(MAX_USD),
+                    "initial_value": f"{budget.max_usd:.2f}",
+                },
+            ),
+            _input(
+                "wall_clock_min",
+                "Time limit (minutes)",
+                {
+                    "type": "number_input",
+                    "is_decimal_allowed": False,
+                    "min_value": "1",
+                    "initial_value": str(max(1, round(budget.max_wall_clock_s / 60))),
+                },
+            ),
+            _input(
+                "tool_calls",
+                "Tool calls",
+                {
+                    "type": "number_input",
+                    "is_decimal_allowed": False,
+                    "min_value": "0",
+                    "initial_value": str(budget.max_tool_calls),
+                },
+            ),
+            _input(
+                "policy",
+                "Authority policy",
+                {
+                    "type": "static_select",
+                    "options": [_policy_option(p, settings) for p in policies],
+                    "initial_option": _policy_option(order.authority_policy, settings),
+                },
+            ),
+            _input("reviewers", "Reviewers", reviewers, optional=True),
+            _input("escalation", "Escalation contact", escalation, optional=True),
+            _input("deadline_date", "Deadline (date)", deadline_date, optional=True),
+            _input(
+                "deadline_time",
+                "Deadline (time)",
+                deadline_time,
+                optional=True,
+                hint="In your time zone. Without a time, the end of the day.",
+            ),
+        ],
+    }
+
+
+def _policy_option(name: str, settings: Settings) -> dict[str, Any]:
+    policy = settings.policies.get(name)
+    label = f"{name}: {', '.join(policy.tools)}" if policy else name
+    return _option(name, label)
+
+
+@dataclass(frozen=True)
+class EditResult:
+    changes: dict[str, Any]
+    errors: dict[str, str]
+
+
+def parse_edit(
+    values: dict[str, Any], order: WorkOrder, settings: Settings, *, tz: str, now: datetime
+) -> EditResult:
+    """Turn a submitted editor into order changes, or into errors keyed by the field's block id."""
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+
+    for block in ("title", "goal", "deliverable"):
+        text = str(_value(values, block) or "").strip()
+        if not text:
+            errors[block] = "This cannot be empty."
+        else:
+            changes[block] = text
+
+    criteria = [
+        line.strip(" \t-•☐*") for line in str(_value(values, "criteria") or "").splitlines()
+    ]
+    criteria = [c for c in criteria if c]
+    if not 1 <= len(criteria) <= MAX_CRITERIA:
+        errors["criteria"] = (
+            f"Write 1 to {MAX_CRITERIA} criteria, one per line (you wrote {len(criteria)})."
+        )
+    else:
+        changes["acceptance_criteria"] = criteria
+
+    workload = _value(values, "workload") or order.workload_class.value
+    changes["workload_class"] = workload
+
+    usd = _decimal(_value(values, "budget_usd"))
+    if usd is None or usd <= 0:
+        errors["budget_usd"] = "Enter a budget in US dollars greater than 0, e.g. 2.50."
+    elif usd > MAX_USD:
+        errors["budget_usd"] = f"At most ${MAX_USD:,.0f} per order; ask an admin for more."
+    minutes = _int(_value(values, "wall_clock_min"))
+    if minutes is None or minutes < 1:
+        errors["wall_clock_min"] = "Enter a whole number of minutes, at least 1."
+    elif minutes > 24 * 60:
+        errors["wall_clock_min"] = "At most 1440 minutes (one day)."
+    tool_calls = _int(_value(values, "tool_calls"))
+    if tool_calls is None or tool_calls < 0:
+        errors["tool_calls"] = "Enter a whole number of tool calls, 0 or more."
+    if not {"budget_usd", "wall_clock_min", "tool_calls"} & errors.keys():
+        assert usd is not None and minutes is not None and tool_calls is not None
+        changes["budget"] = order.budget.model_copy(
+            update={
+                "max_usd": float(usd),
+                "max_wall_clock_s": minutes * 60,
+                "max_tool_calls": tool_calls,
+            }
+        )
+
+    policy = _value(values, "policy") or order.authority_policy
+    allowed = settings.channel_defaults(order.channel).grantable_policies()
+    if policy not in allowed and policy != order.authority_policy:
+        errors["policy"] = f"This channel can grant only: {', '.join(allowed)}."
+    else:
+        changes["authority_policy"] = policy
+
+    reviewers = _value(values, "reviewers") or []
+    changes["verification"] = order.verification.model_copy(update={"reviewers": list(reviewers)})
+    changes["escalation_contact"] = _value(values, "escalation") or None
+
+    day = _value(values, "deadline_date")
+    at = _value(values, "deadline_time")
+    if day:
+        try:
+            local_day = date.fromisoformat(str(day))
+            local_time = time.fromisoformat(str(at)) if at else time(23, 59)
+        except ValueError:
+            errors["deadline_date"] = "That is not a date."
+        else:
+            deadline = datetime.combine(local_day, local_time, tzinfo=_zone(tz)).astimezone(UTC)
+            if deadline <= now:
+                errors["deadline_date"] = "The deadline is in the past."
+            else:
+                changes["deadline"] = deadline
+    elif at:
+        errors["deadline_date"] = "Pick a date for the deadline too."
+    else:
+        changes["deadline"] = None
+    return EditResult(changes, errors)
+
+
+def _value(values: dict[str, Any], block_id: str) -> Any:
+    """The submitted value of the input in `block_id`, whatever element type it is."""
+    element = values.get(block_id, {}).get(block_id, {})
+    kind = element.get("type")
+    if kind == "static_select":
+        option = element.get("selected_option") or {}
+        return option.get("value")
+    if kind == "multi_users_select":
+        return element.get("selected_users")
+    if kind == "users_select":
+        return element.get("selected_user")
+    if kind == "datepicker":
+        return element.get("selected_date")
+    if kind == "timepicker":
+        return element.get("selected_time")
+    return element.get("value")
+
+
+def _decimal(raw: Any) -> Decimal | None:
+    try:
+        value = Decimal(str(raw).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() else None
+
+
+def _int(raw: Any) -> int | None:
+    value = _decimal(raw)
+    if value is None or value != value.to_integral_value():
+        return None
+    return int(value)
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")

@@ -1,0 +1,83 @@
+"""`delegate console`: the same dialogue driven through standard input, as a script would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.fakes.anthropic import FakeAnthropic
+from tests.slack_helpers import chat, draft, questions
+from workers.store import Store
+from workers.workorder import Status
+
+DELEGATE = Path(sys.executable).with_name("delegate")
+
+
+def _env(settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DELEGATE_"))}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        ANTHROPIC_API_KEY=settings.anthropic_api_key.get_secret_value(),
+        ANTHROPIC_BASE_URL=settings.anthropic_base_url,
+        OPENAI_API_KEY=settings.openai_api_key.get_secret_value(),
+        OPENAI_BASE_URL=settings.openai_base_url,
+    )
+    return env
+
+
+async def _console(settings: Any, stdin: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "console",
+        *args,
+        env=_env(settings),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_console_dialogue_ends_with_the_confirmed_order_id(
+    fake_anthropic: FakeAnthropic, settings_factory: Callable[..., Any]
+) -> None:
+    settings = settings_factory()
+    fake_anthropic.script(questions("Which competitors?"), draft())
+    code, out, err = await _console(
+        settings, "help with competitor pricing\nAcme, Globex and Initech\nyes\n", "--user", "U1"
+    )
+    assert code == 0, err
+    assert "1. Which competitors?" in out
+    assert "[ ] Covers Acme, Globex and Initech" in out and "$2.00 · 15 min · 40 tool calls" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Confirmed WO-")
+
+    store = Store.from_url(settings.database_url)
+    try:
+        order = await store.get_order(last.removeprefix("Confirmed "))
+        assert order.status is Status.QUEUED and order.requester == "U1"
+        assert "Acme, Globex and Initech" in str(fake_anthropic.requests[1]["messages"])
+    finally:
+        await store.close()
+
+
+async def test_console_declined_draft_and_chat_confirm_nothing(
+    fake_anthropic: FakeAnthropic, settings_factory: Callable[..., Any]
+) -> None:
+    settings = settings_factory()
+    fake_anthropic.script(draft())
+    code, out, _ = await _console(settings, "pricing table\nno\n")
+    assert code == 1 and "No work order was confirmed." in out
+    fake_anthropic.script(
+        chat("EBITDA means earnings before interest, taxes, depreciation and amortisation.")
+    )
+    code, out, _ = await _console(settings, "what is EBITDA?\n")
+    assert code == 1 and "earnings before interest" in out
+    code, out, _ = await _console(settings, "")
+    assert code == 1 and "No work order was confirmed." in out

@@ -1,0 +1,507 @@
+"""From a Slack message to a confirmed work order, end to end: signed requests into the real Bolt
+app over HTTP, the real SDKs out to the fake Slack and the fake Anthropic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
+from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.slack import FakeSlack
+from tests.harness import RunningBot, running_bot
+from tests.slack_helpers import chat, draft, questions, state_from_view
+from workers.store import Store
+from workers.workorder import Status
+
+
+@pytest.fixture
+async def bot(
+    store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
+) -> AsyncIterator[RunningBot]:
+    settings = settings_factory(admins=["UADMIN"])
+    async with running_bot(settings, store=store, fake_slack=fake_slack) as running:
+        yield running
+
+
+def _blocks_text(blocks: list[dict[str, Any]]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+def _buttons(blocks: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        e["action_id"]: e["value"] for b in blocks if b["type"] == "actions" for e in b["elements"]
+    }
+
+
+async def _card_for(fake_slack: FakeSlack, within: float = 5) -> dict[str, Any]:
+    """The first message posted with Start/Edit/Cancel buttons."""
+
+    def has_card() -> bool:
+        return any(
+            START_ACTION in _blocks_text(c.args.get("blocks") or [])
+            for c in fake_slack.calls_to("chat.postMessage")
+        )
+
+    await fake_slack.wait_until(has_card, within=within)
+    return next(
+        c.args
+        for c in fake_slack.calls_to("chat.postMessage")
+        if START_ACTION in _blocks_text(c.args.get("blocks") or [])
+    )
+
+
+async def test_vague_request_questions_answers_card_start_queued(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(
+        questions("Which competitors?", "What form should the result take?"),
+        draft(),
+    )
+    mention = bot.sender.app_mention("<@UBOT> help with competitor pricing", channel="C1")
+    assert (await bot.sender.event(mention))[0] == 200
+
+    [asked] = await fake_slack.wait_for("chat.postMessage")
+    assert asked.args["thread_ts"] == mention["ts"]
+    assert "1. Which competitors?" in asked.args["text"] and "2. What form" in asked.args["text"]
+    assert fake_anthropic.requests[0]["tool_choice"] == {"type": "tool", "name": "intake_decision"}
+
+    reply = bot.sender.app_mention(
+        "Acme, Globex, Initech. A one-page table.", channel="C1", thread_ts=mention["ts"]
+    )
+    reply["type"] = "message"
+    reply["channel_type"] = "channel"
+    assert (await bot.sender.event(reply))[0] == 200
+
+    card = await _card_for(fake_slack)
+    assert card["thread_ts"] == mention["ts"]
+    text = _blocks_text(card["blocks"])
+    assert "☐ Covers Acme, Globex and Initech" in text
+    assert "$2.00 · 15 min · 40 tool calls" in text
+    assert "`research`" in text and "web_fetch" in text
+    # The second model call saw the whole conversation, answers included.
+    assert "Acme, Globex, Initech" in json.dumps(fake_anthropic.requests[1]["messages"])
+
+    [order] = await bot.store.list_orders(requester="U1")
+    assert order.status is Status.AWAITING_CONFIRMATION and order.thread_ts == mention["ts"]
+    assert _buttons(card["blocks"])[START_ACTION] == order.id
+
+    click = bot.sender.block_action(
+        START_ACTION, order.id, user_id="U1", channel_id="C1", message_ts="1.1"
+    )
+    assert (await bot.sender.action(click))[0] == 200
+    [update] = await fake_slack.wait_for("chat.update")
+    assert update.args["ts"] == fake_slack.calls_to("chat.postMessage")[1].response["ts"]
+    assert "Queued" in _blocks_text(update.args["blocks"]) and order.id in _blocks_text(
+        update.args["blocks"]
+    )
+    assert START_ACTION not in _blocks_text(update.args["blocks"])
+    assert (await bot.store.get_order(order.id)).status is Status.QUEUED
+    trail = await bot.store.audit_trail(order.id)
+    assert trail[-1].actor == "U1" and trail[-1].data["to"] == "queued"
+
+
+async def test_clear_request_goes_straight_to_a_card(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(draft(deadline="2031-03-07T17:00", reviewers=["U7"]))
+    fake_slack.users["U1"] = {"tz": "Europe/Berlin"}
+    event = bot.sender.app_mention(
+        "<@UBOT> table of Acme/Globex/Initech pricing with sources by Friday 5pm, <@U7> reviews",
+        channel="C1",
+    )
+    await bot.sender.event(event)
+    card = await _card_for(fake_slack)
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1, "no questions for a clear request"
+    [order] = await bot.store.list_orders(requester="U1")
+    # 17:00 in Berlin (CET in March) is 16:00 UTC.
+    assert order.deadline == datetime(2031, 3, 7, 16, 0, tzinfo=UTC)
+    assert order.verification.reviewers == ["U7"]
+    assert "<@U7>" in _blocks_text(card["blocks"])
+    assert f"<!date^{int(order.deadline.timestamp())}^" in _blocks_text(card["blocks"])
+
+
+async def test_model_cannot_invent_reviewers(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(draft(reviewers=["UEVIL"]))
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> pricing table please", channel="C1"))
+    await _card_for(fake_slack)
+    [order] = await bot.store.list_orders(requester="U1")
+    assert order.verification.reviewers == []
+
+
+async def test_plain_question_is_answered_as_chat(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(
+        chat("EBITDA is earnings before interest, taxes, depreciation and amortisation.")
+    )
+    event = bot.sender.app_mention("<@UBOT> what does EBITDA mean?", channel="C1")
+    await bot.sender.event(event)
+    [answer] = await fake_slack.wait_for("chat.postMessage")
+    assert (
+        answer.args["thread_ts"] == event["ts"]
+        and "earnings before interest" in answer.args["text"]
+    )
+    assert await bot.store.list_orders() == []
+    assert await bot.store.count_intake(kind="chat") == 1
+    assert await bot.store.count_intake(kind="delegation") == 0
+
+
+async def test_retried_event_produces_one_reply_and_one_model_call(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(questions("Which competitors?"))
+    event = bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1")
+    results = await asyncio.gather(
+        bot.sender.event(event, event_id="EvDUP"),
+        bot.sender.event(event, event_id="EvDUP", retry_num=1, retry_reason="http_timeout"),
+        bot.sender.event(event, event_id="EvDUP", retry_num=2),
+    )
+    assert [status for status, _ in results] == [200, 200, 200]
+    await fake_slack.wait_for("chat.postMessage")
+    await asyncio.sleep(0.5)
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert len(fake_anthropic.requests) == 1
+
+
+async def test_two_bot_instances_receiving_one_event_make_one_order(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    settings_factory: Callable[..., Any],
+) -> None:
+    fake_anthropic.script(draft(), draft())
+    settings = settings_factory()
+    other_store = Store.from_url(store.engine.url.render_as_string(hide_password=False))
+    try:
+        async with (
+            running_bot(settings, store=store, fake_slack=fake_slack) as first,
+            running_bot(settings, store=other_store, fake_slack=fake_slack) as second,
+        ):
+            event = first.sender.app_mention("<@UBOT> competitor pricing table", channel="C1")
+            results = await asyncio.gather(
+                first.sender.event(event, event_id="EvTWICE"),
+                second.sender.event(event, event_id="EvTWICE"),
+            )
+            assert [s for s, _ in results] == [200, 200]
+            await _card_for(fake_slack)
+            await asyncio.sleep(0.5)
+        assert len(await store.list_orders()) == 1
+        assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    finally:
+        await other_store.close()
+
+
+async def test_ack_comes_before_the_slow_model(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Slack must get its 200 before any model work finishes (it retries after 3 s otherwise)."""
+    slow = questions("Which competitors?")
+    slow.delay = 2.5
+    fake_anthropic.script(slow)
+    status, _ = await bot.sender.event(
+        bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1")
+    )
+    assert status == 200
+    assert fake_slack.calls_to("chat.postMessage") == [], (
+        "acknowledged only after the model answered"
+    )
+    await fake_slack.wait_for("chat.postMessage", within=10)
+
+
+async def _proposed(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic, **fields: Any
+) -> tuple[str, dict[str, Any]]:
+    fake_anthropic.script(draft(**fields))
+    event = bot.sender.app_mention("<@UBOT> competitor pricing table", channel="C1")
+    await bot.sender.event(event)
+    card = await _card_for(fake_slack)
+    [order] = await bot.store.list_orders(requester="U1")
+    assert order.id
+    return order.id, card
+
+
+async def test_only_the_requester_may_start(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    for action in (START_ACTION, CANCEL_ACTION, EDIT_ACTION):
+        click = bot.sender.block_action(
+            action, order_id, user_id="U2", channel_id="C1", message_ts="1.1"
+        )
+        assert (await bot.sender.action(click))[0] == 200
+    ephemerals = await fake_slack.wait_for("chat.postEphemeral", count=3)
+    assert all(e.args["user"] == "U2" and "Only <@U1>" in e.args["text"] for e in ephemerals)
+    assert (await bot.store.get_order(order_id)).status is Status.AWAITING_CONFIRMATION
+    assert fake_slack.calls_to("chat.update") == [] and fake_slack.calls_to("views.open") == []
+    # An admin may.
+    click = bot.sender.block_action(
+        START_ACTION, order_id, user_id="UADMIN", channel_id="C1", message_ts="1.1"
+    )
+    await bot.sender.action(click)
+    await fake_slack.wait_for("chat.update")
+    assert (await bot.store.get_order(order_id)).status is Status.QUEUED
+
+
+async def test_double_click_starts_once(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    click = bot.sender.block_action(
+        START_ACTION, order_id, user_id="U1", channel_id="C1", message_ts="1.1"
+    )
+    await asyncio.gather(bot.sender.action(click), bot.sender.action(click))
+    await fake_slack.wait_for("chat.update")
+    await asyncio.sleep(0.3)
+    assert len(fake_slack.calls_to("chat.update")) == 1
+    kinds = [
+        e.data.get("to") for e in await bot.store.audit_trail(order_id) if e.kind == "transition"
+    ]
+    assert kinds.count("queued") == 1
+
+
+async def test_go_in_the_thread_starts_and_cancel_cancels(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    order_id, card = await _proposed(bot, fake_slack, fake_anthropic)
+    other = bot.sender.direct_message("go", channel="C1", thread_ts=card["thread_ts"], user="U2")
+    other["channel_type"] = "channel"
+    await bot.sender.event(other)
+    await asyncio.sleep(0.3)
+    assert (await bot.store.get_order(order_id)).status is Status.AWAITING_CONFIRMATION, (
+        "only the requester's go counts"
+    )
+    go = bot.sender.direct_message("Go!", channel="C1", thread_ts=card["thread_ts"])
+    go["channel_type"] = "channel"
+    await bot.sender.event(go)
+    await fake_slack.wait_for("chat.update")
+    assert (await bot.store.get_order(order_id)).status is Status.QUEUED
+
+
+async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    await bot.sender.action(
+        bot.sender.block_action(
+            EDIT_ACTION, order_id, user_id="U1", channel_id="C1", message_ts="1.1"
+        )
+    )
+    [opened] = await fake_slack.wait_for("views.open")
+    view = opened.args["view"]
+    assert view["callback_id"] == EDIT_CALLBACK and len(view["title"]["text"]) <= 24
+    initial = state_from_view(view)
+    assert initial["budget_usd"]["budget_usd"]["value"] == "2.00"
+    assert initial["title"]["title"]["value"] == "Competitor pricing one-pager"
+
+    bad = bot.sender.view_submission(
+        EDIT_CALLBACK,
+        state_from_view(view, budget_usd="-5", criteria=""),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    status, body = await bot.sender.action(bad)
+    assert status == 200
+    response = json.loads(body)
+    assert response["response_action"] == "errors"
+    assert "greater than 0" in response["errors"]["budget_usd"]
+    assert "1 to 6 criteria" in response["errors"]["criteria"]
+    assert (await bot.store.get_order(order_id)).budget.max_usd == 2.0
+
+    good = bot.sender.view_submission(
+        EDIT_CALLBACK,
+        state_from_view(
+            view,
+            budget_usd="3.5",
+            title="Pricing one-pager v2",
+            deadline_date="2031-01-10",
+            deadline_time="09:30",
+        ),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    status, body = await bot.sender.action(good)
+    assert status == 200 and "errors" not in body
+    await fake_slack.wait_for("chat.update")
+    order = await bot.store.get_order(order_id)
+    assert order.budget.max_usd == 3.5 and order.title == "Pricing one-pager v2"
+    # 09:30 in the requester's zone (fake default America/New_York, EST in January) is 14:30 UTC.
+    assert order.deadline == datetime(2031, 1, 10, 14, 30, tzinfo=UTC)
+    assert "$3.50" in _blocks_text(fake_slack.last_call("chat.update").args["blocks"])
+
+
+async def test_slash_commands(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    await bot.sender.command(text="help", response_url=fake_slack.response_url("help"))
+    await bot.sender.command(text="list", response_url=fake_slack.response_url("empty"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    by_key = {r.key: r.body for r in fake_slack.responses}
+    assert (
+        "/delegate list" in by_key["help"]["text"]
+        and by_key["help"]["response_type"] == "ephemeral"
+    )
+    assert "no open work orders" in by_key["empty"]["text"]
+
+    fake_anthropic.script(draft())
+    await bot.sender.command(
+        text="competitor pricing table",
+        channel_id="C1",
+        response_url=fake_slack.response_url("new"),
+    )
+    root = (await fake_slack.wait_for("chat.postMessage"))[0]
+    assert (
+        root.args["channel"] == "C1" and "asked me: competitor pricing table" in root.args["text"]
+    )
+    card = await _card_for(fake_slack)
+    assert card["thread_ts"] == root.response["ts"]
+    [order] = await bot.store.list_orders(requester="U1")
+    assert order.id
+
+    await bot.sender.command(text="list", response_url=fake_slack.response_url("list"))
+    await bot.sender.command(
+        text=f"status {order.id.lower()}", response_url=fake_slack.response_url("status")
+    )
+    await bot.sender.command(
+        text=f"status {order.id}", user_id="U3", response_url=fake_slack.response_url("nosy")
+    )
+    await bot.sender.command(text="status WO-999", response_url=fake_slack.response_url("missing"))
+    await bot.sender.command(text="cancel banana", response_url=fake_slack.response_url("garbage"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 7)
+    by_key = {r.key: r.body["text"] for r in fake_slack.responses}
+    assert order.id in by_key["list"] and "Competitor pricing one-pager" in by_key["list"]
+    assert "Spend: $0.00 of $2.00" in by_key["status"]
+    assert "only the people on it" in by_key["nosy"]
+    assert "WO-999 does not exist" in by_key["missing"]
+    assert "expected something like WO-42" in by_key["garbage"]
+
+    await bot.sender.command(
+        text=f"cancel {order.id}", user_id="U3", response_url=fake_slack.response_url("refused")
+    )
+    await bot.sender.command(
+        text=f"cancel {order.id}", response_url=fake_slack.response_url("cancel")
+    )
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 9)
+    by_key = {r.key: r.body["text"] for r in fake_slack.responses}
+    assert "was not cancelled" in by_key["refused"]
+    assert f"Cancelled {order.id}" in by_key["cancel"]
+    assert (await bot.store.get_order(order.id)).status is Status.CANCELLED
+
+
+async def test_slash_request_in_a_channel_without_the_bot_moves_to_dm(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(questions("For which market?"))
+    fake_slack.fail_next("chat.postMessage", status=200, error="not_in_channel")
+    await bot.sender.command(
+        text="pricing research", channel_id="CPRIVATE", response_url=fake_slack.response_url("r")
+    )
+    posts = await fake_slack.wait_for("chat.postMessage", count=3)
+    assert posts[1].args["channel"] == "U1" and posts[2].args["text"].startswith("A few questions")
+    await fake_slack.wait_until(lambda: bool(fake_slack.responses))
+    assert "direct messages" in fake_slack.responses[0].body["text"]
+
+
+async def test_message_shortcut_opens_intake_with_the_message_as_context(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(draft())
+    shortcut = bot.sender.message_shortcut(
+        "delegate_this",
+        "Can someone compare our pricing to Acme's?",
+        user_id="U1",
+        channel_id="C5",
+        message_user="U2",
+    )
+    assert (await bot.sender.action(shortcut))[0] == 200
+    [opened] = await fake_slack.wait_for("views.open")
+    view = opened.args["view"]
+    assert view["callback_id"] == INTAKE_CALLBACK
+    assert (
+        state_from_view(view)["request"]["request"]["value"]
+        == "Can someone compare our pricing to Acme's?"
+    )
+    submit = bot.sender.view_submission(
+        INTAKE_CALLBACK,
+        state_from_view(view),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    assert (await bot.sender.action(submit))[0] == 200
+    card = await _card_for(fake_slack)
+    assert card["channel"] == "C5"
+    permalink = fake_slack.calls_to("chat.getPermalink")[0].response["permalink"]
+    [order] = await bot.store.list_orders(requester="U1")
+    assert permalink in order.context and "compare our pricing" in order.context
+    assert permalink in json.dumps(fake_anthropic.requests[0]["messages"])
+
+
+async def test_intake_modal_requires_a_request(bot: RunningBot) -> None:
+    submit = bot.sender.view_submission(
+        INTAKE_CALLBACK, {"request": {"request": "   "}}, user_id="U1", private_metadata="{}"
+    )
+    status, body = await bot.sender.action(submit)
+    assert status == 200 and json.loads(body)["errors"]["request"] == "Tell me what should be done."
+
+
+async def test_app_home_shows_new_order_button_and_recent_orders(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    await bot.sender.event(
+        {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home", "event_ts": "1.2"}
+    )
+    [published] = await fake_slack.wait_for("views.publish")
+    blocks = _blocks_text(published.args["view"]["blocks"])
+    assert "home_new_order" in blocks and order_id in blocks
+    await bot.sender.action(
+        bot.sender.block_action(
+            "home_new_order", "new", user_id="U1", channel_id="D1", message_ts="1.3"
+        )
+    )
+    [opened] = await fake_slack.wait_for("views.open")
+    assert opened.args["view"]["callback_id"] == INTAKE_CALLBACK
+
+
+async def test_model_outage_is_reported_in_the_thread(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(*[Reply.error(401, "invalid x-api-key")] * 3)
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1"))
+    [post] = await fake_slack.wait_for("chat.postMessage", within=15)
+    assert "couldn't reach the language model" in post.args["text"]
+    assert await bot.store.list_orders() == []
+
+
+async def test_long_content_stays_within_slack_limits(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    long_goal = "Investigate " + "the churn drivers in every region " * 400
+    fake_anthropic.script(
+        draft(
+            goal=long_goal,
+            title="T" * 300,
+            acceptance_criteria=[f"criterion {i} " + "x" * 500 for i in range(9)],
+        )
+    )
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> churn", channel="C1"))
+    card = await _card_for(fake_slack)
+    assert len(card["blocks"]) <= 50
+    for block in card["blocks"]:
+        if block["type"] == "section" and "text" in block:
+            assert len(block["text"]["text"]) <= 3000
+        if block["type"] == "header":
+            assert len(block["text"]["text"]) <= 150
+    [order] = await bot.store.list_orders()
+    assert len(order.acceptance_criteria) == 6
+    assert order.goal.strip() == long_goal.strip(), (
+        "the order keeps the full goal; only the card splits it"
+    )
