@@ -505,3 +505,31 @@ async def test_long_content_stays_within_slack_limits(
     assert order.goal.strip() == long_goal.strip(), (
         "the order keeps the full goal; only the card splits it"
     )
+
+
+async def test_direct_message_starts_a_dialogue_in_its_thread(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(questions("Which quarter?"))
+    dm = bot.sender.direct_message("pull the churn numbers", channel="D1")
+    await bot.sender.event(dm)
+    [asked] = await fake_slack.wait_for("chat.postMessage")
+    assert (asked.args["channel"], asked.args["thread_ts"]) == ("D1", dm["ts"])
+
+
+async def test_slack_rate_limits_and_outages_are_retried(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(questions("Which competitors?"))
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=0)
+    fake_slack.fail_next("chat.postMessage", status=503)
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1"))
+    await fake_slack.wait_until(
+        lambda: any(
+            c.status == 200 and c.response.get("ok")
+            for c in fake_slack.calls_to("chat.postMessage")
+        ),
+        within=10,
+    )
+    statuses = [c.status for c in fake_slack.calls_to("chat.postMessage")]
+    assert statuses == [429, 503, 200]
