@@ -1,0 +1,211 @@
+"""Helpers for the engine's tests: settings pointed at the fakes, a recording ProgressReporter,
+and a harness that creates, queues, claims and runs orders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from anthropic import AsyncAnthropic
+from openai import AsyncOpenAI
+
+from tests.conftest import Database
+from tests.factories import make_order
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
+from workers import queue
+from workers.agent import Agent, Outcome, RunControl
+from workers.config import Settings, load_settings
+from workers.progress import ExceptionKind, RunResult, Spend
+from workers.providers import ModelRouter
+from workers.store import Store
+from workers.tools import ToolRegistry, load_tools
+from workers.workorder import Budget, Status, WorkOrder
+
+FAST_ENGINE: dict[str, Any] = {
+    "lease_ttl_s": 2,
+    "heartbeat_s": 1,
+    "max_attempts": 3,
+    "status_update_interval_s": 0,
+    "poll_interval_s": 0.05,
+    "cancel_poll_s": 0.1,
+    "shutdown_grace_s": 2,
+    "max_output_tokens": 1024,
+    "min_output_tokens": 16,
+}
+
+POLICIES: dict[str, Any] = {
+    "default": {
+        "description": "Work from the thread only: no web access.",
+        "tools": ["read_thread", "ask_requester", "submit_deliverable"],
+        "domains": [],
+    },
+    "research": {
+        "description": "Read the public web.",
+        "tools": ["read_thread", "ask_requester", "submit_deliverable", "web_fetch"],
+        "domains": ["*"],
+    },
+}
+
+# One route for every role: Anthropic first, OpenAI as the fallback.
+ROUTING: dict[str, Any] = {
+    role: {"default": {"primary": "anthropic:claude-sonnet-4-5", "fallback": "openai:gpt-5-mini"}}
+    for role in ("intake", "execute", "verify")
+}
+
+
+def engine_settings(
+    database: Database,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    *,
+    engine: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database.url,
+        "anthropic_api_key": fake_anthropic.api_key,
+        "anthropic_base_url": fake_anthropic.base_url,
+        "openai_api_key": fake_openai.api_key,
+        "openai_base_url": fake_openai.base_url,
+        "routing": ROUTING,
+        "policies": POLICIES,
+        "engine": {**FAST_ENGINE, **(engine or {})},
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class RecordingReporter:
+    """A real ProgressReporter that remembers what it was told, once per idempotency key."""
+
+    statuses: list[tuple[str, str, str, Spend]] = field(default_factory=list)
+    waits: list[tuple[str, str]] = field(default_factory=list)
+    questions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    results: dict[str, tuple[str, RunResult]] = field(default_factory=dict)
+    exceptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    duplicates: list[str] = field(default_factory=list)
+
+    async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
+        self.statuses.append((order.id or "", order.status.value, step, spend))
+
+    async def waiting(self, order: WorkOrder, reason: str) -> None:
+        self.waits.append((order.id or "", reason))
+
+    async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
+        self._once(self.questions, key, (order.id or "", text))
+
+    async def result(self, order: WorkOrder, result: RunResult) -> None:
+        self._once(self.results, result.key, (order.id or "", result))
+
+    async def exception(
+        self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
+    ) -> None:
+        self._once(self.exceptions, key, (order.id or "", kind, message))
+
+    def _once(self, store: dict[str, Any], key: str, value: Any) -> None:
+        if key in store:
+            self.duplicates.append(key)
+        store[key] = value
+
+    def steps(self, order_id: str) -> list[str]:
+        return [step for oid, _, step, _ in self.statuses if oid == order_id]
+
+
+class Harness:
+    """Everything one engine test needs, wired to the fakes and a migrated database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        fake_anthropic: FakeAnthropic,
+        fake_openai: FakeOpenAI,
+        *,
+        tools: ToolRegistry | None = None,
+        max_retries: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.anthropic = fake_anthropic
+        self.openai = fake_openai
+        self.reporter = RecordingReporter()
+        self.router = ModelRouter(
+            settings,
+            store,
+            anthropic=AsyncAnthropic(
+                api_key=fake_anthropic.api_key,
+                base_url=fake_anthropic.base_url,
+                max_retries=max_retries,
+            ),
+            openai=AsyncOpenAI(
+                api_key=fake_openai.api_key, base_url=fake_openai.base_url, max_retries=max_retries
+            ),
+        )
+        self.tools = tools or load_tools(settings, use_entry_points=False)
+        self.worker_id = "test-worker"
+
+    def agent(self, worker_id: str | None = None) -> Agent:
+        return Agent(
+            settings=self.settings,
+            store=self.store,
+            router=self.router,
+            tools=self.tools,
+            reporter=self.reporter,
+            worker_id=worker_id or self.worker_id,
+        )
+
+    async def order(self, *, start: bool = True, **fields: Any) -> WorkOrder:
+        fields.setdefault(
+            "budget",
+            Budget(max_usd=2.0, max_tokens=200_000, max_wall_clock_s=120, max_tool_calls=20),
+        )
+        fields.setdefault("status", Status.AWAITING_CONFIRMATION)
+        created = await self.store.create_order(make_order(**fields), actor="U1")
+        if start:
+            created = await queue.enqueue(self.store, self.settings, created.id or "", actor="U1")
+        return created
+
+    async def run_next(
+        self, *, worker_id: str | None = None, control: RunControl | None = None
+    ) -> Outcome | None:
+        """Claim the next order and run it to the end of this attempt (no runtime around it)."""
+        claim = await queue.claim(self.store, self.settings, worker_id or self.worker_id)
+        for order, reason in claim.waiting:
+            await self.reporter.waiting(order, reason)
+        if claim.order is None or claim.attempt is None:
+            return None
+        return await self.agent(worker_id).run(
+            claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
+        )
+
+    async def close(self) -> None:
+        await self.router.close()
+
+
+@pytest.fixture
+async def harness(
+    database: Database, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> AsyncIterator[Harness]:
+    store = Store(database.engine())
+    settings = engine_settings(database, fake_anthropic, fake_openai)
+    h = Harness(settings, store, fake_anthropic, fake_openai)
+    yield h
+    await h.close()
+    await store.close()
+
+
+async def eventually(predicate: Any, *, timeout_s: float = 10.0, interval_s: float = 0.05) -> None:
+    """Wait until `await predicate()` (or `predicate()`) is truthy."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,89 @@
+"""The work queue: starting, claiming, cancelling and resuming orders.
+
+The front door calls `enqueue` (Start, Retry, Extend), `cancel` and `resume_with_reply`; workers
+call `claim` and `reap`. Claims and leases live in the store (`Store.claim`: FOR UPDATE SKIP
+LOCKED on PostgreSQL, one IMMEDIATE transaction on SQLite), so an order is never run by two
+workers at once and an order whose worker died is picked up again once its lease expires.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from workers.budget import quota_week, usd_to_micro
+from workers.config import Settings
+from workers.models import utcnow
+from workers.states import TERMINAL
+from workers.store import Claim, OrderRef, QueueGate, Store
+from workers.workorder import Status, WorkloadClass, WorkOrder
+
+
+def priority_of(settings: Settings, workload_class: WorkloadClass | str) -> int:
+    """Lower runs first; classes without a configured priority go last."""
+    return settings.priorities.get(
+        WorkloadClass(workload_class), max(settings.priorities.values()) + 1
+    )
+
+
+def gate(settings: Settings, now: datetime | None = None) -> QueueGate:
+    """What an order must pass to start now: team quota headroom and per-user run limits."""
+
+    def team(name: str) -> Any:
+        return settings.teams.get(name) or settings.teams["default"]
+
+    return QueueGate(
+        week=quota_week(now or utcnow()),
+        quota_micro_usd=lambda name: usd_to_micro(team(name).weekly_usd),
+        max_runs_per_user=lambda name: team(name).max_concurrent_runs_per_user,
+        headroom_micro_usd=usd_to_micro(settings.engine.quota_headroom_usd),
+        max_wait_s=settings.engine.max_quota_wait_s,
+    )
+
+
+async def enqueue(
+    store: Store, settings: Settings, ref: OrderRef, *, actor: str, reason: str = "started"
+) -> WorkOrder:
+    """Queue an order (from awaiting confirmation, exception, or changes requested).
+
+    A run that was interrupted resumes from its last checkpoint.
+    """
+    order = await store.get_order(ref)
+    return await store.enqueue(
+        ref, priority=priority_of(settings, order.workload_class), actor=actor, reason=reason
+    )
+
+
+async def cancel(
+    store: Store, ref: OrderRef, *, actor: str, reason: str = "cancelled"
+) -> WorkOrder:
+    """Cancel an order. A running worker notices within `engine.cancel_poll_s` and stops;
+    spend so far stays recorded. Raises IllegalTransition for an order already finished."""
+    return await store.transition(ref, Status.CANCELLED, actor=actor, reason=reason)
+
+
+async def resume_with_reply(
+    store: Store, ref: OrderRef, text: str, *, user: str, ts: str | None = None
+) -> WorkOrder:
+    """The requester answered in the thread: hand the answer to the run and requeue it.
+
+    If the run is not waiting (it is still working), the message is left for its next step.
+    """
+    item = {"kind": "reply", "user": user, "text": text, "ts": ts}
+    return await store.add_to_inbox(ref, item, actor=user, resume=True)
+
+
+def is_finished(order: WorkOrder) -> bool:
+    return order.status in TERMINAL
+
+
+async def claim(store: Store, settings: Settings, worker_id: str) -> Claim:
+    now = utcnow()
+    return await store.claim(
+        worker_id, lease_ttl_s=settings.engine.lease_ttl_s, gate=gate(settings, now), now=now
+    )
+
+
+async def reap(store: Store, settings: Settings, *, actor: str) -> list[WorkOrder]:
+    """Requeue (or fail, after `engine.max_attempts`) runs whose lease expired."""
+    return await store.reap_expired(max_lost=settings.engine.max_attempts, actor=actor)

@@ -1,0 +1,115 @@
+"""The tools every deployment has: read the thread, ask the requester, hand in the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.providers.base import ToolSpec
+from workers.tools.base import (
+    Authority,
+    ToolContext,
+    ToolInputError,
+    ToolResult,
+    object_schema,
+    require_str,
+)
+
+MAX_QUESTION_CHARS = 2_000
+MAX_DELIVERABLE_CHARS = 200_000
+MAX_THREAD_CHARS = 30_000
+
+
+class ReadThread:
+    spec = ToolSpec(
+        name="read_thread",
+        description=(
+            "Read the Slack thread this work order came from: every message the bot has seen "
+            "there, oldest first, with who wrote it."
+        ),
+        input_schema=object_schema({}, []),
+    )
+    authority = Authority(summary="reads the order's own Slack thread")
+
+    def describe(self, arguments: dict[str, Any]) -> str:
+        return "Reading the thread"
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        order = ctx.order
+        if not order.channel or not order.thread_ts:
+            return ToolResult("This work order did not come from a Slack thread.")
+        messages = await ctx.store.thread_messages(order.channel, order.thread_ts)
+        if not messages:
+            return ToolResult("The thread has no messages the bot has seen.")
+        lines = []
+        for message in messages:
+            who = f"<@{message.user}>" if message.user else f"bot {message.bot_id or ''}".strip()
+            if message.user == order.requester:
+                who += " (requester)"
+            lines.append(f"[{message.ts}] {who}: {message.text}")
+        text = "\n".join(lines)
+        if len(text) > MAX_THREAD_CHARS:
+            text = "(earlier messages omitted)\n" + text[-MAX_THREAD_CHARS:]
+        return ToolResult(text, untrusted_source="the Slack thread")
+
+
+class AskRequester:
+    spec = ToolSpec(
+        name="ask_requester",
+        description=(
+            "Ask the requester a question in the thread when you cannot go on without their "
+            "answer. The run pauses until they reply; their reply is this tool's result. "
+            "Ask one clear, specific question."
+        ),
+        input_schema=object_schema(
+            {"question": {"type": "string", "description": "The question, in plain words."}},
+            ["question"],
+        ),
+    )
+    authority = Authority(side_effects=True, summary="posts a question in the order's thread")
+
+    def describe(self, arguments: dict[str, Any]) -> str:
+        return "Asking the requester a question"
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        question = require_str(arguments, "question", max_chars=MAX_QUESTION_CHARS).strip()
+        key = f"{ctx.order.id}:question:{ctx.tool_use_id}"
+        await ctx.reporter.question(ctx.order, question, key=key)
+        return ToolResult(f"Asked: {question}", park=True)
+
+
+class SubmitDeliverable:
+    spec = ToolSpec(
+        name="submit_deliverable",
+        description=(
+            "Hand in the finished deliverable. `content` is the deliverable itself in the form "
+            "the work order asks for (markdown is fine); `summary` says in one or two sentences "
+            "what it is and how it meets the acceptance criteria. This ends the run."
+        ),
+        input_schema=object_schema(
+            {
+                "content": {"type": "string", "description": "The deliverable."},
+                "summary": {"type": "string", "description": "One or two sentences."},
+            },
+            ["content", "summary"],
+        ),
+    )
+    authority = Authority(side_effects=True, summary="hands in the work for verification")
+
+    def describe(self, arguments: dict[str, Any]) -> str:
+        return "Submitting the deliverable"
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        content = require_str(arguments, "content", max_chars=MAX_DELIVERABLE_CHARS)
+        summary = arguments.get("summary")
+        if summary is not None and not isinstance(summary, str):
+            raise ToolInputError("'summary' must be a string")
+        assert ctx.order.id is not None
+        await ctx.store.save_deliverable(
+            ctx.order.id,
+            tool_use_id=ctx.tool_use_id,
+            content=content,
+            summary=(summary or "").strip(),
+            attempt_id=ctx.attempt_id,
+            actor="agent",
+        )
+        return ToolResult("Deliverable submitted.", finish=True)
