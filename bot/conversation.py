@@ -14,6 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
 from bot.cards import card_text, render_card
+from workers import queue
 from workers.config import Settings
 from workers.errors import IllegalTransition
 from workers.intake import (
@@ -92,6 +93,9 @@ class Conversations:
             if session.state == "proposed" and session.order_id is not None:
                 if await self._handle_reply_to_card(session, msg):
                     return
+            elif session.state == "confirmed" and session.order_id is not None:
+                await self._handle_reply_to_run(session.order_id, msg)
+                return
             elif session.state != "open":
                 return
             await self._advance(session, msg)
@@ -107,6 +111,16 @@ class Conversations:
             await self.cancel(f"WO-{session.order_id}", user=msg.user, channel=msg.channel)
             return True
         return False
+
+    async def _handle_reply_to_run(self, order_number: int, msg: Incoming) -> None:
+        """While an order runs, the requester's thread replies cancel it or answer its questions."""
+        order_id = f"WO-{order_number}"
+        if normalise_reply(msg.text) in CANCEL_WORDS:
+            await self.cancel(order_id, user=msg.user, channel=msg.channel)
+            return
+        order = await self.store.get_order(order_id)
+        if order.status in (Status.WAITING_FOR_REQUESTER, Status.RUNNING, Status.QUEUED):
+            await queue.resume_with_reply(self.store, order_id, msg.text, user=msg.user, ts=msg.ts)
 
     async def _advance(self, session: IntakeSession, msg: Incoming) -> None:
         turns = [Turn(t["role"], t["text"]) for t in session.transcript]
@@ -221,8 +235,8 @@ class Conversations:
         if not await self._authorised(order, user, channel, "start"):
             return None
         try:
-            order = await self.store.transition(
-                order_id, Status.QUEUED, actor=user, reason="started by requester"
+            order = await queue.enqueue(
+                self.store, self.settings, order_id, actor=user, reason="started by requester"
             )
         except IllegalTransition:
             return None  # already started (a double click) or no longer startable
@@ -242,8 +256,8 @@ class Conversations:
         if order.status in TERMINAL:
             return None
         try:
-            order = await self.store.transition(
-                order_id, Status.CANCELLED, actor=user, reason="cancelled by requester"
+            order = await queue.cancel(
+                self.store, order_id, actor=user, reason="cancelled from Slack"
             )
         except IllegalTransition:
             return None

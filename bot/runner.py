@@ -10,12 +10,15 @@ import signal
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.app import create_app
+from bot.reporter import SlackReporter
 from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from workers.config import Settings
 from workers.migrate import upgrade
+from workers.progress import LoggingReporter, ProgressReporter
 from workers.providers import ModelRouter
+from workers.runtime import run_worker
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,23 +73,47 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         await socket_handler.start()
     scheduler = AsyncIOScheduler(timezone="UTC")
     scheduler.start()
+    workers = asyncio.create_task(
+        run_worker(
+            settings,
+            concurrency=concurrency,
+            reporter=SlackReporter(store=store, client=client),
+            store=store,
+            router=router,
+            stop=stop,
+            handle_signals=False,
+        ),
+        name="worker-pool",
+    )
     try:
-        await stop.wait()
+        # The worker pool returns when `stop` is set, or early if it fails: either ends the process.
+        await asyncio.wait(
+            [workers, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         log.info("shutting down")
+        stop.set()
+        [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
         scheduler.shutdown(wait=False)
         if socket_handler is not None:
             await socket_handler.close()
         await web_runner.cleanup()
         await router.close()
         await store.close()
+    if isinstance(worker_outcome, Exception):
+        raise worker_outcome
 
 
 async def run_workers_only(settings: Settings, *, concurrency: int) -> None:
+    """A worker pool that reports into Slack threads (or to the log without a bot token)."""
     store = Store.from_url(settings.database_url)
     await upgrade(store.engine)
-    stop = _stop_event()
+    reporter: ProgressReporter = LoggingReporter()
+    if settings.slack_bot_token is not None:
+        reporter = SlackReporter(store=store, client=make_slack_client(settings))
+    else:
+        log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
     try:
-        await stop.wait()
+        await run_worker(settings, concurrency=concurrency, reporter=reporter, store=store)
     finally:
         await store.close()

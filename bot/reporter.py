@@ -1,0 +1,174 @@
+"""The engine's `ProgressReporter`, implemented over Slack: the thread is the control surface.
+
+One status message per order is updated in place. Everything else (questions, results,
+exceptions) is posted once per idempotency key: the key is claimed in the database before the
+post and carried in the message's metadata, so a run resumed after a crash finds the message it
+already posted instead of posting it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
+from bot.cards import CANCEL_ACTION, STATE_LABELS, mention
+from workers.errors import RetryLater
+from workers.progress import ExceptionKind, RunResult, Spend
+from workers.states import ACTIVE
+from workers.store import Store
+from workers.workorder import WorkOrder
+
+log = logging.getLogger(__name__)
+
+METADATA_EVENT = "delegate_post"
+EXCEPTION_TITLES: dict[str, str] = {
+    "budget": "Budget exhausted",
+    "authority": "Stopped by its authority policy",
+    "crashed": "The run kept crashing",
+    "provider": "The model provider is unavailable",
+    "refusal": "The model declined the work",
+    "stalled": "The run stalled",
+    "quota": "Waited too long for team quota",
+}
+
+
+def status_key(order_id: str) -> str:
+    return f"{order_id}:status"
+
+
+class SlackReporter:
+    """Posts an order's progress into its thread."""
+
+    def __init__(self, *, store: Store, client: AsyncWebClient) -> None:
+        self.store = store
+        self.client = client
+
+    # ProgressReporter
+
+    async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
+        await self._show_status(order, step, spend.describe())
+
+    async def waiting(self, order: WorkOrder, reason: str) -> None:
+        await self._show_status(order, f"Waiting: {reason}", "")
+
+    async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
+        body = f"{mention(order.requester)} a question about *{order.id}*:\n{text}\n_Reply in this thread._"
+        await self.post_once(order, key=key, purpose="question", text=body, blocks=sections(body))
+
+    async def result(self, order: WorkOrder, result: RunResult) -> None:
+        body = f"*{order.id} delivered:* {result.summary}\n\n{result.content}"
+        await self.post_once(
+            order, key=result.key, purpose="result", text=body, blocks=sections(body)
+        )
+
+    async def exception(
+        self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
+    ) -> None:
+        people = {order.escalation_contact, order.requester} - {None}
+        title = EXCEPTION_TITLES.get(kind, "The run stopped")
+        body = (
+            f"{' '.join(mention(p) for p in sorted(people, key=str))} *{order.id}: {title}.*\n"
+            f"{message}\nSpend so far: {spend.describe()}."
+        )
+        await self.post_once(
+            order, key=key, purpose=f"exception:{kind}", text=body, blocks=sections(body)
+        )
+
+    # Posting
+
+    async def _show_status(self, order: WorkOrder, step: str, spend: str) -> None:
+        assert order.id and order.channel
+        label = STATE_LABELS[order.status]
+        text = f"*{order.id}* · {label} · {step}"
+        blocks: list[Block] = [*sections(text)]
+        if spend:
+            blocks.append(context(spend))
+        if order.status in ACTIVE:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "block_id": "run_controls",
+                    "elements": [button("Cancel", CANCEL_ACTION, order.id, style="danger")],
+                }
+            )
+        key = status_key(order.id)
+        posted = await self.store.slack_message(key)
+        try:
+            if posted is not None and posted.ts:
+                await self.client.chat_update(
+                    channel=posted.channel, ts=posted.ts, text=text, blocks=blocks
+                )
+            else:
+                await self.post_once(order, key=key, purpose="status", text=text, blocks=blocks)
+        except SlackApiError as exc:
+            _raise_retry_later(exc)
+
+    async def post_once(
+        self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
+    ) -> str:
+        """Post into the order's thread unless this key was posted before; returns the ts."""
+        assert order.id and order.channel
+        existing = await self.store.slack_message(key)
+        if existing is not None and existing.ts:
+            return existing.ts
+        if existing is not None:
+            # Claimed but not confirmed: an earlier attempt may have posted before it died.
+            found = await self._find_posted(order, key)
+            if found:
+                await self.store.save_slack_message(
+                    key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
+                )
+                return found
+        else:
+            await self.store.save_slack_message(
+                key=key, purpose=purpose, channel=order.channel, ts="", order=order.id
+            )
+        try:
+            response = await self.client.chat_postMessage(
+                channel=order.channel,
+                thread_ts=order.thread_ts,
+                text=truncate(text, MESSAGE_TEXT_MAX),
+                blocks=cap_blocks(blocks),
+                metadata={"event_type": METADATA_EVENT, "event_payload": {"key": key}},
+            )
+        except SlackApiError as exc:
+            _raise_retry_later(exc)
+            raise
+        ts = str(response["ts"])
+        await self.store.save_slack_message(
+            key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=order.id
+        )
+        return ts
+
+    async def _find_posted(self, order: WorkOrder, key: str) -> str | None:
+        if not order.thread_ts or not order.channel:
+            return None
+        try:
+            response = await self.client.conversations_replies(
+                channel=order.channel, ts=order.thread_ts, include_all_metadata=True, limit=200
+            )
+        except SlackApiError as exc:
+            log.info("conversations.replies failed (%s); posting again", exc.response.get("error"))
+            return None
+        messages: list[dict[str, Any]] = response.get("messages", [])
+        for message in messages:
+            metadata: dict[str, Any] = message.get("metadata") or {}
+            if (
+                metadata.get("event_type") == METADATA_EVENT
+                and (metadata.get("event_payload") or {}).get("key") == key
+            ):
+                return str(message["ts"])
+        return None
+
+
+def _raise_retry_later(exc: SlackApiError) -> None:
+    """Rate limits that outlasted the client's own retries go back to the outbox to retry later."""
+    if exc.response.status_code == 429:
+        after = float(
+            exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 5)) or 5
+        )
+        raise RetryLater(after_s=after) from exc
