@@ -50,11 +50,22 @@ POLICIES: dict[str, Any] = {
     },
 }
 
-# One route for every role: Anthropic first, OpenAI as the fallback.
+_ROUTE = {"primary": "anthropic:claude-sonnet-4-6", "fallback": "openai:gpt-5-mini"}
+# One route for every role and class (sources are deep-merged, so every key the shipped
+# defaults have is overridden): Anthropic first, OpenAI as the fallback.
 ROUTING: dict[str, Any] = {
-    role: {"default": {"primary": "anthropic:claude-sonnet-4-5", "fallback": "openai:gpt-5-mini"}}
+    role: {key: _ROUTE for key in ("default", "quick", "standard", "deep")}
     for role in ("intake", "execute", "verify")
 }
+
+
+def single_route(model: str) -> dict[str, Any]:
+    """Routing that sends every call to `model` ("provider:model"), without a fallback."""
+    route = {"primary": model, "fallback": None}
+    return {
+        role: {key: route for key in ("default", "quick", "standard", "deep")}
+        for role in ("intake", "execute", "verify")
+    }
 
 
 def engine_settings(

@@ -49,7 +49,7 @@ async def test_a_run_reads_the_thread_and_submits_its_deliverable(harness: Harne
     calls = await h.store.llm_calls(order.id or "")
     assert [c.outcome for c in calls] == ["ok", "ok"]
     assert all(c.provider == "anthropic" and c.role == "execute" for c in calls)
-    price = h.settings.price("claude-sonnet-4-5")
+    price = h.settings.price("claude-sonnet-4-6")
     for c in calls:
         usage = Usage(c.input_tokens, c.output_tokens, c.cache_write_tokens, c.cache_read_tokens)
         assert c.cost_micro_usd == call_cost_micro_usd(price, usage) > 0

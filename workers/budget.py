@@ -110,17 +110,24 @@ class PromptMeter:
     count the provider told us) plus the new messages (bounded by their bytes).
     """
 
+    model: str = ""
     system: str = ""
     tool_names: tuple[str, ...] = ()
     message_count: int = 0
     prefix_bytes: int = 0
     prompt_tokens: int = 0
 
-    def estimate(self, request: ModelRequest) -> int:
+    def estimate(self, request: ModelRequest, model: str) -> int:
+        """Upper bound on input tokens for `request` sent to `model`.
+
+        Only a count from the same model refines the bound: tokenizers differ between models,
+        so after a failover the byte bound applies again.
+        """
         bound = estimate_input_tokens(request)
         n = self.message_count
         if (
             self.prompt_tokens
+            and model == self.model
             and request.system == self.system
             and tuple(t.name for t in request.tools) == self.tool_names
             and len(request.messages) >= n
@@ -133,7 +140,8 @@ class PromptMeter:
             return min(bound, refined)
         return bound
 
-    def observe(self, request: ModelRequest, usage: Usage) -> None:
+    def observe(self, request: ModelRequest, usage: Usage, model: str) -> None:
+        self.model = model
         self.system = request.system
         self.tool_names = tuple(t.name for t in request.tools)
         self.message_count = len(request.messages)
@@ -253,8 +261,8 @@ class BudgetGuard:
         team = self.settings.teams.get(self.team) or self.settings.teams["default"]
         return usd_to_micro(team.weekly_usd)
 
-    def estimate_input_tokens(self, request: ModelRequest) -> int:
-        return self.meter.estimate(request)
+    def estimate_input_tokens(self, request: ModelRequest, model: str) -> int:
+        return self.meter.estimate(request, model)
 
     async def reserve(
         self,

@@ -600,34 +600,39 @@ class Store:
         lease_ttl_s: float,
         gate: QueueGate,
         now: datetime | None = None,
-        scan: int = 50,
+        scan: int = 200,
     ) -> Claim:
         """Take the first queued order the gate lets through and lease it to `worker_id`.
 
-        PostgreSQL locks candidates with FOR UPDATE SKIP LOCKED, so concurrent workers walk
-        past each other's rows; SQLite's BEGIN IMMEDIATE makes the whole claim one writer.
-        Candidates held back by quota or per-user limits get their wait reason recorded.
+        Candidates are taken in priority order, then oldest first. PostgreSQL locks each with
+        FOR UPDATE SKIP LOCKED, so concurrent workers walk past each other's rows; on SQLite
+        the claim is one BEGIN IMMEDIATE transaction whose update is conditional on the row's
+        version. Candidates held back by quota or per-user limits get their wait reason
+        recorded (and reported once, when it changes).
         """
         now = now or utcnow()
         claim = Claim()
-        query = (
-            select(WorkOrderRow)
-            .where(
-                WorkOrderRow.status == Status.QUEUED.value,
-                or_(
-                    col(WorkOrderRow.available_at).is_(None),
-                    col(WorkOrderRow.available_at) <= now,
-                ),
-            )
+        due = (
+            WorkOrderRow.status == Status.QUEUED.value,
+            or_(col(WorkOrderRow.available_at).is_(None), col(WorkOrderRow.available_at) <= now),
+        )
+        candidates = (
+            select(WorkOrderRow.id)
+            .where(*due)
             .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
             .limit(scan)
         )
-        if not self._sqlite:
-            query = query.with_for_update(skip_locked=True)
         async with self.transaction() as s:
-            rows = (await s.exec(query)).all()
             team_left: dict[str, tuple[int, int]] = {}
-            for row in rows:
+            for candidate in (await s.exec(candidates)).all():
+                # Lock one candidate at a time and skip those another claimer holds, so that
+                # concurrent workers pass each other instead of queueing on the same rows.
+                one = select(WorkOrderRow).where(WorkOrderRow.id == candidate, *due)
+                if not self._sqlite:
+                    one = one.with_for_update(skip_locked=True)
+                row = (await s.exec(one.execution_options(populate_existing=True))).first()
+                if row is None:
+                    continue
                 reason = await self._held_back(s, row, gate, team_left)
                 if reason is None:
                     claim.attempt = await self._start_run(s, row, worker_id, now, lease_ttl_s)
@@ -869,7 +874,7 @@ class Store:
                         Status.QUEUED,
                         actor=actor,
                         reason=f"lease of {owner} expired; resuming from the last checkpoint",
-                        available_at=now,
+                        available_at=None,
                         **common,
                     )
                 reaped.append(row_to_order(row))

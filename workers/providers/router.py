@@ -162,7 +162,7 @@ class ModelRouter:
         timeout_s: float,
     ) -> ModelReply:
         if budget is not None:
-            input_tokens = budget.estimate_input_tokens(request)
+            input_tokens = budget.estimate_input_tokens(request, model)
             reservation: Reservation | None = await budget.reserve(
                 role=role,
                 provider=provider.name,
@@ -238,5 +238,5 @@ class ModelRouter:
         outcome = "refusal" if reply.stop_reason == "refusal" else "ok"
         await asyncio.shield(record(reply.usage, outcome, reply.latency_ms))
         if budget is not None:
-            budget.meter.observe(request, reply.usage)
+            budget.meter.observe(request, reply.usage, model)
         return reply

@@ -145,6 +145,9 @@ def check_url(url: str, policy: AuthorityPolicy, guard: AddressGuard) -> str:
         reason = guard.check(str(literal))
         if reason is not None:
             raise FetchRefused(f"{host} is {reason}")
+    elif re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host):
+        # 2130706433, 127.1, 0x7f.1: legacy spellings of addresses that resolvers accept.
+        raise FetchRefused(f"{host} is not a canonical address")
     elif host == "localhost" or host.endswith((".localhost", ".internal", ".local")):
         if not guard.allow_private_network:
             raise FetchRefused(f"{host} names a local or internal host")

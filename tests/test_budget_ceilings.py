@@ -1,0 +1,109 @@
+"""Each ceiling stops a run, and what was spent stays within it (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.engine_fixtures import Harness, harness  # noqa: F401
+from tests.fakes.anthropic import Reply
+from workers.budget import quota_week, usd_to_micro
+from workers.models import utcnow
+from workers.workorder import Budget, Status
+
+
+def greedy(name: str = "read_thread") -> Any:
+    """A model that always uses every output token it is allowed and never finishes."""
+    return lambda body: Reply.tool(name, {}, usage={"output_tokens": body["max_tokens"]})
+
+
+async def _stopped(h: Harness, order_id: str, limit_phrase: str) -> Any:
+    row = await h.store.get_row(order_id)
+    assert row.status == Status.EXCEPTION.value, row.status
+    assert row.exception_kind == "budget"
+    assert limit_phrase in (row.exception_message or ""), row.exception_message
+    budget = Budget.model_validate(row.budget)
+    assert row.spent_micro_usd <= usd_to_micro(budget.max_usd)
+    assert row.spent_tokens <= budget.max_tokens
+    assert row.tool_calls <= budget.max_tool_calls
+    assert row.model_calls <= budget.max_model_calls
+    assert row.reserved_micro_usd == 0 and row.reserved_tokens == 0
+    calls = await h.store.llm_calls(order_id)
+    assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
+    [(oid, kind, message)] = h.reporter.exceptions.values()
+    assert (oid, kind) == (order_id, "budget")
+    return row
+
+
+async def test_the_usd_ceiling(harness: Harness) -> None:
+    h = harness
+    budget = Budget(max_usd=0.2, max_tokens=10_000_000, max_wall_clock_s=60, max_tool_calls=500, max_model_calls=500)
+    order = await h.order(budget=budget)
+    h.anthropic.script(*[greedy()] * 200)
+    await h.run_next()
+    row = await _stopped(h, order.id or "", "USD budget")
+    assert row.model_calls > 3  # it did work before the ceiling
+    # The last calls were shrunk to fit what was left.
+    sizes = [r["max_tokens"] for r in h.anthropic.requests]
+    assert sizes[0] == 1024 and min(sizes) < 1024
+
+
+async def test_the_token_ceiling(harness: Harness) -> None:
+    h = harness
+    budget = Budget(max_usd=100, max_tokens=40_000, max_wall_clock_s=60, max_tool_calls=500, max_model_calls=500)
+    order = await h.order(budget=budget)
+    h.anthropic.script(*[greedy()] * 200)
+    await h.run_next()
+    await _stopped(h, order.id or "", "token budget")
+
+
+async def test_the_tool_call_ceiling(harness: Harness) -> None:
+    h = harness
+    budget = Budget(max_usd=10, max_tokens=1_000_000, max_wall_clock_s=60, max_tool_calls=2)
+    order = await h.order(budget=budget)
+    h.anthropic.script(*[Reply.tool("read_thread", {})] * 3)
+    await h.run_next()
+    row = await _stopped(h, order.id or "", "tool calls")
+    assert row.tool_calls == 2
+
+
+async def test_the_model_call_ceiling(harness: Harness) -> None:
+    h = harness
+    budget = Budget(max_usd=10, max_tokens=1_000_000, max_wall_clock_s=60, max_tool_calls=50, max_model_calls=2)
+    order = await h.order(budget=budget)
+    h.anthropic.script(*[Reply.tool("read_thread", {})] * 3)
+    await h.run_next()
+    row = await _stopped(h, order.id or "", "model calls")
+    assert row.model_calls == 2 and len(h.anthropic.requests) == 2
+
+
+async def test_the_wall_clock_ceiling_cuts_off_a_slow_call(harness: Harness) -> None:
+    h = harness
+    budget = Budget(max_usd=10, max_tokens=1_000_000, max_wall_clock_s=1, max_tool_calls=50)
+    order = await h.order(budget=budget)
+    h.anthropic.script(Reply.tool("read_thread", {}, delay=5))
+    started = utcnow()
+    await h.run_next()
+    assert (utcnow() - started).total_seconds() < 3
+    row = await _stopped(h, order.id or "", "wall-clock")
+    assert 1000 <= row.elapsed_ms < 2500
+    [call] = await h.store.llm_calls(order.id or "")
+    assert call.outcome == "interrupted" and call.cost_micro_usd == call.reserved_micro_usd
+
+
+async def test_a_spent_team_quota_sends_the_run_back_to_wait(harness: Harness) -> None:
+    h = harness
+    week = quota_week(utcnow())
+    await h.store.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.06), actor="lead")
+    order = await h.order()
+    h.anthropic.script(*[greedy()] * 50)
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind == "requeued"
+    row = await h.store.get_row(order.id or "")
+    assert row.status == Status.QUEUED.value and "weekly quota" in (row.wait_reason or "")
+    spend = await h.store.team_spend("default", week)
+    assert spend is not None and spend.spent_micro_usd <= usd_to_micro(0.06)
+    assert spend.reserved_micro_usd == 0
+    assert h.reporter.waits and h.reporter.waits[0][0] == order.id
+    # It waits in the queue until the quota frees.
+    claim = await h.run_next()
+    assert claim is None
