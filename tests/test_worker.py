@@ -1,0 +1,166 @@
+"""The worker pool in one process: concurrency, cancellation, parking, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from tests.engine_fixtures import Harness, eventually, harness  # noqa: F401
+from tests.fakes.anthropic import Reply
+from workers import queue
+from workers.progress import Outbox
+from workers.runtime import Worker, run_worker
+from workers.workorder import Status
+
+
+@asynccontextmanager
+async def running(h: Harness, *, concurrency: int = 2, worker_id: str = "w1") -> AsyncIterator[Worker]:
+    worker = Worker(
+        h.settings,
+        h.store,
+        h.router,
+        h.reporter,
+        concurrency=concurrency,
+        worker_id=worker_id,
+        tools=h.tools,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def status_of(h: Harness, order_id: str) -> Status:
+    return (await h.store.get_order(order_id)).status
+
+
+async def test_a_pool_runs_orders_concurrently_up_to_its_limit(harness: Harness) -> None:
+    h = harness
+    orders = [await h.order(requester=f"U{n}") for n in range(3)]
+    h.anthropic.script(
+        *[Reply.tool("read_thread", {}, delay=0.3) for _ in range(3)],
+        *[Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}) for _ in range(3)],
+    )
+    async with running(h, concurrency=2) as worker:
+        await eventually(lambda: len(worker.running) == 2, timeout_s=5)
+        assert len(worker.running) == 2  # the third waits for a slot
+        for order in orders:
+            await eventually(lambda o=order: _is(h, o.id, Status.VERIFYING), timeout_s=10)
+    assert sorted(kind for _, kind in [(n, o.kind) for n, o in worker.outcomes]) == ["done"] * 3
+
+
+async def _is(h: Harness, order_id: str | None, status: Status) -> bool:
+    return await status_of(h, order_id or "") == status
+
+
+async def test_cancel_stops_a_running_order_within_seconds(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("read_thread", {}), Reply(text="slow", delay=30))
+    async with running(h):
+        await eventually(lambda: len(h.anthropic.requests) == 2, timeout_s=5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await queue.cancel(h.store, order.id or "", actor="U1", reason="requester cancelled")
+        await eventually(lambda: "Cancelled" in h.reporter.steps(order.id or ""), timeout_s=5)
+        assert loop.time() - started < 2
+    row = await h.store.get_row(order.id or "")
+    assert row.status == Status.CANCELLED.value and row.reserved_micro_usd == 0
+    calls = await h.store.llm_calls(order.id or "")
+    assert [c.outcome for c in calls] == ["ok", "interrupted"]
+    assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls) > 0
+    [attempt] = await h.store.attempts(order.id or "")
+    assert attempt.outcome == "cancelled"
+
+
+async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(
+        Reply.tool("ask_requester", {"question": "Which three competitors?"}),
+        Reply.tool("submit_deliverable", {"content": "table", "summary": "done"}),
+    )
+    async with running(h, concurrency=1) as worker:
+        await eventually(lambda: _is(h, order.id, Status.WAITING_FOR_REQUESTER))
+        await eventually(lambda: not worker.running)  # the slot is free while it waits
+        [(oid, question)] = h.reporter.questions.values()
+        assert (oid, question) == (order.id, "Which three competitors?")
+        row = await h.store.get_row(order.id or "")
+        assert row.lease_owner is None
+        assert len(h.anthropic.requests) == 1
+
+        await queue.resume_with_reply(h.store, order.id or "", "Acme, Globex and Initech", user="U1")
+        await eventually(lambda: _is(h, order.id, Status.VERIFYING))
+    resumed = h.anthropic.requests[1]["messages"]
+    [answer] = [b for b in resumed[-1]["content"] if b.get("type") == "tool_result"]
+    assert "Acme, Globex and Initech" in answer["content"]
+    assert [a.outcome for a in await h.store.attempts(order.id or "")] == ["parked", "submitted"]
+    assert len(h.reporter.questions) == 1 and h.reporter.duplicates == []
+    assert (await h.store.get_row(order.id or "")).inbox == []
+
+
+async def test_shutdown_lets_the_step_finish_and_requeues_the_run(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("read_thread", {}, delay=0.5), Reply.tool("read_thread", {}))
+    worker = Worker(h.settings, h.store, h.router, h.reporter, worker_id="w1", tools=h.tools)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await eventually(lambda: len(h.anthropic.requests) == 1)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    row = await h.store.get_row(order.id or "")
+    assert row.status == Status.QUEUED.value and row.lease_owner is None
+    assert len(h.anthropic.requests) == 1  # the step in flight finished; no new one started
+    attempt = await h.store.latest_checkpoint(order.id or "")
+    assert attempt is not None and attempt.step == 1 and attempt.outcome == "requeued"
+
+
+async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("read_thread", {}), Reply(text="slow", delay=30))
+    worker = Worker(h.settings, h.store, h.router, h.reporter, worker_id="w1", tools=h.tools)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await eventually(lambda: len(h.anthropic.requests) == 2)
+    stop.set()
+    await asyncio.wait_for(task, h.settings.engine.shutdown_grace_s + 3)
+    row = await h.store.get_row(order.id or "")
+    assert row.status == Status.QUEUED.value and row.lease_owner is None
+    assert row.reserved_micro_usd == 0
+    calls = await h.store.llm_calls(order.id or "")
+    assert calls[-1].outcome == "interrupted"
+    # Another worker picks it up from the checkpoint.
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    outcome = await h.run_next(worker_id="w2")
+    assert outcome is not None and outcome.kind == "done"
+    assert h.anthropic.requests[-1]["messages"][1]["content"][0]["name"] == "read_thread"
+
+
+async def test_run_worker_reports_through_an_outbox(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(
+            h.settings,
+            reporter=h.reporter,
+            store=h.store,
+            router=h.router,
+            tools=h.tools,
+            stop=stop,
+            handle_signals=False,
+        )
+    )
+    await eventually(lambda: _is(h, order.id, Status.VERIFYING))
+    await eventually(lambda: bool(h.reporter.results))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted"
+    assert isinstance(Outbox(h.reporter), Outbox)

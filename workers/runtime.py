@@ -1,0 +1,372 @@
+"""The worker pool: claims orders, runs up to N at once under leases, recovers dead workers' runs,
+and stops gracefully.
+
+`run_worker(settings, concurrency=N, reporter=...)` is what `delegate worker` and `delegate run`
+call; `python -m workers.runtime --concurrency N` runs one on its own. SIGTERM (or SIGINT) stops
+claiming, lets each run finish its current step and checkpoint, puts it back in the queue and
+releases the lease; a step still going after `engine.shutdown_grace_s` is cut off (its model
+call is charged the worst case) and requeued from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workers import queue
+from workers.agent import Agent, Outcome, RunControl
+from workers.config import Settings, load_settings
+from workers.errors import ConfigError
+from workers.progress import LoggingReporter, Outbox, ProgressReporter, Spend
+from workers.providers import ModelRouter
+from workers.store import Claim, OrderRef, Store
+from workers.tools import ToolRegistry, load_tools
+from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
+
+log = logging.getLogger(__name__)
+
+# How often a worker looks for runs whose lease expired (at most; a fraction of the TTL).
+REAP_INTERVAL_S = 5.0
+
+
+@dataclass
+class _Running:
+    order: WorkOrder
+    task: asyncio.Task[Outcome]
+    control: RunControl
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Claims and runs orders, at most `concurrency` at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        router: ModelRouter,
+        reporter: ProgressReporter,
+        *,
+        concurrency: int = 1,
+        worker_id: str | None = None,
+        tools: ToolRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.settings = settings
+        self.store = store
+        self.reporter = reporter
+        self.concurrency = concurrency
+        self.worker_id = worker_id or default_worker_id()
+        self.clock = clock
+        self.agent = Agent(
+            settings=settings,
+            store=store,
+            router=router,
+            tools=tools or load_tools(settings),
+            reporter=reporter,
+            worker_id=self.worker_id,
+            clock=clock,
+        )
+        self.running: dict[int, _Running] = {}
+        self.outcomes: deque[tuple[str, Outcome]] = deque(maxlen=1000)
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+
+    # Lifecycle
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Work until `stop` is set, then shut down gracefully."""
+        stop = stop or asyncio.Event()
+        claiming = asyncio.create_task(self._claim_loop(), name=f"claim-loop {self.worker_id}")
+        stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+        try:
+            done, _ = await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stopping.set()
+            for task in (claiming, stopped):
+                task.cancel()
+            await asyncio.gather(claiming, stopped, return_exceptions=True)
+            await self.shutdown()
+        if claiming in done and not claiming.cancelled() and claiming.exception() is not None:
+            raise claiming.exception()  # type: ignore[misc]
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop claiming; let runs finish their step and requeue; cut off what is left."""
+        self._stopping.set()
+        grace_s = self.settings.engine.shutdown_grace_s if grace_s is None else grace_s
+        running = list(self.running.values())
+        for item in running:
+            item.control.request_yield()
+        if running:
+            log.info("worker stopping: waiting for %d run(s) to reach a checkpoint", len(running))
+            _, late = await asyncio.wait([r.task for r in running], timeout=grace_s)
+            for item in running:
+                if item.task in late:
+                    item.control.stop("shutdown")
+                    item.task.cancel()
+            await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+
+    def interrupt(self, ref: OrderRef) -> bool:
+        """Stop a local run at once after the order was cancelled (other workers poll)."""
+        number = ref if isinstance(ref, int) else parse_order_id(ref)
+        item = self.running.get(number)
+        if item is None:
+            return False
+        item.control.stop("cancelled")
+        item.task.cancel()
+        return True
+
+    # Claiming
+
+    async def _claim_loop(self) -> None:
+        engine = self.settings.engine
+        reap_every = min(REAP_INTERVAL_S, engine.lease_ttl_s / 2)
+        next_reap = 0.0
+        while not self._stopping.is_set():
+            try:
+                if self.clock() >= next_reap:
+                    next_reap = self.clock() + reap_every
+                    await self._reap()
+                while len(self.running) < self.concurrency and not self._stopping.is_set():
+                    claim = await queue.claim(self.store, self.settings, self.worker_id)
+                    await self._report_queue(claim)
+                    if claim.order is None:
+                        break
+                    self._start(claim)
+            except Exception:
+                log.exception("claim loop error; retrying", extra={"worker": self.worker_id})
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(engine.poll_interval_s):
+                    await self._slot_freed.wait()
+
+    async def _reap(self) -> None:
+        for order in await queue.reap(self.store, self.settings, actor=self.worker_id):
+            row = await self.store.get_row(order.id or 0)
+            spend = Spend.of(row)
+            if order.status == Status.EXCEPTION:
+                message = row.exception_message or "the run stopped responding"
+                key = f"{order.id}:exception:crashed:{row.attempts}"
+                await self._report(
+                    self.reporter.exception(order, "crashed", message, spend, key=key)
+                )
+                await self._report(self.reporter.status(order, f"Stopped: {message}", spend))
+            else:
+                step = "Back in the queue: its worker stopped responding"
+                await self._report(self.reporter.status(order, step, spend))
+
+    async def _report_queue(self, claim: Claim) -> None:
+        for order, reason in claim.waiting:
+            await self._report(self.reporter.waiting(order, reason))
+        for order in claim.expired:
+            row = await self.store.get_row(order.id or 0)
+            message = f"it waited too long: {row.exception_message or 'quota'}"
+            key = f"{order.id}:exception:quota:{row.version}"
+            await self._report(
+                self.reporter.exception(order, "quota", message, Spend.of(row), key=key)
+            )
+
+    def _start(self, claim: Claim) -> None:
+        assert claim.order is not None and claim.attempt is not None and claim.order.id
+        order, number = claim.order, parse_order_id(claim.order.id)
+        control = RunControl()
+        task = asyncio.create_task(self._run_one(claim, control), name=f"run {order.id}")
+        self.running[number] = _Running(order, task, control)
+        task.add_done_callback(lambda t: self._finished(number, t))
+
+    async def _run_one(self, claim: Claim, control: RunControl) -> Outcome:
+        assert claim.order is not None and claim.attempt is not None
+        run_task = asyncio.current_task()
+        assert run_task is not None
+        number = parse_order_id(claim.order.id or "")
+        watcher = asyncio.create_task(
+            self._watch(number, control, run_task), name=f"lease {claim.order.id}"
+        )
+        try:
+            return await self.agent.run(
+                claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
+            )
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(
+        self, number: int, control: RunControl, run_task: asyncio.Task[Outcome]
+    ) -> None:
+        """Renew the lease by heartbeat and notice cancellation; stop the run if either fails."""
+        engine = self.settings.engine
+        renewed_at = self.clock()
+        while True:
+            await asyncio.sleep(min(engine.cancel_poll_s, engine.heartbeat_s))
+            if control.ending:
+                return
+            try:
+                if self.clock() - renewed_at >= engine.heartbeat_s:
+                    held = await self.store.renew_lease(
+                        number, self.worker_id, lease_ttl_s=engine.lease_ttl_s
+                    )
+                    if held:
+                        renewed_at = self.clock()
+                else:
+                    held = await self.store.holds_lease(number, self.worker_id)
+                if not held and not control.ending:
+                    order = await self.store.get_order(number)
+                    cancelled = order.status == Status.CANCELLED
+                    control.stop("cancelled" if cancelled else "lease_lost")
+                    run_task.cancel()
+                    return
+            except Exception:
+                log.exception("lease check failed", extra={"order": format_order_id(number)})
+                if self.clock() - renewed_at > engine.lease_ttl_s and not control.ending:
+                    control.stop("lease_lost")
+                    run_task.cancel()
+                    return
+
+    def _finished(self, number: int, task: asyncio.Task[Outcome]) -> None:
+        item = self.running.pop(number, None)
+        self._slot_freed.set()
+        name = format_order_id(number)
+        if task.cancelled():
+            log.warning("run cancelled without an outcome", extra={"order": name})
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("run crashed", exc_info=error, extra={"order": name})
+            return
+        outcome = task.result()
+        self.outcomes.append((name, outcome))
+        log.info("run ended: %s %s", name, outcome.kind, extra={"order": name})
+        del item
+
+    async def _report(self, call: object) -> None:
+        try:
+            await call  # type: ignore[misc]
+        except Exception:
+            log.exception("progress report failed")
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    reporter: ProgressReporter | None = None,
+    store: Store | None = None,
+    router: ModelRouter | None = None,
+    tools: ToolRegistry | None = None,
+    worker_id: str | None = None,
+    stop: asyncio.Event | None = None,
+    coalesce: bool = True,
+    handle_signals: bool = True,
+) -> None:
+    """Run a worker pool until `stop` is set or SIGTERM/SIGINT arrives.
+
+    `reporter` is how runs talk to people (the Slack front door's implementation); with
+    `coalesce` it is wrapped in an `Outbox` (priority order, status updates coalesced to one per
+    `engine.status_update_interval_s`). The store and router are created from the settings
+    unless given, and closed again if they were.
+    """
+    own_store = store is None
+    store = store or Store.from_url(settings.database_url)
+    own_router = router is None
+    router = router or ModelRouter.from_settings(settings, store)
+    outbox: Outbox | None = None
+    if reporter is None:
+        reporter = LoggingReporter()
+    if coalesce:
+        outbox = Outbox(reporter, min_interval_s=settings.engine.status_update_interval_s)
+        outbox.start()
+        reporter = outbox
+    worker = Worker(
+        settings,
+        store,
+        router,
+        reporter,
+        concurrency=concurrency,
+        worker_id=worker_id,
+        tools=tools,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s started with concurrency %d", worker.worker_id, concurrency)
+    try:
+        await worker.run(stop)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if outbox is not None:
+            await outbox.close(timeout_s=5.0)
+        if own_router:
+            await router.close()
+        if own_store:
+            await store.close()
+        log.info("worker %s stopped", worker.worker_id)
+
+
+def _load_reporter(path: str, settings: Settings, store: Store) -> ProgressReporter:
+    """'module:attribute' naming a factory `(settings, store) -> ProgressReporter`."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep:
+        raise ConfigError(f"--reporter {path!r}: expected 'module:attribute'")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    reporter: ProgressReporter = factory(settings, store)
+    return reporter
+
+
+async def _main(args: argparse.Namespace, settings: Settings) -> None:
+    store = Store.from_url(settings.database_url)
+    try:
+        reporter = _load_reporter(args.reporter, settings, store) if args.reporter else None
+        await run_worker(
+            settings,
+            concurrency=args.concurrency,
+            reporter=reporter,
+            store=store,
+            worker_id=args.worker_id,
+        )
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.runtime", description="Run a Delegate worker pool."
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--worker-id", default=None, help="name in leases and the audit trail")
+    parser.add_argument(
+        "--reporter",
+        default=None,
+        help="'module:factory' building the ProgressReporter from (settings, store)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(_main(args, settings))
+
+
+if __name__ == "__main__":
+    main()
