@@ -1,0 +1,102 @@
+"""A worker process killed with SIGKILL mid-run: another one finishes the order from the
+checkpoint, and nothing is posted to Slack twice."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Database
+from tests.engine_fixtures import (
+    eventually,
+    spawn_worker,
+    stop_worker,
+    worker_env,
+)
+from tests.factories import make_order
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack
+from workers import queue
+from workers.config import load_settings
+from workers.store import Store
+from workers.workorder import Status
+
+
+def _posts(fake_slack: FakeSlack) -> list[str]:
+    """Idempotency keys of every chat.postMessage, from the message metadata."""
+    keys = []
+    for call in fake_slack.calls_to("chat.postMessage"):
+        metadata: Any = call.args.get("metadata") or {}
+        keys.append(metadata.get("event_payload", {}).get("key", "?"))
+    return keys
+
+
+async def test_a_killed_worker_s_run_is_finished_by_another_worker(
+    database: Database,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    fake_slack: FakeSlack,
+    tmp_path: Path,
+) -> None:
+    store = Store(database.engine())
+    settings = load_settings(database_url=database.url)
+    draft = make_order(status=Status.AWAITING_CONFIRMATION)
+    order = await store.create_order(draft, actor="U1")
+    order_id = order.id or ""
+    await queue.enqueue(store, settings, order_id, actor="U1")
+    fake_anthropic.script(
+        Reply.tool("read_thread", {}),
+        Reply(text="(this answer never arrives)", delay=60),
+    )
+    env = worker_env(database, fake_anthropic, fake_openai, tmp_path, slack_api_url=fake_slack.api_url)
+
+    first = await spawn_worker(env, tmp_path, worker_id="doomed")
+    try:
+        await eventually(lambda: len(fake_anthropic.requests) == 2, timeout_s=30)
+        await eventually(lambda: f"{order_id}:status" in _posts(fake_slack), timeout_s=10)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    row = await store.get_row(order_id)
+    assert row.status == Status.RUNNING.value and row.lease_owner == "doomed"
+    assert row.reserved_micro_usd > 0  # the call it died in was still reserved
+
+    fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "the table", "summary": "ok"}))
+    second = await spawn_worker(env, tmp_path, worker_id="rescuer")
+    try:
+        async def delivered() -> bool:
+            return (await store.get_order(order_id)).status == Status.VERIFYING
+
+        await eventually(delivered, timeout_s=30)
+        await eventually(lambda: f"{order_id}:result" in " ".join(_posts(fake_slack)), timeout_s=10)
+    finally:
+        assert await stop_worker(second) == 0
+
+    # Resumed from the checkpoint: the first step was not repeated.
+    assert len(fake_anthropic.requests) == 3
+    resumed = fake_anthropic.requests[2]["messages"]
+    assert [m["role"] for m in resumed] == ["user", "assistant", "user"]
+    assert resumed[1]["content"][0]["name"] == "read_thread"
+
+    # One status message (updated in place afterwards) and one result: nothing posted twice.
+    posts = _posts(fake_slack)
+    assert posts.count(f"{order_id}:status") == 1, posts
+    assert len([k for k in posts if k.startswith(f"{order_id}:result")]) == 1, posts
+    assert len(posts) == len(set(posts)), posts
+    assert fake_slack.calls_to("chat.update")
+
+    attempts = await store.attempts(order_id)
+    assert [(a.worker_id, a.outcome) for a in attempts] == [
+        ("doomed", "lost"),
+        ("rescuer", "submitted"),
+    ]
+    calls = await store.llm_calls(order_id)
+    assert [c.outcome for c in calls] == ["ok", "interrupted", "ok"]
+    assert calls[1].cost_micro_usd == calls[1].reserved_micro_usd  # charged the worst case
+    row = await store.get_row(order_id)
+    assert row.reserved_micro_usd == 0 and row.lost_leases == 1
+    assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
+    assert len(await store.deliverables(order_id)) == 1
+    await store.close()
