@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from workers import queue
@@ -254,9 +254,9 @@ class Worker:
         log.info("run ended: %s %s", name, outcome.kind, extra={"order": name})
         del item
 
-    async def _report(self, call: object) -> None:
+    async def _report(self, call: Awaitable[None]) -> None:
         try:
-            await call  # type: ignore[misc]
+            await call
         except Exception:
             log.exception("progress report failed")
 
