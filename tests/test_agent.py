@@ -83,13 +83,13 @@ async def test_an_order_without_automatic_checks_goes_straight_to_review(harness
 async def test_malformed_arguments_and_chatter_are_returned_to_the_model(harness: Harness) -> None:
     h = harness
     order = await h.order()
-    h.anthropic.script(Reply.error(529), Reply.error(529))  # Anthropic down: OpenAI serves
+    down = Reply.error(529, headers={"retry-after-ms": "1"})
+    h.anthropic.script(*[down] * 6)  # Anthropic is down throughout: OpenAI serves every step
     h.openai.script(
         OpenAIReply.tool("submit_deliverable", '{"content": "unterminated'),
         OpenAIReply(text="I think I am done."),
         OpenAIReply.tool("submit_deliverable", {"content": "final", "summary": "ok"}),
     )
-    h.anthropic.script(Reply.error(529), Reply.error(529), Reply.error(529), Reply.error(529))
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "done", outcome
     second = h.openai.requests[1]["messages"]

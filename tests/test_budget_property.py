@@ -18,7 +18,7 @@ from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
 from workers.workorder import Budget
 
-RUNS = {"sqlite": 200, "postgres": 100}  # 300 randomized runs in all, in batches of 10
+RUNS = {"sqlite": 150, "postgres": 100}  # 250 randomized runs in all, in batches of 10
 CONCURRENCY = 10
 TEAM_QUOTA_USD = 2.5
 SEED = 20261122
