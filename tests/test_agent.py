@@ -139,3 +139,18 @@ async def test_checkpoints_hold_the_history_after_every_step(harness: Harness) -
     roles = [m["role"] for m in attempt.checkpoint]
     assert roles == ["user", "assistant", "user", "assistant", "user"]
     assert json.dumps(attempt.checkpoint)  # plain JSON
+
+
+async def test_a_long_rate_limit_puts_the_run_back_in_the_queue(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("read_thread", {}), Reply.error(429, retry_after=900))
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind == "requeued"
+    row = await h.store.get_row(order.id or "")
+    assert row.status == Status.QUEUED.value and row.lease_owner is None
+    assert "900" in (row.wait_reason or "")
+    assert row.available_at is not None
+    assert await h.run_next() is None  # not before the provider's Retry-After
+    [(oid, reason)] = h.reporter.waits
+    assert oid == order.id and "model provider" in reason

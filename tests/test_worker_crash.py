@@ -3,9 +3,14 @@ checkpoint, and nothing is posted to Slack twice."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import Database
 from tests.engine_fixtures import (
@@ -99,4 +104,31 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     assert row.reserved_micro_usd == 0 and row.lost_leases == 1
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
     assert len(await store.deliverables(order_id)) == 1
+    await store.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_the_standalone_worker_command_runs_and_stops_on_sigterm(
+    database: Database, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    store = Store(database.engine())
+    settings = load_settings(database_url=database.url)
+    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    await queue.enqueue(store, settings, order.id or "", actor="U1")
+    fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    env = worker_env(database, fake_anthropic, fake_openai, tmp_path)
+    log = (tmp_path / "runtime.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.runtime", "--concurrency", "2", "--worker-id", "solo",
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+
+        async def delivered() -> bool:
+            return (await store.get_order(order.id or "")).status == Status.VERIFYING
+
+        await eventually(delivered, timeout_s=30)
+    finally:
+        assert await stop_worker(process) == 0
+    assert "worker solo stopped" in (tmp_path / "runtime.log").read_text()
     await store.close()
