@@ -106,3 +106,28 @@ async def test_wall_clock_carries_over_between_attempts(harness: Harness) -> Non
     row = await h.store.get_row(order.id or "")
     assert row.exception_kind == "budget" and "wall-clock" in (row.exception_message or "")
     assert h.anthropic.requests == []
+
+
+async def test_changes_requested_continue_the_run_with_the_feedback(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "v1", "summary": "first"}))
+    await h.run_next()
+    for target in (Status.AWAITING_REVIEW, Status.CHANGES_REQUESTED):
+        await h.store.transition(order.id or "", target, actor="U2", reason="review")
+    await h.store.add_to_inbox(
+        order.id or "",
+        {"kind": "feedback", "user": "U2", "text": "Add a column for annual prices."},
+        actor="U2",
+        resume=False,
+    )
+    await queue.enqueue(h.store, h.settings, order.id or "", actor="U2", reason="rework")
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "v2", "summary": "second"}))
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind == "done"
+    revised = h.anthropic.requests[1]["messages"][-1]["content"]
+    assert any("annual prices" in b.get("text", "") for b in revised)
+    deliverables = await h.store.deliverables(order.id or "")
+    assert [d.content for d in deliverables] == ["v1", "v2"]
+    assert len(h.reporter.results) == 2 and h.reporter.duplicates == []
+    assert (await h.store.get_order(order.id or "")).status == Status.VERIFYING

@@ -206,12 +206,19 @@ def tool_result(tool_use_id: str, content: str, *, is_error: bool = False) -> di
     }
 
 
+REVISE = (
+    "Your deliverable was sent back for another round. Revise it to meet every acceptance "
+    "criterion and submit it again with submit_deliverable."
+)
+
+
 def inbox_note(item: dict[str, Any]) -> dict[str, Any]:
+    """A message left for the run: a reply, a reviewer's change request, or a note."""
     who = f"<@{item.get('user')}>" if item.get("user") else "someone"
-    return {
-        "type": "text",
-        "text": f"Message from {who} in the thread: {item.get('text', '')}",
-    }
+    text = str(item.get("text", ""))
+    if item.get("kind") == "feedback":
+        return {"type": "text", "text": f"Changes requested by {who}: {text}\n\n{REVISE}"}
+    return {"type": "text", "text": f"Message from {who} in the thread: {text}"}
 
 
 class Agent:
@@ -564,7 +571,15 @@ class Agent:
             and not done[u["id"]].get("is_error")
             for u in uses
         ):
-            run.submitted = True
+            assert following is not None and latest is not None
+            if latest.outcome != "submitted":
+                # Submitted, then cut off before handing it over: hand it over now.
+                run.submitted = True
+                return
+            # Handed over before and now back (rework, or a retry): carry on from here.
+            following["content"] = _blocks(following["content"]) + (
+                notes or [{"type": "text", "text": REVISE}]
+            )
             return
         missing = [u for u in uses if u["id"] not in done]
         if not missing:
