@@ -31,7 +31,7 @@ async def test_a_run_reads_the_thread_and_submits_its_deliverable(harness: Harne
     assert outcome is not None and outcome.kind == "done"
 
     final = await h.store.get_order(order.id or "")
-    assert final.status == Status.VERIFYING
+    assert final.status == Status.AWAITING_REVIEW
     row = await h.store.get_row(order.id or "")
     assert row.lease_owner is None and row.reserved_micro_usd == 0 and row.reserved_tokens == 0
     assert row.model_calls == 2 and row.tool_calls == 2
@@ -59,7 +59,7 @@ async def test_a_run_reads_the_thread_and_submits_its_deliverable(harness: Harne
     assert deliverable.content.startswith("# Table") and deliverable.summary == "Done."
     [(oid, result_)] = h.reporter.results.values()
     assert oid == order.id and result_.content == deliverable.content
-    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted"
+    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted; waiting for review"
     assert "Reading the thread" in h.reporter.steps(order.id or "")
 
     tools = await h.store.tool_calls(order.id or "")
@@ -68,7 +68,7 @@ async def test_a_run_reads_the_thread_and_submits_its_deliverable(harness: Harne
         ("submit_deliverable", True, "ok"),
     ]
     trail = [e.data.get("to") for e in await h.store.audit_trail(order.id or "") if e.kind == "transition"]
-    assert trail == ["queued", "running", "verifying"]
+    assert trail == ["queued", "running", "awaiting_review"]
     assert (await h.store.verify_audit())[1] == []
 
 

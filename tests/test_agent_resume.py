@@ -113,7 +113,7 @@ async def test_changes_requested_continue_the_run_with_the_feedback(harness: Har
     order = await h.order()
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "v1", "summary": "first"}))
     await h.run_next()
-    for target in (Status.AWAITING_REVIEW, Status.CHANGES_REQUESTED):
+    for target in (Status.CHANGES_REQUESTED,):
         await h.store.transition(order.id or "", target, actor="U2", reason="review")
     await h.store.add_to_inbox(
         order.id or "",
@@ -130,4 +130,4 @@ async def test_changes_requested_continue_the_run_with_the_feedback(harness: Har
     deliverables = await h.store.deliverables(order.id or "")
     assert [d.content for d in deliverables] == ["v1", "v2"]
     assert len(h.reporter.results) == 2 and h.reporter.duplicates == []
-    assert (await h.store.get_order(order.id or "")).status == Status.VERIFYING
+    assert (await h.store.get_order(order.id or "")).status == Status.AWAITING_REVIEW

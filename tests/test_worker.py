@@ -49,7 +49,7 @@ async def test_a_pool_runs_orders_concurrently_up_to_its_limit(harness: Harness)
         await eventually(lambda: len(worker.running) == 2, timeout_s=5)
         assert len(worker.running) == 2  # the third waits for a slot
         for order in orders:
-            await eventually(lambda o=order: _is(h, o.id, Status.VERIFYING), timeout_s=10)
+            await eventually(lambda o=order: _is(h, o.id, Status.AWAITING_REVIEW), timeout_s=10)
     assert sorted(kind for _, kind in [(n, o.kind) for n, o in worker.outcomes]) == ["done"] * 3
 
 
@@ -94,7 +94,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
         assert len(h.anthropic.requests) == 1
 
         await queue.resume_with_reply(h.store, order.id or "", "Acme, Globex and Initech", user="U1")
-        await eventually(lambda: _is(h, order.id, Status.VERIFYING))
+        await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
     resumed = h.anthropic.requests[1]["messages"]
     [answer] = [b for b in resumed[-1]["content"] if b.get("type") == "tool_result"]
     assert "Acme, Globex and Initech" in answer["content"]
@@ -158,9 +158,9 @@ async def test_run_worker_reports_through_an_outbox(harness: Harness) -> None:
             handle_signals=False,
         )
     )
-    await eventually(lambda: _is(h, order.id, Status.VERIFYING))
+    await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
     await eventually(lambda: bool(h.reporter.results))
     stop.set()
     await asyncio.wait_for(task, 5)
-    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted"
+    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted; waiting for review"
     assert isinstance(Outbox(h.reporter), Outbox)

@@ -72,7 +72,7 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     second = await spawn_worker(env, tmp_path, worker_id="rescuer")
     try:
         async def delivered() -> bool:
-            return (await store.get_order(order_id)).status == Status.VERIFYING
+            return (await store.get_order(order_id)).status == Status.AWAITING_REVIEW
 
         await eventually(delivered, timeout_s=30)
         await eventually(lambda: f"{order_id}:result" in " ".join(_posts(fake_slack)), timeout_s=10)
@@ -125,7 +125,7 @@ async def test_the_standalone_worker_command_runs_and_stops_on_sigterm(
     try:
 
         async def delivered() -> bool:
-            return (await store.get_order(order.id or "")).status == Status.VERIFYING
+            return (await store.get_order(order.id or "")).status == Status.AWAITING_REVIEW
 
         await eventually(delivered, timeout_s=30)
     finally:

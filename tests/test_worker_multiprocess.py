@@ -79,7 +79,7 @@ async def test_many_workers_run_every_order_exactly_once(
                     await s.exec(
                         select(func.count())
                         .select_from(WorkOrderRow)
-                        .where(WorkOrderRow.status == Status.VERIFYING.value)
+                        .where(WorkOrderRow.status == Status.AWAITING_REVIEW.value)
                     )
                 ).one()
             return done == ORDERS

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from workers import queue
 from workers.budget import BudgetGuard
 from workers.config import Settings
 from workers.errors import (
@@ -30,11 +31,12 @@ from workers.errors import (
     ProviderUnavailable,
     RetryLater,
 )
-from workers.models import RunAttempt, ToolCall, utcnow
+from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
 from workers.progress import ExceptionKind, ProgressReporter, RunResult, Spend
 from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse
 from workers.store import Store
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
+from workers.verify import CriterionVerdict, Verification, verify
 from workers.workorder import Status, WorkOrder, parse_order_id
 
 log = logging.getLogger(__name__)
@@ -216,6 +218,8 @@ def inbox_note(item: dict[str, Any]) -> dict[str, Any]:
     """A message left for the run: a reply, a reviewer's change request, or a note."""
     who = f"<@{item.get('user')}>" if item.get("user") else "someone"
     text = str(item.get("text", ""))
+    if item.get("kind") == "verification":
+        return {"type": "text", "text": text}
     if item.get("kind") == "feedback":
         return {"type": "text", "text": f"Changes requested by {who}: {text}\n\n{REVISE}"}
     return {"type": "text", "text": f"Message from {who} in the thread: {text}"}
@@ -621,9 +625,17 @@ class Agent:
     # Endings
 
     async def _complete(self, run: _Run) -> Outcome:
+        """The run handed in its deliverable: check it, then send it to review or back to work."""
         assert run.order.id is not None
-        submitted = await self.store.deliverables(run.order.id)
-        item = submitted[-1]
+        item = (await self.store.deliverables(run.order.id))[-1]
+        assert item.id is not None
+        checks = run.order.verification.automatic_checks
+        verification, note = await self._verify(run, item) if checks else (None, "")
+        if verification is not None and not verification.passed:
+            row = await self.store.get_row(run.order.id)
+            if row.auto_revisions < run.order.verification.max_auto_revisions:
+                return await self._revise(run, verification)
+        spend = await self._spend(run)
         await self._report(
             self.reporter.result(
                 run.order,
@@ -631,16 +643,16 @@ class Agent:
                     content=item.content,
                     summary=item.summary,
                     key=f"{run.order.id}:result:{item.id}",
+                    verdicts=[v.as_dict() for v in verification.verdicts] if verification else None,
+                    note=note,
+                    spend=spend,
                 ),
             )
-        )
-        target = (
-            Status.VERIFYING if run.order.verification.automatic_checks else Status.AWAITING_REVIEW
         )
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
-            target,
+            Status.VERIFYING if checks else Status.AWAITING_REVIEW,
             reason="deliverable submitted",
             attempt_id=run.attempt_id,
             outcome="submitted",
@@ -648,8 +660,74 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
-        await self._status(run, "Deliverable submitted", order=order)
+        if checks:
+            passed = verification is not None and verification.passed
+            order = await self.store.transition(
+                run.order.id,
+                Status.AWAITING_REVIEW,
+                actor="verifier",
+                reason="automatic checks passed"
+                if passed
+                else "sent to the reviewer with the check results",
+            )
+        await self._status(run, "Deliverable submitted; waiting for review", order=order)
         return Outcome("done")
+
+    async def _verify(self, run: _Run, item: Deliverable) -> tuple[Verification | None, str]:
+        """The verifier's verdicts (kept on the deliverable, so a resumed run does not pay twice)."""
+        assert item.id is not None
+        if item.verdicts is not None:
+            return Verification([CriterionVerdict.from_dict(v) for v in item.verdicts]), ""
+        await self._status(run, "Checking the deliverable against its acceptance criteria")
+        try:
+            verification = await verify(
+                self.router, run.order, item.content, budget=run.guard, attempt_id=run.attempt_id
+            )
+        except BudgetExceeded as exc:
+            return None, f"Not checked automatically: the budget did not cover the check ({exc})."
+        except (ProviderRejected, ProviderUnavailable) as exc:
+            return None, f"Not checked automatically: the verifier model was unavailable ({exc})."
+        await self.store.save_verdicts(
+            item.id,
+            [v.as_dict() for v in verification.verdicts],
+            actor="verifier",
+            passed=verification.passed,
+        )
+        return verification, ""
+
+    async def _revise(self, run: _Run, verification: Verification) -> Outcome:
+        """Automatic checks failed and a revision is allowed: back to work with the findings."""
+        assert run.order.id is not None
+        await self.store.bump_counter(run.order.id, "auto_revisions")
+        await self.store.add_to_inbox(
+            run.order.id,
+            {"kind": "verification", "text": verification.findings()},
+            actor="verifier",
+            resume=False,
+        )
+        order = await self.store.finish_run(
+            run.order.id,
+            self.worker_id,
+            Status.VERIFYING,
+            reason="deliverable submitted",
+            attempt_id=run.attempt_id,
+            outcome="revising",
+            elapsed_ms=run.elapsed_ms(),
+        )
+        if order is None:
+            return await self._lost(run)
+        failed = len(verification.failures)
+        order = await queue.enqueue(
+            self.store,
+            self.settings,
+            run.order.id,
+            actor="verifier",
+            reason=f"automatic checks: {failed} criteria not met; revising",
+        )
+        await self._status(
+            run, f"Revising: automatic checks found {failed} criteria not met", order=order
+        )
+        return Outcome("requeued", "revising after automatic checks")
 
     async def _park(self, run: _Run) -> Outcome:
         assert run.order.id is not None

@@ -130,6 +130,30 @@ class SlackSettings(_Strict):
     )
 
 
+class ReviewSettings(_Strict):
+    requester_may_approve: bool = Field(
+        default=False, description="may the requester decide their own order when a reviewer is named"
+    )
+    reminder_after_s: int = Field(default=4 * 3600, gt=0, description="undecided review: remind")
+    escalate_after_s: int = Field(
+        default=24 * 3600, gt=0, description="undecided review: mention the escalation contact"
+    )
+    quiet_after_s: int = Field(
+        default=1800, gt=0, description="an active order silent this long gets a note saying why"
+    )
+    sweep_interval_s: float = Field(default=60, gt=0, description="how often reminders are checked")
+    extend_factor: float = Field(default=1.5, gt=1, le=10, description="Extend budget multiplies by")
+
+    @model_validator(mode="after")
+    def _escalation_after_reminder(self) -> ReviewSettings:
+        if self.escalate_after_s <= self.reminder_after_s:
+            raise ValueError(
+                f"escalate_after_s ({self.escalate_after_s}) must be later than reminder_after_s "
+                f"({self.reminder_after_s})"
+            )
+        return self
+
+
 class EngineSettings(_Strict):
     lease_ttl_s: int = Field(default=60, gt=0)
     heartbeat_s: int = Field(default=15, gt=0)
@@ -263,6 +287,7 @@ class Settings(BaseSettings):
     admins: list[str] = Field(default_factory=list)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
 

@@ -45,6 +45,7 @@ class WorkOrderRow(SQLModel, table=True):
     version: int = Field(default=1)
     priority: int = Field(default=1)
     rework_count: int = Field(default=0)
+    auto_revisions: int = Field(default=0, description="revisions asked for by automatic checks")
     attempts: int = Field(default=0)
     # Queue and lease.
     available_at: datetime | None = Field(
@@ -286,6 +287,8 @@ class Deliverable(SQLModel, table=True):
     tool_use_id: str
     summary: str = ""
     content: str
+    # The automatic check's verdicts: [{"criterion", "passed", "reason"}], None if not checked.
+    verdicts: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

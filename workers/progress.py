@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from workers.budget import micro_to_usd
 from workers.errors import RetryLater
@@ -95,6 +95,11 @@ class RunResult:
     summary: str
     key: str
     """Idempotency key, e.g. 'WO-42:result:7' (7 is the stored deliverable's id)."""
+    verdicts: list[dict[str, Any]] | None = None
+    """Automatic check per criterion ({"criterion", "passed", "reason"}); None if not checked."""
+    note: str = ""
+    """Anything the reviewer should know about the checks (e.g. why they did not run)."""
+    spend: Spend | None = None
 
 
 class ProgressReporter(Protocol):

@@ -27,7 +27,7 @@ from workers.audit import (
 )
 from workers.budget import CallPlan, Headroom, usd_to_micro
 from workers.db import create_engine, is_sqlite, session_factory
-from workers.errors import NotFound, StaleUpdate
+from workers.errors import IllegalTransition, NotFound, StaleUpdate
 from workers.models import (
     AuditEvent,
     Deliverable,
@@ -1184,6 +1184,114 @@ class Store:
         )
         async with self._sessions() as s:
             return list((await s.exec(query)).all())
+
+    async def save_verdicts(
+        self, deliverable_id: int, verdicts: list[dict[str, Any]], *, actor: str, passed: bool
+    ) -> None:
+        """Attach the automatic check's verdicts to a deliverable, and audit them."""
+        async with self.transaction() as s:
+            item = await s.get(Deliverable, deliverable_id)
+            if item is None:
+                raise NotFound(f"deliverable {deliverable_id} does not exist")
+            item.verdicts = verdicts
+            s.add(item)
+            await self._append_audit(
+                s,
+                format_order_id(item.order_id),
+                actor=actor,
+                kind="verified",
+                data={"deliverable": deliverable_id, "passed": passed, "verdicts": verdicts},
+            )
+
+    async def bump_counter(self, ref: OrderRef, counter: str) -> int:
+        """Add one to `rework_count` or `auto_revisions`; returns the new value."""
+        if counter not in ("rework_count", "auto_revisions"):
+            raise ValueError(f"not a counter: {counter}")
+        column = getattr(WorkOrderRow, counter)
+        async with self.transaction() as s:
+            await s.exec(
+                update(WorkOrderRow)
+                .where(col(WorkOrderRow.id) == _order_number(ref))
+                .values({counter: column + 1})
+            )
+            row = await self._row(s, ref)
+            return int(getattr(row, counter))
+
+    async def orders_in(
+        self, statuses: Sequence[Status], *, limit: int = 500
+    ) -> list[WorkOrderRow]:
+        """Rows in the given states, oldest change first (for the reminder sweep)."""
+        query = (
+            select(WorkOrderRow)
+            .where(col(WorkOrderRow.status).in_([st.value for st in statuses]))
+            .order_by(col(WorkOrderRow.updated_at))
+            .limit(limit)
+        )
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
+
+    async def last_entered(self, ref: OrderRef, status: Status) -> datetime | None:
+        """When the order last moved into `status`, from its audit trail."""
+        query = (
+            select(AuditEvent)
+            .where(
+                AuditEvent.chain == format_order_id(_order_number(ref)),
+                AuditEvent.kind == "transition",
+            )
+            .order_by(col(AuditEvent.seq).desc())
+        )
+        async with self._sessions() as s:
+            for event in (await s.exec(query)).all():
+                if event.data.get("to") == status.value:
+                    return as_utc(event.at)
+        return None
+
+    async def resume_from_exception(
+        self,
+        ref: OrderRef,
+        *,
+        priority: int,
+        actor: str,
+        reason: str,
+        budget: dict[str, Any] | None = None,
+    ) -> WorkOrder:
+        """Retry or Extend: in one transaction, check the order is still in exception, raise its
+        budget if asked, and queue it; of two people acting at once, one wins."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            if row.status != Status.EXCEPTION.value:
+                raise IllegalTransition(
+                    format_order_id(row.id or 0), row.status, Status.QUEUED.value
+                )
+            if budget is not None:
+                await self._append_audit(
+                    s,
+                    format_order_id(row.id or 0),
+                    actor=actor,
+                    kind="edited",
+                    data={
+                        "reason": "budget extended",
+                        "changes": {"budget": {"from": row.budget, "to": budget}},
+                    },
+                )
+            await self._move(
+                s,
+                row,
+                Status.QUEUED,
+                actor=actor,
+                reason=reason,
+                priority=priority,
+                available_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+                wait_reason=None,
+                waiting_since=None,
+                lost_leases=0,
+                exception_kind=None,
+                exception_message=None,
+                **({"budget": budget} if budget is not None else {}),
+            )
+            return row_to_order(row)
 
 
 def _record(e: AuditEvent) -> ChainRecord:

@@ -1,0 +1,131 @@
+"""The reviewer gate and exception decisions: who may decide, and what each decision does.
+
+Every decision is a state-machine transition, so it is atomic across processes: of two people
+clicking at once, exactly one decision is recorded and the other gets `IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from workers import queue
+from workers.config import Settings
+from workers.errors import IllegalTransition
+from workers.store import OrderRef, Store
+from workers.workorder import Budget, Status, WorkOrder
+
+Decision = Literal["approve", "reject", "changes"]
+ExceptionAction = Literal["extend", "retry", "cancel"]
+
+DECISION_TARGETS: dict[str, Status] = {
+    "approve": Status.APPROVED,
+    "reject": Status.REJECTED,
+    "changes": Status.CHANGES_REQUESTED,
+}
+
+
+def reviewers_of(order: WorkOrder) -> list[str]:
+    """Who decides: the named reviewers, or the requester when nobody is named."""
+    return list(order.verification.reviewers) or [order.requester]
+
+
+def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
+    if user in order.verification.reviewers:
+        return True
+    if user == order.requester:
+        return not order.verification.reviewers or settings.review.requester_may_approve
+    return False
+
+
+def may_handle_exception(order: WorkOrder, user: str, settings: Settings) -> bool:
+    return user in {order.requester, order.escalation_contact} or user in settings.admins
+
+
+@dataclass(frozen=True)
+class Decided:
+    order: WorkOrder
+    decision: Decision
+
+
+async def decide(
+    store: Store,
+    settings: Settings,
+    ref: OrderRef,
+    decision: Decision,
+    *,
+    actor: str,
+    feedback: str = "",
+) -> Decided:
+    """Record a reviewer's decision. Request changes sends the order back to the queue as rework
+    with the feedback in the run's inbox; the run resumes from its checkpoint on what is left of
+    the budget. Raises IllegalTransition if the order was decided already."""
+    reason = {"approve": "approved", "reject": "rejected", "changes": "changes requested"}[decision]
+    if feedback:
+        reason = f"{reason}: {feedback[:500]}"
+    order = await store.transition(ref, DECISION_TARGETS[decision], actor=actor, reason=reason)
+    if decision == "changes":
+        await store.add_to_inbox(
+            ref,
+            {"kind": "feedback", "user": actor, "text": feedback or "(no details given)"},
+            actor=actor,
+            resume=False,
+        )
+        await store.bump_counter(ref, "rework_count")
+        order = await queue.enqueue(store, settings, ref, actor=actor, reason="rework requested")
+    return Decided(order, decision)
+
+
+def extended_budget(
+    budget: Budget, *, factor: float = 1.5, usd: float | None = None, minutes: int | None = None
+) -> Budget:
+    """The envelope after Extend: +50 % on every ceiling by default, or the amounts chosen."""
+    return budget.model_copy(
+        update={
+            "max_usd": round(usd if usd is not None else budget.max_usd * factor, 2),
+            "max_tokens": math.ceil(budget.max_tokens * factor),
+            "max_wall_clock_s": minutes * 60
+            if minutes is not None
+            else math.ceil(budget.max_wall_clock_s * factor),
+            "max_tool_calls": math.ceil(budget.max_tool_calls * factor),
+            "max_model_calls": math.ceil(budget.max_model_calls * factor),
+        }
+    )
+
+
+async def handle_exception(
+    store: Store,
+    settings: Settings,
+    ref: OrderRef,
+    action: ExceptionAction,
+    *,
+    actor: str,
+    usd: float | None = None,
+    minutes: int | None = None,
+) -> WorkOrder:
+    """Extend (raise the ceilings, then resume), Retry (resume as is) or Cancel an order in
+    exception. Either resumes from the last checkpoint. Raises IllegalTransition if someone
+    else acted first."""
+    order = await store.get_order(ref)
+    if action == "cancel":
+        if order.status is not Status.EXCEPTION:
+            raise IllegalTransition(
+                order.id or str(ref), order.status.value, Status.CANCELLED.value
+            )
+        return await queue.cancel(store, ref, actor=actor, reason="cancelled after an exception")
+    budget = None
+    if action == "extend":
+        budget = extended_budget(
+            order.budget, factor=settings.review.extend_factor, usd=usd, minutes=minutes
+        ).model_dump()
+    reason = (
+        "budget extended; resuming" if action == "extend" else "retrying from the last checkpoint"
+    )
+    return await store.resume_from_exception(
+        ref,
+        priority=queue.priority_of(settings, order.workload_class),
+        actor=actor,
+        reason=reason,
+        budget=budget,
+    )
