@@ -20,7 +20,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import home
+from bot import gate, home
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, may_control
@@ -34,6 +34,7 @@ from bot.modals import (
     intake_request,
     parse_edit,
 )
+from bot.reporter import SlackReporter
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.intake import Completer, IntakeEngine
@@ -68,6 +69,16 @@ def create_app(
         settings, store=store, engine=IntakeEngine(settings, completer), client=client
     )
     commands = Commands(settings, store=store, conversations=conversations, client=client)
+    gate.register(
+        app,
+        gate.Gate(
+            settings,
+            store=store,
+            client=client,
+            reporter=SlackReporter(store=store, client=client),
+            conversations=conversations,
+        ),
+    )
 
     @app.event("app_mention")
     async def on_mention(event: dict[str, Any], say: Any) -> None:

@@ -16,8 +16,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import CANCEL_ACTION, STATE_LABELS, mention
+from bot.review_blocks import (
+    EXCEPTION_CANCEL_ACTION,
+    EXTEND_ACTION,
+    EXTEND_CUSTOM_ACTION,
+    RETRY_ACTION,
+    review_blocks,
+    review_key,
+)
 from workers.errors import RetryLater
 from workers.progress import ExceptionKind, RunResult, Spend
+from workers.review import reviewers_of
 from workers.states import ACTIVE
 from workers.store import Store
 from workers.workorder import WorkOrder
@@ -34,6 +43,9 @@ EXCEPTION_TITLES: dict[str, str] = {
     "stalled": "The run stalled",
     "quota": "Waited too long for team quota",
 }
+
+
+INLINE_DELIVERABLE_MAX = 6000
 
 
 def status_key(order_id: str) -> str:
@@ -60,9 +72,22 @@ class SlackReporter:
         await self.post_once(order, key=key, purpose="question", text=body, blocks=sections(body))
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
-        body = f"*{order.id} delivered:* {result.summary}\n\n{result.content}"
+        """Post the deliverable (as text, or as a file when long), then the review prompt."""
+        assert order.id and order.channel
+        if len(result.content) <= INLINE_DELIVERABLE_MAX:
+            body = f"*{order.id} deliverable:* {result.summary}\n\n{result.content}"
+            await self.post_once(
+                order, key=result.key, purpose="result", text=body, blocks=sections(body)
+            )
+        else:
+            await self._upload_once(order, result)
+        blocks = review_blocks(order, result)
         await self.post_once(
-            order, key=result.key, purpose="result", text=body, blocks=sections(body)
+            order,
+            key=review_key(result.key),
+            purpose="review",
+            text=f"{order.id} is ready for review by {', '.join(mention(r) for r in reviewers_of(order))}",
+            blocks=blocks,
         )
 
     async def exception(
@@ -74,8 +99,53 @@ class SlackReporter:
             f"{' '.join(mention(p) for p in sorted(people, key=str))} *{order.id}: {title}.*\n"
             f"{message}\nSpend so far: {spend.describe()}."
         )
+        assert order.id
+        controls = {
+            "type": "actions",
+            "block_id": "exception_controls",
+            "elements": [
+                button("Extend budget +50 %", EXTEND_ACTION, order.id, style="primary"),
+                button("Extend…", EXTEND_CUSTOM_ACTION, order.id),
+                button("Retry", RETRY_ACTION, order.id),
+                button("Cancel", EXCEPTION_CANCEL_ACTION, order.id, style="danger"),
+            ],
+        }
         await self.post_once(
-            order, key=key, purpose=f"exception:{kind}", text=body, blocks=sections(body)
+            order,
+            key=key,
+            purpose=f"exception:{kind}",
+            text=body,
+            blocks=[*sections(body), controls],
+        )
+
+    async def notice(
+        self, order: WorkOrder, text: str, *, key: str, purpose: str = "notice"
+    ) -> None:
+        """A one-off message in the thread (reminders, escalations, quiet-order notes)."""
+        await self.post_once(order, key=key, purpose=purpose, text=text, blocks=sections(text))
+
+    async def _upload_once(self, order: WorkOrder, result: RunResult) -> None:
+        assert order.id and order.channel
+        if (existing := await self.store.slack_message(result.key)) is not None and existing.ts:
+            return
+        await self.store.save_slack_message(
+            key=result.key, purpose="result", channel=order.channel, ts="", order=order.id
+        )
+        try:
+            response = await self.client.files_upload_v2(
+                channel=order.channel,
+                thread_ts=order.thread_ts,
+                content=result.content,
+                filename=f"{order.id}-deliverable.md",
+                title=f"{order.id}: {order.title}"[:250],
+                initial_comment=truncate(f"*{order.id} deliverable:* {result.summary}", 3000),
+            )
+        except SlackApiError as exc:
+            _raise_retry_later(exc)
+            raise
+        file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
+        await self.store.save_slack_message(
+            key=result.key, purpose="result", channel=order.channel, ts=file_id, order=order.id
         )
 
     # Posting
@@ -101,6 +171,10 @@ class SlackReporter:
             if posted is not None and posted.ts:
                 await self.client.chat_update(
                     channel=posted.channel, ts=posted.ts, text=text, blocks=blocks
+                )
+                # Touch the record: the sweep reads it as the order's last sign of life.
+                await self.store.save_slack_message(
+                    key=key, purpose="status", channel=posted.channel, ts=posted.ts, order=order.id
                 )
             else:
                 await self.post_once(order, key=key, purpose="status", text=text, blocks=blocks)

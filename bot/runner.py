@@ -15,6 +15,7 @@ from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from workers.config import Settings
+from workers.followup import FollowUps
 from workers.migrate import upgrade
 from workers.progress import LoggingReporter, ProgressReporter
 from workers.providers import ModelRouter
@@ -71,13 +72,23 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             bolt, app_token=settings.slack_app_token.get_secret_value(), settings=settings.slack
         )
         await socket_handler.start()
+    reporter = SlackReporter(store=store, client=client)
+    follow_ups = FollowUps(settings, store, reporter)
     scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.add_job(
+        follow_ups.sweep,
+        "interval",
+        seconds=settings.review.sweep_interval_s,
+        id="follow-ups",
+        max_instances=1,
+        coalesce=True,
+    )
     scheduler.start()
     workers = asyncio.create_task(
         run_worker(
             settings,
             concurrency=concurrency,
-            reporter=SlackReporter(store=store, client=client),
+            reporter=reporter,
             store=store,
             router=router,
             stop=stop,

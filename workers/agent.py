@@ -711,7 +711,7 @@ class Agent:
             Status.VERIFYING,
             reason="deliverable submitted",
             attempt_id=run.attempt_id,
-            outcome="revising",
+            outcome="submitted",
             elapsed_ms=run.elapsed_ms(),
         )
         if order is None:

@@ -1,0 +1,429 @@
+"""Buttons on review prompts and exception messages: authorised, atomic, updated in place."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import Block, modal_title, plain
+from bot.cards import mention
+from bot.conversation import Conversations
+from bot.reporter import SlackReporter
+from bot.review_blocks import (
+    APPROVE_ACTION,
+    CHANGES_ACTION,
+    DECISION_WORDS,
+    EXCEPTION_CANCEL_ACTION,
+    EXTEND_ACTION,
+    EXTEND_CUSTOM_ACTION,
+    REJECT_ACTION,
+    RETRY_ACTION,
+    decided_blocks,
+    decision_line,
+    review_blocks,
+    review_key,
+)
+from workers.config import Settings
+from workers.errors import IllegalTransition
+from workers.progress import RunResult, Spend
+from workers.review import (
+    Decision,
+    ExceptionAction,
+    decide,
+    handle_exception,
+    may_handle_exception,
+    may_review,
+    reviewers_of,
+)
+from workers.store import Store
+from workers.workorder import WorkOrder
+
+log = logging.getLogger(__name__)
+
+CHANGES_CALLBACK = "review_changes_modal"
+EXTEND_CALLBACK = "extend_budget_modal"
+
+
+class Gate:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        client: AsyncWebClient,
+        reporter: SlackReporter,
+        conversations: Conversations,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.reporter = reporter
+        self.conversations = conversations
+
+    # Reviewer decisions
+
+    async def decide(
+        self,
+        order_id: str,
+        decision: Decision,
+        *,
+        user: str,
+        feedback: str = "",
+        message: tuple[str, str] | None = None,
+    ) -> str | None:
+        """Record the decision; None on success, else why not (for an ephemeral or a field error)."""
+        order = await self.store.get_order(order_id)
+        if not may_review(order, user, self.settings):
+            who = ", ".join(mention(r) for r in reviewers_of(order))
+            return f"Only the reviewer ({who}) can decide {order.id}."
+        try:
+            decided = await decide(
+                self.store, self.settings, order_id, decision, actor=user, feedback=feedback
+            )
+        except IllegalTransition:
+            return f"{order.id} has already been decided."
+        await self._show_decision(
+            decided.order, decision, user=user, feedback=feedback, message=message
+        )
+        return None
+
+    async def _show_decision(
+        self,
+        order: WorkOrder,
+        decision: Decision,
+        *,
+        user: str,
+        feedback: str,
+        message: tuple[str, str] | None,
+    ) -> None:
+        """Show who decided on the review message (the one clicked, else the stored one)."""
+        assert order.id
+        deliverables = await self.store.deliverables(order.id)
+        if deliverables:
+            item = deliverables[-1]
+            key = review_key(f"{order.id}:result:{item.id}")
+            posted = await self.store.slack_message(key)
+            if message is None and posted is not None and posted.ts:
+                message = (posted.channel, posted.ts)
+            if message is not None:
+                row = await self.store.get_row(order.id)
+                result = RunResult(
+                    content=item.content,
+                    summary=item.summary,
+                    key=key,
+                    verdicts=item.verdicts,
+                    spend=Spend.of(row),
+                )
+                line = decision_line(DECISION_WORDS[decision], user, datetime.now(UTC), feedback)
+                blocks = decided_blocks(review_blocks(order, result), line=line)
+                await _update_quietly(
+                    self.client,
+                    channel=message[0],
+                    ts=message[1],
+                    text=f"{order.id}: {line}",
+                    blocks=blocks,
+                )
+        step = {
+            "approve": "Approved",
+            "reject": "Rejected",
+            "changes": "Reworking with the reviewer's feedback",
+        }[decision]
+        await self.reporter.status(
+            order, f"{step} (by {mention(user)})", Spend.of(await self.store.get_row(order.id))
+        )
+        await self.conversations.show_card(order)
+
+    # Exceptions
+
+    async def act_on_exception(
+        self,
+        order_id: str,
+        action: ExceptionAction,
+        *,
+        user: str,
+        usd: float | None = None,
+        minutes: int | None = None,
+    ) -> tuple[WorkOrder | None, str]:
+        """Extend, Retry or Cancel; returns the order (None if refused) and a line describing it."""
+        order = await self.store.get_order(order_id)
+        if not may_handle_exception(order, user, self.settings):
+            return (
+                None,
+                f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin can act on {order.id}.",
+            )
+        try:
+            updated = await handle_exception(
+                self.store, self.settings, order_id, action, actor=user, usd=usd, minutes=minutes
+            )
+        except IllegalTransition:
+            return None, f"Someone already acted on {order.id}."
+        words = {
+            "extend": f"Budget extended to {updated.budget.describe()} by {mention(user)}; resuming from the last checkpoint.",
+            "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
+            "cancel": f"Cancelled by {mention(user)}.",
+        }
+        await self.reporter.status(
+            updated, words[action], Spend.of(await self.store.get_row(order_id))
+        )
+        return updated, words[action]
+
+
+def register(app: AsyncApp, gate: Gate) -> None:
+    settings = gate.settings
+
+    async def refuse(client: AsyncWebClient, body: dict[str, Any], text: str) -> None:
+        channel = (body.get("channel") or {}).get("id") or body["user"]["id"]
+        thread = (body.get("message") or {}).get("thread_ts")
+        await client.chat_postEphemeral(
+            channel=channel, user=body["user"]["id"], text=text, thread_ts=thread
+        )
+
+    def decision_handler(decision: Decision) -> Any:
+        async def on_decision(
+            ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
+        ) -> None:
+            await ack()
+            problem = await gate.decide(
+                action["value"], decision, user=body["user"]["id"], message=_clicked(body)
+            )
+            if problem:
+                await refuse(client, body, problem)
+
+        return on_decision
+
+    app.action(APPROVE_ACTION)(decision_handler("approve"))
+    app.action(REJECT_ACTION)(decision_handler("reject"))
+
+    @app.action(CHANGES_ACTION)
+    async def on_changes(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        order = await gate.store.get_order(action["value"])
+        if not may_review(order, body["user"]["id"], settings):
+            who = ", ".join(mention(r) for r in reviewers_of(order))
+            await refuse(client, body, f"Only the reviewer ({who}) can decide {order.id}.")
+            return
+        await client.views_open(
+            trigger_id=body["trigger_id"], view=changes_modal(order, _clicked(body))
+        )
+
+    @app.view(CHANGES_CALLBACK)
+    async def on_changes_submitted(
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
+        metadata = json.loads(view.get("private_metadata") or "{}")
+        feedback = str(
+            view["state"]["values"].get("feedback", {}).get("feedback", {}).get("value") or ""
+        ).strip()
+        if not feedback:
+            await ack(
+                response_action="errors",
+                errors={"feedback": "Say what should change, so the rework can address it."},
+            )
+            return
+        problem = await gate.decide(
+            str(metadata.get("order_id")),
+            "changes",
+            user=body["user"]["id"],
+            feedback=feedback,
+            message=tuple(metadata["message"]) if metadata.get("message") else None,
+        )
+        if problem:
+            await ack(response_action="errors", errors={"feedback": problem})
+            return
+        await ack()
+
+    async def on_exception_action(
+        action_name: ExceptionAction,
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        updated, line = await gate.act_on_exception(
+            action["value"], action_name, user=body["user"]["id"]
+        )
+        if updated is None:
+            await refuse(client, body, line)
+            return
+        message = body.get("message") or {}
+        blocks: list[Block] = message.get("blocks") or []
+        await _update_quietly(
+            client,
+            channel=body["channel"]["id"],
+            ts=message["ts"],
+            text=line,
+            blocks=decided_blocks(blocks, line=line),
+        )
+
+    def exception_handler(name: ExceptionAction) -> Any:
+        async def handler(
+            ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
+        ) -> None:
+            await on_exception_action(name, ack, body, action, client)
+
+        return handler
+
+    app.action(EXTEND_ACTION)(exception_handler("extend"))
+    app.action(RETRY_ACTION)(exception_handler("retry"))
+    app.action(EXCEPTION_CANCEL_ACTION)(exception_handler("cancel"))
+
+    @app.action(EXTEND_CUSTOM_ACTION)
+    async def on_extend_custom(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        order = await gate.store.get_order(action["value"])
+        if not may_handle_exception(order, body["user"]["id"], settings):
+            await refuse(
+                client,
+                body,
+                f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin can act on {order.id}.",
+            )
+            return
+        metadata = {
+            "order_id": order.id,
+            "channel": body["channel"]["id"],
+            "ts": (body.get("message") or {}).get("ts"),
+        }
+        await client.views_open(trigger_id=body["trigger_id"], view=extend_modal(order, metadata))
+
+    @app.view(EXTEND_CALLBACK)
+    async def on_extend_submitted(
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        metadata = json.loads(view.get("private_metadata") or "{}")
+        order = await gate.store.get_order(str(metadata.get("order_id")))
+        values = view["state"]["values"]
+        usd, minutes, errors = parse_extend(values, order)
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        updated, line = await gate.act_on_exception(
+            str(order.id), "extend", user=body["user"]["id"], usd=usd, minutes=minutes
+        )
+        if updated is None:
+            await ack(response_action="errors", errors={"usd": line})
+            return
+        await ack()
+        if metadata.get("ts"):
+            await _update_quietly(
+                client,
+                channel=metadata["channel"],
+                ts=metadata["ts"],
+                text=line,
+                blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": line}}],
+            )
+
+
+def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The (channel, ts) of the message whose button was clicked."""
+    channel = (body.get("channel") or {}).get("id")
+    ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
+    return (str(channel), str(ts)) if channel and ts else None
+
+
+def changes_modal(order: WorkOrder, message: tuple[str, str] | None) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": CHANGES_CALLBACK,
+        "title": modal_title(f"Changes to {order.id}"),
+        "submit": plain("Send back", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps({"order_id": order.id, "message": message}),
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "feedback",
+                "label": plain("What should change?"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "feedback",
+                    "multiline": True,
+                    "max_length": 3000,
+                },
+            }
+        ],
+    }
+
+
+def extend_modal(order: WorkOrder, metadata: dict[str, Any]) -> dict[str, Any]:
+    budget = order.budget
+    return {
+        "type": "modal",
+        "callback_id": EXTEND_CALLBACK,
+        "title": modal_title(f"Extend {order.id}"),
+        "submit": plain("Extend and resume", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps(metadata),
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "usd",
+                "label": plain(f"New budget in USD (now ${budget.max_usd:.2f})"),
+                "element": {
+                    "type": "number_input",
+                    "action_id": "usd",
+                    "is_decimal_allowed": True,
+                    "initial_value": f"{budget.max_usd * 1.5:.2f}",
+                    "min_value": "0.01",
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "minutes",
+                "label": plain(f"Time limit in minutes (now {budget.max_wall_clock_s // 60})"),
+                "element": {
+                    "type": "number_input",
+                    "action_id": "minutes",
+                    "is_decimal_allowed": False,
+                    "initial_value": str(max(1, round(budget.max_wall_clock_s * 1.5 / 60))),
+                    "min_value": "1",
+                },
+            },
+        ],
+    }
+
+
+def parse_extend(
+    values: dict[str, Any], order: WorkOrder
+) -> tuple[float | None, int | None, dict[str, str]]:
+    errors: dict[str, str] = {}
+    usd: float | None = None
+    minutes: int | None = None
+    try:
+        usd = float(str(values.get("usd", {}).get("usd", {}).get("value")))
+    except ValueError:
+        errors["usd"] = "Enter an amount in US dollars, e.g. 5.00."
+    else:
+        if not usd > order.budget.max_usd:
+            errors["usd"] = (
+                f"An extension must be more than the current ${order.budget.max_usd:.2f}."
+            )
+        elif usd > 10_000:
+            errors["usd"] = "At most $10,000 per order."
+    try:
+        minutes = int(str(values.get("minutes", {}).get("minutes", {}).get("value")))
+    except ValueError:
+        errors["minutes"] = "Enter a whole number of minutes."
+    else:
+        if minutes * 60 < order.budget.max_wall_clock_s:
+            errors["minutes"] = "The time limit cannot go down."
+    return usd, minutes, errors
+
+
+async def _update_quietly(client: AsyncWebClient, **kwargs: Any) -> None:
+    """Update a message that may be gone (deleted, or too old); the decision stands regardless."""
+    try:
+        await client.chat_update(**kwargs)
+    except SlackApiError as exc:
+        log.info("could not update the message: %s", exc.response.get("error"))

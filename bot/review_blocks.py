@@ -1,0 +1,79 @@
+"""Block Kit for the reviewer gate and for exceptions: the prompt, its buttons, and the decided state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bot.blocks import Block, button, context, sections, slack_date
+from bot.cards import mention
+from workers.progress import RunResult
+from workers.review import reviewers_of
+from workers.workorder import WorkOrder
+
+APPROVE_ACTION = "review_approve"
+CHANGES_ACTION = "review_changes"
+REJECT_ACTION = "review_reject"
+EXTEND_ACTION = "exception_extend"
+EXTEND_CUSTOM_ACTION = "exception_extend_custom"
+RETRY_ACTION = "exception_retry"
+EXCEPTION_CANCEL_ACTION = "exception_cancel"
+
+DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Changes requested"}
+
+
+def review_key(result_key: str) -> str:
+    """'WO-42:result:7' -> 'WO-42:review:7'."""
+    return result_key.replace(":result:", ":review:")
+
+
+def checklist(verdicts: list[dict[str, object]] | None, criteria: list[str]) -> str:
+    if verdicts is None:
+        return "\n".join(f"☐ {c}" for c in criteria)
+    return "\n".join(
+        f"{'✅' if v.get('passed') else '❌'} {v.get('criterion')}: _{v.get('reason')}_"
+        for v in verdicts
+    )
+
+
+def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
+    assert order.id
+    verdicts = result.verdicts
+    failed = [v for v in verdicts or [] if not v.get("passed")]
+    if verdicts is None:
+        headline = result.note or "Automatic checks are off for this order."
+    elif failed:
+        headline = f"Automatic checks: {len(failed)} of {len(verdicts)} criteria *not met*. Please look closely."
+    else:
+        headline = f"Automatic checks: all {len(verdicts)} criteria met."
+    reviewers = " ".join(mention(r) for r in reviewers_of(order))
+    blocks: list[Block] = [
+        *sections(
+            f"{reviewers} *{order.id}* is ready for your review: {result.summary}\n{headline}"
+        ),
+        *sections(f"*Acceptance criteria*\n{checklist(verdicts, order.acceptance_criteria)}"),
+    ]
+    if result.spend is not None:
+        blocks.append(context(f"Spend and time: {result.spend.describe()}"))
+    blocks.append(
+        {
+            "type": "actions",
+            "block_id": "review_controls",
+            "elements": [
+                button("Approve", APPROVE_ACTION, order.id, style="primary"),
+                button("Request changes", CHANGES_ACTION, order.id),
+                button("Reject", REJECT_ACTION, order.id, style="danger"),
+            ],
+        }
+    )
+    return blocks
+
+
+def decided_blocks(blocks: list[Block], *, line: str) -> list[Block]:
+    """The same message with its buttons replaced by who did what, and when."""
+    kept = [b for b in blocks if b.get("type") != "actions"]
+    return [*kept, context(line)]
+
+
+def decision_line(verb: str, user: str, at: datetime, detail: str = "") -> str:
+    when = slack_date(int(at.timestamp()), at.strftime("%Y-%m-%d %H:%M UTC"))
+    return f"*{verb}* by {mention(user)} {when}" + (f": {detail}" if detail else "")

@@ -1,0 +1,487 @@
+"""The verification gate end to end: Slack in (signed requests), a real worker pool running the
+order, the fake models answering, and the thread showing deliverable, checks and decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bot.cards import START_ACTION
+from bot.gate import CHANGES_CALLBACK, EXTEND_CALLBACK
+from bot.reporter import SlackReporter
+from bot.review_blocks import (
+    APPROVE_ACTION,
+    CHANGES_ACTION,
+    EXCEPTION_CANCEL_ACTION,
+    EXTEND_ACTION,
+    EXTEND_CUSTOM_ACTION,
+    REJECT_ACTION,
+    RETRY_ACTION,
+)
+from bot.slack_client import make_slack_client
+from tests.engine_fixtures import FAST_ENGINE
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Reply as OpenAIReply
+from tests.fakes.slack import FakeSlack
+from tests.harness import RunningBot, running_bot
+from tests.slack_helpers import draft, state_from_view
+from workers.followup import FollowUps
+from workers.runtime import run_worker
+from workers.store import Store
+from workers.workorder import Status
+
+CRITERIA = ["Covers Acme, Globex and Initech", "Every price cites a source URL", "Fits on one page"]
+
+
+def verdicts(*passed: bool) -> OpenAIReply:
+    return OpenAIReply.tool(
+        "record_verdicts",
+        {
+            "verdicts": [
+                {"index": i, "passed": p, "reason": "ok" if p else "no source for Globex"}
+                for i, p in enumerate(passed, 1)
+            ]
+        },
+    )
+
+
+def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
+    return Reply.tool("submit_deliverable", {"content": content, "summary": summary})
+
+
+@dataclass
+class Pipeline:
+    bot: RunningBot
+    slack: FakeSlack
+    anthropic: FakeAnthropic
+    openai: FakeOpenAI
+
+    async def order_started(
+        self,
+        *execute: Reply,
+        reviewers: str = "<@U7> reviews",
+        budget: dict[str, Any] | None = None,
+        **draft_fields: Any,
+    ) -> str:
+        """Mention -> card -> (script the run, adjust the budget) -> Start; returns the order id."""
+        self.anthropic.script(draft(reviewers=["U7"] if "U7" in reviewers else [], **draft_fields))
+        mention = self.bot.sender.app_mention(
+            f"<@UBOT> competitor pricing table, {reviewers}", channel="C1"
+        )
+        await self.bot.sender.event(mention)
+        await self.slack.wait_until(
+            lambda: any(
+                START_ACTION in json.dumps(c.args.get("blocks") or [])
+                for c in self.slack.calls_to("chat.postMessage")
+            )
+        )
+        [order] = await self.bot.store.list_orders()
+        assert order.id
+        if budget:
+            await self.bot.store.update_order(
+                order.id, actor="U1", budget=order.budget.model_copy(update=budget)
+            )
+        self.anthropic.script(*execute)
+        await self.click(START_ACTION, order.id, "U1")
+        return order.id
+
+    async def click(
+        self, action_id: str, value: str, user: str, *, message: dict[str, Any] | None = None
+    ) -> None:
+        """Click a button on the latest message that has it, as Slack would send it."""
+        if message is None:
+            carrying = [
+                c
+                for c in self.slack.calls_to("chat.postMessage")
+                if action_id in json.dumps(c.args.get("blocks") or [])
+            ]
+            if carrying:
+                message = {"ts": carrying[-1].response["ts"], "blocks": carrying[-1].args["blocks"]}
+        payload = self.bot.sender.block_action(
+            action_id,
+            value,
+            user_id=user,
+            channel_id="C1",
+            message_ts=(message or {}).get("ts", "1.1"),
+        )
+        if message is not None:
+            payload["message"] = {**payload.get("message", {}), **message}
+        status, _ = await self.bot.sender.action(payload)
+        assert status == 200
+
+    async def status_of(self, order_id: str, status: Status, within: float = 15) -> None:
+        async with asyncio.timeout(within):
+            while (await self.bot.store.get_order(order_id)).status is not status:
+                await asyncio.sleep(0.05)
+
+    async def post(self, needle: str, within: float = 10) -> dict[str, Any]:
+        """The latest message posted containing `needle`, waiting for it to arrive."""
+        await self.slack.wait_until(lambda: bool(self.posts_with(needle)), within=within)
+        return self.posts_with(needle)[-1]
+
+    async def update(self, needle: str, within: float = 10) -> dict[str, Any]:
+        await self.slack.wait_until(lambda: bool(self.updates_with(needle)), within=within)
+        return self.updates_with(needle)[-1]
+
+    def posts_with(self, needle: str) -> list[dict[str, Any]]:
+        return [
+            c.args
+            for c in self.slack.calls_to("chat.postMessage")
+            if needle
+            in c.args.get("text", "") + json.dumps(c.args.get("blocks") or [], ensure_ascii=False)
+        ]
+
+    def updates_with(self, needle: str) -> list[dict[str, Any]]:
+        return [
+            c.args
+            for c in self.slack.calls_to("chat.update")
+            if needle in json.dumps(c.args.get("blocks") or [], ensure_ascii=False)
+        ]
+
+
+@asynccontextmanager
+async def pipeline_for(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+    **overrides: Any,
+) -> AsyncIterator[Pipeline]:
+    settings = settings_factory(
+        engine=FAST_ENGINE,
+        database_url=str(store.engine.url.render_as_string(hide_password=False)),
+        **overrides,
+    )
+    async with running_bot(settings, store=store, fake_slack=fake_slack) as bot:
+        stop = asyncio.Event()
+        reporter = SlackReporter(
+            store=store, client=make_slack_client(bot.settings, backoff_factor_s=0.01)
+        )
+        worker = asyncio.create_task(
+            run_worker(
+                bot.settings,
+                concurrency=2,
+                reporter=reporter,
+                store=store,
+                stop=stop,
+                handle_signals=False,
+            )
+        )
+        try:
+            yield Pipeline(bot, fake_slack, fake_anthropic, fake_openai)
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 20)
+
+
+@pytest.fixture
+async def pipe(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+) -> AsyncIterator[Pipeline]:
+    async with pipeline_for(
+        store, fake_slack, fake_anthropic, fake_openai, settings_factory, admins=["UADMIN"]
+    ) as p:
+        yield p
+
+
+async def test_mention_to_approved(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(
+        submit("| Vendor | Price |\n| Acme | $10 (acme.com/pricing) |")
+    )
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+
+    deliverable = await pipe.post("| Acme | $10")
+    assert deliverable["thread_ts"] == (await pipe.bot.store.get_order(order_id)).thread_ts
+    prompt = await pipe.post(APPROVE_ACTION)
+    text = json.dumps(prompt["blocks"], ensure_ascii=False)
+    assert "<@U7>" in text and "all 3 criteria met" in text
+    assert "✅ Covers Acme, Globex and Initech" in text and "Spend and time: $" in text
+    # The verifier ran on the verify route (OpenAI), its cost on the order.
+    calls = await pipe.bot.store.llm_calls(order_id)
+    assert [c.role for c in calls] == ["execute", "verify"]
+    row = await pipe.bot.store.get_row(order_id)
+    assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
+
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+    decided = await pipe.update("Approved* by <@U7>")
+    assert APPROVE_ACTION not in json.dumps(decided["blocks"]), "the buttons disappear"
+    await pipe.update("Approved (by <@U7>)")  # the status message shows the final state
+    await pipe.update("· Approved ·")
+    trail = await pipe.bot.store.audit_trail(order_id)
+    assert (trail[-1].actor, trail[-1].data["to"]) == ("U7", "approved")
+
+
+async def test_failing_criterion_gets_one_automatic_revision(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, False, True), verdicts(True, True, True))
+    order_id = await pipe.order_started(
+        submit("v1 without sources"), submit("v2 with sources for everyone")
+    )
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    revision_request = json.dumps(pipe.anthropic.requests[-1]["messages"])
+    assert "no source for Globex" in revision_request, "the run saw the verifier's findings"
+    assert not pipe.posts_with("v1 without sources"), (
+        "a failed first draft is not shown to the reviewer"
+    )
+    await pipe.post("v2 with sources for everyone")
+    row = await pipe.bot.store.get_row(order_id)
+    assert row.auto_revisions == 1
+    prompt = await pipe.post(APPROVE_ACTION)
+    assert "all 3 criteria met" in json.dumps(prompt["blocks"], ensure_ascii=False)
+
+
+async def test_failures_after_the_last_revision_go_to_the_reviewer_honestly(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, False, True), verdicts(True, False, True))
+    order_id = await pipe.order_started(submit("v1"), submit("v2 still missing a source"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    prompt = await pipe.post(APPROVE_ACTION)
+    text = json.dumps(prompt["blocks"], ensure_ascii=False)
+    assert "1 of 3 criteria *not met*" in text and "❌ Every price cites a source URL" in text
+
+
+async def test_request_changes_rework_then_approve(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True), verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+
+    await pipe.click(CHANGES_ACTION, order_id, "U7")
+    [opened] = await pipe.slack.wait_for("views.open")
+    view = opened.args["view"]
+    assert view["callback_id"] == CHANGES_CALLBACK
+    empty = pipe.bot.sender.view_submission(
+        CHANGES_CALLBACK,
+        {"feedback": {"feedback": ""}},
+        user_id="U7",
+        private_metadata=view["private_metadata"],
+    )
+    _, body = await pipe.bot.sender.action(empty)
+    assert "Say what should change" in json.loads(body)["errors"]["feedback"]
+
+    pipe.anthropic.script(submit("v2 with annual prices"))
+    feedback = pipe.bot.sender.view_submission(
+        CHANGES_CALLBACK,
+        {"feedback": {"feedback": "Add annual prices."}},
+        user_id="U7",
+        private_metadata=view["private_metadata"],
+    )
+    assert (await pipe.bot.sender.action(feedback))[0] == 200
+    await pipe.slack.wait_until(lambda: bool(pipe.posts_with("v2 with annual prices")), within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    assert "Add annual prices." in json.dumps(pipe.anthropic.requests[-1]["messages"])
+    row = await pipe.bot.store.get_row(order_id)
+    assert row.rework_count == 1
+    decided = await pipe.update("Changes requested* by <@U7>")
+    assert "Add annual prices." in json.dumps(decided["blocks"])
+
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+
+
+async def test_unauthorised_approver_is_refused(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    for user in (
+        "U3",
+        "U1",
+        "UADMIN",
+    ):  # a bystander, the requester (a reviewer is named), an admin
+        await pipe.click(APPROVE_ACTION, order_id, user)
+    refusals = await pipe.slack.wait_for("chat.postEphemeral", count=3)
+    assert all("Only the reviewer (<@U7>)" in r.args["text"] for r in refusals)
+    assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+
+
+async def test_concurrent_approve_and_reject_make_one_decision(
+    pipe: Pipeline, fake_slack: FakeSlack
+) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await asyncio.gather(
+        pipe.click(APPROVE_ACTION, order_id, "U7"),
+        pipe.click(REJECT_ACTION, order_id, "U7"),
+        pipe.click(APPROVE_ACTION, order_id, "U7"),
+    )
+    await fake_slack.wait_until(
+        lambda: len(fake_slack.calls_to("chat.postEphemeral")) >= 2, within=10
+    )
+    final = (await pipe.bot.store.get_order(order_id)).status
+    assert final in (Status.APPROVED, Status.REJECTED)
+    decisions = [
+        e
+        for e in await pipe.bot.store.audit_trail(order_id)
+        if e.kind == "transition" and e.data["to"] in ("approved", "rejected")
+    ]
+    assert len(decisions) == 1
+    assert all(
+        "already been decided" in c.args["text"] for c in fake_slack.calls_to("chat.postEphemeral")
+    )
+
+
+async def test_long_deliverable_is_uploaded_as_a_file(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    long_text = "# Report\n" + "\n".join(
+        f"Row {i}: Acme $10, Globex $12, Initech $9" for i in range(800)
+    )
+    order_id = await pipe.order_started(submit(long_text, "A long report."))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    [upload] = await pipe.slack.wait_for("files.completeUploadExternal")
+    assert upload.args["channel_id"] == "C1"
+    [stored] = pipe.slack.files.values()
+    assert stored["content"].decode() == long_text
+    assert not pipe.posts_with("Row 799"), "the long text is not pasted into the thread"
+    await pipe.post(APPROVE_ACTION)
+
+
+async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    # One read uses the only tool call; the stop comes before the next model call.
+    order_id = await pipe.order_started(
+        Reply.tool("read_thread", {}), submit("v1 after extension"), budget={"max_tool_calls": 1}
+    )
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    exception = await pipe.post(EXTEND_ACTION)
+    text = exception["text"]
+    assert "Budget exhausted" in text and "<@U1>" in text and "Spend so far" in text
+    blocks = json.dumps(exception["blocks"])
+    for action in (EXTEND_ACTION, EXTEND_CUSTOM_ACTION, RETRY_ACTION, EXCEPTION_CANCEL_ACTION):
+        assert action in blocks
+
+    await pipe.click(EXTEND_ACTION, order_id, "U3")  # not requester, escalation contact or admin
+    [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
+    assert "can act on" in refusal.args["text"]
+
+    await pipe.click(EXTEND_ACTION, order_id, "U1")
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    order = await pipe.bot.store.get_order(order_id)
+    assert order.budget.max_tool_calls == 2
+    await pipe.post("v1 after extension")
+    await pipe.update("Budget extended to")
+    attempts = await pipe.bot.store.attempts(order_id)
+    assert len(attempts) == 2, "Extend resumed the run as a new attempt"
+    edits = [
+        e
+        for e in await pipe.bot.store.audit_trail(order_id)
+        if e.kind == "edited" and e.actor == "U1"
+    ]
+    assert edits and edits[-1].data["reason"] == "budget extended"
+
+
+async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
+    order_id = await pipe.order_started(Reply.tool("read_thread", {}), budget={"max_tool_calls": 1})
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.click(EXTEND_CUSTOM_ACTION, order_id, "U1")
+    [opened] = await pipe.slack.wait_for("views.open")
+    view = opened.args["view"]
+    assert view["callback_id"] == EXTEND_CALLBACK
+    low = pipe.bot.sender.view_submission(
+        EXTEND_CALLBACK,
+        state_from_view(view, usd="0.10"),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    _, body = await pipe.bot.sender.action(low)
+    assert "more than the current $2.00" in json.loads(body)["errors"]["usd"]
+    pipe.anthropic.script(submit("done"))
+    pipe.openai.script(verdicts(True, True, True))
+    ok = pipe.bot.sender.view_submission(
+        EXTEND_CALLBACK,
+        state_from_view(view, usd="5"),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    assert (await pipe.bot.sender.action(ok))[0] == 200
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    assert (await pipe.bot.store.get_order(order_id)).budget.max_usd == 5.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "setup", "title"),
+    [
+        ("authority", "forbidden", "Stopped by its authority policy"),
+        ("provider", "bad_key", "The model provider is unavailable"),
+    ],
+)
+async def test_exception_kinds_post_plain_messages_with_buttons(
+    pipe: Pipeline, kind: str, setup: str, title: str
+) -> None:
+    replies = (
+        [Reply.tool("web_fetch", {"url": "https://example.com"}) for _ in range(4)]
+        if setup == "forbidden"
+        else [Reply.error(401, "invalid x-api-key")]
+    )
+    order_id = await pipe.order_started(*replies, authority_policy="default")
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    exception = await pipe.post(EXTEND_ACTION)
+    assert title in exception["text"] and "<@U1>" in exception["text"]
+    await pipe.click(EXCEPTION_CANCEL_ACTION, order_id, "U1")
+    await pipe.status_of(order_id, Status.CANCELLED)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_reminder_and_escalation_fire_on_time_and_survive_a_restart(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    settings = pipe.bot.settings
+    clock = Clock()
+
+    def follow_ups() -> FollowUps:  # a fresh instance is what a restarted process has
+        reporter = SlackReporter(
+            store=pipe.bot.store, client=make_slack_client(settings, backoff_factor_s=0.01)
+        )
+        return FollowUps(settings, pipe.bot.store, reporter, clock=clock)
+
+    await follow_ups().sweep()
+    assert not pipe.posts_with("a reminder")
+    clock.now += timedelta(seconds=settings.review.reminder_after_s + 1)
+    await follow_ups().sweep()
+    await follow_ups().sweep()
+    reminders = pipe.posts_with("a reminder")
+    assert len(reminders) == 1 and "<@U7>" in reminders[0]["text"]
+    clock.now += timedelta(seconds=settings.review.escalate_after_s)
+    restarted = follow_ups()
+    await restarted.sweep()
+    await restarted.sweep()
+    escalations = pipe.posts_with("has waited")
+    assert len(escalations) == 1 and escalations[0]["text"].startswith(
+        "<@U1>"
+    )  # escalation contact
+    assert len(pipe.posts_with("a reminder")) == 1
+
+
+async def test_quiet_order_gets_a_note_saying_why(pipe: Pipeline) -> None:
+    order_id = await pipe.order_started(
+        Reply.tool("ask_requester", {"question": "Which currency?"})
+    )
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    clock = Clock()
+    clock.now += timedelta(seconds=pipe.bot.settings.review.quiet_after_s + 5)
+    reporter = SlackReporter(
+        store=pipe.bot.store, client=make_slack_client(pipe.bot.settings, backoff_factor_s=0.01)
+    )
+    await FollowUps(pipe.bot.settings, pipe.bot.store, reporter, clock=clock).sweep()
+    [note] = pipe.posts_with("Still here")
+    assert "waiting for <@U1> to answer" in note["text"]
