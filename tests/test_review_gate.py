@@ -119,7 +119,7 @@ class Pipeline:
 
     async def status_of(self, order_id: str, status: Status, within: float = 15) -> None:
         async with asyncio.timeout(within):
-            while (await self.bot.store.get_order(order_id)).status is not status:
+            while (await self.bot.store.get_order(order_id)).status is not status:  # noqa: ASYNC110 (polls the database)
                 await asyncio.sleep(0.05)
 
     async def post(self, needle: str, within: float = 10) -> dict[str, Any]:
@@ -156,8 +156,8 @@ async def pipeline_for(
     settings_factory: Callable[..., Any],
     **overrides: Any,
 ) -> AsyncIterator[Pipeline]:
+    overrides["engine"] = {**FAST_ENGINE, **overrides.get("engine", {})}
     settings = settings_factory(
-        engine=FAST_ENGINE,
         database_url=str(store.engine.url.render_as_string(hide_password=False)),
         **overrides,
     )
@@ -485,3 +485,64 @@ async def test_quiet_order_gets_a_note_saying_why(pipe: Pipeline) -> None:
     await FollowUps(pipe.bot.settings, pipe.bot.store, reporter, clock=clock).sweep()
     [note] = pipe.posts_with("Still here")
     assert "waiting for <@U1> to answer" in note["text"]
+
+
+async def test_stalled_run_posts_an_exception_and_retry_resumes_it(pipe: Pipeline) -> None:
+    chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
+    order_id = await pipe.order_started(*chatter)
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    exception = await pipe.post(RETRY_ACTION)
+    assert "The run stalled" in exception["text"] and "<@U1>" in exception["text"]
+    pipe.openai.script(verdicts(True, True, True))
+    pipe.anthropic.script(submit("finally done"))
+    await pipe.click(RETRY_ACTION, order_id, "U1")
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.post("finally done")
+    await pipe.update("Retried by <@U1>")
+
+
+async def test_quota_wait_beyond_its_limit_becomes_an_exception(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+) -> None:
+    async with pipeline_for(
+        store,
+        fake_slack,
+        fake_anthropic,
+        fake_openai,
+        settings_factory,
+        teams={"default": {"weekly_usd": 0.01}},
+        engine={**FAST_ENGINE, "max_quota_wait_s": 1},
+    ) as p:
+        order_id = await p.order_started(submit("never runs"))
+        await p.status_of(order_id, Status.EXCEPTION, within=20)
+        exception = await p.post(EXTEND_ACTION)
+        assert "Waited too long for team quota" in exception["text"]
+        assert (await store.llm_calls(order_id)) == []
+
+
+async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
+    order_id = await pipe.order_started(
+        Reply.tool("ask_requester", {"question": "Which currency?"})
+    )
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    deadline = datetime.now(UTC) + timedelta(hours=2)
+    await pipe.bot.store.update_order(order_id, actor="U1", deadline=deadline)
+    clock = Clock()
+    reporter = SlackReporter(
+        store=pipe.bot.store, client=make_slack_client(pipe.bot.settings, backoff_factor_s=0.01)
+    )
+    follow_ups = FollowUps(pipe.bot.settings, pipe.bot.store, reporter, clock=clock)
+    await follow_ups.sweep()
+    assert not pipe.posts_with("deadline")
+    clock.now = deadline - timedelta(minutes=30)
+    await follow_ups.sweep()
+    await follow_ups.sweep()
+    assert len(pipe.posts_with("at risk of missing its deadline")) == 1
+    clock.now = deadline + timedelta(minutes=1)
+    await follow_ups.sweep()
+    [missed] = pipe.posts_with("has missed its deadline")
+    assert missed["text"].startswith("<@U1>")
