@@ -215,3 +215,35 @@ async def test_run_serves_health_and_stops_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_worker_command_runs_until_sigterm(tmp_path: Path) -> None:
+    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "worker",
+        "--concurrency",
+        "2",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        async with asyncio.timeout(30):
+            while b"started with concurrency 2" not in seen:
+                line = await proc.stderr.readline()
+                assert line, f"the worker exited early: {seen.decode()}"
+                seen += line
+        assert b"progress goes to the log" in seen
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None, "the worker pool keeps running"
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, (seen + err).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.cards import START_ACTION
+from bot.cards import CANCEL_ACTION, START_ACTION
 from bot.gate import CHANGES_CALLBACK, EXTEND_CALLBACK
 from bot.reporter import SlackReporter
 from bot.review_blocks import (
@@ -546,3 +546,50 @@ async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
     await follow_ups.sweep()
     [missed] = pipe.posts_with("has missed its deadline")
     assert missed["text"].startswith("<@U1>")
+
+
+async def test_cancel_button_on_the_status_message_stops_a_running_order(pipe: Pipeline) -> None:
+    slow = Reply.tool("read_thread", {})
+    slow.delay = 5
+    order_id = await pipe.order_started(slow)
+    await pipe.status_of(order_id, Status.RUNNING)
+    status_message = await pipe.post("· Running ·")
+    assert CANCEL_ACTION in json.dumps(status_message["blocks"])
+    await pipe.click(CANCEL_ACTION, order_id, "U3")  # a bystander
+    [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
+    assert "Only <@U1>" in refusal.args["text"]
+    await pipe.click(CANCEL_ACTION, order_id, "U1")
+    await pipe.status_of(order_id, Status.CANCELLED, within=4)
+    async with asyncio.timeout(5):  # the worker notices within cancel_poll_s and closes the attempt
+        while (await pipe.bot.store.attempts(order_id))[-1].ended_at is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert (await pipe.bot.store.attempts(order_id))[-1].outcome == "cancelled"
+
+
+async def test_cancel_reply_in_the_thread_stops_a_waiting_order(pipe: Pipeline) -> None:
+    order_id = await pipe.order_started(
+        Reply.tool("ask_requester", {"question": "Which currency?"})
+    )
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    question = await pipe.post("Which currency?")
+    assert question["text"].startswith("<@U1>")
+    thread = (await pipe.bot.store.get_order(order_id)).thread_ts
+    reply = pipe.bot.sender.direct_message("cancel", channel="C1", thread_ts=thread)
+    reply["channel_type"] = "channel"
+    await pipe.bot.sender.event(reply)
+    await pipe.status_of(order_id, Status.CANCELLED)
+
+
+async def test_requester_reply_resumes_a_parked_run(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(
+        Reply.tool("ask_requester", {"question": "Which currency?"})
+    )
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    pipe.anthropic.script(submit("Prices in EUR"))
+    thread = (await pipe.bot.store.get_order(order_id)).thread_ts
+    reply = pipe.bot.sender.direct_message("EUR please", channel="C1", thread_ts=thread)
+    reply["channel_type"] = "channel"
+    await pipe.bot.sender.event(reply)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    assert "EUR please" in json.dumps(pipe.anthropic.requests[-1]["messages"])
