@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import gate, home
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.commands import Commands
-from bot.conversation import Conversations, Incoming, may_control
+from bot.conversation import Conversations, Incoming, control_refusal, may_control
 from bot.dedupe import dedupe_middleware
 from bot.messages import HELP
 from bot.modals import (
@@ -227,7 +227,7 @@ def create_app(
                 channel=_channel_of(body),
                 user=user,
                 thread_ts=order.thread_ts,
-                text=f"Only <@{order.requester}>, who asked for {order.id}, or an admin can edit it.",
+                text=control_refusal(order, "edit"),
             )
             return
         tz = await conversations.user_tz(user)
@@ -250,7 +250,7 @@ def create_app(
         if not may_control(order, user, settings):
             await ack(
                 response_action="errors",
-                errors={"title": f"Only <@{order.requester}> or an admin can edit {order.id}."},
+                errors={"title": control_refusal(order, "edit")},
             )
             return
         if order.status is not Status.AWAITING_CONFIRMATION:

@@ -51,6 +51,10 @@ def may_control(order: WorkOrder, user: str, settings: Settings) -> bool:
     return user == order.requester or user in settings.admins
 
 
+def control_refusal(order: WorkOrder, verb: str) -> str:
+    return f"Only <@{order.requester}>, who asked for {order.id}, or an admin can {verb} it."
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message that may start or continue a dialogue."""
@@ -275,7 +279,7 @@ class Conversations:
             channel=channel,
             user=user,
             thread_ts=order.thread_ts,
-            text=f"Only <@{order.requester}>, who asked for {order.id}, or an admin can {verb} it.",
+            text=control_refusal(order, verb),
         )
         return False
 

@@ -81,8 +81,7 @@ class Gate:
         """Record the decision; None on success, else why not (for an ephemeral or a field error)."""
         order = await self.store.get_order(order_id)
         if not may_review(order, user, self.settings):
-            who = ", ".join(mention(r) for r in reviewers_of(order))
-            return f"Only the reviewer ({who}) can decide {order.id}."
+            return reviewer_refusal(order)
         try:
             decided = await decide(
                 self.store, self.settings, order_id, decision, actor=user, feedback=feedback
@@ -156,7 +155,7 @@ class Gate:
         if not may_handle_exception(order, user, self.settings):
             return (
                 None,
-                f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin can act on {order.id}.",
+                exception_refusal(order),
             )
         try:
             updated = await handle_exception(
@@ -208,8 +207,7 @@ def register(app: AsyncApp, gate: Gate) -> None:
         await ack()
         order = await gate.store.get_order(action["value"])
         if not may_review(order, body["user"]["id"], settings):
-            who = ", ".join(mention(r) for r in reviewers_of(order))
-            await refuse(client, body, f"Only the reviewer ({who}) can decide {order.id}.")
+            await refuse(client, body, reviewer_refusal(order))
             return
         await client.views_open(
             trigger_id=body["trigger_id"], view=changes_modal(order, _clicked(body))
@@ -287,7 +285,7 @@ def register(app: AsyncApp, gate: Gate) -> None:
             await refuse(
                 client,
                 body,
-                f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin can act on {order.id}.",
+                exception_refusal(order),
             )
             return
         metadata = {
@@ -323,6 +321,18 @@ def register(app: AsyncApp, gate: Gate) -> None:
                 text=line,
                 blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": line}}],
             )
+
+
+def reviewer_refusal(order: WorkOrder) -> str:
+    who = ", ".join(mention(r) for r in reviewers_of(order))
+    return f"Only the reviewer ({who}) can decide {order.id}."
+
+
+def exception_refusal(order: WorkOrder) -> str:
+    return (
+        f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin "
+        f"can act on {order.id}."
+    )
 
 
 def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:
