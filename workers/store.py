@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, or_, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from workers.providers.base import Usage
 
 OrderRef = str | int
+_PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
 
 # Fields a requester may edit on an order; status and counters change only through the engine.
 EDITABLE_FIELDS = frozenset(
@@ -318,14 +319,16 @@ class Store:
         async with self._sessions() as s:
             return (await s.exec(query)).first()
 
-    async def attempts(self, ref: OrderRef) -> list[RunAttempt]:
-        query = (
-            select(RunAttempt)
-            .where(RunAttempt.order_id == _order_number(ref))
-            .order_by(col(RunAttempt.number))
-        )
+    async def _of_order(
+        self, table: type[_PerOrder], ref: OrderRef, order_by: Any
+    ) -> list[_PerOrder]:
+        """An order's rows of one table (attempts, calls, deliverables), in `order_by` order."""
+        query = select(table).where(table.order_id == _order_number(ref)).order_by(order_by)
         async with self._sessions() as s:
             return list((await s.exec(query)).all())
+
+    async def attempts(self, ref: OrderRef) -> list[RunAttempt]:
+        return await self._of_order(RunAttempt, ref, col(RunAttempt.number))
 
     async def record_llm_call(self, call: LlmCall) -> LlmCall:
         async with self.transaction() as s:
@@ -333,11 +336,7 @@ class Store:
         return call
 
     async def llm_calls(self, ref: OrderRef) -> list[LlmCall]:
-        query = (
-            select(LlmCall).where(LlmCall.order_id == _order_number(ref)).order_by(col(LlmCall.id))
-        )
-        async with self._sessions() as s:
-            return list((await s.exec(query)).all())
+        return await self._of_order(LlmCall, ref, col(LlmCall.id))
 
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
@@ -345,13 +344,7 @@ class Store:
         return call
 
     async def tool_calls(self, ref: OrderRef) -> list[ToolCall]:
-        query = (
-            select(ToolCall)
-            .where(ToolCall.order_id == _order_number(ref))
-            .order_by(col(ToolCall.id))
-        )
-        async with self._sessions() as s:
-            return list((await s.exec(query)).all())
+        return await self._of_order(ToolCall, ref, col(ToolCall.id))
 
     # Slack bookkeeping
 
@@ -1177,13 +1170,7 @@ class Store:
                 return (await s.exec(query)).one()
 
     async def deliverables(self, ref: OrderRef) -> list[Deliverable]:
-        query = (
-            select(Deliverable)
-            .where(Deliverable.order_id == _order_number(ref))
-            .order_by(col(Deliverable.id))
-        )
-        async with self._sessions() as s:
-            return list((await s.exec(query)).all())
+        return await self._of_order(Deliverable, ref, col(Deliverable.id))
 
     async def save_verdicts(
         self, deliverable_id: int, verdicts: list[dict[str, Any]], *, actor: str, passed: bool
