@@ -568,23 +568,38 @@ class Store:
         """Put an order in the queue (Start, Retry, Extend, rework), clearing run bookkeeping."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
-            await self._move(
-                s,
-                row,
-                Status.QUEUED,
-                actor=actor,
-                reason=reason,
-                priority=priority,
-                available_at=now or utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                wait_reason=None,
-                waiting_since=None,
-                lost_leases=0,
-                exception_kind=None,
-                exception_message=None,
-            )
+            await self._requeue(s, row, priority=priority, actor=actor, reason=reason, now=now)
             return row_to_order(row)
+
+    async def _requeue(
+        self,
+        s: AsyncSession,
+        row: WorkOrderRow,
+        *,
+        priority: int,
+        actor: str,
+        reason: str,
+        now: datetime | None = None,
+        **changes: Any,
+    ) -> None:
+        """Move to queued inside an open transaction, clearing lease, wait and exception state."""
+        await self._move(
+            s,
+            row,
+            Status.QUEUED,
+            actor=actor,
+            reason=reason,
+            priority=priority,
+            available_at=now or utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            wait_reason=None,
+            waiting_since=None,
+            lost_leases=0,
+            exception_kind=None,
+            exception_message=None,
+            **changes,
+        )
 
     async def claim(
         self,
@@ -1261,23 +1276,8 @@ class Store:
                         "changes": {"budget": {"from": row.budget, "to": budget}},
                     },
                 )
-            await self._move(
-                s,
-                row,
-                Status.QUEUED,
-                actor=actor,
-                reason=reason,
-                priority=priority,
-                available_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                wait_reason=None,
-                waiting_since=None,
-                lost_leases=0,
-                exception_kind=None,
-                exception_message=None,
-                **({"budget": budget} if budget is not None else {}),
-            )
+            changes: dict[str, Any] = {"budget": budget} if budget is not None else {}
+            await self._requeue(s, row, priority=priority, actor=actor, reason=reason, **changes)
             return row_to_order(row)
 
 
