@@ -226,6 +226,10 @@ async def _proposed(
     card = await _card_for(fake_slack)
     [order] = await bot.store.list_orders(requester="U1")
     assert order.id
+    # A person cannot click before the card exists; wait until the bot has recorded it too.
+    async with asyncio.timeout(5):
+        while not ((saved := await bot.store.slack_message(f"{order.id}:card")) and saved.ts):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     return order.id, card
 
 
