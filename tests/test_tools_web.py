@@ -115,9 +115,14 @@ async def test_private_loopback_and_metadata_addresses_are_refused(url: str) -> 
 
 
 @pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.0.0.1", "017700000001"])
-async def test_legacy_numeric_addresses_are_refused(host: str) -> None:
-    with pytest.raises(FetchRefused, match="canonical"):
+async def test_legacy_numeric_addresses_are_read_as_the_address_they_name(host: str) -> None:
+    with pytest.raises(FetchRefused, match=r"\(127\.0\.0\.1\) is a loopback address"):
         await fetch(f"http://{host}/", policy=ANYWHERE, limits=LIMITS, guard=STRICT)
+
+
+async def test_a_legacy_spelling_of_a_public_address_is_refused_with_the_canonical_form() -> None:
+    with pytest.raises(FetchRefused, match="write it as 8.8.8.8"):
+        await fetch("http://134744072/", policy=ANYWHERE, limits=LIMITS, guard=STRICT)
 
 
 async def test_a_name_that_resolves_to_a_private_address_is_refused(site: Site) -> None:

@@ -14,11 +14,13 @@ __all__ = ["SSE", "FakeServer", "StreamCut", "chunk_json", "chunk_text", "estima
 
 
 class FakeServer:
-    """Base class that serves an aiohttp application on 127.0.0.1 at a random free port."""
+    """Base class that serves an aiohttp application on loopback (127.0.0.1 unless told
+    otherwise) at a random free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1") -> None:
         self.app = web.Application()
         self._runner: web.AppRunner | None = None
+        self.host = host
         self.port: int = 0
 
     @property
@@ -26,7 +28,7 @@ class FakeServer:
         """Root URL of the running server, without a trailing slash."""
         if self._runner is None:
             raise RuntimeError(f"{type(self).__name__} is not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     async def start(self) -> Self:
         """Bind to a free port and start serving."""
@@ -34,7 +36,7 @@ class FakeServer:
             self.app, handle_signals=False, shutdown_timeout=0.5, access_log=None
         )
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, self.host, 0)
         await site.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])

@@ -10,16 +10,19 @@ are followed by hand so that each target passes the same checks.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import re
 import socket
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from workers.config import AuthorityPolicy, WebFetchSettings
 from workers.providers.base import ToolSpec
@@ -61,13 +64,33 @@ class FetchRefused(Exception):
 class BlockedAddress(OSError):
     """A host resolved to an address the guard refuses (raised inside the connector)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, Teredo, NAT64, compatible)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in net for net in _NAT64) or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
 
 def forbidden_address(address: IPAddress) -> str | None:
     """Why this address is off limits for an unprivileged fetch, or None if it is public."""
     if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return forbidden_address(mapped)
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return forbidden_address(inner)
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:
@@ -87,7 +110,7 @@ class AddressGuard:
 
     allow_private_network: bool = False
     also_allowed: frozenset[str] = frozenset()
-    """Addresses treated as public anyway (tests serve 'public' pages from 127.0.0.1)."""
+    """Addresses treated as public anyway (tests serve 'public' pages from loopback)."""
 
     def check(self, host: str) -> str | None:
         address = ipaddress.ip_address(host.split("%", 1)[0])
@@ -117,6 +140,59 @@ class GuardedResolver(AbstractResolver):
         await self.base.close()
 
 
+class GuardedConnector(aiohttp.TCPConnector):
+    """A connector that checks the address of every socket it opens, whatever led there.
+
+    aiohttp connects to IP literals without asking the resolver, so the resolver alone cannot
+    be the guard. Here each candidate address is checked before `connect()`, and the connected
+    socket's peer again before a single byte (TLS handshake included) is sent on it.
+    """
+
+    def __init__(self, guard: AddressGuard, resolver: AbstractResolver | None = None) -> None:
+        super().__init__(
+            resolver=GuardedResolver(guard, resolver),
+            use_dns_cache=False,
+            force_close=True,
+            socket_factory=self._open_socket,
+        )
+        self.guard = guard
+
+    def _refusal(self, sockaddr: tuple[Any, ...]) -> BlockedAddress | None:
+        reason = self.guard.check(str(sockaddr[0]))
+        if reason is None:
+            return None
+        return BlockedAddress(f"{sockaddr[0]} is {reason}")
+
+    def _open_socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _canonname, sockaddr = addr_info
+        blocked = self._refusal(sockaddr)
+        if blocked is not None:
+            raise blocked
+        return socket.socket(family=family, type=kind, proto=proto)
+
+    async def _wrap_create_connection(
+        self, *args: Any, addr_infos: list[Any], req: Any, timeout: Any, **kwargs: Any  # noqa: ASYNC109
+    ) -> Any:
+        # Mirrors TCPConnector._wrap_create_connection, with the peer checked in between.
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                sock = await aiohappyeyeballs.start_connection(
+                    addr_infos=addr_infos, socket_factory=self._open_socket
+                )
+            blocked = self._refusal(sock.getpeername())
+            if blocked is not None:
+                sock.close()
+                raise blocked
+            kwargs.pop("client_error", None)
+            return await asyncio.get_running_loop().create_connection(*args, **kwargs, sock=sock)
+        except BlockedAddress as exc:
+            raise aiohttp.ClientConnectorError(req.connection_key, exc) from exc
+        except OSError as exc:
+            if exc.errno is None and isinstance(exc, TimeoutError):
+                raise
+            raise aiohttp.ClientConnectorError(req.connection_key, exc) from exc
+
+
 @dataclass(frozen=True)
 class Page:
     url: str
@@ -126,32 +202,64 @@ class Page:
     truncated: bool
 
 
-def check_url(url: str, policy: AuthorityPolicy, guard: AddressGuard) -> str:
-    """The host to connect to, or FetchRefused with the reason."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise FetchRefused(f"only http and https URLs can be fetched, not {parts.scheme or url!r}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise FetchRefused(f"{url!r} has no host")
-    if not host_allowed(host, policy):
-        raise FetchRefused(f"{host} is not among the domains this order's policy allows")
-    literal: IPAddress | None
+_HOST_CHARS = re.compile(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]")
+
+
+def target_host(url: str) -> URL:
+    """`url` parsed exactly as aiohttp will parse it to connect (IDNA and Unicode applied).
+
+    Deciding on this parse, not on the text the model wrote, is what makes spellings such as
+    `127。0。0。1` or full-width digits land on the address they really name."""
     try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        reason = guard.check(str(literal))
+        parsed = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise FetchRefused(f"{url!r} is not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https"):
+        raise FetchRefused(f"only http and https URLs can be fetched, not {parsed.scheme or url!r}")
+    if not parsed.absolute:
+        raise FetchRefused(f"{url!r} is not an absolute URL")
+    return parsed
+
+
+def check_url(url: str, policy: AuthorityPolicy, guard: AddressGuard) -> str:
+    """The host the client will connect to, or FetchRefused with the reason."""
+    parsed = target_host(url)
+    raw = (parsed.raw_host or "").lower()
+    if not raw:
+        raise FetchRefused(f"{url!r} has no host")
+    if not _HOST_CHARS.fullmatch(raw if ":" not in raw else f"[{raw}]"):
+        raise FetchRefused(f"{raw!r} is not a valid host name")
+    host = raw.rstrip(".")
+    address = _as_address(host)
+    if address is not None:
+        reason = guard.check(str(address))
         if reason is not None:
-            raise FetchRefused(f"{host} is {reason}")
-    elif re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host):
-        # 2130706433, 127.1, 0x7f.1: legacy spellings of addresses that resolvers accept.
-        raise FetchRefused(f"{host} is not a canonical address")
+            named = raw if str(address) == raw else f"{raw} ({address})"
+            raise FetchRefused(f"{named} is {reason}; only public web pages can be read")
+        if str(address) != host:
+            raise FetchRefused(f"{raw} is not a canonical address; write it as {address}")
     elif host == "localhost" or host.endswith((".localhost", ".internal", ".local")):
         if not guard.allow_private_network:
-            raise FetchRefused(f"{host} names a local or internal host")
+            raise FetchRefused(f"{raw} names a local or internal host")
+    if not host_allowed(host, policy):
+        raise FetchRefused(f"{host} is not among the domains this order's policy allows")
     return host
+
+
+def _as_address(host: str) -> IPAddress | None:
+    """The address a numeric host stands for, legacy IPv4 forms (127.1, 0x7f.1, 2130706433,
+    octal) included, as the system resolver would read them; None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    part = r"(?:0x[0-9a-f]*|[0-9]+)"
+    if re.fullmatch(rf"{part}(?:\.{part}){{0,3}}", host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 async def fetch(
@@ -163,9 +271,7 @@ async def fetch(
     resolver: AbstractResolver | None = None,
 ) -> Page:
     """GET `url` within the policy and the limits, following redirects hop by hop."""
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(guard, resolver), use_dns_cache=False, force_close=True
-    )
+    connector = GuardedConnector(guard, resolver)
     headers = {"User-Agent": limits.user_agent, "Accept": "text/html, text/plain, */*;q=0.5"}
     async with (
         asyncio.timeout(limits.timeout_s),
@@ -180,20 +286,27 @@ async def fetch(
         for _hop in range(limits.max_redirects + 1):
             check_url(current, policy, guard)
             try:
-                async with session.get(current, allow_redirects=False) as response:
+                async with session.get(URL(current), allow_redirects=False) as response:
                     if response.status in _REDIRECTS:
                         location = response.headers.get("Location")
                         if not location:
                             raise FetchRefused(
                                 f"{current} redirected without a Location", authority=False
                             )
-                        current = urljoin(current, location)
+                        try:
+                            current = str(URL(current).join(URL(location)))
+                        except ValueError:
+                            raise FetchRefused(
+                                f"{current} redirected to an invalid URL", authority=False
+                            ) from None
                         continue
                     return await _read(response, current, limits)
             except aiohttp.ClientConnectorError as exc:
                 blocked = _blocked_cause(exc)
                 if blocked is not None:
-                    raise FetchRefused(str(blocked)) from None
+                    raise FetchRefused(
+                        f"{blocked.strerror}; only public web pages can be read"
+                    ) from None
                 raise
         raise FetchRefused(f"more than {limits.max_redirects} redirects", authority=False)
 
