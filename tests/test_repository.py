@@ -29,3 +29,18 @@ def test_dockerfile_runs_as_non_root_with_a_health_check() -> None:
     assert re.search(r"^USER (?!root)\w+", docker, re.M)
     assert "HEALTHCHECK" in docker and "/healthz" in docker
     assert 'CMD ["delegate", "run"]' in docker
+
+
+def test_tests_read_nothing_outside_the_repository() -> None:
+    """A fresh clone alone runs the suite: test data lives in tests/data, not next to the checkout."""
+    outside = re.compile(
+        r"""ROOT\.parent|REPO\.parent|\.parent\.parent\.parent|["']\.\./|["']/(work|home|Users|srv|opt)/"""
+    )
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        depth = len(path.relative_to(ROOT).parts) - 1  # parents[depth] is the repository root
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            too_far = any(int(k) > depth for k in re.findall(r"parents\[(\d+)\]", line))
+            if path != Path(__file__).resolve() and (too_far or outside.search(line)):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "tests refer to paths outside the repository:\n" + "\n".join(offenders)
