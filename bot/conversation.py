@@ -16,16 +16,9 @@ from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
 from bot.cards import card_text, render_card
 from workers import queue
 from workers.config import Settings
+from workers.dialogue import IntakeDialogue, Unavailable, questions_text, session_order_id
 from workers.errors import IllegalTransition
-from workers.intake import (
-    ChatAnswer,
-    Draft,
-    IntakeEngine,
-    IntakeUnavailable,
-    Questions,
-    RequesterContext,
-    Turn,
-)
+from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.models import IntakeSession
 from workers.states import TERMINAL
 from workers.store import Store
@@ -76,7 +69,7 @@ class Conversations:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.engine = engine
+        self.dialogue = IntakeDialogue(settings, store=store, engine=engine)
         self.client = client
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tz: dict[str, tuple[str, float]] = {}
@@ -85,40 +78,39 @@ class Conversations:
 
     async def handle(self, msg: Incoming) -> None:
         async with self._locks[(msg.channel, msg.thread_ts)]:
-            session = await self.store.intake_session(msg.channel, msg.thread_ts)
+            session = await self.dialogue.session(msg.channel, msg.thread_ts)
             if session is None:
                 if not msg.new_request:
                     return
-                session, _ = await self.store.open_intake(
+                session = await self.dialogue.open(
                     channel=msg.channel, thread_ts=msg.thread_ts, requester=msg.user
                 )
             if msg.user != session.requester:
                 return  # others may talk in the thread; only the requester drives the dialogue
-            if session.state == "proposed" and session.order_id is not None:
-                if await self._handle_reply_to_card(session, msg):
+            order_id = session_order_id(session)
+            if session.state == "proposed" and order_id is not None:
+                if await self._handle_reply_to_card(order_id, msg):
                     return
-            elif session.state == "confirmed" and session.order_id is not None:
-                await self._handle_reply_to_run(session.order_id, msg)
+            elif session.state == "confirmed" and order_id is not None:
+                await self._handle_reply_to_run(order_id, msg)
                 return
             elif session.state != "open":
                 return
             await self._advance(session, msg)
 
-    async def _handle_reply_to_card(self, session: IntakeSession, msg: Incoming) -> bool:
+    async def _handle_reply_to_card(self, order_id: str, msg: Incoming) -> bool:
         """'go' starts the proposed order and 'cancel' cancels it; anything else refines the draft."""
-        assert session.order_id is not None
         word = normalise_reply(msg.text)
         if word in GO_WORDS:
-            await self.start(f"WO-{session.order_id}", user=msg.user, channel=msg.channel)
+            await self.start(order_id, user=msg.user, channel=msg.channel)
             return True
         if word in CANCEL_WORDS:
-            await self.cancel(f"WO-{session.order_id}", user=msg.user, channel=msg.channel)
+            await self.cancel(order_id, user=msg.user, channel=msg.channel)
             return True
         return False
 
-    async def _handle_reply_to_run(self, order_number: int, msg: Incoming) -> None:
+    async def _handle_reply_to_run(self, order_id: str, msg: Incoming) -> None:
         """While an order runs, the requester's thread replies cancel it or answer its questions."""
-        order_id = f"WO-{order_number}"
         if normalise_reply(msg.text) in CANCEL_WORDS:
             await self.cancel(order_id, user=msg.user, channel=msg.channel)
             return
@@ -127,81 +119,34 @@ class Conversations:
             await queue.resume_with_reply(self.store, order_id, msg.text, user=msg.user, ts=msg.ts)
 
     async def _advance(self, session: IntakeSession, msg: Incoming) -> None:
-        turns = [Turn(t["role"], t["text"]) for t in session.transcript]
-        turns.append(Turn("requester", msg.text))
-        session.transcript = [*session.transcript, {"role": "requester", "text": msg.text}]
         await self._react(msg.channel, msg.ts, "eyes")
-        ctx = RequesterContext(
-            user_id=msg.user,
+        outcome = await self.dialogue.step(
+            session,
+            msg.text,
             channel=msg.channel,
             tz=await self.user_tz(msg.user),
-            context=msg.context or _context_of(session),
+            context=msg.context,
         )
-        if msg.context:
-            session.draft = {**(session.draft or {}), "context": msg.context}
-        try:
-            outcome = await self.engine.step(turns, ctx, rounds_so_far=session.rounds)
-        except IntakeUnavailable:
-            await self.store.save_intake(session)
+        if isinstance(outcome, Unavailable):
             await self._post(
                 msg.channel,
                 msg.thread_ts,
                 "I couldn't reach the language model just now, so I can't draft this yet. "
                 "Reply in this thread to try again.",
             )
-            return
-        if isinstance(outcome, ChatAnswer):
-            session.kind, session.state = "chat", "closed"
-            session.transcript = [*session.transcript, {"role": "delegate", "text": outcome.text}]
-            await self.store.save_intake(session)
+        elif isinstance(outcome, ChatAnswer):
             await self._post(msg.channel, msg.thread_ts, outcome.text)
         elif isinstance(outcome, Questions):
-            session.rounds += 1
-            text = _questions_text(outcome.questions)
-            session.transcript = [*session.transcript, {"role": "delegate", "text": text}]
-            await self.store.save_intake(session)
-            await self._post(msg.channel, msg.thread_ts, text)
+            await self._post(msg.channel, msg.thread_ts, _questions_message(outcome.questions))
         else:
             await self._propose(session, outcome, msg)
 
     async def _propose(self, session: IntakeSession, draft: Draft, msg: Incoming) -> None:
-        order = draft.order.model_copy(update={"channel": msg.channel, "thread_ts": msg.thread_ts})
-        if session.order_id is None:
-            order = await self.store.create_order(order, actor=msg.user)
-            assert order.id
-            order = await self.store.transition(
-                order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
-            )
-        else:
-            existing = await self.store.get_order(f"WO-{session.order_id}")
-            if existing.status is not Status.AWAITING_CONFIRMATION:
-                return
-            order = await self.store.update_order(
-                f"WO-{session.order_id}",
-                actor=msg.user,
-                reason="refined in thread",
-                **order.model_dump(
-                    include={
-                        "title",
-                        "goal",
-                        "deliverable",
-                        "acceptance_criteria",
-                        "budget",
-                        "workload_class",
-                        "authority_policy",
-                        "verification",
-                        "deadline",
-                    }
-                ),
-            )
-        assert order.id
-        session.kind, session.state = "delegation", "proposed"
-        session.order_id = int(order.id.removeprefix("WO-"))
-        session.draft = {"open_points": draft.open_points, "context": _context_of(session)}
-        summary = f"Drafted {order.id}: {order.title}"
-        session.transcript = [*session.transcript, {"role": "delegate", "text": summary}]
-        await self.store.save_intake(session)
-        await self.show_card(order, open_points=draft.open_points)
+        order = await self.dialogue.propose(
+            session, draft, actor=msg.user, channel=msg.channel, thread_ts=msg.thread_ts
+        )
+        if order is not None:
+            await self.show_card(order, open_points=draft.open_points)
 
     # Card
 
@@ -211,8 +156,7 @@ class Conversations:
         """Post the order's card in its thread, or update it in place if it was posted before."""
         assert order.id and order.channel
         if open_points is None:
-            session = await self.store.intake_for_order(order.id)
-            open_points = list((session.draft or {}).get("open_points", [])) if session else []
+            open_points = await self.dialogue.open_points(order.id)
         blocks = render_card(order, self.settings, open_points=open_points, note=note)
         key = card_key(order.id)
         posted = await self.store.slack_message(key)
@@ -239,15 +183,9 @@ class Conversations:
         if not await self._authorised(order, user, channel, "start"):
             return None
         try:
-            order = await queue.enqueue(
-                self.store, self.settings, order_id, actor=user, reason="started by requester"
-            )
+            order = await self.dialogue.start(order_id, actor=user, reason="started by requester")
         except IllegalTransition:
             return None  # already started (a double click) or no longer startable
-        session = await self.store.intake_for_order(order_id)
-        if session is not None:
-            session.state = "confirmed"
-            await self.store.save_intake(session)
         await self.show_card(
             order, note=f"Started by <@{user}>. I'll post progress in this thread."
         )
@@ -260,15 +198,9 @@ class Conversations:
         if order.status in TERMINAL:
             return None
         try:
-            order = await queue.cancel(
-                self.store, order_id, actor=user, reason="cancelled from Slack"
-            )
+            order = await self.dialogue.cancel(order_id, actor=user, reason="cancelled from Slack")
         except IllegalTransition:
             return None
-        session = await self.store.intake_for_order(order_id)
-        if session is not None:
-            session.state = "closed"
-            await self.store.save_intake(session)
         await self.show_card(order, note=f"Cancelled by <@{user}>.")
         return order
 
@@ -313,10 +245,8 @@ class Conversations:
             pass  # a missing reaction is cosmetic (already_reacted, no permission)
 
 
-def _questions_text(questions: list[str]) -> str:
-    numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
-    return f"A few questions before I draft this:\n{numbered}\n_Reply in this thread._"
-
-
-def _context_of(session: IntakeSession) -> str:
-    return str((session.draft or {}).get("context", ""))
+def _questions_message(questions: list[str]) -> str:
+    return (
+        f"A few questions before I draft this:\n{questions_text(questions)}\n"
+        "_Reply in this thread._"
+    )

@@ -115,7 +115,9 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         raise worker_outcome
 
 
-async def run_workers_only(settings: Settings, *, concurrency: int) -> None:
+async def run_workers_only(
+    settings: Settings, *, concurrency: int, worker_id: str | None = None
+) -> None:
     """A worker pool that reports into Slack threads (or to the log without a bot token)."""
     store = Store.from_url(settings.database_url)
     await upgrade(store.engine)
@@ -125,6 +127,8 @@ async def run_workers_only(settings: Settings, *, concurrency: int) -> None:
     else:
         log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
     try:
-        await run_worker(settings, concurrency=concurrency, reporter=reporter, store=store)
+        await run_worker(
+            settings, concurrency=concurrency, reporter=reporter, store=store, worker_id=worker_id
+        )
     finally:
         await store.close()

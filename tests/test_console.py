@@ -11,8 +11,9 @@ from typing import Any
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.slack_helpers import chat, draft, questions
+from workers import queue
 from workers.store import Store
-from workers.workorder import Status
+from workers.workorder import Status, WorkloadClass
 
 DELEGATE = Path(sys.executable).with_name("delegate")
 
@@ -81,3 +82,23 @@ async def test_console_declined_draft_and_chat_confirm_nothing(
     assert code == 1 and "earnings before interest" in out
     code, out, _ = await _console(settings, "")
     assert code == 1 and "No work order was confirmed." in out
+
+
+async def test_console_confirmed_orders_queue_with_their_workload_priority(
+    fake_anthropic: FakeAnthropic, settings_factory: Callable[..., Any]
+) -> None:
+    """Quick and deep work confirmed in the console is queued like a Start in Slack."""
+    settings = settings_factory()
+    store = Store.from_url(settings.database_url)
+    try:
+        for workload in ("quick", "deep"):
+            fake_anthropic.script(draft(workload_class=workload))
+            code, out, err = await _console(settings, "pricing table\nyes\n", "--user", "U1")
+            assert code == 0, err
+            order_id = out.strip().splitlines()[-1].removeprefix("Confirmed ")
+            row = await store.get_row(order_id)
+            assert row.status == "queued"
+            assert row.priority == queue.priority_of(settings, workload)
+            assert row.priority == settings.priorities[WorkloadClass(workload)]
+    finally:
+        await store.close()

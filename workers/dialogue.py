@@ -1,0 +1,198 @@
+"""The intake dialogue as a service: one session per conversation, from a request to a started order.
+
+Slack threads and the terminal console are thin adapters over `IntakeDialogue`: they say what
+the requester wrote and show what comes back. The service keeps the session (transcript, rounds,
+state), asks the intake model within the round limits, proposes a draft as an order awaiting
+confirmation, and starts it only through `queue.enqueue`, so every surface queues an order with
+the priority of its workload class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers import queue
+from workers.config import Settings
+from workers.intake import (
+    ChatAnswer,
+    Draft,
+    IntakeEngine,
+    IntakeUnavailable,
+    Questions,
+    RequesterContext,
+    Turn,
+)
+from workers.models import IntakeSession
+from workers.store import Store
+from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
+
+# What a refined draft replaces on the order already proposed in the conversation.
+REFINABLE_FIELDS = frozenset(
+    {
+        "title",
+        "goal",
+        "deliverable",
+        "acceptance_criteria",
+        "budget",
+        "workload_class",
+        "authority_policy",
+        "verification",
+        "deadline",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """The intake model could not be reached; the requester's message is kept for the next try."""
+
+    reason: str
+
+
+StepOutcome = ChatAnswer | Questions | Draft | Unavailable
+
+
+def questions_text(questions: list[str]) -> str:
+    return "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+
+
+def session_order_id(session: IntakeSession) -> str | None:
+    """The id of the order this conversation proposed, if any."""
+    return format_order_id(session.order_id) if session.order_id is not None else None
+
+
+def session_context(session: IntakeSession) -> str:
+    """The context the conversation started with (e.g. the message a shortcut was used on)."""
+    return str((session.draft or {}).get("context", ""))
+
+
+class IntakeDialogue:
+    """Holds intake conversations: sessions, model steps, proposals, start and cancel."""
+
+    def __init__(self, settings: Settings, *, store: Store, engine: IntakeEngine) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+
+    async def open(
+        self, *, channel: str, thread_ts: str, requester: str, surface: str = "slack"
+    ) -> IntakeSession:
+        session, _ = await self.store.open_intake(
+            channel=channel, thread_ts=thread_ts, requester=requester, surface=surface
+        )
+        return session
+
+    async def session(self, channel: str, thread_ts: str) -> IntakeSession | None:
+        return await self.store.intake_session(channel, thread_ts)
+
+    async def step(
+        self,
+        session: IntakeSession,
+        text: str,
+        *,
+        channel: str | None,
+        tz: str = "UTC",
+        context: str = "",
+    ) -> StepOutcome:
+        """Record the requester's message and ask the model what to say next.
+
+        A chat answer closes the session; questions count a round; a draft is returned for the
+        adapter to `propose` (or, in the console, to confirm first). Both are recorded.
+        """
+        self._record(session, "requester", text)
+        if context:
+            session.draft = {**(session.draft or {}), "context": context}
+        turns = [Turn(t["role"], t["text"]) for t in session.transcript]
+        ctx = RequesterContext(
+            user_id=session.requester,
+            channel=channel,
+            tz=tz,
+            context=context or session_context(session),
+        )
+        try:
+            outcome = await self.engine.step(turns, ctx, rounds_so_far=session.rounds)
+        except IntakeUnavailable as exc:
+            await self.store.save_intake(session)
+            return Unavailable(str(exc))
+        if isinstance(outcome, ChatAnswer):
+            session.kind, session.state = "chat", "closed"
+            self._record(session, "delegate", outcome.text)
+            await self.store.save_intake(session)
+        elif isinstance(outcome, Questions):
+            session.rounds += 1
+            self._record(session, "delegate", questions_text(outcome.questions))
+            await self.store.save_intake(session)
+        return outcome
+
+    async def propose(
+        self,
+        session: IntakeSession,
+        draft: Draft,
+        *,
+        actor: str,
+        channel: str | None = None,
+        thread_ts: str | None = None,
+    ) -> WorkOrder | None:
+        """Put the draft up for confirmation: a new order, or the conversation's order refined.
+
+        None if the conversation's order has moved on (started or cancelled) meanwhile.
+        """
+        order = draft.order.model_copy(update={"channel": channel, "thread_ts": thread_ts})
+        existing_id = session_order_id(session)
+        if existing_id is None:
+            order = await self.store.create_order(order, actor=actor)
+            assert order.id
+            order = await self.store.transition(
+                order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
+            )
+        else:
+            existing = await self.store.get_order(existing_id)
+            if existing.status is not Status.AWAITING_CONFIRMATION:
+                return None
+            order = await self.store.update_order(
+                existing_id,
+                actor=actor,
+                reason="refined in thread",
+                **order.model_dump(include=set(REFINABLE_FIELDS)),
+            )
+        assert order.id
+        session.kind, session.state = "delegation", "proposed"
+        session.order_id = parse_order_id(order.id)
+        session.draft = {"open_points": draft.open_points, "context": session_context(session)}
+        self._record(session, "delegate", f"Drafted {order.id}: {order.title}")
+        await self.store.save_intake(session)
+        return order
+
+    async def start(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
+        """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it
+        was started already (a double click) or can no longer be started."""
+        order = await queue.enqueue(self.store, self.settings, order_id, actor=actor, reason=reason)
+        await self._set_state(order_id, "confirmed")
+        return order
+
+    async def cancel(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
+        """Cancel the order and close its conversation. Raises IllegalTransition if finished."""
+        order = await queue.cancel(self.store, order_id, actor=actor, reason=reason)
+        await self._set_state(order_id, "closed")
+        return order
+
+    async def close(self, session: IntakeSession, *, kind: str | None = None) -> None:
+        """End a conversation that produced no order (e.g. a draft declined in the console)."""
+        if kind:
+            session.kind = kind
+        session.state = "closed"
+        await self.store.save_intake(session)
+
+    async def open_points(self, order_id: str) -> list[str]:
+        session = await self.store.intake_for_order(order_id)
+        return list((session.draft or {}).get("open_points", [])) if session else []
+
+    async def _set_state(self, order_id: str, state: str) -> None:
+        session = await self.store.intake_for_order(order_id)
+        if session is not None:
+            session.state = state
+            await self.store.save_intake(session)
+
+    @staticmethod
+    def _record(session: IntakeSession, role: str, text: str) -> None:
+        session.transcript = [*session.transcript, {"role": role, "text": text}]
