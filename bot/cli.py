@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run only a worker pool (for scale-out on PostgreSQL)")
     worker.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+    worker.add_argument(
+        "--worker-id", default=None, help="name in leases and the audit trail (default: host:pid)"
+    )
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -108,7 +111,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 async def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runner import run_workers_only
 
-    await run_workers_only(settings, concurrency=args.concurrency)
+    await run_workers_only(settings, concurrency=args.concurrency, worker_id=args.worker_id)
     return EXIT_OK
 
 

@@ -243,7 +243,7 @@ def worker_env(
     engine: dict[str, Any] | None = None,
     slack_api_url: str | None = None,
 ) -> dict[str, str]:
-    """Environment for `python -m tests.engine_worker`, pointed at this test's fakes and DB."""
+    """Environment for `delegate worker`, pointed at this test's fakes and DB."""
     config = tmp_path / "delegate.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -272,7 +272,8 @@ async def spawn_worker(
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.engine_worker",
+        "bot.cli",
+        "worker",
         "--worker-id",
         worker_id,
         "--concurrency",

@@ -3,10 +3,7 @@ checkpoint, and nothing is posted to Slack twice."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +105,7 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-async def test_the_standalone_worker_command_runs_and_stops_on_sigterm(
+async def test_delegate_worker_runs_and_stops_on_sigterm(
     database: Database, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     store = Store(database.engine())
@@ -117,11 +114,7 @@ async def test_the_standalone_worker_command_runs_and_stops_on_sigterm(
     await queue.enqueue(store, settings, order.id or "", actor="U1")
     fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     env = worker_env(database, fake_anthropic, fake_openai, tmp_path)
-    log = (tmp_path / "runtime.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.runtime", "--concurrency", "2", "--worker-id", "solo",
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process = await spawn_worker(env, tmp_path, worker_id="solo", concurrency=2)
     try:
 
         async def delivered() -> bool:
@@ -130,5 +123,5 @@ async def test_the_standalone_worker_command_runs_and_stops_on_sigterm(
         await eventually(delivered, timeout_s=30)
     finally:
         assert await stop_worker(process) == 0
-    assert "worker solo stopped" in (tmp_path / "runtime.log").read_text()
+    assert "worker solo stopped" in (tmp_path / "solo.log").read_text()
     await store.close()

@@ -2,18 +2,17 @@
 and stops gracefully.
 
 `run_worker(settings, concurrency=N, reporter=...)` is what `delegate worker` and `delegate run`
-call; `python -m workers.runtime --concurrency N` runs one on its own. SIGTERM (or SIGINT) stops
-claiming, lets each run finish its current step and checkpoint, puts it back in the queue and
-releases the lease; a step still going after `engine.shutdown_grace_s` is cut off (its model
-call is charged the worst case) and requeued from its last checkpoint.
+call; `delegate worker` is the one way to run a pool in a process of its own (the crash and
+multi-process tests start it too). SIGTERM (or SIGINT) stops claiming, lets each run finish
+its current step and checkpoint, puts it back in the queue and releases the lease; a step still
+going after `engine.shutdown_grace_s` is cut off (its model call is charged the worst case) and
+requeued from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -26,8 +25,7 @@ from dataclasses import dataclass
 
 from workers import queue
 from workers.agent import Agent, Outcome, RunControl
-from workers.config import Settings, load_settings
-from workers.errors import ConfigError
+from workers.config import Settings
 from workers.progress import LoggingReporter, Outbox, ProgressReporter, Spend
 from workers.providers import ModelRouter
 from workers.store import Claim, OrderRef, Store
@@ -320,53 +318,3 @@ async def run_worker(
             await store.close()
         log.info("worker %s stopped", worker.worker_id)
 
-
-def _load_reporter(path: str, settings: Settings, store: Store) -> ProgressReporter:
-    """'module:attribute' naming a factory `(settings, store) -> ProgressReporter`."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep:
-        raise ConfigError(f"--reporter {path!r}: expected 'module:attribute'")
-    factory = getattr(importlib.import_module(module_name), attribute)
-    reporter: ProgressReporter = factory(settings, store)
-    return reporter
-
-
-async def _main(args: argparse.Namespace, settings: Settings) -> None:
-    store = Store.from_url(settings.database_url)
-    try:
-        reporter = _load_reporter(args.reporter, settings, store) if args.reporter else None
-        await run_worker(
-            settings,
-            concurrency=args.concurrency,
-            reporter=reporter,
-            store=store,
-            worker_id=args.worker_id,
-        )
-    finally:
-        await store.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m workers.runtime", description="Run a Delegate worker pool."
-    )
-    parser.add_argument("--concurrency", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument("--worker-id", default=None, help="name in leases and the audit trail")
-    parser.add_argument(
-        "--reporter",
-        default=None,
-        help="'module:factory' building the ProgressReporter from (settings, store)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    asyncio.run(_main(args, settings))
-
-
-if __name__ == "__main__":
-    main()
