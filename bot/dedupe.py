@@ -1,14 +1,18 @@
-"""Drop repeated deliveries of the same Slack event, across every bot process.
+"""Drop repeated deliveries of the same Slack event, and replays of signed requests.
 
 Slack redelivers an event when it did not see a fast 200 (HTTP `X-Slack-Retry-Num`, Socket Mode
 `retry_attempt`); two processes may also both receive one event. The event id is recorded in
 the database under a unique key, so exactly one delivery wins whichever process gets it.
+
+Slash commands and interactions have no event id and are never retried by Slack, but a captured
+request stays validly signed for Slack's 5-minute window. Its signature (an HMAC over the
+timestamp and the body) identifies it exactly, so a replay is dropped the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -20,11 +24,15 @@ from workers.store import Store
 log = logging.getLogger(__name__)
 
 
-def delivery_key(body: dict[str, Any]) -> str | None:
-    """The id that identifies an Events API delivery, or None for other kinds of request."""
+def delivery_key(body: dict[str, Any], headers: Mapping[str, Sequence[str]]) -> str | None:
+    """What identifies this delivery: the event id of an Events API callback, the signature of
+    a signed command or interaction; None when nothing does (e.g. Socket Mode frames)."""
     if body.get("type") == "event_callback":
         event_id = body.get("event_id")
         return str(event_id) if event_id else None
+    signature = headers.get("x-slack-signature") or ()
+    if signature and signature[0]:
+        return "sig:" + signature[0].removeprefix("v0=")
     return None
 
 
@@ -34,9 +42,10 @@ def dedupe_middleware(store: Store) -> Callable[..., Awaitable[BoltResponse | No
         context: AsyncBoltContext,
         next: Callable[[], Awaitable[BoltResponse]],
     ) -> BoltResponse | None:
-        key = delivery_key(req.body)
+        key = delivery_key(req.body, req.headers)
         if key is not None:
-            kind = str(req.body.get("event", {}).get("type", ""))
+            event = req.body.get("event")
+            kind = str(event.get("type", "")) if isinstance(event, dict) else "request"
             if not await store.mark_event_seen(key, kind=kind):
                 log.info("duplicate delivery dropped event_id=%s kind=%s", key, kind)
                 return BoltResponse(status=200, body="")

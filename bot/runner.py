@@ -8,6 +8,7 @@ import logging
 import signal
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pydantic import SecretStr
 
 from bot.app import create_app
 from bot.reporter import SlackReporter
@@ -56,7 +57,11 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     bolt = create_app(settings, store=store, client=client, completer=router)
     socket_mode = settings.slack_app_token is not None
     web_runner = await start_site(
-        build_web_app(store=store, bolt=None if socket_mode else bolt),
+        build_web_app(
+            store=store,
+            bolt=None if socket_mode else bolt,
+            signing_secret=_secret(settings.slack_signing_secret),
+        ),
         host=host,
         port=settings.port,
     )
@@ -132,3 +137,7 @@ async def run_workers_only(
         )
     finally:
         await store.close()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

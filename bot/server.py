@@ -8,6 +8,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
+from bot.http_guard import check_request
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,9 @@ EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
 
 
-def build_web_app(*, store: Store, bolt: AsyncApp | None) -> web.Application:
+def build_web_app(
+    *, store: Store, bolt: AsyncApp | None, signing_secret: str | None = None
+) -> web.Application:
     """`bolt` is None in Socket Mode, where Slack does not call us over HTTP."""
     app = web.Application(client_max_size=1024 * 1024)
 
@@ -31,8 +34,21 @@ def build_web_app(*, store: Store, bolt: AsyncApp | None) -> web.Application:
     app.router.add_get(HEALTH_PATH, health)
 
     if bolt is not None:
+        if not signing_secret:
+            raise ValueError("serving Slack over HTTP needs the signing secret")
+        secret = signing_secret
 
         async def slack_events(request: web.Request) -> web.Response:
+            refusal = check_request(
+                body=await request.read(),
+                content_type=request.headers.get("Content-Type", ""),
+                timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+                signature=request.headers.get("X-Slack-Signature"),
+                signing_secret=secret,
+            )
+            if refusal is not None:
+                log.info("refused a Slack request: %s", refusal.reason)
+                return web.Response(status=refusal.status, text=refusal.reason)
             return await to_aiohttp_response(
                 await bolt.async_dispatch(await to_bolt_request(request))
             )
