@@ -35,7 +35,15 @@ async def running_bot(
     router = ModelRouter.from_settings(settings, store)
     bolt = create_app(settings, store=store, client=client, completer=router)
     runner: web.AppRunner = await start_site(
-        build_web_app(store=store, bolt=bolt), host="127.0.0.1", port=0
+        build_web_app(
+            store=store,
+            bolt=bolt,
+            signing_secret=settings.slack_signing_secret.get_secret_value()
+            if settings.slack_signing_secret
+            else None,
+        ),
+        host="127.0.0.1",
+        port=0,
     )
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
