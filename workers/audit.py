@@ -1,4 +1,9 @@
-"""Tamper-evident audit trail: each event hashes its content together with its predecessor's hash.
+"""Tamper-evident audit trail: each event is an HMAC of its content and its predecessor's digest.
+
+The chain is keyed (`DELEGATE_AUDIT_KEY` or a key file outside the database), so an event edited
+and the rest of the chain recomputed does not verify without the key. Each chain's head (how many
+events, the last digest) and the total over all chains are kept, also keyed, in a separate table,
+so that dropping the last events or deleting a whole chain is detected too.
 
 Only pure functions live here; `workers.store` writes and reads the rows.
 """
@@ -6,14 +11,37 @@ Only pure functions live here; `workers.store` writes and reads the rows.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 GENESIS_HASH = "0" * 64
 SYSTEM_CHAIN = "system"
+ALL_CHAINS = "*"
+"""The head that counts every anchored event, so that deleting a whole chain shows."""
+
+SCHEME_SHA256 = "sha256"
+"""Events written before the trail was keyed: a plain hash anyone could recompute."""
+SCHEME_HMAC = "hmac-sha256"
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """The secret the chain is keyed with. Without one the trail still links and counts its
+    events, but someone who can write the database can recompute it (`delegate doctor` warns)."""
+
+    secret: bytes = field(repr=False)
+    keyed: bool = True
+
+    @classmethod
+    def unkeyed(cls) -> AuditKey:
+        return cls(b"delegate-audit-unkeyed", keyed=False)
+
+    def mac(self, message: str) -> str:
+        return hmac.new(self.secret, message.encode(), hashlib.sha256).hexdigest()
 
 
 def canonical_time(at: datetime) -> str:
@@ -36,17 +64,41 @@ def event_hash(
     kind: str,
     data: dict[str, Any],
     prev_hash: str,
+    key: AuditKey | None = None,
+    scheme: str = SCHEME_SHA256,
 ) -> str:
-    body = {
-        "chain": chain,
-        "seq": seq,
-        "at": canonical_time(at),
-        "actor": actor,
-        "kind": kind,
-        "data": data,
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    """The digest that links an event into its chain: an HMAC under `key`, or for events
+    written before the trail was keyed, a plain SHA-256."""
+    body = canonical_json(
+        {
+            "chain": chain,
+            "seq": seq,
+            "at": canonical_time(at),
+            "actor": actor,
+            "kind": kind,
+            "data": data,
+            "prev_hash": prev_hash,
+        }
+    )
+    if scheme == SCHEME_SHA256:
+        return hashlib.sha256(body.encode()).hexdigest()
+    if key is None:
+        raise ValueError("a keyed event needs the audit key")
+    return key.mac("event:" + body)
+
+
+def head_mac(key: AuditKey, chain: str, count: int, last_hash: str) -> str:
+    return key.mac(f"head:{chain}:{count}:{last_hash}")
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """What the trail knows about a chain from outside its events: how many, and the last."""
+
+    chain: str
+    count: int
+    last_hash: str
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +114,7 @@ class ChainRecord:
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    scheme: str = SCHEME_SHA256
 
 
 @dataclass(frozen=True)
@@ -69,18 +122,25 @@ class ChainBreak:
     """The first event at which a chain stops verifying, and why."""
 
     chain: str
-    event_id: int
+    event_id: int | None
     seq: int
     reason: str
 
     def __str__(self) -> str:
-        return f"chain {self.chain}: event #{self.event_id} (seq {self.seq}) {self.reason}"
+        where = f"event #{self.event_id} (seq {self.seq})" if self.event_id else f"seq {self.seq}"
+        return f"chain {self.chain}: {where} {self.reason}"
 
 
-def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
-    """Check one chain's records, in seq order; return the first break or None."""
+def verify_chain(
+    records: Sequence[ChainRecord],
+    *,
+    key: AuditKey | None = None,
+    head: ChainHead | None = None,
+) -> ChainBreak | None:
+    """Check one chain's records, in seq order, against its anchored head; the first break."""
     expected_prev = GENESIS_HASH
     expected_seq = 1
+    keyed_seen = False
     for rec in records:
         if rec.seq != expected_seq:
             return ChainBreak(
@@ -88,6 +148,14 @@ def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
             )
         if rec.prev_hash != expected_prev:
             return ChainBreak(rec.chain, rec.id, rec.seq, "does not link to the event before it")
+        if rec.scheme == SCHEME_HMAC:
+            keyed_seen = True
+            if key is None:
+                return ChainBreak(
+                    rec.chain, rec.id, rec.seq, "is keyed; verifying it needs DELEGATE_AUDIT_KEY"
+                )
+        elif keyed_seen:
+            return ChainBreak(rec.chain, rec.id, rec.seq, "was rewritten without the audit key")
         recomputed = event_hash(
             chain=rec.chain,
             seq=rec.seq,
@@ -96,11 +164,66 @@ def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
             kind=rec.kind,
             data=rec.data,
             prev_hash=rec.prev_hash,
+            key=key,
+            scheme=rec.scheme,
         )
-        if recomputed != rec.hash:
+        if not hmac.compare_digest(recomputed, rec.hash):
             return ChainBreak(rec.chain, rec.id, rec.seq, "was altered after it was written")
         expected_prev = rec.hash
         expected_seq += 1
+    return _check_head(records, key=key, head=head, keyed=keyed_seen)
+
+
+def _check_head(
+    records: Sequence[ChainRecord], *, key: AuditKey | None, head: ChainHead | None, keyed: bool
+) -> ChainBreak | None:
+    chain = records[0].chain if records else (head.chain if head else "?")
+    count = len(records)
+    if head is None:
+        if keyed:
+            return ChainBreak(chain, None, count, "has no anchored head: its anchor was removed")
+        return None  # written before heads were anchored
+    if key is not None and not hmac.compare_digest(
+        head_mac(key, head.chain, head.count, head.last_hash), head.mac
+    ):
+        return ChainBreak(chain, None, head.count, "has an anchored head that was altered")
+    if count == 0:
+        return ChainBreak(
+            chain, None, 1, f"is missing: all {head.count} of its events were deleted"
+        )
+    if count < head.count:
+        return ChainBreak(
+            chain,
+            None,
+            count + 1,
+            f"is missing: events {count + 1} to {head.count} were deleted after event "
+            f"#{records[-1].id}",
+        )
+    if count > head.count:
+        extra = records[head.count]
+        return ChainBreak(chain, extra.id, extra.seq, "was added without the audit key")
+    if not hmac.compare_digest(records[-1].hash, head.last_hash):
+        last = records[-1]
+        return ChainBreak(chain, last.id, last.seq, "does not match the anchored head")
+    return None
+
+
+def verify_total(
+    heads: Sequence[ChainHead], total: ChainHead | None, *, key: AuditKey | None
+) -> str | None:
+    """Whole chains deleted together with their heads show in the anchored total."""
+    anchored = sum(h.count for h in heads)
+    if total is None:
+        return "the anchored total is missing" if heads else None
+    if key is not None and not hmac.compare_digest(
+        head_mac(key, ALL_CHAINS, total.count, total.last_hash), total.mac
+    ):
+        return "the anchored total was altered"
+    if anchored != total.count:
+        return (
+            f"the anchored total counts {total.count} events but the chains' heads count "
+            f"{anchored}: a whole chain was deleted"
+        )
     return None
 
 

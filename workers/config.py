@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from workers.audit import AuditKey
 from workers.errors import ConfigError
 from workers.workorder import Budget, WorkloadClass
 
@@ -32,6 +33,7 @@ Provider = Literal["anthropic", "openai"]
 Role = Literal["intake", "execute", "verify"]
 ROLES: tuple[Role, ...] = ("intake", "execute", "verify")
 
+MIN_AUDIT_KEY_BYTES = 16
 _PLACEHOLDERS = {"changeme", "change-me", "todo", "xxx", "placeholder", "secret", "your-token"}
 
 
@@ -271,6 +273,12 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
+    audit_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DELEGATE_AUDIT_KEY", "audit_key")
+    )
+    audit_key_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("DELEGATE_AUDIT_KEY_FILE", "audit_key_file")
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=AliasChoices("DELEGATE_LOG_LEVEL", "log_level")
     )
@@ -327,6 +335,18 @@ class Settings(BaseSettings):
     def _app_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith("xapp-"):
             raise ValueError("an app-level token starts with 'xapp-' (Basic Information page)")
+        return value
+
+    @field_validator("audit_key")
+    @classmethod
+    def _audit_key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().encode()) < MIN_AUDIT_KEY_BYTES:
+            raise ValueError(
+                f"an audit key needs at least {MIN_AUDIT_KEY_BYTES} bytes; "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            )
         return value
 
     @field_validator("slack_api_url")
@@ -427,6 +447,27 @@ class Settings(BaseSettings):
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
+    def audit_signing_key(self) -> AuditKey:
+        """The key the audit trail is chained with: DELEGATE_AUDIT_KEY, else the key file,
+        else none (the trail still links and counts its events, unkeyed)."""
+        if self.audit_key is not None:
+            return AuditKey(self.audit_key.get_secret_value().encode())
+        if self.audit_key_file is None:
+            return AuditKey.unkeyed()
+        try:
+            secret = self.audit_key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"DELEGATE_AUDIT_KEY_FILE = {str(self.audit_key_file)!r}: cannot be read "
+                f"({exc.strerror or exc}); point it at a file holding the audit key"
+            ) from None
+        if len(secret) < MIN_AUDIT_KEY_BYTES:
+            raise ConfigError(
+                f"DELEGATE_AUDIT_KEY_FILE = {str(self.audit_key_file)!r}: holds "
+                f"{len(secret)} bytes; an audit key needs at least {MIN_AUDIT_KEY_BYTES}"
+            )
+        return AuditKey(secret)
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning validation failures into one readable ConfigError."""
@@ -449,4 +490,4 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def _is_secret_field(field: str) -> bool:
-    return any(word in field for word in ("token", "secret", "api_key"))
+    return any(word in field for word in ("token", "secret", "api_key", "audit_key"))

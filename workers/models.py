@@ -207,6 +207,19 @@ class AuditEvent(SQLModel, table=True):
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     prev_hash: str
     hash: str = Field(unique=True)
+    scheme: str = Field(default="sha256", description="'sha256' for events before keying")
+
+
+class AuditHead(SQLModel, table=True):
+    """A chain's anchor outside the events table: how many events it has and the last digest,
+    keyed like the events. The row for chain '*' counts every anchored event."""
+
+    __tablename__ = "audit_heads"
+
+    chain: str = Field(primary_key=True)
+    count: int
+    last_hash: str
+    mac: str
 
 
 class ThreadMessage(SQLModel, table=True):
@@ -241,8 +254,8 @@ class IntakeSession(SQLModel, table=True):
     channel: str
     thread_ts: str
     requester: str = Field(index=True)
-    kind: str = Field(default="pending", description="'pending', 'chat' or 'delegation'")
-    state: str = Field(default="open", description="'open', 'proposed', 'confirmed' or 'closed'")
+    kind: str = Field(default="pending", description="an IntakeKind (workers.states)")
+    state: str = Field(default="open", description="an IntakeState (workers.states)")
     rounds: int = 0
     transcript: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
