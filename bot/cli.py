@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from workers.config import Settings, load_settings
+from workers.db import DATABASE_ERRORS, redact_error, redact_url
 from workers.errors import ConfigError, NotFound
 
 log = logging.getLogger("delegate")
@@ -86,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(handlers[args.command](settings, args))
     except KeyboardInterrupt:
         return EXIT_OK
+    except DATABASE_ERRORS as exc:
+        url = settings.database_url
+        print(
+            f"delegate: cannot use the database at {redact_url(url)} "
+            f"({redact_error(exc, url)})\n  fix: check DATABASE_URL and that the server is running",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 def _schema() -> int:

@@ -9,7 +9,8 @@ from slack_sdk.errors import SlackApiError
 from bot.scopes import BOT_SCOPES
 from bot.slack_client import make_slack_client
 from workers.config import Settings
-from workers.db import create_engine
+from workers.db import create_engine, redact_error, redact_url
+from workers.errors import ConfigError
 from workers.migrate import current_revision, head_revision
 
 
@@ -19,13 +20,15 @@ class Check:
     ok: bool
     detail: str = ""
     fix: str = ""
+    warning: bool = False
+    """Works, but weaker than it should be: shown with its fix, does not fail the doctor."""
 
     def line(self) -> str:
-        mark = "[ok]  " if self.ok else "[FAIL]"
+        mark = "[FAIL]" if not self.ok else "[warn]" if self.warning else "[ok]  "
         text = f"{mark} {self.name}"
         if self.detail:
             text += f": {self.detail}"
-        if not self.ok and self.fix:
+        if (not self.ok or self.warning) and self.fix:
             text += f"\n       fix: {self.fix}"
         return text
 
@@ -35,18 +38,46 @@ async def run_checks(settings: Settings) -> list[Check]:
     checks.append(await _check_database(settings))
     checks.extend(await _check_slack(settings))
     checks.extend(_check_providers(settings))
+    checks.append(_check_audit_key(settings))
     return checks
 
 
+def _check_audit_key(settings: Settings) -> Check:
+    try:
+        key = settings.audit_signing_key()
+    except ConfigError as exc:
+        return Check("audit key", False, str(exc), "fix DELEGATE_AUDIT_KEY_FILE or unset it")
+    if key.keyed:
+        return Check("audit key", True, "the audit trail is keyed")
+    return Check(
+        "audit key",
+        True,
+        "not set: the trail is linked and counted, but anyone who can write the database "
+        "could recompute it",
+        "set DELEGATE_AUDIT_KEY (e.g. `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+        " or DELEGATE_AUDIT_KEY_FILE, stored outside the database",
+        warning=True,
+    )
+
+
 async def _check_database(settings: Settings) -> Check:
-    engine = create_engine(settings.database_url)
+    url = settings.database_url
+    try:
+        engine = create_engine(url)
+    except Exception as exc:
+        return Check(
+            "database",
+            False,
+            f"DATABASE_URL cannot be used ({type(exc).__name__})",
+            "write it as sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:password@host:5432/db",
+        )
     try:
         applied = await current_revision(engine)
     except Exception as exc:
         return Check(
             "database",
             False,
-            f"cannot connect ({type(exc).__name__}: {exc})",
+            f"cannot connect to {redact_url(url)} ({redact_error(exc, url)})",
             "check DATABASE_URL and that the server is running",
         )
     finally:

@@ -24,8 +24,10 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from workers.audit import AuditKey
+from workers.db import redact_url
 from workers.errors import ConfigError
 from workers.workorder import Budget, WorkloadClass
 
@@ -134,7 +136,8 @@ class SlackSettings(_Strict):
 
 class ReviewSettings(_Strict):
     requester_may_approve: bool = Field(
-        default=False, description="may the requester decide their own order when a reviewer is named"
+        default=False,
+        description="may the requester decide their own order when a reviewer is named",
     )
     reminder_after_s: int = Field(default=4 * 3600, gt=0, description="undecided review: remind")
     escalate_after_s: int = Field(
@@ -144,7 +147,9 @@ class ReviewSettings(_Strict):
         default=1800, gt=0, description="an active order silent this long gets a note saying why"
     )
     sweep_interval_s: float = Field(default=60, gt=0, description="how often reminders are checked")
-    extend_factor: float = Field(default=1.5, gt=1, le=10, description="Extend budget multiplies by")
+    extend_factor: float = Field(
+        default=1.5, gt=1, le=10, description="Extend budget multiplies by"
+    )
 
     @model_validator(mode="after")
     def _escalation_after_reminder(self) -> ReviewSettings:
@@ -199,7 +204,9 @@ class EngineSettings(_Strict):
 
 
 class WebFetchSettings(_Strict):
-    timeout_s: float = Field(default=15, gt=0, description="total time per fetch, redirects included")
+    timeout_s: float = Field(
+        default=15, gt=0, description="total time per fetch, redirects included"
+    )
     max_bytes: int = Field(default=2_000_000, gt=0, description="response body cap")
     max_chars: int = Field(default=20_000, gt=0, description="text handed to the model")
     max_redirects: int = Field(default=5, ge=0)
@@ -367,6 +374,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "expected sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
             )
+        try:
+            make_url(value)
+        except Exception:
+            raise ValueError(
+                "cannot be parsed; expected postgresql+asyncpg://user:password@host:5432/db "
+                "(percent-encode special characters in the password)"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -482,11 +496,27 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = "<hidden>" if _is_secret_field(field) else repr(value)
+        if field == "database_url":
+            shown = repr(redact_url(str(value)))
+        else:
+            shown = "<hidden>" if _is_secret_field(field) else repr(value)
+        field = _ENV_NAMES.get(field, field)
         if len(shown) > 120:
             shown = shown[:117] + "..."
         lines.append(f"  - {field} = {shown}: {err['msg']}")
     return "\n".join(lines)
+
+
+# Fields set from the environment are named as the user wrote them.
+_ENV_NAMES = {
+    name: name.upper()
+    for name in (
+        "slack_bot_token", "slack_signing_secret", "slack_app_token", "slack_api_url", "port",
+        "database_url", "anthropic_api_key", "anthropic_base_url", "openai_api_key",
+        "openai_base_url",
+    )
+} | {"audit_key": "DELEGATE_AUDIT_KEY", "audit_key_file": "DELEGATE_AUDIT_KEY_FILE",
+     "log_level": "DELEGATE_LOG_LEVEL"}  # fmt: skip
 
 
 def _is_secret_field(field: str) -> bool:

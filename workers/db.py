@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    ConnectionError,
+    socket.gaierror,
+    sqlite3.Error,
+)
+"""What a database that is down, unreachable or refusing us raises, by whichever layer."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, fit for logs and error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: show nothing of it rather than risk the password
+        return "<an unparsable database URL>"
+
+
+def redact_error(exc: BaseException, url: str) -> str:
+    """`type: message` of a database error, with the URL's password removed wherever it shows."""
+    cause: BaseException = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's
+    while cause.__cause__ is not None:  # ...and its asyncpg adapter wraps asyncpg's
+        cause = cause.__cause__
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    message = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message
 
 
 def is_sqlite(url: str) -> bool:
