@@ -19,6 +19,7 @@ from workers.config import Settings
 from workers.dialogue import IntakeDialogue, Unavailable, questions_text, session_order_id
 from workers.errors import IllegalTransition
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
+from workers.keys import card_key
 from workers.models import IntakeSession
 from workers.states import TERMINAL
 from workers.store import Store
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 GO_WORDS = frozenset({"go", "start", "go ahead", "start it", "yes go", "ship it"})
 CANCEL_WORDS = frozenset({"cancel", "stop", "cancel it", "never mind", "nevermind"})
 TZ_CACHE_S = 3600
-
-
-def card_key(order_id: str) -> str:
-    return f"{order_id}:card"
 
 
 def normalise_reply(text: str) -> str:

@@ -28,10 +28,10 @@ from bot.review_blocks import (
     decided_blocks,
     decision_line,
     review_blocks,
-    review_key,
 )
 from workers.config import Settings
 from workers.errors import IllegalTransition
+from workers.keys import result_key, review_key
 from workers.progress import RunResult, Spend
 from workers.review import (
     Decision,
@@ -107,7 +107,7 @@ class Gate:
         deliverables = await self.store.deliverables(order.id)
         if deliverables:
             item = deliverables[-1]
-            key = review_key(f"{order.id}:result:{item.id}")
+            key = review_key(result_key(order.id, item.id))
             posted = await self.store.slack_message(key)
             if message is None and posted is not None and posted.ts:
                 message = (posted.channel, posted.ts)

@@ -22,9 +22,9 @@ from bot.review_blocks import (
     EXTEND_CUSTOM_ACTION,
     RETRY_ACTION,
     review_blocks,
-    review_key,
 )
 from workers.errors import RetryLater
+from workers.keys import review_key, status_key
 from workers.progress import ExceptionKind, RunResult, Spend
 from workers.review import reviewers_of
 from workers.states import ACTIVE
@@ -46,10 +46,6 @@ EXCEPTION_TITLES: dict[str, str] = {
 
 
 INLINE_DELIVERABLE_MAX = 6000
-
-
-def status_key(order_id: str) -> str:
-    return f"{order_id}:status"
 
 
 class SlackReporter:

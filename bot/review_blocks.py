@@ -21,11 +21,6 @@ EXCEPTION_CANCEL_ACTION = "exception_cancel"
 DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Changes requested"}
 
 
-def review_key(result_key: str) -> str:
-    """'WO-42:result:7' -> 'WO-42:review:7'."""
-    return result_key.replace(":result:", ":review:")
-
-
 def checklist(verdicts: list[dict[str, object]] | None, criteria: list[str]) -> str:
     if verdicts is None:
         return "\n".join(f"☐ {c}" for c in criteria)

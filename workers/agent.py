@@ -31,6 +31,7 @@ from workers.errors import (
     ProviderUnavailable,
     RetryLater,
 )
+from workers.keys import exception_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
 from workers.progress import ExceptionKind, ProgressReporter, RunResult, Spend
 from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse
@@ -642,7 +643,7 @@ class Agent:
                 RunResult(
                     content=item.content,
                     summary=item.summary,
-                    key=f"{run.order.id}:result:{item.id}",
+                    key=result_key(run.order.id or "", item.id),
                     verdicts=[v.as_dict() for v in verification.verdicts] if verification else None,
                     note=note,
                     spend=spend,
@@ -762,7 +763,7 @@ class Agent:
         if order is None:
             return await self._lost(run)
         spend = await self._spend(run)
-        key = f"{order.id}:exception:{run.attempt.number}"
+        key = exception_key(order.id or "", run.attempt.number)
         await self._report(self.reporter.exception(order, kind, message, spend, key=key))
         await self._status(run, f"Stopped: {message}", order=order)
         return Outcome("exception", message)

@@ -15,6 +15,13 @@ from typing import Protocol
 from workers import queue
 from workers.config import Settings
 from workers.errors import IllegalTransition
+from workers.keys import (
+    deadline_key,
+    quiet_key,
+    review_escalation_key,
+    review_reminder_key,
+    status_key,
+)
 from workers.review import reviewers_of
 from workers.store import Store, as_utc, row_to_order
 from workers.workorder import Status, WorkOrder
@@ -87,7 +94,7 @@ class FollowUps:
                     order,
                     f"{_at(order.escalation_contact)} {order.id} has waited {_hours(waited)} for a review "
                     f"decision from {reviewers}. Could you make sure someone decides?",
-                    key=f"{order.id}:review-escalation:{round_key}",
+                    key=review_escalation_key(order.id, round_key),
                     purpose="escalation",
                 )
             elif waited >= timedelta(seconds=review.reminder_after_s):
@@ -95,7 +102,7 @@ class FollowUps:
                     order,
                     f"{reviewers} a reminder: {order.id} is waiting for your review "
                     f"(ready {_hours(waited)} ago). The buttons are on the review message above.",
-                    key=f"{order.id}:review-reminder:{round_key}",
+                    key=review_reminder_key(order.id, round_key),
                     purpose="reminder",
                 )
 
@@ -104,7 +111,7 @@ class FollowUps:
         for row in await self.store.orders_in(ACTIVE_WORK):
             order = row_to_order(row)
             assert order.id
-            status_message = await self.store.slack_message(f"{order.id}:status")
+            status_message = await self.store.slack_message(status_key(order.id))
             moments = [as_utc(row.updated_at)]
             if status_message is not None:
                 moments.append(as_utc(status_message.updated_at))
@@ -115,7 +122,7 @@ class FollowUps:
                 order,
                 f"Still here: nothing has changed on {order.id} for {_hours(now - last)} because "
                 f"{quiet_reason(order, row.wait_reason)}.",
-                key=f"{order.id}:quiet:{int(last.timestamp())}",
+                key=quiet_key(order.id, int(last.timestamp())),
                 purpose="quiet",
             )
 
@@ -136,7 +143,7 @@ class FollowUps:
                     f"{people} {order.id} has missed its deadline "
                     f"(<!date^{int(order.deadline.timestamp())}^{{date_short_pretty}} at {{time}}|{order.deadline:%Y-%m-%d %H:%M} UTC>) "
                     f"and is {order.status.value.replace('_', ' ')}. Cancel it, or let it finish late.",
-                    key=f"{order.id}:deadline-missed",
+                    key=deadline_key(order.id, "missed"),
                     purpose="deadline",
                 )
                 continue
@@ -148,7 +155,7 @@ class FollowUps:
                     order,
                     f"{people} {order.id} is at risk of missing its deadline: {_hours(left)} left "
                     f"and it is {order.status.value.replace('_', ' ')}.",
-                    key=f"{order.id}:deadline-risk",
+                    key=deadline_key(order.id, "risk"),
                     purpose="deadline",
                 )
 

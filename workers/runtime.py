@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from workers import queue
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
+from workers.keys import exception_key
 from workers.progress import LoggingReporter, Outbox, ProgressReporter, Spend
 from workers.providers import ModelRouter
 from workers.store import Claim, OrderRef, Store
@@ -160,7 +161,7 @@ class Worker:
             spend = Spend.of(row)
             if order.status == Status.EXCEPTION:
                 message = row.exception_message or "the run stopped responding"
-                key = f"{order.id}:exception:crashed:{row.attempts}"
+                key = exception_key(order.id or "", "crashed", row.attempts)
                 await self._report(
                     self.reporter.exception(order, "crashed", message, spend, key=key)
                 )
@@ -175,7 +176,7 @@ class Worker:
         for order in claim.expired:
             row = await self.store.get_row(order.id or 0)
             message = f"it waited too long: {row.exception_message or 'quota'}"
-            key = f"{order.id}:exception:quota:{row.version}"
+            key = exception_key(order.id or "", "quota", row.version)
             await self._report(
                 self.reporter.exception(order, "quota", message, Spend.of(row), key=key)
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.keys import question_key
 from workers.providers.base import ToolSpec
 from workers.tools.base import (
     Authority,
@@ -72,7 +73,7 @@ class AskRequester:
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         question = require_str(arguments, "question", max_chars=MAX_QUESTION_CHARS).strip()
-        key = f"{ctx.order.id}:question:{ctx.tool_use_id}"
+        key = question_key(ctx.order.id or "", ctx.tool_use_id)
         await ctx.reporter.question(ctx.order, question, key=key)
         return ToolResult(f"Asked: {question}", park=True)
 

@@ -1,0 +1,55 @@
+"""Idempotency keys of the messages an order posts, each spelled in one place.
+
+A key names one message for good: the reporter claims it in the database before posting, and a
+run resumed after a crash (or a second sweep) finds it instead of posting again. The engine, the
+follow-up sweep and the Slack layer all build keys here, so they always agree.
+"""
+
+from __future__ import annotations
+
+
+def status_key(order_id: str) -> str:
+    """The order's one status message, updated in place: 'WO-42:status'."""
+    return f"{order_id}:status"
+
+
+def card_key(order_id: str) -> str:
+    """The work-order card in its thread: 'WO-42:card'."""
+    return f"{order_id}:card"
+
+
+def result_key(order_id: str, deliverable_id: int | None) -> str:
+    """A posted deliverable: 'WO-42:result:7' (7 is the stored deliverable's id)."""
+    return f"{order_id}:result:{deliverable_id}"
+
+
+def review_key(result: str) -> str:
+    """The review prompt that follows a deliverable: 'WO-42:result:7' -> 'WO-42:review:7'."""
+    return result.replace(":result:", ":review:")
+
+
+def question_key(order_id: str, tool_use_id: str) -> str:
+    """A question the run asked the requester: 'WO-42:question:<tool use id>'."""
+    return f"{order_id}:question:{tool_use_id}"
+
+
+def exception_key(order_id: str, *which: str | int) -> str:
+    """An exception notice, e.g. 'WO-42:exception:3' or 'WO-42:exception:quota:5'."""
+    return ":".join([order_id, "exception", *(str(w) for w in which)])
+
+
+def review_reminder_key(order_id: str, round_started: int) -> str:
+    return f"{order_id}:review-reminder:{round_started}"
+
+
+def review_escalation_key(order_id: str, round_started: int) -> str:
+    return f"{order_id}:review-escalation:{round_started}"
+
+
+def quiet_key(order_id: str, last_change: int) -> str:
+    return f"{order_id}:quiet:{last_change}"
+
+
+def deadline_key(order_id: str, which: str) -> str:
+    """'missed' or 'risk': 'WO-42:deadline-missed'."""
+    return f"{order_id}:deadline-{which}"
