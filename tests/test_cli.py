@@ -20,6 +20,7 @@ from bot.scopes import BOT_SCOPES
 from tests.conftest import Database
 from tests.factories import make_order
 from tests.fakes.slack import FakeSlack
+from tests.support.waiting import eventually
 from workers.store import Store
 from workers.workorder import Status
 
@@ -197,16 +198,16 @@ async def test_run_serves_health_and_stops_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        healthy = False
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
+
+            async def answers() -> bool:
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        healthy = resp.status == 200
-                        break
+                        return resp.status == 200
                 except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-        assert healthy, "delegate run never answered /healthz"
+                    return False
+
+            await eventually(answers, interval_s=0.1)  # fails if it never answers /healthz
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, err.decode()
@@ -238,11 +239,11 @@ async def test_worker_command_runs_until_sigterm(tmp_path: Path) -> None:
                 assert line, f"the worker exited early: {seen.decode()}"
                 seen += line
         assert b"progress goes to the log" in seen
-        await asyncio.sleep(0.5)
         assert proc.returncode is None, "the worker pool keeps running"
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, (seen + err).decode()
+        assert b"stopped" in err, "it ran until the signal and then shut down gracefully"
     finally:
         if proc.returncode is None:
             proc.kill()

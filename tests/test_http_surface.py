@@ -13,6 +13,7 @@ import pytest
 from bot.server import build_web_app, start_site
 from tests.fakes.slack import FakeSlack
 from tests.harness import RunningBot, running_bot
+from tests.support.waiting import bot_idle
 from workers.store import Store
 
 
@@ -62,7 +63,7 @@ async def test_retried_and_repeated_deliveries_produce_one_reply(
         status, _ = await bot.sender.event(event, event_id="EvSAME", retry_num=retry)
         assert status == 200
     await fake_slack.wait_for("chat.postMessage")
-    await asyncio.sleep(0.3)
+    await bot_idle()
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
 
@@ -71,7 +72,7 @@ async def test_bad_signature_is_refused(bot: RunningBot, fake_slack: FakeSlack) 
     assert status == 401
     status, _ = await bot.sender.command(text="help", bad_signature=True)
     assert status == 401
-    await asyncio.sleep(0.2)
+    await bot_idle()
     assert fake_slack.calls_to("chat.postMessage") == []
 
 
@@ -93,7 +94,7 @@ async def test_own_and_other_bots_messages_are_ignored(
         assert (await bot.sender.event(event))[0] == 200
     [reply] = await fake_slack.wait_for("chat.postMessage")
     assert reply.args["thread_ts"] == human["ts"]
-    await asyncio.sleep(0.3)
+    await bot_idle()
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
 

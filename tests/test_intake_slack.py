@@ -17,6 +17,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.slack import FakeSlack
 from tests.harness import RunningBot, running_bot
 from tests.slack_helpers import chat, draft, questions, state_from_view
+from tests.support.waiting import bot_idle, eventually
 from workers.store import Store
 from workers.workorder import Status
 
@@ -167,7 +168,7 @@ async def test_retried_event_produces_one_reply_and_one_model_call(
     )
     assert [status for status, _ in results] == [200, 200, 200]
     await fake_slack.wait_for("chat.postMessage")
-    await asyncio.sleep(0.5)
+    await bot_idle()
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
     assert len(fake_anthropic.requests) == 1
 
@@ -193,7 +194,7 @@ async def test_two_bot_instances_receiving_one_event_make_one_order(
             )
             assert [s for s, _ in results] == [200, 200]
             await _card_for(fake_slack)
-            await asyncio.sleep(0.5)
+            await bot_idle()
         assert len(await store.list_orders()) == 1
         assert len(fake_slack.calls_to("chat.postMessage")) == 1
     finally:
@@ -227,9 +228,11 @@ async def _proposed(
     [order] = await bot.store.list_orders(requester="U1")
     assert order.id
     # A person cannot click before the card exists; wait until the bot has recorded it too.
-    async with asyncio.timeout(5):
-        while not ((saved := await bot.store.slack_message(f"{order.id}:card")) and saved.ts):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    async def recorded() -> bool:
+        saved = await bot.store.slack_message(f"{order.id}:card")
+        return bool(saved and saved.ts)
+
+    await eventually(recorded)
     return order.id, card
 
 
@@ -264,7 +267,7 @@ async def test_double_click_starts_once(
     )
     await asyncio.gather(bot.sender.action(click), bot.sender.action(click))
     await fake_slack.wait_for("chat.update")
-    await asyncio.sleep(0.3)
+    await bot_idle()
     assert len(fake_slack.calls_to("chat.update")) == 1
     kinds = [
         e.data.get("to") for e in await bot.store.audit_trail(order_id) if e.kind == "transition"
@@ -279,7 +282,7 @@ async def test_go_in_the_thread_starts_and_cancel_cancels(
     other = bot.sender.direct_message("go", channel="C1", thread_ts=card["thread_ts"], user="U2")
     other["channel_type"] = "channel"
     await bot.sender.event(other)
-    await asyncio.sleep(0.3)
+    await bot_idle()
     assert (await bot.store.get_order(order_id)).status is Status.AWAITING_CONFIRMATION, (
         "only the requester's go counts"
     )

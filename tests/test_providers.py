@@ -17,6 +17,7 @@ from tests.engine_fixtures import Harness, engine_settings, harness, single_rout
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
+from tests.support.waiting import eventually
 from workers.budget import BudgetGuard, call_cost_micro_usd
 from workers.errors import ProviderRejected, ProviderUnavailable, RetryLater
 from workers.providers import ModelRequest, ModelRouter, ToolSpec, Usage
@@ -277,11 +278,12 @@ async def test_a_cancelled_call_is_charged_its_worst_case(harness: Harness) -> N
     guard = BudgetGuard(
         h.store, h.settings, order_number=int(order.id[3:]), team="default", budget=order.budget  # type: ignore[index]
     )
-    h.anthropic.script(Reply(text="slow", delay=5))
+    h.anthropic.script(Reply(text="slow", delay=60))
     task = asyncio.create_task(
         h.router.complete("execute", "standard", REQUEST, order_id=order.id, budget=guard)
     )
-    await asyncio.sleep(0.3)
+    # Cancel once the call is on the wire (its worst case reserved), not after a fixed pause.
+    await eventually(lambda: len(h.anthropic.requests) == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

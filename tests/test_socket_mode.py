@@ -17,6 +17,7 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
 from tests.slack_helpers import questions
+from tests.support.waiting import bot_idle
 from workers.providers import ModelRouter
 from workers.store import Store
 
@@ -83,7 +84,7 @@ async def test_event_is_acked_before_the_model_answers_and_retries_are_dropped(
     )
     await socket_mode.wait_until(lambda: socket_mode.acked(retry), within=2)
     await fake_slack.wait_for("chat.postMessage", within=10)
-    await asyncio.sleep(0.5)
+    await bot_idle()
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
     assert len(fake_anthropic.requests) == 1
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from tests.engine_fixtures import Harness, eventually, harness  # noqa: F401
+from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes.anthropic import Reply
+from tests.support.waiting import eventually
 from workers import queue
 from workers.progress import Outbox
 from workers.runtime import Worker, run_worker
+from workers.tools import ToolRegistry
+from workers.tools.base import ToolContext, ToolResult
+from workers.tools.builtin import ReadThread
 from workers.workorder import Status
 
 
@@ -38,18 +43,50 @@ async def status_of(h: Harness, order_id: str) -> Status:
     return (await h.store.get_order(order_id)).status
 
 
+class HeldReadThread:
+    """`read_thread` that does not return until the test releases it: runs stay in their slot
+    for as long as the test needs, however fast or slow the machine is."""
+
+    spec = ReadThread.spec
+    authority = ReadThread.authority
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = 0
+        self.most_held = 0
+
+    def describe(self, arguments: dict[str, Any]) -> str:
+        return "Reading the thread"
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        self.holding += 1
+        self.most_held = max(self.most_held, self.holding)
+        try:
+            await self.release.wait()
+        finally:
+            self.holding -= 1
+        return ToolResult("The thread has no messages the bot has seen.")
+
+
 async def test_a_pool_runs_orders_concurrently_up_to_its_limit(harness: Harness) -> None:
     h = harness
+    held = HeldReadThread()
+    others = [h.tools.get(name) for name in h.tools.names if name != "read_thread"]
+    h.tools = ToolRegistry([held, *(t for t in others if t is not None)])
     orders = [await h.order(requester=f"U{n}") for n in range(3)]
     h.anthropic.script(
-        *[Reply.tool("read_thread", {}, delay=0.3) for _ in range(3)],
+        *[Reply.tool("read_thread", {}) for _ in range(3)],
         *[Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}) for _ in range(3)],
     )
     async with running(h, concurrency=2) as worker:
-        await eventually(lambda: len(worker.running) == 2, timeout_s=5)
-        assert len(worker.running) == 2  # the third waits for a slot
+        await eventually(lambda: held.holding == 2)  # two runs hold both slots
+        assert len(worker.running) == 2
+        statuses = [await status_of(h, o.id or "") for o in orders]
+        assert statuses.count(Status.QUEUED) == 1, statuses  # the third waits for a slot
+        held.release.set()
         for order in orders:
-            await eventually(lambda o=order: _is(h, o.id, Status.AWAITING_REVIEW), timeout_s=10)
+            await eventually(lambda o=order: _is(h, o.id, Status.AWAITING_REVIEW))
+    assert held.most_held == 2
     assert sorted(kind for _, kind in [(n, o.kind) for n, o in worker.outcomes]) == ["done"] * 3
 
 
@@ -62,12 +99,10 @@ async def test_cancel_stops_a_running_order_within_seconds(harness: Harness) -> 
     order = await h.order()
     h.anthropic.script(Reply.tool("read_thread", {}), Reply(text="slow", delay=30))
     async with running(h):
-        await eventually(lambda: len(h.anthropic.requests) == 2, timeout_s=5)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        await eventually(lambda: len(h.anthropic.requests) == 2)
         await queue.cancel(h.store, order.id or "", actor="U1", reason="requester cancelled")
-        await eventually(lambda: "Cancelled" in h.reporter.steps(order.id or ""), timeout_s=5)
-        assert loop.time() - started < 2
+        # Well before the slow reply (30 s) would end the step: the call was interrupted.
+        await eventually(lambda: "Cancelled" in h.reporter.steps(order.id or ""), timeout_s=20)
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.CANCELLED.value and row.reserved_micro_usd == 0
     calls = await h.store.llm_calls(order.id or "")

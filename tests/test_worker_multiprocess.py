@@ -97,7 +97,10 @@ async def test_many_workers_run_every_order_exactly_once(
         by_worker[attempts[0].worker_id] = by_worker.get(attempts[0].worker_id, 0) + 1
         assert len(await store.deliverables(order_id)) == 1
         assert len(await store.llm_calls(order_id)) == 2
-    assert set(by_worker) == {f"worker-{n}" for n in range(PROCESSES)}, by_worker
+    # Which process claimed what depends on scheduling; on a loaded machine one process may
+    # even claim nothing. Every claim came from one of them, and every order was claimed once.
+    assert set(by_worker) <= {f"worker-{n}" for n in range(PROCESSES)}, by_worker
+    assert sum(by_worker.values()) == ORDERS
     async with store.transaction() as s:
         claims = (
             await s.exec(

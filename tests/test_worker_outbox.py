@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from tests.factories import make_order
+from tests.support.waiting import eventually
 from workers.errors import RetryLater
 from workers.progress import ExceptionKind, Outbox, RunResult, Spend
 from workers.workorder import WorkOrder
@@ -63,7 +64,7 @@ async def test_important_messages_go_first_and_in_order_under_rate_limiting() ->
     await outbox.result(order(1), RunResult("content", "summary", "WO-1:result:1"))
     await outbox.question(order(2), "Which one?", key="WO-2:question:t1")
     await outbox.exception(order(3), "budget", "spent", SPEND, key="WO-3:exception:1")
-    assert await outbox.drain(5)
+    assert await outbox.drain(30)
     await outbox.close()
     assert inner.delivered[:4] == [
         "result WO-1:result:1",
@@ -77,39 +78,46 @@ async def test_important_messages_go_first_and_in_order_under_rate_limiting() ->
 
 
 async def test_status_updates_are_coalesced_per_order_and_interval() -> None:
+    now = [100.0]  # the outbox's clock, moved by the test
     inner = RateLimited()
-    outbox = Outbox(inner, min_interval_s=0.3)
+    outbox = Outbox(inner, min_interval_s=0.3, clock=lambda: now[0])
     outbox.start()
-    for step in range(5):
+    await outbox.status(order(1), "a0", SPEND)
+    await outbox.status(order(2), "b0", SPEND)
+    assert await outbox.drain(30)  # the first update of each order goes out at once
+    for step in range(1, 5):
         await outbox.status(order(1), f"a{step}", SPEND)
         await outbox.status(order(2), f"b{step}", SPEND)
-        await asyncio.sleep(0.05)
-    assert await outbox.drain(5)
+        await asyncio.sleep(0)  # let the outbox run: the interval has not passed
+    assert inner.delivered == ["status WO-1 a0", "status WO-2 b0"]
+    now[0] += 0.3
+    assert await outbox.drain(30)
     await outbox.close()
-    one = [d for d in inner.delivered if "WO-1" in d]
-    two = [d for d in inner.delivered if "WO-2" in d]
-    assert 1 <= len(one) <= 2 and one[-1] == "status WO-1 a4"
-    assert 1 <= len(two) <= 2 and two[-1] == "status WO-2 b4"
+    assert sorted(inner.delivered[2:]) == ["status WO-1 a4", "status WO-2 b4"]
 
 
 async def test_a_message_that_keeps_failing_is_dropped_after_its_attempts() -> None:
     inner = RateLimited(limited=100, after_s=0.001)
     outbox = Outbox(inner, min_interval_s=0.0, max_attempts=3)
     await outbox.result(order(1), RunResult("c", "s", "WO-1:result:1"))
-    assert await outbox.drain(5)
+    assert await outbox.drain(30)
     await outbox.close()
     assert outbox.dropped == ["WO-1:result:1"] and inner.refused == 3 and inner.delivered == []
 
 
 async def test_a_broken_reporter_does_not_stop_delivery() -> None:
     class Flaky(RateLimited):
+        failed = 0
+
         async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
+            self.failed += 1
             raise RuntimeError("boom")
 
     inner = Flaky()
     outbox = Outbox(inner, min_interval_s=0.0, retry_delay_s=0.001)
     await outbox.status(order(1), "x", SPEND)
     await outbox.question(order(1), "q", key="k")
-    await asyncio.sleep(0.2)
-    await outbox.close(timeout_s=0.2)
+    outbox.start()
+    await eventually(lambda: inner.delivered == ["question k"] and inner.failed >= 2)
+    await outbox.close(timeout_s=0.2)  # the status update never goes out; close gives up on it
     assert inner.delivered == ["question k"]
