@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import gate, home
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.commands import Commands
-from bot.conversation import Conversations, Incoming, control_refusal, may_control
+from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import dedupe_middleware
 from bot.messages import HELP
 from bot.modals import (
@@ -38,6 +38,7 @@ from bot.reporter import SlackReporter
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.intake import Completer, IntakeEngine
+from workers.permissions import may_control
 from workers.store import Store
 from workers.workorder import Status
 

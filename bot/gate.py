@@ -32,16 +32,9 @@ from bot.review_blocks import (
 from workers.config import Settings
 from workers.errors import IllegalTransition
 from workers.keys import result_key, review_key
+from workers.permissions import may_handle_exception, may_review, reviewers_of
 from workers.progress import RunResult, Spend
-from workers.review import (
-    Decision,
-    ExceptionAction,
-    decide,
-    handle_exception,
-    may_handle_exception,
-    may_review,
-    reviewers_of,
-)
+from workers.review import Decision, ExceptionAction, decide, handle_exception
 from workers.store import Store
 from workers.workorder import WorkOrder
 

@@ -25,8 +25,8 @@ from bot.review_blocks import (
 )
 from workers.errors import RetryLater
 from workers.keys import review_key, status_key
+from workers.permissions import reviewers_of
 from workers.progress import ExceptionKind, RunResult, Spend
-from workers.review import reviewers_of
 from workers.states import ACTIVE
 from workers.store import Store
 from workers.workorder import WorkOrder

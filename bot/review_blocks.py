@@ -6,8 +6,8 @@ from datetime import datetime
 
 from bot.blocks import Block, button, context, sections, slack_date
 from bot.cards import mention
+from workers.permissions import reviewers_of
 from workers.progress import RunResult
-from workers.review import reviewers_of
 from workers.workorder import WorkOrder
 
 APPROVE_ACTION = "review_approve"
