@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.engine_fixtures import Harness, harness  # noqa: F401
-from tests.fakes.anthropic import Reply, ToolUse
+from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
+from tests.support.engine import Harness
 from workers.budget import call_cost_micro_usd
 from workers.providers import Usage
 from workers.workorder import Status
@@ -84,7 +84,7 @@ async def test_malformed_arguments_and_chatter_are_returned_to_the_model(harness
     h = harness
     order = await h.order()
     down = Reply.error(529, headers={"retry-after-ms": "1"})
-    h.anthropic.script(*[down] * 6)  # Anthropic is down throughout: OpenAI serves every step
+    h.anthropic.script(*[down] * 9)  # Anthropic is down throughout: OpenAI serves every step
     h.openai.script(
         OpenAIReply.tool("submit_deliverable", '{"content": "unterminated'),
         OpenAIReply(text="I think I am done."),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes.anthropic import Reply, ToolUse
+from tests.support.engine import Harness
 from workers import queue
 from workers.workorder import Budget, Status
 

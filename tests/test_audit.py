@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy import text
 
-from tests.factories import make_order
+from tests.support.factories import make_order
 from workers.audit import render_json, render_markdown
 from workers.store import Store
 from workers.workorder import Status

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes.anthropic import Reply
+from tests.support.engine import Harness
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
 from workers.workorder import Budget, Status

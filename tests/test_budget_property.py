@@ -8,11 +8,11 @@ import json
 import random
 from typing import Any
 
-from tests.conftest import Database
-from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes import estimate_tokens
 from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
+from tests.support.databases import Database
+from tests.support.engine import Harness
 from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow

@@ -8,18 +8,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import pytest
 from sqlalchemy import text
 
 from bot.scopes import BOT_SCOPES
-from tests.conftest import Database
-from tests.factories import make_order
 from tests.fakes.slack import FakeSlack
+from tests.support.databases import Database
+from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers.store import Store
 from workers.workorder import Status

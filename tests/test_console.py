@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes.anthropic import FakeAnthropic
-from tests.slack_helpers import chat, draft, questions
+from tests.support.intake import chat, draft, questions
 from workers import queue
 from workers.store import Store
 from workers.workorder import Status, WorkloadClass

@@ -15,9 +15,9 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from tests.conftest import SIGNING_SECRET
 from tests.fakes.slack import FakeSlack
-from tests.harness import RunningBot, running_bot
+from tests.support.bot import RunningBot, running_bot
+from tests.support.settings import SIGNING_SECRET
 from workers.store import Store
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from bot.server import build_web_app, start_site
 from tests.fakes.slack import FakeSlack
-from tests.harness import RunningBot, running_bot
+from tests.support.bot import RunningBot, running_bot
 from tests.support.waiting import bot_idle
 from workers.store import Store
 

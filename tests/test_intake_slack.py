@@ -15,8 +15,9 @@ from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.slack import FakeSlack
-from tests.harness import RunningBot, running_bot
-from tests.slack_helpers import chat, draft, questions, state_from_view
+from tests.support.bot import RunningBot, running_bot
+from tests.support.intake import chat, draft, questions
+from tests.support.slack import state_from_view
 from tests.support.waiting import bot_idle, eventually
 from workers.store import Store
 from workers.workorder import Status

@@ -14,7 +14,7 @@ import yaml
 from bot.app import COMMAND, SHORTCUT_DELEGATE_THIS
 from bot.scopes import BOT_EVENTS, BOT_SCOPES
 from tests.fakes.slack import FakeSlack
-from tests.harness import RunningBot, running_bot
+from tests.support.bot import RunningBot, running_bot
 from workers.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,12 @@ from aiohttp import web
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
-from tests.conftest import Database
-from tests.engine_fixtures import Harness, engine_settings, harness, single_route  # noqa: F401
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
+from tests.support.databases import Database
+from tests.support.engine import Harness
+from tests.support.settings import engine_settings, single_route
 from tests.support.waiting import eventually
 from workers.budget import BudgetGuard, call_cost_micro_usd
 from workers.errors import ProviderRejected, ProviderUnavailable, RetryLater
@@ -101,26 +102,50 @@ async def test_cache_usage_is_priced_by_kind(harness: Harness) -> None:
 
 async def test_repeated_529_fails_over_to_the_fallback(harness: Harness) -> None:
     h = harness
-    h.anthropic.script(Reply.error(529, headers=FAST), Reply.error(529, headers=FAST))
+    h.anthropic.script(*[Reply.error(529, headers=FAST)] * 3)
     h.openai.script(OpenAIReply(text="from openai"))
     reply = await h.router.complete("execute", "standard", REQUEST)
     assert (reply.provider, reply.model, reply.text) == ("openai", "gpt-5-mini", "from openai")
-    assert len(h.anthropic.requests) == 2  # the SDK's own retry first (max_retries=1)
+    # Three attempts on the primary (engine.provider_attempts), each one recorded.
+    assert len(h.anthropic.requests) == 3
     calls = await _all_calls(h.store)
     assert [(c.provider, c.outcome) for c in calls] == [
+        ("anthropic", "failed:transient"),
+        ("anthropic", "failed:transient"),
         ("anthropic", "failed:transient"),
         ("openai", "ok"),
     ]
     assert calls[0].cost_micro_usd == 0 and "529" in (calls[0].error or "")
 
 
+async def test_the_sdks_never_retry_behind_the_routers_back(harness: Harness) -> None:
+    """The harness builds its SDK clients with max_retries=1; the router turns that off, so
+    every request the provider sees is a call the budget reserved and the ledger recorded."""
+    h = harness
+    h.anthropic.script(Reply.error(500, headers=FAST), Reply(text="second time"))
+    reply = await h.router.complete("execute", "standard", REQUEST)
+    assert reply.text == "second time"
+    calls = await _all_calls(h.store)
+    assert len(h.anthropic.requests) == len(calls) == 2
+    assert [c.outcome for c in calls] == ["failed:transient", "ok"]
+
+
+async def test_an_attempt_cut_off_mid_call_is_charged_its_worst_case(harness: Harness) -> None:
+    h = harness
+    h.anthropic.script(Reply(text="too late", delay=10), Reply(text="recovered"))
+    reply = await h.router.complete("execute", "standard", REQUEST, timeout_s=0.5)
+    assert reply.text == "recovered"
+    cut, ok = await _all_calls(h.store)
+    assert cut.outcome == "failed:transient" and cut.cost_micro_usd > 0
+
+
 async def test_every_model_failing_is_provider_unavailable(harness: Harness) -> None:
     h = harness
-    h.anthropic.script(*[Reply.error(500, headers=FAST)] * 2)
-    h.openai.script(*[OpenAIReply.error(503, headers=FAST)] * 2)
+    h.anthropic.script(*[Reply.error(500, headers=FAST)] * 3)
+    h.openai.script(*[OpenAIReply.error(503, headers=FAST)] * 3)
     with pytest.raises(ProviderUnavailable, match="Anthropic is unavailable"):
         await h.router.complete("execute", "standard", REQUEST)
-    assert len(await _all_calls(h.store)) == 2
+    assert len(await _all_calls(h.store)) == 6
 
 
 async def test_a_long_retry_after_defers_instead_of_waiting(harness: Harness) -> None:
@@ -135,7 +160,7 @@ async def test_a_long_retry_after_defers_instead_of_waiting(harness: Harness) ->
     assert call.outcome == "failed:defer"
 
 
-async def test_a_short_retry_after_is_retried_by_the_sdk(harness: Harness) -> None:
+async def test_a_short_retry_after_is_retried_by_the_router(harness: Harness) -> None:
     h = harness
     h.anthropic.script(Reply.error(429, retry_after=0.01), Reply(text="after the wait"))
     reply = await h.router.complete("execute", "standard", REQUEST)
@@ -144,8 +169,8 @@ async def test_a_short_retry_after_is_retried_by_the_sdk(harness: Harness) -> No
 
 async def test_rate_limits_everywhere_come_back_later(harness: Harness) -> None:
     h = harness
-    h.anthropic.script(*[Reply.error(429, retry_after=0.01)] * 2)
-    h.openai.script(*[OpenAIReply.error(429, retry_after=0.01)] * 2)
+    h.anthropic.script(*[Reply.error(429, retry_after=0.01)] * 3)
+    h.openai.script(*[OpenAIReply.error(429, retry_after=0.01)] * 3)
     with pytest.raises(RetryLater):
         await h.router.complete("execute", "standard", REQUEST)
 
@@ -241,7 +266,14 @@ async def test_openai_messages_and_tool_calls_round_trip(
     ]
     fake_openai.script(OpenAIReply.tool("submit", {"content": "x"}))
     reply = await router.complete(
-        "execute", "quick", ModelRequest(system="s", messages=history, tool_choice="submit")
+        "execute",
+        "quick",
+        ModelRequest(
+            system="s",
+            messages=history,
+            tools=[ToolSpec(name, name, {"type": "object"}) for name in ("read_thread", "submit")],
+            tool_choice="submit",
+        ),
     )
     await router.close()
     await store.close()

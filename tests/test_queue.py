@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from tests.conftest import Database
-from tests.engine_fixtures import Harness, harness  # noqa: F401
+from tests.support.databases import Database
+from tests.support.engine import Harness
 from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.models import LlmCall, utcnow

@@ -3,7 +3,6 @@ and a watchdog that recreates a connection gone quiet."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,7 +15,7 @@ from bot.socket import SocketModeRunner
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
-from tests.slack_helpers import questions
+from tests.support.intake import questions
 from tests.support.waiting import bot_idle
 from workers.providers import ModelRouter
 from workers.store import Store

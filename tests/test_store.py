@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Database
-from tests.factories import make_order
+from tests.support.databases import Database
+from tests.support.factories import make_order
 from workers.db import create_engine
 from workers.errors import IllegalTransition, NotFound
 from workers.migrate import current_revision, head_revision

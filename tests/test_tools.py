@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database
-from tests.engine_fixtures import POLICIES, Harness, engine_settings, harness  # noqa: F401
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
+from tests.support.databases import Database
+from tests.support.engine import Harness
+from tests.support.settings import POLICIES, engine_settings
 from workers.errors import ConfigError
 from workers.providers import ToolSpec
 from workers.store import Store

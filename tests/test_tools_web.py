@@ -9,9 +9,9 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes import FakeServer
 from tests.fakes.anthropic import Reply
+from tests.support.engine import Harness
 from workers.config import AuthorityPolicy, WebFetchSettings
 from workers.tools.policy import host_allowed
 from workers.tools.web import AddressGuard, FetchRefused, fetch, forbidden_address, html_to_text

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tests.engine_fixtures import Harness, harness  # noqa: F401
 from tests.fakes.anthropic import Reply
+from tests.support.engine import Harness
 from tests.support.waiting import eventually
 from workers import queue
 from workers.progress import Outbox

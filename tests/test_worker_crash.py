@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database
-from tests.engine_fixtures import (
-    eventually,
-    spawn_worker,
-    stop_worker,
-    worker_env,
-)
-from tests.factories import make_order
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
+from tests.support.databases import Database
+from tests.support.factories import make_order
+from tests.support.processes import spawn_worker, stop_worker, worker_env
+from tests.support.waiting import eventually
 from workers import queue
 from workers.config import load_settings
 from workers.store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from tests.factories import make_order
+from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers.errors import RetryLater
 from workers.progress import ExceptionKind, Outbox, RunResult, Spend

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from pydantic import ValidationError
 
-from tests.factories import make_order
+from tests.support.factories import make_order
 from workers.workorder import Budget, parse_order_id
 
 

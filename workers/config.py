@@ -186,6 +186,15 @@ class EngineSettings(_Strict):
     inline_retry_after_s: float = Field(
         default=20, ge=0, description="longer provider Retry-After waits defer the run instead"
     )
+    provider_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="calls to one model on transient failures before failing over; each is "
+        "reserved and charged on its own (the SDKs' hidden retries are off)",
+    )
+    provider_backoff_s: float = Field(
+        default=0.5, ge=0, description="first wait between attempts, doubled each time"
+    )
     quota_headroom_usd: float = Field(
         default=0.05, ge=0, description="a team needs this much weekly quota left to start a run"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from anthropic import AsyncAnthropic
@@ -53,17 +53,22 @@ class ModelRouter:
         anthropic: AsyncAnthropic | None,
         openai: AsyncOpenAI | None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.sleep = sleep
         self.providers: dict[str, ProviderClient] = {}
+        # An SDK retry is a second billable request under one reservation; retries happen here
+        # instead, each one reserved and charged.
         if anthropic is not None:
             self.providers["anthropic"] = AnthropicProvider(
-                anthropic, inline_retry_after_s=settings.engine.inline_retry_after_s
+                anthropic.with_options(max_retries=0),
+                inline_retry_after_s=settings.engine.inline_retry_after_s,
             )
         if openai is not None:
-            self.providers["openai"] = OpenAIProvider(openai)
+            self.providers["openai"] = OpenAIProvider(openai.with_options(max_retries=0))
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store) -> ModelRouter:
@@ -121,33 +126,45 @@ class ModelRouter:
                     ProviderFailure("transient", f"no {ref.provider} API key is configured")
                 )
                 continue
-            try:
-                return await self._call(
-                    provider,
-                    ref.model,
-                    role,
-                    request,
-                    order_id=order_id,
-                    attempt_id=attempt_id,
-                    budget=budget,
-                    timeout_s=timeout_s or DEFAULT_CALL_TIMEOUT_S,
-                )
-            except ProviderFailure as failure:
-                if failure.kind == "reject":
-                    raise ProviderRejected(failure.explanation) from failure
-                if failure.kind == "defer":
-                    after_s = failure.after_s or RATE_LIMITED_RETRY_S
-                    raise RetryLater(after_s, failure.explanation) from failure
-                log.warning(
-                    "model call failed, trying the next route",
-                    extra={"order": order_id, "model": str(ref), "reason": failure.explanation},
-                )
-                failures.append(failure)
+            attempts = self.settings.engine.provider_attempts
+            for attempt in range(attempts):
+                try:
+                    return await self._call(
+                        provider,
+                        ref.model,
+                        role,
+                        request,
+                        order_id=order_id,
+                        attempt_id=attempt_id,
+                        budget=budget,
+                        timeout_s=timeout_s or DEFAULT_CALL_TIMEOUT_S,
+                    )
+                except ProviderFailure as failure:
+                    if failure.kind == "reject":
+                        raise ProviderRejected(failure.explanation) from failure
+                    if failure.kind == "defer":
+                        after_s = failure.after_s or RATE_LIMITED_RETRY_S
+                        raise RetryLater(after_s, failure.explanation) from failure
+                    if attempt + 1 < attempts:
+                        await self.sleep(self._backoff_s(failure, attempt))
+                        continue
+                    log.warning(
+                        "model call failed, trying the next route",
+                        extra={"order": order_id, "model": str(ref), "reason": failure.explanation},
+                    )
+                    failures.append(failure)
         if failures and all(f.status == 429 for f in failures):
             after = max((f.after_s or 0.0) for f in failures) or RATE_LIMITED_RETRY_S
             raise RetryLater(after, "every configured model is rate limiting us")
         reasons = "; ".join(f.explanation for f in failures) or "no model is configured"
         raise ProviderUnavailable(f"no model could take the call: {reasons}")
+
+    def _backoff_s(self, failure: ProviderFailure, attempt: int) -> float:
+        """The provider's Retry-After when it gave a short one, else exponential backoff."""
+        engine = self.settings.engine
+        if failure.after_s is not None:
+            return min(failure.after_s, engine.inline_retry_after_s)
+        return engine.provider_backoff_s * (2**attempt)
 
     async def _call(
         self,

@@ -1,0 +1,153 @@
+"""The whole pipeline in one process: the bot behind its HTTP surface and a worker pool, talking
+to the fake Slack and model servers, driven through signed requests like a person in Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bot.cards import START_ACTION
+from bot.reporter import SlackReporter
+from bot.slack_client import make_slack_client
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack
+from tests.support.bot import RunningBot, running_bot
+from tests.support.intake import draft
+from tests.support.settings import FAST_ENGINE
+from tests.support.waiting import DEADLINE_S, eventually
+from workers.runtime import run_worker
+from workers.store import Store
+from workers.workorder import Status
+
+
+@dataclass
+class Pipeline:
+    bot: RunningBot
+    slack: FakeSlack
+    anthropic: FakeAnthropic
+    openai: FakeOpenAI
+
+    async def order_started(
+        self,
+        *execute: Reply,
+        reviewers: str = "<@U7> reviews",
+        budget: dict[str, Any] | None = None,
+        **draft_fields: Any,
+    ) -> str:
+        """Mention -> card -> (script the run, adjust the budget) -> Start; returns the order id."""
+        self.anthropic.script(draft(reviewers=["U7"] if "U7" in reviewers else [], **draft_fields))
+        mention = self.bot.sender.app_mention(
+            f"<@UBOT> competitor pricing table, {reviewers}", channel="C1"
+        )
+        await self.bot.sender.event(mention)
+        await self.slack.wait_until(
+            lambda: any(
+                START_ACTION in json.dumps(c.args.get("blocks") or [])
+                for c in self.slack.calls_to("chat.postMessage")
+            )
+        )
+        [order] = await self.bot.store.list_orders()
+        assert order.id
+        if budget:
+            await self.bot.store.update_order(
+                order.id, actor="U1", budget=order.budget.model_copy(update=budget)
+            )
+        self.anthropic.script(*execute)
+        await self.click(START_ACTION, order.id, "U1")
+        return order.id
+
+    async def click(
+        self, action_id: str, value: str, user: str, *, message: dict[str, Any] | None = None
+    ) -> None:
+        """Click a button on the latest message that has it, as Slack would send it."""
+        if message is None:
+            carrying = [
+                c
+                for c in self.slack.calls_to("chat.postMessage")
+                if action_id in json.dumps(c.args.get("blocks") or [])
+            ]
+            if carrying:
+                message = {"ts": carrying[-1].response["ts"], "blocks": carrying[-1].args["blocks"]}
+        payload = self.bot.sender.block_action(
+            action_id,
+            value,
+            user_id=user,
+            channel_id="C1",
+            message_ts=(message or {}).get("ts", "1.1"),
+        )
+        if message is not None:
+            payload["message"] = {**payload.get("message", {}), **message}
+        status, _ = await self.bot.sender.action(payload)
+        assert status == 200
+
+    async def status_of(self, order_id: str, status: Status, within: float = DEADLINE_S) -> None:
+        async def reached() -> bool:
+            return (await self.bot.store.get_order(order_id)).status is status
+
+        await eventually(reached, timeout_s=within)
+
+    async def post(self, needle: str, within: float = 10) -> dict[str, Any]:
+        """The latest message posted containing `needle`, waiting for it to arrive."""
+        await self.slack.wait_until(lambda: bool(self.posts_with(needle)), within=within)
+        return self.posts_with(needle)[-1]
+
+    async def update(self, needle: str, within: float = 10) -> dict[str, Any]:
+        await self.slack.wait_until(lambda: bool(self.updates_with(needle)), within=within)
+        return self.updates_with(needle)[-1]
+
+    def posts_with(self, needle: str) -> list[dict[str, Any]]:
+        return [
+            c.args
+            for c in self.slack.calls_to("chat.postMessage")
+            if needle
+            in c.args.get("text", "") + json.dumps(c.args.get("blocks") or [], ensure_ascii=False)
+        ]
+
+    def updates_with(self, needle: str) -> list[dict[str, Any]]:
+        return [
+            c.args
+            for c in self.slack.calls_to("chat.update")
+            if needle in json.dumps(c.args.get("blocks") or [], ensure_ascii=False)
+        ]
+
+
+@asynccontextmanager
+async def pipeline_for(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+    **overrides: Any,
+) -> AsyncIterator[Pipeline]:
+    """The bot serving Slack and a worker pool running orders, on one store and the fakes."""
+    overrides["engine"] = {**FAST_ENGINE, **overrides.get("engine", {})}
+    settings = settings_factory(
+        database_url=str(store.engine.url.render_as_string(hide_password=False)),
+        **overrides,
+    )
+    async with running_bot(settings, store=store, fake_slack=fake_slack) as bot:
+        stop = asyncio.Event()
+        reporter = SlackReporter(
+            store=store, client=make_slack_client(bot.settings, backoff_factor_s=0.01)
+        )
+        worker = asyncio.create_task(
+            run_worker(
+                bot.settings,
+                concurrency=2,
+                reporter=reporter,
+                store=store,
+                stop=stop,
+                handle_signals=False,
+            )
+        )
+        try:
+            yield Pipeline(bot, fake_slack, fake_anthropic, fake_openai)
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 20)

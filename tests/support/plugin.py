@@ -1,0 +1,20 @@
+"""The test-support plugin, registered once in tests/conftest.py: every fixture a test module
+uses without importing it.
+
+- `fake_slack`, `fake_anthropic`, `fake_openai`: the fake servers (tests/fakes/fixtures.py)
+- `database`, `store`, `sqlite_url`: the database the test runs on (databases.py)
+- `settings_factory`: settings pointed at the fakes and that database (settings.py)
+- `harness`: the engine harness (engine.py)
+
+Helpers a test imports by name live next to them: `bot.py` (a running bot), `pipeline.py` (bot
+plus worker pool), `processes.py` (worker processes), `slack.py` (modal state), `intake.py`
+(scripted intake-model replies), `factories.py` (domain objects), `waiting.py` (waiting on
+conditions, never on the clock).
+"""
+
+pytest_plugins = [
+    "tests.fakes.fixtures",
+    "tests.support.databases",
+    "tests.support.settings",
+    "tests.support.engine",
+]
