@@ -14,14 +14,12 @@ from bot.conversation import Conversations, Incoming
 from bot.messages import HELP
 from workers.config import Settings
 from workers.errors import NotFound
-from workers.permissions import may_view
-from workers.states import TERMINAL
+from workers.states import OPEN, TERMINAL
 from workers.store import Store
-from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
+from workers.workorder import WorkOrder, format_order_id, parse_order_id
 
 log = logging.getLogger(__name__)
 
-OPEN_STATUSES = [s for s in Status if s not in TERMINAL]
 # Where a bot cannot post, Slack says so with one of these; the request then moves to a DM.
 _CANNOT_POST = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
 
@@ -58,7 +56,7 @@ class Commands:
             await self._new_request(text, user=user, channel=channel, respond=respond)
 
     async def _list(self, user: str) -> str:
-        orders = await self.store.list_orders(requester=user, statuses=OPEN_STATUSES, limit=20)
+        orders = await self.store.list_orders(requester=user, statuses=OPEN, limit=20)
         if not orders:
             return "You have no open work orders. Mention me or use `/delegate <request>` to start one."
         lines = [f"• *{o.id}* · {o.title} · {STATE_LABELS[o.status]}" for o in orders]
@@ -79,7 +77,7 @@ class Commands:
                 return f"{order.id} is already {STATE_LABELS[order.status].lower()}."
             cancelled = await self.conversations.cancel(order_id, user=user, channel=channel)
             return f"Cancelled {order_id}." if cancelled else f"{order_id} was not cancelled."
-        if not may_view(order, user, self.settings):
+        if not _may_view(order, user, self.settings):
             return f"{order_id} belongs to <@{order.requester}>; only the people on it can see its status."
         return await self._status_text(order)
 
@@ -138,3 +136,13 @@ class Commands:
                 raise
             return str(response["channel"]), str(response["ts"])
         return None
+
+
+def _may_view(order: WorkOrder, user: str, settings: Settings) -> bool:
+    people = {
+        order.requester,
+        order.escalation_contact,
+        *order.verification.reviewers,
+        *settings.admins,
+    }
+    return user in people

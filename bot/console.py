@@ -16,6 +16,7 @@ from workers.config import Settings
 from workers.dialogue import IntakeDialogue, Unavailable, questions_text
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.models import IntakeSession
+from workers.states import IntakeKind
 from workers.store import Store
 from workers.workorder import WorkOrder
 
@@ -98,7 +99,7 @@ class Console:
         while True:
             answer = await self.ask("Start it? [yes/no]")
             if answer is None or answer.lower() in NO:
-                await self.dialogue.close(session, kind="delegation")
+                await self.dialogue.close(session, kind=IntakeKind.DELEGATION)
                 self.say("No work order was confirmed.")
                 return None
             if answer.lower() in YES:

@@ -21,10 +21,9 @@ from workers.errors import IllegalTransition
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
 from workers.models import IntakeSession
-from workers.permissions import may_control
-from workers.states import TERMINAL
+from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
-from workers.workorder import Status, WorkOrder
+from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,11 @@ TZ_CACHE_S = 3600
 
 def normalise_reply(text: str) -> str:
     return re.sub(r"[^\w\s]", "", re.sub(r"<@[^>]+>", "", text)).strip().lower()
+
+
+def may_control(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Only the requester (or an admin) may start, edit or cancel an order."""
+    return user == order.requester or user in settings.admins
 
 
 def control_refusal(order: WorkOrder, verb: str) -> str:
@@ -81,13 +85,13 @@ class Conversations:
             if msg.user != session.requester:
                 return  # others may talk in the thread; only the requester drives the dialogue
             order_id = session_order_id(session)
-            if session.state == "proposed" and order_id is not None:
+            if session.state == IntakeState.PROPOSED and order_id is not None:
                 if await self._handle_reply_to_card(order_id, msg):
                     return
-            elif session.state == "confirmed" and order_id is not None:
+            elif session.state == IntakeState.CONFIRMED and order_id is not None:
                 await self._handle_reply_to_run(order_id, msg)
                 return
-            elif session.state != "open":
+            elif session.state != IntakeState.OPEN:
                 return
             await self._advance(session, msg)
 
@@ -108,7 +112,7 @@ class Conversations:
             await self.cancel(order_id, user=msg.user, channel=msg.channel)
             return
         order = await self.store.get_order(order_id)
-        if order.status in (Status.WAITING_FOR_REQUESTER, Status.RUNNING, Status.QUEUED):
+        if order.status in TAKES_REPLIES:
             await queue.resume_with_reply(self.store, order_id, msg.text, user=msg.user, ts=msg.ts)
 
     async def _advance(self, session: IntakeSession, msg: Incoming) -> None:

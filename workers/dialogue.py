@@ -23,6 +23,7 @@ from workers.intake import (
     Turn,
 )
 from workers.models import IntakeSession
+from workers.states import IntakeKind, IntakeState
 from workers.store import Store
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
@@ -115,7 +116,7 @@ class IntakeDialogue:
             await self.store.save_intake(session)
             return Unavailable(str(exc))
         if isinstance(outcome, ChatAnswer):
-            session.kind, session.state = "chat", "closed"
+            session.kind, session.state = IntakeKind.CHAT, IntakeState.CLOSED
             self._record(session, "delegate", outcome.text)
             await self.store.save_intake(session)
         elif isinstance(outcome, Questions):
@@ -156,7 +157,7 @@ class IntakeDialogue:
                 **order.model_dump(include=set(REFINABLE_FIELDS)),
             )
         assert order.id
-        session.kind, session.state = "delegation", "proposed"
+        session.kind, session.state = IntakeKind.DELEGATION, IntakeState.PROPOSED
         session.order_id = parse_order_id(order.id)
         session.draft = {"open_points": draft.open_points, "context": session_context(session)}
         self._record(session, "delegate", f"Drafted {order.id}: {order.title}")
@@ -167,27 +168,27 @@ class IntakeDialogue:
         """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it
         was started already (a double click) or can no longer be started."""
         order = await queue.enqueue(self.store, self.settings, order_id, actor=actor, reason=reason)
-        await self._set_state(order_id, "confirmed")
+        await self._set_state(order_id, IntakeState.CONFIRMED)
         return order
 
     async def cancel(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
         """Cancel the order and close its conversation. Raises IllegalTransition if finished."""
         order = await queue.cancel(self.store, order_id, actor=actor, reason=reason)
-        await self._set_state(order_id, "closed")
+        await self._set_state(order_id, IntakeState.CLOSED)
         return order
 
-    async def close(self, session: IntakeSession, *, kind: str | None = None) -> None:
+    async def close(self, session: IntakeSession, *, kind: IntakeKind | None = None) -> None:
         """End a conversation that produced no order (e.g. a draft declined in the console)."""
         if kind:
             session.kind = kind
-        session.state = "closed"
+        session.state = IntakeState.CLOSED
         await self.store.save_intake(session)
 
     async def open_points(self, order_id: str) -> list[str]:
         session = await self.store.intake_for_order(order_id)
         return list((session.draft or {}).get("open_points", [])) if session else []
 
-    async def _set_state(self, order_id: str, state: str) -> None:
+    async def _set_state(self, order_id: str, state: IntakeState) -> None:
         session = await self.store.intake_for_order(order_id)
         if session is not None:
             session.state = state

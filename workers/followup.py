@@ -22,14 +22,14 @@ from workers.keys import (
     review_reminder_key,
     status_key,
 )
-from workers.permissions import reviewers_of
+from workers.review import reviewers_of
+from workers.states import IN_FLIGHT, UNDER_WAY
 from workers.store import Store, as_utc, row_to_order
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
 
 VERIFYING_STUCK_AFTER = timedelta(minutes=10)
-ACTIVE_WORK = (Status.QUEUED, Status.RUNNING, Status.WAITING_FOR_REQUESTER, Status.VERIFYING)
 
 
 class Notifier(Protocol):
@@ -108,7 +108,7 @@ class FollowUps:
 
     async def _quiet(self, now: datetime) -> None:
         limit = timedelta(seconds=self.settings.review.quiet_after_s)
-        for row in await self.store.orders_in(ACTIVE_WORK):
+        for row in await self.store.orders_in(IN_FLIGHT):
             order = row_to_order(row)
             assert order.id
             status_message = await self.store.slack_message(status_key(order.id))
@@ -127,9 +127,7 @@ class FollowUps:
             )
 
     async def _deadlines(self, now: datetime) -> None:
-        for row in await self.store.orders_in(
-            [*ACTIVE_WORK, Status.AWAITING_REVIEW, Status.CHANGES_REQUESTED, Status.EXCEPTION]
-        ):
+        for row in await self.store.orders_in(UNDER_WAY):
             order = row_to_order(row)
             if order.deadline is None:
                 continue

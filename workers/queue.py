@@ -8,13 +8,14 @@ workers at once and an order whose worker died is picked up again once its lease
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.models import utcnow
-from workers.states import TERMINAL
+from workers.states import OPEN, TERMINAL
 from workers.store import Claim, OrderRef, QueueGate, Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
@@ -55,11 +56,19 @@ async def enqueue(
 
 
 async def cancel(
-    store: Store, ref: OrderRef, *, actor: str, reason: str = "cancelled"
+    store: Store,
+    ref: OrderRef,
+    *,
+    actor: str,
+    reason: str = "cancelled",
+    expected: Collection[Status] = OPEN,
 ) -> WorkOrder:
     """Cancel an order. A running worker notices within `engine.cancel_poll_s` and stops;
-    spend so far stays recorded. Raises IllegalTransition for an order already finished."""
-    return await store.transition(ref, Status.CANCELLED, actor=actor, reason=reason)
+    spend so far stays recorded. Raises IllegalTransition for an order already finished, or no
+    longer in one of the `expected` states."""
+    return await store.transition(
+        ref, Status.CANCELLED, actor=actor, reason=reason, expected=expected
+    )
 
 
 async def resume_with_reply(

@@ -12,7 +12,6 @@ from typing import Literal
 
 from workers import queue
 from workers.config import Settings
-from workers.errors import IllegalTransition
 from workers.store import OrderRef, Store
 from workers.workorder import Budget, Status, WorkOrder
 
@@ -24,6 +23,23 @@ DECISION_TARGETS: dict[str, Status] = {
     "reject": Status.REJECTED,
     "changes": Status.CHANGES_REQUESTED,
 }
+
+
+def reviewers_of(order: WorkOrder) -> list[str]:
+    """Who decides: the named reviewers, or the requester when nobody is named."""
+    return list(order.verification.reviewers) or [order.requester]
+
+
+def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
+    if user in order.verification.reviewers:
+        return True
+    if user == order.requester:
+        return not order.verification.reviewers or settings.review.requester_may_approve
+    return False
+
+
+def may_handle_exception(order: WorkOrder, user: str, settings: Settings) -> bool:
+    return user in {order.requester, order.escalation_contact} or user in settings.admins
 
 
 @dataclass(frozen=True)
@@ -90,13 +106,16 @@ async def handle_exception(
     """Extend (raise the ceilings, then resume), Retry (resume as is) or Cancel an order in
     exception. Either resumes from the last checkpoint. Raises IllegalTransition if someone
     else acted first."""
-    order = await store.get_order(ref)
     if action == "cancel":
-        if order.status is not Status.EXCEPTION:
-            raise IllegalTransition(
-                order.id or str(ref), order.status.value, Status.CANCELLED.value
-            )
-        return await queue.cancel(store, ref, actor=actor, reason="cancelled after an exception")
+        # Checked with the cancel, under the row lock: a Retry landing first wins.
+        return await queue.cancel(
+            store,
+            ref,
+            actor=actor,
+            reason="cancelled after an exception",
+            expected={Status.EXCEPTION},
+        )
+    order = await store.get_order(ref)
     budget = None
     if action == "extend":
         budget = extended_budget(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from workers.errors import IllegalTransition
 from workers.workorder import Status
@@ -40,10 +42,39 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.CANCELLED: frozenset(),
 }
 
+# Groups of states, each named for the question it answers elsewhere.
 TERMINAL: frozenset[Status] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+# Not finished: listed by `/delegate list`, may still be cancelled.
+OPEN: frozenset[Status] = frozenset(TRANSITIONS) - TERMINAL
+# The status message offers Cancel.
 ACTIVE: frozenset[Status] = frozenset(
     {S.QUEUED, S.RUNNING, S.WAITING_FOR_REQUESTER, S.VERIFYING, S.AWAITING_REVIEW}
 )
+# The engine holds the order: nobody but the engine (or the requester's reply) moves it on.
+IN_FLIGHT: frozenset[Status] = frozenset(
+    {S.QUEUED, S.RUNNING, S.WAITING_FOR_REQUESTER, S.VERIFYING}
+)
+# Started and not finished: a missed deadline is worth telling people about.
+UNDER_WAY: frozenset[Status] = IN_FLIGHT | {S.AWAITING_REVIEW, S.CHANGES_REQUESTED, S.EXCEPTION}
+# A requester's reply in the thread reaches the run (and wakes it if it is waiting).
+TAKES_REPLIES: frozenset[Status] = frozenset({S.QUEUED, S.RUNNING, S.WAITING_FOR_REQUESTER})
+
+
+class IntakeKind(StrEnum):
+    """What an intake dialogue turned out to be."""
+
+    PENDING = "pending"
+    CHAT = "chat"
+    DELEGATION = "delegation"
+
+
+class IntakeState(StrEnum):
+    """Where an intake dialogue stands: open until a draft is proposed, then confirmed or closed."""
+
+    OPEN = "open"
+    PROPOSED = "proposed"
+    CONFIRMED = "confirmed"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -63,10 +94,20 @@ def can_transition(source: Status, target: Status) -> bool:
 
 
 def check_transition(
-    order_id: str, source: Status, target: Status, *, actor: str, reason: str
+    order_id: str,
+    source: Status,
+    target: Status,
+    *,
+    actor: str,
+    reason: str,
+    expected: Collection[Status] | None = None,
 ) -> Transition:
-    """Return the transition record, or raise IllegalTransition."""
-    if not can_transition(source, target):
+    """Return the transition record, or raise IllegalTransition.
+
+    `expected` narrows the table: the states the caller saw the order in when it decided (Cancel
+    on an exception expects exception), so a change someone else made in between is refused.
+    """
+    if not can_transition(source, target) or (expected is not None and source not in expected):
         raise IllegalTransition(order_id, source.value, target.value)
     if not actor:
         raise ValueError("every transition needs an actor")

@@ -3,7 +3,7 @@ transaction as the change itself, so the trail cannot miss a step that happened.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from workers.audit import (
 )
 from workers.budget import CallPlan, Headroom, usd_to_micro
 from workers.db import create_engine, is_sqlite, session_factory
-from workers.errors import IllegalTransition, NotFound, StaleUpdate
+from workers.errors import NotFound, StaleUpdate
 from workers.models import (
     AuditEvent,
     Deliverable,
@@ -172,7 +172,7 @@ class Store:
         self,
         *,
         requester: str | None = None,
-        statuses: Sequence[Status] | None = None,
+        statuses: Collection[Status] | None = None,
         limit: int = 100,
     ) -> list[WorkOrder]:
         query = select(WorkOrderRow).order_by(col(WorkOrderRow.id).desc()).limit(limit)
@@ -216,47 +216,27 @@ class Store:
         return updated
 
     async def transition(
-        self, ref: OrderRef, target: Status, *, actor: str, reason: str, **changes: Any
+        self,
+        ref: OrderRef,
+        target: Status,
+        *,
+        actor: str,
+        reason: str,
+        expected: Collection[Status] | None = None,
+        **changes: Any,
     ) -> WorkOrder:
         """Move an order to `target` if its state machine allows it, atomically across processes.
 
+        `expected` are the states the caller saw the order in; they are checked under the row
+        lock, together with the transition table, so a change made in between is refused.
         `changes` are extra columns set in the same update (lease, counters, availability).
         Raises IllegalTransition if the order is no longer in a state that leads to `target`.
         """
-        for _ in range(3):
-            try:
-                return await self._transition_once(
-                    ref, target, actor=actor, reason=reason, **changes
-                )
-            except StaleUpdate:
-                continue
-        raise StaleUpdate(f"{ref}: kept changing while moving it to {target.value}")
-
-    async def _transition_once(
-        self, ref: OrderRef, target: Status, *, actor: str, reason: str, **changes: Any
-    ) -> WorkOrder:
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
-            order_id = format_order_id(_order_number(ref))
-            source = Status(row.status)
-            check_transition(order_id, source, target, actor=actor, reason=reason)
-            result = await s.exec(
-                update(WorkOrderRow)
-                .where(col(WorkOrderRow.id) == row.id, col(WorkOrderRow.version) == row.version)
-                .values(
-                    status=target.value, version=row.version + 1, updated_at=utcnow(), **changes
-                )
+            await self._move(
+                s, row, target, actor=actor, reason=reason, expected=expected, **changes
             )
-            if result.rowcount != 1:
-                raise StaleUpdate(order_id)
-            await self._append_audit(
-                s,
-                order_id,
-                actor=actor,
-                kind="transition",
-                data={"from": source.value, "to": target.value, "reason": reason},
-            )
-            await s.refresh(row)
             return row_to_order(row)
 
     async def _row(
@@ -537,14 +517,16 @@ class Store:
         *,
         actor: str,
         reason: str,
+        expected: Collection[Status] | None = None,
         audit: dict[str, Any] | None = None,
         **changes: Any,
     ) -> None:
-        """`transition` inside an open transaction: checked, compare-and-set, audited."""
+        """Change a locked row's state inside an open transaction: checked against the table
+        (and `expected`), compare-and-set on the version, audited."""
         assert row.id is not None
         order_id = format_order_id(row.id)
         source = Status(row.status)
-        check_transition(order_id, source, target, actor=actor, reason=reason)
+        check_transition(order_id, source, target, actor=actor, reason=reason, expected=expected)
         result = await s.exec(
             update(WorkOrderRow)
             .where(col(WorkOrderRow.id) == row.id, col(WorkOrderRow.version) == row.version)
@@ -1220,7 +1202,7 @@ class Store:
             return int(getattr(row, counter))
 
     async def orders_in(
-        self, statuses: Sequence[Status], *, limit: int = 500
+        self, statuses: Collection[Status], *, limit: int = 500
     ) -> list[WorkOrderRow]:
         """Rows in the given states, oldest change first (for the reminder sweep)."""
         query = (
@@ -1261,10 +1243,14 @@ class Store:
         budget if asked, and queue it; of two people acting at once, one wins."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
-            if row.status != Status.EXCEPTION.value:
-                raise IllegalTransition(
-                    format_order_id(row.id or 0), row.status, Status.QUEUED.value
-                )
+            check_transition(
+                format_order_id(row.id or 0),
+                Status(row.status),
+                Status.QUEUED,
+                actor=actor,
+                reason=reason,
+                expected={Status.EXCEPTION},
+            )
             if budget is not None:
                 await self._append_audit(
                     s,
@@ -1277,7 +1263,15 @@ class Store:
                     },
                 )
             changes: dict[str, Any] = {"budget": budget} if budget is not None else {}
-            await self._requeue(s, row, priority=priority, actor=actor, reason=reason, **changes)
+            await self._requeue(
+                s,
+                row,
+                priority=priority,
+                actor=actor,
+                reason=reason,
+                expected={Status.EXCEPTION},
+                **changes,
+            )
             return row_to_order(row)
 
 
