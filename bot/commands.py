@@ -14,6 +14,7 @@ from bot.conversation import Conversations, Incoming
 from bot.messages import HELP
 from workers.config import Settings
 from workers.errors import NotFound
+from workers.permissions import may_view
 from workers.states import OPEN, TERMINAL
 from workers.store import Store
 from workers.workorder import WorkOrder, format_order_id, parse_order_id
@@ -77,7 +78,7 @@ class Commands:
                 return f"{order.id} is already {STATE_LABELS[order.status].lower()}."
             cancelled = await self.conversations.cancel(order_id, user=user, channel=channel)
             return f"Cancelled {order_id}." if cancelled else f"{order_id} was not cancelled."
-        if not _may_view(order, user, self.settings):
+        if not may_view(order, user, self.settings):
             return f"{order_id} belongs to <@{order.requester}>; only the people on it can see its status."
         return await self._status_text(order)
 
@@ -136,13 +137,3 @@ class Commands:
                 raise
             return str(response["channel"]), str(response["ts"])
         return None
-
-
-def _may_view(order: WorkOrder, user: str, settings: Settings) -> bool:
-    people = {
-        order.requester,
-        order.escalation_contact,
-        *order.verification.reviewers,
-        *settings.admins,
-    }
-    return user in people

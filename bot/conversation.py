@@ -21,6 +21,7 @@ from workers.errors import IllegalTransition
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
 from workers.models import IntakeSession
+from workers.permissions import may_control
 from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
 from workers.workorder import WorkOrder
@@ -34,11 +35,6 @@ TZ_CACHE_S = 3600
 
 def normalise_reply(text: str) -> str:
     return re.sub(r"[^\w\s]", "", re.sub(r"<@[^>]+>", "", text)).strip().lower()
-
-
-def may_control(order: WorkOrder, user: str, settings: Settings) -> bool:
-    """Only the requester (or an admin) may start, edit or cancel an order."""
-    return user == order.requester or user in settings.admins
 
 
 def control_refusal(order: WorkOrder, verb: str) -> str:

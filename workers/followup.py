@@ -22,7 +22,7 @@ from workers.keys import (
     review_reminder_key,
     status_key,
 )
-from workers.review import reviewers_of
+from workers.permissions import reviewers_of
 from workers.states import IN_FLIGHT, UNDER_WAY
 from workers.store import Store, as_utc, row_to_order
 from workers.workorder import Status, WorkOrder

@@ -25,23 +25,6 @@ DECISION_TARGETS: dict[str, Status] = {
 }
 
 
-def reviewers_of(order: WorkOrder) -> list[str]:
-    """Who decides: the named reviewers, or the requester when nobody is named."""
-    return list(order.verification.reviewers) or [order.requester]
-
-
-def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
-    if user in order.verification.reviewers:
-        return True
-    if user == order.requester:
-        return not order.verification.reviewers or settings.review.requester_may_approve
-    return False
-
-
-def may_handle_exception(order: WorkOrder, user: str, settings: Settings) -> bool:
-    return user in {order.requester, order.escalation_contact} or user in settings.admins
-
-
 @dataclass(frozen=True)
 class Decided:
     order: WorkOrder
