@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from tests.support.databases import Database
 from tests.support.engine import Harness
-from workers import queue
+from workers import queue, review
 from workers.budget import quota_week, usd_to_micro
+from workers.errors import IllegalTransition
 from workers.models import LlmCall, utcnow
 from workers.store import Store
-from workers.workorder import Status, WorkloadClass
+from workers.workorder import Status, WorkloadClass, WorkOrder
 
 
 async def test_a_claim_leases_the_order_to_one_worker(harness: Harness) -> None:
@@ -179,3 +183,38 @@ async def test_cancel_and_reply_through_the_queue_api(harness: Harness) -> None:
     item = await h.store.add_to_inbox(other.id or "", {"kind": "note", "text": "hi"}, actor="U1")
     assert item.status == Status.QUEUED  # not waiting: left for the run
     assert (await h.store.get_row(other.id or "")).inbox == [{"kind": "note", "text": "hi"}]
+
+
+async def test_cancel_on_an_exception_does_not_cancel_a_retry_that_landed_first(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel and Retry clicked at once on an exception: the Retry is written between the moment
+    Cancel looked at the order and the moment it writes. The retried run must survive."""
+    h = harness
+    order = await h.order()
+    assert order.id
+    await h.store.transition(order.id, Status.EXCEPTION, actor="w1", reason="stalled")
+    write = h.store.transition
+
+    async def retry_lands_first(*args: Any, **kwargs: Any) -> WorkOrder:
+        await review.handle_exception(h.store, h.settings, order.id or "", "retry", actor="U2")
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(h.store, "transition", retry_lands_first)
+    with pytest.raises(IllegalTransition):
+        await review.handle_exception(h.store, h.settings, order.id, "cancel", actor="U1")
+    assert (await h.store.get_order(order.id)).status is Status.QUEUED
+
+
+async def test_a_transition_refuses_a_state_its_caller_did_not_expect(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    assert order.id
+    with pytest.raises(IllegalTransition):
+        await h.store.transition(
+            order.id, Status.CANCELLED, actor="U1", reason="x", expected={Status.EXCEPTION}
+        )
+    cancelled = await h.store.transition(
+        order.id, Status.CANCELLED, actor="U1", reason="x", expected={Status.QUEUED}
+    )
+    assert cancelled.status is Status.CANCELLED
