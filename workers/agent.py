@@ -37,6 +37,7 @@ from workers.progress import ExceptionKind, ProgressReporter, RunResult, Spend
 from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse
 from workers.store import Store
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
+from workers.untrusted import fence
 from workers.verify import CriterionVerdict, Verification, verify
 from workers.workorder import Status, WorkOrder, parse_order_id
 
@@ -141,7 +142,7 @@ Requested by <@{order.requester}>.
 {order.goal}
 
 ## Context
-{order.context or "(none given)"}
+{fence(order.context, "the order's context: shared messages and notes") if order.context else "(none given)"}
 
 ## Deliverable
 {order.deliverable}
@@ -173,13 +174,6 @@ def first_message(order: WorkOrder) -> dict[str, Any]:
         "role": "user",
         "content": [{"type": "text", "text": f"Please carry out work order {order.id} now."}],
     }
-
-
-def fence(content: str, source: str) -> str:
-    """Mark outside content as data; its text cannot close the fence early."""
-    safe = content.replace("</untrusted", "</ untrusted")
-    source = source.replace('"', "'")
-    return f'<untrusted source="{source}">\n{safe}\n</untrusted>'
 
 
 def assistant_message(reply: ModelReply) -> dict[str, Any]:
