@@ -289,6 +289,10 @@ def claude(fake: FakeAnthropic, **kwargs: Any) -> anthropic.AsyncAnthropic:
 USER_TURN: list[Any] = [{"role": "user", "content": "hi"}]
 
 
+def claude_tools(*names: str) -> list[Any]:
+    return [{"name": n, "input_schema": {"type": "object", "properties": {}}} for n in names]
+
+
 async def test_anthropic_text_reply_with_usage(fake_anthropic: FakeAnthropic) -> None:
     usage = {"input_tokens": 12, "output_tokens": 3, "cache_read_input_tokens": 100}
     fake_anthropic.script(ClaudeReply(text="Hello there", usage=usage), "second")
@@ -307,7 +311,9 @@ async def test_anthropic_text_reply_with_usage(fake_anthropic: FakeAnthropic) ->
 async def test_anthropic_tool_use_reply(fake_anthropic: FakeAnthropic) -> None:
     fake_anthropic.script(ClaudeReply.tool("search", {"q": "slack"}, id="toolu_1", text="Look"))
     async with claude(fake_anthropic) as client:
-        msg = await client.messages.create(model=MODEL, max_tokens=64, messages=USER_TURN)
+        msg = await client.messages.create(
+            model=MODEL, max_tokens=64, messages=USER_TURN, tools=claude_tools("search")
+        )
     block = msg.content[1]
     assert isinstance(block, ToolUseBlock)
     assert (block.id, block.name, block.input) == ("toolu_1", "search", {"q": "slack"})
@@ -335,7 +341,9 @@ async def test_anthropic_streaming_final_message(fake_anthropic: FakeAnthropic) 
     fake_anthropic.script(reply)
     async with (
         claude(fake_anthropic) as client,
-        client.messages.stream(model=MODEL, max_tokens=64, messages=USER_TURN) as stream,
+        client.messages.stream(
+            model=MODEL, max_tokens=64, messages=USER_TURN, tools=claude_tools("lookup")
+        ) as stream,
     ):
         texts = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
@@ -412,6 +420,133 @@ async def test_anthropic_auth_and_validation_errors(fake_anthropic: FakeAnthropi
         count = await client.messages.count_tokens(model=MODEL, messages=USER_TURN)
     assert info.value.api_message == "messages: roles must alternate"
     assert count.input_tokens > 0
+
+
+def _use(id: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": id, "name": "search", "input": {}}
+
+
+def _result(id: str) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": id, "content": "found"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools", "error"),
+    [
+        ([], ["search"], "at least one message"),
+        ([{"role": "system", "content": "x"}], [], "Input should be 'user' or 'assistant'"),
+        ([{"role": "user", "content": ""}], [], "non-empty content"),
+        ([{"role": "user", "content": [{"type": "text", "text": ""}]}], [], "must be non-empty"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [_use("t1")]}],
+            ["search"],
+            "ids were found without `tool_result` blocks immediately after: t1",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [_use("t1"), _use("t2")]},
+                {"role": "user", "content": [_result("t1")]},
+            ],
+            ["search"],
+            "immediately after: t2",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [_use("t1")]},
+                {"role": "user", "content": "and then"},
+                {"role": "user", "content": [_result("t1")]},
+            ],
+            ["search"],
+            "immediately after: t1",
+        ),
+        (
+            [{"role": "user", "content": [_result("t9")]}],
+            ["search"],
+            "unexpected `tool_use_id` found in `tool_result` blocks: t9",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [_use("t1")]},
+                {"role": "user", "content": [{"type": "text", "text": "x"}, _result("t1")]},
+            ],
+            ["search"],
+            "must come first",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [_use("t1")]},
+                {"role": "user", "content": [_result("t1")]},
+            ],
+            [],
+            "must define tools",
+        ),
+    ],
+)
+async def test_anthropic_rejects_what_the_real_api_rejects(
+    fake_anthropic: FakeAnthropic, messages: list[Any], tools: list[str], error: str
+) -> None:
+    fake_anthropic.script("never sent")
+    async with claude(fake_anthropic) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(
+                model=MODEL,
+                max_tokens=8,
+                messages=messages,
+                **({"tools": claude_tools(*tools)} if tools else {}),
+            )
+    assert error in str(info.value.api_message)
+    assert fake_anthropic.pending == 1
+    assert fake_anthropic.problems and error in fake_anthropic.problems[0]
+    fake_anthropic.problems.clear()
+
+
+async def test_anthropic_accepts_a_well_formed_tool_conversation(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    # Consecutive same-role turns are merged by the real API, not rejected.
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "and more"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Looking"}, _use("t1")]},
+        {"role": "user", "content": [_result("t1"), {"type": "text", "text": "also"}]},
+    ]
+    fake_anthropic.script("done")
+    async with claude(fake_anthropic) as client:
+        msg = await client.messages.create(
+            model=MODEL, max_tokens=8, messages=messages, tools=claude_tools("search")
+        )
+    assert isinstance(msg.content[0], TextBlock) and msg.content[0].text == "done"
+
+
+async def test_model_fakes_fail_loudly_on_unscripted_calls(
+    fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    async with claude(fake_anthropic) as client:
+        with pytest.raises(anthropic.BadRequestError, match="no scripted reply"):
+            await client.messages.create(model=MODEL, max_tokens=8, messages=USER_TURN)
+    async with gpt(fake_openai) as client:
+        with pytest.raises(openai.BadRequestError, match="no scripted reply"):
+            await client.chat.completions.create(model=GPT, messages=CHAT)
+    for fake in (fake_anthropic, fake_openai):
+        with pytest.raises(AssertionError, match="no scripted reply"):
+            fake.check()
+        fake.problems.clear()
+
+
+async def test_model_fakes_flag_scripted_calls_of_undeclared_tools(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_anthropic.script(ClaudeReply.tool("delete_everything"))
+    async with claude(fake_anthropic) as client:
+        await client.messages.create(
+            model=MODEL, max_tokens=8, messages=USER_TURN, tools=claude_tools("search")
+        )
+    assert "'delete_everything', which the request did not declare" in fake_anthropic.problems[0]
+    fake_anthropic.problems.clear()
 
 
 # ---------------------------------------------------------------------- OpenAI
@@ -510,9 +645,10 @@ async def test_openai_streaming_responses(fake_openai: FakeOpenAI) -> None:
     fake_openai.script(
         GPTReply(text="streamed answer here", tool_calls=[ToolCall("search", {"q": "y"})])
     )
+    tools: list[Any] = [{"type": "function", "name": "search", "parameters": {}, "strict": False}]
     async with (
         gpt(fake_openai) as client,
-        client.responses.stream(model=GPT, input="hi") as stream,
+        client.responses.stream(model=GPT, input="hi", tools=tools) as stream,
     ):
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
@@ -559,3 +695,52 @@ async def test_openai_errors(fake_openai: FakeOpenAI) -> None:
         with pytest.raises(openai.AuthenticationError) as denied:
             await client.chat.completions.create(model=GPT, messages=CHAT)
     assert denied.value.code == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("messages", "error"),
+    [
+        ([], "too short"),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "search", "arguments": "{}"},
+                        },
+                        {
+                            "id": "c2",
+                            "type": "function",
+                            "function": {"name": "search", "arguments": "{}"},
+                        },
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+                {"role": "user", "content": "next"},
+            ],
+            "did not have response messages: c2",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "c9", "content": "x"},
+            ],
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+    ],
+)
+async def test_openai_rejects_what_the_real_api_rejects(
+    fake_openai: FakeOpenAI, messages: list[Any], error: str
+) -> None:
+    fake_openai.script("never sent")
+    async with gpt(fake_openai) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model=GPT, messages=messages, tools=TOOLS)
+    assert error in info.value.message
+    assert fake_openai.pending == 1 and error in fake_openai.problems[0]
+    fake_openai.problems.clear()

@@ -255,7 +255,10 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
 
 
 async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
-    order_id = await pipe.order_started(Reply.tool("read_thread", {}), budget={"max_tool_calls": 1})
+    # The fourth call exceeds the budget; Extend (x1.5) leaves room for it and the submission.
+    order_id = await pipe.order_started(
+        *[Reply.tool("read_thread", {}) for _ in range(4)], budget={"max_tool_calls": 3}
+    )
     await pipe.status_of(order_id, Status.EXCEPTION, within=20)
     await pipe.click(EXTEND_CUSTOM_ACTION, order_id, "U1")
     [opened] = await pipe.slack.wait_for("views.open")
@@ -293,7 +296,11 @@ async def test_exception_kinds_post_plain_messages_with_buttons(
     pipe: Pipeline, kind: str, setup: str, title: str
 ) -> None:
     replies = (
-        [Reply.tool("web_fetch", {"url": "https://example.com"}) for _ in range(4)]
+        # The "default" policy does not offer web_fetch: the model calls it anyway.
+        [
+            Reply.tool("web_fetch", {"url": "https://example.com"}, undeclared_ok=True)
+            for _ in range(4)
+        ]
         if setup == "forbidden"
         else [Reply.error(401, "invalid x-api-key")]
     )

@@ -47,7 +47,7 @@ async def test_a_forbidden_tool_is_refused_and_the_run_goes_on(harness: Harness)
     h = harness
     order = await h.order()  # policy "default": no web_fetch
     h.anthropic.script(
-        Reply.tool("web_fetch", {"url": "https://example.com"}),
+        Reply.tool("web_fetch", {"url": "https://example.com"}, undeclared_ok=True),
         Reply.tool("submit_deliverable", {"content": "from the thread", "summary": "ok"}),
     )
     outcome = await h.run_next()
@@ -69,9 +69,10 @@ async def test_repeated_forbidden_calls_end_the_run_in_authority_exception(harne
     h = harness
     order = await h.order()
     h.anthropic.script(
-        Reply.tool("web_fetch", {"url": "https://example.com"}),
-        Reply.tool("delete_everything", {}),
-        Reply.tool("web_fetch", {"url": "https://example.org"}),
+        # Neither tool is offered under the "default" policy; the model calls them anyway.
+        Reply.tool("web_fetch", {"url": "https://example.com"}, undeclared_ok=True),
+        Reply.tool("delete_everything", {}, undeclared_ok=True),
+        Reply.tool("web_fetch", {"url": "https://example.org"}, undeclared_ok=True),
         Reply.tool("submit_deliverable", {"content": "never", "summary": "never"}),
     )
     outcome = await h.run_next()

@@ -22,6 +22,9 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self.host = host
         self.port: int = 0
+        self.problems: list[str] = []
+        """Calls the real service would have rejected, or that no test scripted: each one is a
+        bug in the code under test (or in the test), reported by `check` when the fake closes."""
 
     @property
     def url(self) -> str:
@@ -48,6 +51,19 @@ class FakeServer:
         if runner is not None:
             await runner.cleanup()
 
+    def problem(self, text: str) -> None:
+        """Record a call the test must not pass silently (see `problems`)."""
+        self.problems.append(text)
+
+    def check(self) -> None:
+        """Fail loudly when the code under test made a call the real service would reject or
+        that the test did not script. Tests that provoke one on purpose clear `problems`."""
+        if self.problems:
+            listed = "\n  - ".join(self.problems)
+            raise AssertionError(
+                f"{type(self).__name__} saw calls it should not have:\n  - {listed}"
+            )
+
     async def __aenter__(self) -> Self:
         return await self.start()
 
@@ -58,6 +74,8 @@ class FakeServer:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+        if exc_type is None:
+            self.check()
 
 
 def estimate_tokens(value: object) -> int:

@@ -78,6 +78,9 @@ class Reply:
     chunk_delay: float = 0.0
     cut_after: int | None = None
     error_event: str | None = None
+    undeclared_ok: bool = False
+    """Call tools the request did not declare on purpose (a test of how the engine copes);
+    otherwise such a script is reported as a problem, since the real model would not."""
 
     @classmethod
     def tool(
@@ -136,10 +139,9 @@ ScriptItem = Reply | str | Callable[[dict[str, Any]], "Reply | str"]
 class FakeAnthropic(FakeServer):
     """A fake Anthropic API answering `POST /v1/messages` from a FIFO script."""
 
-    def __init__(self, api_key: str = "sk-ant-test", *, default_text: str = "OK.") -> None:
+    def __init__(self, api_key: str = "sk-ant-test") -> None:
         super().__init__()
         self.api_keys: set[str] = {api_key}
-        self.default_text = default_text
         self.requests: list[dict[str, Any]] = []
         self.headers: list[CIMultiDict[str]] = []
         self.credentials: list[str | None] = []
@@ -147,6 +149,11 @@ class FakeAnthropic(FakeServer):
         self._script: deque[ScriptItem] = deque()
         self.app.router.add_post("/v1/messages", self._handle_messages)
         self.app.router.add_post("/v1/messages/count_tokens", self._handle_count_tokens)
+        self.app.router.add_get("/v1/models", self._handle_models)
+        self.models: list[str] = [
+            "claude-opus-4-6", "claude-sonnet-4-6", "claude-sonnet-4-5", "claude-haiku-4-5",
+        ]  # fmt: skip
+        """What `GET /v1/models` lists (the account's available models)."""
 
     @property
     def api_key(self) -> str:
@@ -176,10 +183,24 @@ class FakeAnthropic(FakeServer):
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
-        item: ScriptItem = self._script.popleft() if self._script else self.default_text
+        if not self._script:
+            # No canned "OK.": an unscripted call is a bug in the test or the code under test.
+            message = "FakeAnthropic: no scripted reply for this call"
+            tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+            self.problem(f"{message}; tools {tools}, last message: {_last_text(body)!r}")
+            return Reply.error(400, message)
+        item = self._script.popleft()
         if callable(item):
             item = item(body)
-        return Reply(text=item) if isinstance(item, str) else item
+        reply = Reply(text=item) if isinstance(item, str) else item
+        declared = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        for use in reply.tool_uses:
+            if use.name not in declared and not reply.undeclared_ok:
+                self.problem(
+                    f"scripted reply calls tool {use.name!r}, which the request did not declare "
+                    f"(declared: {sorted(n for n in declared if n)})"
+                )
+        return reply
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if _credential(request) not in self.api_keys:
@@ -189,6 +210,28 @@ class FakeAnthropic(FakeServer):
                 Reply.error(400, "anthropic-version: header is required", type=None)
             )
         return None
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return error
+        data = [
+            {
+                "type": "model",
+                "id": model,
+                "display_name": model,
+                "created_at": "2026-01-01T00:00:00Z",
+            }
+            for model in self.models
+        ]
+        return web.json_response(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            },
+            headers=_ids(),
+        )
 
     async def _handle_count_tokens(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -207,7 +250,11 @@ class FakeAnthropic(FakeServer):
             return error
         for name in ("model", "max_tokens", "messages"):
             if name not in body:
+                self.problem(f"{name}: Field required")
                 return _error_response(Reply.error(400, f"{name}: Field required"))
+        if (invalid := invalid_request(body)) is not None:
+            self.problem(invalid)
+            return _error_response(Reply.error(400, invalid))
         reply = self._next_reply(body)
         if reply.delay:
             await asyncio.sleep(reply.delay)
@@ -313,6 +360,98 @@ class FakeAnthropic(FakeServer):
             event = {"type": "content_block_delta", "index": index, "delta": delta}
             await sse.send(event, "content_block_delta")
         await sse.send({"type": "content_block_stop", "index": index}, "content_block_stop")
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    if not messages or not isinstance(messages[-1], dict):
+        return ""
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return content[:200]
+    texts = [str(b.get("text") or b.get("content") or b.get("type")) for b in _blocks(messages[-1])]
+    return " | ".join(texts)[:200]
+
+
+def invalid_request(body: dict[str, Any]) -> str | None:
+    """What the real Messages API would answer 400 to in `messages` and `tools`, else None.
+
+    Checked (each a documented or observed 400 of the real API): a non-empty message list of
+    `user`/`assistant` roles with non-empty content and text; every `tool_use` answered by a
+    `tool_result` in the very next message, tool results first there; every `tool_result`
+    answering a `tool_use` of the message before; tool blocks only with `tools` defined;
+    `tool_choice` naming a declared tool. Consecutive same-role messages are allowed: the real
+    API merges them into one turn (and no longer insists on a leading user message).
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    declared = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+    tool_blocks = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            role = message.get("role") if isinstance(message, dict) else None
+            return f"messages.{i}.role: Input should be 'user' or 'assistant' (got {role!r})"
+        content = message.get("content")
+        final_assistant = i == len(messages) - 1 and message["role"] == "assistant"
+        if content in ("", []) and not final_assistant:
+            return (
+                f"messages.{i}: all messages must have non-empty content except for the "
+                "optional final assistant message"
+            )
+        if not isinstance(content, (str, list)):
+            return f"messages.{i}.content: Input should be a valid string or list"
+        blocks = _blocks(message)
+        for j, block in enumerate(blocks):
+            if block.get("type") == "text" and not block.get("text"):
+                return f"messages.{i}.content.{j}: text content blocks must be non-empty"
+        uses = [b["id"] for b in blocks if b.get("type") == "tool_use"]
+        results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+        tool_blocks = tool_blocks or bool(uses or results)
+        if uses and message["role"] != "assistant":
+            return f"messages.{i}: `tool_use` blocks can only be in `assistant` messages"
+        if uses:
+            after = messages[i + 1] if i + 1 < len(messages) else {}
+            answered = {
+                b.get("tool_use_id")
+                for b in _blocks(after)
+                if b.get("type") == "tool_result" and after.get("role") == "user"
+            }
+            missing = [u for u in uses if u not in answered]
+            if missing:
+                return (
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(missing)}. Each `tool_use` block must have "
+                    "a corresponding `tool_result` block in the next message."
+                )
+        if results:
+            before = messages[i - 1] if i > 0 else {}
+            asked = {b.get("id") for b in _blocks(before) if b.get("type") == "tool_use"}
+            for j, block in enumerate(blocks):
+                if block.get("type") == "tool_result" and block.get("tool_use_id") not in asked:
+                    return (
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                        "block must have a corresponding `tool_use` block in the previous message."
+                    )
+            kinds = [b.get("type") for b in blocks]
+            if kinds[: len(results)] != ["tool_result"] * len(results):
+                return (
+                    f"messages.{i}: `tool_result` blocks must come first in the content, "
+                    "before any other block"
+                )
+    if tool_blocks and not body.get("tools"):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        if choice.get("name") not in declared:
+            return f"tool_choice.name: tool {choice.get('name')!r} is not among the tools"
+    return None
 
 
 def _credential(request: web.Request) -> str | None:

@@ -88,6 +88,9 @@ class Reply:
     delay: float = 0.0
     chunk_delay: float = 0.0
     cut_after: int | None = None
+    undeclared_ok: bool = False
+    """Call tools the request did not declare on purpose (a test of how the engine copes);
+    otherwise such a script is reported as a problem, since the real model would not."""
 
     @classmethod
     def tool(
@@ -155,16 +158,18 @@ ScriptItem = Reply | str | Callable[[dict[str, Any]], "Reply | str"]
 class FakeOpenAI(FakeServer):
     """A fake OpenAI API answering chat completions and responses from a FIFO script."""
 
-    def __init__(self, api_key: str = "sk-test", *, default_text: str = "OK.") -> None:
+    def __init__(self, api_key: str = "sk-test") -> None:
         super().__init__()
         self.api_keys: set[str] = {api_key}
-        self.default_text = default_text
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.headers: list[CIMultiDict[str]] = []
         self._script: deque[ScriptItem] = deque()
         self.app.router.add_post("/v1/chat/completions", self._handle_chat)
         self.app.router.add_post("/v1/responses", self._handle_responses)
+        self.app.router.add_get("/v1/models", self._handle_models)
+        self.models: list[str] = ["gpt-5.2", "gpt-5", "gpt-5-mini", "gpt-5-nano"]
+        """What `GET /v1/models` lists (the account's available models)."""
 
     @property
     def api_key(self) -> str:
@@ -211,18 +216,52 @@ class FakeOpenAI(FakeServer):
             return body, _error_response(Reply.error(401))
         for name in required:
             if name not in body:
+                self.problem(f"{request.path}: missing required parameter {name!r}")
                 missing = Reply.error(400, f"Missing required parameter: '{name}'.")
                 missing.error_code, missing.error_param = "missing_required_parameter", name
                 return body, _error_response(missing)
-        item: ScriptItem = self._script.popleft() if self._script else self.default_text
+        check = invalid_chat if request.path.endswith("/chat/completions") else invalid_responses
+        if (invalid := check(body)) is not None:
+            message, param = invalid
+            self.problem(f"{request.path}: {message}")
+            rejected = Reply.error(400, message, code="invalid_request_error" if param else None)
+            rejected.error_param = param
+            return body, _error_response(rejected)
+        if not self._script:
+            # No canned "OK.": an unscripted call is a bug in the test or the code under test.
+            message = "FakeOpenAI: no scripted reply for this call"
+            self.problem(f"{request.path}: {message}")
+            return body, _error_response(Reply.error(400, message))
+        item = self._script.popleft()
         if callable(item):
             item = item(body)
         reply = Reply(text=item) if isinstance(item, str) else item
+        declared = _declared_tools(body)
+        for call in reply.tool_calls:
+            if call.name not in declared and not reply.undeclared_ok:
+                self.problem(
+                    f"scripted reply calls tool {call.name!r}, which the request did not declare "
+                    f"(declared: {sorted(declared)})"
+                )
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.is_error:
             return body, _error_response(reply)
         return body, reply
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if not auth.lower().startswith("bearer ") or auth[7:].strip() not in self.api_keys:
+            return _error_response(Reply.error(401))
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "openai"}
+                    for m in self.models
+                ],
+            }
+        )
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         body, reply = await self._receive(request, ("model", "messages"))
@@ -252,6 +291,94 @@ class FakeOpenAI(FakeServer):
 
 def _ids() -> dict[str, str]:
     return {"x-request-id": _new_id("req"), "openai-processing-ms": "42"}
+
+
+def _declared_tools(body: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else tool.get("name")
+            if name:
+                names.add(str(name))
+    return names
+
+
+def invalid_chat(body: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(message, param) of the 400 the real Chat Completions API answers, else None.
+
+    Checked: a non-empty message list with known roles; every assistant `tool_calls` id
+    answered by a `tool` message before the next non-tool message; every `tool` message
+    answering a preceding call; a forced `tool_choice` naming a declared function.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "[] is too short - 'messages'", "messages"
+    roles = ("system", "developer", "user", "assistant", "tool", "function")
+    open_calls: dict[str, int] = {}
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in roles:
+            return f"Invalid value: {role!r}. Supported values are: {roles}.", f"messages[{i}].role"
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    f"messages.[{i}].role",
+                )
+            del open_calls[call_id]
+            continue
+        if open_calls:
+            first = min(open_calls.values())
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(open_calls)}",
+                f"messages.[{first}].role",
+            )
+        if role == "assistant":
+            open_calls = {
+                str(call.get("id")): i for call in message.get("tool_calls") or [] if call
+            }
+    if open_calls:
+        first = min(open_calls.values())
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(open_calls)}",
+            f"messages.[{first}].role",
+        )
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name not in _declared_tools(body):
+            return f"Invalid value for 'tool_choice': function {name!r} is not among the tools.", (
+                "tool_choice"
+            )
+    return None
+
+
+def invalid_responses(body: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(message, param) of the 400 the real Responses API answers, else None: every
+    `function_call` item in `input` needs its `function_call_output` (and vice versa)."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return None
+    calls = {
+        i.get("call_id") for i in items if isinstance(i, dict) and i.get("type") == "function_call"
+    }
+    outputs = {
+        i.get("call_id")
+        for i in items
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    }
+    for call_id in sorted(str(c) for c in calls - outputs):
+        return f"No tool output found for function call {call_id}.", "input"
+    for call_id in sorted(str(c) for c in outputs - calls):
+        return f"No tool call found for function call output with call_id {call_id}.", "input"
+    return None
 
 
 def _token_counts(prompt: object, reply: Reply) -> dict[str, int]:
