@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
 
     sub.add_parser("schema", help="print the work order's JSON Schema")
-    sub.add_parser("doctor", help="check configuration, database, Slack and model providers")
+    doctor = sub.add_parser(
+        "doctor", help="check configuration, database, Slack and model providers"
+    )
+    doctor.add_argument("--format", choices=["text", "json"], default="text")
     return parser
 
 
@@ -203,15 +206,11 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.doctor import run_checks
+    from bot.doctor import render, run_checks
 
     results = await run_checks(settings)
-    for result in results:
-        print(result.line())
-    failed = [r for r in results if not r.ok]
-    print()
-    print(f"{len(failed)} problem(s) found." if failed else "Everything looks good.")
-    return EXIT_FAILED if failed else EXIT_OK
+    print(render(results, format=args.format))
+    return EXIT_FAILED if any(not r.ok for r in results) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,10 +1,25 @@
-"""`delegate doctor`: check each thing Delegate depends on and say how to fix what is wrong."""
+"""`delegate doctor`: check each thing Delegate depends on, for real, and say how to fix it.
+
+Every check talks to the thing it checks: Slack's `auth.test` for the bot token, a Socket Mode
+connection opened and closed for the app token, each provider's model list for its key and the
+routed models. Nothing here writes: a SQLite file that does not exist yet is not created.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
+import aiohttp
+from anthropic import AsyncAnthropic
+from openai import AsyncOpenAI
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.engine import make_url
 
 from bot.scopes import BOT_SCOPES
 from bot.slack_client import make_slack_client
@@ -12,6 +27,10 @@ from workers.config import Settings
 from workers.db import create_engine, redact_error, redact_url
 from workers.errors import ConfigError
 from workers.migrate import current_revision, head_revision
+
+CHECK_TIMEOUT_S = 15.0
+SIGNING_SECRET_SHAPE = re.compile(r"[0-9a-f]{32}")
+Status = Literal["ok", "warn", "fail"]
 
 
 @dataclass(frozen=True)
@@ -23,56 +42,77 @@ class Check:
     warning: bool = False
     """Works, but weaker than it should be: shown with its fix, does not fail the doctor."""
 
+    @property
+    def status(self) -> Status:
+        return "fail" if not self.ok else "warn" if self.warning else "ok"
+
     def line(self) -> str:
-        mark = "[FAIL]" if not self.ok else "[warn]" if self.warning else "[ok]  "
+        mark = {"fail": "[FAIL]", "warn": "[warn]", "ok": "[ok]  "}[self.status]
         text = f"{mark} {self.name}"
         if self.detail:
             text += f": {self.detail}"
-        if (not self.ok or self.warning) and self.fix:
+        if self.status != "ok" and self.fix:
             text += f"\n       fix: {self.fix}"
         return text
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def render(checks: list[Check], *, format: str) -> str:
+    failed = [c for c in checks if not c.ok]
+    if format == "json":
+        return json.dumps({"ok": not failed, "checks": [c.as_json() for c in checks]}, indent=2)
+    lines = [c.line() for c in checks]
+    lines += ["", f"{len(failed)} problem(s) found." if failed else "Everything looks good."]
+    return "\n".join(lines)
 
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [Check("configuration", True, "loaded and valid")]
     checks.append(await _check_database(settings))
     checks.extend(await _check_slack(settings))
-    checks.extend(_check_providers(settings))
+    checks.extend(await _check_providers(settings))
     checks.append(_check_audit_key(settings))
     return checks
 
 
-def _check_audit_key(settings: Settings) -> Check:
-    try:
-        key = settings.audit_signing_key()
-    except ConfigError as exc:
-        return Check("audit key", False, str(exc), "fix DELEGATE_AUDIT_KEY_FILE or unset it")
-    if key.keyed:
-        return Check("audit key", True, "the audit trail is keyed")
-    return Check(
-        "audit key",
-        True,
-        "not set: the trail is linked and counted, but anyone who can write the database "
-        "could recompute it",
-        "set DELEGATE_AUDIT_KEY (e.g. `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
-        " or DELEGATE_AUDIT_KEY_FILE, stored outside the database",
-        warning=True,
-    )
+# ---------------------------------------------------------------------------------- database
 
 
 async def _check_database(settings: Settings) -> Check:
     url = settings.database_url
     try:
-        engine = create_engine(url)
-    except Exception as exc:
+        parsed = make_url(url)
+    except Exception:
         return Check(
             "database",
             False,
-            f"DATABASE_URL cannot be used ({type(exc).__name__})",
+            "DATABASE_URL cannot be parsed",
             "write it as sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:password@host:5432/db",
         )
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database or "")
+        parent_exists, exists = path.parent.exists(), path.exists()  # noqa: ASYNC240 (instant)
+        if not parent_exists:
+            return Check(
+                "database",
+                False,
+                f"the directory {path.parent} does not exist",
+                "create it, or point DATABASE_URL at a file in an existing directory",
+            )
+        if not exists:
+            return Check(
+                "database",
+                True,
+                f"no database yet at {path}",
+                "`delegate run` creates it and applies the migrations on start",
+                warning=True,
+            )
+    engine = create_engine(url)
     try:
-        applied = await current_revision(engine)
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            applied = await current_revision(engine)
     except Exception as exc:
         return Check(
             "database",
@@ -83,17 +123,28 @@ async def _check_database(settings: Settings) -> Check:
     finally:
         await engine.dispose()
     head = head_revision()
-    if applied != head:
-        return Check(
-            "database",
-            False,
-            f"schema at {applied or 'empty'}, latest is {head}",
-            "run `delegate db upgrade` (delegate run also does this on start)",
-        )
-    return Check("database", True, f"reachable, schema at {head}")
+    if applied == head:
+        return Check("database", True, f"reachable, schema at {head}")
+    return Check(
+        "database",
+        True,
+        f"reachable; schema at {applied or 'empty'}, latest is {head}",
+        "`delegate run` applies pending migrations on start (or run `delegate db upgrade`)",
+        warning=True,
+    )
+
+
+# ------------------------------------------------------------------------------------- Slack
 
 
 async def _check_slack(settings: Settings) -> list[Check]:
+    checks = await _check_bot_token(settings)
+    checks.append(await _check_app_token(settings))
+    checks.append(_check_signing_secret(settings))
+    return checks
+
+
+async def _check_bot_token(settings: Settings) -> list[Check]:
     if settings.slack_bot_token is None:
         return [
             Check(
@@ -105,7 +156,8 @@ async def _check_slack(settings: Settings) -> list[Check]:
         ]
     client = make_slack_client(settings)
     try:
-        response = await client.auth_test()
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            response = await client.auth_test()
     except SlackApiError as exc:
         error = exc.response.get("error", "unknown error")
         return [
@@ -125,56 +177,80 @@ async def _check_slack(settings: Settings) -> list[Check]:
                 "check network access to Slack, or SLACK_API_URL",
             )
         ]
-    checks = [
+    granted = _scopes_header(response.headers.get("x-oauth-scopes"))
+    missing = sorted(BOT_SCOPES - granted)
+    return [
         Check(
             "Slack auth.test",
             True,
             f"bot {response.get('user_id')} in team {response.get('team_id')}",
-        )
-    ]
-    granted = _scopes_header(response.headers.get("x-oauth-scopes"))
-    missing = sorted(BOT_SCOPES - granted)
-    checks.append(
+        ),
         Check(
             "Slack scopes",
             not missing,
             "all granted" if not missing else f"missing {', '.join(missing)}",
             "add the scopes from manifest.yml under OAuth & Permissions, then reinstall the app",
-        )
-    )
-    if settings.slack_app_token is None:
-        checks.append(
-            Check(
-                "Slack request signing",
-                settings.slack_signing_secret is not None,
-                "HTTP mode" if settings.slack_signing_secret else "SLACK_SIGNING_SECRET is not set",
-                "copy the Signing Secret from Basic Information, or set SLACK_APP_TOKEN for Socket Mode",
-            )
-        )
-    else:
-        checks.append(Check("Slack Socket Mode", True, "SLACK_APP_TOKEN set"))
-    return checks
-
-
-def _check_providers(settings: Settings) -> list[Check]:
-    used = {
-        ref.provider
-        for routes in settings.routing.values()
-        for route in routes.values()
-        for ref in (route.primary, route.fallback)
-        if ref is not None
-    }
-    keys = {"anthropic": settings.anthropic_api_key, "openai": settings.openai_api_key}
-    env = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-    return [
-        Check(
-            f"{provider} API key",
-            keys[provider] is not None,
-            "set" if keys[provider] is not None else f"{env[provider]} is not set",
-            f"set {env[provider]}, or route every role away from {provider} in DELEGATE_CONFIG",
-        )
-        for provider in sorted(used)
+        ),
     ]
+
+
+async def _check_app_token(settings: Settings) -> Check:
+    """Open a Socket Mode connection the way `delegate run` will, wait for Slack's hello, close."""
+    if settings.slack_app_token is None:
+        return Check(
+            "Slack Socket Mode",
+            True,
+            "SLACK_APP_TOKEN is not set: HTTP mode (Slack must reach /slack/events)",
+            "the manifest turns Socket Mode on; set SLACK_APP_TOKEN to use it",
+            warning=True,
+        )
+    app_token = settings.slack_app_token.get_secret_value()
+    client = AsyncWebClient(base_url=settings.slack_api_url)
+    fix = (
+        "create an app-level token with the connections:write scope under Basic Information → "
+        "App-Level Tokens, and copy it (xapp-…) into SLACK_APP_TOKEN"
+    )
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            opened = await client.apps_connections_open(app_token=app_token)
+            url = str(opened.get("url") or "")
+            async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+                hello = await ws.receive_json()
+                await ws.close()
+    except SlackApiError as exc:
+        error = exc.response.get("error", "unknown error")
+        return Check("Slack Socket Mode", False, f"Slack refused the app token ({error})", fix)
+    except Exception as exc:
+        return Check(
+            "Slack Socket Mode",
+            False,
+            f"could not open a Socket Mode connection ({type(exc).__name__})",
+            "check network access to Slack and that Socket Mode is on in the app settings",
+        )
+    if not isinstance(hello, dict) or hello.get("type") != "hello":
+        return Check(
+            "Slack Socket Mode", False, "the connection opened but Slack did not say hello", fix
+        )
+    return Check("Slack Socket Mode", True, "connection opened and closed")
+
+
+def _check_signing_secret(settings: Settings) -> Check:
+    secret = settings.slack_signing_secret
+    fix = "copy the Signing Secret from Basic Information → App Credentials into SLACK_SIGNING_SECRET"
+    if secret is None:
+        if settings.slack_app_token is None:
+            return Check("Slack signing secret", False, "SLACK_SIGNING_SECRET is not set", fix)
+        return Check("Slack signing secret", True, "not needed in Socket Mode")
+    if not SIGNING_SECRET_SHAPE.fullmatch(secret.get_secret_value()):
+        # HTTP mode verifies every request with it; a wrong one refuses all of them.
+        return Check(
+            "Slack signing secret",
+            settings.slack_app_token is not None,
+            "does not look like a signing secret (32 hexadecimal characters)",
+            fix,
+            warning=settings.slack_app_token is not None,
+        )
+    return Check("Slack signing secret", True, "well-formed")
 
 
 def _scopes_header(value: object) -> set[str]:
@@ -182,3 +258,150 @@ def _scopes_header(value: object) -> set[str]:
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value)
     return {s.strip() for s in str(value or "").split(",") if s.strip()}
+
+
+# --------------------------------------------------------------------------------- providers
+
+_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+@dataclass(frozen=True)
+class _Provider:
+    name: str
+    models: frozenset[str] | None  # None: not usable
+    problem: str = ""
+    missing_key: bool = False
+
+
+async def _check_providers(settings: Settings) -> list[Check]:
+    used = sorted(
+        {
+            ref.provider
+            for routes in settings.routing.values()
+            for route in routes.values()
+            for ref in (route.primary, route.fallback)
+            if ref is not None
+        }
+    )
+    providers: dict[str, _Provider] = {name: await _probe(settings, name) for name in used}
+    broken_routes = _broken_routes(settings, providers)
+    checks: list[Check] = []
+    for name in used:
+        probe = providers[name]
+        env = _KEY_ENV[name]
+        if probe.models is not None:
+            checks.append(Check(f"{name} API key", True, f"valid; {len(probe.models)} models"))
+            continue
+        needed = [r for r, problems in broken_routes.items() if any(name in p for p in problems)]
+        if probe.missing_key and not needed:
+            checks.append(
+                Check(
+                    f"{name} API key",
+                    True,
+                    f"{env} is not set; every route that uses {name} has a working alternative",
+                    f"set {env} to use {name} as well",
+                    warning=True,
+                )
+            )
+            continue
+        checks.append(
+            Check(
+                f"{name} API key",
+                False,
+                probe.problem,
+                f"set {env} to a valid key, or route every role away from {name} in DELEGATE_CONFIG",
+            )
+        )
+    for route, problems in broken_routes.items():
+        checks.append(
+            Check(
+                f"routing.{route}",
+                False,
+                "; ".join(problems),
+                "fix the model name in DELEGATE_CONFIG, or give it a fallback that works",
+            )
+        )
+    if not broken_routes:
+        checks.append(Check("model routing", True, "every role and class has a working model"))
+    return checks
+
+
+def _broken_routes(settings: Settings, providers: dict[str, _Provider]) -> dict[str, list[str]]:
+    """Routes whose first usable model fails: a missing key falls through to the fallback, but an
+    unknown model or a rejected key stops the call, as the router does."""
+    broken: dict[str, list[str]] = {}
+    for role, routes in settings.routing.items():
+        for key, route in routes.items():
+            problems: list[str] = []
+            for ref in (route.primary, route.fallback):
+                if ref is None:
+                    continue
+                probe = providers[ref.provider]
+                if probe.missing_key:
+                    problems.append(f"{ref.provider} has no key")
+                    continue
+                if probe.models is None:
+                    problems.append(f"{ref.provider}: {probe.problem}")
+                    break
+                if ref.model not in probe.models:
+                    problems.append(f"{ref.provider} has no model {ref.model!r}")
+                    break
+                problems = []
+                break
+            if problems:
+                broken[f"{role}.{key}"] = problems
+    return broken
+
+
+async def _probe(settings: Settings, name: str) -> _Provider:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            if name == "anthropic":
+                if settings.anthropic_api_key is None:
+                    return _Provider(name, None, "ANTHROPIC_API_KEY is not set", missing_key=True)
+                anthropic = AsyncAnthropic(
+                    api_key=settings.anthropic_api_key.get_secret_value(),
+                    base_url=settings.anthropic_base_url,
+                    max_retries=0,
+                )
+                models = frozenset([m.id async for m in anthropic.models.list(limit=1000)])
+                await anthropic.close()
+                return _Provider(name, models)
+            if settings.openai_api_key is None and not settings.openai_base_url:
+                return _Provider(name, None, "OPENAI_API_KEY is not set", missing_key=True)
+            key = settings.openai_api_key
+            openai = AsyncOpenAI(
+                api_key=key.get_secret_value() if key is not None else "unused",
+                base_url=settings.openai_base_url,
+                max_retries=0,
+            )
+            models = frozenset([m.id async for m in openai.models.list()])
+            await openai.close()
+            return _Provider(name, models)
+    except Exception as exc:
+        status = getattr(exc, "status_code", None)
+        if status == 401:
+            return _Provider(name, None, f"{name} rejected the key (401)")
+        reason = f"HTTP {status}" if status else type(exc).__name__
+        return _Provider(name, None, f"could not list {name}'s models ({reason})")
+
+
+# ----------------------------------------------------------------------------------- audit
+
+
+def _check_audit_key(settings: Settings) -> Check:
+    try:
+        key = settings.audit_signing_key()
+    except ConfigError as exc:
+        return Check("audit key", False, str(exc), "fix DELEGATE_AUDIT_KEY_FILE or unset it")
+    if key.keyed:
+        return Check("audit key", True, "the audit trail is keyed")
+    return Check(
+        "audit key",
+        True,
+        "not set: the trail is linked and counted, but anyone who can write the database "
+        "could recompute it",
+        "set DELEGATE_AUDIT_KEY (e.g. `python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+        " or DELEGATE_AUDIT_KEY_FILE, stored outside the database",
+        warning=True,
+    )

@@ -139,28 +139,20 @@ async def test_run_without_slack_credentials_explains_what_to_do(tmp_path: Path)
     assert "Traceback" not in err + out
 
 
-async def test_doctor_reports_each_check_with_fixes(fake_slack: FakeSlack, tmp_path: Path) -> None:
+async def test_doctor_names_missing_scopes_and_a_refused_bot_token(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
     env = _env(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         SLACK_BOT_TOKEN=fake_slack.token,
-        SLACK_SIGNING_SECRET="s3cr3t-signing",
+        SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
         SLACK_API_URL=fake_slack.api_url,
-        ANTHROPIC_API_KEY="sk-ant-x",
     )
+    fake_slack.scopes = ["chat:write"]
     code, out, _ = await delegate("doctor", env=env, cwd=tmp_path)
     assert code == 1
-    assert "[FAIL] database" in out and "delegate db upgrade" in out
     assert "[ok]   Slack auth.test" in out
-    assert "[FAIL] openai API key" in out and "OPENAI_API_KEY" in out
-    await delegate("db", "upgrade", env=env, cwd=tmp_path)
-    fake_slack.scopes = ["chat:write"]
-    code, out, _ = await delegate("doctor", env=env | {"OPENAI_API_KEY": "sk-x"}, cwd=tmp_path)
-    assert "[ok]   database" in out
     assert "[FAIL] Slack scopes: missing" in out and "app_mentions:read" in out
-    fake_slack.scopes = sorted(BOT_SCOPES)  # everything the manifest asks for
-    code, out, _ = await delegate("doctor", env=env | {"OPENAI_API_KEY": "sk-x"}, cwd=tmp_path)
-    assert code == 0, out
-    assert "Everything looks good." in out
     code, out, _ = await delegate(
         "doctor", env=env | {"SLACK_BOT_TOKEN": "xoxb-wrong"}, cwd=tmp_path
     )
