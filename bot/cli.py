@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from workers.config import Settings, load_settings
 from workers.db import DATABASE_ERRORS, redact_error, redact_url
-from workers.errors import ConfigError, NotFound
+from workers.errors import ConfigError, DatabaseUnavailable, NotFound
 
 log = logging.getLogger("delegate")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`delegate audit WO-1 | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
         return _schema()
@@ -89,7 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(handlers[args.command](settings, args))
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
+    except DatabaseUnavailable as exc:
+        print(f"delegate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"delegate: port {settings.port} is already in use; set PORT to a free port, "
+            "or stop the program that holds it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except DATABASE_ERRORS as exc:
         url = settings.database_url
         print(
@@ -148,11 +177,32 @@ async def _db(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _has_delegate_database(settings: Settings) -> bool:
+    """For read-only commands: say so when there is nothing to read, and create nothing."""
+    from workers.db import create_engine
+    from workers.migrate import schema_present
+
+    engine = create_engine(settings.database_url)
+    try:
+        if await schema_present(engine):
+            return True
+    finally:
+        await engine.dispose()
+    print(
+        f"delegate: no Delegate database at {redact_url(settings.database_url)}; "
+        "set DATABASE_URL or run `delegate db upgrade`",
+        file=sys.stderr,
+    )
+    return False
+
+
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from workers.audit import SYSTEM_CHAIN, render_json, render_markdown
     from workers.store import Store
     from workers.workorder import format_order_id, parse_order_id
 
+    if not await _has_delegate_database(settings):
+        return EXIT_FAILED
     store = Store.from_url(settings.database_url)
     try:
         if args.target == "verify":
@@ -186,6 +236,40 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
         await store.close()
 
 
+def _stdin_line_reader() -> Callable[[], Awaitable[str]]:
+    """Read a line of standard input on a daemon thread.
+
+    A default-executor thread blocked in readline() would keep Ctrl-C from exiting until the
+    user pressed Enter (asyncio.run waits for the executor); a daemon thread is simply dropped.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def read_line() -> str:
+        future: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:
+            try:
+                line = sys.stdin.readline()
+            except Exception as exc:
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, line, None)
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
+        return await future
+
+    return read_line
+
+
+def _settle(future: asyncio.Future[str], line: str | None, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(line or "")
+
+
 async def _console(settings: Settings, args: argparse.Namespace) -> int:
     from bot.console import Console
     from workers.intake import IntakeEngine
@@ -197,8 +281,15 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await upgrade(store.engine)
         engine = IntakeEngine(settings, ModelRouter.from_settings(settings, store))
+        # Bytes that are not UTF-8 become U+FFFD instead of a UnicodeDecodeError.
+        sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]
         order_id = await Console(
-            settings, store=store, engine=engine, user=args.user, tz=args.tz
+            settings,
+            store=store,
+            engine=engine,
+            user=args.user,
+            tz=args.tz,
+            read_line=_stdin_line_reader(),
         ).run()
     finally:
         await store.close()

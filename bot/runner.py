@@ -17,7 +17,7 @@ from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from workers.config import Settings
 from workers.followup import FollowUps
-from workers.migrate import upgrade
+from workers.migrate import upgrade_when_reachable
 from workers.progress import LoggingReporter, ProgressReporter
 from workers.providers import ModelRouter
 from workers.runtime import run_worker
@@ -51,7 +51,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     """Serve Slack (Socket Mode if SLACK_APP_TOKEN is set, else HTTP) until SIGTERM/SIGINT."""
     stop = _stop_event()
     store = Store.from_url(settings.database_url)
-    await upgrade(store.engine)
+    await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     client = make_slack_client(settings)
     router = ModelRouter.from_settings(settings, store)
     bolt = create_app(settings, store=store, client=client, completer=router)
@@ -125,7 +125,7 @@ async def run_workers_only(
 ) -> None:
     """A worker pool that reports into Slack threads (or to the log without a bot token)."""
     store = Store.from_url(settings.database_url)
-    await upgrade(store.engine)
+    await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     reporter: ProgressReporter = LoggingReporter()
     if settings.slack_bot_token is not None:
         reporter = SlackReporter(store=store, client=make_slack_client(settings))

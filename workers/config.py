@@ -186,6 +186,9 @@ class EngineSettings(_Strict):
     inline_retry_after_s: float = Field(
         default=20, ge=0, description="longer provider Retry-After waits defer the run instead"
     )
+    startup_database_wait_s: float = Field(
+        default=60, ge=0, description="how long start-up waits for the database to answer"
+    )
     provider_attempts: int = Field(
         default=3,
         ge=1,
@@ -426,6 +429,15 @@ class Settings(BaseSettings):
             problems.append("channels.default: missing; it applies to channels without an entry")
         if "default" not in self.teams:
             problems.append("teams.default: missing; users in no team are charged to it")
+        team_of: dict[str, str] = {}
+        for name, team in self.teams.items():
+            for member in team.members:
+                if member in team_of and team_of[member] != name:
+                    problems.append(
+                        f"teams.{name}.members: {member} is also in teams.{team_of[member]}; "
+                        "a user belongs to one team, which their spend is charged to"
+                    )
+                team_of.setdefault(member, name)
         for name, channel in self.channels.items():
             if channel.policy not in self.policies:
                 problems.append(
@@ -507,6 +519,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         value = err.get("input")
         if field == "database_url":
             shown = repr(redact_url(str(value)))
+        elif isinstance(value, dict | list):
+            # A rule across fields: its message names them; the section itself is noise.
+            lines.append(f"  - {_ENV_NAMES.get(field, field)}: {err['msg']}")
+            continue
         else:
             shown = "<hidden>" if _is_secret_field(field) else repr(value)
         field = _ENV_NAMES.get(field, field)

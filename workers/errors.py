@@ -11,6 +11,10 @@ class ConfigError(DelegateError):
     """The configuration is invalid; the message names the field, the value and what is expected."""
 
 
+class DatabaseUnavailable(DelegateError):
+    """The database could not be reached; the message says where (password hidden) and why."""
+
+
 class IllegalTransition(DelegateError):
     """A work order was asked to move to a state its current state does not lead to."""
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.db import DATABASE_ERRORS, redact_error, redact_url
+from workers.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# Any fixed number works: every Delegate process takes the same lock before migrating.
+_MIGRATION_LOCK = 0x44454C45  # "DELE"
 
 
 def alembic_config(url: str = "") -> Config:
@@ -29,7 +43,51 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Processes started together on a fresh database would each create the tables and
+            # all but one crash on a unique violation; the lock makes the others wait, then find
+            # the schema current. SQLite's BEGIN IMMEDIATE already serialises them.
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
         await conn.run_sync(_upgrade)
+
+
+async def upgrade_when_reachable(
+    engine: AsyncEngine,
+    *,
+    wait_s: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Migrate, waiting up to `wait_s` for a database that is still starting (as in a compose
+    file where the bot and the database start together); then a clear DatabaseUnavailable."""
+    url = engine.url.render_as_string(hide_password=False)
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            await upgrade(engine)
+            return
+        except DATABASE_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"cannot reach the database at {redact_url(url)} after {wait_s:g} s "
+                    f"({redact_error(exc, url)}); check DATABASE_URL and that the server is running"
+                ) from None
+            log.warning(
+                "database not reachable yet, retrying in %.1f s (%s)",
+                delay,
+                redact_error(exc, url),
+            )
+            await sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def schema_present(engine: AsyncEngine) -> bool:
+    """Whether this database holds Delegate's tables; never creates a SQLite file to find out."""
+    database = make_url(engine.url).database
+    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+        if not Path(database or "").exists():  # noqa: ASYNC240 (one stat call)
+            return False
+    return await current_revision(engine) is not None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -1,0 +1,156 @@
+"""The most likely first-hour mistakes end in one clear line and the right exit code, never a
+traceback: a busy port, a database that is down, a directory with no database, a closed pipe,
+bytes that are not UTF-8, Ctrl-C at a prompt, and configuration mistakes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support.databases import Database
+from tests.fakes.slack import FakeSlack
+from tests.support.waiting import eventually
+from tests.test_cli import DELEGATE, _env, delegate
+from workers.migrate import upgrade_when_reachable
+from workers.store import Store
+from workers.db import create_engine
+
+
+def _no_traceback(*outputs: str) -> None:
+    for text in outputs:
+        assert "Traceback" not in text and "Error:" not in text.split("(")[0], text
+
+
+async def test_a_port_in_use_is_one_line(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = _env(
+            DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+            SLACK_BOT_TOKEN=fake_slack.token,
+            SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
+            SLACK_API_URL=fake_slack.api_url,
+            PORT=str(port),
+        )
+        code, out, err = await delegate("run", env=env, cwd=tmp_path)
+    assert code == 1
+    assert f"port {port} is already in use" in err and "PORT" in err
+    assert "Traceback" not in out + err
+
+
+async def test_a_database_that_stays_down_ends_in_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text("engine: {startup_database_wait_s: 1}\n")
+    env = _env(
+        DATABASE_URL="postgresql+asyncpg://postgres:pw-secret@127.0.0.1:1/delegate",
+        DELEGATE_CONFIG=str(config),
+    )
+    code, out, err = await delegate("worker", env=env, cwd=tmp_path)
+    assert code == 1
+    assert "cannot reach the database at postgresql+asyncpg://postgres:***@127.0.0.1:1" in err
+    assert "after 1 s" in err and "DATABASE_URL" in err
+    assert "pw-secret" not in out + err and "Traceback" not in out + err
+
+
+async def test_start_up_waits_for_a_database_that_comes_up(tmp_path: Path) -> None:
+    later = tmp_path / "not-yet"
+    engine = create_engine(f"sqlite+aiosqlite:///{later / 'delegate.db'}")
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            later.mkdir()  # the volume appears after a while
+
+    await upgrade_when_reachable(engine, wait_s=60, sleep=sleep)
+    await engine.dispose()
+    assert waits == [0.5, 1.0] and (later / "delegate.db").exists()
+
+
+@pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "WO-1")])
+async def test_audit_where_there_is_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
+    code, out, err = await delegate(*command, env=_env(), cwd=tmp_path)
+    assert code == 1
+    assert "no Delegate database at sqlite+aiosqlite:///delegate.db" in err
+    assert "set DATABASE_URL or run `delegate db upgrade`" in err
+    assert list(tmp_path.iterdir()) == []  # and none was created
+    assert "Traceback" not in out + err
+
+
+async def test_output_piped_into_head_ends_quietly(database: Database, tmp_path: Path) -> None:
+    store = Store(database.engine())
+    for n in range(600):
+        await store.audit("system", actor="test", kind="note", data={"n": n, "pad": "x" * 200})
+    await store.close()
+    env = _env(DATABASE_URL=database.url)
+    proc = await asyncio.create_subprocess_shell(
+        f"'{DELEGATE}' audit system --format json | head -c 100",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert len(out) == 100
+    assert "BrokenPipe" not in err.decode() and "Traceback" not in err.decode()
+
+
+async def _console(tmp_path: Path) -> asyncio.subprocess.Process:
+    env = _env(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        ANTHROPIC_API_KEY="sk-ant-unused",
+        ANTHROPIC_BASE_URL="http://127.0.0.1:1",
+    )
+    return await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "console",
+        env=env,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_ctrl_c_at_the_prompt_exits_130_at_once(tmp_path: Path) -> None:
+    proc = await _console(tmp_path)
+    assert proc.stdout is not None
+    prompt = await asyncio.wait_for(proc.stdout.read(20), 60)  # the console is waiting for us
+    assert prompt
+    proc.send_signal(signal.SIGINT)
+    # No input is ever sent: the process must not wait for a line before exiting.
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err.decode()
+
+
+async def test_bytes_that_are_not_utf8_do_not_crash_the_console(tmp_path: Path) -> None:
+    proc = await _console(tmp_path)
+    out, err = await asyncio.wait_for(proc.communicate(b"\xff\xfe caf\xe9\n"), 60)
+    assert "Traceback" not in err.decode() and "UnicodeDecodeError" not in err.decode()
+
+
+async def test_a_user_in_two_teams_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text(
+        "teams:\n"
+        "  sales: {weekly_usd: 10, members: [U1, U2]}\n"
+        "  ops: {weekly_usd: 10, members: [U2]}\n"
+    )
+    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    assert code == 2
+    assert "U2 is also in teams.sales" in err and "one team" in err
+
+
+async def test_a_rule_across_fields_names_them_without_dumping_the_section(tmp_path: Path) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text("engine: {heartbeat_s: 50, lease_ttl_s: 10}\n")
+    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    assert code == 2
+    assert "heartbeat_s (50) must be shorter than lease_ttl_s (10)" in err
+    assert "poll_interval_s" not in err  # the rest of the merged engine section is not dumped
