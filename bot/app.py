@@ -20,20 +20,22 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import gate, home
-from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
+from bot import decisions, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import dedupe_middleware
-from bot.messages import HELP
-from bot.modals import (
+from bot.ids import (
+    CANCEL_ACTION,
+    COMMAND,
+    EDIT_ACTION,
     EDIT_CALLBACK,
     INTAKE_CALLBACK,
-    edit_modal,
-    intake_modal,
-    intake_request,
-    parse_edit,
+    NEW_ORDER_ACTION,
+    SHORTCUT_DELEGATE_THIS,
+    START_ACTION,
 )
+from bot.messages import HELP
+from bot.modals import edit_modal, intake_modal, intake_request, parse_edit
 from bot.reporter import SlackReporter
 from workers.config import Settings
 from workers.errors import NotFound
@@ -44,8 +46,6 @@ from workers.workorder import Status
 
 log = logging.getLogger(__name__)
 
-COMMAND = "/delegate"
-SHORTCUT_DELEGATE_THIS = "delegate_this"
 # Message subtypes that are still a person writing something new.
 _PLAIN_SUBTYPES = (None, "file_share", "thread_broadcast")
 _LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s,:]*")
@@ -70,9 +70,9 @@ def create_app(
         settings, store=store, engine=IntakeEngine(settings, completer), client=client
     )
     commands = Commands(settings, store=store, conversations=conversations, client=client)
-    gate.register(
+    decisions.register(
         app,
-        gate.Gate(
+        decisions.Decisions(
             settings,
             store=store,
             client=client,
@@ -158,7 +158,7 @@ def create_app(
             view=intake_modal(initial_text=message.get("text") or "", metadata=metadata),
         )
 
-    @app.action(home.NEW_ORDER_ACTION)
+    @app.action(NEW_ORDER_ACTION)
     async def on_new_order(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()
         await client.views_open(trigger_id=body["trigger_id"], view=intake_modal(metadata={}))

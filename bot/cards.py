@@ -15,12 +15,9 @@ from bot.blocks import (
     slack_date,
     truncate,
 )
+from bot.ids import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from workers.config import Settings
 from workers.workorder import Status, WorkOrder
-
-START_ACTION = "wo_start"
-EDIT_ACTION = "wo_edit"
-CANCEL_ACTION = "wo_cancel"
 
 STATE_LABELS: dict[Status, str] = {
     Status.DRAFTING: "Drafting",

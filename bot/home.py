@@ -6,9 +6,8 @@ from typing import Any
 
 from bot.blocks import button, cap_blocks, context, header, sections
 from bot.cards import STATE_LABELS
+from bot.ids import NEW_ORDER_ACTION
 from workers.workorder import WorkOrder
-
-NEW_ORDER_ACTION = "home_new_order"
 
 
 def home_view(orders: list[WorkOrder]) -> dict[str, Any]:

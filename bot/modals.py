@@ -10,12 +10,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.blocks import modal_title, plain, truncate
+from bot.ids import CHANGES_CALLBACK, EDIT_CALLBACK, EXTEND_CALLBACK, INTAKE_CALLBACK
 from workers.config import Settings
 from workers.workorder import WorkloadClass, WorkOrder
 
-INTAKE_CALLBACK = "intake_modal"
-EDIT_CALLBACK = "edit_order_modal"
-MAX_USD = Decimal("1000")
 MAX_CRITERIA = 6
 
 
@@ -42,6 +40,20 @@ def _text(initial: str, *, multiline: bool = False, max_length: int = 3000) -> d
     }
     if initial:
         element["initial_value"] = truncate(initial, max_length, "…")
+    return element
+
+
+def _number(
+    initial: str, *, minimum: str, decimal: bool = False, maximum: str | None = None
+) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "number_input",
+        "is_decimal_allowed": decimal,
+        "min_value": minimum,
+        "initial_value": initial,
+    }
+    if maximum is not None:
+        element["max_value"] = maximum
     return element
 
 
@@ -130,34 +142,19 @@ def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]
             _input(
                 "budget_usd",
                 "Budget (USD)",
-                {
-                    "type": "number_input",
-                    "is_decimal_allowed": True,
-                    "min_value": "0.01",
-                    "max_value": str(MAX_USD),
-                    "initial_value": f"{budget.max_usd:.2f}",
-                },
+                _number(
+                    f"{budget.max_usd:.2f}",
+                    minimum="0.01",
+                    decimal=True,
+                    maximum=f"{settings.max_order_usd:g}",
+                ),
             ),
             _input(
                 "wall_clock_min",
                 "Time limit (minutes)",
-                {
-                    "type": "number_input",
-                    "is_decimal_allowed": False,
-                    "min_value": "1",
-                    "initial_value": str(max(1, round(budget.max_wall_clock_s / 60))),
-                },
+                _number(str(max(1, round(budget.max_wall_clock_s / 60))), minimum="1"),
             ),
-            _input(
-                "tool_calls",
-                "Tool calls",
-                {
-                    "type": "number_input",
-                    "is_decimal_allowed": False,
-                    "min_value": "0",
-                    "initial_value": str(budget.max_tool_calls),
-                },
-            ),
+            _input("tool_calls", "Tool calls", _number(str(budget.max_tool_calls), minimum="0")),
             _input(
                 "policy",
                 "Authority policy",
@@ -224,8 +221,8 @@ def parse_edit(
     usd = _decimal(_value(values, "budget_usd"))
     if usd is None or usd <= 0:
         errors["budget_usd"] = "Enter a budget in US dollars greater than 0, e.g. 2.50."
-    elif usd > MAX_USD:
-        errors["budget_usd"] = f"At most ${MAX_USD:,.0f} per order; ask an admin for more."
+    elif usd > Decimal(str(settings.max_order_usd)):
+        errors["budget_usd"] = _over_limit(settings.max_order_usd)
     minutes = _int(_value(values, "wall_clock_min"))
     if minutes is None or minutes < 1:
         errors["wall_clock_min"] = "Enter a whole number of minutes, at least 1."
@@ -274,6 +271,75 @@ def parse_edit(
     else:
         changes["deadline"] = None
     return EditResult(changes, errors)
+
+
+# Reviewer's "Request changes" and the exception's "Extend…"
+
+
+def changes_modal(order: WorkOrder, message: tuple[str, str] | None) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": CHANGES_CALLBACK,
+        "title": modal_title(f"Changes to {order.id}"),
+        "submit": plain("Send back", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps({"order_id": order.id, "message": message}),
+        "blocks": [
+            _input(
+                "feedback",
+                "What should change?",
+                {"type": "plain_text_input", "multiline": True, "max_length": 3000},
+            )
+        ],
+    }
+
+
+def extend_modal(order: WorkOrder, metadata: dict[str, Any], *, factor: float) -> dict[str, Any]:
+    """Choose the new ceilings; both start at the current ones times `review.extend_factor`."""
+    budget = order.budget
+    return {
+        "type": "modal",
+        "callback_id": EXTEND_CALLBACK,
+        "title": modal_title(f"Extend {order.id}"),
+        "submit": plain("Extend and resume", 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": json.dumps(metadata),
+        "blocks": [
+            _input(
+                "usd",
+                f"New budget in USD (now ${budget.max_usd:.2f})",
+                _number(f"{budget.max_usd * factor:.2f}", minimum="0.01", decimal=True),
+            ),
+            _input(
+                "minutes",
+                f"Time limit in minutes (now {budget.max_wall_clock_s // 60})",
+                _number(str(max(1, round(budget.max_wall_clock_s * factor / 60))), minimum="1"),
+            ),
+        ],
+    }
+
+
+def parse_extend(
+    values: dict[str, Any], order: WorkOrder, *, max_usd: float
+) -> tuple[float | None, int | None, dict[str, str]]:
+    errors: dict[str, str] = {}
+    usd = _decimal(_value(values, "usd"))
+    minutes = _int(_value(values, "minutes"))
+    if usd is None:
+        errors["usd"] = "Enter an amount in US dollars, e.g. 5.00."
+    elif not usd > Decimal(str(order.budget.max_usd)):
+        errors["usd"] = f"An extension must be more than the current ${order.budget.max_usd:.2f}."
+    elif usd > Decimal(str(max_usd)):
+        errors["usd"] = _over_limit(max_usd)
+    if minutes is None:
+        errors["minutes"] = "Enter a whole number of minutes."
+    elif minutes * 60 < order.budget.max_wall_clock_s:
+        errors["minutes"] = "The time limit cannot go down."
+    return (float(usd) if usd is not None else None), minutes, errors
+
+
+def _over_limit(max_usd: float) -> str:
+    return f"At most ${max_usd:,.2f} per order; ask an admin for more."
 
 
 def _value(values: dict[str, Any], block_id: str) -> Any:

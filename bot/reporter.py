@@ -15,14 +15,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
-from bot.cards import CANCEL_ACTION, STATE_LABELS, mention
-from bot.review_blocks import (
+from bot.cards import STATE_LABELS, mention
+from bot.ids import (
+    CANCEL_ACTION,
     EXCEPTION_CANCEL_ACTION,
     EXTEND_ACTION,
     EXTEND_CUSTOM_ACTION,
     RETRY_ACTION,
-    review_blocks,
 )
+from bot.review_blocks import review_blocks
 from workers.errors import RetryLater
 from workers.keys import review_key, status_key
 from workers.permissions import reviewers_of

@@ -6,17 +6,10 @@ from datetime import datetime
 
 from bot.blocks import Block, button, context, sections, slack_date
 from bot.cards import mention
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION
 from workers.permissions import reviewers_of
 from workers.progress import RunResult
 from workers.workorder import WorkOrder
-
-APPROVE_ACTION = "review_approve"
-CHANGES_ACTION = "review_changes"
-REJECT_ACTION = "review_reject"
-EXTEND_ACTION = "exception_extend"
-EXTEND_CUSTOM_ACTION = "exception_extend_custom"
-RETRY_ACTION = "exception_retry"
-EXCEPTION_CANCEL_ACTION = "exception_cancel"
 
 DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Changes requested"}
 

@@ -12,17 +12,18 @@ from typing import Any
 import pytest
 
 from bot.cards import CANCEL_ACTION
-from bot.gate import CHANGES_CALLBACK, EXTEND_CALLBACK
-from bot.reporter import SlackReporter
-from bot.review_blocks import (
+from bot.ids import (
     APPROVE_ACTION,
     CHANGES_ACTION,
+    CHANGES_CALLBACK,
     EXCEPTION_CANCEL_ACTION,
     EXTEND_ACTION,
+    EXTEND_CALLBACK,
     EXTEND_CUSTOM_ACTION,
     REJECT_ACTION,
     RETRY_ACTION,
 )
+from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI

@@ -36,6 +36,8 @@ class WorkloadClass(StrEnum):
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+# No budget goes above this; a deployment's own limit is `Settings.max_order_usd`.
+MAX_BUDGET_USD = 10_000
 
 
 class Budget(BaseModel):
@@ -43,7 +45,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_usd: float = Field(gt=0, le=10_000, description="Spend ceiling in US dollars.")
+    max_usd: float = Field(gt=0, le=MAX_BUDGET_USD, description="Spend ceiling in US dollars.")
     max_tokens: int = Field(gt=0, description="Total tokens (input + output) across all calls.")
     max_wall_clock_s: int = Field(gt=0, description="Total elapsed time from start, in seconds.")
     max_tool_calls: int = Field(ge=0, description="Number of tool invocations.")

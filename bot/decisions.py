@@ -1,4 +1,5 @@
-"""Buttons on review prompts and exception messages: authorised, atomic, updated in place."""
+"""Review and exception decisions from Slack: the buttons on review prompts and exception
+messages and their modals; authorised, atomic, and shown in place."""
 
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import Block, modal_title, plain
+from bot.blocks import Block
 from bot.cards import mention
 from bot.conversation import Conversations
-from bot.reporter import SlackReporter
-from bot.review_blocks import (
+from bot.ids import (
     APPROVE_ACTION,
     CHANGES_ACTION,
-    DECISION_WORDS,
+    CHANGES_CALLBACK,
     EXCEPTION_CANCEL_ACTION,
     EXTEND_ACTION,
+    EXTEND_CALLBACK,
     EXTEND_CUSTOM_ACTION,
     REJECT_ACTION,
     RETRY_ACTION,
-    decided_blocks,
-    decision_line,
-    review_blocks,
 )
+from bot.modals import changes_modal, extend_modal, parse_extend
+from bot.reporter import SlackReporter
+from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
 from workers.errors import IllegalTransition
 from workers.keys import result_key, review_key
@@ -40,11 +41,11 @@ from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
 
-CHANGES_CALLBACK = "review_changes_modal"
-EXTEND_CALLBACK = "extend_budget_modal"
 
+class Decisions:
+    """Reviewer decisions (approve, reject, request changes) and exception actions (extend,
+    retry, cancel), each checked against `workers.permissions` and shown in the thread."""
 
-class Gate:
     def __init__(
         self,
         settings: Settings,
@@ -167,8 +168,8 @@ class Gate:
         return updated, words[action]
 
 
-def register(app: AsyncApp, gate: Gate) -> None:
-    settings = gate.settings
+def register(app: AsyncApp, decisions: Decisions) -> None:
+    settings = decisions.settings
 
     async def refuse(client: AsyncWebClient, body: dict[str, Any], text: str) -> None:
         channel = (body.get("channel") or {}).get("id") or body["user"]["id"]
@@ -182,7 +183,7 @@ def register(app: AsyncApp, gate: Gate) -> None:
             ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
         ) -> None:
             await ack()
-            problem = await gate.decide(
+            problem = await decisions.decide(
                 action["value"], decision, user=body["user"]["id"], message=_clicked(body)
             )
             if problem:
@@ -193,18 +194,26 @@ def register(app: AsyncApp, gate: Gate) -> None:
     app.action(APPROVE_ACTION)(decision_handler("approve"))
     app.action(REJECT_ACTION)(decision_handler("reject"))
 
+    async def permitted(
+        client: AsyncWebClient, body: dict[str, Any], action: dict[str, Any], may: Any, refusal: Any
+    ) -> WorkOrder | None:
+        """The clicked order if the user may act on it; otherwise say why not."""
+        order = await decisions.store.get_order(action["value"])
+        if may(order, body["user"]["id"], settings):
+            return order
+        await refuse(client, body, refusal(order))
+        return None
+
     @app.action(CHANGES_ACTION)
     async def on_changes(
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
-        order = await gate.store.get_order(action["value"])
-        if not may_review(order, body["user"]["id"], settings):
-            await refuse(client, body, reviewer_refusal(order))
-            return
-        await client.views_open(
-            trigger_id=body["trigger_id"], view=changes_modal(order, _clicked(body))
-        )
+        order = await permitted(client, body, action, may_review, reviewer_refusal)
+        if order is not None:
+            await client.views_open(
+                trigger_id=body["trigger_id"], view=changes_modal(order, _clicked(body))
+            )
 
     @app.view(CHANGES_CALLBACK)
     async def on_changes_submitted(
@@ -220,7 +229,7 @@ def register(app: AsyncApp, gate: Gate) -> None:
                 errors={"feedback": "Say what should change, so the rework can address it."},
             )
             return
-        problem = await gate.decide(
+        problem = await decisions.decide(
             str(metadata.get("order_id")),
             "changes",
             user=body["user"]["id"],
@@ -240,7 +249,7 @@ def register(app: AsyncApp, gate: Gate) -> None:
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        updated, line = await gate.act_on_exception(
+        updated, line = await decisions.act_on_exception(
             action["value"], action_name, user=body["user"]["id"]
         )
         if updated is None:
@@ -273,33 +282,31 @@ def register(app: AsyncApp, gate: Gate) -> None:
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient
     ) -> None:
         await ack()
-        order = await gate.store.get_order(action["value"])
-        if not may_handle_exception(order, body["user"]["id"], settings):
-            await refuse(
-                client,
-                body,
-                exception_refusal(order),
-            )
+        order = await permitted(client, body, action, may_handle_exception, exception_refusal)
+        if order is None:
             return
         metadata = {
             "order_id": order.id,
             "channel": body["channel"]["id"],
             "ts": (body.get("message") or {}).get("ts"),
         }
-        await client.views_open(trigger_id=body["trigger_id"], view=extend_modal(order, metadata))
+        await client.views_open(
+            trigger_id=body["trigger_id"],
+            view=extend_modal(order, metadata, factor=settings.review.extend_factor),
+        )
 
     @app.view(EXTEND_CALLBACK)
     async def on_extend_submitted(
         ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
         metadata = json.loads(view.get("private_metadata") or "{}")
-        order = await gate.store.get_order(str(metadata.get("order_id")))
+        order = await decisions.store.get_order(str(metadata.get("order_id")))
         values = view["state"]["values"]
-        usd, minutes, errors = parse_extend(values, order)
+        usd, minutes, errors = parse_extend(values, order, max_usd=settings.max_order_usd)
         if errors:
             await ack(response_action="errors", errors=errors)
             return
-        updated, line = await gate.act_on_exception(
+        updated, line = await decisions.act_on_exception(
             str(order.id), "extend", user=body["user"]["id"], usd=usd, minutes=minutes
         )
         if updated is None:
@@ -333,95 +340,6 @@ def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:
     channel = (body.get("channel") or {}).get("id")
     ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
     return (str(channel), str(ts)) if channel and ts else None
-
-
-def changes_modal(order: WorkOrder, message: tuple[str, str] | None) -> dict[str, Any]:
-    return {
-        "type": "modal",
-        "callback_id": CHANGES_CALLBACK,
-        "title": modal_title(f"Changes to {order.id}"),
-        "submit": plain("Send back", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": json.dumps({"order_id": order.id, "message": message}),
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": "feedback",
-                "label": plain("What should change?"),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": "feedback",
-                    "multiline": True,
-                    "max_length": 3000,
-                },
-            }
-        ],
-    }
-
-
-def extend_modal(order: WorkOrder, metadata: dict[str, Any]) -> dict[str, Any]:
-    budget = order.budget
-    return {
-        "type": "modal",
-        "callback_id": EXTEND_CALLBACK,
-        "title": modal_title(f"Extend {order.id}"),
-        "submit": plain("Extend and resume", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": json.dumps(metadata),
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": "usd",
-                "label": plain(f"New budget in USD (now ${budget.max_usd:.2f})"),
-                "element": {
-                    "type": "number_input",
-                    "action_id": "usd",
-                    "is_decimal_allowed": True,
-                    "initial_value": f"{budget.max_usd * 1.5:.2f}",
-                    "min_value": "0.01",
-                },
-            },
-            {
-                "type": "input",
-                "block_id": "minutes",
-                "label": plain(f"Time limit in minutes (now {budget.max_wall_clock_s // 60})"),
-                "element": {
-                    "type": "number_input",
-                    "action_id": "minutes",
-                    "is_decimal_allowed": False,
-                    "initial_value": str(max(1, round(budget.max_wall_clock_s * 1.5 / 60))),
-                    "min_value": "1",
-                },
-            },
-        ],
-    }
-
-
-def parse_extend(
-    values: dict[str, Any], order: WorkOrder
-) -> tuple[float | None, int | None, dict[str, str]]:
-    errors: dict[str, str] = {}
-    usd: float | None = None
-    minutes: int | None = None
-    try:
-        usd = float(str(values.get("usd", {}).get("usd", {}).get("value")))
-    except ValueError:
-        errors["usd"] = "Enter an amount in US dollars, e.g. 5.00."
-    else:
-        if not usd > order.budget.max_usd:
-            errors["usd"] = (
-                f"An extension must be more than the current ${order.budget.max_usd:.2f}."
-            )
-        elif usd > 10_000:
-            errors["usd"] = "At most $10,000 per order."
-    try:
-        minutes = int(str(values.get("minutes", {}).get("minutes", {}).get("value")))
-    except ValueError:
-        errors["minutes"] = "Enter a whole number of minutes."
-    else:
-        if minutes * 60 < order.budget.max_wall_clock_s:
-            errors["minutes"] = "The time limit cannot go down."
-    return usd, minutes, errors
 
 
 async def _update_quietly(client: AsyncWebClient, **kwargs: Any) -> None:
