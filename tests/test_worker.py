@@ -70,6 +70,9 @@ class HeldReadThread:
 
 async def test_a_pool_runs_orders_concurrently_up_to_its_limit(harness: Harness) -> None:
     h = harness
+    # Generous leases: the held runs must not lose theirs on a loaded machine (not tested here).
+    engine = h.settings.engine.model_copy(update={"lease_ttl_s": 30, "heartbeat_s": 5})
+    h.settings = h.settings.model_copy(update={"engine": engine})
     held = HeldReadThread()
     others = [h.tools.get(name) for name in h.tools.names if name != "read_thread"]
     h.tools = ToolRegistry([held, *(t for t in others if t is not None)])
