@@ -15,6 +15,7 @@ from workers.config import Settings
 from workers.workorder import WorkloadClass, WorkOrder
 
 MAX_CRITERIA = 6
+PRIVATE_METADATA_MAX = 3000
 
 
 def _input(
@@ -61,6 +62,29 @@ def _option(value: str, label: str) -> dict[str, Any]:
     return {"text": plain(label, 75), "value": value}
 
 
+def private_metadata(metadata: dict[str, Any], limit: int = PRIVATE_METADATA_MAX) -> str:
+    """`metadata` as JSON within Slack's limit on `private_metadata`.
+
+    Cutting the JSON itself leaves it unparseable (non-ASCII text made it six times longer when
+    escaped), so the longest text value is shortened instead until the whole fits.
+    """
+    data = dict(metadata)
+    encoded = json.dumps(data, ensure_ascii=False)
+    while len(encoded) > limit:
+        texts = [k for k, v in data.items() if isinstance(v, str) and v]
+        if not texts:
+            raise ValueError(f"private_metadata cannot fit in {limit} characters: {encoded[:80]}")
+        key = max(texts, key=lambda k: len(data[k]))
+        value = data[key]
+        # Escapes make a character cost up to six in the JSON: cut in proportion.
+        excess = (len(encoded) - limit) * len(value) // len(json.dumps(value, ensure_ascii=False))
+        data[key] = truncate(value, max(0, len(value) - max(1, excess)), "…")
+        if data[key] == value:  # too short to be shortened with a marker
+            data[key] = ""
+        encoded = json.dumps(data, ensure_ascii=False)
+    return encoded
+
+
 # Intake form
 
 
@@ -71,7 +95,7 @@ def intake_modal(*, initial_text: str = "", metadata: dict[str, Any]) -> dict[st
         "title": modal_title("Delegate this"),
         "submit": plain("Continue", 24),
         "close": plain("Cancel", 24),
-        "private_metadata": json.dumps(metadata)[:3000],
+        "private_metadata": private_metadata(metadata),
         "blocks": [
             _input(
                 "request",
@@ -117,7 +141,7 @@ def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]
         "title": modal_title(f"Edit {order.id or 'draft'}"),
         "submit": plain("Save", 24),
         "close": plain("Cancel", 24),
-        "private_metadata": json.dumps(metadata)[:3000],
+        "private_metadata": private_metadata(metadata),
         "blocks": [
             _input("title", "Title", _text(order.title, max_length=200)),
             _input("goal", "Goal", _text(order.goal, multiline=True)),

@@ -167,6 +167,81 @@ async def test_slack_other_methods(fake_slack: FakeSlack) -> None:
     assert fake_slack.statuses[("D1", "1.2")] == "thinking"
 
 
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _modal(**fields: Any) -> dict[str, Any]:
+    return {"type": "modal", "title": {"type": "plain_text", "text": "Delegate"}, **fields}
+
+
+async def test_slack_enforces_block_kit_limits_like_slack(fake_slack: FakeSlack) -> None:
+    client = slack_client(fake_slack)
+    button = {"type": "button", "text": {"type": "plain_text", "text": "Go"}, "action_id": "go"}
+    too_big: list[tuple[str, dict[str, Any], str]] = [
+        ("msg_too_long", {"text": "x" * 40_001}, "over 40000"),
+        ("invalid_blocks", {"blocks": [_section("x")] * 51}, "no more than 50 items"),
+        ("invalid_blocks", {"blocks": [_section("x" * 3001)]}, "/blocks/0/text/text"),
+        (
+            "invalid_blocks",
+            {"blocks": [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}]},
+            "less than 151",
+        ),
+        (
+            "invalid_blocks",
+            {"blocks": [{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * 11}]},
+            "no more than 10 items",
+        ),
+        (
+            "invalid_blocks",
+            {"blocks": [{"type": "actions", "elements": [button] * 26}]},
+            "1 to 25 items",
+        ),
+        (
+            "invalid_blocks",
+            {"blocks": [{"type": "actions", "elements": [{**button, "value": "v" * 2001}]}]},
+            "/elements/0/value",
+        ),
+    ]
+    for error, args, detail in too_big:
+        with pytest.raises(SlackApiError) as info:
+            await client.chat_postMessage(channel="C1", **{"text": "t", **args})
+        assert info.value.response["error"] == error
+        assert detail in " ".join(info.value.response["response_metadata"]["messages"])
+    assert len(fake_slack.problems) == len(too_big)
+    fake_slack.problems.clear()
+    assert fake_slack.messages_in("C1") == []
+    await client.chat_postMessage(channel="C1", text="ok", blocks=[_section("x" * 3000)] * 50)
+
+
+async def test_slack_views_check_limits_metadata_and_single_use_triggers(
+    fake_slack: FakeSlack,
+) -> None:
+    client = slack_client(fake_slack)
+    bad_views = [
+        _modal(title={"type": "plain_text", "text": "A title far longer than 24"}),
+        _modal(submit={"type": "plain_text", "text": "Submit this right now please"}),
+        _modal(private_metadata=json.dumps({"source": "x" * 3000})),
+        _modal(private_metadata='{"source": "cut sh'),
+        _modal(callback_id="c" * 256),
+        _modal(blocks=[_section("x")] * 101),
+    ]
+    for n, view in enumerate(bad_views):
+        with pytest.raises(SlackApiError) as info:
+            await client.views_open(trigger_id=f"bad.{n}", view=view)
+        assert info.value.response["error"] == "invalid_arguments"
+    assert len(fake_slack.problems) == len(bad_views)
+    fake_slack.problems.clear()
+
+    await client.views_open(trigger_id="t.1", view=_modal(blocks=[_section("x")] * 100))
+    with pytest.raises(SlackApiError) as reused:
+        await client.views_open(trigger_id="t.1", view=_modal())
+    assert reused.value.response["error"] == "expired_trigger_id"
+    assert "already used" in fake_slack.problems.pop()
+    # A rejected view did not use up its trigger.
+    await client.views_open(trigger_id="bad.0", view=_modal())
+
+
 # ---------------------------------------------------------------------- Bolt + SlackSender
 
 
@@ -241,6 +316,7 @@ async def test_signed_event_and_command_reach_bolt(fake_slack: FakeSlack, bolt_u
 
 
 async def test_signed_interactivity_reaches_bolt(fake_slack: FakeSlack, bolt_url: str) -> None:
+    fake_slack.private_metadata_json = False  # this little app keeps plain text there
     sender = SlackSender(bolt_url, SIGNING_SECRET, slack=fake_slack)
     client = slack_client(fake_slack)
     card = await client.chat_postMessage(channel="C1", text="approve?")

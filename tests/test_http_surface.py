@@ -10,8 +10,10 @@ import aiohttp
 import pytest
 
 from bot.server import build_web_app, start_site
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
+from tests.support.intake import chat
 from tests.support.waiting import bot_idle
 from workers.store import Store
 
@@ -46,17 +48,22 @@ async def test_health_endpoint_fails_when_database_is_unreachable() -> None:
         await broken.close()
 
 
-async def test_mention_gets_one_reply_in_its_thread(bot: RunningBot, fake_slack: FakeSlack) -> None:
+async def test_mention_gets_one_reply_in_its_thread(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(chat("Hello! What should I do?"))
     event = bot.sender.app_mention("<@UBOT> hello", channel="C1")
     status, _ = await bot.sender.event(event, event_id="EvONE")
     assert status == 200
     [post] = await fake_slack.wait_for("chat.postMessage")
     assert post.args["channel"] == "C1" and post.args["thread_ts"] == event["ts"]
+    await bot_idle()
 
 
 async def test_retried_and_repeated_deliveries_produce_one_reply(
-    bot: RunningBot, fake_slack: FakeSlack
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:
+    fake_anthropic.script(chat("Hello! What should I do?"))
     event = bot.sender.app_mention("<@UBOT> hello", channel="C1")
     for retry in (None, 1, 2):
         status, _ = await bot.sender.event(event, event_id="EvSAME", retry_num=retry)
@@ -82,8 +89,9 @@ async def test_stale_timestamp_is_refused(bot: RunningBot, fake_slack: FakeSlack
 
 
 async def test_own_and_other_bots_messages_are_ignored(
-    bot: RunningBot, fake_slack: FakeSlack
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:
+    fake_anthropic.script(chat("Hello! What should I do?"))
     own = bot.sender.direct_message("hi from me")
     own.update(user="UBOT", bot_id="BBOT")
     other = bot.sender.direct_message("hi from another bot")

@@ -452,6 +452,32 @@ async def test_message_shortcut_opens_intake_with_the_message_as_context(
     assert permalink in json.dumps(fake_anthropic.requests[0]["messages"])
 
 
+async def test_message_shortcut_on_a_long_non_ascii_message_keeps_valid_metadata(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    # json.dumps escapes each of these to six characters: cutting the JSON at 3,000 characters
+    # left private_metadata unparseable, and Slack (or the submission) refused it.
+    text = "Größenvergleich für Müller & Söhne — 価格を比較してください 🙏\n" * 80
+    fake_anthropic.script(draft())
+    shortcut = bot.sender.message_shortcut("delegate_this", text, user_id="U1", channel_id="C5")
+    assert (await bot.sender.action(shortcut))[0] == 200
+    [opened] = await fake_slack.wait_for("views.open")
+    assert opened.response is not None and opened.response["ok"], opened.response
+    view = opened.args["view"]
+    assert len(view["private_metadata"]) <= 3000
+    assert json.loads(view["private_metadata"])["source"].startswith("Größenvergleich für")
+    submit = bot.sender.view_submission(
+        INTAKE_CALLBACK,
+        state_from_view(view),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    assert (await bot.sender.action(submit))[0] == 200
+    await _card_for(fake_slack)
+    [order] = await bot.store.list_orders(requester="U1")
+    assert "Größenvergleich für Müller & Söhne — 価格を比較してください 🙏" in order.context
+
+
 async def test_intake_modal_requires_a_request(bot: RunningBot) -> None:
     submit = bot.sender.view_submission(
         INTAKE_CALLBACK, {"request": {"request": "   "}}, user_id="U1", private_metadata="{}"

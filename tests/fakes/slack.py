@@ -54,11 +54,13 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class SlackError(Exception):
-    """Raised by a method handler to answer `{"ok": false, "error": <code>}`."""
+    """Raised by a method handler to answer `{"ok": false, "error": <code>}`; `messages` go
+    to `response_metadata.messages`, as Slack explains `invalid_blocks` and its kin."""
 
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
+    def __init__(self, error: str, messages: list[str] | None = None) -> None:
+        super().__init__(error if not messages else f"{error}: {'; '.join(messages)}")
         self.error = error
+        self.messages = messages or []
 
 
 @dataclass
@@ -158,6 +160,9 @@ class FakeSlack(FakeServer):
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
         }
+        self.used_trigger_ids: set[str] = set()
+        self.private_metadata_json = True
+        """Our app keeps JSON in `private_metadata`: anything else is rejected (and flagged)."""
         self._failures: dict[str, deque[_Failure]] = {}
         self._activity = asyncio.Event()
         self._ids = _Ids()
@@ -313,7 +318,12 @@ class FakeSlack(FakeServer):
         try:
             return 200, {"ok": True, **handler(call.args)}
         except SlackError as exc:
-            return 200, {"ok": False, "error": exc.error}
+            answer: dict[str, Any] = {"ok": False, "error": exc.error}
+            if exc.messages:
+                # Slack rejected what the app sent: a bug in the code under test.
+                self.problem(f"{call.method}: {exc}")
+                answer["response_metadata"] = {"messages": exc.messages}
+            return 200, answer
 
     async def _handle_upload(self, request: web.Request) -> web.Response:
         file = self.files.get(request.match_info["file_id"])
@@ -395,6 +405,7 @@ class FakeSlack(FakeServer):
         channel = _require(args, "channel", error="channel_not_found")
         if not (args.get("text") or args.get("blocks") or args.get("attachments")):
             raise SlackError("no_text")
+        check_message(args)
         message = self._store(channel, self._bot_message(args), thread_ts=args.get("thread_ts"))
         return {"channel": channel, "ts": message["ts"], "message": copy.deepcopy(message)}
 
@@ -403,6 +414,7 @@ class FakeSlack(FakeServer):
         message = self._find(channel, _require(args, "ts", error="message_not_found"))
         if message is None:
             raise SlackError("message_not_found")
+        check_message(args)
         for key in ("text", "blocks", "attachments", "metadata"):
             if key in args:
                 message[key] = args[key]
@@ -425,6 +437,7 @@ class FakeSlack(FakeServer):
     def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = _require(args, "channel", error="channel_not_found")
         user = _require(args, "user", error="user_not_in_channel")
+        check_message(args)
         message = {**self._bot_message(args), "ts": self._ids.ts(), "channel": channel}
         message["recipient"] = user
         if args.get("thread_ts"):
@@ -480,9 +493,30 @@ class FakeSlack(FakeServer):
         return stored
 
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
-        _require(args, "trigger_id", error="invalid_arguments")
+        trigger_id = _require(args, "trigger_id", error="invalid_arguments")
         view = _require(args, "view", error="invalid_arguments")
+        if trigger_id in self.used_trigger_ids:
+            # Single use (and Slack's expire after 3 s; the fake does not time them out).
+            self.problem(f"views.open/push: trigger_id {trigger_id} was already used")
+            raise SlackError("expired_trigger_id")
+        self._check_view(view)
+        self.used_trigger_ids.add(trigger_id)
         return {"view": copy.deepcopy(self._new_view(view))}
+
+    def _check_view(self, view: dict[str, Any]) -> None:
+        check_view(view)
+        metadata = view.get("private_metadata")
+        if self.private_metadata_json and metadata:
+            try:
+                json.loads(metadata)
+            except ValueError as exc:
+                raise SlackError(
+                    "invalid_arguments",
+                    [
+                        f"[ERROR] private_metadata is not valid JSON ({exc}) "
+                        "[json-pointer:/view/private_metadata]"
+                    ],
+                ) from None
 
     def _views_update(self, args: dict[str, Any]) -> dict[str, Any]:
         view = _require(args, "view", error="invalid_arguments")
@@ -496,11 +530,13 @@ class FakeSlack(FakeServer):
             raise SlackError("not_found")
         if args.get("hash") and args["hash"] != current["hash"]:
             raise SlackError("hash_conflict")
+        self._check_view(view)
         return {"view": copy.deepcopy(self._new_view(view, current["id"]))}
 
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         user_id = _require(args, "user_id", error="invalid_arguments")
-        view = self._new_view(_require(args, "view", error="invalid_arguments"))
+        self._check_view(_require(args, "view", error="invalid_arguments"))
+        view = self._new_view(args["view"])
         self.home_views[user_id] = view
         return {"view": copy.deepcopy(view)}
 
@@ -567,6 +603,146 @@ class FakeSlack(FakeServer):
             raise SlackError("no_reaction")
         self.reactions.remove(key)
         return {}
+
+
+# ---------------------------------------------------------------------- Block Kit limits
+
+MESSAGE_TEXT_MAX = 40_000
+MESSAGE_BLOCKS_MAX = 50
+VIEW_BLOCKS_MAX = 100
+
+
+def check_message(args: Mapping[str, Any]) -> None:
+    """Raise what Slack answers to a message over its limits (`msg_too_long`, `invalid_blocks`)."""
+    text = args.get("text")
+    if isinstance(text, str) and len(text) > MESSAGE_TEXT_MAX:
+        raise SlackError("msg_too_long", [f"[ERROR] text is {len(text)} characters, over 40000"])
+    blocks = args.get("blocks")
+    if blocks:
+        errors = _block_errors(blocks, MESSAGE_BLOCKS_MAX, "/blocks")
+        if errors:
+            raise SlackError("invalid_blocks", errors)
+
+
+def check_view(view: Mapping[str, Any]) -> None:
+    """Raise what `views.*` answers to a view over Slack's limits (`invalid_arguments`)."""
+    errors: list[str] = []
+    kind = view.get("type")
+    if kind not in ("modal", "home"):
+        errors.append(f"[ERROR] type must be modal or home, not {kind!r} [json-pointer:/view/type]")
+    if kind == "modal":
+        if not isinstance(view.get("title"), dict):
+            errors.append("[ERROR] missing required field: title [json-pointer:/view/title]")
+        for key in ("title", "submit", "close"):
+            if key in view:
+                errors += _text_errors(view[key], 24, f"/view/{key}", plain_only=True)
+    for key in ("callback_id", "external_id"):
+        _too_long(errors, view.get(key), 255, f"/view/{key}")
+    _too_long(errors, view.get("private_metadata"), 3000, "/view/private_metadata")
+    errors += _block_errors(view.get("blocks") or [], VIEW_BLOCKS_MAX, "/view/blocks")
+    if errors:
+        raise SlackError("invalid_arguments", errors)
+
+
+def _too_long(errors: list[str], value: object, limit: int, where: str) -> None:
+    if isinstance(value, str) and len(value) > limit:
+        errors.append(
+            f"[ERROR] must be less than {limit + 1} characters (is {len(value)}) "
+            f"[json-pointer:{where}]"
+        )
+
+
+def _text_errors(obj: object, limit: int, where: str, *, plain_only: bool = False) -> list[str]:
+    if not isinstance(obj, dict) or obj.get("type") not in ("plain_text", "mrkdwn"):
+        return [f"[ERROR] must be a text object [json-pointer:{where}]"]
+    if plain_only and obj["type"] != "plain_text":
+        return [f"[ERROR] must be plain_text [json-pointer:{where}/type]"]
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        return [f"[ERROR] must be at least 1 character [json-pointer:{where}/text]"]
+    errors: list[str] = []
+    _too_long(errors, text, limit, f"{where}/text")
+    return errors
+
+
+def _element_errors(element: object, where: str) -> list[str]:
+    if not isinstance(element, dict):
+        return [f"[ERROR] must be an object [json-pointer:{where}]"]
+    errors: list[str] = []
+    _too_long(errors, element.get("action_id"), 255, f"{where}/action_id")
+    kind = element.get("type")
+    if kind == "button":
+        errors += _text_errors(element.get("text"), 75, f"{where}/text", plain_only=True)
+        _too_long(errors, element.get("value"), 2000, f"{where}/value")
+        _too_long(errors, element.get("url"), 3000, f"{where}/url")
+    if kind == "plain_text_input":
+        max_length = element.get("max_length", 3000)
+        if not isinstance(max_length, int) or not 1 <= max_length <= 3000:
+            errors.append(f"[ERROR] must be between 1 and 3000 [json-pointer:{where}/max_length]")
+            max_length = 3000
+        _too_long(errors, element.get("initial_value"), max_length, f"{where}/initial_value")
+    options = element.get("options")
+    if isinstance(options, list):
+        if len(options) > 100:
+            errors.append(f"[ERROR] no more than 100 items allowed [json-pointer:{where}/options]")
+        for k, option in enumerate(options):
+            errors += _text_errors((option or {}).get("text"), 75, f"{where}/options/{k}/text")
+            _too_long(errors, (option or {}).get("value"), 150, f"{where}/options/{k}/value")
+    return errors
+
+
+def _block_errors(blocks: object, limit: int, where: str) -> list[str]:
+    if not isinstance(blocks, list):
+        return [f"[ERROR] must be an array [json-pointer:{where}]"]
+    errors: list[str] = []
+    if len(blocks) > limit:
+        errors.append(f"[ERROR] no more than {limit} items allowed [json-pointer:{where}]")
+    block_ids: set[str] = set()
+    for i, block in enumerate(blocks):
+        at = f"{where}/{i}"
+        if not isinstance(block, dict):
+            errors.append(f"[ERROR] must be an object [json-pointer:{at}]")
+            continue
+        block_id = block.get("block_id")
+        if isinstance(block_id, str):
+            _too_long(errors, block_id, 255, f"{at}/block_id")
+            if block_id in block_ids:
+                errors.append(f"[ERROR] duplicate block_id {block_id!r} [json-pointer:{at}]")
+            block_ids.add(block_id)
+        kind = block.get("type")
+        if kind == "section":
+            if "text" not in block and "fields" not in block:
+                errors.append(f"[ERROR] must provide text or fields [json-pointer:{at}]")
+            if "text" in block:
+                errors += _text_errors(block["text"], 3000, f"{at}/text")
+            fields = block.get("fields") or []
+            if len(fields) > 10:
+                errors.append(f"[ERROR] no more than 10 items allowed [json-pointer:{at}/fields]")
+            for k, item in enumerate(fields):
+                errors += _text_errors(item, 2000, f"{at}/fields/{k}")
+            if "accessory" in block:
+                errors += _element_errors(block["accessory"], f"{at}/accessory")
+        elif kind == "header":
+            errors += _text_errors(block.get("text"), 150, f"{at}/text", plain_only=True)
+        elif kind == "actions":
+            elements = block.get("elements") or []
+            if not elements or len(elements) > 25:
+                errors.append(f"[ERROR] must hold 1 to 25 items [json-pointer:{at}/elements]")
+            for k, element in enumerate(elements):
+                errors += _element_errors(element, f"{at}/elements/{k}")
+        elif kind == "context":
+            elements = block.get("elements") or []
+            if not elements or len(elements) > 10:
+                errors.append(f"[ERROR] must hold 1 to 10 items [json-pointer:{at}/elements]")
+            for k, element in enumerate(elements):
+                if isinstance(element, dict) and element.get("type") in ("plain_text", "mrkdwn"):
+                    errors += _text_errors(element, 3000, f"{at}/elements/{k}")
+        elif kind == "input":
+            errors += _text_errors(block.get("label"), 2000, f"{at}/label", plain_only=True)
+            if "hint" in block:
+                errors += _text_errors(block["hint"], 2000, f"{at}/hint", plain_only=True)
+            errors += _element_errors(block.get("element"), f"{at}/element")
+    return errors
 
 
 def _require(args: Mapping[str, Any], name: str, *, error: str) -> Any:
