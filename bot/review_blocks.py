@@ -1,4 +1,4 @@
-"""Block Kit for the reviewer gate and for exceptions: the prompt, its buttons, and the decided state."""
+"""Block Kit for review prompts and exceptions: the prompt, its buttons, and the decided state."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse
 from workers.store import Store
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
 from workers.untrusted import fence
-from workers.verify import CriterionVerdict, Verification, verify
+from workers.verify import CriterionVerdict, VerificationReport, verify
 from workers.workorder import Status, WorkOrder, parse_order_id
 
 log = logging.getLogger(__name__)
@@ -668,11 +668,11 @@ class Agent:
         await self._status(run, "Deliverable submitted; waiting for review", order=order)
         return Outcome("done")
 
-    async def _verify(self, run: _Run, item: Deliverable) -> tuple[Verification | None, str]:
+    async def _verify(self, run: _Run, item: Deliverable) -> tuple[VerificationReport | None, str]:
         """The verifier's verdicts (kept on the deliverable, so a resumed run does not pay twice)."""
         assert item.id is not None
         if item.verdicts is not None:
-            return Verification([CriterionVerdict.from_dict(v) for v in item.verdicts]), ""
+            return VerificationReport([CriterionVerdict.from_dict(v) for v in item.verdicts]), ""
         await self._status(run, "Checking the deliverable against its acceptance criteria")
         try:
             verification = await verify(
@@ -690,7 +690,7 @@ class Agent:
         )
         return verification, ""
 
-    async def _revise(self, run: _Run, verification: Verification) -> Outcome:
+    async def _revise(self, run: _Run, verification: VerificationReport) -> Outcome:
         """Automatic checks failed and a revision is allowed: back to work with the findings."""
         assert run.order.id is not None
         await self.store.bump_counter(run.order.id, "auto_revisions")

@@ -27,7 +27,7 @@ def priority_of(settings: Settings, workload_class: WorkloadClass | str) -> int:
     )
 
 
-def gate(settings: Settings, now: datetime | None = None) -> QueueGate:
+def admission(settings: Settings, now: datetime | None = None) -> QueueGate:
     """What an order must pass to start now: team quota headroom and per-user run limits."""
 
     def team(name: str) -> Any:
@@ -89,7 +89,7 @@ def is_finished(order: WorkOrder) -> bool:
 async def claim(store: Store, settings: Settings, worker_id: str) -> Claim:
     now = utcnow()
     return await store.claim(
-        worker_id, lease_ttl_s=settings.engine.lease_ttl_s, gate=gate(settings, now), now=now
+        worker_id, lease_ttl_s=settings.engine.lease_ttl_s, gate=admission(settings, now), now=now
     )
 
 

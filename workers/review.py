@@ -1,4 +1,5 @@
-"""The reviewer gate and exception decisions: who may decide, and what each decision does.
+"""Review decisions and exception actions: what each decision does (who may decide is in
+`workers.permissions`).
 
 Every decision is a state-machine transition, so it is atomic across processes: of two people
 clicking at once, exactly one decision is recorded and the other gets `IllegalTransition`.

@@ -48,7 +48,9 @@ class CriterionVerdict:
 
 
 @dataclass(frozen=True)
-class Verification:
+class VerificationReport:
+    """What the verifier found: one verdict per acceptance criterion."""
+
     verdicts: list[CriterionVerdict]
 
     @property
@@ -128,7 +130,7 @@ def verification_request(order: WorkOrder, deliverable: str) -> ModelRequest:
     )
 
 
-def parse_verdicts(order: WorkOrder, reply: ModelReply) -> Verification:
+def parse_verdicts(order: WorkOrder, reply: ModelReply) -> VerificationReport:
     """Read the verifier's answer; anything missing or unreadable is a failed criterion."""
     given: dict[int, tuple[bool, str]] = {}
     for call in reply.tool_calls:
@@ -145,7 +147,7 @@ def parse_verdicts(order: WorkOrder, reply: ModelReply) -> Verification:
     for i, criterion in enumerate(order.acceptance_criteria, 1):
         passed, reason = given.get(i, (False, "The verifier gave no verdict for this criterion."))
         verdicts.append(CriterionVerdict(criterion, passed, reason or "No reason given."))
-    return Verification(verdicts)
+    return VerificationReport(verdicts)
 
 
 async def verify(
@@ -155,7 +157,7 @@ async def verify(
     *,
     budget: BudgetGuard | None,
     attempt_id: int | None = None,
-) -> Verification:
+) -> VerificationReport:
     """Check `deliverable` against `order`'s criteria on the verify route, within the budget."""
     reply = await completer.complete(
         "verify",
