@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from workers import logs
 from workers.config import Settings, load_settings
 from workers.db import DATABASE_ERRORS, redact_error, redact_url
 from workers.errors import ConfigError, DatabaseUnavailable, NotFound
@@ -91,9 +92,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logs.configure(
+        level=settings.log_level, format=settings.log_format, secrets=settings.secret_values()
     )
     handlers: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
         "run": _run,

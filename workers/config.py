@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from workers.audit import AuditKey
 from workers.db import redact_url
 from workers.errors import ConfigError
-from workers.workorder import MAX_BUDGET_USD, Budget, WorkloadClass
+from workers.workorder import Budget, WorkloadClass
 
 Provider = Literal["anthropic", "openai"]
 Role = Literal["intake", "execute", "verify"]
@@ -301,15 +301,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=AliasChoices("DELEGATE_LOG_LEVEL", "log_level")
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias=AliasChoices("DELEGATE_LOG_FORMAT", "log_format")
+    )
 
     # From YAML (defaults shipped).
     routing: dict[Role, dict[str, Route]]
     prices: dict[str, Price]
     budgets: dict[WorkloadClass, Budget]
     priorities: dict[WorkloadClass, int]
-    max_order_usd: float = Field(
-        default=1000, gt=0, le=MAX_BUDGET_USD, description="no order's budget (Edit, Extend) above"
-    )
     policies: dict[str, AuthorityPolicy]
     channels: dict[str, ChannelDefaults]
     teams: dict[str, TeamQuota]
@@ -485,6 +485,18 @@ class Settings(BaseSettings):
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
+    def secret_values(self) -> list[str]:
+        """Every secret configured, so that logs can scrub them wherever they appear."""
+        values = [
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.anthropic_api_key,
+            self.openai_api_key,
+            self.audit_key,
+        ]
+        return [v.get_secret_value() for v in values if v is not None]
+
     def audit_signing_key(self) -> AuditKey:
         """The key the audit trail is chained with: DELEGATE_AUDIT_KEY, else the key file,
         else none (the trail still links and counts its events, unkeyed)."""
@@ -544,7 +556,7 @@ _ENV_NAMES = {
         "openai_base_url",
     )
 } | {"audit_key": "DELEGATE_AUDIT_KEY", "audit_key_file": "DELEGATE_AUDIT_KEY_FILE",
-     "log_level": "DELEGATE_LOG_LEVEL"}  # fmt: skip
+     "log_level": "DELEGATE_LOG_LEVEL", "log_format": "DELEGATE_LOG_FORMAT"}  # fmt: skip
 
 
 def _is_secret_field(field: str) -> bool:

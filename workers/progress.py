@@ -132,21 +132,30 @@ class LoggingReporter:
     """A reporter for workers without a Slack front door: it writes to the log."""
 
     async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
-        log.info("%s %s: %s (%s)", order.id, order.status.value, step, spend.describe())
+        log.info(
+            "%s %s: %s (%s)",
+            order.id,
+            order.status.value,
+            step,
+            spend.describe(),
+            extra={"order": order.id},
+        )
 
     async def waiting(self, order: WorkOrder, reason: str) -> None:
-        log.info("%s waiting: %s", order.id, reason)
+        log.info("%s waiting: %s", order.id, reason, extra={"order": order.id})
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
-        log.info("%s asks the requester: %s", order.id, text)
+        log.info("%s asks the requester: %s", order.id, text, extra={"order": order.id})
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
-        log.info("%s submitted: %s", order.id, result.summary)
+        log.info("%s submitted: %s", order.id, result.summary, extra={"order": order.id})
 
     async def exception(
         self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
     ) -> None:
-        log.warning("%s exception (%s): %s", order.id, kind, message)
+        log.warning(
+            "%s exception (%s): %s", order.id, kind, message, extra={"order": order.id}
+        )
 
 
 # Delivery order: lower first. Status updates go last and are coalesced.

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from workers import queue
+from workers import logs, queue
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
 from workers.keys import exception_key
@@ -91,6 +91,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Work until `stop` is set, then shut down gracefully."""
+        logs.bind(worker=self.worker_id)
         stop = stop or asyncio.Event()
         claiming = asyncio.create_task(self._claim_loop(), name=f"claim-loop {self.worker_id}")
         stopped = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -193,14 +194,18 @@ class Worker:
         assert claim.order is not None and claim.attempt is not None
         run_task = asyncio.current_task()
         assert run_task is not None
+        # This task and those it starts log with the run's identity.
+        logs.bind(order=claim.order.id, attempt=claim.attempt.id, worker=self.worker_id)
         number = parse_order_id(claim.order.id or "")
         watcher = asyncio.create_task(
             self._watch(number, control, run_task), name=f"lease {claim.order.id}"
         )
         try:
-            return await self.agent.run(
+            outcome = await self.agent.run(
                 claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
             )
+            log.info("run ended: %s %s", claim.order.id, outcome.kind)
+            return outcome
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -250,7 +255,6 @@ class Worker:
             return
         outcome = task.result()
         self.outcomes.append((name, outcome))
-        log.info("run ended: %s %s", name, outcome.kind, extra={"order": name})
         del item
 
     async def _report(self, call: Awaitable[None]) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
+from workers import logs
 from workers.budget import (
     BudgetGuard,
     Reservation,
@@ -116,6 +117,29 @@ class ModelRouter:
         message is a plain explanation), RetryLater (come back after `after_s`) or
         ProviderUnavailable (every configured model failed).
         """
+        with logs.scope(role=role, order=order_id):
+            return await self._complete(
+                role,
+                workload_class,
+                request,
+                order_id=order_id,
+                attempt_id=attempt_id,
+                budget=budget,
+                timeout_s=timeout_s,
+            )
+
+    async def _complete(
+        self,
+        role: Role,
+        workload_class: WorkloadClass | str,
+        request: ModelRequest,
+        *,
+        order_id: str | None,
+        attempt_id: int | None,
+        budget: BudgetGuard | None,
+        timeout_s: float | None,
+    ) -> ModelReply:
+        """`complete`, inside the log scope of its role."""
         route = self.settings.route(role, workload_class)
         candidates = [ref for ref in (route.primary, route.fallback) if ref is not None]
         failures: list[ProviderFailure] = []

@@ -1,0 +1,89 @@
+"""Logs an on-call engineer can use: JSON lines that carry the order, attempt, worker and role,
+quiet by default, and never a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.openai import FakeOpenAI
+from tests.support.databases import Database
+from tests.support.factories import make_order
+from tests.support.processes import spawn_worker, stop_worker, worker_env
+from tests.support.waiting import eventually
+from workers import logs, queue
+from workers.config import load_settings
+from workers.store import Store
+from workers.workorder import Status
+
+
+async def test_json_lines_follow_one_order_across_the_worker(
+    database: Database, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    store = Store(database.engine())
+    settings = load_settings(database_url=database.url)
+    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    await queue.enqueue(store, settings, order.id or "", actor="U1")
+    # Anthropic is down for the first step, so the router logs a failover with its role.
+    down = Reply.error(529, headers={"retry-after-ms": "1"})
+    fake_anthropic.script(down, down, down, Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    fake_openai.script("thinking")
+    env = worker_env(database, fake_anthropic, fake_openai, tmp_path) | {
+        "DELEGATE_LOG_FORMAT": "json"
+    }
+    process = await spawn_worker(env, tmp_path, worker_id="w-json")
+    try:
+
+        async def delivered() -> bool:
+            return (await store.get_order(order.id or "")).status == Status.AWAITING_REVIEW
+
+        await eventually(delivered, timeout_s=30)
+    finally:
+        assert await stop_worker(process) == 0
+        await store.close()
+    lines = (tmp_path / "w-json.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "message"} <= e.keys() for e in entries)
+    about = [e for e in entries if e.get("order") == order.id]
+    assert about, lines
+    failover = next(e for e in about if "trying the next route" in e["message"])
+    assert failover["role"] == "execute" and failover["worker"] == "w-json"
+    assert failover["attempt"]
+    ended = next(e for e in about if e["message"].startswith("run ended"))
+    assert ended["worker"] == "w-json" and ended["attempt"] == failover["attempt"]
+    assert not [e for e in entries if e["logger"].startswith("alembic")]  # quiet by default
+
+
+def test_secrets_never_reach_a_log_line(capsys: pytest.CaptureFixture[str]) -> None:
+    signing = "0123456789abcdef0123456789abcdef"
+    logs.configure(format="json", secrets=[signing])
+    log = logging.getLogger("delegate.test")
+    log.warning("token xoxb-1234-5678-abcdefgh and xapp-1-A111-222-xyz")
+    log.warning("keys %s %s", "sk-ant-api03-secretsecret", "sk-proj-abcdefghij")
+    log.warning("signing secret is %s", signing)
+    try:
+        raise RuntimeError(f"boom with {signing}")
+    except RuntimeError:
+        log.exception("failed")
+    logging.getLogger("slack_bolt.AsyncApp").warning(
+        "As you gave `client` as well, `token` will be unused."
+    )
+    err = capsys.readouterr().err
+    for secret in ("xoxb-1234", "xapp-1-A111", "sk-ant-api03", "sk-proj-abc", signing):
+        assert secret not in err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert len(lines) == 4 and all("[redacted]" in e["message"] + e.get("exception", "") for e in lines)
+
+
+def test_text_lines_carry_the_bound_context(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure(format="text")
+    with logs.scope(order="WO-42", attempt=3, worker="w1", role="verify"):
+        logging.getLogger("workers.x").info("checking")
+    logging.getLogger("workers.x").info("outside")
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.endswith("checking [order=WO-42 attempt=3 worker=w1 role=verify]")
+    assert second.endswith("outside")
