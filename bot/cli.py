@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--user", default="console", help="who is asking (default: console)")
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
 
+    from bot.digest_cli import add_parser as add_digest_parser
+
+    add_digest_parser(sub)
+
     sub.add_parser("schema", help="print the work order's JSON Schema")
     doctor = sub.add_parser(
         "doctor", help="check configuration, database, Slack and model providers"
@@ -102,6 +106,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "audit": _audit,
         "doctor": _doctor,
         "console": _console,
+        "digest": _digest,
     }
     try:
         return asyncio.run(handlers[args.command](settings, args))
@@ -268,6 +273,12 @@ def _settle(future: asyncio.Future[str], line: str | None, error: Exception | No
         future.set_exception(error)
     else:
         future.set_result(line or "")
+
+
+async def _digest(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.digest_cli import run
+
+    return await run(settings, args)
 
 
 async def _console(settings: Settings, args: argparse.Namespace) -> int:

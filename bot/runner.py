@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
 
 from bot.app import create_app
+from bot.digest_post import SlackDigestPublisher
 from bot.reporter import SlackReporter
 from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
+from workers.chart import render_chart
 from workers.config import Settings
+from workers.digest import DigestScheduler
 from workers.followup import FollowUps
 from workers.migrate import upgrade_when_reachable
 from workers.progress import LoggingReporter, ProgressReporter
@@ -24,6 +28,8 @@ from workers.runtime import run_worker
 from workers.store import Store
 
 log = logging.getLogger(__name__)
+
+DIGEST_SWEEP_S = 60
 
 
 def missing_slack_credentials(settings: Settings) -> str:
@@ -88,6 +94,20 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         max_instances=1,
         coalesce=True,
     )
+    if settings.digests:
+        # Every minute, and once at start so that a digest missed while down is caught up.
+        digests = DigestScheduler(
+            settings, store.engine, SlackDigestPublisher(client), render_chart=render_chart
+        )
+        scheduler.add_job(
+            digests.sweep,
+            "interval",
+            seconds=DIGEST_SWEEP_S,
+            id="digests",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
     scheduler.start()
     workers = asyncio.create_task(
         run_worker(

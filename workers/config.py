@@ -441,6 +441,13 @@ class Settings(BaseSettings):
                         "a user belongs to one team, which their spend is charged to"
                     )
                 team_of.setdefault(member, name)
+        for i, digest in enumerate(self.digests):
+            for team_name in digest.teams:
+                if team_name != "all" and team_name not in self.teams:
+                    problems.append(
+                        f"digests[{i}].teams: {team_name!r} is not a team; expected 'all' or one "
+                        f"of {', '.join(sorted(self.teams))}"
+                    )
         for name, channel in self.channels.items():
             if channel.policy not in self.policies:
                 problems.append(

@@ -305,3 +305,27 @@ class Deliverable(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class DigestPost(SQLModel, table=True):
+    """A weekly digest claimed (then posted) for one team, channel and ISO week: the unique key
+    is what makes it exactly once, whichever process runs the schedule."""
+
+    __tablename__ = "digest_posts"
+    __table_args__ = (
+        UniqueConstraint("team", "channel", "week", name="uq_digest_posts_team_channel_week"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    team: str
+    channel: str
+    week: str = Field(description="ISO week, e.g. '2026-W47'")
+    state: str = Field(default="claimed", description="'claimed' or 'posted'")
+    claimed_by: str
+    claimed_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    posted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    ts: str | None = None

@@ -1,0 +1,128 @@
+"""`delegate digest`: print, export or post a team's weekly digest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from workers.config import Settings
+from workers.db import create_engine
+from workers.digest import (
+    DigestScheduler,
+    build_digest,
+    digest_json,
+    render_markdown,
+    schedule_for,
+    series_csv,
+)
+from workers.metrics import ALL, Period, series_metrics
+from workers.models import utcnow
+
+if TYPE_CHECKING:
+    from bot.digest_post import SlackDigestPublisher
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(sub: Any) -> None:
+    digest = sub.add_parser(
+        "digest",
+        help="print, export or post a team's weekly digest",
+        description="`delegate digest --team growth [--week 2026-W47] [--format md|json]` prints "
+        "the digest; `--format csv --weeks 12` exports the weekly series; `--post` posts it in "
+        "the team's digest channel; `--due` posts every scheduled digest that is due and not "
+        "yet posted (what `delegate run` does every minute).",
+    )
+    digest.add_argument("--team", default=None, help="a configured team, or 'all'")
+    digest.add_argument("--week", default=None, help="ISO week such as 2026-W47 (default: last)")
+    digest.add_argument("--format", choices=["md", "json", "csv"], default="md")
+    digest.add_argument("--weeks", type=int, default=12, help="CSV: how many weeks (default 12)")
+    digest.add_argument("--tz", default=None, help="time zone of the week (default: the team's)")
+    digest.add_argument("--post", action="store_true", help="post it in Slack as well")
+    digest.add_argument("--channel", default=None, help="with --post: where (default: scheduled)")
+    digest.add_argument("--due", action="store_true", help="post the scheduled digests now due")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.due:
+        return await _due(settings)
+    team = args.team
+    if team is None or (team != ALL and team not in settings.teams):
+        known = ", ".join([ALL, *sorted(settings.teams)])
+        print(f"delegate digest: --team must be one of: {known}", file=sys.stderr)
+        return EXIT_USAGE
+    schedule = schedule_for(settings, team)
+    tz = args.tz or (schedule.timezone if schedule else "UTC")
+    try:
+        week = (
+            Period.iso_week(args.week, tz) if args.week else Period.last_complete_week(utcnow(), tz)
+        )
+    except (ValueError, KeyError) as exc:
+        print(f"delegate digest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.weeks < 1:
+        print("delegate digest: --weeks must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    engine = create_engine(settings.database_url)
+    try:
+        if args.format == "csv":
+            rows = await series_metrics(engine, settings, team, week.weeks_back(args.weeks))
+            sys.stdout.write(series_csv(rows))
+            return EXIT_OK
+        digest = await build_digest(engine, settings, team, week)
+        if args.format == "json":
+            print(json.dumps(digest_json(digest), indent=2))
+        else:
+            print(render_markdown(digest), end="")
+        if args.post:
+            channel = args.channel or (schedule.channel if schedule else None)
+            if channel is None:
+                print(
+                    "delegate digest: no channel; pass --channel or add the team to `digests:`",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            publisher = _publisher(settings)
+            if publisher is None:
+                return EXIT_USAGE
+            from workers.chart import render_chart
+
+            ts = await publisher.publish(channel, digest, render_chart(digest.series, digest.title))
+            print(f"posted in {channel} (ts {ts})", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        await engine.dispose()
+
+
+def _publisher(settings: Settings) -> SlackDigestPublisher | None:
+    if settings.slack_bot_token is None:
+        print("delegate digest: SLACK_BOT_TOKEN is not set, cannot post", file=sys.stderr)
+        return None
+    from bot.digest_post import SlackDigestPublisher
+    from bot.slack_client import make_slack_client
+
+    return SlackDigestPublisher(make_slack_client(settings))
+
+
+async def _due(settings: Settings) -> int:
+    if not settings.digests:
+        print("delegate digest: no `digests:` are configured", file=sys.stderr)
+        return EXIT_USAGE
+    publisher = _publisher(settings)
+    if publisher is None:
+        return EXIT_USAGE
+    from workers.chart import render_chart
+
+    engine = create_engine(settings.database_url)
+    try:
+        scheduler = DigestScheduler(settings, engine, publisher, render_chart=render_chart)
+        posted = await scheduler.sweep()
+    finally:
+        await engine.dispose()
+    for claim in posted:
+        print(f"posted {claim.team} {claim.week} in {claim.channel}")
+    if not posted:
+        print("nothing due")
+    return EXIT_OK

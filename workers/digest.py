@@ -1,0 +1,540 @@
+"""The leads' weekly digest: what to say, when to say it, and saying it exactly once.
+
+- *What*: `build_digest` gathers a team's week and the week before (workers.metrics) plus the
+  last eight weeks for the chart; `headlines` turns them into the few sentences a lead reads in
+  ten seconds; `render_markdown`, `digest_json` and `series_csv` are the CLI's formats.
+- *When*: each `digests:` entry is a 5-field cron in an IANA time zone. The first time the cron
+  fires in a week (local time, so 09:00 stays 09:00 across daylight-saving changes), the last
+  complete week is due. A sweep that runs later in the week (the bot was down at 09:00) still
+  finds it due, and posts it then: a missed digest is caught up once.
+- *Once*: a digest is claimed by inserting (team, channel, week) into `digest_posts`, whose
+  unique key lets exactly one insert win on SQLite and PostgreSQL alike. On PostgreSQL the sweep
+  also takes an advisory lock, so concurrent `delegate run` processes do not even race for it.
+  A claim whose post failed is released for the next sweep; one left behind by a process that
+  died while posting is taken over after `STALE_CLAIM` (the only case that can post twice).
+
+Nothing here knows Slack: posting goes through a `DigestPublisher` (bot.digest_post).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel
+
+from workers import metrics
+from workers.config import DigestSchedule, Settings
+from workers.metrics import ALL, Comparison, Period, TeamMetrics, WeekPoint, usd
+from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
+
+log = logging.getLogger(__name__)
+
+CHART_WEEKS = 8
+STALE_CLAIM = timedelta(minutes=15)
+# pg_advisory lock key for the digest sweep ("delegate digest" as a 63-bit number).
+_SWEEP_LOCK = 0x6469676573745F31
+_posts = SQLModel.metadata.tables["digest_posts"]
+
+
+# ----------------------------------------------------------------------------- what to say
+
+
+@dataclass
+class Digest:
+    team: str
+    comparison: Comparison
+    series: list[WeekPoint] = field(default_factory=list)
+
+    @property
+    def week(self) -> Period:
+        return self.comparison.current.period
+
+    @property
+    def current(self) -> TeamMetrics:
+        return self.comparison.current
+
+    @property
+    def previous(self) -> TeamMetrics:
+        return self.comparison.previous
+
+    @property
+    def title(self) -> str:
+        who = "the whole workspace" if self.team == ALL else f"team {self.team}"
+        return f"Weekly digest for {who}, {self.week.label}"
+
+
+async def build_digest(
+    engine: AsyncEngine, settings: Settings, team: str, week: Period, *, weeks: int = CHART_WEEKS
+) -> Digest:
+    comparison = await metrics.compare(engine, settings, team, week)
+    series = await metrics.weekly_series(engine, team, week.weeks_back(weeks))
+    return Digest(team, comparison, series)
+
+
+def money(micro: int | None) -> str:
+    """Dollars for people: cents (rounded half up), or four decimals under a cent."""
+    if micro is None:
+        return "n/a"
+    dollars = Decimal(micro) / 1_000_000
+    if abs(dollars) >= Decimal("0.01") or dollars == 0:
+        return f"${dollars.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+    return f"${dollars.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.0f} %"
+
+
+def _signed(value: int) -> str:
+    return f"+{value}" if value > 0 else str(value)
+
+
+def _count_change(now: int, before: int) -> str:
+    if now == before:
+        return "same as last week"
+    return f"{_signed(now - before)} on last week"
+
+
+def _money_change(now: int | None, before: int | None) -> str:
+    if now is None or before is None:
+        return "no comparison" if before is None else f"last week {money(before)}"
+    if now == before:
+        return "same as last week"
+    delta = now - before
+    sign = "+" if delta > 0 else "-"
+    return f"{sign}{money(abs(delta))} on last week"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def headlines(digest: Digest) -> list[str]:
+    """The digest in a few plain sentences, most important first."""
+    now, before = digest.current, digest.previous
+    if now.is_empty:
+        line = "A quiet week: no requests, nothing finished and nothing spent."
+        if not before.is_empty:
+            line += (
+                f" The week before had {plural(before.finished_outcomes, 'finished outcome')}"
+                f" for {money(before.spend_micro_usd)}."
+            )
+        return [line, "Mention @Delegate with a request, or DM it, to get work done."]
+    lines = [
+        f"*{plural(now.finished_outcomes, 'finished outcome')}* "
+        f"({_count_change(now.finished_outcomes, before.finished_outcomes)}), "
+        + (
+            f"at *{money(now.cost_per_finished_outcome_micro_usd)} each* "
+            f"({_money_change(now.cost_per_finished_outcome_micro_usd, before.cost_per_finished_outcome_micro_usd)})."
+            if now.finished_outcomes
+            else "so no cost per outcome yet."
+        ),
+        f"Spent *{money(now.spend_micro_usd)}* "
+        f"({_money_change(now.spend_micro_usd, before.spend_micro_usd)})"
+        + (
+            f"; {money(now.unapproved_spend_micro_usd)} went to work that was not approved."
+            if now.unapproved_spend_micro_usd
+            else "."
+        ),
+    ]
+    ratio = now.delegation_ratio
+    lines.append(
+        f"{plural(now.requests_received, 'request')}: {plural(now.delegations, 'delegation')} "
+        f"and {plural(now.chat_answers, 'chat answer')}"
+        + (f" ({percent(ratio)} delegated)." if ratio is not None else ".")
+    )
+    if now.review_decisions or now.finished_outcomes:
+        lines.append(
+            f"First-pass approval {percent(now.first_pass_approval_rate)}, "
+            f"rework {percent(now.rework_rate)}; confirmed to approved in "
+            f"{duration(now.cycle_time_p50_s)} (median, p90 {duration(now.cycle_time_p90_s)}); "
+            f"reviews answered in {duration(now.review_latency_p50_s)} (median)."
+        )
+    trouble = []
+    if now.exceptions:
+        ranked = sorted(now.exceptions.items(), key=lambda kv: (-kv[1], kv[0]))
+        kinds = ", ".join(f"{_clip(k, 40)} {v}" for k, v in ranked[:5])
+        if len(ranked) > 5:
+            kinds += f" and {plural(len(ranked) - 5, 'other kind')}"
+        trouble.append(f"{plural(now.exception_count, 'exception')} ({kinds})")
+    if now.rejections:
+        trouble.append(plural(now.rejections, "rejection"))
+    if now.cancellations:
+        trouble.append(plural(now.cancellations, "cancellation"))
+    if trouble:
+        lines.append("Needs a look: " + ", ".join(trouble) + ".")
+    return lines
+
+
+def digest_json(digest: Digest) -> dict[str, Any]:
+    current = digest.current.as_dict()
+    return {
+        **current,
+        "headlines": headlines(digest),
+        "previous": digest.previous.as_dict(),
+        "changes": {
+            name: (round(value, 6) if isinstance(value, float) else value)
+            for name, value in digest.comparison.changes().items()
+        },
+        "series": [
+            {
+                "week": p.week,
+                "finished_outcomes": p.finished_outcomes,
+                "total_spend_usd": usd(p.spend_micro_usd),
+                "cost_per_finished_outcome_usd": usd(p.cost_per_finished_outcome_micro_usd),
+            }
+            for p in digest.series
+        ],
+    }
+
+
+def render_markdown(digest: Digest) -> str:
+    now = digest.current
+    out = [f"# {digest.title}", ""]
+    out += [f"- {line.replace('*', '**')}" for line in headlines(digest)]
+    out += ["", "| figure | this week | last week |", "|---|---|---|"]
+    for label, this, last in _table_rows(digest):
+        out.append(f"| {label} | {this} | {last} |")
+    if now.spend_by_route:
+        out += ["", "## Spend by route (role x class -> model)", ""]
+        for r in now.spend_by_route:
+            out.append(
+                f"- {r.role} x {r.workload_class} -> {r.model}: {money(r.micro_usd)} "
+                f"({plural(r.calls, 'call')})"
+            )
+    if now.top_requesters:
+        out += ["", "## Top requesters", ""]
+        out += [
+            f"- {p.user}: {p.finished} finished, {p.count} confirmed" for p in now.top_requesters
+        ]
+    if now.top_reviewers:
+        out += ["", "## Top reviewers", ""]
+        out += [f"- {p.user}: {plural(p.count, 'decision')}" for p in now.top_reviewers]
+    return "\n".join(out) + "\n"
+
+
+def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
+    now, before = digest.current, digest.previous
+
+    def both(fmt: Callable[[TeamMetrics], str]) -> tuple[str, str]:
+        return fmt(now), fmt(before)
+
+    rows: list[tuple[str, Callable[[TeamMetrics], str]]] = [
+        ("Finished outcomes", lambda m: str(m.finished_outcomes)),
+        ("Cost per finished outcome", lambda m: money(m.cost_per_finished_outcome_micro_usd)),
+        ("Total spend", lambda m: money(m.spend_micro_usd)),
+        ("Spend not approved", lambda m: money(m.unapproved_spend_micro_usd)),
+        ("Requests", lambda m: str(m.requests_received)),
+        ("Delegations / chat answers", lambda m: f"{m.delegations} / {m.chat_answers}"),
+        ("Orders confirmed", lambda m: str(m.orders_confirmed)),
+        ("First-pass approval", lambda m: percent(m.first_pass_approval_rate)),
+        ("Rework rate", lambda m: percent(m.rework_rate)),
+        ("Rejections", lambda m: str(m.rejections)),
+        ("Cancellations", lambda m: str(m.cancellations)),
+        ("Exceptions", lambda m: str(m.exception_count)),
+        (
+            "Cycle time (median / p90)",
+            lambda m: f"{duration(m.cycle_time_p50_s)} / {duration(m.cycle_time_p90_s)}",
+        ),
+        ("Review latency (median)", lambda m: duration(m.review_latency_p50_s)),
+        ("Time waiting in the queue", lambda m: duration(m.queue_wait_total_s)),
+    ]
+    return [(label, *both(fmt)) for label, fmt in rows]
+
+
+def figure_rows(digest: Digest) -> list[tuple[str, str, str]]:
+    """(label, this week, last week) for every headline figure: the Block Kit fields use them."""
+    return _table_rows(digest)
+
+
+CSV_COLUMNS = (
+    "week",
+    "start",
+    "end",
+    "requests_received",
+    "delegations",
+    "chat_answers",
+    "orders_confirmed",
+    "finished_outcomes",
+    "first_pass_approval_rate",
+    "rework_rate",
+    "rejections",
+    "cancellations",
+    "exceptions",
+    "cycle_time_p50_s",
+    "cycle_time_p90_s",
+    "review_latency_p50_s",
+    "queue_wait_total_s",
+    "total_spend_usd",
+    "cost_per_finished_outcome_usd",
+    "unapproved_spend_usd",
+)
+
+
+def series_csv(series: Sequence[TeamMetrics]) -> str:
+    """One row per week, oldest first, for a spreadsheet."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["team", *CSV_COLUMNS])
+    for m in series:
+        row = m.as_dict()
+        row["exceptions"] = m.exception_count
+        writer.writerow([m.team, *("" if row[c] is None else row[c] for c in CSV_COLUMNS)])
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- when
+
+
+def schedule_teams(schedule: DigestSchedule, settings: Settings) -> list[str]:
+    """The teams a `digests:` entry reports on: those listed, or every configured team."""
+    return list(schedule.teams) or sorted(settings.teams)
+
+
+def trigger(schedule: DigestSchedule) -> CronTrigger:
+    return CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
+
+
+def fire_in_week(schedule: DigestSchedule, now: datetime) -> datetime | None:
+    """The schedule's first fire time in the (local) week containing `now`, if it has come."""
+    week = Period.week_of(now, schedule.timezone)
+    start = week.start.astimezone(ZoneInfo(schedule.timezone))
+    fire = trigger(schedule).get_next_fire_time(None, start)
+    if fire is None or fire > now:
+        return None
+    return fire
+
+
+def due_week(schedule: DigestSchedule, now: datetime) -> Period | None:
+    """The week whose digest is due at `now`: the last complete one, once the cron has fired
+    this week; None before that."""
+    if fire_in_week(schedule, now) is None:
+        return None
+    return Period.last_complete_week(now, schedule.timezone)
+
+
+def next_fire(schedule: DigestSchedule, after: datetime) -> datetime | None:
+    fire = trigger(schedule).get_next_fire_time(None, after.astimezone(ZoneInfo(schedule.timezone)))
+    return fire.astimezone(UTC) if fire else None
+
+
+def schedule_for(settings: Settings, team: str) -> DigestSchedule | None:
+    """The first `digests:` entry that reports on `team` (its channel and time zone)."""
+    for schedule in settings.digests:
+        if team in schedule_teams(schedule, settings):
+            return schedule
+    return None
+
+
+# ----------------------------------------------------------------------------- once
+
+
+@dataclass(frozen=True)
+class Claim:
+    team: str
+    channel: str
+    week: str
+    id: int
+
+
+async def claim(
+    engine: AsyncEngine,
+    *,
+    team: str,
+    channel: str,
+    week: str,
+    owner: str,
+    now: datetime,
+) -> Claim | None:
+    """Claim the digest for (team, channel, week); None if another process has (or posted) it."""
+    async with engine.begin() as conn:
+        return await _claim(conn, team=team, channel=channel, week=week, owner=owner, now=now)
+
+
+async def _claim(
+    conn: Any, *, team: str, channel: str, week: str, owner: str, now: datetime
+) -> Claim | None:
+    values = {
+        "team": team,
+        "channel": channel,
+        "week": week,
+        "state": "claimed",
+        "claimed_by": owner,
+        "claimed_at": now,
+    }
+    dialect = conn.dialect.name
+    statement: Any
+    if dialect == "postgresql":
+        statement = pg_insert(_posts).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite_insert(_posts).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - Delegate runs on the two above
+        statement = insert(_posts).values(**values)
+    inserted = await conn.execute(statement)
+    key = and_(_posts.c.team == team, _posts.c.channel == channel, _posts.c.week == week)
+    if inserted.rowcount != 1:
+        # Taken over only if its owner died mid-post: claimed, never posted, long ago.
+        taken = await conn.execute(
+            update(_posts)
+            .where(key, _posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
+            .values(claimed_by=owner, claimed_at=now)
+        )
+        if taken.rowcount != 1:
+            return None
+    row_id = (await conn.execute(select(_posts.c.id).where(key))).scalar_one()
+    return Claim(team, channel, week, int(row_id))
+
+
+async def mark_posted(
+    engine: AsyncEngine, claimed: Claim, *, ts: str | None, now: datetime
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(_posts)
+            .where(_posts.c.id == claimed.id)
+            .values(state="posted", ts=ts, posted_at=now)
+        )
+
+
+async def release(engine: AsyncEngine, claimed: Claim) -> None:
+    """Give a claim back after a failed post, so the next sweep tries again."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            delete(_posts).where(_posts.c.id == claimed.id, _posts.c.state == "claimed")
+        )
+
+
+class DigestPublisher(Protocol):
+    async def publish(self, channel: str, digest: Digest, chart_png: bytes | None) -> str | None:
+        """Post the digest (and its chart) in `channel`; returns the message ts."""
+        ...
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DigestScheduler:
+    """Posts every due digest once. `sweep()` is run by APScheduler every minute and at start;
+    tests call it directly with their own clock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        publisher: DigestPublisher,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        owner: str | None = None,
+        render_chart: Callable[[Sequence[WeekPoint], str], bytes] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.publisher = publisher
+        self.clock = clock
+        self.owner = owner or default_owner()
+        self.render_chart = render_chart
+
+    def due(self, now: datetime) -> list[tuple[str, str, Period]]:
+        """(team, channel, week) for every digest due at `now`, claimed or not."""
+        due = []
+        for schedule in self.settings.digests:
+            week = due_week(schedule, now)
+            if week is None:
+                continue
+            for team in schedule_teams(schedule, self.settings):
+                due.append((team, schedule.channel, week))
+        return due
+
+    async def sweep(self) -> list[Claim]:
+        """Claim and post what is due; returns the digests this process posted."""
+        now = self.clock()
+        due = self.due(now)
+        if not due:
+            return []
+        claims = await self._claim_all(due, now)
+        posted = []
+        weeks = {(c.team, c.channel, c.week): w for c, w in claims}
+        for claimed, _ in claims:
+            week = weeks[(claimed.team, claimed.channel, claimed.week)]
+            try:
+                ts = await self._post(claimed, week)
+            except Exception:
+                log.exception(
+                    "digest for %s in %s (%s) failed; will retry",
+                    claimed.team,
+                    claimed.channel,
+                    claimed.week,
+                )
+                await release(self.engine, claimed)
+                continue
+            await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+            posted.append(claimed)
+        return posted
+
+    async def _claim_all(
+        self, due: list[tuple[str, str, Period]], now: datetime
+    ) -> list[tuple[Claim, Period]]:
+        claims = []
+        async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # One sweeper at a time; the others find nothing left to claim next minute.
+                got = (
+                    await conn.execute(
+                        text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=_SWEEP_LOCK)
+                    )
+                ).scalar_one()
+                if not got:
+                    return []
+            # On SQLite this transaction began IMMEDIATE: it already is the only writer.
+            for team, channel, week in due:
+                claimed = await _claim(
+                    conn, team=team, channel=channel, week=week.label, owner=self.owner, now=now
+                )
+                if claimed is not None:
+                    claims.append((claimed, week))
+        return claims
+
+    async def _post(self, claimed: Claim, week: Period) -> str | None:
+        digest = await build_digest(self.engine, self.settings, claimed.team, week)
+        chart = None
+        if self.render_chart is not None:
+            try:
+                chart = await asyncio.to_thread(self.render_chart, digest.series, digest.title)
+            except Exception:
+                log.exception(
+                    "digest chart for %s could not be drawn; posting without", claimed.team
+                )
+        return await self.publisher.publish(claimed.channel, digest, chart)
