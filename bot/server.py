@@ -9,12 +9,14 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
 from bot.http_guard import check_request
+from workers import telemetry
 from workers.store import Store
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 
 
 def build_web_app(
@@ -32,6 +34,17 @@ def build_web_app(
         return web.json_response({"status": "ok", "database": "ok"})
 
     app.router.add_get(HEALTH_PATH, health)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        try:
+            await telemetry.refresh_from_database(store.engine)
+        except Exception as exc:  # still serve what this process counted itself
+            log.warning("metrics: database figures unavailable (%s)", type(exc).__name__)
+        return web.Response(
+            body=telemetry.exposition(), headers={"Content-Type": telemetry.CONTENT_TYPE}
+        )
+
+    app.router.add_get(METRICS_PATH, metrics)
 
     if bolt is not None:
         if not signing_secret:

@@ -6,30 +6,75 @@ slack_sdk's retry handlers already do what we need: honour Retry-After on 429, b
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from workers.config import Settings
+from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
 
 RATE_LIMIT_RETRIES = 3
 TRANSIENT_RETRIES = 3
+
+
+class InstrumentedWebClient(AsyncWebClient):
+    """Counts every Web API call by method and outcome for `/metrics`."""
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        try:
+            response = await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            SLACK_CALLS.labels(api_method, "error").inc()
+            SLACK_ERRORS.labels(api_method, str(exc.response.get("error") or "unknown")).inc()
+            raise
+        except Exception:
+            SLACK_CALLS.labels(api_method, "error").inc()
+            SLACK_ERRORS.labels(api_method, "unreachable").inc()
+            raise
+        SLACK_CALLS.labels(api_method, "ok").inc()
+        return response
+
+
+class _CountingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
+    """Slack's own 429 handling, counting each 429 it sits out."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None and response.status_code == 429:
+            SLACK_RATE_LIMITED.labels(urlsplit(request.url).path.rsplit("/", 1)[-1]).inc()
+        return await super()._can_retry_async(
+            state=state, request=request, response=response, error=error
+        )
 
 
 def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> AsyncWebClient:
     """A Web API client on `SLACK_API_URL` that survives rate limits and transient failures."""
     backoff = BackoffRetryIntervalCalculator(backoff_factor=backoff_factor_s)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    return AsyncWebClient(
+    return InstrumentedWebClient(
         token=token,
         base_url=settings.slack_api_url,
         timeout=15,
         retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+            _CountingRateLimitHandler(max_retry_count=RATE_LIMIT_RETRIES),
             AsyncServerErrorRetryHandler(
                 max_retry_count=TRANSIENT_RETRIES, interval_calculator=backoff
             ),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from workers import queue
+from workers import queue, telemetry
 from workers.budget import BudgetGuard
 from workers.config import Settings
 from workers.errors import (
@@ -756,6 +756,7 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
+        telemetry.RUN_STOPS.labels(kind).inc()
         spend = await self._spend(run)
         key = exception_key(order.id or "", run.attempt.number)
         await self._report(self.reporter.exception(order, kind, message, spend, key=key))
@@ -800,6 +801,7 @@ class Agent:
         return Outcome("cancelled")
 
     async def _lost(self, run: _Run) -> Outcome:
+        telemetry.LEASES_LOST.inc()
         await self.store.end_attempt(run.attempt_id, "lost")
         return Outcome("lost")
 

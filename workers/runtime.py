@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from workers import logs, queue
+from workers import logs, queue, telemetry
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
 from workers.keys import exception_key
@@ -188,6 +188,7 @@ class Worker:
         control = RunControl()
         task = asyncio.create_task(self._run_one(claim, control), name=f"run {order.id}")
         self.running[number] = _Running(order, task, control)
+        telemetry.RUNS_IN_FLIGHT.inc()
         task.add_done_callback(lambda t: self._finished(number, t))
 
     async def _run_one(self, claim: Claim, control: RunControl) -> Outcome:
@@ -200,11 +201,13 @@ class Worker:
         watcher = asyncio.create_task(
             self._watch(number, control, run_task), name=f"lease {claim.order.id}"
         )
+        started = time.monotonic()
         try:
             outcome = await self.agent.run(
                 claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
             )
             log.info("run ended: %s %s", claim.order.id, outcome.kind)
+            telemetry.RUN_DURATION.labels(outcome.kind).observe(time.monotonic() - started)
             return outcome
         finally:
             watcher.cancel()
@@ -244,6 +247,8 @@ class Worker:
 
     def _finished(self, number: int, task: asyncio.Task[Outcome]) -> None:
         item = self.running.pop(number, None)
+        if item is not None:
+            telemetry.RUNS_IN_FLIGHT.dec()
         self._slot_freed.set()
         name = format_order_id(number)
         if task.cancelled():

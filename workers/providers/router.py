@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
-from workers import logs
+from workers import logs, telemetry
 from workers.budget import (
     BudgetGuard,
     Reservation,
@@ -183,6 +183,40 @@ class ModelRouter:
         reasons = "; ".join(f.explanation for f in failures) or "no model is configured"
         raise ProviderUnavailable(f"no model could take the call: {reasons}")
 
+    def _observe(
+        self,
+        provider: str,
+        model: str,
+        role: str,
+        outcome: str,
+        latency_ms: int,
+        usage: Usage | None,
+        input_tokens: int,
+        max_output: int,
+    ) -> None:
+        """The call in /metrics, costed as the ledger costs it (worst case when usage is unknown)."""
+        price = self.settings.price(model)
+        cost = (
+            worst_case_micro_usd(price, input_tokens, max_output)
+            if usage is None
+            else call_cost_micro_usd(price, usage)
+        )
+        known = usage or Usage()
+        telemetry.record_model_call(
+            provider=provider,
+            model=model,
+            role=role,
+            outcome=outcome,
+            latency_s=latency_ms / 1000,
+            tokens={
+                "input": known.input_tokens,
+                "output": known.output_tokens,
+                "cache_write": known.cache_write_tokens,
+                "cache_read": known.cache_read_tokens,
+            },
+            cost_usd=cost / 1_000_000,
+        )
+
     def _backoff_s(self, failure: ProviderFailure, attempt: int) -> float:
         """The provider's Retry-After when it gave a short one, else exponential backoff."""
         engine = self.settings.engine
@@ -220,6 +254,9 @@ class ModelRouter:
         async def record(
             usage: Usage | None, outcome: str, latency_ms: int, *, error: str | None = None
         ) -> None:
+            self._observe(
+                provider.name, model, role, outcome, latency_ms, usage, input_tokens, max_output
+            )
             if budget is not None and reservation is not None:
                 await budget.settle(
                     reservation,
