@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from workers.audit import AuditKey
 from workers.db import redact_url
 from workers.errors import ConfigError
-from workers.workorder import Budget, WorkloadClass
+from workers.workorder import MAX_BUDGET_USD, Budget, WorkloadClass
 
 Provider = Literal["anthropic", "openai"]
 Role = Literal["intake", "execute", "verify"]
@@ -310,6 +310,9 @@ class Settings(BaseSettings):
     prices: dict[str, Price]
     budgets: dict[WorkloadClass, Budget]
     priorities: dict[WorkloadClass, int]
+    max_order_usd: float = Field(
+        default=1000, gt=0, le=MAX_BUDGET_USD, description="no order's budget (Edit, Extend) above"
+    )
     policies: dict[str, AuthorityPolicy]
     channels: dict[str, ChannelDefaults]
     teams: dict[str, TeamQuota]
