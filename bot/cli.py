@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from workers import logs
 from workers.config import Settings, load_settings
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_digest_parser(sub)
 
+    show = sub.add_parser(
+        "show", help="print an order's state, spend, deliverable and the verifier's verdicts"
+    )
+    show.add_argument("order", metavar="WO-42")
+    show.add_argument("--tz", default="UTC", help="time zone for times (default: UTC)")
+
     sub.add_parser("schema", help="print the work order's JSON Schema")
     doctor = sub.add_parser(
         "doctor", help="check configuration, database, Slack and model providers"
@@ -106,6 +113,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "audit": _audit,
         "doctor": _doctor,
         "console": _console,
+        "show": _show,
         "digest": _digest,
     }
     try:
@@ -273,6 +281,34 @@ def _settle(future: asyncio.Future[str], line: str | None, error: Exception | No
         future.set_exception(error)
     else:
         future.set_result(line or "")
+
+
+async def _show(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.show import render_order
+    from workers.store import Store
+    from workers.workorder import parse_order_id
+
+    try:
+        number = parse_order_id(args.order)
+        ZoneInfo(args.tz)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        print(f"delegate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not await _has_delegate_database(settings):
+        return EXIT_FAILED
+    store = Store.from_url(settings.database_url)
+    try:
+        try:
+            order = await store.get_order(number)
+        except NotFound:
+            print(f"delegate: there is no work order {args.order}", file=sys.stderr)
+            return EXIT_FAILED
+        row = await store.get_row(number)
+        deliverables = await store.deliverables(number)
+    finally:
+        await store.close()
+    print(render_order(order, row, deliverables, tz=args.tz))
+    return EXIT_OK
 
 
 async def _digest(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from bot.show import local_time
 from workers.config import Settings
 from workers.dialogue import IntakeDialogue, Unavailable, questions_text
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
@@ -24,7 +25,7 @@ YES = {"y", "yes", "go", "start"}
 NO = {"n", "no", "cancel", "quit", "exit"}
 
 
-def describe(order: WorkOrder, open_points: list[str]) -> str:
+def describe(order: WorkOrder, open_points: list[str], *, tz: str = "UTC") -> str:
     lines = [
         f"Title:        {order.title}",
         f"Goal:         {order.goal}",
@@ -34,7 +35,7 @@ def describe(order: WorkOrder, open_points: list[str]) -> str:
         f"Budget:       {order.budget.describe()}",
         f"Policy:       {order.authority_policy}",
         f"Reviewers:    {', '.join(order.verification.reviewers) or '(requester)'}",
-        f"Deadline:     {order.deadline.isoformat() if order.deadline else '(none)'}",
+        f"Deadline:     {local_time(order.deadline, tz)}",
     ]
     if open_points:
         lines += ["Open points:", *(f"  - {p}" for p in open_points)]
@@ -95,7 +96,10 @@ class Console:
         return None
 
     async def _confirm(self, session: IntakeSession, draft: Draft) -> str | None:
-        self.say("Here is the work order I drafted:\n" + describe(draft.order, draft.open_points))
+        self.say(
+            "Here is the work order I drafted:\n"
+            + describe(draft.order, draft.open_points, tz=self.tz)
+        )
         while True:
             answer = await self.ask("Start it? [yes/no]")
             if answer is None or answer.lower() in NO:
@@ -107,5 +111,7 @@ class Console:
         order = await self.dialogue.propose(session, draft, actor=self.user)
         assert order is not None and order.id
         await self.dialogue.start(order.id, actor=self.user, reason="confirmed in console")
+        # The id stays the last line, for scripts that drive the console.
+        self.say(f"Follow it with: delegate show {order.id} --tz {self.tz}")
         self.say(f"Confirmed {order.id}")
         return order.id

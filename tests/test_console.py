@@ -102,3 +102,36 @@ async def test_console_confirmed_orders_queue_with_their_workload_priority(
             assert row.priority == settings.priorities[WorkloadClass(workload)]
     finally:
         await store.close()
+
+
+async def test_the_console_shows_local_times_and_how_to_follow_the_order(
+    fake_anthropic: FakeAnthropic, settings_factory: Callable[..., Any]
+) -> None:
+    settings = settings_factory()
+    fake_anthropic.script(draft(deadline="2031-01-10T09:30"))
+    code, out, err = await _console(settings, "pricing table\nyes\n", "--tz", "Europe/Berlin")
+    assert code == 0, err
+    # The model writes local time; the console shows it back in the same zone, not UTC.
+    assert "Deadline:     Fri 2031-01-10 09:30 (Europe/Berlin)" in out
+    assert "thread" not in out.lower()
+    lines = out.strip().splitlines()
+    order_id = lines[-1].removeprefix("Confirmed ")
+    assert lines[-2] == f"Follow it with: delegate show {order_id} --tz Europe/Berlin"
+
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "show",
+        order_id,
+        "--tz",
+        "Europe/Berlin",
+        env=_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    shown, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = shown.decode()
+    assert proc.returncode == 0
+    assert f"{order_id}: Competitor pricing one-pager" in text
+    assert "State:        queued" in text and "$0.00 of $2.00" in text
+    assert "Deadline:     Fri 2031-01-10 09:30 (Europe/Berlin)" in text
+    assert "Deliverable:  (nothing submitted yet)" in text

@@ -1,0 +1,48 @@
+"""`delegate show WO-42`: one order as a terminal reader needs it, to follow it without Slack."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from workers.models import Deliverable, WorkOrderRow
+from workers.progress import Spend
+from workers.workorder import WorkOrder
+
+
+def local_time(at: datetime | None, tz: str) -> str:
+    """`Fri 2026-11-27 17:00 (Europe/Berlin)`, or `(none)`."""
+    if at is None:
+        return "(none)"
+    return f"{at.astimezone(ZoneInfo(tz)):%a %Y-%m-%d %H:%M} ({tz})"
+
+
+def render_order(
+    order: WorkOrder, row: WorkOrderRow, deliverables: list[Deliverable], *, tz: str
+) -> str:
+    spend = Spend.of(row)
+    lines = [
+        f"{order.id}: {order.title}",
+        f"State:        {order.status.value.replace('_', ' ')}",
+        f"Requested by: {order.requester}",
+        f"Spend:        {spend.describe()}",
+        f"Deadline:     {local_time(order.deadline, tz)}",
+    ]
+    if row.exception_message:
+        lines.append(f"Stopped:      {row.exception_kind}: {row.exception_message}")
+    if not deliverables:
+        lines.append("Deliverable:  (nothing submitted yet)")
+        return "\n".join(lines)
+    latest = deliverables[-1]
+    version = f" (version {len(deliverables)})" if len(deliverables) > 1 else ""
+    lines += ["", f"Deliverable{version}: {latest.summary}".rstrip(), "", latest.content.rstrip(), ""]
+    if latest.verdicts is None:
+        lines.append("Verification: not checked automatically")
+    else:
+        passed = sum(bool(v.get("passed")) for v in latest.verdicts)
+        lines.append(f"Verification: {passed} of {len(latest.verdicts)} criteria met")
+        for verdict in latest.verdicts:
+            mark = "✓" if verdict.get("passed") else "✗"
+            reason = f" — {verdict['reason']}" if verdict.get("reason") else ""
+            lines.append(f"  {mark} {verdict.get('criterion', '')}{reason}")
+    return "\n".join(lines)
