@@ -58,6 +58,18 @@ def _number(
     return element
 
 
+def _modal(callback_id: str, title: str, submit: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """A modal's frame: its callback id, title, buttons and state carried to the submission."""
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "title": modal_title(title),
+        "submit": plain(submit, 24),
+        "close": plain("Cancel", 24),
+        "private_metadata": private_metadata(metadata),
+    }
+
+
 def _option(value: str, label: str) -> dict[str, Any]:
     return {"text": plain(label, 75), "value": value}
 
@@ -90,12 +102,7 @@ def private_metadata(metadata: dict[str, Any], limit: int = PRIVATE_METADATA_MAX
 
 def intake_modal(*, initial_text: str = "", metadata: dict[str, Any]) -> dict[str, Any]:
     return {
-        "type": "modal",
-        "callback_id": INTAKE_CALLBACK,
-        "title": modal_title("Delegate this"),
-        "submit": plain("Continue", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": private_metadata(metadata),
+        **_modal(INTAKE_CALLBACK, "Delegate this", "Continue", metadata),
         "blocks": [
             _input(
                 "request",
@@ -136,12 +143,7 @@ def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]
         deadline_time["initial_time"] = local.strftime("%H:%M")
     budget = order.budget
     return {
-        "type": "modal",
-        "callback_id": EDIT_CALLBACK,
-        "title": modal_title(f"Edit {order.id or 'draft'}"),
-        "submit": plain("Save", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": private_metadata(metadata),
+        **_modal(EDIT_CALLBACK, f"Edit {order.id or 'draft'}", "Save", metadata),
         "blocks": [
             _input("title", "Title", _text(order.title, max_length=200)),
             _input("goal", "Goal", _text(order.goal, multiline=True)),
@@ -302,12 +304,12 @@ def parse_edit(
 
 def changes_modal(order: WorkOrder, message: tuple[str, str] | None) -> dict[str, Any]:
     return {
-        "type": "modal",
-        "callback_id": CHANGES_CALLBACK,
-        "title": modal_title(f"Changes to {order.id}"),
-        "submit": plain("Send back", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": json.dumps({"order_id": order.id, "message": message}),
+        **_modal(
+            CHANGES_CALLBACK,
+            f"Changes to {order.id}",
+            "Send back",
+            {"order_id": order.id, "message": message},
+        ),
         "blocks": [
             _input(
                 "feedback",
@@ -322,12 +324,7 @@ def extend_modal(order: WorkOrder, metadata: dict[str, Any], *, factor: float) -
     """Choose the new ceilings; both start at the current ones times `review.extend_factor`."""
     budget = order.budget
     return {
-        "type": "modal",
-        "callback_id": EXTEND_CALLBACK,
-        "title": modal_title(f"Extend {order.id}"),
-        "submit": plain("Extend and resume", 24),
-        "close": plain("Cancel", 24),
-        "private_metadata": json.dumps(metadata),
+        **_modal(EXTEND_CALLBACK, f"Extend {order.id}", "Extend and resume", metadata),
         "blocks": [
             _input(
                 "usd",

@@ -24,23 +24,12 @@ from workers.intake import (
 )
 from workers.models import IntakeSession
 from workers.states import IntakeKind, IntakeState
-from workers.store import Store
+from workers.store import EDITABLE_FIELDS, Store
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
-# What a refined draft replaces on the order already proposed in the conversation.
-REFINABLE_FIELDS = frozenset(
-    {
-        "title",
-        "goal",
-        "deliverable",
-        "acceptance_criteria",
-        "budget",
-        "workload_class",
-        "authority_policy",
-        "verification",
-        "deadline",
-    }
-)
+# What a refined draft replaces on the order already proposed in the conversation: not what
+# the requester set by hand (context, escalation contact) nor the team.
+REFINABLE_FIELDS = EDITABLE_FIELDS - {"context", "escalation_contact", "team"}
 
 
 @dataclass(frozen=True)
