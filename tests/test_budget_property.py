@@ -58,7 +58,10 @@ class Chaos:
         if roll < 0.55:
             return Reply.tool("read_thread", {}, usage=usage)
         if roll < 0.60:
-            return Reply.tool("web_fetch", {"url": "https://example.com"}, usage=usage)
+            # Not offered under the default policy: the model calls it anyway, and is refused.
+            return Reply.tool(
+                "web_fetch", {"url": "https://example.com"}, usage=usage, undeclared_ok=True
+            )
         if roll < 0.70:
             return Reply(text="Working on it.", usage=usage)
         if roll < 0.72:

@@ -13,8 +13,11 @@ import yaml
 
 from bot.app import COMMAND, SHORTCUT_DELEGATE_THIS
 from bot.scopes import BOT_EVENTS, BOT_SCOPES
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
+from tests.support.intake import chat
+from tests.support.waiting import bot_idle
 from workers.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +79,16 @@ def _event_for(bot: RunningBot, name: str) -> dict[str, Any]:
     return message
 
 
-async def test_every_manifest_event_has_a_listener(bot: RunningBot) -> None:
+async def test_every_manifest_event_has_a_listener(
+    bot: RunningBot, fake_anthropic: FakeAnthropic
+) -> None:
     """Bolt answers 404 for a request no listener handles; every subscribed event must get 200."""
-    for name in MANIFEST["settings"]["event_subscriptions"]["bot_events"]:
+    events = MANIFEST["settings"]["event_subscriptions"]["bot_events"]
+    fake_anthropic.script(*[chat("Hello! What should I do?") for _ in events])
+    for name in events:
         status, body = await bot.sender.event(_event_for(bot, name))
         assert status == 200, f"{name}: {status} {body}"
+    await bot_idle()
 
 
 async def test_every_manifest_command_and_shortcut_has_a_listener(bot: RunningBot) -> None:
