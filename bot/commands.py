@@ -84,15 +84,13 @@ class Commands:
 
     async def _status_text(self, order: WorkOrder) -> str:
         assert order.id
-        row = await self.store.get_row(order.id)
-        budget = order.budget
-        spent = row.spent_micro_usd / 1_000_000
+        spend = await self.store.spend(order.id)
         return (
             f"*{order.id}* · {order.title}\n"
             f"State: *{STATE_LABELS[order.status]}*\n"
-            f"Spend: ${spent:.2f} of ${budget.max_usd:.2f} · "
-            f"{row.tool_calls} of {budget.max_tool_calls} tool calls · "
-            f"{row.spent_tokens:,} of {budget.max_tokens:,} tokens"
+            f"Spend: ${spend.spent_usd:.2f} of ${spend.max_usd:.2f} · "
+            f"{spend.tool_calls} of {spend.max_tool_calls} tool calls · "
+            f"{spend.tokens:,} of {spend.max_tokens:,} tokens"
         )
 
     async def _new_request(

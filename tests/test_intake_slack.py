@@ -19,6 +19,7 @@ from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import chat, draft, questions
 from tests.support.slack import state_from_view
 from tests.support.waiting import bot_idle, eventually
+from workers.states import IntakeKind
 from workers.store import Store
 from workers.workorder import Status
 
@@ -153,8 +154,8 @@ async def test_plain_question_is_answered_as_chat(
         and "earnings before interest" in answer.args["text"]
     )
     assert await bot.store.list_orders() == []
-    assert await bot.store.count_intake(kind="chat") == 1
-    assert await bot.store.count_intake(kind="delegation") == 0
+    session = await bot.store.intake_session("C1", event["ts"])
+    assert session is not None and session.kind == IntakeKind.CHAT and session.order_id is None
 
 
 async def test_retried_event_produces_one_reply_and_one_model_call(

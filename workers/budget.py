@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from workers.config import Price, Settings
 from workers.errors import BudgetExceeded
@@ -24,7 +24,6 @@ from workers.workorder import Budget
 if TYPE_CHECKING:
     # Imported for annotations only: workers.providers imports this module at runtime.
     from workers.providers.base import ModelRequest, Usage
-    from workers.store import Store
 
 MICRO = 1_000_000
 
@@ -233,12 +232,44 @@ class Reservation:
     price: Price
 
 
+class SpendLedger(Protocol):
+    """Where reservations and settlements are kept (workers.store.Store). A protocol, so that
+    this module need not import the store, which imports it."""
+
+    async def reserve_spend(
+        self,
+        ref: str | int,
+        *,
+        team: str,
+        week: str,
+        quota_micro_usd: int,
+        plan: Callable[[Headroom], CallPlan],
+        call: LlmCall,
+    ) -> tuple[LlmCall, CallPlan]: ...
+
+    async def settle_spend(
+        self,
+        call_id: int,
+        *,
+        cost_micro_usd: int,
+        tokens: int,
+        usage: Usage | None,
+        outcome: str,
+        latency_ms: int,
+        provider: str | None = None,
+        model: str | None = None,
+        error: str | None = None,
+    ) -> bool: ...
+
+    async def count_tool_call(self, ref: str | int, *, max_tool_calls: int) -> bool: ...
+
+
 class BudgetGuard:
     """One run's handle on its order's budget, held in the database so every process agrees."""
 
     def __init__(
         self,
-        store: Store,
+        store: SpendLedger,
         settings: Settings,
         *,
         order_number: int,

@@ -79,6 +79,48 @@ class Spend:
         )
 
 
+@dataclass(frozen=True)
+class HeldBack:
+    """Why a queued order may not start yet (the store decides, this says it in words)."""
+
+    reason: Literal["team_quota", "user_runs"]
+    team: str = ""
+    used_micro_usd: int = 0
+    quota_micro_usd: int = 0
+    requester: str = ""
+    running: int = 0
+    limit: int = 0
+
+    @classmethod
+    def team_quota(cls, team: str, *, used_micro_usd: int, quota_micro_usd: int) -> HeldBack:
+        return cls(
+            "team_quota", team=team, used_micro_usd=used_micro_usd, quota_micro_usd=quota_micro_usd
+        )
+
+    @classmethod
+    def user_runs(cls, requester: str, *, running: int, limit: int) -> HeldBack:
+        return cls("user_runs", requester=requester, running=running, limit=limit)
+
+    def describe(self) -> str:
+        if self.reason == "team_quota":
+            return (
+                f"waiting for team quota: team {self.team} has used "
+                f"${micro_to_usd(self.used_micro_usd):.2f} of its "
+                f"${micro_to_usd(self.quota_micro_usd):.2f} weekly quota"
+            )
+        return (
+            f"waiting for a free slot: <@{self.requester}> already has {self.running} "
+            f"run{'s' if self.running != 1 else ''} going (limit {self.limit})"
+        )
+
+
+def crashed_message(lost: int, owner: str | None) -> str:
+    """Why an order whose worker kept dying is in exception."""
+    return (
+        f"the run stopped responding {lost} time{'s' if lost != 1 else ''} (last worker: {owner})"
+    )
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:

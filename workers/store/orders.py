@@ -1,0 +1,178 @@
+"""Work orders: create, read, edit, list, and move them through the state machine."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from workers.models import AuditEvent, WorkOrderRow, utcnow
+from workers.store.base import OrderRef, StoreBase, as_utc, order_number, row_to_order
+from workers.workorder import Status, WorkOrder, format_order_id
+
+EDITABLE_FIELDS = frozenset(
+    {
+        "title",
+        "goal",
+        "context",
+        "deliverable",
+        "acceptance_criteria",
+        "budget",
+        "workload_class",
+        "authority_policy",
+        "verification",
+        "escalation_contact",
+        "deadline",
+        "team",
+    }
+)
+
+
+def _order_columns(order: WorkOrder, fields: frozenset[str] | set[str]) -> dict[str, Any]:
+    dumped = order.model_dump(mode="json", include=set(fields))
+    if "deadline" in fields:
+        dumped["deadline"] = order.deadline
+    return dumped
+
+
+class OrdersStore(StoreBase):
+    async def create_order(self, order: WorkOrder, *, actor: str) -> WorkOrder:
+        columns = _order_columns(order, EDITABLE_FIELDS | {"requester", "channel", "thread_ts"})
+        async with self.transaction() as s:
+            row = WorkOrderRow(**columns, status=order.status.value)
+            s.add(row)
+            await s.flush()
+            created = row_to_order(row)
+            await self._append_audit(
+                s,
+                created.id or "",
+                actor=actor,
+                kind="created",
+                data={"order": created.model_dump(mode="json", exclude={"id"})},
+            )
+        return created
+
+    async def get_order(self, ref: OrderRef) -> WorkOrder:
+        async with self._sessions() as s:
+            return row_to_order(await self._row(s, ref))
+
+    async def get_row(self, ref: OrderRef) -> WorkOrderRow:
+        async with self._sessions() as s:
+            return await self._row(s, ref)
+
+    async def list_orders(
+        self,
+        *,
+        requester: str | None = None,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
+    ) -> list[WorkOrder]:
+        query = select(WorkOrderRow).order_by(col(WorkOrderRow.id).desc()).limit(limit)
+        if requester:
+            query = query.where(WorkOrderRow.requester == requester)
+        if statuses:
+            query = query.where(col(WorkOrderRow.status).in_([s.value for s in statuses]))
+        async with self._sessions() as s:
+            return [row_to_order(r) for r in (await s.exec(query)).all()]
+
+    async def update_order(
+        self, ref: OrderRef, *, actor: str, reason: str = "edited", **fields: Any
+    ) -> WorkOrder:
+        """Change editable fields, validating the result as a whole before anything is written."""
+        unknown = set(fields) - EDITABLE_FIELDS
+        if unknown:
+            raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            current = row_to_order(row)
+            updated = WorkOrder.model_validate({**current.model_dump(), **fields})
+            before = current.model_dump(mode="json", include=set(fields))
+            after = updated.model_dump(mode="json", include=set(fields))
+            changed = {
+                k: {"from": before[k], "to": after[k]} for k in fields if before[k] != after[k]
+            }
+            if not changed:
+                return current
+            for key, value in _order_columns(updated, set(changed)).items():
+                setattr(row, key, value)
+            row.version += 1
+            row.updated_at = utcnow()
+            s.add(row)
+            await self._append_audit(
+                s,
+                current.id or "",
+                actor=actor,
+                kind="edited",
+                data={"reason": reason, "changes": changed},
+            )
+        return updated
+
+    async def transition(
+        self,
+        ref: OrderRef,
+        target: Status,
+        *,
+        actor: str,
+        reason: str,
+        expected: Collection[Status] | None = None,
+        **changes: Any,
+    ) -> WorkOrder:
+        """Move an order to `target` if its state machine allows it, atomically across processes.
+
+        `expected` are the states the caller saw the order in; they are checked under the row
+        lock, together with the transition table, so a change made in between is refused.
+        `changes` are extra columns set in the same update (lease, counters, availability).
+        Raises IllegalTransition if the order is no longer in a state that leads to `target`.
+        """
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            await self._move(
+                s, row, target, actor=actor, reason=reason, expected=expected, **changes
+            )
+            return row_to_order(row)
+
+    async def orders_in(
+        self, statuses: Collection[Status], *, limit: int = 500
+    ) -> list[WorkOrderRow]:
+        """Rows in the given states, oldest change first (for the reminder sweep)."""
+        query = (
+            select(WorkOrderRow)
+            .where(col(WorkOrderRow.status).in_([st.value for st in statuses]))
+            .order_by(col(WorkOrderRow.updated_at))
+            .limit(limit)
+        )
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
+
+    async def last_entered(self, ref: OrderRef, status: Status) -> datetime | None:
+        """When the order last moved into `status`, from its audit trail."""
+        query = (
+            select(AuditEvent)
+            .where(
+                AuditEvent.chain == format_order_id(order_number(ref)),
+                AuditEvent.kind == "transition",
+            )
+            .order_by(col(AuditEvent.seq).desc())
+        )
+        async with self._sessions() as s:
+            for event in (await s.exec(query)).all():
+                if event.data.get("to") == status.value:
+                    return as_utc(event.at)
+        return None
+
+    async def bump_counter(self, ref: OrderRef, counter: str) -> int:
+        """Add one to `rework_count` or `auto_revisions`; returns the new value."""
+        if counter not in ("rework_count", "auto_revisions"):
+            raise ValueError(f"not a counter: {counter}")
+        column = getattr(WorkOrderRow, counter)
+        async with self.transaction() as s:
+            await s.exec(
+                update(WorkOrderRow)
+                .where(col(WorkOrderRow.id) == order_number(ref))
+                .values({counter: column + 1})
+            )
+            row = await self._row(s, ref)
+            return int(getattr(row, counter))

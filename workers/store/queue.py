@@ -1,0 +1,470 @@
+"""The queue and leases: enqueue, claim (FOR UPDATE SKIP LOCKED on PostgreSQL), renew, finish
+and reap. workers.queue and workers.runtime call these; each is one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from workers.errors import NotFound
+from workers.models import RunAttempt, TeamSpend, WorkOrderRow, utcnow
+from workers.progress import HeldBack, crashed_message
+from workers.states import check_transition
+from workers.store.base import OrderRef, as_utc, order_number, row_to_order
+from workers.store.spend import SpendStore
+from workers.workorder import Status, WorkOrder, format_order_id
+
+
+@dataclass
+class QueueGate:
+    """What the queue checks before an order may start (built by workers.queue from Settings)."""
+
+    week: str
+    quota_micro_usd: Callable[[str], int]
+    max_runs_per_user: Callable[[str], int]
+    headroom_micro_usd: int = 0
+    max_wait_s: float | None = None
+
+
+@dataclass
+class Claim:
+    """The outcome of one claim: the order and attempt started, and orders that must wait."""
+
+    order: WorkOrder | None = None
+    attempt: RunAttempt | None = None
+    elapsed_ms: int = 0
+    waiting: list[tuple[WorkOrder, str]] = field(default_factory=list)
+    expired: list[WorkOrder] = field(default_factory=list)
+
+
+class QueueStore(SpendStore):
+    async def enqueue(
+        self,
+        ref: OrderRef,
+        *,
+        priority: int,
+        actor: str,
+        reason: str,
+        now: datetime | None = None,
+    ) -> WorkOrder:
+        """Put an order in the queue (Start, Retry, Extend, rework), clearing run bookkeeping."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            await self._requeue(s, row, priority=priority, actor=actor, reason=reason, now=now)
+            return row_to_order(row)
+
+    async def _requeue(
+        self,
+        s: AsyncSession,
+        row: WorkOrderRow,
+        *,
+        priority: int,
+        actor: str,
+        reason: str,
+        now: datetime | None = None,
+        **changes: Any,
+    ) -> None:
+        """Move to queued inside an open transaction, clearing lease, wait and exception state."""
+        await self._move(
+            s,
+            row,
+            Status.QUEUED,
+            actor=actor,
+            reason=reason,
+            priority=priority,
+            available_at=now or utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            wait_reason=None,
+            waiting_since=None,
+            lost_leases=0,
+            exception_kind=None,
+            exception_message=None,
+            **changes,
+        )
+
+    async def resume_from_exception(
+        self,
+        ref: OrderRef,
+        *,
+        priority: int,
+        actor: str,
+        reason: str,
+        budget: dict[str, Any] | None = None,
+    ) -> WorkOrder:
+        """Retry or Extend: in one transaction, check the order is still in exception, raise its
+        budget if asked, and queue it; of two people acting at once, one wins."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            check_transition(
+                format_order_id(row.id or 0),
+                Status(row.status),
+                Status.QUEUED,
+                actor=actor,
+                reason=reason,
+                expected={Status.EXCEPTION},
+            )
+            if budget is not None:
+                await self._append_audit(
+                    s,
+                    format_order_id(row.id or 0),
+                    actor=actor,
+                    kind="edited",
+                    data={
+                        "reason": "budget extended",
+                        "changes": {"budget": {"from": row.budget, "to": budget}},
+                    },
+                )
+            changes: dict[str, Any] = {"budget": budget} if budget is not None else {}
+            await self._requeue(
+                s,
+                row,
+                priority=priority,
+                actor=actor,
+                reason=reason,
+                expected={Status.EXCEPTION},
+                **changes,
+            )
+            return row_to_order(row)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_ttl_s: float,
+        gate: QueueGate,
+        now: datetime | None = None,
+        scan: int = 200,
+    ) -> Claim:
+        """Take the first queued order the gate lets through and lease it to `worker_id`.
+
+        Candidates are taken in priority order, then oldest first. PostgreSQL locks each with
+        FOR UPDATE SKIP LOCKED, so concurrent workers walk past each other's rows; on SQLite
+        the claim is one BEGIN IMMEDIATE transaction whose update is conditional on the row's
+        version. Candidates held back by quota or per-user limits get their wait reason
+        recorded (and reported once, when it changes).
+        """
+        now = now or utcnow()
+        claim = Claim()
+        due = (
+            WorkOrderRow.status == Status.QUEUED.value,
+            or_(col(WorkOrderRow.available_at).is_(None), col(WorkOrderRow.available_at) <= now),
+        )
+        candidates = (
+            select(WorkOrderRow.id)
+            .where(*due)
+            .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
+            .limit(scan)
+        )
+        async with self.transaction() as s:
+            team_left: dict[str, tuple[int, int]] = {}
+            for candidate in (await s.exec(candidates)).all():
+                # Lock one candidate at a time and skip those another claimer holds, so that
+                # concurrent workers pass each other instead of queueing on the same rows.
+                one = select(WorkOrderRow).where(WorkOrderRow.id == candidate, *due)
+                one = self._for_update(one, skip_locked=True)
+                row = (await s.exec(one.execution_options(populate_existing=True))).first()
+                if row is None:
+                    continue
+                held = await self._held_back(s, row, gate, team_left)
+                if held is None:
+                    claim.attempt = await self._start_run(s, row, worker_id, now, lease_ttl_s)
+                    claim.order = row_to_order(row)
+                    claim.elapsed_ms = row.elapsed_ms
+                    break
+                reason = held.describe()
+                since = as_utc(row.waiting_since) or now
+                if gate.max_wait_s is not None and (now - since).total_seconds() > gate.max_wait_s:
+                    await self._move(
+                        s,
+                        row,
+                        Status.EXCEPTION,
+                        actor=worker_id,
+                        reason=f"waited too long: {reason}",
+                        audit={"kind": "quota"},
+                        exception_kind="quota",
+                        exception_message=reason,
+                        wait_reason=None,
+                    )
+                    claim.expired.append(row_to_order(row))
+                elif row.wait_reason != reason:
+                    await s.exec(
+                        update(WorkOrderRow)
+                        .where(col(WorkOrderRow.id) == row.id)
+                        .values(wait_reason=reason, waiting_since=since)
+                    )
+                    claim.waiting.append((row_to_order(row), reason))
+        return claim
+
+    async def _held_back(
+        self,
+        s: AsyncSession,
+        row: WorkOrderRow,
+        gate: QueueGate,
+        team_left: dict[str, tuple[int, int]],
+    ) -> HeldBack | None:
+        """Why this order may not start now, or None."""
+        if row.team not in team_left:
+            spend = (
+                await s.exec(
+                    select(TeamSpend).where(TeamSpend.team == row.team, TeamSpend.week == gate.week)
+                )
+            ).first()
+            quota = gate.quota_micro_usd(row.team)
+            used = 0
+            if spend is not None:
+                quota = spend.quota_micro_usd if spend.quota_micro_usd is not None else quota
+                used = spend.spent_micro_usd + spend.reserved_micro_usd
+            team_left[row.team] = (used, quota)
+        used, quota = team_left[row.team]
+        if quota - used < gate.headroom_micro_usd:
+            return HeldBack.team_quota(row.team, used_micro_usd=used, quota_micro_usd=quota)
+        # Count a requester's runs one claimer at a time, so two cannot both see a free slot.
+        await self._serialise(s, f"runs:{row.requester}")
+        running = (
+            await s.exec(
+                select(func.count())
+                .select_from(WorkOrderRow)
+                .where(
+                    WorkOrderRow.requester == row.requester,
+                    WorkOrderRow.status == Status.RUNNING.value,
+                )
+            )
+        ).one()
+        limit = gate.max_runs_per_user(row.team)
+        if running >= limit:
+            return HeldBack.user_runs(row.requester, running=running, limit=limit)
+        return None
+
+    async def _start_run(
+        self, s: AsyncSession, row: WorkOrderRow, worker_id: str, now: datetime, ttl_s: float
+    ) -> RunAttempt:
+        await self._move(
+            s,
+            row,
+            Status.RUNNING,
+            actor=worker_id,
+            reason="claimed by a worker",
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=ttl_s),
+            attempts=row.attempts + 1,
+            wait_reason=None,
+            waiting_since=None,
+        )
+        last = (
+            await s.exec(select(func.max(RunAttempt.number)).where(RunAttempt.order_id == row.id))
+        ).one()
+        assert row.id is not None
+        attempt = RunAttempt(order_id=row.id, number=(last or 0) + 1, worker_id=worker_id)
+        s.add(attempt)
+        await s.flush()
+        await self._append_audit(
+            s,
+            format_order_id(row.id),
+            actor=worker_id,
+            kind="attempt_started",
+            data={"attempt": attempt.number},
+        )
+        return attempt
+
+    async def renew_lease(
+        self, ref: OrderRef, worker_id: str, *, lease_ttl_s: float, now: datetime | None = None
+    ) -> bool:
+        """Extend the lease; False if this worker no longer holds a running order's lease."""
+        until = (now or utcnow()) + timedelta(seconds=lease_ttl_s)
+        async with self.transaction() as s:
+            result = await s.exec(
+                update(WorkOrderRow)
+                .where(
+                    col(WorkOrderRow.id) == order_number(ref),
+                    col(WorkOrderRow.lease_owner) == worker_id,
+                    col(WorkOrderRow.status) == Status.RUNNING.value,
+                )
+                .values(lease_expires_at=until)
+            )
+            return result.rowcount == 1
+
+    async def holds_lease(self, ref: OrderRef, worker_id: str) -> bool:
+        """Whether the order is still running under this worker's lease (a cheap read)."""
+        query = select(WorkOrderRow.status, WorkOrderRow.lease_owner).where(
+            WorkOrderRow.id == order_number(ref)
+        )
+        async with self._sessions() as s:
+            found = (await s.exec(query)).first()
+        return found is not None and tuple(found) == (Status.RUNNING.value, worker_id)
+
+    async def finish_run(
+        self,
+        ref: OrderRef,
+        worker_id: str,
+        target: Status,
+        *,
+        reason: str,
+        attempt_id: int | None = None,
+        outcome: str | None = None,
+        audit: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> WorkOrder | None:
+        """Leave the running state and give up the lease; None if the lease was no longer ours."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            if row.status != Status.RUNNING.value or row.lease_owner != worker_id:
+                if attempt_id is not None:
+                    await self._end_attempt(s, attempt_id, outcome or "lost")
+                return None
+            await self._move(
+                s,
+                row,
+                target,
+                actor=worker_id,
+                reason=reason,
+                audit=audit,
+                lease_owner=None,
+                lease_expires_at=None,
+                **changes,
+            )
+            if attempt_id is not None:
+                await self._end_attempt(s, attempt_id, outcome or target.value)
+            return row_to_order(row)
+
+    async def end_attempt(self, attempt_id: int, outcome: str) -> None:
+        async with self.transaction() as s:
+            await self._end_attempt(s, attempt_id, outcome)
+
+    async def _end_attempt(self, s: AsyncSession, attempt_id: int, outcome: str) -> None:
+        await s.exec(
+            update(RunAttempt)
+            .where(col(RunAttempt.id) == attempt_id, col(RunAttempt.ended_at).is_(None))
+            .values(ended_at=utcnow(), outcome=outcome)
+        )
+
+    async def reap_expired(
+        self, *, max_lost: int, actor: str = "reaper", now: datetime | None = None
+    ) -> list[WorkOrder]:
+        """Recover runs whose worker stopped renewing its lease (killed, frozen, partitioned).
+
+        In-flight model calls of the dead attempt are charged their reserved worst case; the
+        order goes back to the queue, or to exception ("crashed") after `max_lost` lost leases.
+        """
+        now = now or utcnow()
+        query = (
+            select(WorkOrderRow)
+            .where(
+                WorkOrderRow.status == Status.RUNNING.value,
+                col(WorkOrderRow.lease_expires_at) < now,
+            )
+            .order_by(col(WorkOrderRow.id))
+            .limit(20)
+        )
+        query = self._for_update(query, skip_locked=True)
+        reaped: list[WorkOrder] = []
+        async with self.transaction() as s:
+            for row in (await s.exec(query)).all():
+                await self._settle_pending(s, row, outcome="interrupted")
+                await s.exec(
+                    update(RunAttempt)
+                    .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
+                    .values(ended_at=now, outcome="lost")
+                )
+                lost = row.lost_leases + 1
+                owner = row.lease_owner
+                common: dict[str, Any] = {
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "lost_leases": lost,
+                }
+                if lost >= max_lost:
+                    message = crashed_message(lost, owner)
+                    await self._move(
+                        s,
+                        row,
+                        Status.EXCEPTION,
+                        actor=actor,
+                        reason=message,
+                        audit={"kind": "crashed"},
+                        exception_kind="crashed",
+                        exception_message=message,
+                        **common,
+                    )
+                else:
+                    await self._move(
+                        s,
+                        row,
+                        Status.QUEUED,
+                        actor=actor,
+                        reason=f"lease of {owner} expired; resuming from the last checkpoint",
+                        available_at=None,
+                        **common,
+                    )
+                reaped.append(row_to_order(row))
+        return reaped
+
+    async def save_run_checkpoint(
+        self,
+        attempt_id: int,
+        *,
+        messages: list[dict[str, Any]],
+        step: int,
+        elapsed_ms: int,
+        consumed_inbox: int = 0,
+    ) -> None:
+        """Save the agent's history after a step, with the running time and the inbox it read."""
+        async with self.transaction() as s:
+            attempt = await s.get(RunAttempt, attempt_id)
+            if attempt is None:
+                raise NotFound(f"run attempt {attempt_id} does not exist")
+            row = await self._row(s, attempt.order_id, for_update=True)
+            attempt.checkpoint = messages
+            attempt.step = step
+            attempt.checkpoint_at = utcnow()
+            s.add(attempt)
+            values: dict[str, Any] = {"elapsed_ms": elapsed_ms}
+            if consumed_inbox:
+                values["inbox"] = list(row.inbox or [])[consumed_inbox:]
+            await s.exec(
+                update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(**values)
+            )
+
+    async def add_to_inbox(
+        self,
+        ref: OrderRef,
+        item: dict[str, Any],
+        *,
+        actor: str,
+        resume: bool = True,
+        now: datetime | None = None,
+    ) -> WorkOrder:
+        """Leave a message for the run; a run parked waiting for the requester is requeued."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            inbox = [*list(row.inbox or []), item]
+            if resume and row.status == Status.WAITING_FOR_REQUESTER.value:
+                await self._move(
+                    s,
+                    row,
+                    Status.QUEUED,
+                    actor=actor,
+                    reason="the requester replied",
+                    inbox=inbox,
+                    available_at=now or utcnow(),
+                )
+            else:
+                await s.exec(
+                    update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(inbox=inbox)
+                )
+                await s.refresh(row)
+                assert row.id is not None
+                await self._append_audit(
+                    s,
+                    format_order_id(row.id),
+                    actor=actor,
+                    kind="inbox",
+                    data={"item": item},
+                )
+            return row_to_order(row)

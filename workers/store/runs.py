@@ -1,0 +1,118 @@
+"""What a run leaves behind: attempts and their checkpoints, model and tool calls, deliverables
+and their verdicts."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from workers.errors import NotFound
+from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
+from workers.store.base import OrderRef, StoreBase, order_number
+from workers.workorder import format_order_id
+
+_PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
+
+
+class RunsStore(StoreBase):
+    async def _of_order(
+        self, table: type[_PerOrder], ref: OrderRef, order_by: Any
+    ) -> list[_PerOrder]:
+        """An order's rows of one table (attempts, calls, deliverables), in `order_by` order."""
+        query = select(table).where(table.order_id == order_number(ref)).order_by(order_by)
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
+
+    async def attempts(self, ref: OrderRef) -> list[RunAttempt]:
+        return await self._of_order(RunAttempt, ref, col(RunAttempt.number))
+
+    async def latest_checkpoint(self, ref: OrderRef) -> RunAttempt | None:
+        """The most recent attempt that saved a checkpoint, to resume from."""
+        query = (
+            select(RunAttempt)
+            .where(
+                RunAttempt.order_id == order_number(ref),
+                col(RunAttempt.checkpoint_at).is_not(None),
+            )
+            .order_by(col(RunAttempt.number).desc())
+            .limit(1)
+        )
+        async with self._sessions() as s:
+            return (await s.exec(query)).first()
+
+    async def record_llm_call(self, call: LlmCall) -> LlmCall:
+        async with self.transaction() as s:
+            s.add(call)
+        return call
+
+    async def llm_calls(self, ref: OrderRef) -> list[LlmCall]:
+        return await self._of_order(LlmCall, ref, col(LlmCall.id))
+
+    async def record_tool_call(self, call: ToolCall) -> ToolCall:
+        async with self.transaction() as s:
+            s.add(call)
+        return call
+
+    async def tool_calls(self, ref: OrderRef) -> list[ToolCall]:
+        return await self._of_order(ToolCall, ref, col(ToolCall.id))
+
+    async def save_deliverable(
+        self,
+        ref: OrderRef,
+        *,
+        tool_use_id: str,
+        content: str,
+        summary: str,
+        attempt_id: int | None,
+        actor: str,
+    ) -> Deliverable:
+        """Store a submission once per tool use: a resumed run re-submitting gets the same row."""
+        number = order_number(ref)
+        try:
+            async with self.transaction() as s:
+                item = Deliverable(
+                    order_id=number,
+                    attempt_id=attempt_id,
+                    tool_use_id=tool_use_id,
+                    content=content,
+                    summary=summary,
+                )
+                s.add(item)
+                await s.flush()
+                await self._append_audit(
+                    s,
+                    format_order_id(number),
+                    actor=actor,
+                    kind="deliverable",
+                    data={"deliverable": item.id, "summary": summary, "chars": len(content)},
+                )
+            return item
+        except IntegrityError:
+            query = select(Deliverable).where(
+                Deliverable.order_id == number, Deliverable.tool_use_id == tool_use_id
+            )
+            async with self._sessions() as s:
+                return (await s.exec(query)).one()
+
+    async def deliverables(self, ref: OrderRef) -> list[Deliverable]:
+        return await self._of_order(Deliverable, ref, col(Deliverable.id))
+
+    async def save_verdicts(
+        self, deliverable_id: int, verdicts: list[dict[str, Any]], *, actor: str, passed: bool
+    ) -> None:
+        """Attach the automatic check's verdicts to a deliverable, and audit them."""
+        async with self.transaction() as s:
+            item = await s.get(Deliverable, deliverable_id)
+            if item is None:
+                raise NotFound(f"deliverable {deliverable_id} does not exist")
+            item.verdicts = verdicts
+            s.add(item)
+            await self._append_audit(
+                s,
+                format_order_id(item.order_id),
+                actor=actor,
+                kind="verified",
+                data={"deliverable": deliverable_id, "passed": passed, "verdicts": verdicts},
+            )

@@ -1,0 +1,114 @@
+"""Slack bookkeeping: deliveries seen, messages posted (by idempotency key), thread history, and
+the intake dialogue of each thread."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from workers.models import IntakeSession, SlackEventSeen, SlackMessage, ThreadMessage, utcnow
+from workers.store.base import OrderRef, StoreBase, order_number
+
+
+class SlackStore(StoreBase):
+    async def mark_event_seen(self, event_id: str, *, kind: str = "") -> bool:
+        """Record an inbound delivery; False if any process has recorded it before."""
+        try:
+            async with self.transaction() as s:
+                s.add(SlackEventSeen(event_id=event_id, kind=kind))
+        except IntegrityError:
+            return False
+        return True
+
+    async def slack_message(self, key: str) -> SlackMessage | None:
+        async with self._sessions() as s:
+            return (await s.exec(select(SlackMessage).where(SlackMessage.key == key))).first()
+
+    async def save_slack_message(
+        self, *, key: str, purpose: str, channel: str, ts: str, order: OrderRef | None = None
+    ) -> SlackMessage:
+        """Remember a posted message under its idempotency key (insert, or update its ts)."""
+        order_id = order_number(order) if order is not None else None
+        async with self.transaction() as s:
+            existing = (await s.exec(select(SlackMessage).where(SlackMessage.key == key))).first()
+            if existing is None:
+                existing = SlackMessage(
+                    key=key, purpose=purpose, channel=channel, ts=ts, order_id=order_id
+                )
+            else:
+                existing.channel, existing.ts, existing.updated_at = channel, ts, utcnow()
+            s.add(existing)
+        return existing
+
+    async def record_thread_message(
+        self,
+        *,
+        channel: str,
+        thread_ts: str,
+        ts: str,
+        text: str,
+        user: str | None = None,
+        bot_id: str | None = None,
+    ) -> bool:
+        """Remember a message seen in a thread; False if it was already stored."""
+        try:
+            async with self.transaction() as s:
+                s.add(
+                    ThreadMessage(
+                        channel=channel,
+                        thread_ts=thread_ts,
+                        ts=ts,
+                        text=text,
+                        user=user,
+                        bot_id=bot_id,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def thread_messages(self, channel: str, thread_ts: str) -> list[ThreadMessage]:
+        query = (
+            select(ThreadMessage)
+            .where(ThreadMessage.channel == channel, ThreadMessage.thread_ts == thread_ts)
+            .order_by(col(ThreadMessage.ts))
+        )
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
+
+    async def open_intake(
+        self, *, channel: str, thread_ts: str, requester: str, surface: str = "slack"
+    ) -> tuple[IntakeSession, bool]:
+        """The dialogue in this thread, creating it if needed; True if it was created now."""
+        existing = await self.intake_session(channel, thread_ts)
+        if existing is not None:
+            return existing, False
+        try:
+            async with self.transaction() as s:
+                session = IntakeSession(
+                    channel=channel, thread_ts=thread_ts, requester=requester, surface=surface
+                )
+                s.add(session)
+        except IntegrityError:  # another process opened it a moment ago
+            again = await self.intake_session(channel, thread_ts)
+            assert again is not None
+            return again, False
+        return session, True
+
+    async def intake_session(self, channel: str, thread_ts: str) -> IntakeSession | None:
+        query = select(IntakeSession).where(
+            IntakeSession.channel == channel, IntakeSession.thread_ts == thread_ts
+        )
+        async with self._sessions() as s:
+            return (await s.exec(query)).first()
+
+    async def intake_for_order(self, ref: OrderRef) -> IntakeSession | None:
+        query = select(IntakeSession).where(IntakeSession.order_id == order_number(ref))
+        async with self._sessions() as s:
+            return (await s.exec(query)).first()
+
+    async def save_intake(self, session: IntakeSession) -> IntakeSession:
+        session.updated_at = utcnow()
+        async with self.transaction() as s:
+            merged = await s.merge(session)
+        return merged
