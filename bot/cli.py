@@ -120,23 +120,25 @@ def _main(argv: Sequence[str] | None) -> int:
         return asyncio.run(handlers[args.command](settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # a ConnectionError too, but about our output, not the database: main() handles it
     except DatabaseUnavailable as exc:
         print(f"delegate: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        print(
-            f"delegate: port {settings.port} is already in use; set PORT to a free port, "
-            "or stop the program that holds it",
-            file=sys.stderr,
-        )
         return EXIT_FAILED
     except DATABASE_ERRORS as exc:
         url = settings.database_url
         print(
             f"delegate: cannot use the database at {redact_url(url)} "
             f"({redact_error(exc, url)})\n  fix: check DATABASE_URL and that the server is running",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except OSError as exc:  # after DATABASE_ERRORS: a refused connection is an OSError too
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"delegate: port {settings.port} is already in use; set PORT to a free port, "
+            "or stop the program that holds it",
             file=sys.stderr,
         )
         return EXIT_FAILED

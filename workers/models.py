@@ -116,6 +116,13 @@ class LlmCall(SQLModel, table=True):
     """One model request: what it cost and how it went."""
 
     __tablename__ = "llm_calls"
+    # The leads' metrics read one period at a time (a covering index for spend by route).
+    __table_args__ = (
+        Index(
+            "ix_llm_calls_created_at_cost",
+            "created_at", "order_id", "team", "role", "model", "cost_micro_usd",
+        ),
+    )  # fmt: skip
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
@@ -196,7 +203,10 @@ class AuditEvent(SQLModel, table=True):
     """One link of a hash chain. Rows are only ever inserted."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("chain", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("chain", "seq"),
+        Index("ix_audit_events_kind_at", "kind", "at"),  # transitions by time, for metrics
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     chain: str = Field(index=True, description="'WO-42', or 'system' for events of no order")
@@ -247,7 +257,10 @@ class IntakeSession(SQLModel, table=True):
     """The clarifying dialogue in one thread (or console session), until it becomes an order or chat."""
 
     __tablename__ = "intake_sessions"
-    __table_args__ = (UniqueConstraint("channel", "thread_ts"),)
+    __table_args__ = (
+        UniqueConstraint("channel", "thread_ts"),
+        Index("ix_intake_sessions_created_at", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     surface: str = Field(default="slack", description="'slack' or 'console'")
