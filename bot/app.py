@@ -24,6 +24,7 @@ from bot import decisions, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import dedupe_middleware
+from bot.home_refresh import HomeRefresher
 from bot.ids import (
     CANCEL_ACTION,
     COMMAND,
@@ -52,9 +53,16 @@ _LEADING_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>[\s,:]*")
 
 
 def create_app(
-    settings: Settings, *, store: Store, client: AsyncWebClient, completer: Completer
+    settings: Settings,
+    *,
+    store: Store,
+    client: AsyncWebClient,
+    completer: Completer,
+    homes: HomeRefresher | None = None,
 ) -> AsyncApp:
-    """Build the Bolt app with its listeners; the caller chooses HTTP or Socket Mode."""
+    """Build the Bolt app with its listeners; the caller chooses HTTP or Socket Mode.
+
+    `homes` republishes App Homes (share one per process with the worker's reporter)."""
     secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     )
@@ -69,6 +77,8 @@ def create_app(
     conversations = Conversations(
         settings, store=store, engine=IntakeEngine(settings, completer), client=client
     )
+    publisher = home.HomePublisher(settings, store=store, client=client)
+    homes = homes or HomeRefresher(publisher.refresh)
     commands = Commands(settings, store=store, conversations=conversations, client=client)
     decisions.register(
         app,
@@ -76,7 +86,7 @@ def create_app(
             settings,
             store=store,
             client=client,
-            reporter=SlackReporter(store=store, client=client),
+            reporter=SlackReporter(store=store, client=client, home=homes),
             conversations=conversations,
         ),
     )
@@ -126,8 +136,8 @@ def create_app(
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:
         if event.get("tab") != "home":
             return
-        orders = await store.list_orders(requester=event["user"], limit=10)
-        await client.views_publish(user_id=event["user"], view=home.home_view(orders))
+        await publisher.opened(event["user"])
+        homes.request(event["user"])
 
     @app.command(COMMAND)
     async def on_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:

@@ -172,11 +172,17 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
     settings = decisions.settings
 
     async def refuse(client: AsyncWebClient, body: dict[str, Any], text: str) -> None:
-        channel = (body.get("channel") or {}).get("id") or body["user"]["id"]
+        user = body["user"]["id"]
+        if _from_a_view(body):
+            # A click in App Home: no channel to be ephemeral in. Say it in the bot's DM, and
+            # republish the home, whose buttons were evidently out of date.
+            await client.chat_postMessage(channel=user, text=text)
+            if decisions.reporter.home is not None:
+                decisions.reporter.home.request(user)
+            return
+        channel = (body.get("channel") or {}).get("id") or user
         thread = (body.get("message") or {}).get("thread_ts")
-        await client.chat_postEphemeral(
-            channel=channel, user=body["user"]["id"], text=text, thread_ts=thread
-        )
+        await client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread)
 
     def decision_handler(decision: Decision) -> Any:
         async def on_decision(
@@ -333,6 +339,11 @@ def exception_refusal(order: WorkOrder) -> str:
         f"Only {mention(order.requester)}, {mention(order.escalation_contact)} or an admin "
         f"can act on {order.id}."
     )
+
+
+def _from_a_view(body: dict[str, Any]) -> bool:
+    """A click in App Home (or a modal) rather than on a message."""
+    return "view" in body or (body.get("container") or {}).get("type") == "view"
 
 
 def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:

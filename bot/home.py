@@ -1,17 +1,168 @@
-"""App Home: the bot's tab in Slack, with a button to start and the user's recent orders."""
+"""App Home: the bot's tab in Slack, one view per person, built from `workers.home_views`.
+
+- Everyone: a button to start a work order, and their own orders (open first, then recent) with
+  state, spend and a link to each thread.
+- Reviewers: the orders awaiting their decision, with the thread's Approve / Request changes /
+  Reject buttons (same action ids, so the same handlers and rules in bot/decisions.py).
+- Leads (`teams.<name>.leads`): the team's figures for the current ISO week and the digest's
+  chart of the last eight complete weeks. The chart is uploaded once per team and week
+  (`files.uploadV2`, shared nowhere) and its file id kept in `slack_messages`; the image block
+  refers to it with `slack_file`. If Slack refuses the view with the image, it is published
+  without it, and the figures and a link to the latest digest still show.
+
+`HomePublisher.publish` builds and publishes one person's view; bot.home_refresh decides when.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from bot.blocks import button, cap_blocks, context, header, sections
-from bot.cards import STATE_LABELS
-from bot.ids import NEW_ORDER_ACTION
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import Block, button, cap_blocks, context, fields, header, plain, sections
+from bot.cards import STATE_LABELS, mention
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, NEW_ORDER_ACTION, REJECT_ACTION
+from bot.mrkdwn import escape
+from workers import metrics
+from workers.config import Settings
+from workers.digest import CHART_WEEKS, Digest, figure_rows, headlines, money, plural
+from workers.home_views import (
+    HomeData,
+    LeadFigures,
+    Listing,
+    OrderLine,
+    home_data,
+    team_timezone,
+)
+from workers.metrics import Period, WeekPoint
+from workers.store import Store
 from workers.workorder import WorkOrder
 
+log = logging.getLogger(__name__)
 
-def home_view(orders: list[WorkOrder]) -> dict[str, Any]:
-    blocks: list[dict[str, Any]] = [
+HOME_BLOCKS_MAX = 100
+HOME_KEY = "home:{user}"
+CHART_KEY = "home-chart:{team}:{week}"
+
+ChartRenderer = Callable[[Sequence[WeekPoint], str], bytes]
+
+
+def thread_link(team_url: str | None, order: WorkOrder) -> str:
+    """The order id, linked to its thread when the workspace URL is known."""
+    if not (team_url and order.channel and order.thread_ts):
+        return f"*{order.id}*"
+    url = f"{team_url.rstrip('/')}/archives/{order.channel}/p{order.thread_ts.replace('.', '')}"
+    return f"*<{url}|{order.id}>*"
+
+
+def message_link(team_url: str | None, channel: str, ts: str, label: str) -> str:
+    if not team_url:
+        return label
+    return f"<{team_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}|{label}>"
+
+
+def _spend(line: OrderLine) -> str:
+    return f"spent {money(line.spent_micro_usd)} of ${line.order.budget.max_usd:,.2f}"
+
+
+def _more(listing: Listing, what: str) -> list[Block]:
+    return [context(f"_…and {listing.more} more {what}._")] if listing.more else []
+
+
+def _review_blocks(reviews: Listing, team_url: str | None) -> list[Block]:
+    blocks: list[Block] = [
+        {"type": "divider"},
+        *sections(f"*Awaiting your review* ({reviews.total})"),
+    ]
+    for line in reviews.items:
+        order = line.order
+        assert order.id
+        blocks += sections(
+            f"{thread_link(team_url, order)} · {escape(order.title)}\n"
+            f"Requested by {mention(order.requester)} · {_spend(line)}"
+        )
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"home_review_{order.id}",
+                "elements": [
+                    button("Approve", APPROVE_ACTION, order.id, style="primary"),
+                    button("Request changes", CHANGES_ACTION, order.id),
+                    button("Reject", REJECT_ACTION, order.id, style="danger"),
+                ],
+            }
+        )
+    return blocks + _more(reviews, "awaiting your review")
+
+
+def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
+    blocks: list[Block] = [{"type": "divider"}]
+    if not orders.items:
+        blocks.append(
+            context("No work orders yet. Mention me in a channel, DM me, or press the button.")
+        )
+        return blocks
+    blocks += sections("*Your work orders*")
+    for line in orders.items:
+        order = line.order
+        blocks.append(
+            context(
+                f"{thread_link(team_url, order)} · {escape(order.title)} · "
+                f"{STATE_LABELS[order.status]} · {_spend(line)}"
+            )
+        )
+    return blocks + _more(orders, "(`/delegate list` shows the open ones)")
+
+
+def _team_blocks(
+    figures: LeadFigures, team_url: str | None, chart: tuple[str, str] | None
+) -> list[Block]:
+    digest = Digest(figures.team, figures.comparison)
+    who = "the whole workspace" if figures.team == metrics.ALL else f"team {figures.team}"
+    blocks: list[Block] = [
+        {"type": "divider"},
+        header(f"This week for {who}"),
+        *sections("\n".join(f"• {line}" for line in headlines(digest))),
+    ]
+    if not digest.current.is_empty:
+        pairs = [
+            (label, f"{this}  _(last week {last})_") for label, this, last in figure_rows(digest)
+        ]
+        for start in range(0, len(pairs), 10):
+            blocks.append(fields(pairs[start : start + 10]))
+    if chart is not None:
+        file_id, title = chart
+        blocks.append(
+            {
+                "type": "image",
+                "slack_file": {"id": file_id},
+                "alt_text": title,
+                "title": plain(title, 2000, emoji=False),
+            }
+        )
+    notes = [f"{escape(digest.week.label)} so far ({escape(digest.week.timezone)})"]
+    if figures.last_digest is not None:
+        link = figures.last_digest
+        notes.append(
+            "latest digest: " + message_link(team_url, link.channel, link.ts, escape(link.week))
+        )
+    blocks.append(context(" · ".join(notes)))
+    return blocks
+
+
+def home_view(
+    data: HomeData,
+    *,
+    team_url: str | None = None,
+    charts: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The whole Home tab for `data.user`; `charts` maps a team to (file id, title)."""
+    blocks: list[Block] = [
         header("Delegate"),
         *sections(
             "Hand off a task: I'll clarify it, run it on a budget, and bring it back verified."
@@ -20,13 +171,114 @@ def home_view(orders: list[WorkOrder]) -> dict[str, Any]:
             "type": "actions",
             "elements": [button("New work order", NEW_ORDER_ACTION, "new", style="primary")],
         },
-        {"type": "divider"},
     ]
-    if orders:
-        blocks += sections("*Your recent work orders*")
-        blocks += [context(f"*{o.id}* · {o.title} · {STATE_LABELS[o.status]}") for o in orders]
-    else:
+    if data.reviews.total:
+        blocks += _review_blocks(data.reviews, team_url)
+    blocks += _order_blocks(data.orders, team_url)
+    for figures in data.teams:
+        blocks += _team_blocks(figures, team_url, (charts or {}).get(figures.team))
+    if data.more_teams:
         blocks.append(
-            context("No work orders yet. Mention me in a channel, DM me, or press the button.")
+            context(f"_…and {plural(data.more_teams, 'more team')}: see `delegate digest`._")
         )
-    return {"type": "home", "blocks": cap_blocks(blocks, 100)}
+    return {"type": "home", "blocks": cap_blocks(blocks, HOME_BLOCKS_MAX)}
+
+
+class HomePublisher:
+    """Builds a person's App Home from the database and publishes it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        client: AsyncWebClient,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        render_chart: ChartRenderer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.clock = clock
+        if render_chart is None:
+            from workers.chart import render_chart as default_renderer
+
+            render_chart = default_renderer
+        self.render_chart = render_chart
+        self._team_url: str | None = None
+        self._chart_locks: dict[str, asyncio.Lock] = {}
+
+    async def opened(self, user: str) -> None:
+        """Remember that `user` has a Home tab, so that changes to their orders refresh it."""
+        await self.store.save_slack_message(
+            key=HOME_KEY.format(user=user), purpose="home", channel=user, ts="opened"
+        )
+
+    async def has_home(self, user: str) -> bool:
+        return await self.store.slack_message(HOME_KEY.format(user=user)) is not None
+
+    async def refresh(self, user: str) -> None:
+        """Republish `user`'s home if they have ever opened it (views.publish is rate limited)."""
+        if await self.has_home(user):
+            await self.publish(user)
+
+    async def publish(self, user: str) -> None:
+        data = await home_data(self.store.engine, self.settings, user, now=self.clock())
+        team_url = await self.team_url()
+        charts: dict[str, tuple[str, str]] = {}
+        for figures in data.teams:
+            chart = await self.chart(figures.team)
+            if chart is not None:
+                charts[figures.team] = chart
+        try:
+            await self.client.views_publish(
+                user_id=user, view=home_view(data, team_url=team_url, charts=charts)
+            )
+        except SlackApiError as exc:
+            if not charts or exc.response.get("error") not in (
+                "invalid_arguments",
+                "invalid_blocks",
+            ):
+                raise
+            # A chart Slack will not show (not processed yet, or not visible): go without it.
+            log.warning("App Home refused the chart (%s); publishing without it", exc.response)
+            await self.client.views_publish(user_id=user, view=home_view(data, team_url=team_url))
+
+    async def team_url(self) -> str | None:
+        """The workspace URL (auth.test, once), for links to threads."""
+        if self._team_url is None:
+            try:
+                response = await self.client.auth_test()
+            except SlackApiError as exc:
+                log.info("auth.test failed (%s); Home links left out", exc.response.get("error"))
+                return None
+            self._team_url = str(response.get("url") or "") or None
+        return self._team_url
+
+    async def chart(self, team: str) -> tuple[str, str] | None:
+        """(file id, title) of the team's chart for the last complete week, uploaded once."""
+        week = Period.last_complete_week(self.clock(), team_timezone(self.settings, team))
+        title = f"Finished outcomes and cost per outcome, {CHART_WEEKS} weeks to {week.label}"
+        key = CHART_KEY.format(team=team, week=week.label)
+        async with self._chart_locks.setdefault(key, asyncio.Lock()):
+            saved = await self.store.slack_message(key)
+            if saved is not None and saved.ts:
+                return saved.ts, title
+            try:
+                series = await metrics.weekly_series(
+                    self.store.engine, team, week.weeks_back(CHART_WEEKS)
+                )
+                png = await asyncio.to_thread(self.render_chart, series, title)
+                response = await self.client.files_upload_v2(
+                    content=png, filename=f"home-{team}-{week.label}.png", title=title
+                )
+            except Exception:
+                log.exception("App Home chart for %s could not be made; showing figures only", team)
+                return None
+            file_id = str((response.get("files") or [{}])[0].get("id") or "")
+            if not file_id:
+                return None
+            await self.store.save_slack_message(
+                key=key, purpose="home_chart", channel="", ts=file_id
+            )
+            return file_id, title

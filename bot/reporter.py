@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
+from bot.home_refresh import HomeRefresher
 from bot.ids import (
     CANCEL_ACTION,
     EXCEPTION_CANCEL_ACTION,
@@ -50,11 +51,14 @@ INLINE_DELIVERABLE_MAX = 6000
 
 
 class SlackReporter:
-    """Posts an order's progress into its thread."""
+    """Posts an order's progress into its thread (and refreshes the App Homes that show it)."""
 
-    def __init__(self, *, store: Store, client: AsyncWebClient) -> None:
+    def __init__(
+        self, *, store: Store, client: AsyncWebClient, home: HomeRefresher | None = None
+    ) -> None:
         self.store = store
         self.client = client
+        self.home = home
 
     # ProgressReporter
 
@@ -86,6 +90,7 @@ class SlackReporter:
             text=f"{order.id} is ready for review by {', '.join(mention(r) for r in reviewers_of(order))}",
             blocks=blocks,
         )
+        self._changed(order)
 
     async def exception(
         self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
@@ -114,6 +119,7 @@ class SlackReporter:
             text=body,
             blocks=[*sections(body), controls],
         )
+        self._changed(order)
 
     async def notice(
         self, order: WorkOrder, text: str, *, key: str, purpose: str = "notice"
@@ -177,6 +183,12 @@ class SlackReporter:
                 await self.post_once(order, key=key, purpose="status", text=text, blocks=blocks)
         except SlackApiError as exc:
             _raise_retry_later(exc)
+        self._changed(order)
+
+    def _changed(self, order: WorkOrder) -> None:
+        """The order's state or spend changed: refresh the App Homes that show it."""
+        if self.home is not None:
+            self.home.order_changed(order)
 
     async def post_once(
         self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]

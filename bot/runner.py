@@ -13,6 +13,8 @@ from pydantic import SecretStr
 
 from bot.app import create_app
 from bot.digest_post import SlackDigestPublisher
+from bot.home import HomePublisher
+from bot.home_refresh import HomeRefresher
 from bot.reporter import SlackReporter
 from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
@@ -60,7 +62,10 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     client = make_slack_client(settings)
     router = ModelRouter.from_settings(settings, store)
-    bolt = create_app(settings, store=store, client=client, completer=router)
+    # One per process: the bot's decisions and the worker pool's progress refresh App Homes
+    # through it, so one person's publishes are coalesced whichever of them asks.
+    homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
+    bolt = create_app(settings, store=store, client=client, completer=router, homes=homes)
     socket_mode = settings.slack_app_token is not None
     web_runner = await start_site(
         build_web_app(
@@ -83,7 +88,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             bolt, app_token=settings.slack_app_token.get_secret_value(), settings=settings.slack
         )
         await socket_handler.start()
-    reporter = SlackReporter(store=store, client=client)
+    reporter = SlackReporter(store=store, client=client, home=homes)
     follow_ups = FollowUps(settings, store, reporter)
     scheduler = AsyncIOScheduler(timezone="UTC")
     scheduler.add_job(
@@ -131,6 +136,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         stop.set()
         [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
         scheduler.shutdown(wait=False)
+        await homes.close()
         if socket_handler is not None:
             await socket_handler.close()
         await web_runner.cleanup()
@@ -147,8 +153,11 @@ async def run_workers_only(
     store = Store.from_url(settings.database_url)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     reporter: ProgressReporter = LoggingReporter()
+    homes: HomeRefresher | None = None
     if settings.slack_bot_token is not None:
-        reporter = SlackReporter(store=store, client=make_slack_client(settings))
+        client = make_slack_client(settings)
+        homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
+        reporter = SlackReporter(store=store, client=client, home=homes)
     else:
         log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
     try:
@@ -156,6 +165,8 @@ async def run_workers_only(
             settings, concurrency=concurrency, reporter=reporter, store=store, worker_id=worker_id
         )
     finally:
+        if homes is not None:
+            await homes.close()
         await store.close()
 
 

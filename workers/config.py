@@ -101,6 +101,7 @@ class TeamQuota(_Strict):
     weekly_usd: float = Field(gt=0)
     max_concurrent_runs_per_user: int = Field(default=2, gt=0)
     members: list[str] = Field(default_factory=list)
+    leads: list[str] = Field(default_factory=list, description="see the team's figures in App Home")
 
 
 class DigestSchedule(_Strict):
@@ -544,8 +545,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         value = err.get("input")
         if field == "database_url":
             shown = repr(redact_url(str(value)))
-        elif isinstance(value, dict | list) and len(repr(value)) > 60:
-            # A rule across fields: its message names them; the whole section is noise.
+        elif isinstance(value, dict | list):
+            # A rule across fields: its message names them; the section itself is noise.
             lines.append(f"  - {_ENV_NAMES.get(field, field)}: {err['msg']}")
             continue
         else:

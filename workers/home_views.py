@@ -1,0 +1,173 @@
+"""What App Home shows each person, read straight from the database (no Slack here).
+
+- *Requester*: their open orders first, then the most recently changed finished ones, each with
+  its spend.
+- *Reviewer*: orders awaiting review that they may decide (`workers.permissions.may_review`, the
+  same rule the thread's buttons apply).
+- *Lead*: for every team that names them in `teams.<name>.leads`, the team's figures for the
+  current ISO week (workers.metrics) against the week before, and the latest posted digest.
+
+`watchers` says whose home shows an order, so that a change to it can refresh exactly those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, func
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from workers import metrics
+from workers.config import Settings
+from workers.db import session_factory
+from workers.digest import schedule_for
+from workers.metrics import Comparison, Period
+from workers.models import DigestPost, WorkOrderRow
+from workers.permissions import may_review, reviewers_of
+from workers.states import OPEN
+from workers.store import row_to_order
+from workers.workorder import Status, WorkOrder
+
+LIST_LIMIT = 10
+TEAMS_LIMIT = 5
+# Orders awaiting review read to find a reviewer's: far more than ever wait at once.
+_REVIEW_SCAN = 1000
+# A decision moves an order out of a reviewer's list: their home shows it until then.
+_REVIEW_STATES = frozenset(
+    {Status.AWAITING_REVIEW, Status.APPROVED, Status.REJECTED, Status.CHANGES_REQUESTED}
+)
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    order: WorkOrder
+    spent_micro_usd: int
+
+
+@dataclass
+class Listing:
+    """Up to `limit` items and how many there are in all."""
+
+    items: list[OrderLine] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def more(self) -> int:
+        return max(0, self.total - len(self.items))
+
+
+@dataclass(frozen=True)
+class DigestLink:
+    channel: str
+    ts: str
+    week: str
+
+
+@dataclass
+class LeadFigures:
+    team: str
+    comparison: Comparison
+    last_digest: DigestLink | None = None
+
+
+@dataclass
+class HomeData:
+    user: str
+    orders: Listing
+    reviews: Listing
+    teams: list[LeadFigures] = field(default_factory=list)
+    more_teams: int = 0
+
+
+def teams_led_by(settings: Settings, user: str) -> list[str]:
+    return sorted(name for name, team in settings.teams.items() if user in team.leads)
+
+
+def team_timezone(settings: Settings, team: str) -> str:
+    """The team's week follows its digest's time zone (UTC without a digest)."""
+    schedule = schedule_for(settings, team)
+    return schedule.timezone if schedule is not None else "UTC"
+
+
+def watchers(order: WorkOrder) -> set[str]:
+    """Whose App Home lists `order`: its requester, and its reviewers around a review."""
+    people = {order.requester}
+    if order.status in _REVIEW_STATES:
+        people.update(reviewers_of(order))
+    return people
+
+
+def _line(row: WorkOrderRow) -> OrderLine:
+    return OrderLine(row_to_order(row), int(row.spent_micro_usd or 0))
+
+
+async def requester_orders(session: AsyncSession, user: str, *, limit: int = LIST_LIMIT) -> Listing:
+    is_open = case((col(WorkOrderRow.status).in_([s.value for s in OPEN]), 0), else_=1)
+    query = (
+        select(WorkOrderRow)
+        .where(WorkOrderRow.requester == user)
+        .order_by(is_open, col(WorkOrderRow.updated_at).desc(), col(WorkOrderRow.id).desc())
+        .limit(limit)
+    )
+    rows = (await session.exec(query)).all()
+    total = (
+        await session.exec(
+            select(func.count()).select_from(WorkOrderRow).where(WorkOrderRow.requester == user)
+        )
+    ).one()
+    return Listing([_line(r) for r in rows], int(total))
+
+
+async def awaiting_review(
+    session: AsyncSession, user: str, settings: Settings, *, limit: int = LIST_LIMIT
+) -> Listing:
+    """Orders awaiting a decision `user` may take, the longest waiting first."""
+    query = (
+        select(WorkOrderRow)
+        .where(WorkOrderRow.status == Status.AWAITING_REVIEW.value)
+        .order_by(col(WorkOrderRow.updated_at), col(WorkOrderRow.id))
+        .limit(_REVIEW_SCAN)
+    )
+    mine = [
+        line
+        for line in (_line(r) for r in (await session.exec(query)).all())
+        if may_review(line.order, user, settings)
+    ]
+    return Listing(mine[:limit], len(mine))
+
+
+async def last_digest(session: AsyncSession, team: str) -> DigestLink | None:
+    query = (
+        select(DigestPost)
+        .where(DigestPost.team == team, DigestPost.state == "posted")
+        .order_by(col(DigestPost.week).desc(), col(DigestPost.id).desc())
+        .limit(1)
+    )
+    post = (await session.exec(query)).first()
+    if post is None or not post.ts:
+        return None
+    return DigestLink(post.channel, post.ts, post.week)
+
+
+async def lead_figures(
+    engine: AsyncEngine, settings: Settings, team: str, now: datetime
+) -> LeadFigures:
+    week = Period.week_of(now, team_timezone(settings, team))
+    comparison = await metrics.compare(engine, settings, team, week)
+    async with session_factory(engine)() as session:
+        link = await last_digest(session, team)
+    return LeadFigures(team, comparison, link)
+
+
+async def home_data(
+    engine: AsyncEngine, settings: Settings, user: str, *, now: datetime
+) -> HomeData:
+    async with session_factory(engine)() as session:
+        orders = await requester_orders(session, user)
+        reviews = await awaiting_review(session, user, settings)
+    led = teams_led_by(settings, user)
+    teams = [await lead_figures(engine, settings, t, now) for t in led[:TEAMS_LIMIT]]
+    return HomeData(user, orders, reviews, teams, max(0, len(led) - TEAMS_LIMIT))
