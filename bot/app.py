@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -38,6 +39,7 @@ from bot.ids import (
 from bot.messages import HELP
 from bot.modals import edit_modal, intake_modal, intake_request, parse_edit
 from bot.reporter import SlackReporter
+from bot.shapes import ShapeMiddleware
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.intake import Completer, IntakeEngine
@@ -73,7 +75,32 @@ def create_app(
         request_verification_enabled=secret is not None,
         ignoring_self_events_enabled=True,
     )
+    app.use(ShapeMiddleware())
     app.use(dedupe_middleware(store))
+
+    @app.error
+    async def on_error(
+        error: Exception, body: dict[str, Any], client: AsyncWebClient
+    ) -> BoltResponse | None:
+        if not isinstance(error, NotFound | ValueError):
+            log.error("a Slack listener failed: %r", error, exc_info=error)
+            return None
+        # A click or submission about an order that does not exist: say so, no traceback.
+        text = str(error) if isinstance(error, NotFound) else "That is not a work order I know."
+        log.info("refused a Slack request: %s", error)
+        if body.get("type") == "view_submission":
+            blocks = list(body["view"].get("state", {}).get("values", {})) or ["request"]
+            answer = {"response_action": "errors", "errors": {blocks[0]: text}}
+            return BoltResponse(status=200, body=json.dumps(answer))
+        if body.get("type") == "block_actions":
+            try:
+                await client.chat_postEphemeral(
+                    channel=_channel_of(body), user=body["user"]["id"], text=text
+                )
+            except SlackApiError as exc:
+                log.info("could not say so: %s", exc.response.get("error"))
+        return None
+
     conversations = Conversations(
         settings, store=store, engine=IntakeEngine(settings, completer), client=client
     )

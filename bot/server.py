@@ -62,9 +62,13 @@ def build_web_app(
             if refusal is not None:
                 log.info("refused a Slack request: %s", refusal.reason)
                 return web.Response(status=refusal.status, text=refusal.reason)
-            return await to_aiohttp_response(
-                await bolt.async_dispatch(await to_bolt_request(request))
-            )
+            try:
+                bolt_request = await to_bolt_request(request)
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+                # Bolt reads team, user and channel ids while parsing; odd types make it raise.
+                log.info("refused a Slack request: Bolt cannot read it (%r)", exc)
+                return web.Response(status=400, text="the request has fields of unexpected types")
+            return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
 
         app.router.add_post(EVENTS_PATH, slack_events)
     return app

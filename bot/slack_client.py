@@ -22,17 +22,26 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.blocks import MESSAGE_TEXT_MAX, truncate
 from workers.config import Settings
 from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
 
 RATE_LIMIT_RETRIES = 3
 TRANSIENT_RETRIES = 3
+# Slack refuses a whole message whose text is over 40,000 characters (`msg_too_long`).
+_MESSAGE_METHODS = frozenset({"chat.postMessage", "chat.update", "chat.postEphemeral"})
 
 
 class InstrumentedWebClient(AsyncWebClient):
     """Counts every Web API call by method and outcome for `/metrics`."""
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        payload = kwargs.get("json")
+        if api_method in _MESSAGE_METHODS and isinstance(payload, dict):
+            text = payload.get("text")
+            if isinstance(text, str) and len(text) > MESSAGE_TEXT_MAX:
+                # The last line of defence: cut with a visible marker rather than lose it all.
+                kwargs["json"] = {**payload, "text": truncate(text, MESSAGE_TEXT_MAX)}
         try:
             response = await super().api_call(api_method, **kwargs)
         except SlackApiError as exc:

@@ -264,6 +264,9 @@ def _load_yaml_text(text: str, *, source: str = "defaults.yaml") -> dict[str, An
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: top-level key {key!r} is not a setting name")
     return data
 
 
@@ -545,8 +548,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         value = err.get("input")
         if field == "database_url":
             shown = repr(redact_url(str(value)))
-        elif isinstance(value, dict | list) and len(repr(value)) > 60:
-            # A rule across fields: its message names them; the whole section is noise.
+        elif isinstance(value, dict | list):
+            # A rule across fields: its message names them; the section itself is noise.
             lines.append(f"  - {_ENV_NAMES.get(field, field)}: {err['msg']}")
             continue
         else:

@@ -113,6 +113,7 @@ def format_order_id(number: int) -> str:
 def parse_order_id(text: str) -> int:
     """`WO-42` (any case, surrounding spaces ignored) -> 42; ValueError otherwise."""
     match = ORDER_ID_RE.match(text.strip().upper())
-    if not match:
+    # isascii(): \d also matches other scripts' digits; 18 digits fit a database BIGINT.
+    if not match or not match.group(1).isascii() or len(match.group(1)) > 18:
         raise ValueError(f"{text!r} is not a work order id (expected something like WO-42)")
     return int(match.group(1))
