@@ -548,8 +548,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         value = err.get("input")
         if field == "database_url":
             shown = repr(redact_url(str(value)))
-        elif isinstance(value, dict | list):
-            # A rule across fields: its message names them; the section itself is noise.
+        elif isinstance(value, dict | list) and len(repr(value)) > 60:
+            # A rule across fields: its message names them; the whole section is noise.
             lines.append(f"  - {_ENV_NAMES.get(field, field)}: {err['msg']}")
             continue
         else:
