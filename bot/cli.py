@@ -218,7 +218,7 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
 
     if not await _has_delegate_database(settings):
         return EXIT_FAILED
-    store = Store.from_url(settings.database_url)
+    store = Store.for_settings(settings)
     try:
         if args.target == "verify":
             checked, breaks = await store.verify_audit()
@@ -298,7 +298,7 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not await _has_delegate_database(settings):
         return EXIT_FAILED
-    store = Store.from_url(settings.database_url)
+    store = Store.for_settings(settings)
     try:
         try:
             order = await store.get_order(number)
@@ -326,7 +326,7 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
     from workers.providers import ModelRouter
     from workers.store import Store
 
-    store = Store.from_url(settings.database_url)
+    store = Store.for_settings(settings)
     try:
         await upgrade(store.engine)
         engine = IntakeEngine(settings, ModelRouter.from_settings(settings, store))

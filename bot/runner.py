@@ -58,7 +58,7 @@ def _stop_event() -> asyncio.Event:
 async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int = 2) -> None:
     """Serve Slack (Socket Mode if SLACK_APP_TOKEN is set, else HTTP) until SIGTERM/SIGINT."""
     stop = _stop_event()
-    store = Store.from_url(settings.database_url)
+    store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     client = make_slack_client(settings)
     router = ModelRouter.from_settings(settings, store)
@@ -150,7 +150,7 @@ async def run_workers_only(
     settings: Settings, *, concurrency: int, worker_id: str | None = None
 ) -> None:
     """A worker pool that reports into Slack threads (or to the log without a bot token)."""
-    store = Store.from_url(settings.database_url)
+    store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     reporter: ProgressReporter = LoggingReporter()
     homes: HomeRefresher | None = None

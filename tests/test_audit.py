@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from pathlib import Path
 
 from sqlalchemy import text
 
 from tests.support.factories import make_order
-from workers.audit import render_json, render_markdown
+from tests.fakes.anthropic import Reply
+from tests.support.databases import Database
+from tests.support.engine import Harness
+from tests.test_cli import _env, delegate
+from workers.audit import (
+    SCHEME_HMAC,
+    SCHEME_SHA256,
+    AuditKey,
+    ChainRecord,
+    event_hash,
+    render_json,
+    render_markdown,
+)
 from workers.store import Store
 from workers.workorder import Status
 
@@ -62,29 +76,87 @@ async def test_deleted_row_is_detected(store: Store) -> None:
     assert [b.event_id for b in breaks] == [trail[2].id]
 
 
-async def test_rehashed_forgery_still_breaks_the_next_link(store: Store) -> None:
-    """Recomputing a tampered event's own hash is not enough: its successor no longer links."""
-    from workers.audit import event_hash
-
+async def test_a_forgery_rehashed_without_the_key_is_caught_where_it_was_made(store: Store) -> None:
+    """Recomputing a tampered event's digest, and every digest after it, needs the key."""
     order_id = await _order_with_history(store)
     trail = await store.audit_trail(order_id)
-    forged = trail[1]
-    new_hash = event_hash(
-        chain=forged.chain,
-        seq=forged.seq,
-        at=forged.at,
-        actor="mallory",
-        kind=forged.kind,
-        data=forged.data,
-        prev_hash=forged.prev_hash,
-    )
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE id = :id"),
-            {"h": new_hash, "id": forged.id},
-        )
+    await _rewrite_from(store, trail, 1, actor="mallory", key=AuditKey(b"a-key-that-is-not-the-right-one"))
     _, breaks = await store.verify_audit()
-    assert [b.event_id for b in breaks] == [trail[2].id]
+    assert [(b.chain, b.event_id) for b in breaks] == [(order_id, trail[1].id)]
+    assert "altered" in str(breaks[0])
+
+
+async def test_downgrading_to_the_old_unkeyed_hash_is_caught(store: Store) -> None:
+    order_id = await _order_with_history(store)
+    trail = await store.audit_trail(order_id)
+    await _rewrite_from(store, trail, 1, actor="mallory", key=None)  # plain SHA-256, as before
+    _, breaks = await store.verify_audit()
+    assert [(b.chain, b.event_id) for b in breaks] == [(order_id, trail[1].id)]
+
+
+async def test_dropping_the_last_events_is_caught(store: Store) -> None:
+    order_id = await _order_with_history(store)
+    trail = await store.audit_trail(order_id)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": trail[-1].id})
+    _, breaks = await store.verify_audit()
+    assert len(breaks) == 1 and breaks[0].chain == order_id
+    assert f"events 4 to 4 were deleted after event #{trail[-2].id}" in str(breaks[0])
+
+
+async def test_deleting_a_whole_chain_is_caught_even_with_its_head(store: Store) -> None:
+    keep = await _order_with_history(store)
+    gone = await _order_with_history(store)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE chain = :c"), {"c": gone})
+    _, breaks = await store.verify_audit()
+    assert [b.chain for b in breaks] == [gone]
+    assert "all 4 of its events were deleted" in str(breaks[0])
+    # Removing the head too, and even the order itself, still shows in the anchored total.
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_heads WHERE chain = :c"), {"c": gone})
+    _, breaks = await store.verify_audit()
+    assert [b.chain for b in breaks] == [gone, "*"]
+    assert "the order exists, its trail does not" in str(breaks[0])
+    assert "a whole chain was deleted" in str(breaks[1])
+    assert keep not in {b.chain for b in breaks}
+
+
+async def test_a_keyed_trail_does_not_verify_under_another_key(database: Database) -> None:
+    key = AuditKey(b"k" * 32)
+    writer = Store(database.engine(), audit_key=key)
+    order_id = await _order_with_history(writer)
+    assert (await writer.verify_audit())[1] == []
+    await writer.close()
+    outsider = Store(database.engine(), audit_key=AuditKey(b"x" * 32))
+    _, breaks = await outsider.verify_audit()
+    await outsider.close()
+    assert breaks and breaks[0].chain == order_id and breaks[0].seq == 1
+
+
+async def _rewrite_from(
+    store: Store, trail: list[ChainRecord], start: int, *, actor: str, key: AuditKey | None
+) -> None:
+    """Edit event `start` and recompute it and every later digest, as an attacker with write
+    access to the database (but not the key) would."""
+    prev = trail[start - 1].hash
+    async with store.engine.begin() as conn:
+        for index, event in enumerate(trail[start:], start):
+            who = actor if index == start else event.actor
+            digest = event_hash(
+                chain=event.chain, seq=event.seq, at=event.at, actor=who, kind=event.kind,
+                data=event.data, prev_hash=prev, key=key,
+                scheme=SCHEME_HMAC if key is not None else SCHEME_SHA256,
+            )  # fmt: skip
+            await conn.execute(
+                text("UPDATE audit_events SET actor = :a, prev_hash = :p, hash = :h, scheme = :s WHERE id = :id"),
+                {"a": who, "p": prev, "h": digest, "id": event.id,
+                 "s": SCHEME_HMAC if key is not None else SCHEME_SHA256},
+            )  # fmt: skip
+            prev = digest
+        await conn.execute(
+            text("UPDATE audit_heads SET last_hash = :h WHERE chain = :c"), {"h": prev, "c": trail[0].chain}
+        )
 
 
 async def test_renderings(store: Store) -> None:
@@ -96,3 +168,42 @@ async def test_renderings(store: Store) -> None:
     doc = json.loads(render_json(order_id, trail))
     assert [e["kind"] for e in doc["events"]] == ["created", "transition", "transition", "note"]
     assert doc["events"][-1]["hash"] == trail[-1].hash
+
+
+async def test_a_run_chains_its_model_calls_tool_calls_and_deliverable(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    content = "| Acme | $10 |"
+    h.anthropic.script(
+        Reply.tool("read_thread", {}),
+        Reply.tool("submit_deliverable", {"content": content, "summary": "done"}),
+    )
+    await h.run_next()
+    trail = await h.store.audit_trail(order.id or "")
+    kinds = [e.kind for e in trail]
+    assert kinds.count("model_call") == 2
+    tool_calls = [e.data for e in trail if e.kind == "tool_call"]
+    assert tool_calls[0]["name"] == "read_thread" and tool_calls[0]["allowed"] is True
+    [delivered] = [e.data for e in trail if e.kind == "deliverable"]
+    assert delivered["sha256"] == hashlib.sha256(content.encode()).hexdigest()
+    model_call = next(e.data for e in trail if e.kind == "model_call")
+    assert model_call["provider"] == "anthropic" and model_call["cost_micro_usd"] > 0
+    assert (await h.store.verify_audit())[1] == []
+
+
+async def test_delegate_audit_verify_names_the_first_broken_order_and_event(
+    database: Database, tmp_path: Path
+) -> None:
+    key = "an-audit-key-of-32-characters-xx"
+    store = Store(database.engine(), audit_key=AuditKey(key.encode()))
+    await _order_with_history(store)
+    broken = await _order_with_history(store)
+    trail = await store.audit_trail(broken)
+    await _rewrite_from(store, trail, 2, actor="mallory", key=AuditKey(b"guessed-key-guessed-key-guessed"))
+    await store.close()
+    env = _env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=key)
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 1
+    assert f"BROKEN chain {broken}: event #{trail[2].id} (seq 3) was altered after it was written" in out
+    code, out, _ = await delegate("audit", "verify", env=env | {"DELEGATE_AUDIT_KEY": "k" * 32}, cwd=tmp_path)
+    assert code == 1 and "WO-1" in out  # under the wrong key nothing verifies

@@ -87,6 +87,38 @@ def event_hash(
     return key.mac("event:" + body)
 
 
+MAX_INLINE_CHARS = 2000
+"""Larger values are chained by their SHA-256 (and length), not inline."""
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bounded(value: Any) -> Any:
+    """`value` itself when small, else its digest: the chain covers it either way."""
+    text = canonical_json(value)
+    if len(text) <= MAX_INLINE_CHARS:
+        return value
+    return {"sha256": sha256_text(text), "chars": len(text)}
+
+
+def model_call_facts(call: Any) -> dict[str, Any]:
+    """What the chain records of one model call (an `LlmCall` row)."""
+    return {
+        "model_call": call.id,
+        "role": call.role,
+        "provider": call.provider,
+        "model": call.model,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "cache_write_tokens": call.cache_write_tokens,
+        "cache_read_tokens": call.cache_read_tokens,
+        "cost_micro_usd": call.cost_micro_usd,
+        "outcome": call.outcome,
+    }
+
+
 def head_mac(key: AuditKey, chain: str, count: int, last_hash: str) -> str:
     return key.mac(f"head:{chain}:{count}:{last_hash}")
 
@@ -127,6 +159,8 @@ class ChainBreak:
     reason: str
 
     def __str__(self) -> str:
+        if self.chain == ALL_CHAINS:
+            return f"the audit trail as a whole: {self.reason}"
         where = f"event #{self.event_id} (seq {self.seq})" if self.event_id else f"seq {self.seq}"
         return f"chain {self.chain}: {where} {self.reason}"
 

@@ -290,7 +290,7 @@ async def run_worker(
     unless given, and closed again if they were.
     """
     own_store = store is None
-    store = store or Store.from_url(settings.database_url)
+    store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
     outbox: Outbox | None = None

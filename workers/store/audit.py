@@ -6,10 +6,18 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from workers.audit import SYSTEM_CHAIN, ChainBreak, ChainRecord, verify_chain
-from workers.models import AuditEvent
+from workers.audit import (
+    ALL_CHAINS,
+    SYSTEM_CHAIN,
+    ChainBreak,
+    ChainHead,
+    ChainRecord,
+    verify_chain,
+    verify_total,
+)
+from workers.models import AuditEvent, AuditHead, WorkOrderRow
 from workers.store.base import StoreBase, _record
-from workers.workorder import parse_order_id
+from workers.workorder import format_order_id, parse_order_id
 
 
 class AuditStore(StoreBase):
@@ -29,16 +37,38 @@ class AuditStore(StoreBase):
             chains = (await s.exec(select(AuditEvent.chain).distinct())).all()
         return sorted(chains, key=_chain_sort_key)
 
+    async def audit_heads(self) -> dict[str, ChainHead]:
+        """Each chain's anchor (and the total, under "*"), kept outside the events table."""
+        async with self._sessions() as s:
+            rows = (await s.exec(select(AuditHead))).all()
+        return {r.chain: ChainHead(r.chain, r.count, r.last_hash, r.mac) for r in rows}
+
     async def verify_audit(self) -> tuple[int, list[ChainBreak]]:
-        """Verify every chain; return how many events were checked and each chain's first break."""
+        """Verify every chain against its anchored head, and the heads against their total;
+        return how many events were checked and each chain's first break."""
+        heads = await self.audit_heads()
+        total = heads.pop(ALL_CHAINS, None)
+        async with self._sessions() as s:
+            order_ids = (await s.exec(select(WorkOrderRow.id))).all()
+        chains = set(await self.audit_chains()) | set(heads)
         checked = 0
         breaks: list[ChainBreak] = []
-        for chain in await self.audit_chains():
+        for chain in sorted(chains, key=_chain_sort_key):
             records = await self.audit_trail(chain)
             checked += len(records)
-            broken = verify_chain(records)
+            broken = verify_chain(records, key=self.audit_key, head=heads.get(chain))
             if broken:
                 breaks.append(broken)
+        # Every order starts its chain when it is created: an order without one lost it.
+        for number in sorted(i for i in order_ids if i is not None):
+            chain = format_order_id(number)
+            if chain not in chains:
+                breaks.append(
+                    ChainBreak(chain, None, 1, "is missing: the order exists, its trail does not")
+                )
+        problem = verify_total(list(heads.values()), total, key=self.audit_key)
+        if problem:
+            breaks.append(ChainBreak(ALL_CHAINS, None, 0, problem))
         return checked, breaks
 
 

@@ -20,10 +20,19 @@ from sqlalchemy.sql.selectable import GenerativeSelect
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.audit import GENESIS_HASH, ChainRecord, event_hash
+from workers.audit import (
+    ALL_CHAINS,
+    GENESIS_HASH,
+    SCHEME_HMAC,
+    AuditKey,
+    ChainRecord,
+    event_hash,
+    head_mac,
+)
+from workers.config import Settings
 from workers.db import create_engine, is_sqlite, session_factory
 from workers.errors import NotFound, StaleUpdate
-from workers.models import AuditEvent, WorkOrderRow, utcnow
+from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
 from workers.states import check_transition
 from workers.workorder import (
     Budget,
@@ -75,14 +84,20 @@ def row_to_order(row: WorkOrderRow) -> WorkOrder:
 class StoreBase:
     """Engine, transactions, locked reads, state changes and audit appends."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, audit_key: AuditKey | None = None) -> None:
         self.engine = engine
         self._sessions = session_factory(engine)
         self._sqlite = is_sqlite(str(engine.url))
+        self.audit_key = audit_key or AuditKey.unkeyed()
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
-        return cls(create_engine(url))
+    def from_url(cls, url: str, *, audit_key: AuditKey | None = None) -> Self:
+        return cls(create_engine(url), audit_key=audit_key)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Self:
+        """The store as a deployment configures it: its database and its audit key."""
+        return cls.from_url(settings.database_url, audit_key=settings.audit_signing_key())
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -167,7 +182,15 @@ class StoreBase:
         prev_hash = last.hash if last else GENESIS_HASH
         at = utcnow()
         digest = event_hash(
-            chain=chain, seq=seq, at=at, actor=actor, kind=kind, data=data, prev_hash=prev_hash
+            chain=chain,
+            seq=seq,
+            at=at,
+            actor=actor,
+            kind=kind,
+            data=data,
+            prev_hash=prev_hash,
+            key=self.audit_key,
+            scheme=SCHEME_HMAC,
         )
         event = AuditEvent(
             chain=chain,
@@ -178,10 +201,33 @@ class StoreBase:
             data=data,
             prev_hash=prev_hash,
             hash=digest,
+            scheme=SCHEME_HMAC,
         )
         s.add(event)
+        await self._anchor(s, chain, count=seq, last_hash=digest)
         await s.flush()
         return _record(event)
+
+    async def _anchor(self, s: AsyncSession, chain: str, *, count: int, last_hash: str) -> None:
+        """Move the chain's head, and the total over all chains, to include the new event.
+
+        A chain anchored for the first time may hold events from before anchoring; the total
+        grows by all of them, so that it always equals the sum of the heads."""
+        key = self.audit_key
+        head = await s.get(AuditHead, chain)
+        grew = count - (head.count if head is not None else 0)
+        if head is None:
+            head = AuditHead(chain=chain, count=count, last_hash=last_hash, mac="")
+        head.count, head.last_hash = count, last_hash
+        head.mac = head_mac(key, chain, count, last_hash)
+        s.add(head)
+        await self._serialise(s, ALL_CHAINS)  # the total is one row every append updates
+        total = await s.get(AuditHead, ALL_CHAINS, populate_existing=True)
+        if total is None:
+            total = AuditHead(chain=ALL_CHAINS, count=0, last_hash="", mac="")
+        total.count += grew
+        total.mac = head_mac(key, ALL_CHAINS, total.count, "")
+        s.add(total)
 
 
 def _record(e: AuditEvent) -> ChainRecord:
@@ -196,4 +242,5 @@ def _record(e: AuditEvent) -> ChainRecord:
         data=dict(e.data),
         prev_hash=e.prev_hash,
         hash=e.hash,
+        scheme=e.scheme,
     )

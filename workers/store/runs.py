@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from workers.audit import bounded, model_call_facts, sha256_text
 from workers.errors import NotFound
 from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
 from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.leases import fenced_row
 from workers.workorder import format_order_id
 
 _PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
@@ -45,6 +47,12 @@ class RunsStore(StoreBase):
     async def record_llm_call(self, call: LlmCall) -> LlmCall:
         async with self.transaction() as s:
             s.add(call)
+            await s.flush()
+            if call.order_id is not None:
+                await self._append_audit(
+                    s, format_order_id(call.order_id), actor="engine", kind="model_call",
+                    data=model_call_facts(call),
+                )  # fmt: skip
         return call
 
     async def llm_calls(self, ref: OrderRef) -> list[LlmCall]:
@@ -52,7 +60,22 @@ class RunsStore(StoreBase):
 
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
+            if call.attempt_id is not None:  # a run's tool call: fenced by its lease
+                await fenced_row(self, s, call.attempt_id)
             s.add(call)
+            await s.flush()
+            await self._append_audit(
+                s, format_order_id(call.order_id), actor="engine", kind="tool_call",
+                data={
+                    "tool_call": call.id,
+                    "name": call.name,
+                    "arguments": bounded(call.arguments),
+                    "allowed": call.allowed,
+                    "outcome": call.outcome,
+                    "error": call.error,
+                    "result_sha256": sha256_text(call.result_excerpt or ""),
+                },
+            )  # fmt: skip
         return call
 
     async def tool_calls(self, ref: OrderRef) -> list[ToolCall]:
@@ -72,6 +95,8 @@ class RunsStore(StoreBase):
         number = order_number(ref)
         try:
             async with self.transaction() as s:
+                if attempt_id is not None:  # fenced by the attempt's lease
+                    await fenced_row(self, s, attempt_id)
                 item = Deliverable(
                     order_id=number,
                     attempt_id=attempt_id,
@@ -86,7 +111,12 @@ class RunsStore(StoreBase):
                     format_order_id(number),
                     actor=actor,
                     kind="deliverable",
-                    data={"deliverable": item.id, "summary": summary, "chars": len(content)},
+                    data={
+                        "deliverable": item.id,
+                        "summary": summary,
+                        "chars": len(content),
+                        "sha256": sha256_text(content),
+                    },
                 )
             return item
         except IntegrityError:

@@ -13,12 +13,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.audit import SYSTEM_CHAIN
+from workers.audit import SYSTEM_CHAIN, model_call_facts
 from workers.budget import CallPlan, Headroom, usd_to_micro
 from workers.models import LlmCall, TeamSpend, WorkOrderRow
 from workers.progress import Spend
 from workers.store.base import OrderRef, StoreBase, order_number
-from workers.workorder import Budget
+from workers.workorder import Budget, format_order_id
 
 if TYPE_CHECKING:
     from workers.providers.base import Usage
@@ -133,6 +133,10 @@ class SpendStore(StoreBase):
             await self._charge(s, row, call, cost_micro_usd=cost_micro_usd, tokens=tokens)
             call.outcome = outcome
             s.add(call)
+            await self._append_audit(
+                s, format_order_id(found.order_id), actor="engine", kind="model_call",
+                data=model_call_facts(call),
+            )  # fmt: skip
         return True
 
     async def _pending_call(self, s: AsyncSession, call_id: int) -> LlmCall | None:
