@@ -16,6 +16,7 @@ from bot.blocks import (
     truncate,
 )
 from bot.ids import CANCEL_ACTION, EDIT_ACTION, START_ACTION
+from bot.mrkdwn import untrusted
 from workers.config import Settings
 from workers.workorder import Status, WorkOrder
 
@@ -58,14 +59,16 @@ def render_card(
         if order.deadline
         else "_none_"
     )
-    criteria = "\n".join(f"☐ {c}" for c in order.acceptance_criteria)
+    # Title, goal, deliverable, criteria and open points are drafted by a model from other
+    # people's words: shown inert (no broadcast, no disguised link). The header is plain text.
+    criteria = "\n".join(f"☐ {untrusted(c)}" for c in order.acceptance_criteria)
     blocks: list[Block] = [
         header(order.title),
         context(
             f"*{order.id or 'Draft'}* · {STATE_LABELS[order.status]} · requested by {mention(order.requester)}"
         ),
-        *sections(f"*Goal*\n{order.goal}"),
-        *sections(f"*Deliverable*\n{order.deliverable}"),
+        *sections(f"*Goal*\n{untrusted(order.goal)}"),
+        *sections(f"*Deliverable*\n{untrusted(order.deliverable)}"),
         *sections(f"*Acceptance criteria*\n{criteria}"),
         fields(
             [
@@ -79,9 +82,9 @@ def render_card(
         ),
     ]
     if order.context:
-        blocks.append(context(truncate(f"Context: {order.context}", 1500)))
+        blocks.append(context(truncate(f"Context: {untrusted(order.context)}", 1500)))
     if open_points:
-        blocks += sections("*Open points*\n" + "\n".join(f"• {p}" for p in open_points))
+        blocks += sections("*Open points*\n" + "\n".join(f"• {untrusted(p)}" for p in open_points))
     if note:
         blocks.append(context(note))
     if order.status is Status.AWAITING_CONFIRMATION and order.id:

@@ -14,6 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
 from bot.cards import card_text, render_card
+from bot.mrkdwn import untrusted
 from workers import queue
 from workers.config import Settings
 from workers.dialogue import IntakeDialogue, Unavailable, questions_text, session_order_id
@@ -128,9 +129,13 @@ class Conversations:
                 "Reply in this thread to try again.",
             )
         elif isinstance(outcome, ChatAnswer):
-            await self._post(msg.channel, msg.thread_ts, outcome.text)
+            await self._post(msg.channel, msg.thread_ts, untrusted(outcome.text))
         elif isinstance(outcome, Questions):
-            await self._post(msg.channel, msg.thread_ts, _questions_message(outcome.questions))
+            await self._post(
+                msg.channel,
+                msg.thread_ts,
+                _questions_message([untrusted(q) for q in outcome.questions]),
+            )
         else:
             await self._propose(session, outcome, msg)
 
