@@ -92,6 +92,8 @@ class ChannelDefaults(_Strict):
     # Policies a request from this channel may be granted when it needs more than `policy`.
     allowed_policies: list[str] = Field(default_factory=list)
     team: str = "default"
+    # Domains web_fetch may read from this channel's orders on top of their policy's domains.
+    extra_domains: list[str] = Field(default_factory=list)
 
     def grantable_policies(self) -> list[str]:
         return [self.policy, *(p for p in self.allowed_policies if p != self.policy)]
