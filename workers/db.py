@@ -15,6 +15,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+READ_ONLY = "delegate_read_only"
+"""Execution option of engines whose transactions only read (see `reading`)."""
+
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     asyncpg.PostgresError,
@@ -79,8 +82,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so two writers wait on busy_timeout
-        # instead of deadlocking when both try to upgrade a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # instead of deadlocking when both try to upgrade a read lock. A read-only transaction
+        # (`reading`) takes no lock: in WAL mode it reads its snapshot beside the writer.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def reading(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) for transactions that only read: on SQLite they begin with a
+    plain BEGIN, so a read never waits for, or fails behind, a writer."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -30,7 +30,7 @@ from workers.audit import (
     head_mac,
 )
 from workers.config import Settings
-from workers.db import create_engine, is_sqlite, session_factory
+from workers.db import create_engine, is_sqlite, reading, session_factory
 from workers.errors import NotFound, StaleUpdate
 from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
 from workers.states import check_transition
@@ -86,7 +86,8 @@ class StoreBase:
 
     def __init__(self, engine: AsyncEngine, *, audit_key: AuditKey | None = None) -> None:
         self.engine = engine
-        self._sessions = session_factory(engine)
+        self._sessions = session_factory(reading(engine))  # reads: no write lock on SQLite
+        self._writing = session_factory(engine)
         self._sqlite = is_sqlite(str(engine.url))
         self.audit_key = audit_key or AuditKey.unkeyed()
 
@@ -104,7 +105,7 @@ class StoreBase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session, session.begin():
+        async with self._writing() as session, session.begin():
             yield session
 
     async def ping(self) -> None:
