@@ -159,7 +159,7 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
     await store.record_tool_call(
         ToolCall(
             order_id=number,
-            attempt_id=first.id,
+            attempt_id=second.id,  # a run's records are fenced by its live attempt
             name="web_fetch",
             arguments={"url": "http://169.254.169.254/"},
             allowed=False,

@@ -261,7 +261,9 @@ class SpendLedger(Protocol):
         error: str | None = None,
     ) -> bool: ...
 
-    async def count_tool_call(self, ref: str | int, *, max_tool_calls: int) -> bool: ...
+    async def count_tool_call(
+        self, ref: str | int, *, max_tool_calls: int, attempt_id: int | None = None
+    ) -> bool: ...
 
 
 class BudgetGuard:
@@ -373,7 +375,7 @@ class BudgetGuard:
 
     async def charge_tool_call(self) -> None:
         if not await self.store.count_tool_call(
-            self.order_number, max_tool_calls=self.budget.max_tool_calls
+            self.order_number, max_tool_calls=self.budget.max_tool_calls, attempt_id=self.attempt_id
         ):
             raise BudgetExceeded(
                 "tool_calls",

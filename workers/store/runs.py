@@ -12,6 +12,7 @@ from workers.audit import bounded, model_call_facts, sha256_text
 from workers.errors import NotFound
 from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
 from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.leases import fenced_row
 from workers.workorder import format_order_id
 
 _PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
@@ -59,6 +60,8 @@ class RunsStore(StoreBase):
 
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
+            if call.attempt_id is not None:  # a run's tool call: fenced by its lease
+                await fenced_row(self, s, call.attempt_id)
             s.add(call)
             await s.flush()
             await self._append_audit(
@@ -92,6 +95,8 @@ class RunsStore(StoreBase):
         number = order_number(ref)
         try:
             async with self.transaction() as s:
+                if attempt_id is not None:  # fenced by the attempt's lease
+                    await fenced_row(self, s, attempt_id)
                 item = Deliverable(
                     order_id=number,
                     attempt_id=attempt_id,

@@ -18,6 +18,7 @@ from workers.budget import CallPlan, Headroom, usd_to_micro
 from workers.models import LlmCall, TeamSpend, WorkOrderRow
 from workers.progress import Spend
 from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.leases import fenced_row
 from workers.workorder import Budget, format_order_id
 
 if TYPE_CHECKING:
@@ -59,7 +60,10 @@ class SpendStore(StoreBase):
         BudgetExceeded, which rolls everything back). The call is recorded as pending.
         """
         async with self.transaction() as s:
-            row = await self._row(s, ref, for_update=True)
+            if call.attempt_id is not None:  # a run's call: fenced by its lease
+                row = await fenced_row(self, s, call.attempt_id)
+            else:
+                row = await self._row(s, ref, for_update=True)
             spend = await self._team_week(s, team, week)
             budget = Budget.model_validate(row.budget)
             quota = spend.quota_micro_usd if spend.quota_micro_usd is not None else quota_micro_usd
@@ -189,9 +193,14 @@ class SpendStore(StoreBase):
             row = await self._row(s, ref, for_update=True)
             return await self._settle_pending(s, row, outcome=outcome)
 
-    async def count_tool_call(self, ref: OrderRef, *, max_tool_calls: int) -> bool:
-        """Count one tool call if the ceiling allows it; False (nothing counted) otherwise."""
+    async def count_tool_call(
+        self, ref: OrderRef, *, max_tool_calls: int, attempt_id: int | None = None
+    ) -> bool:
+        """Count one tool call if the ceiling allows it; False (nothing counted) otherwise.
+        With `attempt_id`, LeaseLost if that attempt no longer holds the order's lease."""
         async with self.transaction() as s:
+            if attempt_id is not None:
+                await fenced_row(self, s, attempt_id)
             result = await s.exec(
                 update(WorkOrderRow)
                 .where(

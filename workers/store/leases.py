@@ -1,0 +1,57 @@
+"""Lease fencing and the database's clock, shared by every part of the store a run writes through.
+
+A run's writes (checkpoint, reservation, tool-call count and record, deliverable, its ending) are
+fenced by its attempt: they lock the order row and go through only while the order is running
+under the lease of the worker that started this attempt and the attempt has not been ended (by
+the reaper, a cancel, or the run itself). A worker whose lease was taken over ("a zombie": frozen,
+partitioned, or just slow) gets `LeaseLost` and must stop without side effects.
+
+Lease expiry and reaping use the database's clock, so that hosts whose clocks disagree still
+agree on when a lease ends.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from workers.errors import LeaseLost, NotFound
+from workers.models import RunAttempt, WorkOrderRow
+from workers.store.base import StoreBase
+from workers.workorder import Status, format_order_id
+
+_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+_POSTGRES_NOW = text("SELECT statement_timestamp()")
+
+
+async def database_now(store: StoreBase, s: AsyncSession) -> datetime:
+    """The database server's current time (UTC), read inside the session's transaction."""
+    value = (await s.exec(_SQLITE_NOW if store._sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
+    if isinstance(value, str):  # SQLite
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def fenced_row(store: StoreBase, s: AsyncSession, attempt_id: int) -> WorkOrderRow:
+    """The order row of a live attempt, locked for the rest of the transaction; `LeaseLost` if
+    the attempt no longer holds its order's lease."""
+    attempt = await s.get(RunAttempt, attempt_id)
+    if attempt is None:
+        raise NotFound(f"run attempt {attempt_id} does not exist")
+    row = await store._row(s, attempt.order_id, for_update=True)
+    # Read the attempt again under the order's lock: the reaper ends attempts under that lock.
+    attempt = await s.get(RunAttempt, attempt_id, populate_existing=True)
+    assert attempt is not None
+    if (
+        attempt.ended_at is not None
+        or row.status != Status.RUNNING.value
+        or row.lease_owner != attempt.worker_id
+    ):
+        raise LeaseLost(
+            f"{format_order_id(attempt.order_id)}: attempt {attempt.number} of "
+            f"{attempt.worker_id} no longer holds the lease"
+        )
+    return row
