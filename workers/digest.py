@@ -9,7 +9,8 @@
   finds it due, and posts it then: a missed digest is caught up once.
 - *Once*: a digest is claimed by inserting (team, channel, week) into `digest_posts`, whose
   unique key lets exactly one insert win on SQLite and PostgreSQL alike. On PostgreSQL the sweep
-  also takes an advisory lock, so concurrent `delegate run` processes do not even race for it.
+  also runs on one process at a time (workers.sweeps), so concurrent `delegate run` processes
+  do not even race for it.
   A claim whose post failed is released for the next sweep; one left behind by a process that
   died while posting is taken over after `STALE_CLAIM` (the only case that can post twice).
 
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,13 +43,12 @@ from workers import metrics
 from workers.config import DigestSchedule, Settings
 from workers.metrics import ALL, Comparison, Period, TeamMetrics, WeekPoint, usd
 from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
+from workers.sweeps import single_runner
 
 log = logging.getLogger(__name__)
 
 CHART_WEEKS = 8
 STALE_CLAIM = timedelta(minutes=15)
-# pg_advisory lock key for the digest sweep ("delegate digest" as a 63-bit number).
-_SWEEP_LOCK = 0x6469676573745F31
 _posts = SQLModel.metadata.tables["digest_posts"]
 
 
@@ -484,6 +484,12 @@ class DigestScheduler:
         due = self.due(now)
         if not due:
             return []
+        async with single_runner(self.engine, "digests") as mine:
+            if not mine:  # another process is sweeping; it posts what is due
+                return []
+            return await self._post_all(due, now)
+
+    async def _post_all(self, due: list[tuple[str, str, Period]], now: datetime) -> list[Claim]:
         claims = await self._claim_all(due, now)
         posted = []
         weeks = {(c.team, c.channel, c.week): w for c, w in claims}
@@ -509,15 +515,6 @@ class DigestScheduler:
     ) -> list[tuple[Claim, Period]]:
         claims = []
         async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # One sweeper at a time; the others find nothing left to claim next minute.
-                got = (
-                    await conn.execute(
-                        text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=_SWEEP_LOCK)
-                    )
-                ).scalar_one()
-                if not got:
-                    return []
             # On SQLite this transaction began IMMEDIATE: it already is the only writer.
             for team, channel, week in due:
                 claimed = await _claim(

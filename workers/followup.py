@@ -2,7 +2,8 @@
 orders, deadline warnings, and recovery of checks interrupted by a crash.
 
 Everything is derived from the database on each sweep, and every notice has an idempotency
-key, so a sweep after a restart neither forgets a due reminder nor repeats one.
+key, so a sweep after a restart neither forgets a due reminder nor repeats one. Of several
+`delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.sweeps).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from workers.keys import (
 from workers.permissions import reviewers_of
 from workers.states import IN_FLIGHT, UNDER_WAY
 from workers.store import Store, as_utc, row_to_order
+from workers.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,31 @@ class FollowUps:
         self.notifier = notifier
         self.clock = clock
 
-    async def sweep(self) -> None:
-        now = self.clock()
-        for step in (self._reviews, self._quiet, self._deadlines, self._stuck_checks):
-            try:
-                await step(now)
-            except Exception:  # one failing step must not stop the others
-                log.exception("follow-up sweep step failed: %s", step.__name__)
+    async def sweep(self) -> bool:
+        """One round; False if another process is sweeping right now (this one skips it)."""
+        async with single_runner(self.store.engine, "follow-ups") as mine:
+            if not mine:
+                return False
+            now = self.clock()
+            for step in (
+                self._reviews,
+                self._quiet,
+                self._deadlines,
+                self._stuck_checks,
+                self._retention,
+            ):
+                try:
+                    await step(now)
+                except Exception:  # one failing step must not stop the others
+                    log.exception("follow-up sweep step failed: %s", step.__name__)
+        return True
+
+    async def _retention(self, now: datetime) -> None:
+        """Stored thread text is kept for `slack.thread_retention_days`."""
+        days = self.settings.slack.thread_retention_days
+        pruned = await self.store.prune_thread_messages(now - timedelta(days=days))
+        if pruned:
+            log.info("deleted %d stored thread messages older than %g days", pruned, days)
 
     async def _reviews(self, now: datetime) -> None:
         review = self.settings.review
