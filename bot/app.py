@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import decisions, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
-from bot.dedupe import dedupe_middleware
+from bot.dedupe import dedupe_middleware, first_delivery
 from bot.home_refresh import HomeRefresher
 from bot.ids import (
     CANCEL_ACTION,
@@ -76,7 +76,7 @@ def create_app(
         ignoring_self_events_enabled=True,
     )
     app.use(ShapeMiddleware())
-    app.use(dedupe_middleware(store))
+    app.use(dedupe_middleware(store, defer=_channel_chatter))
 
     @app.error
     async def on_error(
@@ -119,9 +119,11 @@ def create_app(
     )
 
     @app.event("app_mention")
-    async def on_mention(event: dict[str, Any], say: Any) -> None:
-        await _remember(store, event)
+    async def on_mention(event: dict[str, Any], say: Any, client: AsyncWebClient) -> None:
         root = event.get("thread_ts") or event["ts"]
+        if root != event["ts"] and not await store.thread_messages(event["channel"], root):
+            await _backfill(store, client, event["channel"], root)
+        await _remember(store, event)
         text = strip_mention(event.get("text") or "")
         if not text:
             await say(text=HELP, thread_ts=root)
@@ -138,15 +140,25 @@ def create_app(
         )
 
     @app.event("message")
-    async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def on_message(
+        event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         if _from_a_bot(event) and settings.engine.ignore_bot_messages:
             return
         if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
             return
-        await _remember(store, event)
         text = event.get("text") or ""
         is_dm = event.get("channel_type") == "im"
-        if not is_dm and context.bot_user_id and f"<@{context.bot_user_id}" in text:
+        if _channel_chatter(body, context):
+            # Only threads Delegate takes part in (an intake dialogue) are kept and acted on;
+            # other chatter costs one read and no write.
+            thread_ts = event.get("thread_ts")
+            if not thread_ts or await store.intake_session(event["channel"], thread_ts) is None:
+                return
+            if not await first_delivery(store, body):
+                return
+        await _remember(store, event)
+        if not is_dm and _addresses(event, context.bot_user_id):
             return  # the app_mention listener handles it
         await conversations.handle(
             Incoming(
@@ -333,8 +345,38 @@ def _from_a_bot(event: dict[str, Any]) -> bool:
     return bool(event.get("bot_id")) or event.get("subtype") == "bot_message"
 
 
+def _addresses(event: dict[str, Any], bot_user_id: str | None) -> bool:
+    return bool(bot_user_id) and f"<@{bot_user_id}" in (event.get("text") or "")
+
+
+def _channel_chatter(body: dict[str, Any], context: AsyncBoltContext) -> bool:
+    """A message in a channel (not a DM) that does not mention the bot: Delegate acts on it
+    only in a thread it takes part in, which `on_message` checks (and dedupes) itself."""
+    event = body.get("event")
+    return (
+        body.get("type") == "event_callback"
+        and isinstance(event, dict)
+        and event.get("type") == "message"
+        and event.get("channel_type") != "im"
+        and not _addresses(event, context.bot_user_id)
+    )
+
+
+async def _backfill(store: Store, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+    """The messages of a thread Delegate is first mentioned in, written before it was there."""
+    try:
+        response = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
+    except SlackApiError as exc:
+        log.info("conversations.replies failed: %s", exc.response.get("error"))
+        return
+    for message in response.get("messages") or []:
+        if isinstance(message, dict) and isinstance(message.get("ts"), str):
+            await _remember(store, {**message, "channel": channel, "thread_ts": thread_ts})
+
+
 async def _remember(store: Store, event: dict[str, Any]) -> None:
-    """Keep every message the bot sees, so a run can read its thread without history calls."""
+    """Keep the messages of threads Delegate takes part in (and its DMs), so a run can read its
+    thread without history calls."""
     ts = event.get("ts")
     channel = event.get("channel")
     if not ts or not channel:

@@ -36,14 +36,32 @@ def delivery_key(body: dict[str, Any], headers: Mapping[str, Sequence[str]]) -> 
     return None
 
 
-def dedupe_middleware(store: Store) -> Callable[..., Awaitable[BoltResponse | None]]:
+async def first_delivery(store: Store, body: dict[str, Any]) -> bool:
+    """Record an Events API delivery now (for events the middleware was told to `defer`); False
+    if it was seen before and must be dropped."""
+    key = delivery_key(body, {})
+    if key is None or await store.mark_event_seen(key, kind="message"):
+        return True
+    log.info("duplicate delivery dropped event_id=%s kind=message", key)
+    return False
+
+
+def dedupe_middleware(
+    store: Store,
+    *,
+    defer: Callable[[dict[str, Any], AsyncBoltContext], bool] | None = None,
+) -> Callable[..., Awaitable[BoltResponse | None]]:
+    """`defer(body, context)` names the deliveries whose listener dedupes them itself with
+    `first_delivery`, only once it knows it will act on them: ignored chatter then costs no
+    database write before the ack."""
+
     async def dedupe(
         req: AsyncBoltRequest,
         context: AsyncBoltContext,
         next: Callable[[], Awaitable[BoltResponse]],
     ) -> BoltResponse | None:
         key = delivery_key(req.body, req.headers)
-        if key is not None:
+        if key is not None and not (defer is not None and defer(req.body, context)):
             event = req.body.get("event")
             kind = str(event.get("type", "")) if isinstance(event, dict) else "request"
             if not await store.mark_event_seen(key, kind=kind):

@@ -148,6 +148,13 @@ def strip_nul(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _may_hold_nul(raw_body: str) -> bool:
+    """False only for a JSON body (Events API) that has no NUL and no escape for one; spares
+    rebuilding every event. Form bodies (which can encode one in many ways) and Socket Mode
+    requests (which have no raw body) are always stripped."""
+    return not raw_body.startswith("{") or "u0000" in raw_body or "\x00" in raw_body
+
+
 class ShapeMiddleware(AsyncMiddleware):
     """Acknowledges and drops a malformed request before any listener (or Bolt's own argument
     building, which indexes `actions[0]`) sees it; the first middleware registered."""
@@ -159,7 +166,8 @@ class ShapeMiddleware(AsyncMiddleware):
         resp: BoltResponse,
         next: Callable[[], Awaitable[BoltResponse]],
     ) -> BoltResponse | None:
-        req.body = strip_nul(req.body)
+        if _may_hold_nul(req.raw_body):
+            req.body = strip_nul(req.body)
         problem = malformed(req.body)
         if problem is not None:
             log.info("ignored a malformed Slack request: %s", problem)
