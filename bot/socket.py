@@ -3,12 +3,16 @@
 slack_sdk reconnects when the socket closes or its own pings fail, but a connection can also
 go quietly dead (a proxy keeps it open, nothing arrives). The watchdog here recreates the
 connection when neither inbound traffic nor a ping reply has been seen for a while.
+
+Frames the SDK cannot read (not JSON, or an envelope whose payload is not an object) are dropped
+with one log line before it sees them; it would log a traceback for each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -23,6 +27,25 @@ log = logging.getLogger(__name__)
 WATCHDOG_RECONNECT = (
     "Socket Mode: no inbound traffic and no ping reply for %.0f s; recreating the connection"
 )
+
+
+def frame_problem(raw: str) -> str | None:
+    """Why the SDK cannot process this text frame, or None. It skips text that does not start
+    with `{` by itself, parses the rest as JSON and reads an envelope's type, id and payload."""
+    if not raw.startswith("{"):
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(message, dict):
+        return "not a JSON object"
+    if all(k in message for k in ("type", "envelope_id", "payload")):
+        if not isinstance(message["type"], str) or not isinstance(message["envelope_id"], str):
+            return "the envelope's type or id is not a string"
+        if not isinstance(message["payload"], dict):
+            return "the envelope's payload is not an object"
+    return None
 
 
 class SocketModeRunner:
@@ -41,6 +64,16 @@ class SocketModeRunner:
         self._last_inbound = time.time()
         self._watchdog: asyncio.Task[None] | None = None
         self.client.on_message_listeners.append(self._on_message)
+        enqueue = self.client.enqueue_message
+
+        async def enqueue_readable(message: str) -> None:
+            problem = frame_problem(message)
+            if problem is not None:
+                log.info("ignored a malformed Socket Mode frame: %s", problem)
+                return
+            await enqueue(message)
+
+        self.client.enqueue_message = enqueue_readable  # type: ignore[method-assign]
 
     async def _on_message(self, _message: Any) -> None:
         self._last_inbound = time.time()

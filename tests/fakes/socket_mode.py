@@ -99,5 +99,13 @@ class FakeSocketMode(FakeServer):
         )
         return envelope_id
 
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Push any frame, well formed or not (text, or binary for bytes)."""
+        assert self._current is not None, "the app has not connected"
+        if isinstance(frame, bytes):
+            await self._current.send_bytes(frame)
+        else:
+            await self._current.send_str(frame)
+
     def acked(self, envelope_id: str) -> bool:
         return any(a.get("envelope_id") == envelope_id for a in self.acks)
