@@ -6,6 +6,7 @@ slack_sdk's retry handlers already do what we need: honour Retry-After on 429, b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.blocks import MESSAGE_TEXT_MAX, truncate
 from workers.config import Settings
+from workers.logs import scrub_secrets, secrets_to_scrub
 from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
 
 RATE_LIMIT_RETRIES = 3
@@ -33,9 +35,21 @@ _MESSAGE_METHODS = frozenset({"chat.postMessage", "chat.update", "chat.postEphem
 
 
 class InstrumentedWebClient(AsyncWebClient):
-    """Counts every Web API call by method and outcome for `/metrics`."""
+    """Counts every Web API call by method and outcome for `/metrics`, and removes the
+    deployment's secrets from what it sends (model output and thread text may quote them)."""
+
+    secrets: Sequence[str] = ()
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        if self.secrets:
+            for part in ("json", "params", "data"):
+                fields = kwargs.get(part)
+                if isinstance(fields, dict):
+                    # `token` is how the SDK sends the app token (apps.connections.open).
+                    kwargs[part] = {
+                        k: v if k == "token" else scrub_secrets(v, self.secrets)
+                        for k, v in fields.items()
+                    }
         payload = kwargs.get("json")
         if api_method in _MESSAGE_METHODS and isinstance(payload, dict):
             text = payload.get("text")
@@ -78,7 +92,7 @@ def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> A
     """A Web API client on `SLACK_API_URL` that survives rate limits and transient failures."""
     backoff = BackoffRetryIntervalCalculator(backoff_factor=backoff_factor_s)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    return InstrumentedWebClient(
+    client = InstrumentedWebClient(
         token=token,
         base_url=settings.slack_api_url,
         timeout=15,
@@ -92,3 +106,5 @@ def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> A
             ),
         ],
     )
+    client.secrets = secrets_to_scrub(settings.secret_values())
+    return client

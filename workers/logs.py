@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -54,6 +54,30 @@ def scope(**fields: object) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 8
+"""Values shorter than this would redact ordinary words; a real secret is far longer."""
+
+
+def secrets_to_scrub(values: Iterable[str]) -> list[str]:
+    return [v for v in values if v and len(v) >= MIN_SECRET_CHARS]
+
+
+def scrub_secrets(value: Any, secrets: Sequence[str]) -> Any:
+    """`value` with every secret replaced wherever it appears in a string, in nested dicts and
+    lists too (keys included): for text from outside (model output) on its way in or out."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {scrub_secrets(k, secrets): scrub_secrets(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(v, secrets) for v in value]
+    return value
 
 
 class _Enrich(logging.Filter):

@@ -118,7 +118,7 @@ class ModelRouter:
         ProviderUnavailable (every configured model failed).
         """
         with logs.scope(role=role, order=order_id):
-            return await self._complete(
+            reply = await self._complete(
                 role,
                 workload_class,
                 request,
@@ -127,6 +127,18 @@ class ModelRouter:
                 budget=budget,
                 timeout_s=timeout_s,
             )
+        return self._without_secrets(reply)
+
+    def _without_secrets(self, reply: ModelReply) -> ModelReply:
+        """The deployment's secrets removed from what the model said (it may have read them in
+        a thread or been asked for them), before any of it is stored, recorded or posted."""
+        secrets = logs.secrets_to_scrub(self.settings.secret_values())
+        reply.text = logs.scrub_secrets(reply.text, secrets)
+        for call in reply.tool_calls:
+            if call.arguments is not None:
+                call.arguments = logs.scrub_secrets(call.arguments, secrets)
+            call.raw_arguments = logs.scrub_secrets(call.raw_arguments, secrets)
+        return reply
 
     async def _complete(
         self,
