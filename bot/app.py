@@ -21,7 +21,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import decisions, home
+from bot import approvals, decisions, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import dedupe_middleware, first_delivery
@@ -118,6 +118,8 @@ def create_app(
         ),
     )
 
+    approvals.register(app, approvals.DomainApprovals(settings, store=store))
+
     @app.event("app_mention")
     async def on_mention(event: dict[str, Any], say: Any, client: AsyncWebClient) -> None:
         root = event.get("thread_ts") or event["ts"]
@@ -143,6 +145,11 @@ def create_app(
     async def on_message(
         event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
     ) -> None:
+        if event.get("subtype") == "message_deleted":
+            # Deleted in Slack: the stored copy goes too (a no-op for a message never kept).
+            if event.get("channel") and event.get("deleted_ts"):
+                await store.forget_thread_message(event["channel"], event["deleted_ts"])
+            return
         if _from_a_bot(event) and settings.engine.ignore_bot_messages:
             return
         if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
@@ -283,7 +290,7 @@ def create_app(
         tz = await conversations.user_tz(user)
         await client.views_open(
             trigger_id=body["trigger_id"],
-            view=edit_modal(order, settings, metadata={"order_id": order.id, "tz": tz}),
+            view=edit_modal(order, settings, metadata={"order_id": order.id, "tz": tz}, user=user),
         )
 
     @app.view(EDIT_CALLBACK)
@@ -315,6 +322,7 @@ def create_app(
             settings,
             tz=str(metadata.get("tz", "UTC")),
             now=datetime.now(UTC),
+            user=user,
         )
         if result.errors:
             await ack(response_action="errors", errors=result.errors)

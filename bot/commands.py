@@ -14,7 +14,7 @@ from bot.conversation import Conversations, Incoming
 from bot.messages import HELP
 from workers.config import Settings
 from workers.errors import NotFound
-from workers.permissions import may_view
+from workers.permissions import may_control, may_view
 from workers.states import OPEN, TERMINAL
 from workers.store import Store
 from workers.workorder import WorkOrder, format_order_id, parse_order_id
@@ -68,18 +68,22 @@ class Commands:
             return f"Which order? Try `/delegate {verb} WO-42`."
         try:
             order_id = format_order_id(parse_order_id(ref))
-            order = await self.store.get_order(order_id)
         except ValueError as exc:
             return str(exc)
+        # Someone else's order reads like a missing one: no state, no requester.
+        unknown = f"{order_id} was not found, or is not yours."
+        try:
+            order = await self.store.get_order(order_id)
         except NotFound:
-            return f"{ref.strip().upper()} does not exist."
+            return unknown
+        may = may_control if verb == "cancel" else may_view
+        if not may(order, user, self.settings):
+            return unknown
         if verb == "cancel":
             if order.status in TERMINAL:
                 return f"{order.id} is already {STATE_LABELS[order.status].lower()}."
             cancelled = await self.conversations.cancel(order_id, user=user, channel=channel)
             return f"Cancelled {order_id}." if cancelled else f"{order_id} was not cancelled."
-        if not may_view(order, user, self.settings):
-            return f"{order_id} belongs to <@{order.requester}>; only the people on it can see its status."
         return await self._status_text(order)
 
     async def _status_text(self, order: WorkOrder) -> str:

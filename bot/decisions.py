@@ -26,12 +26,13 @@ from bot.ids import (
     EXTEND_CUSTOM_ACTION,
     REJECT_ACTION,
     RETRY_ACTION,
+    parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
 from bot.reporter import SlackReporter
 from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
-from workers.errors import IllegalTransition
+from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
 from workers.progress import RunResult, Spend
@@ -65,27 +66,77 @@ class Decisions:
 
     async def decide(
         self,
-        order_id: str,
+        value: str,
         decision: Decision,
         *,
         user: str,
         feedback: str = "",
         message: tuple[str, str] | None = None,
+        from_home: bool = False,
     ) -> str | None:
-        """Record the decision; None on success, else why not (for an ephemeral or a field error)."""
+        """Record the decision; None on success, else why not (for an ephemeral or a field error).
+
+        `value` is the clicked button's: the order and the deliverable the prompt showed. A click
+        on a prompt for an earlier deliverable is refused (checked under the lock that decides);
+        only App Home, republished whenever the order changes, sends the bare order id."""
+        order_id, shown = parse_review_value(value)
         order = await self.store.get_order(order_id)
         if not may_review(order, user, self.settings):
             return reviewer_refusal(order)
+        if shown is None and not from_home:
+            shown = -1  # a prompt without a version: not one we can vouch for
         try:
             decided = await decide(
-                self.store, self.settings, order_id, decision, actor=user, feedback=feedback
+                self.store,
+                self.settings,
+                order_id,
+                decision,
+                actor=user,
+                feedback=feedback,
+                deliverable_id=shown,
             )
         except IllegalTransition:
             return f"{order.id} has already been decided."
+        except OutdatedDecision as outdated:
+            return await self.outdated_refusal(order, outdated.current)
         await self._show_decision(
             decided.order, decision, user=user, feedback=feedback, message=message
         )
         return None
+
+    async def check_current(self, value: str, *, from_home: bool = False) -> str | None:
+        """None if `value` names the order's latest deliverable, else the refusal (before a
+        modal opens; the decision itself checks again under the lock)."""
+        order_id, shown = parse_review_value(value)
+        if shown is None and from_home:
+            return None
+        deliverables = await self.store.deliverables(order_id)
+        current = deliverables[-1].id if deliverables else None
+        if shown == current:
+            return None
+        return await self.outdated_refusal(await self.store.get_order(order_id), current)
+
+    async def outdated_refusal(self, order: WorkOrder, current: int | None) -> str:
+        """The prompt clicked shows an earlier deliverable: say so, and link the current one."""
+        assert order.id
+        where = "the latest review prompt in the thread"
+        posted = (
+            await self.store.slack_message(review_key(result_key(order.id, current)))
+            if current is not None
+            else None
+        )
+        if posted is not None and posted.ts:
+            try:
+                response = await self.client.chat_getPermalink(
+                    channel=posted.channel, message_ts=posted.ts
+                )
+                where = f"<{response['permalink']}|the current review prompt>"
+            except SlackApiError as exc:
+                log.info("chat.getPermalink failed: %s", exc.response.get("error"))
+        return (
+            f"This prompt shows an earlier version of {order.id}'s deliverable, so the click was "
+            f"not counted. Decide on {where}."
+        )
 
     async def _show_decision(
         self,
@@ -157,6 +208,8 @@ class Decisions:
             )
         except IllegalTransition:
             return None, f"Someone already acted on {order.id}."
+        except NotPermitted as refused:
+            return None, str(refused)
         words = {
             "extend": f"Budget extended to {updated.budget.describe()} by {mention(user)}; resuming from the last checkpoint.",
             "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
@@ -190,7 +243,11 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         ) -> None:
             await ack()
             problem = await decisions.decide(
-                action["value"], decision, user=body["user"]["id"], message=_clicked(body)
+                action["value"],
+                decision,
+                user=body["user"]["id"],
+                message=_clicked(body),
+                from_home=_from_a_view(body),
             )
             if problem:
                 await refuse(client, body, problem)
@@ -204,7 +261,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         client: AsyncWebClient, body: dict[str, Any], action: dict[str, Any], may: Any, refusal: Any
     ) -> WorkOrder | None:
         """The clicked order if the user may act on it; otherwise say why not."""
-        order = await decisions.store.get_order(action["value"])
+        order = await decisions.store.get_order(parse_review_value(action["value"])[0])
         if may(order, body["user"]["id"], settings):
             return order
         await refuse(client, body, refusal(order))
@@ -216,10 +273,17 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
     ) -> None:
         await ack()
         order = await permitted(client, body, action, may_review, reviewer_refusal)
-        if order is not None:
-            await client.views_open(
-                trigger_id=body["trigger_id"], view=changes_modal(order, _clicked(body))
-            )
+        if order is None:
+            return
+        from_home = _from_a_view(body)
+        outdated = await decisions.check_current(action["value"], from_home=from_home)
+        if outdated:
+            await refuse(client, body, outdated)
+            return
+        await client.views_open(
+            trigger_id=body["trigger_id"],
+            view=changes_modal(order, _clicked(body), value=action["value"], from_home=from_home),
+        )
 
     @app.view(CHANGES_CALLBACK)
     async def on_changes_submitted(
@@ -236,11 +300,12 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             )
             return
         problem = await decisions.decide(
-            str(metadata.get("order_id")),
+            str(metadata.get("value") or metadata.get("order_id")),
             "changes",
             user=body["user"]["id"],
             feedback=feedback,
             message=tuple(metadata["message"]) if metadata.get("message") else None,
+            from_home=bool(metadata.get("from_home")),
         )
         if problem:
             await ack(response_action="errors", errors={"feedback": problem})

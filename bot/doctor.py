@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +22,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.engine import make_url
 
+from bot.delivery import fix_for
 from bot.scopes import BOT_SCOPES
 from bot.slack_client import make_slack_client
 from workers.config import Settings
 from workers.db import create_engine, redact_error, redact_url
 from workers.errors import ConfigError
 from workers.migrate import current_revision, head_revision
+from workers.store import Store
+from workers.store.outbox import SLACK
 
 CHECK_TIMEOUT_S = 15.0
 SIGNING_SECRET_SHAPE = re.compile(r"[0-9a-f]{32}")
@@ -70,10 +74,74 @@ def render(checks: list[Check], *, format: str) -> str:
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [Check("configuration", True, "loaded and valid")]
-    checks.append(await _check_database(settings))
+    database = await _check_database(settings)
+    checks.append(database)
+    if database.status == "ok":  # at the latest schema: the outbox can be read
+        checks.extend(await _check_delivery(settings))
     checks.extend(await _check_slack(settings))
     checks.extend(await _check_providers(settings))
     checks.append(_check_audit_key(settings))
+    return checks
+
+
+# ---------------------------------------------------------------------------------- delivery
+
+STUCK_AFTER_S = 300.0
+
+
+async def _check_delivery(settings: Settings) -> list[Check]:
+    """What the threads are owed: messages Slack refused for good, and a token it refuses."""
+    store = Store.from_url(settings.database_url)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            undelivered = await store.undelivered()
+            problem = await store.problem(SLACK)
+    except Exception as exc:
+        return [Check("thread messages", True, f"could not be read ({type(exc).__name__})")]
+    finally:
+        await store.close()
+    checks = []
+    if problem is not None:
+        checks.append(
+            Check(
+                "Slack delivery",
+                False,
+                f"the workers found the bot token refused: {problem}; no new work is claimed",
+                "reinstall the app or set a valid SLACK_BOT_TOKEN; delivery resumes on its own",
+            )
+        )
+    failed = [u for u in undelivered if u.permanent]
+    if failed:
+        listed = ", ".join(f"{u.order_id} ({u.error})" for u in failed[:10])
+        fixes = "; ".join(dict.fromkeys(fix_for(u.error) for u in failed))
+        checks.append(
+            Check(
+                "thread messages",
+                False,
+                f"{len(failed)} message{'s' if len(failed) != 1 else ''} could not be "
+                f"delivered: {listed}",
+                fixes,
+            )
+        )
+    now = datetime.now(UTC)
+    stuck = [
+        u
+        for u in undelivered
+        if not u.permanent and (now - u.created_at).total_seconds() > STUCK_AFTER_S
+    ]
+    if stuck:
+        checks.append(
+            Check(
+                "thread messages",
+                True,
+                f"{len(stuck)} waiting more than {STUCK_AFTER_S / 60:g} min to be delivered "
+                f"(last error: {stuck[0].error or 'none'})",
+                "check that `delegate run` is up and Slack is reachable",
+                warning=True,
+            )
+        )
+    if not checks:
+        checks.append(Check("thread messages", True, "every message was delivered"))
     return checks
 
 

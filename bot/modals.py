@@ -9,9 +9,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.blocks import modal_title, plain, truncate
+from bot.blocks import context, modal_title, plain, truncate
 from bot.ids import CHANGES_CALLBACK, EDIT_CALLBACK, EXTEND_CALLBACK, INTAKE_CALLBACK
 from workers.config import Settings
+from workers.permissions import may_assign, may_exceed_class, raised_above_class
 from workers.workorder import WorkloadClass, WorkOrder
 
 MAX_CRITERIA = 6
@@ -121,7 +122,11 @@ def intake_request(values: dict[str, Any]) -> str:
 # Work-order editor
 
 
-def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]) -> dict[str, Any]:
+def edit_modal(
+    order: WorkOrder, settings: Settings, *, metadata: dict[str, Any], user: str = ""
+) -> dict[str, Any]:
+    """The editor for `user`: reviewers and escalation contact are inputs for admins only; the
+    requester sees them, and the channel's reviewers stay whatever is submitted."""
     policies = settings.channel_defaults(order.channel).grantable_policies()
     if order.authority_policy not in policies:
         policies = [order.authority_policy, *policies]
@@ -190,8 +195,14 @@ def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]
                     "initial_option": _policy_option(order.authority_policy, settings),
                 },
             ),
-            _input("reviewers", "Reviewers", reviewers, optional=True),
-            _input("escalation", "Escalation contact", escalation, optional=True),
+            *(
+                [
+                    _input("reviewers", "Reviewers", reviewers, optional=True),
+                    _input("escalation", "Escalation contact", escalation, optional=True),
+                ]
+                if may_assign(user, settings)
+                else [_people_line(order)]
+            ),
             _input("deadline_date", "Deadline (date)", deadline_date, optional=True),
             _input(
                 "deadline_time",
@@ -202,6 +213,14 @@ def edit_modal(order: WorkOrder, settings: Settings, *, metadata: dict[str, Any]
             ),
         ],
     }
+
+
+def _people_line(order: WorkOrder) -> dict[str, Any]:
+    reviewers = ", ".join(f"<@{r}>" for r in order.verification.reviewers) or "you"
+    contact = f"<@{order.escalation_contact}>" if order.escalation_contact else "nobody"
+    return context(
+        f"Reviewers: {reviewers} · Escalation contact: {contact}. Only an admin can change these."
+    )
 
 
 def _policy_option(name: str, settings: Settings) -> dict[str, Any]:
@@ -217,9 +236,19 @@ class EditResult:
 
 
 def parse_edit(
-    values: dict[str, Any], order: WorkOrder, settings: Settings, *, tz: str, now: datetime
+    values: dict[str, Any],
+    order: WorkOrder,
+    settings: Settings,
+    *,
+    tz: str,
+    now: datetime,
+    user: str = "",
 ) -> EditResult:
-    """Turn a submitted editor into order changes, or into errors keyed by the field's block id."""
+    """Turn a submitted editor into order changes, or into errors keyed by the field's block id.
+
+    Reviewers and the escalation contact change only when `user` is an admin (whatever else is
+    submitted); a budget above the workload class's envelope needs an admin or the escalation
+    contact."""
     errors: dict[str, str] = {}
     changes: dict[str, Any] = {}
 
@@ -242,7 +271,12 @@ def parse_edit(
         changes["acceptance_criteria"] = criteria
 
     workload = _value(values, "workload") or order.workload_class.value
-    changes["workload_class"] = workload
+    try:
+        workload_class = WorkloadClass(workload)
+    except ValueError:
+        errors["workload"] = "Choose one of the workload classes."
+        workload_class = order.workload_class
+    changes["workload_class"] = workload_class.value
 
     usd = _decimal(_value(values, "budget_usd"))
     if usd is None or usd <= 0:
@@ -259,13 +293,22 @@ def parse_edit(
         errors["tool_calls"] = "Enter a whole number of tool calls, 0 or more."
     if not {"budget_usd", "wall_clock_min", "tool_calls"} & errors.keys():
         assert usd is not None and minutes is not None and tool_calls is not None
-        changes["budget"] = order.budget.model_copy(
+        budget = order.budget.model_copy(
             update={
                 "max_usd": float(usd),
                 "max_wall_clock_s": minutes * 60,
                 "max_tool_calls": tool_calls,
             }
         )
+        raised = raised_above_class(order, budget, settings, workload_class=workload_class)
+        if raised and not may_exceed_class(order, user, settings):
+            envelope = settings.budgets[workload_class]
+            errors["budget_usd"] = (
+                f"Above the {workload_class.value} class ({envelope.describe()}): "
+                f"raising the {', '.join(raised)} needs an admin or the escalation contact."
+            )
+        else:
+            changes["budget"] = budget
 
     policy = _value(values, "policy") or order.authority_policy
     allowed = settings.channel_defaults(order.channel).grantable_policies()
@@ -274,9 +317,12 @@ def parse_edit(
     else:
         changes["authority_policy"] = policy
 
-    reviewers = _value(values, "reviewers") or []
-    changes["verification"] = order.verification.model_copy(update={"reviewers": list(reviewers)})
-    changes["escalation_contact"] = _value(values, "escalation") or None
+    if may_assign(user, settings):
+        reviewers = _value(values, "reviewers") or []
+        changes["verification"] = order.verification.model_copy(
+            update={"reviewers": list(reviewers)}
+        )
+        changes["escalation_contact"] = _value(values, "escalation") or None
 
     day = _value(values, "deadline_date")
     at = _value(values, "deadline_time")
@@ -302,14 +348,21 @@ def parse_edit(
 # Reviewer's "Request changes" and the exception's "Extend…"
 
 
-def changes_modal(order: WorkOrder, message: tuple[str, str] | None) -> dict[str, Any]:
+def changes_modal(
+    order: WorkOrder,
+    message: tuple[str, str] | None,
+    *,
+    value: str | None = None,
+    from_home: bool = False,
+) -> dict[str, Any]:
+    """Feedback for a rework; `value` is the clicked button's (the deliverable shown)."""
+    metadata: dict[str, Any] = {"order_id": order.id, "message": message}
+    if value is not None:
+        metadata["value"] = value
+    if from_home:
+        metadata["from_home"] = True
     return {
-        **_modal(
-            CHANGES_CALLBACK,
-            f"Changes to {order.id}",
-            "Send back",
-            {"order_id": order.id, "message": message},
-        ),
+        **_modal(CHANGES_CALLBACK, f"Changes to {order.id}", "Send back", metadata),
         "blocks": [
             _input(
                 "feedback",

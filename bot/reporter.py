@@ -1,14 +1,22 @@
 """The engine's `ProgressReporter`, implemented over Slack: the thread is the control surface.
 
-One status message per order is updated in place. Everything else (questions, results,
-exceptions) is posted once per idempotency key: the key is claimed in the database before the
-post and carried in the message's metadata, so a run resumed after a crash finds the message it
-already posted instead of posting it again.
+One status message per order is updated in place, rendered from the order's current row: an
+update built from an older state (a retry that arrives late) is skipped instead of overwriting
+what came after it. Everything else (questions, results, exceptions) is posted once per
+idempotency key: the key is claimed atomically in the database before the post (one process
+wins; a dead claimer's claim expires) and carried in the message's metadata, so a run resumed
+after a crash finds the message it already posted instead of posting it again.
+
+`deliver` sends a message of the durable outbox (workers.store.outbox), rendered at send time
+from the order's current row; bot.delivery calls it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -16,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
+from bot.domain_blocks import domain_request_blocks, domain_request_text
 from bot.home_refresh import HomeRefresher
 from bot.ids import (
     CANCEL_ACTION,
@@ -24,14 +33,17 @@ from bot.ids import (
     EXTEND_CUSTOM_ACTION,
     RETRY_ACTION,
 )
+from bot.mrkdwn import untrusted
 from bot.review_blocks import review_blocks
+from workers.delivery import replay
 from workers.errors import RetryLater
 from workers.keys import review_key, status_key
+from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
-from workers.progress import ExceptionKind, RunResult, Spend
-from workers.states import ACTIVE
+from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
+from workers.states import ACTIVE, IN_FLIGHT
 from workers.store import Store
-from workers.workorder import WorkOrder
+from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +60,31 @@ EXCEPTION_TITLES: dict[str, str] = {
 
 
 INLINE_DELIVERABLE_MAX = 6000
+# How long a claim to post a key holds before another process may take it over.
+POST_CLAIM_S = 60.0
+# Another process is posting the same key: look again after this long.
+BUSY_RETRY_S = 5.0
 
 
 class SlackReporter:
     """Posts an order's progress into its thread (and refreshes the App Homes that show it)."""
 
     def __init__(
-        self, *, store: Store, client: AsyncWebClient, home: HomeRefresher | None = None
+        self,
+        *,
+        store: Store,
+        client: AsyncWebClient,
+        home: HomeRefresher | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.home = home
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def deliver(self, message: OutboxMessage) -> None:
+        """Send one message of the durable outbox, rendered from the order's current row."""
+        await replay(self.store, self, message)
 
     # ProgressReporter
 
@@ -69,14 +95,26 @@ class SlackReporter:
         await self._show_status(order, f"Waiting: {reason}", "")
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
-        body = f"{mention(order.requester)} a question about *{order.id}*:\n{text}\n_Reply in this thread._"
+        body = f"{mention(order.requester)} a question about *{order.id}*:\n{untrusted(text)}\n_Reply in this thread._"
         await self.post_once(order, key=key, purpose="question", text=body, blocks=sections(body))
+
+    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
+        """Ask whether the run may read a page outside its allowed domains, with three buttons."""
+        assert order.id
+        await self.post_once(
+            order,
+            key=key,
+            purpose="domain",
+            text=domain_request_text(order, request),
+            blocks=domain_request_blocks(order, request),
+        )
+        self._changed(order)
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""
         assert order.id and order.channel
         if len(result.content) <= INLINE_DELIVERABLE_MAX:
-            body = f"*{order.id} deliverable:* {result.summary}\n\n{result.content}"
+            body = f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n{untrusted(result.content)}"
             await self.post_once(
                 order, key=result.key, purpose="result", text=body, blocks=sections(body)
             )
@@ -99,7 +137,7 @@ class SlackReporter:
         title = EXCEPTION_TITLES.get(kind, "The run stopped")
         body = (
             f"{' '.join(mention(p) for p in sorted(people, key=str))} *{order.id}: {title}.*\n"
-            f"{message}\nSpend so far: {spend.describe()}."
+            f"{untrusted(message)}\nSpend so far: {spend.describe()}."
         )
         assert order.id
         controls = {
@@ -129,11 +167,18 @@ class SlackReporter:
 
     async def _upload_once(self, order: WorkOrder, result: RunResult) -> None:
         assert order.id and order.channel
-        if (existing := await self.store.slack_message(result.key)) is not None and existing.ts:
-            return
-        await self.store.save_slack_message(
-            key=result.key, purpose="result", channel=order.channel, ts="", order=order.id
+        state, _ = await self.store.claim_slack_message(
+            key=result.key,
+            purpose="result",
+            channel=order.channel,
+            owner=self.owner,
+            order=order.id,
+            claim_s=POST_CLAIM_S,
         )
+        if state == "posted":
+            return
+        if state == "busy":
+            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
@@ -141,9 +186,12 @@ class SlackReporter:
                 content=result.content,
                 filename=f"{order.id}-deliverable.md",
                 title=f"{order.id}: {order.title}"[:250],
-                initial_comment=truncate(f"*{order.id} deliverable:* {result.summary}", 3000),
+                initial_comment=truncate(
+                    f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000
+                ),
             )
         except SlackApiError as exc:
+            await self.store.release_slack_message(result.key, self.owner)
             _raise_retry_later(exc)
             raise
         file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
@@ -155,6 +203,18 @@ class SlackReporter:
 
     async def _show_status(self, order: WorkOrder, step: str, spend: str) -> None:
         assert order.id and order.channel
+        current = Status((await self.store.get_row(order.id)).status)
+        if current is not order.status and current not in IN_FLIGHT:
+            # Built from an older state (a late retry) while the order rests in a newer one
+            # (awaiting review, approved, exception...): what came after it stays on show. While
+            # the engine holds the order, the next update corrects a late one anyway.
+            log.info(
+                "skipped a stale status update (%s; the order is %s now)",
+                order.status.value,
+                current.value,
+                extra={"order": order.id},
+            )
+            return
         label = STATE_LABELS[order.status]
         text = f"*{order.id}* · {label} · {step}"
         blocks: list[Block] = [*sections(text)]
@@ -195,21 +255,26 @@ class SlackReporter:
     ) -> str:
         """Post into the order's thread unless this key was posted before; returns the ts."""
         assert order.id and order.channel
-        existing = await self.store.slack_message(key)
-        if existing is not None and existing.ts:
-            return existing.ts
-        if existing is not None:
-            # Claimed but not confirmed: an earlier attempt may have posted before it died.
+        state, existing = await self.store.claim_slack_message(
+            key=key,
+            purpose=purpose,
+            channel=order.channel,
+            owner=self.owner,
+            order=order.id,
+            claim_s=POST_CLAIM_S,
+        )
+        if state == "posted":
+            return existing.ts or ""
+        if state == "busy":
+            raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
+        if state == "retaken":
+            # Its claimer died: it may have posted before it did.
             found = await self._find_posted(order, key)
             if found:
                 await self.store.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
                 )
                 return found
-        else:
-            await self.store.save_slack_message(
-                key=key, purpose=purpose, channel=order.channel, ts="", order=order.id
-            )
         try:
             response = await self.client.chat_postMessage(
                 channel=order.channel,
@@ -219,6 +284,7 @@ class SlackReporter:
                 metadata={"event_type": METADATA_EVENT, "event_payload": {"key": key}},
             )
         except SlackApiError as exc:
+            await self.store.release_slack_message(key, self.owner)
             _raise_retry_later(exc)
             raise
         ts = str(response["ts"])

@@ -6,7 +6,9 @@ from datetime import datetime
 
 from bot.blocks import Block, button, context, sections, slack_date
 from bot.cards import mention
-from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
+from bot.mrkdwn import untrusted
+from workers.keys import deliverable_of
 from workers.permissions import reviewers_of
 from workers.progress import RunResult
 from workers.workorder import WorkOrder
@@ -15,10 +17,12 @@ DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Chang
 
 
 def checklist(verdicts: list[dict[str, object]] | None, criteria: list[str]) -> str:
+    """Criteria (drafted by a model) and the verifier's reasons, inert in mrkdwn."""
     if verdicts is None:
-        return "\n".join(f"☐ {c}" for c in criteria)
+        return "\n".join(f"☐ {untrusted(c)}" for c in criteria)
     return "\n".join(
-        f"{'✅' if v.get('passed') else '❌'} {v.get('criterion')}: _{v.get('reason')}_"
+        f"{'✅' if v.get('passed') else '❌'} {untrusted(str(v.get('criterion')))}: "
+        f"_{untrusted(str(v.get('reason')))}_"
         for v in verdicts
     )
 
@@ -34,9 +38,12 @@ def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
     else:
         headline = f"Automatic checks: all {len(verdicts)} criteria met."
     reviewers = " ".join(mention(r) for r in reviewers_of(order))
+    # The buttons are bound to this deliverable: a click after a newer one is refused.
+    value = review_value(order.id, deliverable_of(result.key))
     blocks: list[Block] = [
         *sections(
-            f"{reviewers} *{order.id}* is ready for your review: {result.summary}\n{headline}"
+            f"{reviewers} *{order.id}* is ready for your review: {untrusted(result.summary)}"
+            f"\n{headline}"
         ),
         *sections(f"*Acceptance criteria*\n{checklist(verdicts, order.acceptance_criteria)}"),
     ]
@@ -47,9 +54,9 @@ def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
             "type": "actions",
             "block_id": "review_controls",
             "elements": [
-                button("Approve", APPROVE_ACTION, order.id, style="primary"),
-                button("Request changes", CHANGES_ACTION, order.id),
-                button("Reject", REJECT_ACTION, order.id, style="danger"),
+                button("Approve", APPROVE_ACTION, value, style="primary"),
+                button("Request changes", CHANGES_ACTION, value),
+                button("Reject", REJECT_ACTION, value, style="danger"),
             ],
         }
     )

@@ -12,6 +12,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
 
 from bot.app import create_app
+from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher
 from bot.home_refresh import HomeRefresher
@@ -89,6 +90,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         )
         await socket_handler.start()
     reporter = SlackReporter(store=store, client=client, home=homes)
+    deliverer = Deliverer(store, reporter).start(stop)
     follow_ups = FollowUps(settings, store, reporter)
     scheduler = AsyncIOScheduler(timezone="UTC")
     scheduler.add_job(
@@ -135,6 +137,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         log.info("shutting down")
         stop.set()
         [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
+        await asyncio.gather(deliverer, return_exceptions=True)
         scheduler.shutdown(wait=False)
         await homes.close()
         if socket_handler is not None:
@@ -154,17 +157,31 @@ async def run_workers_only(
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     reporter: ProgressReporter = LoggingReporter()
     homes: HomeRefresher | None = None
+    stop = _stop_event()
+    deliverer: asyncio.Task[None] | None = None
     if settings.slack_bot_token is not None:
         client = make_slack_client(settings)
         homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
-        reporter = SlackReporter(store=store, client=client, home=homes)
+        slack = SlackReporter(store=store, client=client, home=homes)
+        # Sends what any process owes a thread, including what a dead process left unsent.
+        deliverer = Deliverer(store, slack).start(stop)
+        reporter = slack
     else:
         log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
     try:
         await run_worker(
-            settings, concurrency=concurrency, reporter=reporter, store=store, worker_id=worker_id
+            settings,
+            concurrency=concurrency,
+            reporter=reporter,
+            store=store,
+            worker_id=worker_id,
+            stop=stop,
+            handle_signals=False,
         )
     finally:
+        stop.set()
+        if deliverer is not None:
+            await asyncio.gather(deliverer, return_exceptions=True)
         if homes is not None:
             await homes.close()
         await store.close()

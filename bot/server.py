@@ -10,7 +10,9 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.http_guard import check_request
 from workers import telemetry
-from workers.store import Store
+from workers.models import utcnow
+from workers.store import Store, Undelivered
+from workers.store.outbox import SLACK
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,18 @@ def build_web_app(
     async def health(_request: web.Request) -> web.Response:
         try:
             await store.ping()
+            slack_problem = await store.problem(SLACK)
+            outbox = outbox_health(await store.undelivered())
         except Exception as exc:  # any failure means "not healthy"; say which
             log.warning("health check failed: database unreachable (%s)", type(exc).__name__)
             return web.json_response({"status": "unhealthy", "database": "unreachable"}, status=503)
-        return web.json_response({"status": "ok", "database": "ok"})
+        if slack_problem is not None:
+            # Nothing can be delivered and no new work is claimed until the token is fixed.
+            body = {"status": "unhealthy", "database": "ok", "slack": slack_problem}
+            return web.json_response({**body, "outbox": outbox}, status=503)
+        return web.json_response(
+            {"status": "ok", "database": "ok", "slack": "ok", "outbox": outbox}
+        )
 
     app.router.add_get(HEALTH_PATH, health)
 
@@ -72,6 +82,21 @@ def build_web_app(
 
         app.router.add_post(EVENTS_PATH, slack_events)
     return app
+
+
+def outbox_health(undelivered: list[Undelivered]) -> dict[str, object]:
+    """What the thread is still owed: counts, the oldest age, and what cannot be delivered."""
+    pending = [u for u in undelivered if not u.permanent]
+    oldest = min((u.created_at for u in pending), default=None)
+    return {
+        "undelivered": len(pending),
+        "oldest_undelivered_s": round((utcnow() - oldest).total_seconds(), 1) if oldest else 0,
+        "failed": [
+            {"order": u.order_id, "key": u.key, "error": u.error}
+            for u in undelivered
+            if u.permanent
+        ],
+    }
 
 
 async def start_site(app: web.Application, *, host: str, port: int) -> web.AppRunner:

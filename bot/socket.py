@@ -19,6 +19,7 @@ from typing import Any
 
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 
 from workers.config import SlackSettings
 
@@ -45,6 +46,12 @@ def frame_problem(raw: str) -> str | None:
             return "the envelope's type or id is not a string"
         if not isinstance(message["payload"], dict):
             return "the envelope's payload is not an object"
+        try:
+            # Bolt reads team, user, channel and authorizations while parsing; odd types raise
+            # there, before any listener or middleware could refuse them (cf. bot.server).
+            AsyncBoltRequest(body=message["payload"], mode="socket_mode")
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            return f"Bolt cannot read its payload ({type(exc).__name__})"
     return None
 
 

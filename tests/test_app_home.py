@@ -15,6 +15,7 @@ from aiohttp import web
 from sqlalchemy import update
 
 from bot.app import create_app
+from bot.delivery import Deliverer
 from bot.home import HomePublisher
 from bot.home_refresh import HomeRefresher
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, CHANGES_CALLBACK, REJECT_ACTION
@@ -254,11 +255,14 @@ async def pipe(
                 handle_signals=False,
             )
         )
+        # Results, review prompts and exceptions go out through the durable outbox.
+        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
         try:
             yield Pipeline(bot, fake_slack, fake_anthropic, fake_openai), homes
         finally:
             stop.set()
             await asyncio.wait_for(worker, 20)
+            await asyncio.wait_for(deliverer, 20)
 
 
 async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(

@@ -29,7 +29,9 @@ async def bot(
 async def test_health_endpoint_reports_database(bot: RunningBot) -> None:
     async with aiohttp.ClientSession() as session, session.get(f"{bot.url}/healthz") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"status": "ok", "database": "ok"}
+        health = await resp.json()
+    assert (health["status"], health["database"], health["slack"]) == ("ok", "ok", "ok")
+    assert health["outbox"] == {"undelivered": 0, "oldest_undelivered_s": 0, "failed": []}
 
 
 async def test_health_endpoint_fails_when_database_is_unreachable() -> None:

@@ -325,11 +325,22 @@ async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
     assert "1 to 6 criteria" in response["errors"]["criteria"]
     assert (await bot.store.get_order(order_id)).budget.max_usd == 2.0
 
+    # Above the standard class's $2.00: the requester alone may not raise it that far.
+    above = bot.sender.view_submission(
+        EDIT_CALLBACK,
+        state_from_view(view, budget_usd="3.5"),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    _, body = await bot.sender.action(above)
+    assert "Above the standard class" in json.loads(body)["errors"]["budget_usd"]
+    assert (await bot.store.get_order(order_id)).budget.max_usd == 2.0
+
     good = bot.sender.view_submission(
         EDIT_CALLBACK,
         state_from_view(
             view,
-            budget_usd="3.5",
+            budget_usd="1.5",
             title="Pricing one-pager v2",
             deadline_date="2031-01-10",
             deadline_time="09:30",
@@ -341,10 +352,10 @@ async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
     assert status == 200 and "errors" not in body
     await fake_slack.wait_for("chat.update")
     order = await bot.store.get_order(order_id)
-    assert order.budget.max_usd == 3.5 and order.title == "Pricing one-pager v2"
+    assert order.budget.max_usd == 1.5 and order.title == "Pricing one-pager v2"
     # 09:30 in the requester's zone (fake default America/New_York, EST in January) is 14:30 UTC.
     assert order.deadline == datetime(2031, 1, 10, 14, 30, tzinfo=UTC)
-    assert "$3.50" in _blocks_text(fake_slack.last_call("chat.update").args["blocks"])
+    assert "$1.50" in _blocks_text(fake_slack.last_call("chat.update").args["blocks"])
 
 
 async def test_slash_commands(
@@ -388,8 +399,9 @@ async def test_slash_commands(
     by_key = {r.key: r.body["text"] for r in fake_slack.responses}
     assert order.id in by_key["list"] and "Competitor pricing one-pager" in by_key["list"]
     assert "Spend: $0.00 of $2.00" in by_key["status"]
-    assert "only the people on it" in by_key["nosy"]
-    assert "WO-999 does not exist" in by_key["missing"]
+    # Someone else's order reads exactly like a missing one: no state, no requester.
+    assert by_key["nosy"] == f"{order.id} was not found, or is not yours."
+    assert by_key["missing"] == "WO-999 was not found, or is not yours."
     assert "expected something like WO-42" in by_key["garbage"]
 
     await bot.sender.command(
@@ -400,7 +412,8 @@ async def test_slash_commands(
     )
     await fake_slack.wait_until(lambda: len(fake_slack.responses) == 9)
     by_key = {r.key: r.body["text"] for r in fake_slack.responses}
-    assert "was not cancelled" in by_key["refused"]
+    assert by_key["refused"] == f"{order.id} was not found, or is not yours."
+    assert not fake_slack.calls_to("chat.postEphemeral"), "nothing else tells U3 whose it is"
     assert f"Cancelled {order.id}" in by_key["cancel"]
     assert (await bot.store.get_order(order.id)).status is Status.CANCELLED
 

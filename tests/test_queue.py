@@ -194,13 +194,13 @@ async def test_cancel_on_an_exception_does_not_cancel_a_retry_that_landed_first(
     order = await h.order()
     assert order.id
     await h.store.transition(order.id, Status.EXCEPTION, actor="w1", reason="stalled")
-    write = h.store.transition
+    write = h.store.cancel_order  # queue.cancel's one transaction
 
     async def retry_lands_first(*args: Any, **kwargs: Any) -> WorkOrder:
         await review.handle_exception(h.store, h.settings, order.id or "", "retry", actor="U2")
         return await write(*args, **kwargs)
 
-    monkeypatch.setattr(h.store, "transition", retry_lands_first)
+    monkeypatch.setattr(h.store, "cancel_order", retry_lands_first)
     with pytest.raises(IllegalTransition):
         await review.handle_exception(h.store, h.settings, order.id, "cancel", actor="U1")
     assert (await h.store.get_order(order.id)).status is Status.QUEUED

@@ -238,8 +238,15 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     await pipe.click(EXTEND_ACTION, order_id, "U3")  # not requester, escalation contact or admin
     [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
     assert "can act on" in refusal.args["text"]
-
+    # +50 % takes the order above its class: not for the requester alone (who is also the
+    # escalation contact here, as no channel names one).
     await pipe.click(EXTEND_ACTION, order_id, "U1")
+    [_, above] = await pipe.slack.wait_for("chat.postEphemeral", count=2)
+    assert "above the standard class" in above.args["text"]
+    assert "only an admin can do that" in above.args["text"]
+    assert (await pipe.bot.store.get_order(order_id)).status is Status.EXCEPTION
+
+    await pipe.click(EXTEND_ACTION, order_id, "UADMIN")
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
     order = await pipe.bot.store.get_order(order_id)
     assert order.budget.max_tool_calls == 2
@@ -250,7 +257,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     edits = [
         e
         for e in await pipe.bot.store.audit_trail(order_id)
-        if e.kind == "edited" and e.actor == "U1"
+        if e.kind == "edited" and e.actor == "UADMIN"
     ]
     assert edits and edits[-1].data["reason"] == "budget extended"
 
@@ -273,12 +280,20 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
     )
     _, body = await pipe.bot.sender.action(low)
     assert "more than the current $2.00" in json.loads(body)["errors"]["usd"]
+    above = pipe.bot.sender.view_submission(
+        EXTEND_CALLBACK,
+        state_from_view(view, usd="5"),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    _, body = await pipe.bot.sender.action(above)
+    assert "only an admin can do that" in json.loads(body)["errors"]["usd"]
     pipe.anthropic.script(submit("done"))
     pipe.openai.script(verdicts(True, True, True))
     ok = pipe.bot.sender.view_submission(
         EXTEND_CALLBACK,
         state_from_view(view, usd="5"),
-        user_id="U1",
+        user_id="UADMIN",
         private_metadata=view["private_metadata"],
     )
     assert (await pipe.bot.sender.action(ok))[0] == 200

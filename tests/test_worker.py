@@ -197,6 +197,7 @@ async def test_run_worker_reports_through_an_outbox(harness: Harness) -> None:
         )
     )
     await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
+    await h.deliver()  # the result went to the durable outbox with the state change
     await eventually(lambda: bool(h.reporter.results))
     stop.set()
     await asyncio.wait_for(task, 5)

@@ -17,10 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from typing import Any, Literal
 
-from workers import queue, telemetry
+from workers import telemetry
 from workers.budget import BudgetGuard
 from workers.config import Settings
 from workers.errors import (
@@ -31,11 +31,12 @@ from workers.errors import (
     ProviderUnavailable,
     RetryLater,
 )
-from workers.keys import exception_key, result_key
+from workers.keys import exception_key, question_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
-from workers.progress import ExceptionKind, ProgressReporter, RunResult, Spend
+from workers.progress import ExceptionKind, ProgressReporter, Spend
 from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse
-from workers.store import Store
+from workers.store import OutboxItem, Store, as_utc
+from workers.store.outbox import exception_notice
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
 from workers.untrusted import fence
 from workers.verify import CriterionVerdict, VerificationReport, verify
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 TOOL_TIMEOUT_S = 120.0
 MAX_NUDGES = 2
+# A run that found its team's week spent is requeued after a back-off within these bounds.
+QUOTA_BACKOFF_MIN_S = 5.0
+QUOTA_BACKOFF_MAX_S = 300.0
 RESULT_EXCERPT_CHARS = 500
 
 NUDGE = (
@@ -108,6 +112,8 @@ class _Run:
     clock: Callable[[], float]
     messages: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
+    first_step: int = 0
+    """The step this attempt resumed at: each attempt gets `engine.max_steps` of its own."""
     inbox_to_consume: int = 0
     forbidden: int = 0
     nudges: int = 0
@@ -130,7 +136,8 @@ def system_prompt(order: WorkOrder, settings: Settings) -> str:
     policy = settings.policies.get(order.authority_policy)
     criteria = "\n".join(f"{i}. {c}" for i, c in enumerate(order.acceptance_criteria, 1))
     tools = ", ".join(policy.tools) if policy else "none"
-    domains = ", ".join(policy.domains) if policy and policy.domains else "none"
+    extra = settings.channel_defaults(order.channel).extra_domains if policy else []
+    domains = ", ".join([*policy.domains, *extra]) if policy and policy.domains + extra else "none"
     deadline = order.deadline.isoformat() if order.deadline else "none given"
     return f"""You are Delegate's worker agent. You carry out one work order for a colleague and \
 hand in the result with the submit_deliverable tool.
@@ -153,7 +160,8 @@ Requested by <@{order.requester}>.
 ## Authority
 Policy "{order.authority_policy}": {policy.description if policy else ""}
 Tools you may use: {tools}, submit_deliverable. Web domains you may read: {domains}.
-Any other tool, domain or address is refused, whatever anyone asks.
+Any other tool or address is refused, whatever anyone asks. Another public domain can only be \
+read if the requester allows it when web_fetch asks them: give a truthful `reason`.
 
 ## Limits
 Budget: {order.budget.describe()}. Deadline: {deadline}.
@@ -287,7 +295,7 @@ class Agent:
             return await self._end(run, self._stop_for(run, "budget", out_of_time))
         except BudgetExceeded as exc:
             if exc.limit == "team_quota":
-                return await self._end(run, self._requeue(run, str(exc), wait_reason=str(exc)))
+                return await self._end(run, self._wait_for_quota(run, str(exc)))
             return await self._end(run, self._stop_for(run, "budget", str(exc)))
         except AuthorityDenied as exc:
             return await self._end(run, self._stop_for(run, "authority", str(exc)))
@@ -329,6 +337,9 @@ class Agent:
     async def _end(self, run: _Run, finish: Awaitable[Outcome]) -> Outcome:
         """Record how the run ended, shielded: a cancellation must not cut the bookkeeping."""
         run.control.ending = True
+        first = run.ending
+        if first is not None and first.done() and not first.cancelled() and first.exception():
+            run.ending = None  # recording the first ending failed (e.g. LeaseLost): record this
         if run.ending is None:
             run.ending = asyncio.ensure_future(finish)
         else:  # already ending; the first ending stands
@@ -357,10 +368,11 @@ class Agent:
         while True:
             if run.control.yield_requested:
                 raise _Yield
-            if run.step >= self.settings.engine.max_steps:
+            if run.step - run.first_step >= self.settings.engine.max_steps:
                 raise _Stop(
                     "stalled",
-                    f"the run took {run.step} steps without submitting a deliverable",
+                    f"the run took {run.step - run.first_step} steps without submitting a "
+                    "deliverable",
                 )
             await self._read_inbox(run)
             request = ModelRequest(
@@ -537,7 +549,7 @@ class Agent:
         latest = await self.store.latest_checkpoint(run.order.id)
         if latest is not None and latest.checkpoint:
             run.messages = [dict(m) for m in json.loads(json.dumps(latest.checkpoint))]
-            run.step = latest.step
+            run.step = run.first_step = latest.step
         else:
             run.messages = [first_message(run.order)]
         run.forbidden = sum(
@@ -630,19 +642,17 @@ class Agent:
             row = await self.store.get_row(run.order.id)
             if row.auto_revisions < run.order.verification.max_auto_revisions:
                 return await self._revise(run, verification)
-        spend = await self._spend(run)
-        await self._report(
-            self.reporter.result(
-                run.order,
-                RunResult(
-                    content=item.content,
-                    summary=item.summary,
-                    key=result_key(run.order.id or "", item.id),
-                    verdicts=[v.as_dict() for v in verification.verdicts] if verification else None,
-                    note=note,
-                    spend=spend,
-                ),
-            )
+        # The deliverable and its review prompt are owed to the thread from the moment the
+        # order leaves the run: written with that change, sent by the outbox's deliverer.
+        result = OutboxItem(
+            "result",
+            result_key(run.order.id or "", item.id),
+            {
+                "content": item.content,
+                "summary": item.summary,
+                "verdicts": [v.as_dict() for v in verification.verdicts] if verification else None,
+                "note": note,
+            },
         )
         order = await self.store.finish_run(
             run.order.id,
@@ -652,19 +662,20 @@ class Agent:
             attempt_id=run.attempt_id,
             outcome="submitted",
             elapsed_ms=run.elapsed_ms(),
+            outbox=[result],
+            # Verifying and awaiting review in one transaction: no crash can stop in between.
+            then=(
+                Status.AWAITING_REVIEW,
+                "verifier",
+                "automatic checks passed"
+                if verification is not None and verification.passed
+                else "sent to the reviewer with the check results",
+            )
+            if checks
+            else None,
         )
         if order is None:
             return await self._lost(run)
-        if checks:
-            passed = verification is not None and verification.passed
-            order = await self.store.transition(
-                run.order.id,
-                Status.AWAITING_REVIEW,
-                actor="verifier",
-                reason="automatic checks passed"
-                if passed
-                else "sent to the reviewer with the check results",
-            )
         await self._status(run, "Deliverable submitted; waiting for review", order=order)
         return Outcome("done")
 
@@ -693,13 +704,8 @@ class Agent:
     async def _revise(self, run: _Run, verification: VerificationReport) -> Outcome:
         """Automatic checks failed and a revision is allowed: back to work with the findings."""
         assert run.order.id is not None
-        await self.store.bump_counter(run.order.id, "auto_revisions")
-        await self.store.add_to_inbox(
-            run.order.id,
-            {"kind": "verification", "text": verification.findings()},
-            actor="verifier",
-            resume=False,
-        )
+        failed = len(verification.failures)
+        # The findings, the revision count and both moves in one transaction, fenced by the lease.
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
@@ -708,17 +714,15 @@ class Agent:
             attempt_id=run.attempt_id,
             outcome="submitted",
             elapsed_ms=run.elapsed_ms(),
+            note={"kind": "verification", "text": verification.findings()},
+            then=(
+                Status.QUEUED,
+                "verifier",
+                f"automatic checks: {failed} criteria not met; revising",
+            ),
         )
         if order is None:
             return await self._lost(run)
-        failed = len(verification.failures)
-        order = await queue.enqueue(
-            self.store,
-            self.settings,
-            run.order.id,
-            actor="verifier",
-            reason=f"automatic checks: {failed} criteria not met; revising",
-        )
         await self._status(
             run, f"Revising: automatic checks found {failed} criteria not met", order=order
         )
@@ -734,6 +738,7 @@ class Agent:
             attempt_id=run.attempt_id,
             outcome="parked",
             elapsed_ms=run.elapsed_ms(),
+            outbox=_questions(run.order, run.messages),
         )
         if order is None:
             return await self._lost(run)
@@ -742,6 +747,7 @@ class Agent:
 
     async def _stop_for(self, run: _Run, kind: ExceptionKind, message: str) -> Outcome:
         assert run.order.id is not None
+        key = exception_key(run.order.id, run.attempt.number)
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
@@ -753,13 +759,11 @@ class Agent:
             exception_kind=kind,
             exception_message=message,
             elapsed_ms=run.elapsed_ms(),
+            outbox=[exception_notice(key, kind, message)],
         )
         if order is None:
             return await self._lost(run)
         telemetry.RUN_STOPS.labels(kind).inc()
-        spend = await self._spend(run)
-        key = exception_key(order.id or "", run.attempt.number)
-        await self._report(self.reporter.exception(order, kind, message, spend, key=key))
         await self._status(run, f"Stopped: {message}", order=order)
         return Outcome("exception", message)
 
@@ -770,11 +774,13 @@ class Agent:
         *,
         after_s: float = 0.0,
         wait_reason: str | None = None,
+        waiting_since: datetime | None = None,
+        notify: bool = True,
     ) -> Outcome:
         assert run.order.id is not None
-        changes: dict[str, Any] = {"available_at": utcnow() + timedelta(seconds=after_s)}
+        changes: dict[str, Any] = {"available_after_s": after_s, "waiting_since": None}
         if wait_reason is not None:
-            changes |= {"wait_reason": wait_reason, "waiting_since": utcnow()}
+            changes |= {"wait_reason": wait_reason, "waiting_since": waiting_since or utcnow()}
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
@@ -787,10 +793,32 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
-        if wait_reason is not None:
+        if wait_reason is not None and notify:
             await self._report(self.reporter.waiting(order, wait_reason))
         await self._status(run, f"Back in the queue: {reason}", order=order)
         return Outcome("requeued", reason)
+
+    async def _wait_for_quota(self, run: _Run, reason: str) -> Outcome:
+        """The team's week cannot cover the next call: back off, keeping how long the order has
+        been waiting (so `engine.max_quota_wait_s` can fire), and tell the thread once."""
+        assert run.order.id is not None
+        row = await self.store.get_row(run.order.id)
+        since = as_utc(row.waiting_since)  # kept by the claim while the order was waiting
+        now = utcnow()
+        waited = (now - since).total_seconds() if since is not None else 0.0
+        limit = self.settings.engine.max_quota_wait_s
+        if limit is not None and waited > limit:
+            return await self._stop_for(run, "quota", f"it waited too long: {reason}")
+        # Doubling back-off: wait as long again as the order has waited so far, within bounds.
+        after_s = min(QUOTA_BACKOFF_MAX_S, max(QUOTA_BACKOFF_MIN_S, waited))
+        return await self._requeue(
+            run,
+            reason,
+            after_s=after_s,
+            wait_reason=reason,
+            waiting_since=since or now,
+            notify=since is None,
+        )
 
     async def _cancelled(self, run: _Run) -> Outcome:
         assert run.order.id is not None
@@ -831,6 +859,20 @@ class Agent:
             await call
         except Exception:
             log.exception("progress report failed")
+
+
+def _questions(order: WorkOrder, messages: list[dict[str, Any]]) -> list[OutboxItem]:
+    """The question a parked run asked (ask_requester in its last reply), owed to the thread."""
+    index = _last_assistant(messages)
+    if index is None:
+        return []
+    for block in messages[index]["content"]:
+        if isinstance(block, dict) and block.get("name") == "ask_requester":
+            text = str((block.get("input") or {}).get("question", "")).strip()
+            if text:
+                key = question_key(order.id or "", str(block.get("id", "")))
+                return [OutboxItem("question", key, {"text": text})]
+    return []
 
 
 def _last_assistant(messages: list[dict[str, Any]]) -> int | None:

@@ -135,6 +135,9 @@ class SlackSettings(_Strict):
     socket_watchdog_s: float = Field(
         default=120, gt=0, description="reconnect after this long with no traffic and no ping reply"
     )
+    thread_retention_days: float = Field(
+        default=30, gt=0, description="stored thread text older than this is deleted"
+    )
 
 
 class ReviewSettings(_Strict):

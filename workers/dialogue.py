@@ -28,8 +28,9 @@ from workers.store import EDITABLE_FIELDS, Store
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
 # What a refined draft replaces on the order already proposed in the conversation: not what
-# the requester set by hand (context, escalation contact) nor the team.
-REFINABLE_FIELDS = EDITABLE_FIELDS - {"context", "escalation_contact", "team"}
+# the requester set by hand (context, escalation contact) nor the team, and not the reviewers:
+# once the card is posted, only an admin changes who reviews (Edit).
+REFINABLE_FIELDS = EDITABLE_FIELDS - {"context", "escalation_contact", "team", "verification"}
 
 
 @dataclass(frozen=True)

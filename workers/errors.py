@@ -33,6 +33,20 @@ class StaleUpdate(DelegateError):
     """A record changed under us (another process won the race)."""
 
 
+class OutdatedDecision(DelegateError):
+    """A review decision was made on a deliverable that is no longer the order's latest."""
+
+    def __init__(self, order_id: str, shown: int, current: int | None) -> None:
+        self.order_id = order_id
+        self.shown = shown
+        self.current = current
+        super().__init__(f"{order_id}: deliverable {shown} is outdated (latest: {current})")
+
+
+class NotPermitted(DelegateError):
+    """The actor may not do this; the message says who may, meant for the person asking."""
+
+
 # Engine outcomes. The worker raises these; the front door turns each into one thread message.
 
 

@@ -281,7 +281,14 @@ class IntakeEngine:
         # must not invent user ids.
         mentioned = {m for t in turns for m in _MENTION.findall(t.text)}
         named = [u for u in _strings(raw.get("reviewers")) if _USER_ID.match(u) and u in mentioned]
-        reviewers = named or list(channel.reviewers)
+        reviewers = reviewers_for(settings, channel.reviewers, named, requester=ctx.user_id)
+        if ctx.user_id in named and ctx.user_id not in reviewers:
+            others = ", ".join(f"<@{r}>" for r in reviewers)
+            open_points.append(
+                f"You cannot review your own order: {others} will."
+                if others
+                else "You cannot name yourself reviewer of your own order; name someone else."
+            )
 
         deadline, problem = _parse_deadline(raw.get("deadline"), ctx)
         if problem:
@@ -336,13 +343,26 @@ class IntakeEngine:
             budget=self.settings.budgets[WorkloadClass.STANDARD],
             workload_class=WorkloadClass.STANDARD,
             authority_policy=channel.policy,
-            verification=Verification(reviewers=list(channel.reviewers)),
+            verification=Verification(
+                reviewers=reviewers_for(self.settings, channel.reviewers, [], requester=ctx.user_id)
+            ),
             escalation_contact=channel.escalation_contact or ctx.user_id,
         )
         points = open_questions or [
             "The request was not clarified; check the goal and criteria before starting."
         ]
         return Draft(order, points)
+
+
+def reviewers_for(
+    settings: Settings, floor: list[str], named: list[str], *, requester: str
+) -> list[str]:
+    """An order's reviewers: the channel's configured ones (a floor no request removes) and
+    those the requester named; never the requester, unless `review.requester_may_approve`."""
+    reviewers = list(dict.fromkeys([*floor, *named]))
+    if settings.review.requester_may_approve:
+        return reviewers
+    return [r for r in reviewers if r != requester]
 
 
 def _zone(tz: str) -> ZoneInfo:

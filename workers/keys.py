@@ -23,6 +23,12 @@ def result_key(order_id: str, deliverable_id: int | None) -> str:
     return f"{order_id}:result:{deliverable_id}"
 
 
+def deliverable_of(result: str) -> int | None:
+    """The stored deliverable's id in a result key: 'WO-42:result:7' -> 7."""
+    tail = result.rpartition(":result:")[2]
+    return int(tail) if tail.isascii() and tail.isdigit() else None
+
+
 def review_key(result: str) -> str:
     """The review prompt that follows a deliverable: 'WO-42:result:7' -> 'WO-42:review:7'."""
     return result.replace(":result:", ":review:")
@@ -31,6 +37,11 @@ def review_key(result: str) -> str:
 def question_key(order_id: str, tool_use_id: str) -> str:
     """A question the run asked the requester: 'WO-42:question:<tool use id>'."""
     return f"{order_id}:question:{tool_use_id}"
+
+
+def domain_key(order_id: str, approval_id: int | None) -> str:
+    """A request to read a domain outside the allowlist: 'WO-42:domain:3' (the approval's id)."""
+    return f"{order_id}:domain:{approval_id}"
 
 
 def exception_key(order_id: str, *which: str | int) -> str:

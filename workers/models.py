@@ -185,6 +185,55 @@ class SlackMessage(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+    # Who is posting it right now (ts still empty), and until when: a claimer that died is
+    # taken over once its claim has expired.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message the engine owes a thread, written in the same transaction as the state change
+    that causes it and deleted never: `sent_at` says it went out, `permanent` that it cannot."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "sent_at", "permanent", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    key: str = Field(unique=True, description="the message's idempotency key (workers.keys)")
+    kind: str = Field(description="result, question, exception, ...")
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    priority: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    attempts: int = 0
+    next_attempt_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    claimed_by: str | None = None
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    sent_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    error: str | None = None
+    permanent: bool = False
+
+
+class ServiceHealth(SQLModel, table=True):
+    """A problem every process must see, e.g. 'slack': the bot token was revoked."""
+
+    __tablename__ = "service_health"
+
+    name: str = Field(primary_key=True)
+    problem: str
+    since: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
 
 
 class SlackEventSeen(SQLModel, table=True):
@@ -342,3 +391,33 @@ class DigestPost(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     ts: str | None = None
+
+
+class DomainApproval(SQLModel, table=True):
+    """A run's request to read a domain outside its allowlist, and the person's answer.
+
+    One row per (order, tool call): the call that asked is re-run when the run resumes and finds
+    its answer here. `decision` is None while pending, then 'once', 'order' or 'deny'; a 'once'
+    grant is spent (`used_at`) by the one fetch it allows. 'order' rows are the order's approved
+    domains."""
+
+    __tablename__ = "domain_approvals"
+    __table_args__ = (UniqueConstraint("order_id", "tool_use_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    tool_use_id: str
+    host: str
+    url: str
+    reason: str = ""
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

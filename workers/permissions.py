@@ -7,7 +7,16 @@ one place. Admins are `settings.admins`.
 from __future__ import annotations
 
 from workers.config import Settings
-from workers.workorder import WorkOrder
+from workers.workorder import Budget, WorkloadClass, WorkOrder
+
+# The ceilings an Edit or an Extend can raise, with how they are named to people.
+_CEILINGS = {
+    "max_usd": "budget",
+    "max_tokens": "tokens",
+    "max_wall_clock_s": "time limit",
+    "max_tool_calls": "tool calls",
+    "max_model_calls": "model calls",
+}
 
 
 def reviewers_of(order: WorkOrder) -> list[str]:
@@ -20,17 +29,37 @@ def may_control(order: WorkOrder, user: str, settings: Settings) -> bool:
     return user == order.requester or user in settings.admins
 
 
+def required_reviewers(order: WorkOrder, settings: Settings) -> set[str]:
+    """Who other than the requester must decide: the order's named reviewers and, as a floor,
+    the reviewers its channel configures."""
+    named = set(order.verification.reviewers) | set(
+        settings.channel_defaults(order.channel).reviewers
+    )
+    return named - {order.requester}
+
+
 def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
-    """Approve, reject or request changes: a named reviewer, else the requester."""
-    if user in order.verification.reviewers:
-        return True
+    """Approve, reject or request changes: a named reviewer. The requester only when nobody else
+    is named (by the order or its channel), or when `review.requester_may_approve` is on: being
+    named on their own order does not make them a reviewer."""
     if user == order.requester:
-        return not order.verification.reviewers or settings.review.requester_may_approve
-    return False
+        return settings.review.requester_may_approve or not required_reviewers(order, settings)
+    return user in order.verification.reviewers
+
+
+def may_assign(user: str, settings: Settings) -> bool:
+    """Change an order's reviewers or escalation contact once its card is posted: admins only."""
+    return user in settings.admins
 
 
 def may_handle_exception(order: WorkOrder, user: str, settings: Settings) -> bool:
     """Extend, Retry or Cancel an order in exception."""
+    return user in {order.requester, order.escalation_contact} or user in settings.admins
+
+
+def may_decide_domain(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Answer a run's request to read a domain outside its allowlist: the requester, the
+    escalation contact, or an admin."""
     return user in {order.requester, order.escalation_contact} or user in settings.admins
 
 
@@ -43,3 +72,29 @@ def may_view(order: WorkOrder, user: str, settings: Settings) -> bool:
         *settings.admins,
     }
     return user in people
+
+
+def raised_above_class(
+    order: WorkOrder,
+    budget: Budget,
+    settings: Settings,
+    *,
+    workload_class: WorkloadClass | None = None,
+) -> list[str]:
+    """The ceilings `budget` raises above both the order's current budget and the envelope of
+    its workload class (or of `workload_class`, when an edit changes it), named for people;
+    empty if it stays within."""
+    envelope = settings.budgets[workload_class or order.workload_class]
+    return [
+        name
+        for field, name in _CEILINGS.items()
+        if getattr(budget, field) > max(getattr(envelope, field), getattr(order.budget, field))
+    ]
+
+
+def may_exceed_class(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Raise an order above its workload class's envelope: an admin, or the escalation contact
+    when that is someone other than the requester (the requester alone stays within the class)."""
+    if user in settings.admins:
+        return True
+    return user == order.escalation_contact and user != order.requester

@@ -144,6 +144,16 @@ class RunResult:
     spend: Spend | None = None
 
 
+@dataclass(frozen=True)
+class DomainRequest:
+    """A run wants to read a page outside its allowed domains (`reason` is the model's words)."""
+
+    approval_id: int
+    host: str
+    url: str
+    reason: str
+
+
 class ProgressReporter(Protocol):
     """What the engine says about an order. Implementations must be idempotent per `key`."""
 
@@ -157,6 +167,11 @@ class ProgressReporter(Protocol):
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
         """Ask the requester in the thread; their reply resumes the run."""
+        ...
+
+    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
+        """Ask the requester (and escalation contact) whether the run may read a domain outside
+        its allowlist: allow once, allow for the order, or deny. The answer resumes the run."""
         ...
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
@@ -188,6 +203,15 @@ class LoggingReporter:
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
         log.info("%s asks the requester: %s", order.id, text, extra={"order": order.id})
+
+    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
+        log.info(
+            "%s asks to read %s (%s)",
+            order.id,
+            request.url,
+            request.reason,
+            extra={"order": order.id},
+        )
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         log.info("%s submitted: %s", order.id, result.summary, extra={"order": order.id})
@@ -263,6 +287,9 @@ class Outbox:
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
         self._push(_URGENT, order, lambda: self.inner.question(order, text, key=key), key)
+
+    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
+        self._push(_URGENT, order, lambda: self.inner.domain_request(order, request, key=key), key)
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         self._push(_URGENT, order, lambda: self.inner.result(order, result), result.key)

@@ -64,11 +64,11 @@ async def cancel(
     expected: Collection[Status] = OPEN,
 ) -> WorkOrder:
     """Cancel an order. A running worker notices within `engine.cancel_poll_s` and stops;
-    spend so far stays recorded. Raises IllegalTransition for an order already finished, or no
-    longer in one of the `expected` states."""
-    return await store.transition(
-        ref, Status.CANCELLED, actor=actor, reason=reason, expected=expected
-    )
+    spend so far stays recorded, calls still in flight are charged their reservation and the
+    lease is released at once (a dead worker's run holds nothing until the week ends). Raises
+    IllegalTransition for an order already finished, or no longer in one of the `expected`
+    states."""
+    return await store.cancel_order(ref, actor=actor, reason=reason, expected=expected)
 
 
 async def resume_with_reply(
@@ -86,13 +86,19 @@ def is_finished(order: WorkOrder) -> bool:
     return order.status in TERMINAL
 
 
-async def claim(store: Store, settings: Settings, worker_id: str) -> Claim:
-    now = utcnow()
+async def claim(
+    store: Store, settings: Settings, worker_id: str, *, now: datetime | None = None
+) -> Claim:
+    """Claim the next order the gate lets through. `now` (the worker's clock) only picks the
+    quota week; leases and due times run on the database's clock."""
     return await store.claim(
-        worker_id, lease_ttl_s=settings.engine.lease_ttl_s, gate=admission(settings, now), now=now
+        worker_id,
+        lease_ttl_s=settings.engine.lease_ttl_s,
+        gate=admission(settings, now or utcnow()),
     )
 
 
 async def reap(store: Store, settings: Settings, *, actor: str) -> list[WorkOrder]:
-    """Requeue (or fail, after `engine.max_attempts`) runs whose lease expired."""
+    """Requeue (or fail, after `engine.max_attempts`) runs whose lease expired by the database's
+    clock."""
     return await store.reap_expired(max_lost=settings.engine.max_attempts, actor=actor)

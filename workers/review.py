@@ -13,6 +13,8 @@ from typing import Literal
 
 from workers import queue
 from workers.config import Settings
+from workers.errors import NotPermitted
+from workers.permissions import may_exceed_class, raised_above_class
 from workers.store import OrderRef, Store
 from workers.workorder import Budget, Status, WorkOrder
 
@@ -40,14 +42,18 @@ async def decide(
     *,
     actor: str,
     feedback: str = "",
+    deliverable_id: int | None = None,
 ) -> Decided:
     """Record a reviewer's decision. Request changes sends the order back to the queue as rework
     with the feedback in the run's inbox; the run resumes from its checkpoint on what is left of
-    the budget. Raises IllegalTransition if the order was decided already."""
+    the budget. Raises IllegalTransition if the order was decided already, OutdatedDecision if
+    `deliverable_id` (the one the reviewer was shown) is no longer the latest."""
     reason = {"approve": "approved", "reject": "rejected", "changes": "changes requested"}[decision]
     if feedback:
         reason = f"{reason}: {feedback[:500]}"
-    order = await store.transition(ref, DECISION_TARGETS[decision], actor=actor, reason=reason)
+    order = await store.decide_on(
+        ref, DECISION_TARGETS[decision], deliverable_id=deliverable_id, actor=actor, reason=reason
+    )
     if decision == "changes":
         await store.add_to_inbox(
             ref,
@@ -77,6 +83,18 @@ def extended_budget(
     )
 
 
+def above_class_refusal(order: WorkOrder, raised: list[str], settings: Settings) -> str:
+    """Why the requester alone cannot raise an order above its class, and who can."""
+    envelope = settings.budgets[order.workload_class]
+    who = "an admin"
+    if order.escalation_contact and order.escalation_contact != order.requester:
+        who = f"<@{order.escalation_contact}> (the escalation contact) or an admin"
+    return (
+        f"That raises the {', '.join(raised)} of {order.id} above the "
+        f"{order.workload_class.value} class ({envelope.describe()}); only {who} can do that."
+    )
+
+
 async def handle_exception(
     store: Store,
     settings: Settings,
@@ -89,7 +107,8 @@ async def handle_exception(
 ) -> WorkOrder:
     """Extend (raise the ceilings, then resume), Retry (resume as is) or Cancel an order in
     exception. Either resumes from the last checkpoint. Raises IllegalTransition if someone
-    else acted first."""
+    else acted first, NotPermitted if an Extend raises the order above its workload class's
+    envelope and `actor` is neither an admin nor the escalation contact."""
     if action == "cancel":
         # Checked with the cancel, under the row lock: a Retry landing first wins.
         return await queue.cancel(
@@ -102,9 +121,13 @@ async def handle_exception(
     order = await store.get_order(ref)
     budget = None
     if action == "extend":
-        budget = extended_budget(
+        extended = extended_budget(
             order.budget, factor=settings.review.extend_factor, usd=usd, minutes=minutes
-        ).model_dump()
+        )
+        raised = raised_above_class(order, extended, settings)
+        if raised and not may_exceed_class(order, actor, settings):
+            raise NotPermitted(above_class_refusal(order, raised, settings))
+        budget = extended.model_dump()
     reason = (
         "budget extended; resuming" if action == "extend" else "retrying from the last checkpoint"
     )

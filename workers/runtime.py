@@ -22,14 +22,17 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from workers import logs, queue, telemetry
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
 from workers.keys import exception_key
+from workers.models import utcnow
 from workers.progress import LoggingReporter, Outbox, ProgressReporter, Spend
 from workers.providers import ModelRouter
 from workers.store import Claim, OrderRef, Store
+from workers.store.outbox import SLACK
 from workers.tools import ToolRegistry, load_tools
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
@@ -64,6 +67,7 @@ class Worker:
         worker_id: str | None = None,
         tools: ToolRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -73,6 +77,7 @@ class Worker:
         self.concurrency = concurrency
         self.worker_id = worker_id or default_worker_id()
         self.clock = clock
+        self.now = now
         self.agent = Agent(
             settings=settings,
             store=store,
@@ -143,8 +148,16 @@ class Worker:
                 if self.clock() >= next_reap:
                     next_reap = self.clock() + reap_every
                     await self._reap()
-                while len(self.running) < self.concurrency and not self._stopping.is_set():
-                    claim = await queue.claim(self.store, self.settings, self.worker_id)
+                # Slack refuses the bot token: no new runs whose results nobody would see.
+                paused = await self.store.problem(SLACK) is not None
+                while (
+                    not paused
+                    and len(self.running) < self.concurrency
+                    and not self._stopping.is_set()
+                ):
+                    claim = await queue.claim(
+                        self.store, self.settings, self.worker_id, now=self.now()
+                    )
                     await self._report_queue(claim)
                     if claim.order is None:
                         break

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from workers.models import WorkOrderRow
+from workers.store.outbox import outbox_figures_query
 from workers.workorder import Status
 
 REGISTRY = CollectorRegistry()
@@ -35,6 +36,21 @@ QUEUE_DEPTH = Gauge("delegate_queue_depth", "Orders queued for a worker.", regis
 QUEUE_OLDEST_AGE = Gauge(
     "delegate_queue_oldest_age_seconds",
     "How long the oldest queued order has been waiting.",
+    registry=REGISTRY,
+)
+OUTBOX_DEPTH = Gauge(
+    "delegate_outbox_undelivered",
+    "Thread messages (results, questions, exceptions) written but not delivered yet.",
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "delegate_outbox_oldest_undelivered_age_seconds",
+    "How long the oldest undelivered thread message has been waiting.",
+    registry=REGISTRY,
+)
+OUTBOX_FAILED = Gauge(
+    "delegate_outbox_failed",
+    "Thread messages Slack refused for good (bot not in channel, archived channel...).",
     registry=REGISTRY,
 )
 RUNS_IN_FLIGHT = Gauge(
@@ -138,6 +154,10 @@ async def refresh_from_database(engine: AsyncEngine, *, now: datetime | None = N
                 )
             )
         ).scalar()
+        pending, oldest_pending, failed = (await conn.execute(outbox_figures_query())).one()
+    OUTBOX_DEPTH.set(pending - failed)
+    OUTBOX_FAILED.set(failed)
+    OUTBOX_OLDEST_AGE.set(_age(now, oldest_pending))
     for state in Status:
         ORDERS.labels(state.value).set(counts.get(state.value, 0))
     QUEUE_DEPTH.set(counts.get(Status.QUEUED.value, 0))
@@ -146,6 +166,13 @@ async def refresh_from_database(engine: AsyncEngine, *, now: datetime | None = N
     else:
         oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
         QUEUE_OLDEST_AGE.set(max(0.0, (now - oldest).total_seconds()))
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    if since is None:
+        return 0.0
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    return max(0.0, (now - since).total_seconds())
 
 
 def exposition() -> bytes:

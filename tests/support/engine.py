@@ -19,7 +19,8 @@ from tests.support.settings import engine_settings
 from workers import queue
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
-from workers.progress import ExceptionKind, RunResult, Spend
+from workers.delivery import drain_outbox
+from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
 from workers.providers import ModelRouter
 from workers.store import Store
 from workers.tools import ToolRegistry, load_tools
@@ -33,6 +34,7 @@ class RecordingReporter:
     statuses: list[tuple[str, str, str, Spend]] = field(default_factory=list)
     waits: list[tuple[str, str]] = field(default_factory=list)
     questions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    domain_requests: dict[str, tuple[str, DomainRequest]] = field(default_factory=dict)
     results: dict[str, tuple[str, RunResult]] = field(default_factory=dict)
     exceptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
@@ -45,6 +47,9 @@ class RecordingReporter:
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
         self._once(self.questions, key, (order.id or "", text))
+
+    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
+        self._once(self.domain_requests, key, (order.id or "", request))
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         self._once(self.results, result.key, (order.id or "", result))
@@ -126,9 +131,15 @@ class Harness:
             await self.reporter.waiting(order, reason)
         if claim.order is None or claim.attempt is None:
             return None
-        return await self.agent(worker_id).run(
+        outcome = await self.agent(worker_id).run(
             claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
         )
+        await self.deliver()
+        return outcome
+
+    async def deliver(self) -> int:
+        """Say what the run left in the durable outbox through the recording reporter."""
+        return await drain_outbox(self.store, self.reporter)
 
     async def close(self) -> None:
         await self.router.close()

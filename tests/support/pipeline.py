@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.cards import START_ACTION
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
+from bot.delivery import Deliverer
 from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
@@ -20,9 +22,14 @@ from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import draft
 from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import DEADLINE_S, eventually
+from workers.config import Settings
 from workers.runtime import run_worker
 from workers.store import Store
+from workers.tools import ToolRegistry
 from workers.workorder import Status
+
+
+REVIEW_ACTIONS = (APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION)
 
 
 @dataclass
@@ -64,8 +71,23 @@ class Pipeline:
     async def click(
         self, action_id: str, value: str, user: str, *, message: dict[str, Any] | None = None
     ) -> None:
-        """Click a button on the latest message that has it, as Slack would send it."""
+        """Click a button on the latest message that has it (or on `message`), as Slack would
+        send it: with the button's own value (e.g. 'WO-1:v3') when the message has the button
+        for the order `value` names, else `value`."""
         if message is None:
+
+            if action_id in REVIEW_ACTIONS:
+                # A reviewer clicks the prompt for the latest deliverable, once it is posted
+                # (a moment after the state changes).
+                [*_, latest] = await self.bot.store.deliverables(value)
+                current = review_value(value, latest.id)
+                await self.slack.wait_until(
+                    lambda: any(
+                        button_value(c.args, action_id) == current
+                        for c in self.slack.calls_to("chat.postMessage")
+                    ),
+                    within=DEADLINE_S,
+                )
             carrying = [
                 c
                 for c in self.slack.calls_to("chat.postMessage")
@@ -73,6 +95,9 @@ class Pipeline:
             ]
             if carrying:
                 message = {"ts": carrying[-1].response["ts"], "blocks": carrying[-1].args["blocks"]}
+        shown = button_value(message, action_id) if message is not None else None
+        if shown is not None and shown.partition(":")[0] == value.partition(":")[0]:
+            value = shown
         payload = self.bot.sender.block_action(
             action_id,
             value,
@@ -116,6 +141,15 @@ class Pipeline:
         ]
 
 
+def button_value(message: dict[str, Any], action_id: str) -> str | None:
+    """The value of the button `action_id` on a posted message, if it has one."""
+    for block in message.get("blocks") or []:
+        for element in block.get("elements") or []:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return str(element.get("value"))
+    return None
+
+
 @asynccontextmanager
 async def pipeline_for(
     store: Store,
@@ -123,9 +157,11 @@ async def pipeline_for(
     fake_anthropic: FakeAnthropic,
     fake_openai: FakeOpenAI,
     settings_factory: Callable[..., Any],
+    tools: Callable[[Settings], ToolRegistry] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Pipeline]:
-    """The bot serving Slack and a worker pool running orders, on one store and the fakes."""
+    """The bot serving Slack and a worker pool running orders, on one store and the fakes;
+    `tools` builds the worker's tool registry from the settings (default: the configured one)."""
     overrides["engine"] = {**FAST_ENGINE, **overrides.get("engine", {})}
     settings = settings_factory(
         database_url=str(store.engine.url.render_as_string(hide_password=False)),
@@ -136,12 +172,14 @@ async def pipeline_for(
         reporter = SlackReporter(
             store=store, client=make_slack_client(bot.settings, backoff_factor_s=0.01)
         )
+        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
         worker = asyncio.create_task(
             run_worker(
                 bot.settings,
                 concurrency=2,
                 reporter=reporter,
                 store=store,
+                tools=tools(bot.settings) if tools else None,
                 stop=stop,
                 handle_signals=False,
             )
@@ -151,3 +189,4 @@ async def pipeline_for(
         finally:
             stop.set()
             await asyncio.wait_for(worker, 20)
+            await asyncio.wait_for(deliverer, 20)

@@ -7,9 +7,11 @@ transitions, runs, queue and leases, spend and quota, Slack bookkeeping, audit.
 
 from __future__ import annotations
 
+from workers.store.approvals import ApprovalsStore
 from workers.store.audit import AuditStore
 from workers.store.base import OrderRef, as_utc, row_to_order
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
+from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Claim, QueueGate, QueueStore
 from workers.store.runs import RunsStore
 from workers.store.slack import SlackStore
@@ -18,12 +20,16 @@ __all__ = [
     "EDITABLE_FIELDS",
     "Claim",
     "OrderRef",
+    "OutboxItem",
     "QueueGate",
     "Store",
+    "Undelivered",
     "as_utc",
     "row_to_order",
 ]
 
 
-class Store(OrdersStore, RunsStore, QueueStore, SlackStore, AuditStore):
+class Store(
+    OrdersStore, RunsStore, QueueStore, SlackStore, OutboxStore, AuditStore, ApprovalsStore
+):
     """Async data access for work orders, runs, spend, Slack bookkeeping and the audit trail."""

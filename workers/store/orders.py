@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from workers.models import AuditEvent, WorkOrderRow, utcnow
+from workers.errors import OutdatedDecision
+from workers.models import AuditEvent, Deliverable, WorkOrderRow, utcnow
 from workers.store.base import OrderRef, StoreBase, as_utc, order_number, row_to_order
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -132,6 +133,37 @@ class OrdersStore(StoreBase):
             await self._move(
                 s, row, target, actor=actor, reason=reason, expected=expected, **changes
             )
+            return row_to_order(row)
+
+    async def decide_on(
+        self,
+        ref: OrderRef,
+        target: Status,
+        *,
+        deliverable_id: int | None,
+        actor: str,
+        reason: str,
+    ) -> WorkOrder:
+        """A reviewer's decision, bound to the deliverable they were shown: under the row lock
+        that makes the decision, `deliverable_id` must still be the order's latest one, else
+        OutdatedDecision (None skips the check). Raises IllegalTransition as `transition` does."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            if deliverable_id is not None:
+                latest = (
+                    await s.exec(
+                        select(col(Deliverable.id))
+                        .where(Deliverable.order_id == row.id)
+                        .order_by(col(Deliverable.id).desc())
+                        .limit(1)
+                    )
+                ).first()
+                if latest != deliverable_id:
+                    raise OutdatedDecision(
+                        format_order_id(order_number(ref)), deliverable_id, latest
+                    )
+            audit = {"deliverable": deliverable_id} if deliverable_id is not None else None
+            await self._move(s, row, target, actor=actor, reason=reason, audit=audit)
             return row_to_order(row)
 
     async def orders_in(

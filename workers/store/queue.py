@@ -3,7 +3,7 @@ and reap. workers.queue and workers.runtime call these; each is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,11 +12,13 @@ from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.errors import NotFound
+from workers.errors import LeaseLost
 from workers.models import RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
 from workers.states import check_transition
 from workers.store.base import OrderRef, as_utc, order_number, row_to_order
+from workers.store.leases import database_now, fenced_row
+from workers.store.outbox import OutboxItem, crashed_notice, write_outbox
 from workers.store.spend import SpendStore
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -78,7 +80,7 @@ class QueueStore(SpendStore):
             actor=actor,
             reason=reason,
             priority=priority,
-            available_at=now or utcnow(),
+            available_at=now or await database_now(self, s),
             lease_owner=None,
             lease_expires_at=None,
             wait_reason=None,
@@ -150,19 +152,25 @@ class QueueStore(SpendStore):
         version. Candidates held back by quota or per-user limits get their wait reason
         recorded (and reported once, when it changes).
         """
-        now = now or utcnow()
         claim = Claim()
-        due = (
-            WorkOrderRow.status == Status.QUEUED.value,
-            or_(col(WorkOrderRow.available_at).is_(None), col(WorkOrderRow.available_at) <= now),
-        )
-        candidates = (
-            select(WorkOrderRow.id)
-            .where(*due)
-            .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
-            .limit(scan)
-        )
         async with self.transaction() as s:
+            # Leases run on the database's clock, so hosts whose clocks disagree agree on them;
+            # `now` (tests) only moves what counts as due and how long an order has waited.
+            clock = await database_now(self, s)
+            now = now or clock
+            due = (
+                WorkOrderRow.status == Status.QUEUED.value,
+                or_(
+                    col(WorkOrderRow.available_at).is_(None),
+                    col(WorkOrderRow.available_at) <= now,
+                ),
+            )
+            candidates = (
+                select(WorkOrderRow.id)
+                .where(*due)
+                .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
+                .limit(scan)
+            )
             team_left: dict[str, tuple[int, int]] = {}
             for candidate in (await s.exec(candidates)).all():
                 # Lock one candidate at a time and skip those another claimer holds, so that
@@ -174,7 +182,7 @@ class QueueStore(SpendStore):
                     continue
                 held = await self._held_back(s, row, gate, team_left)
                 if held is None:
-                    claim.attempt = await self._start_run(s, row, worker_id, now, lease_ttl_s)
+                    claim.attempt = await self._start_run(s, row, worker_id, clock, lease_ttl_s)
                     claim.order = row_to_order(row)
                     claim.elapsed_ms = row.elapsed_ms
                     break
@@ -255,7 +263,16 @@ class QueueStore(SpendStore):
             lease_expires_at=now + timedelta(seconds=ttl_s),
             attempts=row.attempts + 1,
             wait_reason=None,
-            waiting_since=None,
+            # An order that was waiting for quota keeps when it started waiting, so that a run
+            # that finds the week still spent can tell how long it has been (max_quota_wait_s).
+            waiting_since=row.waiting_since if row.wait_reason else None,
+        )
+        # An attempt left open (its worker lost the lease without being reaped, e.g. through a
+        # cancel) is over: ending it fences out whatever that worker still tries to write.
+        await s.exec(
+            update(RunAttempt)
+            .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
+            .values(ended_at=now, outcome="lost")
         )
         last = (
             await s.exec(select(func.max(RunAttempt.number)).where(RunAttempt.order_id == row.id))
@@ -276,9 +293,10 @@ class QueueStore(SpendStore):
     async def renew_lease(
         self, ref: OrderRef, worker_id: str, *, lease_ttl_s: float, now: datetime | None = None
     ) -> bool:
-        """Extend the lease; False if this worker no longer holds a running order's lease."""
-        until = (now or utcnow()) + timedelta(seconds=lease_ttl_s)
+        """Extend the lease (on the database's clock); False if this worker no longer holds a
+        running order's lease."""
         async with self.transaction() as s:
+            until = (now or await database_now(self, s)) + timedelta(seconds=lease_ttl_s)
             result = await s.exec(
                 update(WorkOrderRow)
                 .where(
@@ -309,15 +327,38 @@ class QueueStore(SpendStore):
         attempt_id: int | None = None,
         outcome: str | None = None,
         audit: dict[str, Any] | None = None,
+        available_after_s: float | None = None,
+        note: dict[str, Any] | None = None,
+        then: tuple[Status, str, str] | None = None,
+        outbox: Sequence[OutboxItem] = (),
         **changes: Any,
     ) -> WorkOrder | None:
-        """Leave the running state and give up the lease; None if the lease was no longer ours."""
+        """Leave the running state and give up the lease; None if the lease was no longer ours
+        (with `attempt_id`: if that attempt no longer holds it).
+
+        In the same transaction: `available_after_s` defers the order on the database's clock,
+        `note` is left in its inbox (and counted as an automatic revision), and `then` (state,
+        actor, reason) takes a second step, so that no crash can leave the order half-way
+        (e.g. in verifying, with nobody to finish the verification)."""
         async with self.transaction() as s:
-            row = await self._row(s, ref, for_update=True)
-            if row.status != Status.RUNNING.value or row.lease_owner != worker_id:
+            try:
+                if attempt_id is None:
+                    row = await self._row(s, ref, for_update=True)
+                    if row.status != Status.RUNNING.value or row.lease_owner != worker_id:
+                        raise LeaseLost(format_order_id(order_number(ref)))
+                else:
+                    row = await fenced_row(self, s, attempt_id)
+            except LeaseLost:
                 if attempt_id is not None:
                     await self._end_attempt(s, attempt_id, outcome or "lost")
                 return None
+            if available_after_s is not None:
+                changes["available_at"] = await database_now(self, s) + timedelta(
+                    seconds=available_after_s
+                )
+            if note is not None:
+                changes["inbox"] = [*list(row.inbox or []), note]
+                changes["auto_revisions"] = row.auto_revisions + 1
             await self._move(
                 s,
                 row,
@@ -331,6 +372,42 @@ class QueueStore(SpendStore):
             )
             if attempt_id is not None:
                 await self._end_attempt(s, attempt_id, outcome or target.value)
+            if then is not None:
+                second, actor, why = then
+                await self._move(s, row, second, actor=actor, reason=why)
+            await write_outbox(s, row.id or 0, outbox)  # the messages this change owes
+            return row_to_order(row)
+
+    async def cancel_order(
+        self,
+        ref: OrderRef,
+        *,
+        actor: str,
+        reason: str,
+        expected: Collection[Status] | None = None,
+    ) -> WorkOrder:
+        """Cancel an order and, in the same transaction, release what a run of it holds: the
+        lease, the open attempt (which fences out its worker's writes) and the reservations of
+        calls still pending, charged their worst case (usage unknown). A worker that died does
+        not keep the team's week reserved."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            await self._move(
+                s,
+                row,
+                Status.CANCELLED,
+                actor=actor,
+                reason=reason,
+                expected=expected,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            await self._settle_pending(s, row, outcome="interrupted")
+            await s.exec(
+                update(RunAttempt)
+                .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
+                .values(ended_at=utcnow(), outcome="cancelled")
+            )
             return row_to_order(row)
 
     async def end_attempt(self, attempt_id: int, outcome: str) -> None:
@@ -352,19 +429,21 @@ class QueueStore(SpendStore):
         In-flight model calls of the dead attempt are charged their reserved worst case; the
         order goes back to the queue, or to exception ("crashed") after `max_lost` lost leases.
         """
-        now = now or utcnow()
-        query = (
-            select(WorkOrderRow)
-            .where(
-                WorkOrderRow.status == Status.RUNNING.value,
-                col(WorkOrderRow.lease_expires_at) < now,
-            )
-            .order_by(col(WorkOrderRow.id))
-            .limit(20)
-        )
-        query = self._for_update(query, skip_locked=True)
         reaped: list[WorkOrder] = []
         async with self.transaction() as s:
+            # The database's clock decides (`now` only for tests that look into the future):
+            # a host whose clock runs ahead must not take live runs from the others.
+            now = now or await database_now(self, s)
+            query = (
+                select(WorkOrderRow)
+                .where(
+                    WorkOrderRow.status == Status.RUNNING.value,
+                    col(WorkOrderRow.lease_expires_at) < now,
+                )
+                .order_by(col(WorkOrderRow.id))
+                .limit(20)
+            )
+            query = self._for_update(query, skip_locked=True)
             for row in (await s.exec(query)).all():
                 await self._settle_pending(s, row, outcome="interrupted")
                 await s.exec(
@@ -392,6 +471,7 @@ class QueueStore(SpendStore):
                         exception_message=message,
                         **common,
                     )
+                    await write_outbox(s, row.id or 0, [crashed_notice(row, message)])
                 else:
                     await self._move(
                         s,
@@ -414,12 +494,12 @@ class QueueStore(SpendStore):
         elapsed_ms: int,
         consumed_inbox: int = 0,
     ) -> None:
-        """Save the agent's history after a step, with the running time and the inbox it read."""
+        """Save the agent's history after a step, with the running time and the inbox it read;
+        LeaseLost if the attempt no longer holds the order's lease."""
         async with self.transaction() as s:
+            row = await fenced_row(self, s, attempt_id)
             attempt = await s.get(RunAttempt, attempt_id)
-            if attempt is None:
-                raise NotFound(f"run attempt {attempt_id} does not exist")
-            row = await self._row(s, attempt.order_id, for_update=True)
+            assert attempt is not None
             attempt.checkpoint = messages
             attempt.step = step
             attempt.checkpoint_at = utcnow()
@@ -452,7 +532,7 @@ class QueueStore(SpendStore):
                     actor=actor,
                     reason="the requester replied",
                     inbox=inbox,
-                    available_at=now or utcnow(),
+                    available_at=now or await database_now(self, s),
                 )
             else:
                 await s.exec(

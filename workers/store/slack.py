@@ -3,11 +3,22 @@ the intake dialogue of each thread."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Table, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from workers.models import IntakeSession, SlackEventSeen, SlackMessage, ThreadMessage, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.outbox import insert_ignoring
+
+ClaimState = Literal["claimed", "retaken", "posted", "busy"]
+"""claimed: post it; retaken: a claimer died, look for its post first; posted: done (ts);
+busy: another process is posting it right now."""
+
+_messages: Table = SlackMessage.__table__  # type: ignore[attr-defined]
 
 
 class SlackStore(StoreBase):
@@ -37,8 +48,79 @@ class SlackStore(StoreBase):
                 )
             else:
                 existing.channel, existing.ts, existing.updated_at = channel, ts, utcnow()
+            if ts:
+                existing.claimed_by = existing.claimed_until = None
             s.add(existing)
         return existing
+
+    async def claim_slack_message(
+        self,
+        *,
+        key: str,
+        purpose: str,
+        channel: str,
+        owner: str,
+        order: OrderRef | None = None,
+        claim_s: float = 60.0,
+    ) -> tuple[ClaimState, SlackMessage]:
+        """Claim the right to post `key`, atomically across processes: the first to insert the
+        key wins; a claim whose owner died is retaken once it has expired (`claim_s`)."""
+        now = utcnow()
+        until = now + timedelta(seconds=claim_s)
+        values = {
+            "key": key,
+            "purpose": purpose,
+            "channel": channel,
+            "ts": "",
+            "order_id": order_number(order) if order is not None else None,
+            "created_at": now,
+            "updated_at": now,
+            "claimed_by": owner,
+            "claimed_until": until,
+        }
+        state: ClaimState
+        async with self.transaction() as s:
+            inserted = await s.exec(insert_ignoring(s, _messages, values))
+            by_key = select(SlackMessage).where(SlackMessage.key == key)
+            if inserted.rowcount == 1:
+                state = "claimed"
+            else:
+                existing = (await s.exec(by_key)).one()
+                if existing.ts:
+                    return "posted", existing
+                # Released after a failed post (claimed_by ''), or its claimer died.
+                released = existing.claimed_by == ""
+                taken = await s.exec(
+                    update(SlackMessage)
+                    .where(
+                        col(SlackMessage.key) == key,
+                        or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
+                        or_(
+                            col(SlackMessage.claimed_until).is_(None),
+                            col(SlackMessage.claimed_until) < now,
+                        ),
+                    )
+                    .values(claimed_by=owner, claimed_until=until, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount != 1:
+                    return "busy", existing
+                state = "claimed" if released else "retaken"
+            row = (await s.exec(by_key.execution_options(populate_existing=True))).one()
+        return state, row
+
+    async def release_slack_message(self, key: str, owner: str) -> None:
+        """A post Slack refused: give the claim back (known not posted) for the next attempt."""
+        async with self.transaction() as s:
+            await s.exec(
+                update(SlackMessage)
+                .where(
+                    col(SlackMessage.key) == key,
+                    col(SlackMessage.claimed_by) == owner,
+                    or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
+                )
+                .values(claimed_by="", claimed_until=None)
+            )
 
     async def record_thread_message(
         self,
@@ -66,6 +148,24 @@ class SlackStore(StoreBase):
         except IntegrityError:
             return False
         return True
+
+    async def forget_thread_message(self, channel: str, ts: str) -> bool:
+        """Drop the stored copy of a message deleted in Slack; False if none was stored."""
+        async with self.transaction() as s:
+            result = await s.exec(
+                delete(ThreadMessage).where(
+                    col(ThreadMessage.channel) == channel, col(ThreadMessage.ts) == ts
+                )
+            )
+            return bool(result.rowcount)
+
+    async def prune_thread_messages(self, before: datetime) -> int:
+        """Drop stored thread text received before `before` (retention); how many rows."""
+        async with self.transaction() as s:
+            result = await s.exec(
+                delete(ThreadMessage).where(col(ThreadMessage.received_at) < before)
+            )
+            return int(result.rowcount or 0)
 
     async def thread_messages(self, channel: str, thread_ts: str) -> list[ThreadMessage]:
         query = (

@@ -1,0 +1,204 @@
+"""Delivering the durable outbox (workers.store.outbox) into Slack threads.
+
+Every process with a Slack client (`delegate run`, `delegate worker`) runs a `Deliverer`: it
+claims the messages that are due, sends each through the `SlackReporter` (rendered from the
+order's current row) and marks it sent. Messages that were written by a process that died
+before sending them are simply due: whichever process looks next sends them, once (their
+idempotency keys make a second attempt find the first post).
+
+What Slack answers decides what happens next, per message, so one order's trouble never holds
+up another's:
+
+- rate limits, server errors, timeouts: the message backs off on its own row and is retried;
+  it is never dropped.
+- errors that no retry fixes (archived channel, bot not in the channel, a message Slack
+  rejects): the message is marked permanent and its order flagged (a `delivery_failed` audit
+  event); `delegate doctor` and `/healthz` list them with their fix.
+- a revoked or invalid bot token: recorded in `service_health` so every process sees it; the
+  worker pools stop claiming new work, `/healthz` turns red, and `auth.test` is re-checked
+  until the token works again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from slack_sdk.errors import SlackApiError
+
+from bot.reporter import SlackReporter
+from workers.errors import NotFound, RetryLater
+from workers.models import OutboxMessage
+from workers.store import Store
+from workers.store.outbox import SLACK
+
+log = logging.getLogger(__name__)
+
+AUTH_ERRORS = frozenset(
+    {"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"}
+)
+"""Slack refuses the bot token itself: nothing can be delivered until an admin fixes it."""
+
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "is_archived",
+        "not_in_channel",
+        "msg_too_long",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "no_text",
+        "too_many_attachments",
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",
+        "restricted_action_non_threadable_channel",
+        "cannot_reply_to_message",
+        "thread_not_found",
+        "missing_scope",
+        "ekm_access_denied",
+    }
+)
+"""Errors no retry fixes: a person has to act (invite the bot, unarchive, fix the message)."""
+
+FIXES = {
+    "not_in_channel": "invite the bot to the channel (/invite @Delegate)",
+    "channel_not_found": "the channel was deleted or is private to the bot: check it",
+    "is_archived": "the channel is archived: unarchive it or move the order",
+    "missing_scope": "add the missing scope in the app settings and reinstall",
+}
+
+
+def fix_for(error: str | None) -> str:
+    return FIXES.get(error or "", "invite the bot / check the channel")
+
+
+def slack_problem(error: str) -> str:
+    return f"token revoked ({error})" if error == "token_revoked" else f"token refused ({error})"
+
+
+class Deliverer:
+    """Sends due outbox messages until stopped; `deliver_due` is one pass (tests call it)."""
+
+    def __init__(
+        self,
+        store: Store,
+        reporter: SlackReporter,
+        *,
+        poll_s: float = 1.0,
+        batch: int = 20,
+        claim_s: float = 120.0,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 300.0,
+        auth_recheck_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.reporter = reporter
+        self.owner = reporter.owner
+        self.poll_s = poll_s
+        self.batch = batch
+        self.claim_s = claim_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.auth_recheck_s = auth_recheck_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, stop: asyncio.Event) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(stop), name="outbox-deliverer")
+        return self._task
+
+    def kick(self) -> None:
+        """Look now (something was just written)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        next_auth_check = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if await self.store.problem(SLACK) is not None:
+                    if loop.time() >= next_auth_check:
+                        next_auth_check = loop.time() + self.auth_recheck_s
+                        await self.check_token()
+                else:
+                    while await self.deliver_due() and not stop.is_set():
+                        pass
+            except Exception:
+                log.exception("outbox delivery pass failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await _first(stop.wait, self._wake.wait)
+
+    async def check_token(self) -> bool:
+        """auth.test: clear the recorded token problem if Slack accepts the token again."""
+        try:
+            await self.reporter.client.auth_test()
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "")
+            if error in AUTH_ERRORS:
+                await self.store.report_problem(SLACK, slack_problem(error))
+                return False
+            log.warning("auth.test failed (%s); will check again", error)
+            return False
+        except Exception as exc:  # Slack unreachable: says nothing about the token
+            log.warning("auth.test failed (%s); will check again", type(exc).__name__)
+            return False
+        if await self.store.problem(SLACK) is not None:
+            log.info("Slack accepts the bot token again: resuming delivery and claiming")
+            await self.store.clear_problem(SLACK)
+        return True
+
+    async def deliver_due(self) -> int:
+        """Claim and send what is due now, each order's message concurrently; how many."""
+        messages = await self.store.claim_outbox(self.owner, limit=self.batch, claim_s=self.claim_s)
+        if messages:
+            await asyncio.gather(*(self._send(m) for m in messages))
+        return len(messages)
+
+    async def _send(self, message: OutboxMessage) -> None:
+        assert message.id is not None
+        extra = {"order": f"WO-{message.order_id}", "key": message.key}
+        try:
+            await self.reporter.deliver(message)
+        except RetryLater as exc:
+            await self._retry(message, str(exc), at_least_s=exc.after_s)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"http {exc.response.status_code}")
+            if error in AUTH_ERRORS:
+                log.error("Slack refused the bot token (%s): delivery paused", error, extra=extra)
+                await self.store.report_problem(SLACK, slack_problem(error))
+                await self.store.outbox_retry(message.id, after_s=0, error=error)
+            elif error in PERMANENT_ERRORS:
+                log.error(
+                    "message cannot be delivered (%s): %s", error, fix_for(error), extra=extra
+                )
+                await self.store.outbox_failed(message.id, error=error, actor="deliverer")
+            else:
+                await self._retry(message, error)
+        except NotFound as exc:
+            await self.store.outbox_failed(message.id, error=str(exc), actor="deliverer")
+        except Exception as exc:  # timeouts, connection errors: try again later
+            log.warning("outbox delivery failed (%s); will retry", type(exc).__name__, extra=extra)
+            await self._retry(message, f"{type(exc).__name__}: {exc}")
+        else:
+            await self.store.outbox_sent(message.id)
+
+    async def _retry(self, message: OutboxMessage, error: str, *, at_least_s: float = 0) -> None:
+        assert message.id is not None
+        backoff = min(self.max_backoff_s, self.backoff_s * 2 ** max(0, message.attempts - 1))
+        await self.store.outbox_retry(message.id, after_s=max(backoff, at_least_s), error=error)
+
+
+async def _first(*waits: Callable[[], object]) -> None:
+    tasks = [asyncio.ensure_future(w()) for w in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,100 @@
+"""Model output posted to Slack cannot ping or disguise: broadcasts, group mentions and links
+with a misleading label in a chat answer, a drafted card, a question, a deliverable, the review
+prompt and the verifier's reasons reach the thread inert. End to end through the fake Slack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bot.ids import APPROVE_ACTION
+from tests.fakes.anthropic import FakeAnthropic, Reply
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Reply as OpenAIReply
+from tests.fakes.slack import FakeSlack
+from tests.support.intake import chat
+from tests.support.pipeline import Pipeline, pipeline_for
+from workers.store import Store
+from workers.workorder import Status
+
+EVIL = (
+    "Hey <!channel> and <!subteam^S1|@eng>, log in at <https://evil.example|https://bank.example>"
+)
+LIVE = ("<!channel>", "<!subteam", "<!here", "|https://bank.example>", "<https://evil.example")
+
+
+@pytest.fixture
+async def pipe(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+) -> AsyncIterator[Pipeline]:
+    async with pipeline_for(store, fake_slack, fake_anthropic, fake_openai, settings_factory) as p:
+        yield p
+
+
+def posted(pipe: Pipeline) -> list[str]:
+    """Everything the bot sent to Slack as mrkdwn: text and blocks of posts and updates."""
+    return [
+        c.args.get("text", "") + json.dumps(c.args.get("blocks") or [], ensure_ascii=False)
+        for c in pipe.slack.calls_to("chat.postMessage") + pipe.slack.calls_to("chat.update")
+    ]
+
+
+def assert_inert(pipe: Pipeline, needle: str) -> None:
+    carrying = [p for p in posted(pipe) if needle in p]
+    assert carrying, f"nothing posted with {needle!r}"
+    for text in posted(pipe):
+        for live in LIVE:
+            assert live not in text, f"{live} is live in {text[:300]}"
+    shown = carrying[-1]
+    assert "@\u200bchannel" in shown and "@\u200beng" in shown
+    assert "https://bank.example (https://evil.example)" in shown, "the real target is shown"
+
+
+async def test_chat_answer_card_and_question_are_inert(pipe: Pipeline) -> None:
+    pipe.anthropic.script(chat(f"Chat: {EVIL}"))
+    await pipe.bot.sender.event(pipe.bot.sender.app_mention("<@UBOT> what can you do?"))
+    await pipe.post("Chat: Hey")
+    assert_inert(pipe, "Chat: Hey")
+
+    order_id = await pipe.order_started(
+        Reply.tool("ask_requester", {"question": f"Question: {EVIL}"}),
+        goal=f"Goal: {EVIL}",
+        acceptance_criteria=[f"Criterion: {EVIL}"],
+    )
+    assert_inert(pipe, "Goal: Hey")
+    assert_inert(pipe, "Criterion: Hey")
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    await pipe.post("Question: Hey")
+    assert_inert(pipe, "Question: Hey")
+
+
+async def test_deliverable_review_prompt_and_verifier_reasons_are_inert(pipe: Pipeline) -> None:
+    pipe.openai.script(
+        OpenAIReply.tool(
+            "record_verdicts",
+            {
+                "verdicts": [
+                    {"index": i, "passed": True, "reason": f"Reason: {EVIL}"} for i in (1, 2, 3)
+                ]
+            },
+        )
+    )
+    order_id = await pipe.order_started(
+        Reply.tool(
+            "submit_deliverable",
+            {"content": f"Deliverable: {EVIL}", "summary": f"Summary: {EVIL}"},
+        )
+    )
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.post(APPROVE_ACTION)
+    assert_inert(pipe, "Deliverable: Hey")
+    assert_inert(pipe, "Reason: Hey")
+    review = json.dumps((await pipe.post(APPROVE_ACTION))["blocks"], ensure_ascii=False)
+    assert "Summary: Hey @\u200bchannel" in review
