@@ -35,7 +35,7 @@ from workers.config import Settings
 from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
-from workers.progress import RunResult, Spend
+from workers.progress import RunResult
 from workers.review import Decision, ExceptionAction, decide, handle_exception
 from workers.store import Store
 from workers.workorder import WorkOrder
@@ -157,13 +157,12 @@ class Decisions:
             if message is None and posted is not None and posted.ts:
                 message = (posted.channel, posted.ts)
             if message is not None:
-                row = await self.store.get_row(order.id)
                 result = RunResult(
                     content=item.content,
                     summary=item.summary,
                     key=key,
                     verdicts=item.verdicts,
-                    spend=Spend.of(row),
+                    spend=await self.store.spend(order.id),
                 )
                 line = decision_line(DECISION_WORDS[decision], user, datetime.now(UTC), feedback)
                 blocks = decided_blocks(review_blocks(order, result), line=line)
@@ -180,7 +179,7 @@ class Decisions:
             "changes": "Reworking with the reviewer's feedback",
         }[decision]
         await self.reporter.status(
-            order, f"{step} (by {mention(user)})", Spend.of(await self.store.get_row(order.id))
+            order, f"{step} (by {mention(user)})", await self.store.spend(order.id)
         )
         await self.conversations.show_card(order)
 
@@ -216,7 +215,7 @@ class Decisions:
             "cancel": f"Cancelled by {mention(user)}.",
         }
         await self.reporter.status(
-            updated, words[action], Spend.of(await self.store.get_row(order_id))
+            updated, words[action], await self.store.spend(order_id)
         )
         return updated, words[action]
 

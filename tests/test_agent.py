@@ -7,6 +7,7 @@ import json
 from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.support.engine import Harness
+from tests.support.records import llm_calls
 from workers.budget import call_cost_micro_usd
 from workers.providers import Usage
 from workers.workorder import Status
@@ -46,7 +47,7 @@ async def test_a_run_reads_the_thread_and_submits_its_deliverable(harness: Harne
     assert {t["name"] for t in second["tools"]} == {"read_thread", "ask_requester", "submit_deliverable"}
 
     # Every call is recorded and the order's spend is exactly their sum.
-    calls = await h.store.llm_calls(order.id or "")
+    calls = await llm_calls(h.store, order.id or "")
     assert [c.outcome for c in calls] == ["ok", "ok"]
     assert all(c.provider == "anthropic" and c.role == "execute" for c in calls)
     price = h.settings.price("claude-sonnet-4-6")
@@ -112,7 +113,7 @@ async def test_a_refusal_ends_the_run_in_exception(harness: Harness) -> None:
     assert "I can't help with that." in (row.exception_message or "")
     [(oid, kind, message)] = h.reporter.exceptions.values()
     assert (oid, kind) == (order.id, "refusal")
-    calls = await h.store.llm_calls(order.id or "")
+    calls = await llm_calls(h.store, order.id or "")
     assert [c.outcome for c in calls] == ["refusal"]
 
 

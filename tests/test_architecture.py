@@ -18,7 +18,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
         "review", "followup", "metrics", "digest", "chart", "home_views", "telemetry",
-        "delivery",
+        "delivery", "transcript",
     ],
 }  # fmt: skip
 RANK = {module: rank for rank, names in enumerate(LAYERS.values()) for module in names}

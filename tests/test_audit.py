@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from tests.support.factories import make_order
 from tests.fakes.anthropic import Reply
 from tests.support.databases import Database
 from tests.support.engine import Harness
+from tests.support.factories import make_order
 from tests.test_cli import _env, delegate
 from workers.audit import (
     SCHEME_HMAC,

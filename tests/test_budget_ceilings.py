@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.records import llm_calls, team_spend
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
 from workers.workorder import Budget, Status
@@ -28,7 +29,7 @@ async def _stopped(h: Harness, order_id: str, limit_phrase: str) -> Any:
     assert row.tool_calls <= budget.max_tool_calls
     assert row.model_calls <= budget.max_model_calls
     assert row.reserved_micro_usd == 0 and row.reserved_tokens == 0
-    calls = await h.store.llm_calls(order_id)
+    calls = await llm_calls(h.store, order_id)
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
     [(oid, kind, message)] = h.reporter.exceptions.values()
     assert (oid, kind) == (order_id, "budget")
@@ -87,7 +88,7 @@ async def test_the_wall_clock_ceiling_cuts_off_a_slow_call(harness: Harness) -> 
         await h.run_next()
     row = await _stopped(h, order.id or "", "wall-clock")
     assert 1000 <= row.elapsed_ms < slow_s * 1000
-    [call] = await h.store.llm_calls(order.id or "")
+    [call] = await llm_calls(h.store, order.id or "")
     assert call.outcome == "interrupted" and call.cost_micro_usd == call.reserved_micro_usd
 
 
@@ -101,7 +102,7 @@ async def test_a_spent_team_quota_sends_the_run_back_to_wait(harness: Harness) -
     assert outcome is not None and outcome.kind == "requeued"
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and "weekly quota" in (row.wait_reason or "")
-    spend = await h.store.team_spend("default", week)
+    spend = await team_spend(h.store, "default", week)
     assert spend is not None and spend.spent_micro_usd <= usd_to_micro(0.06)
     assert spend.reserved_micro_usd == 0
     assert h.reporter.waits and h.reporter.waits[0][0] == order.id

@@ -13,6 +13,7 @@ from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.support.databases import Database
 from tests.support.engine import Harness
+from tests.support.records import llm_calls, team_spend
 from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
@@ -144,11 +145,11 @@ async def test_spend_never_exceeds_the_ceilings_or_the_team_quota(
         assert row.tool_calls <= budget.max_tool_calls, context
         assert row.model_calls <= budget.max_model_calls, context
         assert row.reserved_micro_usd == 0 and row.reserved_tokens == 0, context
-        calls = await h.store.llm_calls(order_id)
+        calls = await llm_calls(h.store, order_id)
         assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls), context
         assert all(c.outcome != "pending" for c in calls), context
         team_total += row.spent_micro_usd
-    spend = await h.store.team_spend("default", week)
+    spend = await team_spend(h.store, "default", week)
     assert spend is not None
     assert spend.spent_micro_usd == team_total <= quota
     assert spend.reserved_micro_usd == 0

@@ -13,7 +13,6 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import text
 
-from bot.scopes import BOT_SCOPES
 from tests.fakes.slack import FakeSlack
 from tests.support.databases import Database
 from tests.support.factories import make_order

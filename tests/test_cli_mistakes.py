@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.databases import Database
 from tests.fakes.slack import FakeSlack
-from tests.support.waiting import eventually
+from tests.support.databases import Database
 from tests.test_cli import DELEGATE, _env, delegate
+from workers.db import create_engine
 from workers.migrate import upgrade_when_reachable
 from workers.store import Store
-from workers.db import create_engine
 
 
 def _no_traceback(*outputs: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.records import attempts as fetch_attempts
+from tests.support.records import llm_calls
 from tests.support.waiting import eventually
 from workers import queue
 from workers.budget import BudgetGuard
@@ -54,7 +56,7 @@ async def test_a_zombie_run_writes_nothing_and_posts_nothing(harness: Harness) -
     row = await h.store.get_row(order_id)
     assert (row.status, row.lease_owner) == (Status.RUNNING.value, "rescuer")
     assert (row.reserved_micro_usd, row.spent_micro_usd, row.model_calls) == (0, 0, 0)
-    attempts = {a.id: a for a in await h.store.attempts(order_id)}
+    attempts = {a.id: a for a in await fetch_attempts(h.store, order_id)}
     assert attempts[zombie.attempt.id].checkpoint_at is None  # it saved no checkpoint
     assert attempts[live_attempt].outcome is None
     assert await h.store.deliverables(order_id) == []
@@ -99,7 +101,7 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
     assert (row.status, row.lease_owner, row.tool_calls, row.model_calls) == (
         Status.RUNNING.value, "rescuer", 0, 0,
     )  # fmt: skip
-    assert await h.store.llm_calls(order_id) == [] and await h.store.tool_calls(order_id) == []
+    assert await llm_calls(h.store, order_id) == [] and await h.store.tool_calls(order_id) == []
 
 
 async def test_an_attempt_reclaimed_by_the_same_worker_fences_the_old_attempt(
@@ -150,7 +152,7 @@ async def test_a_worker_whose_clock_is_off_by_two_minutes_reaps_no_live_run(
         owners = {(await h.store.get_row(o.id or "")).lease_owner for o in (first, second)}
         assert owners == {"skewed", "right"}
         for order in (first, second):  # no run was ever written by two workers
-            assert len(await h.store.attempts(order.id or "")) == 1
+            assert len(await fetch_attempts(h.store, order.id or "")) == 1
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)

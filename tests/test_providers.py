@@ -17,6 +17,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.support.databases import Database
 from tests.support.engine import Harness
+from tests.support.records import llm_calls
 from tests.support.settings import engine_settings, single_route
 from tests.support.waiting import eventually
 from workers.budget import BudgetGuard, call_cost_micro_usd
@@ -319,7 +320,7 @@ async def test_a_cancelled_call_is_charged_its_worst_case(harness: Harness) -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    [call] = await h.store.llm_calls(order.id or "")
+    [call] = await llm_calls(h.store, order.id or "")
     assert call.outcome == "interrupted" and call.cost_micro_usd == call.reserved_micro_usd > 0
     row = await h.store.get_row(order.id or "")
     assert row.reserved_micro_usd == 0 and row.spent_micro_usd == call.cost_micro_usd

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.databases import Database
 from tests.support.engine import Harness
+from tests.support.records import attempts, llm_calls, team_spend
 from workers import queue, review
 from workers.budget import quota_week, usd_to_micro
 from workers.errors import IllegalTransition
@@ -142,10 +143,10 @@ async def test_an_expired_lease_is_requeued_then_fails_after_max_attempts(harnes
         assert reaped[0].status == expected
     row = await h.store.get_row(order.id or "")
     assert row.exception_kind == "crashed"
-    calls = await h.store.llm_calls(order.id or "")
+    calls = await llm_calls(h.store, order.id or "")
     assert [c.outcome for c in calls] == ["interrupted"] * 3
-    assert [a.outcome for a in await h.store.attempts(order.id or "")] == ["lost"] * 3
-    spend = await h.store.team_spend("default", quota_week(utcnow()))
+    assert [a.outcome for a in await attempts(h.store, order.id or "")] == ["lost"] * 3
+    spend = await team_spend(h.store, "default", quota_week(utcnow()))
     assert spend is not None and spend.spent_micro_usd == 3000 and spend.reserved_micro_usd == 0
 
 

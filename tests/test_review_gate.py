@@ -30,6 +30,8 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
 from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.records import attempts as fetch_attempts
+from tests.support.records import llm_calls
 from tests.support.settings import FAST_ENGINE
 from tests.support.slack import state_from_view
 from tests.support.waiting import eventually
@@ -84,7 +86,7 @@ async def test_mention_to_approved(pipe: Pipeline) -> None:
     assert "<@U7>" in text and "all 3 criteria met" in text
     assert "✅ Covers Acme, Globex and Initech" in text and "Spend and time: $" in text
     # The verifier ran on the verify route (OpenAI), its cost on the order.
-    calls = await pipe.bot.store.llm_calls(order_id)
+    calls = await llm_calls(pipe.bot.store, order_id)
     assert [c.role for c in calls] == ["execute", "verify"]
     row = await pipe.bot.store.get_row(order_id)
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
@@ -252,7 +254,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     assert order.budget.max_tool_calls == 2
     await pipe.post("v1 after extension")
     await pipe.update("Budget extended to")
-    attempts = await pipe.bot.store.attempts(order_id)
+    attempts = await fetch_attempts(pipe.bot.store, order_id)
     assert len(attempts) == 2, "Extend resumed the run as a new attempt"
     edits = [
         e
@@ -416,7 +418,7 @@ async def test_quota_wait_beyond_its_limit_becomes_an_exception(
         await p.status_of(order_id, Status.EXCEPTION, within=20)
         exception = await p.post(EXTEND_ACTION)
         assert "Waited too long for team quota" in exception["text"]
-        assert (await store.llm_calls(order_id)) == []
+        assert (await llm_calls(store, order_id)) == []
 
 
 async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
@@ -457,10 +459,10 @@ async def test_cancel_button_on_the_status_message_stops_a_running_order(pipe: P
     await pipe.status_of(order_id, Status.CANCELLED)
 
     async def attempt_closed() -> bool:  # the worker notices within cancel_poll_s
-        return (await pipe.bot.store.attempts(order_id))[-1].ended_at is not None
+        return (await fetch_attempts(pipe.bot.store, order_id))[-1].ended_at is not None
 
     await eventually(attempt_closed, timeout_s=30)
-    assert (await pipe.bot.store.attempts(order_id))[-1].outcome == "cancelled"
+    assert (await fetch_attempts(pipe.bot.store, order_id))[-1].outcome == "cancelled"
 
 
 async def test_cancel_reply_in_the_thread_stops_a_waiting_order(pipe: Pipeline) -> None:

@@ -11,6 +11,7 @@ from sqlmodel import col
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.records import attempts, llm_calls, team_spend
 from workers import queue
 from workers.budget import CallPlan, quota_week, usd_to_micro
 from workers.models import LlmCall, WorkOrderRow, utcnow
@@ -52,11 +53,11 @@ async def test_cancelling_an_order_whose_worker_died_releases_its_reservation_an
     assert (row.lease_owner, row.lease_expires_at) == (None, None)
     assert (row.reserved_micro_usd, row.reserved_tokens) == (0, 0)
     assert row.spent_micro_usd == 5000  # usage unknown: charged the worst case, once
-    spend = await h.store.team_spend("default", week)
+    spend = await team_spend(h.store, "default", week)
     assert spend is not None and (spend.reserved_micro_usd, spend.spent_micro_usd) == (0, 5000)
-    [call] = await h.store.llm_calls(order.id or "")
+    [call] = await llm_calls(h.store, order.id or "")
     assert call.outcome == "interrupted"
-    [attempt] = await h.store.attempts(order.id or "")
+    [attempt] = await attempts(h.store, order.id or "")
     assert attempt.ended_at is not None and attempt.outcome == "cancelled"
 
 

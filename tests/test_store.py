@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from tests.support.databases import Database
 from tests.support.factories import make_order
+from tests.support.records import llm_calls
 from workers.db import create_engine
 from workers.errors import IllegalTransition, NotFound
 from workers.migrate import current_revision, head_revision
@@ -167,7 +168,7 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
             error="address is link-local",
         )
     )
-    [call] = await store.llm_calls(order.id)
+    [call] = await llm_calls(store, order.id)
     assert (call.model, call.cache_write_tokens, call.cost_micro_usd) == (
         "claude-sonnet-4-5",
         1000,

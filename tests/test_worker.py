@@ -9,6 +9,7 @@ from typing import Any
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.records import attempts, llm_calls
 from tests.support.waiting import eventually
 from workers import queue
 from workers.progress import Outbox
@@ -108,10 +109,10 @@ async def test_cancel_stops_a_running_order_within_seconds(harness: Harness) -> 
         await eventually(lambda: "Cancelled" in h.reporter.steps(order.id or ""), timeout_s=20)
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.CANCELLED.value and row.reserved_micro_usd == 0
-    calls = await h.store.llm_calls(order.id or "")
+    calls = await llm_calls(h.store, order.id or "")
     assert [c.outcome for c in calls] == ["ok", "interrupted"]
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls) > 0
-    [attempt] = await h.store.attempts(order.id or "")
+    [attempt] = await attempts(h.store, order.id or "")
     assert attempt.outcome == "cancelled"
 
 
@@ -136,7 +137,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
     resumed = h.anthropic.requests[1]["messages"]
     [answer] = [b for b in resumed[-1]["content"] if b.get("type") == "tool_result"]
     assert "Acme, Globex and Initech" in answer["content"]
-    assert [a.outcome for a in await h.store.attempts(order.id or "")] == ["parked", "submitted"]
+    assert [a.outcome for a in await attempts(h.store, order.id or "")] == ["parked", "submitted"]
     assert len(h.reporter.questions) == 1 and h.reporter.duplicates == []
     assert (await h.store.get_row(order.id or "")).inbox == []
 
@@ -171,7 +172,7 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and row.lease_owner is None
     assert row.reserved_micro_usd == 0
-    calls = await h.store.llm_calls(order.id or "")
+    calls = await llm_calls(h.store, order.id or "")
     assert calls[-1].outcome == "interrupted"
     # Another worker picks it up from the checkpoint.
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))

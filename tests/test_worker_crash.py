@@ -15,6 +15,8 @@ from tests.fakes.slack import FakeSlack
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, stop_worker, worker_env
+from tests.support.records import attempts as fetch_attempts
+from tests.support.records import llm_calls
 from tests.support.waiting import eventually
 from workers import queue
 from workers.config import load_settings
@@ -85,12 +87,12 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     assert len(posts) == len(set(posts)), posts
     assert fake_slack.calls_to("chat.update")
 
-    attempts = await store.attempts(order_id)
+    attempts = await fetch_attempts(store, order_id)
     assert [(a.worker_id, a.outcome) for a in attempts] == [
         ("doomed", "lost"),
         ("rescuer", "submitted"),
     ]
-    calls = await store.llm_calls(order_id)
+    calls = await llm_calls(store, order_id)
     assert [c.outcome for c in calls] == ["ok", "interrupted", "ok"]
     assert calls[1].cost_micro_usd == calls[1].reserved_micro_usd  # charged the worst case
     row = await store.get_row(order_id)

@@ -14,6 +14,8 @@ from tests.fakes.openai import FakeOpenAI
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, stop_worker, worker_env
+from tests.support.records import attempts as fetch_attempts
+from tests.support.records import llm_calls
 from tests.support.waiting import eventually
 from workers import queue
 from workers.config import load_settings
@@ -93,11 +95,11 @@ async def test_many_workers_run_every_order_exactly_once(
     assert len(fake_anthropic.requests) == ORDERS * 2
     by_worker: dict[str, int] = {}
     for order_id in ids:
-        attempts = await store.attempts(order_id)
+        attempts = await fetch_attempts(store, order_id)
         assert [a.outcome for a in attempts] == ["submitted"], (order_id, attempts)
         by_worker[attempts[0].worker_id] = by_worker.get(attempts[0].worker_id, 0) + 1
         assert len(await store.deliverables(order_id)) == 1
-        assert len(await store.llm_calls(order_id)) == 2
+        assert len(await llm_calls(store, order_id)) == 2
     # Which process claimed what depends on scheduling; on a loaded machine one process may
     # even claim nothing. Every claim came from one of them, and every order was claimed once.
     assert set(by_worker) <= {f"worker-{n}" for n in range(PROCESSES)}, by_worker

@@ -1,6 +1,8 @@
 """Configuration: environment variables plus an optional YAML file, validated once at start.
 
 Nothing else in Delegate reads ``os.environ``: every other module receives a ``Settings``.
+One module on purpose: the settings classes and the messages their validation gives belong
+together, so a user's mistake is explained in one place.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@
   died while posting is taken over after `STALE_CLAIM` (the only case that can post twice).
 
 Nothing here knows Slack: posting goes through a `DigestPublisher` (bot.digest_post).
+
+One module on purpose: the schedule, the exactly-once claim and the wording of one digest
+change together.
 """
 
 from __future__ import annotations

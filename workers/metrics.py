@@ -26,6 +26,9 @@ Where the figures come from:
   the period's spend on orders that ended rejected, cancelled or in exception.
 
 Money is integer micro-dollars throughout, as stored.
+
+One module on purpose: every figure shares the period, team and transition queries, and the
+digest, App Home and the CLI must all read the same numbers.
 """
 
 from __future__ import annotations

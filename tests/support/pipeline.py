@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.cards import START_ACTION
-from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
 from bot.delivery import Deliverer
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
 from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
@@ -27,7 +27,6 @@ from workers.runtime import run_worker
 from workers.store import Store
 from workers.tools import ToolRegistry
 from workers.workorder import Status
-
 
 REVIEW_ACTIONS = (APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION)
 

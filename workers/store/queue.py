@@ -1,5 +1,6 @@
 """The queue and leases: enqueue, claim (FOR UPDATE SKIP LOCKED on PostgreSQL), renew, finish
-and reap. workers.queue and workers.runtime call these; each is one transaction."""
+and reap. workers.queue and workers.runtime call these; each is one transaction. Kept in one
+module because every one of them moves an order under the same lease rules."""
 
 from __future__ import annotations
 

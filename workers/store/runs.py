@@ -27,9 +27,6 @@ class RunsStore(StoreBase):
         async with self._sessions() as s:
             return list((await s.exec(query)).all())
 
-    async def attempts(self, ref: OrderRef) -> list[RunAttempt]:
-        return await self._of_order(RunAttempt, ref, col(RunAttempt.number))
-
     async def latest_checkpoint(self, ref: OrderRef) -> RunAttempt | None:
         """The most recent attempt that saved a checkpoint, to resume from."""
         query = (
@@ -54,9 +51,6 @@ class RunsStore(StoreBase):
                     data=model_call_facts(call),
                 )  # fmt: skip
         return call
-
-    async def llm_calls(self, ref: OrderRef) -> list[LlmCall]:
-        return await self._of_order(LlmCall, ref, col(LlmCall.id))
 
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:

@@ -211,11 +211,6 @@ class SpendStore(StoreBase):
             )
             return result.rowcount == 1
 
-    async def team_spend(self, team: str, week: str) -> TeamSpend | None:
-        query = select(TeamSpend).where(TeamSpend.team == team, TeamSpend.week == week)
-        async with self._sessions() as s:
-            return (await s.exec(query)).first()
-
     async def set_team_quota(
         self, team: str, week: str, *, quota_micro_usd: int | None, actor: str
     ) -> TeamSpend:
