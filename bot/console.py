@@ -14,7 +14,7 @@ from typing import TextIO
 
 from bot.show import local_time
 from workers.config import Settings
-from workers.dialogue import IntakeDialogue, Unavailable, questions_text
+from workers.dialogue import IntakeDialogue, Limited, Unavailable, questions_text
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.models import IntakeSession
 from workers.states import IntakeKind
@@ -81,6 +81,9 @@ class Console:
                 request = await self.ask("Tell me what you need, or press Ctrl-D to leave.")
                 continue
             outcome = await self.dialogue.step(session, request, channel=None, tz=self.tz)
+            if isinstance(outcome, Limited):
+                self.say(outcome.message)
+                return None
             if isinstance(outcome, Unavailable):
                 self.say(f"The language model is unavailable ({outcome.reason}). Try again later.")
                 return None

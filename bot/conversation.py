@@ -17,7 +17,13 @@ from bot.cards import card_text, render_card
 from bot.mrkdwn import untrusted
 from workers import queue
 from workers.config import Settings
-from workers.dialogue import IntakeDialogue, Unavailable, questions_text, session_order_id
+from workers.dialogue import (
+    IntakeDialogue,
+    Limited,
+    Unavailable,
+    questions_text,
+    session_order_id,
+)
 from workers.errors import IllegalTransition
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
@@ -121,7 +127,9 @@ class Conversations:
             tz=await self.user_tz(msg.user),
             context=msg.context,
         )
-        if isinstance(outcome, Unavailable):
+        if isinstance(outcome, Limited):
+            await self._post(msg.channel, msg.thread_ts, outcome.message)
+        elif isinstance(outcome, Unavailable):
             await self._post(
                 msg.channel,
                 msg.thread_ts,

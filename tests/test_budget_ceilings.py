@@ -109,3 +109,31 @@ async def test_a_spent_team_quota_sends_the_run_back_to_wait(harness: Harness) -
     # It waits in the queue until the quota frees.
     claim = await h.run_next()
     assert claim is None
+
+
+async def test_a_call_that_costs_more_than_its_reservation_stops_the_run(harness: Harness) -> None:
+    """A provider reporting far more tokens than the request could hold (a mispriced or
+    misbehaving model) must not be followed by another call on the same bet."""
+    h = harness
+    order = await h.order()
+    h.anthropic.script(
+        Reply.tool("read_thread", {}, usage={"input_tokens": 5_000_000, "output_tokens": 10}),
+    )
+    await h.run_next()
+    assert len(h.anthropic.requests) == 1  # stopped before the next call
+    row = await h.store.get_row(order.id or "")
+    assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "budget")
+    assert "more than the" in (row.exception_message or "") and "reserved" in (
+        row.exception_message or ""
+    )
+    [(_, kind, message)] = h.reporter.exceptions.values()
+    assert kind == "budget" and "stopped before the next call" in message
+    trail = await h.store.audit_trail(order.id or "")
+    [overrun] = [e.data for e in trail if e.kind == "reservation_overrun"]
+    [call] = await llm_calls(h.store, order.id or "")
+    assert overrun == {
+        "model_call": call.id,
+        "reserved_micro_usd": overrun["reserved_micro_usd"],
+        "cost_micro_usd": call.cost_micro_usd,
+    }
+    assert overrun["cost_micro_usd"] > overrun["reserved_micro_usd"] > 0

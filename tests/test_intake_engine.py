@@ -20,7 +20,9 @@ class Scripted:
         self.decisions = list(decisions)
         self.requests: list[ModelRequest] = []
 
-    async def complete(self, role: str, workload_class: Any, request: ModelRequest) -> ModelReply:
+    async def complete(
+        self, role: str, workload_class: Any, request: ModelRequest, **_: Any
+    ) -> ModelReply:
         self.requests.append(request)
         decision = self.decisions.pop(0)
         calls = [] if decision is None else [ToolUse("t1", "intake_decision", decision, "")]

@@ -288,6 +288,8 @@ class BudgetGuard:
         self.attempt_id = attempt_id
         self.now = now
         self.meter = PromptMeter()
+        self.overrun: tuple[int, int] | None = None
+        """(cost, reserved) of a settled call that cost more than was held back for it."""
 
     @property
     def team_quota_micro_usd(self) -> int:
@@ -307,6 +309,15 @@ class BudgetGuard:
         want_output_tokens: int,
     ) -> Reservation:
         """Hold back the call's worst case atomically, or raise BudgetExceeded."""
+        if self.overrun is not None:
+            # The worst case was not the worst case: no further call is safe to make.
+            cost, reserved = self.overrun
+            raise BudgetExceeded(
+                "usd",
+                f"a model call cost ${micro_to_usd(cost):.4f}, more than the "
+                f"${micro_to_usd(reserved):.4f} reserved for it, so the run stopped before "
+                "the next call; check the model's price in the configuration",
+            )
         price = self.settings.price(model)
         min_output = self.settings.engine.min_output_tokens
 
@@ -371,6 +382,8 @@ class BudgetGuard:
             model=model,
             error=error,
         )
+        if cost > reservation.reserved_micro_usd and self.overrun is None:
+            self.overrun = (cost, reservation.reserved_micro_usd)
         return cost
 
     async def charge_tool_call(self) -> None:

@@ -130,6 +130,9 @@ class DigestSchedule(_Strict):
 class IntakeSettings(_Strict):
     max_rounds: int = Field(default=2, ge=0, le=5)
     max_questions_per_round: int = Field(default=3, ge=1, le=5)
+    max_requests_per_user_per_hour: int = Field(
+        default=30, ge=1, description="intake model calls one person may cause in an hour"
+    )
 
 
 class SlackSettings(_Strict):

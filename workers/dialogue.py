@@ -10,8 +10,10 @@ the priority of its workload class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from workers import queue
+from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.intake import (
     ChatAnswer,
@@ -22,7 +24,7 @@ from workers.intake import (
     RequesterContext,
     Turn,
 )
-from workers.models import IntakeSession
+from workers.models import IntakeSession, utcnow
 from workers.states import IntakeKind, IntakeState
 from workers.store import EDITABLE_FIELDS, Store
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
@@ -40,7 +42,15 @@ class Unavailable:
     reason: str
 
 
-StepOutcome = ChatAnswer | Questions | Draft | Unavailable
+@dataclass(frozen=True)
+class Limited:
+    """The model was not called: the person's hourly intake limit or their team's weekly quota
+    is used up. `message` says which, and when it frees up."""
+
+    message: str
+
+
+StepOutcome = ChatAnswer | Questions | Draft | Unavailable | Limited
 
 
 def questions_text(questions: list[str]) -> str:
@@ -90,6 +100,9 @@ class IntakeDialogue:
         A chat answer closes the session; questions count a round; a draft is returned for the
         adapter to `propose` (or, in the console, to confirm first). Both are recorded.
         """
+        limited = await self._limit(session.requester)
+        if limited is not None:
+            return limited
         self._record(session, "requester", text)
         if context:
             session.draft = {**(session.draft or {}), "context": context}
@@ -114,6 +127,26 @@ class IntakeDialogue:
             self._record(session, "delegate", questions_text(outcome.questions))
             await self.store.save_intake(session)
         return outcome
+
+    async def _limit(self, requester: str) -> Limited | None:
+        """Intake spends the team's money too: refuse before calling the model when the person
+        asked too often this hour or the team's weekly quota is gone."""
+        now = utcnow()
+        limit = self.settings.intake.max_requests_per_user_per_hour
+        if await self.store.intake_calls_since(requester, now - timedelta(hours=1)) >= limit:
+            return Limited(
+                f"You have made {limit} requests in the last hour, the most one person may make "
+                "(intake.max_requests_per_user_per_hour). Please try again a little later."
+            )
+        team = self.settings.team_of(requester)
+        quota = usd_to_micro(self.settings.teams[team].weekly_usd)
+        if await self.store.team_week_used(team, quota_week(now)) >= quota:
+            return Limited(
+                f"Team {team} has used its ${self.settings.teams[team].weekly_usd:.2f} for this "
+                "week, so I can't take new requests until Monday (00:00 UTC). A lead or an admin "
+                "can raise the quota."
+            )
+        return None
 
     async def propose(
         self,

@@ -33,7 +33,12 @@ class Completer(Protocol):
     """What intake needs from the model router."""
 
     async def complete(
-        self, role: Role, workload_class: WorkloadClass | str, request: ModelRequest
+        self,
+        role: Role,
+        workload_class: WorkloadClass | str,
+        request: ModelRequest,
+        *,
+        requester: str | None = None,
     ) -> ModelReply: ...
 
 
@@ -239,7 +244,9 @@ class IntakeEngine:
             max_output_tokens=1500,
         )
         try:
-            reply = await self.completer.complete("intake", "default", request)
+            reply = await self.completer.complete(
+                "intake", "default", request, requester=ctx.user_id
+            )
         except Exception as exc:
             log.warning("intake model call failed: %s", type(exc).__name__)
             raise IntakeUnavailable(str(exc) or type(exc).__name__) from exc

@@ -122,6 +122,7 @@ class LlmCall(SQLModel, table=True):
             "ix_llm_calls_created_at_cost",
             "created_at", "order_id", "team", "role", "model", "cost_micro_usd",
         ),
+        Index("ix_llm_calls_requester_created_at", "requester", "created_at"),
     )  # fmt: skip
 
     id: int | None = Field(default=None, primary_key=True)
@@ -144,6 +145,9 @@ class LlmCall(SQLModel, table=True):
 
     reserved_tokens: int = 0
     team: str | None = Field(default=None, description="team quota the reservation was held on")
+    requester: str | None = Field(
+        default=None, description="who an intake call served (per-user rate limit)"
+    )
     quota_week: str | None = Field(default=None, description="ISO date of that quota week's Monday")
     error: str | None = None
 

@@ -17,11 +17,12 @@ from workers.budget import (
     Reservation,
     call_cost_micro_usd,
     estimate_input_tokens,
+    quota_week,
     worst_case_micro_usd,
 )
 from workers.config import Role, Settings
 from workers.errors import ProviderRejected, ProviderUnavailable, RetryLater
-from workers.models import LlmCall
+from workers.models import LlmCall, utcnow
 from workers.providers.anthropic import AnthropicProvider
 from workers.providers.base import (
     ModelReply,
@@ -110,8 +111,11 @@ class ModelRouter:
         attempt_id: int | None = None,
         budget: BudgetGuard | None = None,
         timeout_s: float | None = None,
+        requester: str | None = None,
     ) -> ModelReply:
         """One model call on the route for `role` and `workload_class`, failing over if needed.
+
+        A call with no order but a `requester` (intake) is charged to that person's team.
 
         Raises BudgetExceeded (nothing was sent), ProviderRejected (retrying will not help; the
         message is a plain explanation), RetryLater (come back after `after_s`) or
@@ -126,6 +130,7 @@ class ModelRouter:
                 attempt_id=attempt_id,
                 budget=budget,
                 timeout_s=timeout_s,
+                requester=requester,
             )
         return self._without_secrets(reply)
 
@@ -150,6 +155,7 @@ class ModelRouter:
         attempt_id: int | None,
         budget: BudgetGuard | None,
         timeout_s: float | None,
+        requester: str | None,
     ) -> ModelReply:
         """`complete`, inside the log scope of its role."""
         route = self.settings.route(role, workload_class)
@@ -174,6 +180,7 @@ class ModelRouter:
                         attempt_id=attempt_id,
                         budget=budget,
                         timeout_s=timeout_s or DEFAULT_CALL_TIMEOUT_S,
+                        requester=requester,
                     )
                 except ProviderFailure as failure:
                     if failure.kind == "reject":
@@ -247,6 +254,7 @@ class ModelRouter:
         attempt_id: int | None,
         budget: BudgetGuard | None,
         timeout_s: float,
+        requester: str | None = None,
     ) -> ModelReply:
         if budget is not None:
             input_tokens = budget.estimate_input_tokens(request, model)
@@ -301,6 +309,9 @@ class ModelRouter:
                     latency_ms=latency_ms,
                     outcome=outcome,
                     error=error,
+                    requester=requester,
+                    team=self.settings.team_of(requester) if requester else None,
+                    quota_week=quota_week(utcnow()) if requester else None,
                 )
             )
 

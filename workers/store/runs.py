@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from workers.audit import bounded, model_call_facts, sha256_text
+from workers.audit import bounded, sha256_text
 from workers.errors import NotFound
 from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
 from workers.store.base import OrderRef, StoreBase, order_number
@@ -40,17 +40,6 @@ class RunsStore(StoreBase):
         )
         async with self._sessions() as s:
             return (await s.exec(query)).first()
-
-    async def record_llm_call(self, call: LlmCall) -> LlmCall:
-        async with self.transaction() as s:
-            s.add(call)
-            await s.flush()
-            if call.order_id is not None:
-                await self._append_audit(
-                    s, format_order_id(call.order_id), actor="engine", kind="model_call",
-                    data=model_call_facts(call),
-                )  # fmt: skip
-        return call
 
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:

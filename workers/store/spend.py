@@ -5,9 +5,10 @@ then the team's week) so that concurrent workers cannot deadlock."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
@@ -30,6 +31,44 @@ class SpendStore(StoreBase):
         """Where the order stands against its budget (`elapsed_s` if the caller knows better)."""
         async with self._sessions() as s:
             return Spend.of(await self._row(s, ref), elapsed_s=elapsed_s)
+
+    async def record_llm_call(self, call: LlmCall) -> LlmCall:
+        """Record a call made outside a run's budget; an intake call is charged to its team's
+        week in the same transaction."""
+        async with self.transaction() as s:
+            s.add(call)
+            await s.flush()
+            if call.order_id is None and call.team and call.quota_week and call.cost_micro_usd:
+                await self._charge_team(s, call.team, call.quota_week, call.cost_micro_usd)
+            if call.order_id is not None:
+                await self._append_audit(
+                    s, format_order_id(call.order_id), actor="engine", kind="model_call",
+                    data=model_call_facts(call),
+                )  # fmt: skip
+        return call
+
+    async def _charge_team(self, s: AsyncSession, team: str, week: str, micro_usd: int) -> None:
+        spend = await self._team_week(s, team, week)
+        await s.exec(
+            update(TeamSpend)
+            .where(col(TeamSpend.id) == spend.id)
+            .values(spent_micro_usd=TeamSpend.spent_micro_usd + micro_usd)
+        )
+
+    async def team_week_used(self, team: str, week: str) -> int:
+        """What a team has spent and holds back this quota week, in micro-USD."""
+        query = select(TeamSpend).where(TeamSpend.team == team, TeamSpend.week == week)
+        async with self._sessions() as s:
+            row = (await s.exec(query)).first()
+        return 0 if row is None else row.spent_micro_usd + row.reserved_micro_usd
+
+    async def intake_calls_since(self, requester: str, since: datetime) -> int:
+        """How many intake model calls this person caused since `since`."""
+        query = select(func.count()).where(
+            col(LlmCall.requester) == requester, col(LlmCall.created_at) >= since
+        )
+        async with self._sessions() as s:
+            return int((await s.exec(query)).one())
 
     async def _team_week(self, s: AsyncSession, team: str, week: str) -> TeamSpend:
         """The team's row for the week, created if missing and locked for update."""
@@ -141,6 +180,15 @@ class SpendStore(StoreBase):
                 s, format_order_id(found.order_id), actor="engine", kind="model_call",
                 data=model_call_facts(call),
             )  # fmt: skip
+            if cost_micro_usd > call.reserved_micro_usd:
+                await self._append_audit(
+                    s, format_order_id(found.order_id), actor="engine", kind="reservation_overrun",
+                    data={
+                        "model_call": call.id,
+                        "reserved_micro_usd": call.reserved_micro_usd,
+                        "cost_micro_usd": cost_micro_usd,
+                    },
+                )  # fmt: skip
         return True
 
     async def _pending_call(self, s: AsyncSession, call_id: int) -> LlmCall | None:

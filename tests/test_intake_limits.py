@@ -1,0 +1,80 @@
+"""Intake spends the team's money too (security issue, item 4): its model calls are charged to
+the requester's team quota, one person's requests are rate-limited, and both limits are told in
+plain words instead of calling the model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.slack import FakeSlack
+from tests.support.bot import RunningBot, running_bot
+from tests.support.intake import chat
+from tests.support.waiting import bot_idle
+from workers.budget import quota_week
+from workers.models import utcnow
+from workers.store import Store
+
+
+@pytest.fixture
+async def bot(
+    store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
+) -> AsyncIterator[RunningBot]:
+    settings = settings_factory(
+        intake={"max_requests_per_user_per_hour": 2},
+        teams={
+            "default": {"weekly_usd": 100.0},
+            "tiny": {"weekly_usd": 0.0001, "members": ["UPOOR"]},
+        },
+    )
+    async with running_bot(settings, store=store, fake_slack=fake_slack) as running:
+        yield running
+
+
+def _replies_to(fake_slack: FakeSlack, thread_ts: str) -> list[str]:
+    return [
+        c.args.get("text", "")
+        for c in fake_slack.calls_to("chat.postMessage")
+        if c.args.get("thread_ts") == thread_ts
+    ]
+
+
+async def _ask(bot: RunningBot, user: str, text: str) -> str:
+    event = bot.sender.app_mention(f"<@UBOT> {text}", channel="C1", user=user)
+    await bot.sender.event(event)
+    await bot_idle()
+    return str(event["ts"])
+
+
+async def test_one_person_is_rate_limited_and_told_so(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(chat("EBITDA is earnings before interest..."), chat("A KPI is..."))
+    await _ask(bot, "U1", "what is EBITDA?")
+    await _ask(bot, "U1", "what is a KPI?")
+    third = await _ask(bot, "U1", "what is ARR?")
+    assert len(fake_anthropic.requests) == 2  # the third never reached the model
+    [told] = _replies_to(fake_slack, third)
+    assert "2 requests in the last hour" in told
+    # Someone else is not affected.
+    fake_anthropic.script(chat("ARR is annual recurring revenue."))
+    await _ask(bot, "U2", "what is ARR?")
+    assert len(fake_anthropic.requests) == 3
+
+
+async def test_intake_is_charged_to_the_team_and_stops_at_its_quota(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(chat("EBITDA is earnings before interest..."))
+    await _ask(bot, "UPOOR", "what is EBITDA?")
+    week = quota_week(utcnow())
+    spent = await bot.store.team_week_used("tiny", week)
+    assert spent > 0  # the intake call was charged to the requester's team
+    ts = await _ask(bot, "UPOOR", "and what is a KPI?")
+    assert len(fake_anthropic.requests) == 1
+    [told] = _replies_to(fake_slack, ts)
+    assert "Team tiny has used its" in told and "Monday" in told
+    assert await bot.store.team_week_used("default", week) == 0
