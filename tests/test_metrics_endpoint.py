@@ -83,5 +83,13 @@ async def test_metrics_count_a_full_order(pipe: Pipeline) -> None:
     assert grew("delegate_slack_api_calls_total", method="chat.postMessage", outcome="ok") >= 3
     assert grew("delegate_slack_rate_limited_total", method="chat.update") == 1
     assert grew("delegate_run_duration_seconds_count", outcome="done") >= 1
-    for name in ("delegate_runs_in_flight", "delegate_leases_lost_total", "delegate_queue_oldest_age_seconds"):
+    # Everything the review needed was delivered through the durable outbox.
+    assert value(after, "delegate_outbox_undelivered") == 0
+    assert value(after, "delegate_outbox_failed") == 0
+    for name in (
+        "delegate_runs_in_flight",
+        "delegate_leases_lost_total",
+        "delegate_queue_oldest_age_seconds",
+        "delegate_outbox_oldest_undelivered_age_seconds",
+    ):
         assert any(n == name for n, _ in after), name

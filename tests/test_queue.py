@@ -78,10 +78,10 @@ async def test_a_quota_wait_beyond_its_limit_ends_in_exception(harness: Harness)
     week = quota_week(utcnow())
     await h.store.set_team_quota("default", week, quota_micro_usd=0, actor="lead")
     order = await h.order()
-    first = await h.store.claim("w1", lease_ttl_s=5, gate=queue.admission(h.settings))
+    first = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings))
     assert first.waiting
     later = utcnow() + timedelta(seconds=120)
-    claim = await h.store.claim("w1", lease_ttl_s=5, gate=queue.admission(h.settings, later), now=later)
+    claim = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings, later), now=later)
     [expired] = claim.expired
     assert expired.id == order.id and expired.status == Status.EXCEPTION
     assert (await h.store.get_row(order.id or "")).exception_kind == "quota"
@@ -108,12 +108,12 @@ async def test_an_order_deferred_to_later_is_not_claimed_early(harness: Harness)
     h = harness
     order = await h.order()
     later = utcnow() + timedelta(minutes=5)
-    await h.store.claim("w0", lease_ttl_s=5, gate=queue.admission(h.settings))
+    await h.store.claim("w0", lease_ttl_s=5, admission=queue.admission(h.settings))
     await h.store.finish_run(
         order.id or "", "w0", Status.QUEUED, reason="provider said wait", available_at=later
     )
     assert (await queue.claim(h.store, h.settings, "w1")).order is None
-    claim = await h.store.claim("w1", lease_ttl_s=5, gate=queue.admission(h.settings), now=later)
+    claim = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
     assert claim.order is not None
 
 

@@ -101,7 +101,7 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
     # Later, the week is still spent: it bounces again, still waiting since the first time, and
     # the thread is not told again.
     later = utcnow() + timedelta(minutes=10)
-    claim = await h.store.claim("w2", lease_ttl_s=5, gate=queue.admission(h.settings), now=later)
+    claim = await h.store.claim("w2", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
     assert claim.order is not None and claim.attempt is not None
     again = await h.agent("w2").run(claim.order, claim.attempt)
     assert again.kind == "requeued"
@@ -118,7 +118,7 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
             .values(waiting_since=utcnow() - timedelta(seconds=700))
         )
     later = utcnow() + timedelta(hours=1)
-    claim = await h.store.claim("w3", lease_ttl_s=5, gate=queue.admission(h.settings), now=later)
+    claim = await h.store.claim("w3", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
     assert claim.order is not None and claim.attempt is not None
     ended = await h.agent("w3").run(claim.order, claim.attempt)
     assert ended.kind == "exception"

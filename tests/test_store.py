@@ -15,7 +15,7 @@ from workers.db import create_engine
 from workers.errors import IllegalTransition, NotFound
 from workers.migrate import current_revision, head_revision
 from workers.models import LlmCall, ToolCall
-from workers.store import QueueGate, Store
+from workers.store import Admission, Store
 from workers.workorder import Status, WorkloadClass
 
 
@@ -125,9 +125,9 @@ async def test_list_orders_filters_by_requester_and_status(store: Store) -> None
 async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
     order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert order.id
-    gate = QueueGate(week="2026-11-16", quota_micro_usd=lambda _: 10**9, max_runs_per_user=lambda _: 9)
+    gate = Admission(week="2026-11-16", quota_micro_usd=lambda _: 10**9, max_runs_per_user=lambda _: 9)
     await store.enqueue(order.id, priority=1, actor="U1", reason="started")
-    first = (await store.claim("w1", lease_ttl_s=60, gate=gate)).attempt
+    first = (await store.claim("w1", lease_ttl_s=60, admission=gate)).attempt
     assert first is not None and first.id is not None
     history = [
         {"role": "user", "content": "go"},
@@ -135,7 +135,7 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
     ]
     await store.save_run_checkpoint(first.id, messages=history, step=2, elapsed_ms=0)
     await store.finish_run(order.id, "w1", Status.QUEUED, reason="asked to wait", attempt_id=first.id)
-    second = (await store.claim("w2", lease_ttl_s=60, gate=gate)).attempt
+    second = (await store.claim("w2", lease_ttl_s=60, admission=gate)).attempt
     assert second is not None and (first.number, second.number) == (1, 2)
 
     resumed = await store.latest_checkpoint(order.id)

@@ -16,7 +16,7 @@ from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.models import utcnow
 from workers.states import OPEN, TERMINAL
-from workers.store import Claim, OrderRef, QueueGate, Store
+from workers.store import Admission, Claim, OrderRef, Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
 
@@ -27,13 +27,13 @@ def priority_of(settings: Settings, workload_class: WorkloadClass | str) -> int:
     )
 
 
-def admission(settings: Settings, now: datetime | None = None) -> QueueGate:
+def admission(settings: Settings, now: datetime | None = None) -> Admission:
     """What an order must pass to start now: team quota headroom and per-user run limits."""
 
     def team(name: str) -> Any:
         return settings.teams.get(name) or settings.teams["default"]
 
-    return QueueGate(
+    return Admission(
         week=quota_week(now or utcnow()),
         quota_micro_usd=lambda name: usd_to_micro(team(name).weekly_usd),
         max_runs_per_user=lambda name: team(name).max_concurrent_runs_per_user,
@@ -89,12 +89,12 @@ def is_finished(order: WorkOrder) -> bool:
 async def claim(
     store: Store, settings: Settings, worker_id: str, *, now: datetime | None = None
 ) -> Claim:
-    """Claim the next order the gate lets through. `now` (the worker's clock) only picks the
+    """Claim the next order admission lets through. `now` (the worker's clock) only picks the
     quota week; leases and due times run on the database's clock."""
     return await store.claim(
         worker_id,
         lease_ttl_s=settings.engine.lease_ttl_s,
-        gate=admission(settings, now or utcnow()),
+        admission=admission(settings, now or utcnow()),
     )
 
 

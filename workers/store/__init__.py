@@ -12,16 +12,16 @@ from workers.store.audit import AuditStore
 from workers.store.base import OrderRef, as_utc, row_to_order
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
-from workers.store.queue import Claim, QueueGate, QueueStore
+from workers.store.queue import Admission, Claim, QueueStore
 from workers.store.runs import RunsStore
 from workers.store.slack import SlackStore
 
 __all__ = [
     "EDITABLE_FIELDS",
+    "Admission",
     "Claim",
     "OrderRef",
     "OutboxItem",
-    "QueueGate",
     "Store",
     "Undelivered",
     "as_utc",

@@ -25,7 +25,7 @@ from workers.workorder import Status, WorkOrder, format_order_id
 
 
 @dataclass
-class QueueGate:
+class Admission:
     """What the queue checks before an order may start (built by workers.queue from Settings)."""
 
     week: str
@@ -141,11 +141,11 @@ class QueueStore(SpendStore):
         worker_id: str,
         *,
         lease_ttl_s: float,
-        gate: QueueGate,
+        admission: Admission,
         now: datetime | None = None,
         scan: int = 200,
     ) -> Claim:
-        """Take the first queued order the gate lets through and lease it to `worker_id`.
+        """Take the first queued order admission lets through and lease it to `worker_id`.
 
         Candidates are taken in priority order, then oldest first. PostgreSQL locks each with
         FOR UPDATE SKIP LOCKED, so concurrent workers walk past each other's rows; on SQLite
@@ -181,7 +181,7 @@ class QueueStore(SpendStore):
                 row = (await s.exec(one.execution_options(populate_existing=True))).first()
                 if row is None:
                     continue
-                held = await self._held_back(s, row, gate, team_left)
+                held = await self._held_back(s, row, admission, team_left)
                 if held is None:
                     claim.attempt = await self._start_run(s, row, worker_id, clock, lease_ttl_s)
                     claim.order = row_to_order(row)
@@ -189,7 +189,7 @@ class QueueStore(SpendStore):
                     break
                 reason = held.describe()
                 since = as_utc(row.waiting_since) or now
-                if gate.max_wait_s is not None and (now - since).total_seconds() > gate.max_wait_s:
+                if admission.max_wait_s is not None and (now - since).total_seconds() > admission.max_wait_s:
                     await self._move(
                         s,
                         row,
@@ -215,24 +215,24 @@ class QueueStore(SpendStore):
         self,
         s: AsyncSession,
         row: WorkOrderRow,
-        gate: QueueGate,
+        admission: Admission,
         team_left: dict[str, tuple[int, int]],
     ) -> HeldBack | None:
         """Why this order may not start now, or None."""
         if row.team not in team_left:
             spend = (
                 await s.exec(
-                    select(TeamSpend).where(TeamSpend.team == row.team, TeamSpend.week == gate.week)
+                    select(TeamSpend).where(TeamSpend.team == row.team, TeamSpend.week == admission.week)
                 )
             ).first()
-            quota = gate.quota_micro_usd(row.team)
+            quota = admission.quota_micro_usd(row.team)
             used = 0
             if spend is not None:
                 quota = spend.quota_micro_usd if spend.quota_micro_usd is not None else quota
                 used = spend.spent_micro_usd + spend.reserved_micro_usd
             team_left[row.team] = (used, quota)
         used, quota = team_left[row.team]
-        if quota - used < gate.headroom_micro_usd:
+        if quota - used < admission.headroom_micro_usd:
             return HeldBack.team_quota(row.team, used_micro_usd=used, quota_micro_usd=quota)
         # Count a requester's runs one claimer at a time, so two cannot both see a free slot.
         await self._serialise(s, f"runs:{row.requester}")
@@ -246,7 +246,7 @@ class QueueStore(SpendStore):
                 )
             )
         ).one()
-        limit = gate.max_runs_per_user(row.team)
+        limit = admission.max_runs_per_user(row.team)
         if running >= limit:
             return HeldBack.user_runs(row.requester, running=running, limit=limit)
         return None
