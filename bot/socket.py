@@ -21,6 +21,7 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
+from bot.http_guard import check_envelope, check_interaction
 from workers.config import SlackSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ def frame_problem(raw: str) -> str | None:
             return "the envelope's type or id is not a string"
         if not isinstance(message["payload"], dict):
             return "the envelope's payload is not an object"
+        # The same shape rules as an HTTP request (bot.http_guard), per kind of envelope.
+        refusal = {
+            "events_api": check_envelope,
+            "interactive": check_interaction,
+        }.get(message["type"], lambda _payload: None)(message["payload"])
+        if refusal is not None:
+            return refusal.reason
         try:
             # Bolt reads team, user, channel and authorizations while parsing; odd types raise
             # there, before any listener or middleware could refuse them (cf. bot.server).
