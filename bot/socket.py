@@ -47,11 +47,14 @@ def frame_problem(raw: str) -> str | None:
             return "the envelope's type or id is not a string"
         if not isinstance(message["payload"], dict):
             return "the envelope's payload is not an object"
-        # The same shape rules as an HTTP request (bot.http_guard), per kind of envelope.
-        refusal = {
-            "events_api": check_envelope,
-            "interactive": check_interaction,
-        }.get(message["type"], lambda _payload: None)(message["payload"])
+        # The same shape rules as an HTTP request (bot.http_guard). Bolt reads the payload's own
+        # type, whatever the envelope says, so both are checked.
+        payload = message["payload"]
+        refusal = None
+        if message["type"] == "events_api" or payload.get("type") == "event_callback":
+            refusal = check_envelope(payload)
+        elif message["type"] == "interactive":
+            refusal = check_interaction(payload)
         if refusal is not None:
             return refusal.reason
         try:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bot.app import create_app
@@ -137,8 +137,30 @@ async def _still_carries(socket_mode: FakeSocketMode, n: int) -> None:
 _seq = itertools.count(1)
 
 
+# Found by the fuzzer: an events_api frame whose event is null made Bolt's error handler raise.
+NULL_EVENT = json.dumps(
+    {
+        "envelope_id": "920ee63d-2be8-43b2-8d11-5532f17e9d88",
+        "type": "events_api",
+        "payload": {
+            "type": "event_callback",
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "event": None,
+            "event_id": "Ev2e4c5f290b",
+            "authorizations": [{"team_id": "T1", "user_id": "UBOT", "is_bot": True}],
+        },
+        "accepts_response_payload": False,
+        "retry_attempt": 0,
+        "retry_reason": "",
+    }
+)
+
+
 @FUZZ
 @given(frame=frames)
+@example(frame=NULL_EVENT)
+@example(frame=NULL_EVENT.replace('"events_api"', '"slash_commands"'))
 async def test_garbage_frames_do_not_break_the_connection(
     runner: SocketModeRunner,
     socket_mode: FakeSocketMode,
