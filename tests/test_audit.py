@@ -10,10 +10,10 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.fakes.anthropic import Reply
+from tests.support.cli import cli_env, delegate
 from tests.support.databases import Database
 from tests.support.engine import Harness
 from tests.support.factories import make_order
-from tests.test_cli import _env, delegate
 from workers.audit import (
     SCHEME_HMAC,
     SCHEME_SHA256,
@@ -201,7 +201,7 @@ async def test_delegate_audit_verify_names_the_first_broken_order_and_event(
     trail = await store.audit_trail(broken)
     await _rewrite_from(store, trail, 2, actor="mallory", key=AuditKey(b"guessed-key-guessed-key-guessed"))
     await store.close()
-    env = _env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=key)
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=key)
     code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
     assert code == 1
     assert f"BROKEN chain {broken}: event #{trail[2].id} (seq 3) was altered after it was written" in out

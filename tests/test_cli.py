@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
@@ -14,48 +13,12 @@ import aiohttp
 from sqlalchemy import text
 
 from tests.fakes.slack import FakeSlack
+from tests.support.cli import DELEGATE, cli_env, delegate
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers.store import Store
 from workers.workorder import Status
-
-DELEGATE = Path(sys.executable).with_name("delegate")
-# Variables the developer's shell might carry that would change what the CLI sees.
-_SCRUB = (
-    "SLACK_BOT_TOKEN",
-    "SLACK_SIGNING_SECRET",
-    "SLACK_APP_TOKEN",
-    "SLACK_API_URL",
-    "DATABASE_URL",
-    "ANTHROPIC_API_KEY",
-    "OPENAI_API_KEY",
-    "DELEGATE_CONFIG",
-    "PORT",
-    "PGOPTIONS",
-)
-
-
-def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    env.update(values)
-    return env
-
-
-async def delegate(
-    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_console_script_is_installed() -> None:
@@ -63,14 +26,14 @@ def test_console_script_is_installed() -> None:
 
 
 async def test_help_lists_every_command(tmp_path: Path) -> None:
-    code, out, _ = await delegate("--help", env=_env(), cwd=tmp_path)
+    code, out, _ = await delegate("--help", env=cli_env(), cwd=tmp_path)
     assert code == 0
     for command in ("run", "worker", "db", "audit", "schema", "doctor"):
         assert command in out
 
 
 async def test_schema_prints_the_work_order_json_schema(tmp_path: Path) -> None:
-    code, out, _ = await delegate("schema", env=_env(), cwd=tmp_path)
+    code, out, _ = await delegate("schema", env=cli_env(), cwd=tmp_path)
     assert code == 0
     schema = json.loads(out)
     assert schema["title"] == "WorkOrder"
@@ -78,7 +41,7 @@ async def test_schema_prints_the_work_order_json_schema(tmp_path: Path) -> None:
 
 
 async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
-    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     code, out, err = await delegate("db", "upgrade", env=env, cwd=tmp_path)
     assert code == 0, err
     assert "Upgraded database from empty to" in out
@@ -91,7 +54,7 @@ async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> 
     order = await store.create_order(make_order(), actor="U1")
     assert order.id
     await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
-    env = _env(**database.env())
+    env = cli_env(**database.env())
 
     code, out, _ = await delegate("audit", order.id, env=env, cwd=tmp_path)
     assert code == 0 and f"# Audit trail for {order.id}" in out and "drafted" in out
@@ -114,7 +77,7 @@ async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> 
 
 
 async def test_audit_of_unknown_or_malformed_order(tmp_path: Path) -> None:
-    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     await delegate("db", "upgrade", env=env, cwd=tmp_path)
     code, _, err = await delegate("audit", "WO-77", env=env, cwd=tmp_path)
     assert code == 1 and "WO-77 does not exist" in err
@@ -125,14 +88,14 @@ async def test_audit_of_unknown_or_malformed_order(tmp_path: Path) -> None:
 async def test_invalid_configuration_names_field_value_and_expectation(tmp_path: Path) -> None:
     config = tmp_path / "delegate.yaml"
     config.write_text("budgets:\n  quick: {max_usd: -1}\n")
-    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    code, _, err = await delegate("doctor", env=cli_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
     assert code == 2
     assert "budgets.quick.max_usd = -1" in err and "greater than 0" in err
     assert "Traceback" not in err
 
 
 async def test_run_without_slack_credentials_explains_what_to_do(tmp_path: Path) -> None:
-    code, out, err = await delegate("run", env=_env(), cwd=tmp_path)
+    code, out, err = await delegate("run", env=cli_env(), cwd=tmp_path)
     assert code == 2
     assert "SLACK_BOT_TOKEN is not set" in err and "manifest.yml" in err
     assert "Traceback" not in err + out
@@ -141,7 +104,7 @@ async def test_run_without_slack_credentials_explains_what_to_do(tmp_path: Path)
 async def test_doctor_names_missing_scopes_and_a_refused_bot_token(
     fake_slack: FakeSlack, tmp_path: Path
 ) -> None:
-    env = _env(
+    env = cli_env(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         SLACK_BOT_TOKEN=fake_slack.token,
         SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
@@ -168,7 +131,7 @@ async def test_run_serves_health_and_stops_on_sigterm(
     fake_slack: FakeSlack, tmp_path: Path
 ) -> None:
     port = _free_port()
-    env = _env(
+    env = cli_env(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         PORT=str(port),
         SLACK_BOT_TOKEN=fake_slack.token,
@@ -207,7 +170,7 @@ async def test_run_serves_health_and_stops_on_sigterm(
 
 
 async def test_worker_command_runs_until_sigterm(tmp_path: Path) -> None:
-    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     proc = await asyncio.create_subprocess_exec(
         str(DELEGATE),
         "worker",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.slack import FakeSlack
+from tests.support.cli import DELEGATE, cli_env, delegate
 from tests.support.databases import Database
-from tests.test_cli import DELEGATE, _env, delegate
 from workers.db import create_engine
 from workers.migrate import upgrade_when_reachable
 from workers.store import Store
@@ -29,7 +29,7 @@ async def test_a_port_in_use_is_one_line(fake_slack: FakeSlack, tmp_path: Path) 
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        env = _env(
+        env = cli_env(
             DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
             SLACK_BOT_TOKEN=fake_slack.token,
             SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
@@ -45,7 +45,7 @@ async def test_a_port_in_use_is_one_line(fake_slack: FakeSlack, tmp_path: Path) 
 async def test_a_database_that_stays_down_ends_in_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "delegate.yaml"
     config.write_text("engine: {startup_database_wait_s: 1}\n")
-    env = _env(
+    env = cli_env(
         DATABASE_URL="postgresql+asyncpg://postgres:pw-secret@127.0.0.1:1/delegate",
         DELEGATE_CONFIG=str(config),
     )
@@ -73,7 +73,7 @@ async def test_start_up_waits_for_a_database_that_comes_up(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "WO-1")])
 async def test_audit_where_there_is_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
-    code, out, err = await delegate(*command, env=_env(), cwd=tmp_path)
+    code, out, err = await delegate(*command, env=cli_env(), cwd=tmp_path)
     assert code == 1
     assert "no Delegate database at sqlite+aiosqlite:///delegate.db" in err
     assert "set DATABASE_URL or run `delegate db upgrade`" in err
@@ -86,7 +86,7 @@ async def test_output_piped_into_head_ends_quietly(database: Database, tmp_path:
     for n in range(600):
         await store.audit("system", actor="test", kind="note", data={"n": n, "pad": "x" * 200})
     await store.close()
-    env = _env(DATABASE_URL=database.url)
+    env = cli_env(DATABASE_URL=database.url)
     proc = await asyncio.create_subprocess_shell(
         f"'{DELEGATE}' audit system --format json | head -c 100",
         env=env,
@@ -100,7 +100,7 @@ async def test_output_piped_into_head_ends_quietly(database: Database, tmp_path:
 
 
 async def _console(tmp_path: Path) -> asyncio.subprocess.Process:
-    env = _env(
+    env = cli_env(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         ANTHROPIC_API_KEY="sk-ant-unused",
         ANTHROPIC_BASE_URL="http://127.0.0.1:1",
@@ -141,7 +141,7 @@ async def test_a_user_in_two_teams_is_named(tmp_path: Path) -> None:
         "  sales: {weekly_usd: 10, members: [U1, U2]}\n"
         "  ops: {weekly_usd: 10, members: [U2]}\n"
     )
-    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    code, _, err = await delegate("doctor", env=cli_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
     assert code == 2
     assert "U2 is also in teams.sales" in err and "one team" in err
 
@@ -149,7 +149,7 @@ async def test_a_user_in_two_teams_is_named(tmp_path: Path) -> None:
 async def test_a_rule_across_fields_names_them_without_dumping_the_section(tmp_path: Path) -> None:
     config = tmp_path / "delegate.yaml"
     config.write_text("engine: {heartbeat_s: 50, lease_ttl_s: 10}\n")
-    code, _, err = await delegate("doctor", env=_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
+    code, _, err = await delegate("doctor", env=cli_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path)
     assert code == 2
     assert "heartbeat_s (50) must be shorter than lease_ttl_s (10)" in err
     assert "poll_interval_s" not in err  # the rest of the merged engine section is not dumped

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import _env, delegate
+from tests.support.cli import cli_env, delegate
 
 PASSWORD = "hunter2-Very-Secret"
 
@@ -25,7 +25,7 @@ PASSWORD = "hunter2-Very-Secret"
 async def test_a_database_password_never_appears_in_output(
     tmp_path: Path, url: str, command: tuple[str, ...]
 ) -> None:
-    code, out, err = await delegate(*command, env=_env(DATABASE_URL=url), cwd=tmp_path)
+    code, out, err = await delegate(*command, env=cli_env(DATABASE_URL=url), cwd=tmp_path)
     assert code != 0
     assert PASSWORD not in out + err
     assert "Traceback" not in out + err
@@ -33,7 +33,7 @@ async def test_a_database_password_never_appears_in_output(
 
 
 async def test_doctor_warns_when_the_audit_trail_is_not_keyed(tmp_path: Path) -> None:
-    env = _env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     _, out, _ = await delegate("doctor", env=env, cwd=tmp_path)
     assert "[warn] audit key: not set" in out and "DELEGATE_AUDIT_KEY" in out
     key = "k" * 32

@@ -14,7 +14,7 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.fakes.socket_mode import FakeSocketMode
-from tests.test_cli import _env, delegate
+from tests.support.cli import cli_env, delegate
 
 SIGNING_SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -34,7 +34,7 @@ async def env(
     fake_openai: FakeOpenAI,
 ) -> dict[str, str]:
     fake_slack.scopes = sorted(BOT_SCOPES)
-    values = _env(
+    values = cli_env(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         SLACK_BOT_TOKEN=next(t for t in fake_slack.tokens if t.startswith("xoxb-")),
         SLACK_APP_TOKEN=socket_mode.app_token,

@@ -13,8 +13,7 @@ from bot.ids import APPROVE_ACTION
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for
-from tests.test_review_gate import verdicts
+from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from workers.store import Store
 from workers.workorder import Status
 

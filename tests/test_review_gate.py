@@ -27,9 +27,8 @@ from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
-from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import attempts as fetch_attempts
 from tests.support.records import llm_calls
 from tests.support.settings import FAST_ENGINE
@@ -40,18 +39,6 @@ from workers.store import Store
 from workers.workorder import Status
 
 CRITERIA = ["Covers Acme, Globex and Initech", "Every price cites a source URL", "Fits on one page"]
-
-
-def verdicts(*passed: bool) -> OpenAIReply:
-    return OpenAIReply.tool(
-        "record_verdicts",
-        {
-            "verdicts": [
-                {"index": i, "passed": p, "reason": "ok" if p else "no source for Globex"}
-                for i, p in enumerate(passed, 1)
-            ]
-        },
-    )
 
 
 def submit(content: str, summary: str = "Pricing table ready.") -> Reply:

@@ -17,6 +17,7 @@ from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import draft
@@ -189,3 +190,16 @@ async def pipeline_for(
             stop.set()
             await asyncio.wait_for(worker, 20)
             await asyncio.wait_for(deliverer, 20)
+
+
+def verdicts(*passed: bool) -> OpenAIReply:
+    """The verifier's answer on the verify route (OpenAI first in the default routing)."""
+    return OpenAIReply.tool(
+        "record_verdicts",
+        {
+            "verdicts": [
+                {"index": i, "passed": p, "reason": "ok" if p else "no source for Globex"}
+                for i, p in enumerate(passed, 1)
+            ]
+        },
+    )

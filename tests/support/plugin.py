@@ -9,7 +9,8 @@ uses without importing it.
 Helpers a test imports by name live next to them: `bot.py` (a running bot), `pipeline.py` (bot
 plus worker pool), `processes.py` (worker processes), `slack.py` (modal state), `intake.py`
 (scripted intake-model replies), `factories.py` (domain objects), `waiting.py` (waiting on
-conditions, never on the clock).
+conditions, never on the clock), `cli.py` (the `delegate` command as a subprocess), `records.py`
+(rows only tests read back), `fuzz.py` (hypothesis settings and strategies).
 """
 
 pytest_plugins = [
