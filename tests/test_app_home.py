@@ -274,6 +274,7 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
     order_id = await p.order_started(submit)
     await open_home(p.bot, "U1")  # the requester watches it run
     await p.status_of(order_id, Status.AWAITING_REVIEW)
+    await p.post(APPROVE_ACTION)  # the thread's review prompt is out before anyone decides
     # The requester's home followed the order into review without them reopening it.
     await fake_slack.wait_until(
         lambda: any("Awaiting review" in text_of(v) for v in home_of(fake_slack, "U1"))

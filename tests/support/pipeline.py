@@ -116,12 +116,12 @@ class Pipeline:
 
         await eventually(reached, timeout_s=within)
 
-    async def post(self, needle: str, within: float = 10) -> dict[str, Any]:
+    async def post(self, needle: str, within: float = DEADLINE_S) -> dict[str, Any]:
         """The latest message posted containing `needle`, waiting for it to arrive."""
         await self.slack.wait_until(lambda: bool(self.posts_with(needle)), within=within)
         return self.posts_with(needle)[-1]
 
-    async def update(self, needle: str, within: float = 10) -> dict[str, Any]:
+    async def update(self, needle: str, within: float = DEADLINE_S) -> dict[str, Any]:
         await self.slack.wait_until(lambda: bool(self.updates_with(needle)), within=within)
         return self.updates_with(needle)[-1]
 
