@@ -28,6 +28,8 @@ from tests.fakes.slack import FakeSlack
 from tests.support.intake import draft
 from tests.support.pipeline import Pipeline, button_value, pipeline_for
 from tests.support.slack import state_from_view
+from tests.support.waiting import eventually
+from workers.keys import result_key, review_key
 from workers.store import Store
 from workers.workorder import Status
 
@@ -206,6 +208,15 @@ async def test_a_click_on_an_outdated_review_prompt_is_refused(pipe: Pipeline) -
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
     _, second = await prompts(pipe, 2)
     assert button_value(second, APPROVE_ACTION) != button_value(first, APPROVE_ACTION)
+    # The deliverer records the prompt's ts just after Slack answers; the refusal links it.
+    current = (await pipe.bot.store.deliverables(order_id))[-1].id
+    key = review_key(result_key(order_id, current))
+
+    async def recorded() -> bool:
+        posted = await pipe.bot.store.slack_message(key)
+        return posted is not None and posted.ts == second["ts"]
+
+    await eventually(recorded)
 
     # Approve and Request changes on the first prompt: refused, pointing to the current one.
     await pipe.click(APPROVE_ACTION, order_id, "U7", message=first)
