@@ -34,13 +34,14 @@ from bot.ids import (
     RETRY_ACTION,
 )
 from bot.mrkdwn import untrusted
-from bot.review_blocks import review_blocks
+from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.delivery import replay
 from workers.errors import RetryLater
-from workers.keys import review_key, status_key
+from workers.keys import deliverable_of, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
+from workers.review import decision_on
 from workers.states import ACTIVE, IN_FLIGHT
 from workers.store import Store
 from workers.workorder import Status, WorkOrder
@@ -121,6 +122,13 @@ class SlackReporter:
         else:
             await self._upload_once(order, result)
         blocks = review_blocks(order, result)
+        deliverable = deliverable_of(result.key)
+        decided = await decision_on(self.store, order.id, deliverable) if deliverable else None
+        if decided is not None:  # decided (from App Home) before this prompt got out
+            line = decision_line(
+                DECISION_WORDS[decided.decision], decided.actor, decided.at, decided.feedback
+            )
+            blocks = decided_blocks(blocks, line=line)
         await self.post_once(
             order,
             key=review_key(result.key),

@@ -31,6 +31,7 @@ from workers.errors import RetryLater
 from workers.followup import FollowUps
 from workers.keys import exception_key, result_key, review_key, status_key
 from workers.progress import LoggingReporter, Spend
+from workers.review import decide
 from workers.runtime import run_worker
 from workers.store import OutboxItem, Store
 from workers.store.outbox import SLACK, exception_notice
@@ -222,7 +223,9 @@ async def test_the_review_prompt_is_posted_once_after_its_worker_is_killed(
     order = await _order(store)
     order_id = order.id or ""
     await queue.enqueue(store, settings, order_id, actor="U1")
-    fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "the table", "summary": "ok"}))
+    fake_anthropic.script(
+        Reply.tool("submit_deliverable", {"content": "the table", "summary": "ok"})
+    )
     fake_slack.fail_next("chat.postMessage", 503, times=10_000)
     env = worker_env(
         database, fake_anthropic, fake_openai, tmp_path, slack_api_url=fake_slack.api_url
@@ -255,6 +258,54 @@ async def test_the_review_prompt_is_posted_once_after_its_worker_is_killed(
     assert _posted(fake_slack).count(result_key(order_id, item.id)) == 1
     assert _posted(fake_slack).count(review) == 1
     await store.close()
+
+
+async def test_a_review_prompt_delivered_after_a_decision_from_home_shows_the_decision(
+    store: Store, fake_slack: FakeSlack, settings_factory: Any
+) -> None:
+    """The reviewer decides from App Home before the deliverer has posted the thread's review
+    prompt (Slack slow, or the deliverer behind): the prompt that lands afterwards shows who
+    decided, with no buttons left to click."""
+    settings = settings_factory(
+        database_url=str(store.engine.url.render_as_string(hide_password=False))
+    )
+    order = await _order(store)
+    assert order.id
+    await queue.enqueue(store, settings, order.id, actor="U1")
+    claim = await queue.claim(store, settings, "w1")
+    assert claim.attempt is not None and claim.attempt.id is not None
+    attempt = claim.attempt.id
+    item = await store.save_deliverable(
+        order.id,
+        tool_use_id="t1",
+        content="the table",
+        summary="done",
+        attempt_id=attempt,
+        actor="w1",
+    )
+    key = result_key(order.id, item.id)
+    await store.finish_run(
+        order.id,
+        "w1",
+        Status.AWAITING_REVIEW,
+        reason="deliverable submitted",
+        attempt_id=attempt,
+        outbox=[OutboxItem("result", key, {"content": "the table", "summary": "done"})],
+    )
+    # App Home sends the bare order id: the decision is not tied to a prompt.
+    await decide(store, settings, order.id, "approve", actor="U7")
+
+    deliverer = _deliverer(store, fake_slack)
+    await _deliver_until(deliverer, lambda: review_key(key) in _posted(fake_slack))
+
+    [prompt] = [
+        c.args
+        for c in fake_slack.calls_to("chat.postMessage")
+        if c.args.get("metadata", {}).get("event_payload", {}).get("key") == review_key(key)
+    ]
+    shown = json.dumps(prompt["blocks"])
+    assert "Approved* by <@U7>" in shown
+    assert not [b for b in prompt["blocks"] if b["type"] == "actions"], "no buttons to click"
 
 
 # ---------------------------------------------------------------------------- 2. stale status

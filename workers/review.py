@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from workers import queue
@@ -52,7 +53,12 @@ async def decide(
     if feedback:
         reason = f"{reason}: {feedback[:500]}"
     order = await store.decide_on(
-        ref, DECISION_TARGETS[decision], deliverable_id=deliverable_id, actor=actor, reason=reason
+        ref,
+        DECISION_TARGETS[decision],
+        deliverable_id=deliverable_id,
+        actor=actor,
+        reason=reason,
+        feedback=feedback,
     )
     if decision == "changes":
         await store.add_to_inbox(
@@ -64,6 +70,33 @@ async def decide(
         await store.bump_counter(ref, "rework_count")
         order = await queue.enqueue(store, settings, ref, actor=actor, reason="rework requested")
     return Decided(order, decision)
+
+
+@dataclass(frozen=True)
+class RecordedDecision:
+    """A reviewer's decision on one deliverable, as the audit trail recorded it."""
+
+    decision: Decision
+    actor: str
+    at: datetime
+    feedback: str
+
+
+async def decision_on(store: Store, order_id: str, deliverable_id: int) -> RecordedDecision | None:
+    """The decision made on this deliverable, if any (the latest, should there be several)."""
+    decisions: dict[str, Decision] = {
+        Status.APPROVED.value: "approve",
+        Status.REJECTED.value: "reject",
+        Status.CHANGES_REQUESTED.value: "changes",
+    }
+    for event in reversed(await store.audit_trail(order_id)):
+        to = event.data.get("to")
+        if event.kind == "transition" and to in decisions:
+            if event.data.get("deliverable") == deliverable_id:
+                return RecordedDecision(
+                    decisions[to], event.actor, event.at, str(event.data.get("feedback") or "")
+                )
+    return None
 
 
 def extended_budget(

@@ -143,27 +143,29 @@ class OrdersStore(StoreBase):
         deliverable_id: int | None,
         actor: str,
         reason: str,
+        feedback: str = "",
     ) -> WorkOrder:
         """A reviewer's decision, bound to the deliverable they were shown: under the row lock
         that makes the decision, `deliverable_id` must still be the order's latest one, else
-        OutdatedDecision (None skips the check). Raises IllegalTransition as `transition` does."""
+        OutdatedDecision (None skips the check). Raises IllegalTransition as `transition` does.
+        The audit names the deliverable decided on, so a review prompt delivered late can still
+        show the decision."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
-            if deliverable_id is not None:
-                latest = (
-                    await s.exec(
-                        select(col(Deliverable.id))
-                        .where(Deliverable.order_id == row.id)
-                        .order_by(col(Deliverable.id).desc())
-                        .limit(1)
-                    )
-                ).first()
-                if latest != deliverable_id:
-                    raise OutdatedDecision(
-                        format_order_id(order_number(ref)), deliverable_id, latest
-                    )
-            audit = {"deliverable": deliverable_id} if deliverable_id is not None else None
-            await self._move(s, row, target, actor=actor, reason=reason, audit=audit)
+            latest = (
+                await s.exec(
+                    select(col(Deliverable.id))
+                    .where(Deliverable.order_id == row.id)
+                    .order_by(col(Deliverable.id).desc())
+                    .limit(1)
+                )
+            ).first()
+            if deliverable_id is not None and latest != deliverable_id:
+                raise OutdatedDecision(format_order_id(order_number(ref)), deliverable_id, latest)
+            audit: dict[str, object] = {"deliverable": latest} if latest is not None else {}
+            if feedback:
+                audit["feedback"] = feedback[:2000]
+            await self._move(s, row, target, actor=actor, reason=reason, audit=audit or None)
             return row_to_order(row)
 
     async def orders_in(
