@@ -94,9 +94,12 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
             order_id, tool_use_id="t1", content="x", summary="x", attempt_id=stale, actor="zombie"
         )
     # The same worker claiming the order again does not revive its old attempt.
-    assert await h.store.finish_run(
-        order_id, "zombie", Status.AWAITING_REVIEW, reason="zombie", attempt_id=stale
-    ) is None
+    assert (
+        await h.store.finish_run(
+            order_id, "zombie", Status.AWAITING_REVIEW, reason="zombie", attempt_id=stale
+        )
+        is None
+    )
     row = await h.store.get_row(order_id)
     assert (row.status, row.lease_owner, row.tool_calls, row.model_calls) == (
         Status.RUNNING.value, "rescuer", 0, 0,
@@ -156,3 +159,54 @@ async def test_a_worker_whose_clock_is_off_by_two_minutes_reaps_no_live_run(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lease_expires(
+    harness: Harness,
+) -> None:
+    """The database stops answering the heartbeat: the worker gives the run up while its lease
+    is still valid (with a margin), so nobody else has taken it over while it still runs."""
+    h = harness
+    engine = h.settings.engine.model_copy(
+        update={"lease_ttl_s": 60, "heartbeat_s": 15, "cancel_poll_s": 0.02}
+    )
+    settings = h.settings.model_copy(update={"engine": engine})
+    order = await h.order()
+    h.anthropic.script(Reply(text="(slow)", delay=60))
+    elapsed = [0.0]  # the worker's monotonic clock, moved by the test
+    worker = Worker(
+        settings,
+        h.store,
+        h.router,
+        h.reporter,
+        worker_id="cut-off",
+        tools=h.tools,
+        clock=lambda: elapsed[0],
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    checks = [0]
+
+    async def unreachable(*args: object, **kwargs: object) -> bool:
+        checks[0] += 1
+        raise ConnectionError("the database does not answer")
+
+    try:
+        await eventually(lambda: len(h.anthropic.requests) == 1)
+        h.store.renew_lease = unreachable  # type: ignore[method-assign]
+        h.store.holds_lease = unreachable  # type: ignore[method-assign]
+
+        elapsed[0] = 30.0  # two heartbeats missed: the lease still has half its time
+        seen = checks[0]
+        await eventually(lambda: checks[0] >= seen + 3)
+        assert worker.running, "still well inside the lease: keep going"
+
+        elapsed[0] = 50.0  # ten seconds before the lease expires
+        await eventually(lambda: not worker.running)
+        row = await h.store.get_row(order.id or "")
+        assert row.lease_owner == "cut-off" and row.status == Status.RUNNING.value
+        assert row.lease_expires_at is not None
+        assert row.lease_expires_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)

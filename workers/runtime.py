@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # How often a worker looks for runs whose lease expired (at most; a fraction of the TTL).
 REAP_INTERVAL_S = 5.0
 
+# A worker that cannot renew a lease gives the run up this share of the TTL before the lease
+# would expire: another worker may claim the order once it has, and must find it let go.
+LEASE_STOP_MARGIN = 0.25
+
 
 @dataclass
 class _Running:
@@ -231,18 +235,21 @@ class Worker:
     ) -> None:
         """Renew the lease by heartbeat and notice cancellation; stop the run if either fails."""
         engine = self.settings.engine
+        # Measured from before each renewal is sent: the database's expiry is at least as late.
         renewed_at = self.clock()
+        give_up_after = engine.lease_ttl_s * (1 - LEASE_STOP_MARGIN)
         while True:
             await asyncio.sleep(min(engine.cancel_poll_s, engine.heartbeat_s))
             if control.ending:
                 return
             try:
                 if self.clock() - renewed_at >= engine.heartbeat_s:
+                    sent_at = self.clock()
                     held = await self.store.renew_lease(
                         number, self.worker_id, lease_ttl_s=engine.lease_ttl_s
                     )
                     if held:
-                        renewed_at = self.clock()
+                        renewed_at = sent_at
                 else:
                     held = await self.store.holds_lease(number, self.worker_id)
                 if not held and not control.ending:
@@ -253,7 +260,12 @@ class Worker:
                     return
             except Exception:
                 log.exception("lease check failed", extra={"order": format_order_id(number)})
-                if self.clock() - renewed_at > engine.lease_ttl_s and not control.ending:
+                if self.clock() - renewed_at >= give_up_after and not control.ending:
+                    log.warning(
+                        "lease not renewed for %.0f s: giving the run up before it expires",
+                        self.clock() - renewed_at,
+                        extra={"order": format_order_id(number)},
+                    )
                     control.stop("lease_lost")
                     run_task.cancel()
                     return
@@ -340,4 +352,3 @@ async def run_worker(
         if own_store:
             await store.close()
         log.info("worker %s stopped", worker.worker_id)
-
