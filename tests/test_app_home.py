@@ -28,9 +28,9 @@ from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import VIEW_BLOCKS_MAX, FakeSlack, SlackSender
 from tests.support.bot import RunningBot
 from tests.support.factories import make_order
+from tests.support.history import seed_history
 from tests.support.pipeline import Pipeline
 from tests.support.settings import FAST_ENGINE
-from tests.test_metrics import seed_history
 from workers.config import Settings
 from workers.models import WorkOrderRow
 from workers.providers import ModelRouter

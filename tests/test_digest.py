@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.blocks import FIELD_TEXT_MAX, HEADER_TEXT_MAX, MESSAGE_BLOCKS_MAX, SECTION_TEXT_MAX
 from bot.digest_blocks import digest_blocks
 from bot.digest_post import SlackDigestPublisher
-from tests.test_metrics import W47, history_settings, seed_history
+from tests.support.history import W47, history_settings, seed_history
 from workers.chart import render_chart
 from workers.config import load_settings
 from workers.digest import (

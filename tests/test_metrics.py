@@ -6,207 +6,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import select
 
+from tests.support.factories import make_order
+from tests.support.history import W47, Seed, at, history_settings, seed_history
 from workers import metrics
-from workers.config import Settings, load_settings
-from workers.db import session_factory
+from workers.budget import Headroom, _stop_message
+from workers.errors import BudgetExceeded
 from workers.metrics import ALL, Period, percentile
-from workers.models import AuditEvent, IntakeSession, LlmCall, WorkOrderRow
-
-W47 = Period.iso_week("2026-W47")  # Mon 2026-11-16 .. Mon 2026-11-23 (UTC)
-
-
-def at(day: int, hour: int, minute: int = 0) -> datetime:
-    """A time in November 2026, UTC."""
-    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
-
-
-class Seed:
-    """Rows written exactly as the engine writes them: an order, its transitions in the audit
-    trail, its model calls; intake dialogues."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.sessions = session_factory(engine)
-        self.rows: list[Any] = []
-        self.next_id = 1
-
-    def order(
-        self,
-        requester: str,
-        workload: str,
-        path: list[tuple[str, datetime, str]],
-        *,
-        team: str = "growth",
-        rework: int = 0,
-        calls: tuple[tuple[str, str, int, datetime], ...] = (),
-    ) -> int:
-        """`path`: (state entered, when, actor); the order starts awaiting confirmation."""
-        number = self.next_id
-        self.next_id += 1
-        status = path[-1][0] if path else "awaiting_confirmation"
-        self.rows.append(
-            WorkOrderRow(
-                id=number,
-                title=f"order {number}",
-                requester=requester,
-                team=team,
-                goal="g",
-                deliverable="d",
-                acceptance_criteria=["c"],
-                budget={},
-                workload_class=workload,
-                authority_policy="default",
-                verification={},
-                status=status,
-                rework_count=rework,
-                created_at=path[0][1] - timedelta(minutes=5) if path else at(1, 0),
-            )
-        )
-        source = "awaiting_confirmation"
-        chain = f"WO-{number}"
-        for seq, (target, when, actor) in enumerate(path, start=1):
-            self.rows.append(self._event(chain, seq, when, actor, source, target))
-            source = target
-        for role, model, cost, when in calls:
-            self.rows.append(
-                LlmCall(
-                    order_id=number,
-                    role=role,
-                    provider="anthropic",
-                    model=model,
-                    cost_micro_usd=cost,
-                    created_at=when,
-                    team=team,
-                )
-            )
-        return number
-
-    @staticmethod
-    def _event(
-        chain: str, seq: int, when: datetime, actor: str, source: str, target: str
-    ) -> AuditEvent:
-        data: dict[str, Any] = {"from": source, "to": target, "reason": "seeded"}
-        if target == "exception":
-            data["kind"] = "budget"
-        return AuditEvent(
-            chain=chain,
-            seq=seq,
-            at=when,
-            actor=actor,
-            kind="transition",
-            data=data,
-            prev_hash="-",
-            hash=f"{chain}:{seq}",
-        )
-
-    def intake(self, requester: str, kind: str, when: datetime, n: int = 1) -> None:
-        for _ in range(n):
-            self.rows.append(
-                IntakeSession(
-                    channel="C1",
-                    thread_ts=f"{len(self.rows)}.0",
-                    requester=requester,
-                    kind=kind,
-                    created_at=when,
-                )
-            )
-
-    def intake_call(self, cost: int, when: datetime) -> None:
-        self.rows.append(
-            LlmCall(
-                role="intake",
-                provider="anthropic",
-                model="haiku",
-                cost_micro_usd=cost,
-                created_at=when,
-            )
-        )
-
-    async def write(self) -> None:
-        async with self.sessions() as s, s.begin():
-            orders = [r for r in self.rows if isinstance(r, WorkOrderRow)]
-            s.add_all(orders)
-            await s.flush()
-            s.add_all([r for r in self.rows if not isinstance(r, WorkOrderRow)])
-
-
-def history_settings() -> Settings:
-    return load_settings(
-        teams={
-            "default": {"weekly_usd": 100.0},
-            "growth": {"weekly_usd": 100.0, "members": ["U1", "U2"]},
-        }
-    )
-
-
-async def seed_history(engine: AsyncEngine) -> None:
-    seed = Seed(engine)
-    q, r, rev = "queued", "running", "awaiting_review"
-    # A: confirmed Mon 10:00, 30 min in the queue, approved first time at 12:00 (review 1 h).
-    seed.order(
-        "U1",
-        "standard",
-        [(q, at(16, 10), "U1"), (r, at(16, 10, 30), "w"), (rev, at(16, 11), "w"),
-         ("approved", at(16, 12), "UREV1")],
-        calls=(("execute", "sonnet", 400_000, at(16, 10, 40)),
-               ("verify", "mini", 50_000, at(16, 10, 55))),
-    )  # fmt: skip
-    # B: confirmed the week before; changes requested (review 2 h), requeued and waiting 1 h,
-    # approved a day after its second submission. Cycle: Nov 10 09:00 -> Nov 18 12:00.
-    seed.order(
-        "U2",
-        "deep",
-        [(q, at(10, 9), "U2"), (r, at(10, 9, 10), "w"), (rev, at(17, 8), "w"),
-         ("changes_requested", at(17, 10), "UREV1"), (q, at(17, 10), "UREV1"),
-         (r, at(17, 11), "w"), (rev, at(17, 12), "w"), ("approved", at(18, 12), "UREV2")],
-        rework=1,
-        calls=(("execute", "opus", 1_000_000, at(10, 9, 30)),
-               ("execute", "opus", 2_000_000, at(17, 11, 30))),
-    )  # fmt: skip
-    # C: rejected after a 1 h review.
-    seed.order(
-        "U1",
-        "quick",
-        [(q, at(18, 9), "U1"), (r, at(18, 9), "w"), (rev, at(18, 9, 30), "w"),
-         ("rejected", at(18, 10, 30), "UREV1")],
-        calls=(("execute", "haiku", 100_000, at(18, 9, 10)),),
-    )  # fmt: skip
-    # D: 20 min in the queue, then out of budget.
-    seed.order(
-        "U2",
-        "standard",
-        [(q, at(19, 9), "U2"), (r, at(19, 9, 20), "w"), ("exception", at(19, 10), "w")],
-        calls=(("execute", "sonnet", 300_000, at(19, 9, 30)),),
-    )  # fmt: skip
-    # E: a proposed card cancelled (a declined draft, not cancelled work).
-    seed.order("U1", "standard", [("cancelled", at(20, 8), "U1")])
-    # F: confirmed, then cancelled while queued.
-    seed.order("U1", "standard", [(q, at(20, 9), "U1"), ("cancelled", at(20, 9, 5), "U1")])
-    # G: another team's order, approved on Monday.
-    seed.order(
-        "U9",
-        "standard",
-        [(q, at(16, 12), "U9"), (r, at(16, 12), "w"), (rev, at(16, 13), "w"),
-         ("approved", at(16, 14), "UREV1")],
-        team="default",
-        calls=(("execute", "sonnet", 200_000, at(16, 12, 30)),),
-    )  # fmt: skip
-    # H: the previous week's one finished outcome for growth.
-    seed.order(
-        "U1",
-        "standard",
-        [(q, at(11, 9), "U1"), (r, at(11, 9), "w"), (rev, at(11, 10), "w"),
-         ("approved", at(11, 11), "UREV1")],
-        calls=(("execute", "sonnet", 500_000, at(11, 9, 30)),),
-    )  # fmt: skip
-    seed.intake("U1", "delegation", at(16, 9), n=3)
-    seed.intake("U2", "chat", at(17, 9), n=2)
-    seed.intake("U1", "pending", at(21, 9))
-    seed.intake("U9", "chat", at(17, 9))
-    seed.intake("U1", "delegation", at(12, 9))  # previous week
-    seed.intake_call(1_000, at(16, 9))  # before any order: no team
-    await seed.write()
+from workers.models import Transition, WorkOrderRow, utcnow
+from workers.progress import HeldBack
+from workers.store import Admission, Store
+from workers.store.base import order_number
+from workers.store.transitions import waiting_for_quota
+from workers.workorder import Status
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -324,3 +137,105 @@ async def test_previous_week_whole_workspace_and_an_empty_week(database: Any) ->
         ("2026-W46", 1, 1_500_000),
         ("2026-W47", 2, 2_850_000),
     ]
+
+
+async def _backdate(store: Store, order: int, *, entered_queue_s: float, waiting_s: float) -> None:
+    """Let time pass without sleeping: the order entered the queue and began waiting earlier."""
+    async with store.transaction() as s:
+        entered = (
+            await s.exec(
+                select(Transition).where(
+                    Transition.order_id == order, Transition.to_status == "queued"
+                )
+            )
+        ).one()
+        entered.at = utcnow() - timedelta(seconds=entered_queue_s)
+        s.add(entered)
+        row = await s.get(WorkOrderRow, order)
+        assert row is not None and row.waiting_since is not None
+        row.waiting_since = utcnow() - timedelta(seconds=waiting_s)
+        s.add(row)
+
+
+async def test_time_waiting_for_quota_is_the_part_of_the_queue_wait_spent_on_quota(
+    store: Store,
+) -> None:
+    """An order queued 2 h ago that the team's spent week held back for the last hour: the lead
+    sees 2 h in the queue, 1 h of it waiting for quota. An order held back for a free slot of its
+    requester's adds queue time, not quota time."""
+    quota = {"growth": 0}
+    gate = Admission(
+        week="2026-11-16",
+        quota_micro_usd=lambda team: quota.get(team, 10**9),
+        max_runs_per_user=lambda _: 1,
+        headroom_micro_usd=1,
+    )
+
+    async def queued(requester: str, team: str) -> str:
+        order = await store.create_order(make_order(requester=requester, team=team), actor="U1")
+        assert order.id
+        await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="-")
+        await store.transition(order.id, Status.QUEUED, actor=requester, reason="Start clicked")
+        return order.id
+
+    running = await queued("U2", "default")
+    claimed = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    assert claimed.order is not None and claimed.order.id == running
+    waiting, busy = await queued("U1", "growth"), await queued("U2", "default")
+    held = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    assert held.order is None
+    reasons = {order.id: reason for order, reason in held.waiting}
+    assert reasons[waiting].startswith("waiting for team quota")
+    assert reasons[busy].startswith("waiting for a free slot")
+    await _backdate(store, order_number(waiting), entered_queue_s=7200, waiting_s=3600)
+    await _backdate(store, order_number(busy), entered_queue_s=1800, waiting_s=1800)
+
+    quota["growth"] = 10**9  # a lead raises the quota; the order starts
+    started = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    assert started.order is not None and started.order.id == waiting
+    await store.cancel_order(busy, actor="U2", reason="no longer needed")
+
+    week = Period.week_of(utcnow())
+    settings = history_settings()
+    growth = await metrics.team_metrics(store.engine, settings, "growth", week)
+    assert growth.queue_wait_total_s == pytest.approx(7200, abs=60)
+    assert growth.quota_wait_total_s == pytest.approx(3600, abs=60)
+    assert growth.quota_waits == 1
+    others = await metrics.team_metrics(store.engine, settings, "default", week)
+    assert (others.quota_wait_total_s, others.quota_waits) == (0, 0)
+    everyone = await metrics.team_metrics(store.engine, settings, ALL, week)
+    assert everyone.as_dict()["quota_wait_total_s"] == pytest.approx(3600, abs=60)
+
+
+def test_both_ways_of_holding_an_order_back_for_quota_are_recognised() -> None:
+    claim = HeldBack.team_quota("growth", used_micro_usd=5, quota_micro_usd=5).describe()
+    run = str(BudgetExceeded("team_quota", _stop_message("team_quota", Headroom(0, 0, 0, 0), 10)))
+    slot = HeldBack.user_runs("U1", running=2, limit=2).describe()
+    assert waiting_for_quota(claim) and waiting_for_quota(run)
+    assert not waiting_for_quota(slot) and not waiting_for_quota(None)
+    assert not waiting_for_quota("waiting for the model provider: overloaded")
+
+
+async def test_intake_spend_counts_for_the_requesters_team(database: Any) -> None:
+    """Model calls of intake dialogues made before any order exists are charged (as the router
+    records them) to the requester's team: that team's digest includes them, another's does
+    not, and a call recorded with no team counts only for the whole workspace."""
+    engine = database.engine()
+    try:
+        seed = Seed(engine)
+        seed.intake("U1", "chat", at(16, 9))
+        seed.intake_call(3_000, at(16, 9), requester="U1", team="growth")
+        seed.intake_call(2_000, at(17, 9), requester="U9", team="default")
+        seed.intake_call(1_000, at(17, 10))  # recorded before intake calls carried a team
+        await seed.write()
+        settings = history_settings()
+        growth = await metrics.team_metrics(engine, settings, "growth", W47)
+        default = await metrics.team_metrics(engine, settings, "default", W47)
+        everyone = await metrics.team_metrics(engine, settings, ALL, W47)
+    finally:
+        await engine.dispose()
+    assert (growth.spend_micro_usd, growth.spend_by_role) == (3_000, {"intake": 3_000})
+    assert growth.spend_by_class == {"none": 3_000}
+    assert not growth.is_empty and growth.chat_answers == 1
+    assert default.spend_micro_usd == 2_000
+    assert everyone.spend_micro_usd == 6_000

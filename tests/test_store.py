@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 
 import pytest
-from sqlalchemy import text
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
 
 from tests.support.databases import Database
 from tests.support.factories import make_order
@@ -17,6 +22,15 @@ from workers.migrate import current_revision, head_revision
 from workers.models import LlmCall, ToolCall
 from workers.store import Admission, Store
 from workers.workorder import Status, WorkloadClass
+
+
+def _migration(name: str) -> ModuleType:
+    path = Path(__file__).parents[1] / "workers" / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 async def test_migrations_reach_head_and_match_the_models(database: Database) -> None:
@@ -125,7 +139,9 @@ async def test_list_orders_filters_by_requester_and_status(store: Store) -> None
 async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
     order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert order.id
-    gate = Admission(week="2026-11-16", quota_micro_usd=lambda _: 10**9, max_runs_per_user=lambda _: 9)
+    gate = Admission(
+        week="2026-11-16", quota_micro_usd=lambda _: 10**9, max_runs_per_user=lambda _: 9
+    )
     await store.enqueue(order.id, priority=1, actor="U1", reason="started")
     first = (await store.claim("w1", lease_ttl_s=60, admission=gate)).attempt
     assert first is not None and first.id is not None
@@ -134,7 +150,9 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
     ]
     await store.save_run_checkpoint(first.id, messages=history, step=2, elapsed_ms=0)
-    await store.finish_run(order.id, "w1", Status.QUEUED, reason="asked to wait", attempt_id=first.id)
+    await store.finish_run(
+        order.id, "w1", Status.QUEUED, reason="asked to wait", attempt_id=first.id
+    )
     second = (await store.claim("w2", lease_ttl_s=60, admission=gate)).attempt
     assert second is not None and (first.number, second.number) == (1, 2)
 
@@ -237,3 +255,46 @@ async def test_thread_messages_are_stored_once_in_order(store: Store) -> None:
     )
     await store.record_thread_message(channel="C2", thread_ts="1.1", ts="1.4", text="elsewhere")
     assert [m.text for m in await store.thread_messages("C1", "1.1")] == ["root", "second", "third"]
+
+
+async def test_state_changes_are_copied_to_transitions_and_the_migration_backfills_them(
+    database: Database,
+) -> None:
+    """Each move writes a `transitions` row next to its audit event; migration 0009 rebuilds the
+    same rows from the audit trail of a database that had none."""
+    store = Store(database.engine())
+    try:
+        order = await store.create_order(make_order(), actor="U1")
+        assert order.id
+        for target, actor in [
+            (Status.AWAITING_CONFIRMATION, "intake"),
+            (Status.QUEUED, "U1"),
+            (Status.RUNNING, "w1"),
+            (Status.EXCEPTION, "w1"),
+        ]:
+            audit = {"kind": "budget"} if target is Status.EXCEPTION else None
+            await store.transition(order.id, target, actor=actor, reason="test", audit=audit)
+        await store.audit("system", actor="U1", kind="note")  # not an order's chain
+        query = text(
+            "SELECT order_id, seq, at, actor, from_status, to_status, exception_kind"
+            " FROM transitions ORDER BY order_id, seq"
+        )
+        async with store.engine.connect() as conn:
+            written = (await conn.execute(query)).all()
+        trail = [e for e in await store.audit_trail(order.id) if e.kind == "transition"]
+        assert [(r.seq, r.actor, r.from_status, r.to_status) for r in written] == [
+            (e.seq, e.actor, e.data["from"], e.data["to"]) for e in trail
+        ]
+        assert [r.exception_kind for r in written] == [None, None, None, "budget"]
+
+        def backfill(connection: Connection) -> None:
+            connection.execute(text("DELETE FROM transitions"))  # as before the migration
+            with Operations.context(MigrationContext.configure(connection)):
+                _migration("0009_transitions")._backfill()
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(backfill)
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(query)).all() == written
+    finally:
+        await store.close()

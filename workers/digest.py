@@ -273,6 +273,7 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
         ),
         ("Review latency (median)", lambda m: duration(m.review_latency_p50_s)),
         ("Time waiting in the queue", lambda m: duration(m.queue_wait_total_s)),
+        ("Time waiting for quota", lambda m: duration(m.quota_wait_total_s)),
     ]
     return [(label, *both(fmt)) for label, fmt in rows]
 
@@ -300,6 +301,7 @@ CSV_COLUMNS = (
     "cycle_time_p90_s",
     "review_latency_p50_s",
     "queue_wait_total_s",
+    "quota_wait_total_s",
     "total_spend_usd",
     "cost_per_finished_outcome_usd",
     "unapproved_spend_usd",

@@ -9,7 +9,9 @@ Where the figures come from:
 - **requests, delegations, chat answers**: intake dialogues started in the period
   (`intake_sessions.kind`); a dialogue's team is its requester's team in the configuration.
 - **orders confirmed, finished outcomes, rejections, changes requested, cancellations,
-  exceptions**: state transitions in the audit trail that happened in the period. Confirmed is
+  exceptions**: state transitions that happened in the period, read from the narrow
+  `transitions` table `Store._move` writes next to each transition's audit event (migration
+  0009 backfilled it from the audit trail). Confirmed is
   *awaiting confirmation → queued*; a cancellation counts only once the order had been confirmed
   (a proposed card that is cancelled is a declined draft, not cancelled work).
 - **first-pass approval rate**: orders approved without any *request changes*, over all orders
@@ -18,9 +20,14 @@ Where the figures come from:
 - **cycle time**: first confirmation → approval, for orders approved in the period.
   **Review latency**: entering *awaiting review* → the reviewer's decision.
   **Queue wait**: entering *queued* → a worker starting it (quota, per-person run limits and busy
-  workers all show up here; the engine does not record which of them an order waited for).
-- **spend**: model calls made in the period, charged to their order's team (intake calls made
-  before an order exists carry no team and count only for `all`). **Cost per finished outcome**
+  workers all show up here). **Time waiting for quota**: the part of the queue time the order
+  was held back because its team's week was spent, counted when the wait ends (the order
+  starts, is cancelled, or gives up waiting); workers.store.transitions records it.
+- **spend**: model calls made in the period, charged to their order's team. An intake call made
+  before an order exists is charged to the team its requester belongs to (`llm_calls.team`, the
+  team whose weekly quota paid for it: the model router sets it), so a team's spend includes
+  the dialogues of its people; a call with no team at all (recorded before intake calls were
+  charged) counts only for `all`. **Cost per finished outcome**
   is all spend in the period over the outcomes finished in it: what each finished, approved piece
   of work cost, including the work that did not make it. **Spend not approved** is the part of
   the period's spend on orders that ended rejected, cancelled or in exception.
@@ -41,8 +48,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, case, func, literal, or_, select
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
@@ -55,7 +61,7 @@ from workers.workorder import Status
 ALL = "all"
 TOP_N = 5
 
-_events = SQLModel.metadata.tables["audit_events"]
+_moves = SQLModel.metadata.tables["transitions"]
 _orders = SQLModel.metadata.tables["work_orders"]
 _calls = SQLModel.metadata.tables["llm_calls"]
 _intake = SQLModel.metadata.tables["intake_sessions"]
@@ -64,6 +70,13 @@ _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 # Ended without an approval: their spend bought nothing the reviewer accepted.
 _NOT_APPROVED = (Status.REJECTED.value, Status.CANCELLED.value, Status.EXCEPTION.value)
 _DECISIONS = (Status.APPROVED.value, Status.REJECTED.value, Status.CHANGES_REQUESTED.value)
+# Every move into these is counted (approvals, rejections, cancellations, exceptions).
+_COUNTED = (
+    Status.APPROVED.value,
+    Status.REJECTED.value,
+    Status.CANCELLED.value,
+    Status.EXCEPTION.value,
+)
 _BEFORE_CONFIRMATION = (Status.DRAFTING.value, Status.AWAITING_CONFIRMATION.value)
 
 
@@ -163,6 +176,8 @@ class TeamMetrics:
     review_latency_p50_s: float | None = None
     queue_wait_total_s: float = 0.0
     queue_wait_p50_s: float | None = None
+    quota_wait_total_s: float = 0.0
+    quota_waits: int = 0
     spend_micro_usd: int = 0
     unapproved_spend_micro_usd: int = 0
     spend_by_class: dict[str, int] = field(default_factory=dict)
@@ -234,6 +249,8 @@ class TeamMetrics:
             "review_latency_p50_s": _round(self.review_latency_p50_s, 1),
             "queue_wait_total_s": _round(self.queue_wait_total_s, 1),
             "queue_wait_p50_s": _round(self.queue_wait_p50_s, 1),
+            "quota_wait_total_s": _round(self.quota_wait_total_s, 1),
+            "quota_waits": self.quota_waits,
             "total_spend_usd": usd(self.spend_micro_usd),
             "cost_per_finished_outcome_usd": usd(self.cost_per_finished_outcome_micro_usd),
             "unapproved_spend_usd": usd(self.unapproved_spend_micro_usd),
@@ -262,6 +279,7 @@ COMPARED = (
     "cycle_time_p90_s",
     "review_latency_p50_s",
     "queue_wait_total_s",
+    "quota_wait_total_s",
     "spend_micro_usd",
     "cost_per_finished_outcome_micro_usd",
     "unapproved_spend_micro_usd",
@@ -317,39 +335,27 @@ def _durations(pairs: Sequence[Any]) -> list[float]:
 # ----------------------------------------------------------------------------- SQL
 
 
-def _json_text(key: str) -> ColumnElement[str]:
-    return _events.c.data[key].as_string()
-
-
 def _transitions(team: str, period: Period) -> Any:
     """Order state changes in the period, one row each, with the order's team and requester."""
-    # Only order chains ('WO-42') are cast; the CASE keeps PostgreSQL from casting 'system'.
-    number = case(
-        (_events.c.chain.like("WO-%"), sql_cast(func.substr(_events.c.chain, 4), Integer)),
-        else_=None,
-    )
+    src = _moves.c.from_status
     query = (
         select(
-            _events.c.chain,
-            _events.c.seq,
-            _events.c.at,
-            _events.c.actor,
-            _json_text("from").label("src"),
-            _json_text("to").label("dst"),
-            _json_text("kind").label("xkind"),
+            _moves.c.order_id,
+            _moves.c.seq,
+            _moves.c.at,
+            src.label("src"),
+            _moves.c.to_status.label("dst"),
+            _moves.c.exception_kind.label("xkind"),
+            _moves.c.quota_wait_s,
             _orders.c.requester,
             _orders.c.rework_count,
             # Who decided a review (the actor of a transition out of awaiting review).
-            case(
-                (_json_text("from") == Status.AWAITING_REVIEW.value, _events.c.actor), else_=None
-            ).label("reviewer"),
+            case((src == Status.AWAITING_REVIEW.value, _moves.c.actor), else_=None).label(
+                "reviewer"
+            ),
         )
-        .select_from(_events.join(_orders, _orders.c.id == number))
-        .where(
-            _events.c.kind == "transition",
-            _events.c.at >= period.start,
-            _events.c.at < period.end,
-        )
+        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .where(_moves.c.at >= period.start, _moves.c.at < period.end)
     )
     if team != ALL:
         query = query.where(_orders.c.team == team)
@@ -359,16 +365,12 @@ def _transitions(team: str, period: Period) -> Any:
 def _earlier_transition(
     t: Any, aggregate: Any, *, to: str, source: str | None = None
 ) -> ColumnElement[Any]:
-    """When the same order last (max) or first (min) moved to `to` before this transition."""
-    c = _events.alias("c")
-    where = [
-        c.c.chain == t.c.chain,
-        c.c.kind == "transition",
-        c.c.seq < t.c.seq,
-        c.c.data["to"].as_string() == to,
-    ]
+    """When the same order last (max) or first (min) moved to `to` before this transition
+    (one index range of ix_transitions_order_to)."""
+    c = _moves.alias("c")
+    where = [c.c.order_id == t.c.order_id, c.c.to_status == to, c.c.seq < t.c.seq]
     if source is not None:
-        where.append(c.c.data["from"].as_string() == source)
+        where.append(c.c.from_status == source)
     return select(aggregate(c.c.at)).where(*where).scalar_subquery()
 
 
@@ -477,6 +479,42 @@ def _spend_rows(team: str, period: Period) -> Any:
     return query.subquery("s")
 
 
+def _spend_by_route(team: str, period: Period) -> Any:
+    """Spend grouped by route and by whether the order ended without approval. The period's
+    calls are summed per order first (over the covering index ix_llm_calls_created_at_cost), so
+    that each order is looked up once rather than once per call."""
+    per_order = (
+        select(
+            _calls.c.order_id,
+            _calls.c.team,
+            _calls.c.role,
+            _calls.c.model,
+            func.count().label("calls"),
+            func.sum(_calls.c.cost_micro_usd).label("cost"),
+        )
+        .where(_calls.c.created_at >= period.start, _calls.c.created_at < period.end)
+        .group_by(_calls.c.order_id, _calls.c.team, _calls.c.role, _calls.c.model)
+        .subquery("c")
+    )
+    workload = func.coalesce(_orders.c.workload_class, "none").label("workload_class")
+    wasted = case((_orders.c.status.in_(_NOT_APPROVED), 1), else_=0).label("wasted")
+    query = (
+        select(
+            per_order.c.role,
+            workload,
+            per_order.c.model,
+            wasted,
+            func.sum(per_order.c.calls),
+            func.sum(per_order.c.cost),
+        )
+        .select_from(per_order.outerjoin(_orders, _orders.c.id == per_order.c.order_id))
+        .group_by(per_order.c.role, workload, per_order.c.model, wasted)
+    )
+    if team != ALL:
+        query = query.where(func.coalesce(_orders.c.team, per_order.c.team) == team)
+    return query
+
+
 async def _team_metrics(
     conn: AsyncConnection, settings: Settings, team: str, period: Period
 ) -> TeamMetrics:
@@ -498,11 +536,17 @@ async def _team_metrics(
         elif kind == IntakeKind.CHAT.value:
             m.chat_answers = count
 
-    # Transitions in one pass, grouped by (from, to, exception kind, requester, reviewer).
+    # Transitions in one pass, grouped by (from, to, exception kind, requester, reviewer); only
+    # those the figures below count (not, e.g., starts and submissions).
     t = _transitions(team, period)
     first_pass = func.sum(case((t.c.rework_count == 0, 1), else_=0))
     keys = (t.c.src, t.c.dst, t.c.xkind, t.c.requester, t.c.reviewer)
-    counts = select(*keys, func.count(), first_pass).group_by(*keys)
+    counted = or_(
+        and_(t.c.src == Status.AWAITING_CONFIRMATION.value, t.c.dst == Status.QUEUED.value),
+        t.c.src == Status.AWAITING_REVIEW.value,
+        t.c.dst.in_(_COUNTED),
+    )
+    counts = select(*keys, func.count(), first_pass).where(counted).group_by(*keys)
     requesters: dict[str, list[int]] = {}
     reviewers: dict[str, int] = {}
     for src, dst, xkind, requester, reviewer, count, passed in (await conn.execute(counts)).all():
@@ -546,19 +590,24 @@ async def _team_metrics(
     )
     asked = _earlier_transition(t, func.max, to=Status.AWAITING_REVIEW.value)
     queued = _earlier_transition(t, func.max, to=Status.QUEUED.value)
+    quota_wait = t.c.quota_wait_s.is_not(None)
     timing = select(
         t.c.at,
         case((approved, confirmed), else_=None),
         case((decided, asked), else_=None),
         case((started, queued), else_=None),
-    ).where(or_(approved, decided, started))
+        t.c.quota_wait_s,
+    ).where(or_(approved, decided, started, quota_wait))
     cycle: list[tuple[Any, Any]] = []
     review: list[tuple[Any, Any]] = []
     waits: list[tuple[Any, Any]] = []
-    for when, confirmed_at, asked_at, queued_at in (await conn.execute(timing)).all():
+    for when, confirmed_at, asked_at, queued_at, quota_s in (await conn.execute(timing)).all():
         cycle.append((confirmed_at, when))
         review.append((asked_at, when))
         waits.append((queued_at, when))
+        if quota_s is not None:
+            m.quota_wait_total_s += float(quota_s)
+            m.quota_waits += 1
     cycle_s, review_s, wait_s = _durations(cycle), _durations(review), _durations(waits)
     m.cycle_time_p50_s, m.cycle_time_p90_s = percentile(cycle_s, 0.5), percentile(cycle_s, 0.9)
     m.review_latency_p50_s = percentile(review_s, 0.5)
@@ -566,10 +615,7 @@ async def _team_metrics(
     m.queue_wait_p50_s = percentile(wait_s, 0.5)
 
     # Spend, grouped by route and by whether the order ended without approval.
-    s = _spend_rows(team, period)
-    spend = select(
-        s.c.role, s.c.workload_class, s.c.model, s.c.wasted, func.count(), func.sum(s.c.cost)
-    ).group_by(s.c.role, s.c.workload_class, s.c.model, s.c.wasted)
+    spend = _spend_by_route(team, period)
     routes: dict[tuple[str, str, str], list[int]] = {}
     for role, workload, model, wasted, calls, cost in (await conn.execute(spend)).all():
         cost = int(cost or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Micro-dollars: 64-bit on PostgreSQL (INTEGER would cap at $2,147); SQLite integers are 64-bit.
@@ -273,6 +273,39 @@ class AuditEvent(SQLModel, table=True):
     scheme: str = Field(default="sha256", description="'sha256' for events before keying")
 
 
+class Transition(SQLModel, table=True):
+    """One state change of an order, written by `Store._move` in the transaction that makes it,
+    next to its audit event (same `seq` and `at`). The audit trail is the record; this narrow,
+    indexed copy is what the leads' metrics read, so they need not parse the trail's JSON."""
+
+    __tablename__ = "transitions"
+    __table_args__ = (
+        UniqueConstraint("order_id", "seq", name="uq_transitions_order_seq"),
+        # A period's transitions, read from the index alone (it holds every column they need).
+        Index(
+            "ix_transitions_at",
+            "at", "order_id", "from_status", "to_status", "seq", "actor", "exception_kind",
+            "quota_wait_s",
+        ),
+        # An order's earlier transitions into a state (cycle time, review latency, queue wait).
+        Index("ix_transitions_order_to", "order_id", "to_status", "seq", "from_status", "at"),
+    )  # fmt: skip
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="work_orders.id")
+    seq: int = Field(description="the audit event's seq in the order's chain")
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    actor: str
+    from_status: str
+    to_status: str
+    exception_kind: str | None = Field(default=None, description="for a move into exception")
+    quota_wait_s: float | None = Field(
+        default=None,
+        sa_column=Column(Float, nullable=True),
+        description="time the order had waited for its team's quota, on the move that ended it",
+    )
+
+
 class AuditHead(SQLModel, table=True):
     """A chain's anchor outside the events table: how many events it has and the last digest,
     keyed like the events. The row for chain '*' counts every anchored event."""
@@ -312,7 +345,8 @@ class IntakeSession(SQLModel, table=True):
     __tablename__ = "intake_sessions"
     __table_args__ = (
         UniqueConstraint("channel", "thread_ts"),
-        Index("ix_intake_sessions_created_at", "created_at"),
+        # Covering for the metrics: a period's dialogues by kind and requester.
+        Index("ix_intake_sessions_created_at_kind", "created_at", "kind", "requester"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -367,7 +401,9 @@ class Deliverable(SQLModel, table=True):
     summary: str = ""
     content: str
     # The automatic check's verdicts: [{"criterion", "passed", "reason"}], None if not checked.
-    verdicts: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    verdicts: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

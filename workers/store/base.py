@@ -34,6 +34,7 @@ from workers.db import create_engine, is_sqlite, reading, session_factory
 from workers.errors import NotFound, StaleUpdate
 from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
 from workers.states import check_transition
+from workers.store.transitions import record_transition
 from workers.workorder import (
     Budget,
     Status,
@@ -151,11 +152,12 @@ class StoreBase:
         **changes: Any,
     ) -> None:
         """Change a locked row's state inside an open transaction: checked against the table
-        (and `expected`), compare-and-set on the version, audited."""
+        (and `expected`), compare-and-set on the version, audited, and copied to `transitions`."""
         assert row.id is not None
         order_id = format_order_id(row.id)
         source = Status(row.status)
         check_transition(order_id, source, target, actor=actor, reason=reason, expected=expected)
+        before = {"wait_reason": row.wait_reason, "waiting_since": row.waiting_since}
         result = await s.exec(
             update(WorkOrderRow)
             .where(col(WorkOrderRow.id) == row.id, col(WorkOrderRow.version) == row.version)
@@ -164,7 +166,19 @@ class StoreBase:
         if result.rowcount != 1:
             raise StaleUpdate(order_id)
         data = {"from": source.value, "to": target.value, "reason": reason, **(audit or {})}
-        await self._append_audit(s, order_id, actor=actor, kind="transition", data=data)
+        event = await self._append_audit(s, order_id, actor=actor, kind="transition", data=data)
+        # The metrics' narrow copy of the change, in the same transaction (workers.store.transitions).
+        await record_transition(
+            s,
+            row,
+            source,
+            target,
+            seq=event.seq,
+            at=event.at,
+            actor=actor,
+            audit=data,
+            before=before,
+        )
         await s.refresh(row)
 
     async def _append_audit(

@@ -1,0 +1,76 @@
+"""The `transitions` table: one narrow row per order state change, written by `Store._move`
+next to the change's audit event, and how long an order waited for its team's quota.
+
+A quota wait is known from the order row: `wait_reason` says the team's week is spent (set by
+the claim when it holds the order back, or by the agent when a run stops for quota) and
+`waiting_since` when the waiting began. The wait ends when the order leaves the queue (started,
+cancelled, or in exception after waiting too long); that move's row carries the seconds waited
+since the later of `waiting_since` and the order's last entry into the queue (`waiting_since` is
+kept across a run, so that the run can tell how long the order has been waiting in all)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from workers.models import Transition, WorkOrderRow
+from workers.workorder import Status
+
+# How the two places that hold an order back for quota word its wait_reason: the claim
+# (workers.progress.HeldBack.describe) and a run stopped by the team's quota (workers.budget).
+QUOTA_WAIT_REASONS = ("waiting for team quota", "the team's weekly quota is spent")
+
+
+def waiting_for_quota(wait_reason: str | None) -> bool:
+    return wait_reason is not None and wait_reason.startswith(QUOTA_WAIT_REASONS)
+
+
+async def record_transition(
+    s: AsyncSession,
+    row: WorkOrderRow,
+    source: Status,
+    target: Status,
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    audit: dict[str, Any],
+    before: dict[str, Any],
+) -> None:
+    """Write the transition's row; `before` holds the order's wait columns before the move."""
+    assert row.id is not None
+    quota_wait_s = None
+    since = before.get("waiting_since")
+    if source is Status.QUEUED and since is not None and waiting_for_quota(before["wait_reason"]):
+        entered = (
+            await s.exec(
+                select(func.max(Transition.at)).where(
+                    Transition.order_id == row.id,
+                    col(Transition.to_status) == Status.QUEUED.value,
+                )
+            )
+        ).one()
+        start = max(_utc(since), _utc(entered)) if entered is not None else _utc(since)
+        quota_wait_s = max(0.0, (_utc(at) - start).total_seconds())
+    kind = audit.get("kind") if target is Status.EXCEPTION else None
+    s.add(
+        Transition(
+            order_id=row.id,
+            seq=seq,
+            at=at,
+            actor=actor,
+            from_status=source.value,
+            to_status=target.value,
+            exception_kind=str(kind) if kind is not None else None,
+            quota_wait_s=quota_wait_s,
+        )
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything Delegate stores is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
