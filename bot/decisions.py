@@ -36,7 +36,14 @@ from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
 from workers.progress import RunResult
-from workers.review import Decision, ExceptionAction, decide, handle_exception
+from workers.review import (
+    Decision,
+    ExceptionAction,
+    decide,
+    extended_budget,
+    extension_refusal,
+    handle_exception,
+)
 from workers.store import Store
 from workers.workorder import WorkOrder
 
@@ -103,6 +110,15 @@ class Decisions:
             decided.order, decision, user=user, feedback=feedback, message=message
         )
         return None
+
+    async def precheck(self, value: str, *, user: str, from_home: bool = False) -> str | None:
+        """The cheap part of `decide` (reads only), to answer in a modal before its ack: why
+        `user` cannot decide on this prompt, or None. `decide` checks again under the lock."""
+        order_id, _ = parse_review_value(value)
+        order = await self.store.get_order(order_id)
+        if not may_review(order, user, self.settings):
+            return reviewer_refusal(order)
+        return await self.check_current(value, from_home=from_home)
 
     async def check_current(self, value: str, *, from_home: bool = False) -> str | None:
         """None if `value` names the order's latest deliverable, else the refusal (before a
@@ -214,9 +230,7 @@ class Decisions:
             "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
             "cancel": f"Cancelled by {mention(user)}.",
         }
-        await self.reporter.status(
-            updated, words[action], await self.store.spend(order_id)
-        )
+        await self.reporter.status(updated, words[action], await self.store.spend(order_id))
         return updated, words[action]
 
 
@@ -286,7 +300,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
 
     @app.view(CHANGES_CALLBACK)
     async def on_changes_submitted(
-        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
         metadata = json.loads(view.get("private_metadata") or "{}")
         feedback = str(
@@ -298,18 +312,25 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
                 errors={"feedback": "Say what should change, so the rework can address it."},
             )
             return
-        problem = await decisions.decide(
-            str(metadata.get("value") or metadata.get("order_id")),
-            "changes",
-            user=body["user"]["id"],
-            feedback=feedback,
-            message=tuple(metadata["message"]) if metadata.get("message") else None,
-            from_home=bool(metadata.get("from_home")),
-        )
+        value = str(metadata.get("value") or metadata.get("order_id"))
+        user, from_home = body["user"]["id"], bool(metadata.get("from_home"))
+        # Quick reads answer in the modal; the decision and the thread updates come after the
+        # ack, which Slack wants within 3 s.
+        problem = await decisions.precheck(value, user=user, from_home=from_home)
         if problem:
             await ack(response_action="errors", errors={"feedback": problem})
             return
         await ack()
+        problem = await decisions.decide(
+            value,
+            "changes",
+            user=user,
+            feedback=feedback,
+            message=tuple(metadata["message"]) if metadata.get("message") else None,
+            from_home=from_home,
+        )
+        if problem:  # decided meanwhile by someone else, or a newer deliverable arrived
+            await refuse(client, body, problem)
 
     async def on_exception_action(
         action_name: ExceptionAction,
@@ -376,13 +397,25 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         if errors:
             await ack(response_action="errors", errors=errors)
             return
+        user = body["user"]["id"]
+        extended = extended_budget(
+            order.budget, factor=settings.review.extend_factor, usd=usd, minutes=minutes
+        )
+        refusal = (
+            exception_refusal(order)
+            if not may_handle_exception(order, user, settings)
+            else extension_refusal(order, extended, actor=user, settings=settings)
+        )
+        if refusal:
+            await ack(response_action="errors", errors={"usd": refusal})
+            return
+        await ack()  # the extension and the thread updates come after Slack has its answer
         updated, line = await decisions.act_on_exception(
             str(order.id), "extend", user=body["user"]["id"], usd=usd, minutes=minutes
         )
         if updated is None:
-            await ack(response_action="errors", errors={"usd": line})
+            await refuse(client, body, line)
             return
-        await ack()
         if metadata.get("ts"):
             await _update_quietly(
                 client,

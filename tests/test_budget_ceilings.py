@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.records import attempts as fetch_attempts
 from tests.support.records import llm_calls, team_spend
+from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
 from workers.workorder import Budget, Status
@@ -38,7 +41,13 @@ async def _stopped(h: Harness, order_id: str, limit_phrase: str) -> Any:
 
 async def test_the_usd_ceiling(harness: Harness) -> None:
     h = harness
-    budget = Budget(max_usd=0.2, max_tokens=10_000_000, max_wall_clock_s=60, max_tool_calls=500, max_model_calls=500)
+    budget = Budget(
+        max_usd=0.2,
+        max_tokens=10_000_000,
+        max_wall_clock_s=60,
+        max_tool_calls=500,
+        max_model_calls=500,
+    )
     order = await h.order(budget=budget)
     h.anthropic.script(*[greedy()] * 200)
     await h.run_next()
@@ -51,7 +60,9 @@ async def test_the_usd_ceiling(harness: Harness) -> None:
 
 async def test_the_token_ceiling(harness: Harness) -> None:
     h = harness
-    budget = Budget(max_usd=100, max_tokens=40_000, max_wall_clock_s=60, max_tool_calls=500, max_model_calls=500)
+    budget = Budget(
+        max_usd=100, max_tokens=40_000, max_wall_clock_s=60, max_tool_calls=500, max_model_calls=500
+    )
     order = await h.order(budget=budget)
     h.anthropic.script(*[greedy()] * 200)
     await h.run_next()
@@ -70,7 +81,9 @@ async def test_the_tool_call_ceiling(harness: Harness) -> None:
 
 async def test_the_model_call_ceiling(harness: Harness) -> None:
     h = harness
-    budget = Budget(max_usd=10, max_tokens=1_000_000, max_wall_clock_s=60, max_tool_calls=50, max_model_calls=2)
+    budget = Budget(
+        max_usd=10, max_tokens=1_000_000, max_wall_clock_s=60, max_tool_calls=50, max_model_calls=2
+    )
     order = await h.order(budget=budget)
     h.anthropic.script(*[Reply.tool("read_thread", {})] * 3)
     await h.run_next()
@@ -137,3 +150,46 @@ async def test_a_call_that_costs_more_than_its_reservation_stops_the_run(harness
         "cost_micro_usd": call.cost_micro_usd,
     }
     assert overrun["cost_micro_usd"] > overrun["reserved_micro_usd"] > 0
+
+
+async def test_an_order_waiting_for_quota_is_claimed_only_when_its_next_call_fits(
+    harness: Harness,
+) -> None:
+    """Quota frees a little: more than the claim headroom, less than the waiting run's next
+    call. The order stays queued (no run started only to wait again); it starts once the
+    call fits."""
+    h = harness
+    # Every call needs room for 4,096 output tokens: more than the claim's quota headroom.
+    engine = h.settings.engine.model_copy(
+        update={"min_output_tokens": 4096, "max_output_tokens": 4096}
+    )
+    h.settings = h.settings.model_copy(update={"engine": engine})
+    week = quota_week(utcnow())
+    await h.store.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.2), actor="lead")
+    order = await h.order()
+    h.anthropic.script(*[greedy()] * 50)
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind == "requeued"
+    row = await h.store.get_row(order.id or "")
+    needed = row.quota_needed_micro_usd
+    assert needed is not None and needed > usd_to_micro(h.settings.engine.quota_headroom_usd)
+    spend = await team_spend(h.store, "default", week)
+    assert spend is not None
+    used = spend.spent_micro_usd + spend.reserved_micro_usd
+    later = utcnow() + timedelta(hours=1)  # past the back-off
+
+    # More than the headroom is free, not enough for the next call: nothing starts.
+    await h.store.set_team_quota("default", week, quota_micro_usd=used + needed - 1, actor="lead")
+    claim = await h.store.claim(
+        "w2", lease_ttl_s=60, admission=queue.admission(h.settings), now=later
+    )
+    assert claim.order is None
+    assert len(await fetch_attempts(h.store, order.id or "")) == 1
+    assert (await h.store.get_row(order.id or "")).status == Status.QUEUED.value
+
+    # Enough for the call: it starts.
+    await h.store.set_team_quota("default", week, quota_micro_usd=used + needed, actor="lead")
+    claim = await h.store.claim(
+        "w2", lease_ttl_s=60, admission=queue.admission(h.settings), now=later
+    )
+    assert claim.order is not None and claim.order.id == order.id

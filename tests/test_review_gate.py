@@ -35,6 +35,7 @@ from tests.support.settings import FAST_ENGINE
 from tests.support.slack import state_from_view
 from tests.support.waiting import eventually
 from workers.followup import FollowUps
+from workers.review import decide
 from workers.store import Store
 from workers.workorder import Status
 
@@ -150,6 +151,60 @@ async def test_request_changes_rework_then_approve(pipe: Pipeline) -> None:
     assert "Add annual prices." in json.dumps(decided["blocks"])
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+
+
+async def test_the_changes_modal_is_acknowledged_before_its_work_is_done(
+    pipe: Pipeline,
+) -> None:
+    """Slack wants a view submission answered within 3 s: the decision, the thread updates and
+    the requeue happen after the ack, so a slow Slack or database cannot close the modal with
+    an error while the decision goes through anyway."""
+    pipe.openai.script(verdicts(True, True, True), verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.click(CHANGES_ACTION, order_id, "U7")
+    [opened] = await pipe.slack.wait_for("views.open")
+    pipe.anthropic.script(submit("v2 with annual prices"))
+    gate = pipe.slack.gates["chat.update"] = asyncio.Event()  # Slack is slow to update
+    try:
+        feedback = pipe.bot.sender.view_submission(
+            CHANGES_CALLBACK,
+            {"feedback": {"feedback": "Add annual prices."}},
+            user_id="U7",
+            private_metadata=opened.args["view"]["private_metadata"],
+        )
+        status, body = await pipe.bot.sender.action(feedback)
+        assert (status, body) == (200, "")  # answered while the thread updates still wait
+    finally:
+        gate.set()
+    await pipe.update("Changes requested* by <@U7>")
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+
+
+async def test_request_changes_is_one_transaction(pipe: Pipeline) -> None:
+    """If queueing the rework fails, the decision is not left half-made: the order is still
+    awaiting review, with no feedback in its inbox and no rework counted."""
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    store = pipe.bot.store
+    requeue = store._requeue
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the database went away mid-decision")
+
+    store._requeue = broken  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConnectionError):
+            await decide(
+                store, pipe.bot.settings, order_id, "changes", actor="U7", feedback="More."
+            )
+    finally:
+        store._requeue = requeue  # type: ignore[method-assign]
+    row = await store.get_row(order_id)
+    assert (row.status, row.rework_count, row.inbox or []) == (Status.AWAITING_REVIEW.value, 0, [])
+    await pipe.click(APPROVE_ACTION, order_id, "U7")  # and it can still be decided
     await pipe.status_of(order_id, Status.APPROVED)
 
 

@@ -210,7 +210,9 @@ class Agent:
             return await self._end(run, self._stop_for(run, "budget", out_of_time))
         except BudgetExceeded as exc:
             if exc.limit == "team_quota":
-                return await self._end(run, self._wait_for_quota(run, str(exc)))
+                return await self._end(
+                    run, self._wait_for_quota(run, str(exc), needed_micro_usd=exc.needed_micro_usd)
+                )
             return await self._end(run, self._stop_for(run, "budget", str(exc)))
         except AuthorityDenied as exc:
             return await self._end(run, self._stop_for(run, "authority", str(exc)))
@@ -691,9 +693,14 @@ class Agent:
         wait_reason: str | None = None,
         waiting_since: datetime | None = None,
         notify: bool = True,
+        quota_needed_micro_usd: int | None = None,
     ) -> Outcome:
         assert run.order.id is not None
-        changes: dict[str, Any] = {"available_after_s": after_s, "waiting_since": None}
+        changes: dict[str, Any] = {
+            "available_after_s": after_s,
+            "waiting_since": None,
+            "quota_needed_micro_usd": quota_needed_micro_usd,
+        }
         if wait_reason is not None:
             changes |= {"wait_reason": wait_reason, "waiting_since": waiting_since or utcnow()}
         order = await self.store.finish_run(
@@ -713,9 +720,12 @@ class Agent:
         await self._status(run, f"Back in the queue: {reason}", order=order)
         return Outcome("requeued", reason)
 
-    async def _wait_for_quota(self, run: _Run, reason: str) -> Outcome:
+    async def _wait_for_quota(
+        self, run: _Run, reason: str, *, needed_micro_usd: int | None = None
+    ) -> Outcome:
         """The team's week cannot cover the next call: back off, keeping how long the order has
-        been waiting (so `engine.max_quota_wait_s` can fire), and tell the thread once."""
+        been waiting (so `engine.max_quota_wait_s` can fire) and what its next call needs (so
+        it is claimed again only once that fits), and tell the thread once."""
         assert run.order.id is not None
         row = await self.store.get_row(run.order.id)
         since = as_utc(row.waiting_since)  # kept by the claim while the order was waiting
@@ -733,6 +743,7 @@ class Agent:
             wait_reason=reason,
             waiting_since=since or now,
             notify=since is None,
+            quota_needed_micro_usd=needed_micro_usd,
         )
 
     async def _cancelled(self, run: _Run) -> Outcome:

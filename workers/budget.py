@@ -201,7 +201,10 @@ def plan_call(
     }
     limit, most = min(fits.items(), key=lambda item: item[1])
     if most < floor:
-        raise BudgetExceeded(limit, _stop_message(limit, headroom, input_tokens))
+        needed = input_cost + math.ceil(floor * out_rate)
+        raise BudgetExceeded(
+            limit, _stop_message(limit, headroom, input_tokens), needed_micro_usd=needed
+        )
     max_output = min(want_output_tokens, most)
     return CallPlan(
         max_output_tokens=max_output,

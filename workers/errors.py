@@ -55,8 +55,10 @@ class BudgetExceeded(DelegateError):
 
     LIMITS = ("usd", "tokens", "wall_clock", "tool_calls", "model_calls", "team_quota")
 
-    def __init__(self, limit: str, message: str) -> None:
+    def __init__(self, limit: str, message: str, *, needed_micro_usd: int | None = None) -> None:
         self.limit = limit
+        # What the next call would have had to reserve (known when a quota or budget binds).
+        self.needed_micro_usd = needed_micro_usd
         super().__init__(message)
 
 

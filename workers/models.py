@@ -80,6 +80,11 @@ class WorkOrderRow(SQLModel, table=True):
     waiting_since: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    quota_needed_micro_usd: int | None = Field(
+        default=None,
+        sa_type=MICRO_USD,
+        description="what the next call of an order waiting for quota must reserve",
+    )
     lost_leases: int = Field(default=0, description="attempts that died without finishing")
     elapsed_ms: int = Field(default=0, description="running time used, across attempts")
     exception_kind: str | None = None

@@ -52,23 +52,25 @@ async def decide(
     reason = {"approve": "approved", "reject": "rejected", "changes": "changes requested"}[decision]
     if feedback:
         reason = f"{reason}: {feedback[:500]}"
-    order = await store.decide_on(
-        ref,
-        DECISION_TARGETS[decision],
-        deliverable_id=deliverable_id,
-        actor=actor,
-        reason=reason,
-        feedback=feedback,
-    )
     if decision == "changes":
-        await store.add_to_inbox(
+        current = await store.get_order(ref)
+        order = await store.request_changes(
             ref,
-            {"kind": "feedback", "user": actor, "text": feedback or "(no details given)"},
+            deliverable_id=deliverable_id,
             actor=actor,
-            resume=False,
+            reason=reason,
+            feedback=feedback,
+            priority=queue.priority_of(settings, current.workload_class),
         )
-        await store.bump_counter(ref, "rework_count")
-        order = await queue.enqueue(store, settings, ref, actor=actor, reason="rework requested")
+    else:
+        order = await store.decide_on(
+            ref,
+            DECISION_TARGETS[decision],
+            deliverable_id=deliverable_id,
+            actor=actor,
+            reason=reason,
+            feedback=feedback,
+        )
     return Decided(order, decision)
 
 
@@ -96,6 +98,17 @@ async def decision_on(store: Store, order_id: str, deliverable_id: int) -> Recor
                 return RecordedDecision(
                     decisions[to], event.actor, event.at, str(event.data.get("feedback") or "")
                 )
+    return None
+
+
+def extension_refusal(
+    order: WorkOrder, extended: Budget, *, actor: str, settings: Settings
+) -> str | None:
+    """Why `actor` may not give the order this budget (above its workload class's envelope,
+    and neither an admin nor the escalation contact), or None."""
+    raised = raised_above_class(order, extended, settings)
+    if raised and not may_exceed_class(order, actor, settings):
+        return above_class_refusal(order, raised, settings)
     return None
 
 
@@ -157,9 +170,8 @@ async def handle_exception(
         extended = extended_budget(
             order.budget, factor=settings.review.extend_factor, usd=usd, minutes=minutes
         )
-        raised = raised_above_class(order, extended, settings)
-        if raised and not may_exceed_class(order, actor, settings):
-            raise NotPermitted(above_class_refusal(order, raised, settings))
+        if refusal := extension_refusal(order, extended, actor=actor, settings=settings):
+            raise NotPermitted(refusal)
         budget = extended.model_dump()
     reason = (
         "budget extended; resuming" if action == "extend" else "retrying from the last checkpoint"

@@ -133,6 +133,8 @@ class FakeSlack(FakeServer):
         self.calls: list[Call] = []
         self.responses: list[ResponseUrlPost] = []
         self.delay: dict[str, float] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        """Calls of a gated method are held (recorded, unanswered) until its event is set."""
         self.users: dict[str, dict[str, Any] | None] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.ephemerals: list[dict[str, Any]] = []
@@ -296,6 +298,8 @@ class FakeSlack(FakeServer):
         self.calls.append(call)
         if delay := self.delay.get(method):
             await asyncio.sleep(delay)
+        if gate := self.gates.get(method):
+            await gate.wait()
         headers = {"x-oauth-scopes": ",".join(self.scopes)}
         call.status, call.response = self._answer(call, headers)
         self._activity.set()

@@ -6,8 +6,8 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.errors import OutdatedDecision
 from workers.models import AuditEvent, Deliverable, WorkOrderRow, utcnow
@@ -37,6 +37,27 @@ def _order_columns(order: WorkOrder, fields: frozenset[str] | set[str]) -> dict[
     if "deadline" in fields:
         dumped["deadline"] = order.deadline
     return dumped
+
+
+async def decision_audit(
+    s: AsyncSession, row: WorkOrderRow, shown: int | None, feedback: str
+) -> dict[str, Any]:
+    """What a decision's audit records: the deliverable decided on (which must be the latest if
+    the reviewer was `shown` one; else OutdatedDecision) and the reviewer's feedback."""
+    latest = (
+        await s.exec(
+            select(col(Deliverable.id))
+            .where(Deliverable.order_id == row.id)
+            .order_by(col(Deliverable.id).desc())
+            .limit(1)
+        )
+    ).first()
+    if shown is not None and latest != shown:
+        raise OutdatedDecision(format_order_id(row.id or 0), shown, latest)
+    audit: dict[str, Any] = {"deliverable": latest} if latest is not None else {}
+    if feedback:
+        audit["feedback"] = feedback[:2000]
+    return audit
 
 
 class OrdersStore(StoreBase):
@@ -152,20 +173,8 @@ class OrdersStore(StoreBase):
         show the decision."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
-            latest = (
-                await s.exec(
-                    select(col(Deliverable.id))
-                    .where(Deliverable.order_id == row.id)
-                    .order_by(col(Deliverable.id).desc())
-                    .limit(1)
-                )
-            ).first()
-            if deliverable_id is not None and latest != deliverable_id:
-                raise OutdatedDecision(format_order_id(order_number(ref)), deliverable_id, latest)
-            audit: dict[str, object] = {"deliverable": latest} if latest is not None else {}
-            if feedback:
-                audit["feedback"] = feedback[:2000]
-            await self._move(s, row, target, actor=actor, reason=reason, audit=audit or None)
+            audit = await decision_audit(s, row, deliverable_id, feedback)
+            await self._move(s, row, target, actor=actor, reason=reason, audit=audit)
             return row_to_order(row)
 
     async def orders_in(
@@ -196,17 +205,3 @@ class OrdersStore(StoreBase):
                 if event.data.get("to") == status.value:
                     return as_utc(event.at)
         return None
-
-    async def bump_counter(self, ref: OrderRef, counter: str) -> int:
-        """Add one to `rework_count` or `auto_revisions`; returns the new value."""
-        if counter not in ("rework_count", "auto_revisions"):
-            raise ValueError(f"not a counter: {counter}")
-        column = getattr(WorkOrderRow, counter)
-        async with self.transaction() as s:
-            await s.exec(
-                update(WorkOrderRow)
-                .where(col(WorkOrderRow.id) == order_number(ref))
-                .values({counter: column + 1})
-            )
-            row = await self._row(s, ref)
-            return int(getattr(row, counter))

@@ -19,6 +19,7 @@ from workers.progress import HeldBack, crashed_message
 from workers.states import check_transition
 from workers.store.base import OrderRef, as_utc, order_number, row_to_order
 from workers.store.leases import database_now, fenced_row
+from workers.store.orders import decision_audit
 from workers.store.outbox import OutboxItem, crashed_notice, write_outbox
 from workers.store.spend import SpendStore
 from workers.workorder import Status, WorkOrder, format_order_id
@@ -91,6 +92,37 @@ class QueueStore(SpendStore):
             exception_message=None,
             **changes,
         )
+
+    async def request_changes(
+        self,
+        ref: OrderRef,
+        *,
+        deliverable_id: int | None,
+        actor: str,
+        reason: str,
+        feedback: str,
+        priority: int,
+    ) -> WorkOrder:
+        """A reviewer's Request changes, in one transaction: the decision (bound to the
+        deliverable shown, as `decide_on`), the feedback in the run's inbox, the rework count
+        and the order back in the queue. No crash or concurrent click can leave it half-way."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            audit = await decision_audit(s, row, deliverable_id, feedback)
+            await self._move(
+                s, row, Status.CHANGES_REQUESTED, actor=actor, reason=reason, audit=audit
+            )
+            item = {"kind": "feedback", "user": actor, "text": feedback or "(no details given)"}
+            await self._requeue(
+                s,
+                row,
+                priority=priority,
+                actor=actor,
+                reason="rework requested",
+                inbox=[*list(row.inbox or []), item],
+                rework_count=row.rework_count + 1,
+            )
+            return row_to_order(row)
 
     async def resume_from_exception(
         self,
@@ -189,7 +221,10 @@ class QueueStore(SpendStore):
                     break
                 reason = held.describe()
                 since = as_utc(row.waiting_since) or now
-                if admission.max_wait_s is not None and (now - since).total_seconds() > admission.max_wait_s:
+                if (
+                    admission.max_wait_s is not None
+                    and (now - since).total_seconds() > admission.max_wait_s
+                ):
                     await self._move(
                         s,
                         row,
@@ -222,7 +257,9 @@ class QueueStore(SpendStore):
         if row.team not in team_left:
             spend = (
                 await s.exec(
-                    select(TeamSpend).where(TeamSpend.team == row.team, TeamSpend.week == admission.week)
+                    select(TeamSpend).where(
+                        TeamSpend.team == row.team, TeamSpend.week == admission.week
+                    )
                 )
             ).first()
             quota = admission.quota_micro_usd(row.team)
@@ -232,7 +269,9 @@ class QueueStore(SpendStore):
                 used = spend.spent_micro_usd + spend.reserved_micro_usd
             team_left[row.team] = (used, quota)
         used, quota = team_left[row.team]
-        if quota - used < admission.headroom_micro_usd:
+        # An order that waited for quota starts again only once its next call fits.
+        needed = max(admission.headroom_micro_usd, row.quota_needed_micro_usd or 0)
+        if quota - used < needed:
             return HeldBack.team_quota(row.team, used_micro_usd=used, quota_micro_usd=quota)
         # Count a requester's runs one claimer at a time, so two cannot both see a free slot.
         await self._serialise(s, f"runs:{row.requester}")
@@ -267,6 +306,7 @@ class QueueStore(SpendStore):
             # An order that was waiting for quota keeps when it started waiting, so that a run
             # that finds the week still spent can tell how long it has been (max_quota_wait_s).
             waiting_since=row.waiting_since if row.wait_reason else None,
+            quota_needed_micro_usd=None,
         )
         # An attempt left open (its worker lost the lease without being reaped, e.g. through a
         # cancel) is over: ending it fences out whatever that worker still tries to write.
@@ -360,6 +400,10 @@ class QueueStore(SpendStore):
             if note is not None:
                 changes["inbox"] = [*list(row.inbox or []), note]
                 changes["auto_revisions"] = row.auto_revisions + 1
+            # A call the run left pending (it failed while settling it) is never settled once
+            # the attempt is over: charge its worst case now instead of holding the reservation
+            # for good. Before the move: the team's spend row before the audit's locks.
+            await self._settle_pending(s, row, outcome="interrupted")
             await self._move(
                 s,
                 row,
@@ -393,6 +437,8 @@ class QueueStore(SpendStore):
         not keep the team's week reserved."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
+            # Charge before the move: the team's spend row before the audit's locks (see reap).
+            await self._settle_pending(s, row, outcome="interrupted")
             await self._move(
                 s,
                 row,
@@ -403,7 +449,6 @@ class QueueStore(SpendStore):
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            await self._settle_pending(s, row, outcome="interrupted")
             await s.exec(
                 update(RunAttempt)
                 .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
@@ -445,8 +490,13 @@ class QueueStore(SpendStore):
                 .limit(20)
             )
             query = self._for_update(query, skip_locked=True)
-            for row in (await s.exec(query)).all():
+            rows = (await s.exec(query)).all()
+            # Every charge first, then the moves: the team's spend row is locked before the
+            # audit's locks, in the order every other transaction takes them (settle_spend
+            # charges, then audits). Charging one row after auditing another deadlocked.
+            for row in rows:
                 await self._settle_pending(s, row, outcome="interrupted")
+            for row in rows:
                 await s.exec(
                     update(RunAttempt)
                     .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
