@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import approvals, decisions, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
-from bot.dedupe import dedupe_middleware, first_delivery
+from bot.dedupe import REPLAY, dedupe_middleware, first_delivery, handled
 from bot.home_refresh import HomeRefresher
 from bot.ids import (
     CANCEL_ACTION,
@@ -121,62 +121,74 @@ def create_app(
     approvals.register(app, approvals.DomainApprovals(settings, store=store))
 
     @app.event("app_mention")
-    async def on_mention(event: dict[str, Any], say: Any, client: AsyncWebClient) -> None:
-        root = event.get("thread_ts") or event["ts"]
-        if root != event["ts"] and not await store.thread_messages(event["channel"], root):
-            await _backfill(store, client, event["channel"], root)
-        await _remember(store, event)
-        text = strip_mention(event.get("text") or "")
-        if not text:
-            await say(text=HELP, thread_ts=root)
-            return
-        await conversations.handle(
-            Incoming(
-                channel=event["channel"],
-                thread_ts=root,
-                ts=event["ts"],
-                user=event["user"],
-                text=text,
-                new_request=True,
+    async def on_mention(
+        event: dict[str, Any], body: dict[str, Any], say: Any, client: AsyncWebClient
+    ) -> None:
+        try:
+            root = event.get("thread_ts") or event["ts"]
+            if root != event["ts"] and not await store.thread_messages(event["channel"], root):
+                await _backfill(store, client, event["channel"], root)
+            await _remember(store, event)
+            text = strip_mention(event.get("text") or "")
+            if not text:
+                await say(text=HELP, thread_ts=root)
+                return
+            await conversations.handle(
+                Incoming(
+                    channel=event["channel"],
+                    thread_ts=root,
+                    ts=event["ts"],
+                    user=event["user"],
+                    text=text,
+                    new_request=True,
+                )
             )
-        )
+        finally:
+            await handled(store, body)
 
     @app.event("message")
     async def on_message(
         event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        if event.get("subtype") == "message_deleted":
-            # Deleted in Slack: the stored copy goes too (a no-op for a message never kept).
-            if event.get("channel") and event.get("deleted_ts"):
-                await store.forget_thread_message(event["channel"], event["deleted_ts"])
-            return
-        if _from_a_bot(event) and settings.engine.ignore_bot_messages:
-            return
-        if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
-            return
-        text = event.get("text") or ""
-        is_dm = event.get("channel_type") == "im"
-        if _channel_chatter(body, context):
-            # Only threads Delegate takes part in (an intake dialogue) are kept and acted on;
-            # other chatter costs one read and no write.
-            thread_ts = event.get("thread_ts")
-            if not thread_ts or await store.intake_session(event["channel"], thread_ts) is None:
+        # Chatter is recorded (and so must be marked handled) only once it is acted on below.
+        recorded = bool(context.get(REPLAY)) or not _channel_chatter(body, context)
+        try:
+            if event.get("subtype") == "message_deleted":
+                # Deleted in Slack: the stored copy goes too (a no-op for a message never kept).
+                if event.get("channel") and event.get("deleted_ts"):
+                    await store.forget_thread_message(event["channel"], event["deleted_ts"])
                 return
-            if not await first_delivery(store, body):
+            if _from_a_bot(event) and settings.engine.ignore_bot_messages:
                 return
-        await _remember(store, event)
-        if not is_dm and _addresses(event, context.bot_user_id):
-            return  # the app_mention listener handles it
-        await conversations.handle(
-            Incoming(
-                channel=event["channel"],
-                thread_ts=event.get("thread_ts") or event["ts"],
-                ts=event["ts"],
-                user=event["user"],
-                text=strip_mention(text),
-                new_request=is_dm and not event.get("thread_ts"),
+            if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
+                return
+            text = event.get("text") or ""
+            is_dm = event.get("channel_type") == "im"
+            if not recorded:
+                # Only threads Delegate takes part in (an intake dialogue) are kept and acted
+                # on; other chatter costs one read and no write.
+                thread_ts = event.get("thread_ts")
+                if not thread_ts or await store.intake_session(event["channel"], thread_ts) is None:
+                    return
+                if not await first_delivery(store, body):
+                    return
+                recorded = True
+            await _remember(store, event)
+            if not is_dm and _addresses(event, context.bot_user_id):
+                return  # the app_mention listener handles it
+            await conversations.handle(
+                Incoming(
+                    channel=event["channel"],
+                    thread_ts=event.get("thread_ts") or event["ts"],
+                    ts=event["ts"],
+                    user=event["user"],
+                    text=strip_mention(text),
+                    new_request=is_dm and not event.get("thread_ts"),
+                )
             )
-        )
+        finally:
+            if recorded:
+                await handled(store, body)
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:

@@ -12,6 +12,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
 
 from bot.app import create_app
+from bot.dedupe import recover_unhandled
 from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher
@@ -33,6 +34,7 @@ from workers.store import Store
 log = logging.getLogger(__name__)
 
 DIGEST_SWEEP_S = 60
+EVENT_RECOVERY_SWEEP_S = 60
 
 
 def missing_slack_credentials(settings: Settings) -> str:
@@ -100,6 +102,17 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         id="follow-ups",
         max_instances=1,
         coalesce=True,
+    )
+    # Deliveries a dead process acknowledged but never finished: at start, then every minute.
+    scheduler.add_job(
+        recover_unhandled,
+        "interval",
+        args=(bolt, store),
+        seconds=EVENT_RECOVERY_SWEEP_S,
+        id="event-recovery",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
     )
     if settings.digests:
         # Every minute, and once at start so that a digest missed while down is caught up.

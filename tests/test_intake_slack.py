@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
+from bot.dedupe import recover_unhandled
 from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.slack import FakeSlack
@@ -19,6 +20,7 @@ from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import chat, draft, questions
 from tests.support.slack import state_from_view
 from tests.support.waiting import bot_idle, eventually
+from workers.models import SlackEventSeen
 from workers.states import IntakeKind
 from workers.store import Store
 from workers.workorder import Status
@@ -220,6 +222,62 @@ async def test_ack_comes_before_the_slow_model(
     await fake_slack.wait_for("chat.postMessage", within=10)
 
 
+async def test_a_mention_left_unhandled_by_a_dead_process_is_answered_later_once(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """A process acknowledged a mention and died before answering it (Slack does not resend
+    what was acknowledged). The recovery sweep of a live process answers it, once; a delivery
+    still within the time a listener may take is left to its process."""
+    assert bot.bolt is not None
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1")
+    envelope = {
+        "type": "event_callback",
+        "team_id": bot.sender.team_id,
+        "api_app_id": bot.sender.api_app_id,
+        "event_id": "EvDIED0001",
+        "event_time": 1700000000,
+        "event": mention,
+        "authorizations": [{"team_id": bot.sender.team_id, "user_id": "UBOT", "is_bot": True}],
+    }
+    # What the dying process left: the delivery recorded with its body, never marked handled.
+    assert await bot.store.mark_event_seen("EvDIED0001", kind="app_mention", body=envelope)
+
+    assert await recover_unhandled(bot.bolt, bot.store) == 0  # maybe still being handled
+    fake_anthropic.script(questions("Which competitors?"))
+    assert await recover_unhandled(bot.bolt, bot.store, older_than=timedelta(0)) == 1
+    [asked] = await fake_slack.wait_for("chat.postMessage", within=10)
+    assert asked.args["thread_ts"] == mention["ts"] and "Which competitors?" in asked.args["text"]
+
+    async def marked_handled() -> bool:
+        async with bot.store._sessions() as s:
+            row = await s.get(SlackEventSeen, "EvDIED0001", populate_existing=True)
+        return row is not None and row.handled_at is not None and row.body is None
+
+    await eventually(marked_handled)
+    # Slack's own late retry of the same delivery is still recognised as a duplicate.
+    assert (await bot.sender.event(mention, event_id="EvDIED0001", retry_num=1))[0] == 200
+    await bot_idle()
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert len(fake_anthropic.requests) == 1
+
+
+async def test_a_handled_mention_keeps_no_body_and_is_pruned_after_the_retry_window(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(questions("Which competitors?"))
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1")
+    assert (await bot.sender.event(mention, event_id="EvKEPT0001"))[0] == 200
+    await fake_slack.wait_for("chat.postMessage", within=10)
+    await bot_idle()
+    async with bot.store._sessions() as s:
+        row = await s.get(SlackEventSeen, "EvKEPT0001")
+    assert row is not None and row.handled_at is not None and row.body is None
+    assert await bot.store.prune_seen_events(datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert await bot.store.prune_seen_events(datetime.now(UTC) + timedelta(seconds=1)) >= 1
+    async with bot.store._sessions() as s:
+        assert await s.get(SlackEventSeen, "EvKEPT0001") is None
+
+
 async def _proposed(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic, **fields: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -229,6 +287,7 @@ async def _proposed(
     card = await _card_for(fake_slack)
     [order] = await bot.store.list_orders(requester="U1")
     assert order.id
+
     # A person cannot click before the card exists; wait until the bot has recorded it too.
     async def recorded() -> bool:
         saved = await bot.store.slack_message(f"{order.id}:card")

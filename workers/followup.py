@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 VERIFYING_STUCK_AFTER = timedelta(minutes=10)
 
+# Slack retries an unacknowledged event within minutes, and a signed request is valid for five:
+# a delivery's record is needed no longer than that (an hour, to be generous).
+SEEN_EVENTS_KEPT = timedelta(hours=1)
+
 
 class Notifier(Protocol):
     async def notice(
@@ -92,11 +96,13 @@ class FollowUps:
         return True
 
     async def _retention(self, now: datetime) -> None:
-        """Stored thread text is kept for `slack.thread_retention_days`."""
+        """Stored thread text is kept for `slack.thread_retention_days`; the record of a Slack
+        delivery only as long as Slack may still redeliver or replay it."""
         days = self.settings.slack.thread_retention_days
         pruned = await self.store.prune_thread_messages(now - timedelta(days=days))
         if pruned:
             log.info("deleted %d stored thread messages older than %g days", pruned, days)
+        await self.store.prune_seen_events(now - SEEN_EVENTS_KEPT)
 
     async def _reviews(self, now: datetime) -> None:
         review = self.settings.review

@@ -249,12 +249,22 @@ class SlackEventSeen(SQLModel, table=True):
     """Dedupe record for inbound Slack deliveries; the primary key is the uniqueness guarantee."""
 
     __tablename__ = "slack_events_seen"
+    __table_args__ = (Index("ix_slack_events_seen_received_at", "received_at"),)
 
     event_id: str = Field(primary_key=True)
     kind: str = ""
     received_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+    body: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="the delivery, kept until handled so a process dying mid-way can be made good",
+    )
+    handled_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    attempts: int = Field(default=1, description="times handling was started")
 
 
 class AuditEvent(SQLModel, table=True):

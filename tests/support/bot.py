@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from slack_bolt.async_app import AsyncApp
 
 from bot.app import create_app
 from bot.server import build_web_app, start_site
@@ -18,11 +19,20 @@ from workers.store import Store
 
 
 class RunningBot:
-    def __init__(self, *, url: str, store: Store, sender: SlackSender, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        store: Store,
+        sender: SlackSender,
+        settings: Settings,
+        bolt: AsyncApp | None = None,
+    ) -> None:
         self.url = url
         self.store = store
         self.sender = sender
         self.settings = settings
+        self.bolt = bolt
 
 
 @asynccontextmanager
@@ -55,6 +65,7 @@ async def running_bot(
             store=store,
             sender=SlackSender(url, secret.get_secret_value()),
             settings=settings,
+            bolt=bolt,
         )
     finally:
         await runner.cleanup()

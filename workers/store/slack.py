@@ -4,7 +4,7 @@ the intake dialogue of each thread."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Table, delete, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -22,14 +22,86 @@ _messages: Table = SlackMessage.__table__  # type: ignore[attr-defined]
 
 
 class SlackStore(StoreBase):
-    async def mark_event_seen(self, event_id: str, *, kind: str = "") -> bool:
-        """Record an inbound delivery; False if any process has recorded it before."""
+    async def mark_event_seen(
+        self, event_id: str, *, kind: str = "", body: dict[str, Any] | None = None
+    ) -> bool:
+        """Record an inbound delivery; False if any process has recorded it before.
+
+        With `body`, the delivery counts as unhandled until `event_handled`: should this process
+        die first, `claim_unhandled_events` hands it to another one later."""
+        handled_at = None if body is not None else utcnow()
         try:
             async with self.transaction() as s:
-                s.add(SlackEventSeen(event_id=event_id, kind=kind))
+                s.add(SlackEventSeen(event_id=event_id, kind=kind, body=body, handled_at=handled_at))
         except IntegrityError:
             return False
         return True
+
+    async def event_handled(self, event_id: str) -> None:
+        """The listener finished with this delivery (its body is no longer kept)."""
+        async with self.transaction() as s:
+            await s.exec(
+                update(SlackEventSeen)
+                .where(
+                    col(SlackEventSeen.event_id) == event_id,
+                    col(SlackEventSeen.handled_at).is_(None),
+                )
+                .values(handled_at=utcnow(), body=None)
+            )
+
+    async def claim_unhandled_events(
+        self, *, started_before: datetime, max_attempts: int, limit: int = 50
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Deliveries (id, body) whose handling started before `started_before` and never finished (the
+        process died). Each is taken atomically (its start moved to now, one more attempt), so
+        of several processes looking at once only one replays it; after `max_attempts` it is
+        given up (marked handled) rather than replayed for ever."""
+        query = (
+            select(SlackEventSeen.event_id)
+            .where(
+                col(SlackEventSeen.handled_at).is_(None),
+                col(SlackEventSeen.received_at) < started_before,
+            )
+            .order_by(col(SlackEventSeen.received_at))
+            .limit(limit)
+        )
+        taken: list[tuple[str, dict[str, Any]]] = []
+        async with self._sessions() as s:
+            candidates = list((await s.exec(query)).all())
+        for event_id in candidates:
+            async with self.transaction() as s:
+                row = await s.get(SlackEventSeen, event_id)
+                if row is None or row.handled_at is not None:
+                    continue
+                body, attempts = row.body, row.attempts
+                gave_up = attempts >= max_attempts or body is None
+                result = await s.exec(
+                    update(SlackEventSeen)
+                    .where(
+                        col(SlackEventSeen.event_id) == event_id,
+                        col(SlackEventSeen.handled_at).is_(None),
+                        col(SlackEventSeen.attempts) == attempts,
+                    )
+                    .values(
+                        received_at=utcnow(),
+                        attempts=attempts + 1,
+                        handled_at=utcnow() if gave_up else None,
+                    )
+                )
+                if result.rowcount == 1 and body is not None and not gave_up:
+                    taken.append((event_id, body))
+        return taken
+
+    async def prune_seen_events(self, before: datetime) -> int:
+        """Forget handled deliveries recorded before `before` (past Slack's retry window)."""
+        async with self.transaction() as s:
+            result = await s.exec(
+                delete(SlackEventSeen).where(
+                    col(SlackEventSeen.received_at) < before,
+                    col(SlackEventSeen.handled_at).is_not(None),
+                )
+            )
+            return int(result.rowcount or 0)
 
     async def slack_message(self, key: str) -> SlackMessage | None:
         async with self._sessions() as s:
