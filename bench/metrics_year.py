@@ -1,11 +1,12 @@
 """How long the leads' metrics take over a year of history.
 
     python -m bench.metrics_year [--url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
-                                 [--orders 100000] [--calls 1000000]
+                                 [--orders 100000] [--calls 1000000] [--keep]
 
 Creates a scratch database (a SQLite file, or a fresh PostgreSQL database next to the one in
---url), bulk-inserts a year of orders with their audit-trail transitions, model calls and intake
-dialogues, then prints how long these take:
+--url), bulk-inserts a year of orders with their transitions (each as an audit event and as a
+`transitions` row, as `Store._move` writes them), model calls and intake dialogues, then prints
+how long these take:
 
 - one team's weekly digest figures (the week, the week before, and the 8-week chart series);
 - the whole workspace's digest figures for a week;
@@ -72,6 +73,7 @@ def _history(orders: int, calls: int, seed: int = 7) -> dict[str, list[dict[str,
     rows: dict[str, list[dict[str, Any]]] = {
         "work_orders": [],
         "audit_events": [],
+        "transitions": [],
         "llm_calls": [],
         "intake_sessions": [],
     }
@@ -138,8 +140,22 @@ def _history(orders: int, calls: int, seed: int = 7) -> dict[str, list[dict[str,
                 "updated_at": t0 + timedelta(seconds=path[-1][1]),
             }
         )
-        source = "awaiting_confirmation"
+        source, entered = "awaiting_confirmation", None
+        quota_wait = n % 19 == 0  # its first start waited for the team's quota (1 in 19)
         for seq, (target, offset, actor, kind) in enumerate(path, start=1):
+            rows["transitions"].append(
+                {
+                    "order_id": n,
+                    "seq": seq,
+                    "at": t0 + timedelta(seconds=offset),
+                    "actor": actor,
+                    "from_status": source,
+                    "to_status": target,
+                    "entered_at": entered,
+                    "exception_kind": kind if target == "exception" else None,
+                    "quota_wait_s": offset if quota_wait and seq == 2 else None,
+                }
+            )
             data: dict[str, Any] = {"from": source, "to": target, "reason": "bench"}
             if kind:
                 data["kind"] = kind
@@ -156,7 +172,7 @@ def _history(orders: int, calls: int, seed: int = 7) -> dict[str, list[dict[str,
                     "scheme": "sha256",
                 }
             )
-            source = target
+            source, entered = target, t0 + timedelta(seconds=offset)
         end_s = max(path[-1][1], 60)
         for i in range(calls_per_order + (1 if n <= extra_calls else 0)):
             role = "verify" if i % 5 == 4 else "execute"
@@ -209,15 +225,20 @@ async def _load(url: str, rows: dict[str, list[dict[str, Any]]]) -> float:
     started = time.perf_counter()
     tables = SQLModel.metadata.tables
     try:
-        for name in ("work_orders", "audit_events", "llm_calls", "intake_sessions"):
+        for name in ("work_orders", "audit_events", "transitions", "llm_calls", "intake_sessions"):
             batch = rows[name]
             if name == "llm_calls":
                 batch = [_llm_defaults(r) for r in batch]
             for i in range(0, len(batch), BATCH):
                 async with engine.begin() as conn:
                     await conn.execute(insert(tables[name]), batch[i : i + BATCH])
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE")
+        if is_sqlite(url):
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("ANALYZE")
+        else:  # what autovacuum does after a bulk load (index-only scans need the visibility map)
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("VACUUM ANALYZE")
     finally:
         await engine.dispose()
     return time.perf_counter() - started
@@ -234,6 +255,7 @@ async def main() -> None:
     parser.add_argument("--url", default=None, help="PostgreSQL URL (default: a SQLite file)")
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
 
     url, name = await _scratch_database(args.url)
@@ -285,7 +307,10 @@ async def main() -> None:
         finally:
             await engine.dispose()
     finally:
-        await _drop(args.url or "", name)
+        if args.keep:
+            print(f"kept {url}")
+        else:
+            await _drop(args.url or "", name)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
             await store.transition(order.id, target, actor=actor, reason="test", audit=audit)
         await store.audit("system", actor="U1", kind="note")  # not an order's chain
         query = text(
-            "SELECT order_id, seq, at, actor, from_status, to_status, exception_kind"
+            "SELECT order_id, seq, at, actor, from_status, to_status, entered_at, exception_kind"
             " FROM transitions ORDER BY order_id, seq"
         )
         async with store.engine.connect() as conn:
@@ -286,6 +286,7 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
             (e.seq, e.actor, e.data["from"], e.data["to"]) for e in trail
         ]
         assert [r.exception_kind for r in written] == [None, None, None, "budget"]
+        assert [r.entered_at for r in written] == [None, *(r.at for r in written[:-1])]
 
         def backfill(connection: Connection) -> None:
             connection.execute(text("DELETE FROM transitions"))  # as before the migration

@@ -299,10 +299,10 @@ class Transition(SQLModel, table=True):
         # A period's transitions, read from the index alone (it holds every column they need).
         Index(
             "ix_transitions_at",
-            "at", "order_id", "from_status", "to_status", "seq", "actor", "exception_kind",
-            "quota_wait_s",
+            "at", "order_id", "from_status", "to_status", "seq", "actor", "entered_at",
+            "exception_kind", "quota_wait_s",
         ),
-        # An order's earlier transitions into a state (cycle time, review latency, queue wait).
+        # An order's earlier transitions into a state (its first confirmation, for cycle time).
         Index("ix_transitions_order_to", "order_id", "to_status", "seq", "from_status", "at"),
     )  # fmt: skip
 
@@ -313,6 +313,11 @@ class Transition(SQLModel, table=True):
     actor: str
     from_status: str
     to_status: str
+    entered_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=True),
+        description="when the order entered from_status (the previous transition's at)",
+    )
     exception_kind: str | None = Field(default=None, description="for a move into exception")
     quota_wait_s: float | None = Field(
         default=None,

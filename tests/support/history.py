@@ -62,7 +62,7 @@ class Seed:
                 created_at=path[0][1] - timedelta(minutes=5) if path else at(1, 0),
             )
         )
-        source = "awaiting_confirmation"
+        source, entered = "awaiting_confirmation", None
         chain = f"WO-{number}"
         for seq, (target, when, actor) in enumerate(path, start=1):
             self.rows.append(self._event(chain, seq, when, actor, source, target))
@@ -74,10 +74,11 @@ class Seed:
                     actor=actor,
                     from_status=source,
                     to_status=target,
+                    entered_at=entered,
                     exception_kind="budget" if target == "exception" else None,
                 )
             )
-            source = target
+            source, entered = target, when
         for role, model, cost, when in calls:
             self.rows.append(
                 LlmCall(

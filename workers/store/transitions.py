@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -43,17 +42,18 @@ async def record_transition(
 ) -> None:
     """Write the transition's row; `before` holds the order's wait columns before the move."""
     assert row.id is not None
+    # When the order entered the state it leaves: its previous transition.
+    entered = (
+        await s.exec(
+            select(Transition.at)
+            .where(Transition.order_id == row.id)
+            .order_by(col(Transition.seq).desc())
+            .limit(1)
+        )
+    ).first()
     quota_wait_s = None
     since = before.get("waiting_since")
     if source is Status.QUEUED and since is not None and waiting_for_quota(before["wait_reason"]):
-        entered = (
-            await s.exec(
-                select(func.max(Transition.at)).where(
-                    Transition.order_id == row.id,
-                    col(Transition.to_status) == Status.QUEUED.value,
-                )
-            )
-        ).one()
         start = max(_utc(since), _utc(entered)) if entered is not None else _utc(since)
         quota_wait_s = max(0.0, (_utc(at) - start).total_seconds())
     kind = audit.get("kind") if target is Status.EXCEPTION else None
@@ -65,6 +65,7 @@ async def record_transition(
             actor=actor,
             from_status=source.value,
             to_status=target.value,
+            entered_at=entered,
             exception_kind=str(kind) if kind is not None else None,
             quota_wait_s=quota_wait_s,
         )

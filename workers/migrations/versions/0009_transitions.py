@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(), nullable=False),
         sa.Column("from_status", sa.String(), nullable=False),
         sa.Column("to_status", sa.String(), nullable=False),
+        sa.Column("entered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("exception_kind", sa.String(), nullable=True),
         sa.Column("quota_wait_s", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["order_id"], ["work_orders.id"]),
@@ -45,8 +46,8 @@ def upgrade() -> None:
         "ix_transitions_at",
         "transitions",
         [
-            "at", "order_id", "from_status", "to_status", "seq", "actor", "exception_kind",
-            "quota_wait_s",
+            "at", "order_id", "from_status", "to_status", "seq", "actor", "entered_at",
+            "exception_kind", "quota_wait_s",
         ],
     )  # fmt: skip
     op.create_index(
@@ -70,17 +71,24 @@ def _backfill() -> None:
         src, dst, kind = "e.data->>'from'", "e.data->>'to'", "e.data->>'kind'"
     else:
         src, dst, kind = (f"json_extract(e.data, '$.{k}')" for k in ("from", "to", "kind"))
-    # The CASE keeps PostgreSQL from casting chains such as 'system' to a number.
+    # The CASE keeps PostgreSQL from casting chains such as 'system' to a number; LAG gives each
+    # transition the time of the order's previous one (when it entered the state it leaves).
     op.execute(
         f"""
-        INSERT INTO transitions (order_id, seq, at, actor, from_status, to_status, exception_kind)
-        SELECT o.id, e.seq, e.at, e.actor, {src}, {dst},
-               CASE WHEN {dst} = 'exception' THEN {kind} END
-        FROM audit_events e
-        JOIN work_orders o ON o.id = CASE
-            WHEN e.chain LIKE 'WO-%' THEN CAST(substr(e.chain, 4) AS INTEGER) END
-        WHERE e.kind = 'transition' AND {src} IS NOT NULL AND {dst} IS NOT NULL
-        ORDER BY o.id, e.seq
+        INSERT INTO transitions
+            (order_id, seq, at, actor, from_status, to_status, entered_at, exception_kind)
+        SELECT order_id, seq, at, actor, src, dst,
+               LAG(at) OVER (PARTITION BY order_id ORDER BY seq), xkind
+        FROM (
+            SELECT o.id AS order_id, e.seq, e.at, e.actor, {src} AS src, {dst} AS dst,
+                   CASE WHEN {dst} = 'exception' THEN {kind} END AS xkind
+            FROM audit_events e
+            JOIN work_orders o ON o.id = CASE
+                WHEN e.chain LIKE 'WO-%' THEN CAST(substr(e.chain, 4) AS INTEGER) END
+            WHERE e.kind = 'transition'
+        ) moves
+        WHERE src IS NOT NULL AND dst IS NOT NULL
+        ORDER BY order_id, seq
         """
     )
 
