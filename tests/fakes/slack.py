@@ -7,10 +7,11 @@ import copy
 import itertools
 import json
 import mimetypes
+import random
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -94,6 +95,36 @@ class _Failure:
 
 
 @dataclass
+class _Flaky:
+    """Seeded random faults (`FakeSlack.flaky`): which calls fail, and how."""
+
+    rng: random.Random
+    rate: float
+    methods: frozenset[str] | None
+    weights: dict[str, float]
+    retry_after: float
+    hang_s: float
+    max_timeouts: int | None
+    processed_on_timeout: float
+
+    def draw(self, method: str, timeouts_so_far: int) -> str | None:
+        """'429', '5xx', 'timeout' or 'timeout-after-processing' for this call, or None."""
+        if self.methods is not None and method not in self.methods:
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        kinds = list(self.weights)
+        if self.max_timeouts is not None and timeouts_so_far >= self.max_timeouts:
+            kinds = [k for k in kinds if k != "timeout"]
+        if not kinds:
+            return None
+        kind = self.rng.choices(kinds, weights=[self.weights[k] for k in kinds])[0]
+        if kind == "timeout" and self.rng.random() < self.processed_on_timeout:
+            return "timeout-after-processing"
+        return kind
+
+
+@dataclass
 class _Ids:
     """Monotonic generators for realistic Slack identifiers."""
 
@@ -166,6 +197,9 @@ class FakeSlack(FakeServer):
         self.private_metadata_json = True
         """Our app keeps JSON in `private_metadata`: anything else is rejected (and flagged)."""
         self._failures: dict[str, deque[_Failure]] = {}
+        self._flaky: _Flaky | None = None
+        self.faults: Counter[str] = Counter()
+        """Random faults served by `flaky` mode, by kind ('429', '5xx', 'timeout', ...)."""
         self._activity = asyncio.Event()
         self._ids = _Ids()
         self.app.router.add_route("*", "/api/{method}", self._handle_api)
@@ -235,6 +269,43 @@ class FakeSlack(FakeServer):
         failure = _Failure(status, error or default_error, retry_after)
         self._failures.setdefault(method, deque()).extend([failure] * times)
 
+    def flaky(
+        self,
+        rate: float,
+        *,
+        seed: int = 0,
+        methods: Collection[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        retry_after: float = 1.0,
+        hang_s: float = 20.0,
+        max_timeouts: int | None = None,
+        processed_on_timeout: float = 0.5,
+    ) -> None:
+        """Fail a random `rate` of calls (seeded), on top of anything `fail_next` queued.
+
+        A fault is a 429 with `Retry-After: retry_after`, a 5xx (500 or 503), or a timeout: the
+        answer is held for `hang_s` seconds (longer than the client waits). A timeout is, with
+        probability `processed_on_timeout`, one whose call was carried out before the answer got
+        lost (a posted message stays posted) - the case an idempotency key has to handle.
+        `weights` splits faults between '429', '5xx' and 'timeout' (default 45/45/10);
+        `max_timeouts` caps the timeouts served; `methods` limits faults to those methods
+        (default: every method but `auth.test`). `rate=0` turns the mode off. What was served
+        is counted in `faults`.
+        """
+        if rate <= 0:
+            self._flaky = None
+            return
+        self._flaky = _Flaky(
+            rng=random.Random(seed),
+            rate=rate,
+            methods=frozenset(methods) if methods is not None else None,
+            weights=dict(weights or {"429": 0.45, "5xx": 0.45, "timeout": 0.10}),
+            retry_after=retry_after,
+            hang_s=hang_s,
+            max_timeouts=max_timeouts,
+            processed_on_timeout=processed_on_timeout,
+        )
+
     def add_message(
         self,
         channel: str,
@@ -301,9 +372,37 @@ class FakeSlack(FakeServer):
         if gate := self.gates.get(method):
             await gate.wait()
         headers = {"x-oauth-scopes": ",".join(self.scopes)}
-        call.status, call.response = self._answer(call, headers)
+        fault = self._draw_fault(method)
+        if fault in ("429", "5xx"):
+            call.status, call.response = self._random_failure(fault, headers)
+        elif fault == "timeout":  # lost on the way: Slack never carried it out
+            call.status, call.response = 504, {"ok": False, "error": "request_timeout"}
+        else:  # no fault, or a timeout whose call was carried out before the answer got lost
+            call.status, call.response = self._answer(call, headers)
         self._activity.set()
+        if fault is not None and fault.startswith("timeout") and self._flaky is not None:
+            await asyncio.sleep(self._flaky.hang_s)
         return web.json_response(call.response, status=call.status, headers=headers)
+
+    def _draw_fault(self, method: str) -> str | None:
+        if self._flaky is None or method == "auth.test" or self._failures.get(method):
+            return None
+        timeouts = self.faults["timeout"] + self.faults["timeout-after-processing"]
+        fault = self._flaky.draw(method, timeouts)
+        if fault is not None:
+            self.faults[fault] += 1
+        return fault
+
+    def _random_failure(self, fault: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        assert self._flaky is not None
+        if fault == "429":
+            headers["Retry-After"] = f"{self._flaky.retry_after:g}"
+            return 429, {"ok": False, "error": "ratelimited"}
+        status = self._flaky.rng.choice((500, 503))
+        return status, {
+            "ok": False,
+            "error": "internal_error" if status == 500 else "service_unavailable",
+        }
 
     def _answer(self, call: Call, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         queue = self._failures.get(call.method)

@@ -30,12 +30,20 @@ def worker_env(
     *,
     engine: dict[str, Any] | None = None,
     slack_api_url: str | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Environment for `delegate worker`, pointed at this test's fakes and DB."""
+    """Environment for `delegate worker`, pointed at this test's fakes and DB.
+
+    `extra_config` adds top-level sections to the YAML configuration (e.g. `teams`)."""
     config = tmp_path / "delegate.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"engine": {**FAST_ENGINE, **(engine or {})}, "routing": ROUTING, "policies": POLICIES}
+            {
+                "engine": {**FAST_ENGINE, **(engine or {})},
+                "routing": ROUTING,
+                "policies": POLICIES,
+                **(extra_config or {}),
+            }
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
@@ -78,3 +86,10 @@ async def stop_worker(process: asyncio.subprocess.Process, *, timeout_s: float =
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
     return await asyncio.wait_for(process.wait(), timeout_s)
+
+
+async def kill_worker(process: asyncio.subprocess.Process) -> int:
+    """SIGKILL: no shutdown, no checkpoint, no goodbye; returns once the process is gone."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    return await process.wait()
