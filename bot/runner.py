@@ -18,7 +18,7 @@ from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher
 from bot.home_refresh import HomeRefresher
 from bot.reporter import SlackReporter
-from bot.server import build_web_app, start_site
+from bot.server import HealthCheck, build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from workers.chart import render_chart
@@ -28,7 +28,7 @@ from workers.followup import FollowUps
 from workers.migrate import upgrade_when_reachable
 from workers.progress import LoggingReporter, ProgressReporter
 from workers.providers import ModelRouter
-from workers.runtime import run_worker
+from workers.runtime import Worker, run_worker
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,14 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
     bolt = create_app(settings, store=store, client=client, completer=router, homes=homes)
     socket_mode = settings.slack_app_token is not None
+    pools: list[Worker] = []
+    checks: dict[str, HealthCheck] = {"worker_loop": _worker_loop_check(pools)}
     web_runner = await start_site(
         build_web_app(
             store=store,
             bolt=None if socket_mode else bolt,
             signing_secret=_secret(settings.slack_signing_secret),
+            checks=checks,
         ),
         host=host,
         port=settings.port,
@@ -90,7 +93,8 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         socket_handler = SocketModeRunner(
             bolt, app_token=settings.slack_app_token.get_secret_value(), settings=settings.slack
         )
-        await socket_handler.start()
+        checks["socket_mode"] = socket_handler.status
+        await socket_handler.start()  # connects in the background
     reporter = SlackReporter(store=store, client=client, home=homes)
     deliverer = Deliverer(store, reporter).start(stop)
     follow_ups = FollowUps(settings, store, reporter)
@@ -138,6 +142,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             router=router,
             stop=stop,
             handle_signals=False,
+            on_start=pools.append,
         ),
         name="worker-pool",
     )
@@ -198,6 +203,13 @@ async def run_workers_only(
         if homes is not None:
             await homes.close()
         await store.close()
+
+
+def _worker_loop_check(pools: list[Worker]) -> HealthCheck:
+    async def check() -> tuple[bool, str]:
+        return pools[-1].loop_status() if pools else (True, "starting")
+
+    return check
 
 
 def _secret(value: SecretStr | None) -> str | None:

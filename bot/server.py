@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -21,27 +23,48 @@ HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 
 
+HealthCheck = Callable[[], Awaitable[tuple[bool, str]]]
+"""One part of the process that /healthz reports: (healthy, what to say)."""
+
+
 def build_web_app(
-    *, store: Store, bolt: AsyncApp | None, signing_secret: str | None = None
+    *,
+    store: Store,
+    bolt: AsyncApp | None,
+    signing_secret: str | None = None,
+    checks: Mapping[str, HealthCheck] | None = None,
 ) -> web.Application:
-    """`bolt` is None in Socket Mode, where Slack does not call us over HTTP."""
+    """`bolt` is None in Socket Mode, where Slack does not call us over HTTP. `checks` adds the
+    process's own parts to /healthz (the Socket Mode connection, the worker loop)."""
     app = web.Application(client_max_size=1024 * 1024)
 
     async def health(_request: web.Request) -> web.Response:
+        parts: dict[str, Any] = {}
+        healthy = True
+        for name, check in (checks or {}).items():
+            try:
+                ok, parts[name] = await check()
+            except Exception as exc:
+                ok, parts[name] = False, f"check failed ({type(exc).__name__})"
+            healthy = healthy and ok
         try:
             await store.ping()
             slack_problem = await store.problem(SLACK)
             outbox = outbox_health(await store.undelivered())
         except Exception as exc:  # any failure means "not healthy"; say which
             log.warning("health check failed: database unreachable (%s)", type(exc).__name__)
-            return web.json_response({"status": "unhealthy", "database": "unreachable"}, status=503)
-        if slack_problem is not None:
-            # Nothing can be delivered and no new work is claimed until the token is fixed.
-            body = {"status": "unhealthy", "database": "ok", "slack": slack_problem}
-            return web.json_response({**body, "outbox": outbox}, status=503)
-        return web.json_response(
-            {"status": "ok", "database": "ok", "slack": "ok", "outbox": outbox}
-        )
+            body = {"status": "unhealthy", "database": "unreachable", **parts}
+            return web.json_response(body, status=503)
+        # With a refused bot token nothing can be delivered and no new work is claimed.
+        healthy = healthy and slack_problem is None
+        body = {
+            "status": "ok" if healthy else "unhealthy",
+            "database": "ok",
+            "slack": slack_problem or "ok",
+            **parts,
+            "outbox": outbox,
+        }
+        return web.json_response(body, status=200 if healthy else 503)
 
     app.router.add_get(HEALTH_PATH, health)
 

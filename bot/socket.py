@@ -20,11 +20,16 @@ from typing import Any
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
 
 from bot.http_guard import check_envelope, check_interaction
 from workers.config import SlackSettings
 
 log = logging.getLogger(__name__)
+
+CONNECT_BACKOFF_S = 1.0
+CONNECT_BACKOFF_MAX_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
 
 WATCHDOG_RECONNECT = (
     "Socket Mode: no inbound traffic and no ping reply for %.0f s; recreating the connection"
@@ -81,6 +86,9 @@ class SocketModeRunner:
         self.reconnects = 0
         self._last_inbound = time.time()
         self._watchdog: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self.problem: str | None = None
+        """Why the last connection attempt failed (None once connected)."""
         self.client.on_message_listeners.append(self._on_message)
         enqueue = self.client.enqueue_message
 
@@ -101,10 +109,39 @@ class SocketModeRunner:
         return time.time() - max(self._last_inbound, last_pong)
 
     async def start(self) -> None:
-        await self.handler.connect_async()
+        """Connect in the background, retrying with back-off: a refused app token or an
+        unreachable Slack must hold up neither the rest of the process nor its shutdown
+        (`status` says what is wrong, and /healthz with it)."""
+        self._connecting = asyncio.create_task(self._connect(), name="socket-mode-connect")
+
+    async def _connect(self) -> None:
+        delay = CONNECT_BACKOFF_S
+        while True:
+            try:
+                # Asked here first: the SDK's own connect retries a refused token or an
+                # unreachable Slack for ever, logging a traceback each time and telling no one.
+                self.client.wss_uri = await self.client.issue_new_wss_url()
+                await self.handler.connect_async()
+                break
+            except Exception as exc:
+                self.problem = _describe(exc)
+                log.error(
+                    "Socket Mode: could not connect to Slack (%s); trying again in %.0f s",
+                    self.problem,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_BACKOFF_MAX_S)
+        self.problem = None
         self._last_inbound = time.time()
         self._watchdog = asyncio.create_task(self._watch(), name="socket-mode-watchdog")
         log.info("connected to Slack in Socket Mode")
+
+    async def status(self) -> tuple[bool, str]:
+        """(healthy, what to say): 'connected', or 'not connected: why'."""
+        if self.problem is None and await self.client.is_connected():
+            return True, "connected"
+        return False, f"not connected: {self.problem or 'connecting'}"
 
     async def _watch(self) -> None:
         interval = min(5.0, self.watchdog_s / 4)
@@ -122,8 +159,22 @@ class SocketModeRunner:
                 log.error("Socket Mode reconnect failed: %s", type(exc).__name__)
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        await self.handler.close_async()
+        """Stop connecting, watching and listening; never waits long on a Slack that does not
+        answer."""
+        for task in (self._connecting, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.handler.close_async()
+        except Exception as exc:  # shutting down regardless
+            log.warning("Socket Mode: closing the connection failed (%s)", type(exc).__name__)
+
+
+def _describe(exc: Exception) -> str:
+    """What went wrong, in words that carry no token (Slack's error code, or the failure type)."""
+    if isinstance(exc, SlackApiError):
+        return f"Slack refused: {exc.response.get('error') or exc.response.status_code}"
+    return f"Slack unreachable ({type(exc).__name__})"

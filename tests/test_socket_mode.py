@@ -3,8 +3,10 @@ and a watchdog that recreates a connection gone quiet."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +15,11 @@ from bot.app import create_app
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import FakeSlack, SlackError
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
+from tests.support.cli import DELEGATE, cli_env, free_port, health, stop_delegate
 from tests.support.intake import questions
-from tests.support.waiting import bot_idle
+from tests.support.waiting import bot_idle, eventually
 from workers.providers import ModelRouter
 from workers.store import Store
 
@@ -97,3 +100,107 @@ async def test_watchdog_recreates_a_silent_connection(
     assert runner.reconnects >= 1
     assert any("recreating the connection" in r.getMessage() for r in caplog.records)
     assert len(socket_mode.slack.calls_to("apps.connections.open")) >= 2
+
+
+async def _run_socket_mode(tmp_path: Path, fake_slack: FakeSlack, port: int, **env: str) -> Any:
+    return await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "run",
+        "--host",
+        "127.0.0.1",
+        env=cli_env(
+            **{
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+                "PORT": str(port),
+                "SLACK_BOT_TOKEN": fake_slack.token,
+                "SLACK_APP_TOKEN": APP_TOKEN,
+                "SLACK_API_URL": fake_slack.api_url,
+                **env,
+            }
+        ),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _health_when(
+    proc: Any, port: int, predicate: Callable[[int, dict[str, Any]], bool]
+) -> Any:
+    seen: list[Any] = []
+
+    async def holds() -> bool:
+        if proc.returncode is not None:
+            _, err = await proc.communicate()
+            raise AssertionError(f"delegate run exited early: {err.decode()[-2000:]}")
+        answer = await health(port)
+        seen[:] = [answer]
+        return answer is not None and predicate(*answer)
+
+    await eventually(holds, interval_s=0.2)
+    return seen[0]
+
+
+async def test_healthz_reports_the_socket_mode_connection_and_the_worker_loop(
+    fake_slack: FakeSlack, socket_mode: FakeSocketMode, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = await _run_socket_mode(tmp_path, fake_slack, port)
+    try:
+        _, body = await _health_when(
+            proc, port, lambda status, body: status == 200 and body["worker_loop"] == "ok"
+        )
+        assert body["socket_mode"] == "connected", body
+        assert socket_mode.connections >= 1
+    finally:
+        err = await stop_delegate(proc)
+    assert proc.returncode == 0, err
+
+
+async def test_a_refused_app_token_turns_healthz_red_and_never_blocks_shutdown(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    def refused(_args: dict[str, Any]) -> dict[str, Any]:
+        raise SlackError("invalid_auth")
+
+    fake_slack.handlers["apps.connections.open"] = refused
+    port = free_port()
+    proc = await _run_socket_mode(tmp_path, fake_slack, port, SLACK_APP_TOKEN="xapp-1-wrong")
+    try:
+        _, body = await _health_when(
+            proc, port, lambda status, body: status == 503 and "invalid_auth" in body["socket_mode"]
+        )
+        assert body["socket_mode"] == "not connected: Slack refused: invalid_auth", body
+        assert body["database"] == "ok"
+    finally:
+        err = await stop_delegate(proc)
+    assert proc.returncode == 0, err
+    assert "xapp-1-wrong" not in err, "secrets must never be logged"
+
+
+async def test_an_unreachable_slack_never_blocks_shutdown(tmp_path: Path) -> None:
+    port, nowhere = free_port(), free_port()  # nothing listens on `nowhere`
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE),
+        "run",
+        "--host",
+        "127.0.0.1",
+        env=cli_env(
+            DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+            PORT=str(port),
+            SLACK_BOT_TOKEN="xoxb-1-unreachable",
+            SLACK_APP_TOKEN=APP_TOKEN,
+            SLACK_API_URL=f"http://127.0.0.1:{nowhere}/api/",
+        ),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, body = await _health_when(
+            proc, port, lambda status, body: status == 503 and "unreachable" in body["socket_mode"]
+        )
+        assert body["socket_mode"].startswith("not connected: Slack unreachable"), body
+    finally:
+        err = await stop_delegate(proc)
+    assert proc.returncode == 0, err

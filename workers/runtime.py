@@ -45,6 +45,14 @@ REAP_INTERVAL_S = 5.0
 # would expire: another worker may claim the order once it has, and must find it let go.
 LEASE_STOP_MARGIN = 0.25
 
+# A claim loop silent for longer than this (or a few poll intervals, whichever is longer) is
+# reported stalled by /healthz.
+STALLED_LOOP_MIN_S = 60.0
+
+
+def _error_note(error: str | None) -> str:
+    return f" (last error: {error})" if error else ""
+
 
 @dataclass
 class _Running:
@@ -95,6 +103,9 @@ class Worker:
         self.outcomes: deque[tuple[str, Outcome]] = deque(maxlen=1000)
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self.last_pass: float | None = None
+        """When the claim loop last completed a pass (the worker's clock); for health checks."""
+        self.last_error: str | None = None
 
     # Lifecycle
 
@@ -166,12 +177,28 @@ class Worker:
                     if claim.order is None:
                         break
                     self._start(claim)
-            except Exception:
+                self.last_pass, self.last_error = self.clock(), None
+            except Exception as exc:
+                self.last_error = type(exc).__name__
                 log.exception("claim loop error; retrying", extra={"worker": self.worker_id})
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(engine.poll_interval_s):
                     await self._slot_freed.wait()
+
+    def loop_status(self) -> tuple[bool, str]:
+        """(healthy, what to say) of the claim loop: a loop that has not completed a pass for
+        a while is stuck (the database refuses it, or something blocks the event loop)."""
+        engine = self.settings.engine
+        allowed = max(STALLED_LOOP_MIN_S, 20 * engine.poll_interval_s, 2 * engine.lease_ttl_s)
+        if self._stopping.is_set():
+            return True, "stopping"
+        if self.last_pass is None:
+            return self.last_error is None, f"starting{_error_note(self.last_error)}"
+        quiet = self.clock() - self.last_pass
+        if quiet > allowed:
+            return False, f"stalled: no pass for {quiet:.0f} s{_error_note(self.last_error)}"
+        return True, "ok"
 
     async def _reap(self) -> None:
         for order in await queue.reap(self.store, self.settings, actor=self.worker_id):
@@ -306,8 +333,10 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     coalesce: bool = True,
     handle_signals: bool = True,
+    on_start: Callable[[Worker], object] | None = None,
 ) -> None:
-    """Run a worker pool until `stop` is set or SIGTERM/SIGINT arrives.
+    """Run a worker pool until `stop` is set or SIGTERM/SIGINT arrives; `on_start` is handed
+    the pool (for health checks).
 
     `reporter` is how runs talk to people (the Slack front door's implementation); with
     `coalesce` it is wrapped in an `Outbox` (priority order, status updates coalesced to one per
@@ -334,6 +363,8 @@ async def run_worker(
         worker_id=worker_id,
         tools=tools,
     )
+    if on_start is not None:
+        on_start(worker)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()

@@ -156,6 +156,7 @@ class FakeSlack(FakeServer):
     ) -> None:
         super().__init__()
         self.tokens: set[str] = {token}
+        self.bot_token = token
         self.scopes: list[str] = list(DEFAULT_SCOPES if scopes is None else scopes)
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -210,8 +211,9 @@ class FakeSlack(FakeServer):
 
     @property
     def token(self) -> str:
-        """The first valid token (what tests should hand to `AsyncWebClient`)."""
-        return next(iter(self.tokens))
+        """The bot token (what tests should hand to `AsyncWebClient`); `tokens` may also hold
+        others, e.g. the app token a Socket Mode fake adds."""
+        return self.bot_token
 
     @property
     def api_url(self) -> str:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 DELEGATE = Path(sys.executable).with_name("delegate")
 
@@ -52,3 +57,34 @@ async def delegate(
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def health(port: int) -> tuple[int, dict[str, Any]] | None:
+    """`GET /healthz` of a `delegate run` on `port`: (status, body), None while nothing answers."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+        ):
+            return resp.status, await resp.json()
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def stop_delegate(proc: asyncio.subprocess.Process, *, within: float = 30) -> str:
+    """SIGTERM, then the exit; stderr. Fails (and kills it) if it does not exit `within`."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), within)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return err.decode()
