@@ -34,5 +34,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("work_orders", schema=None) as batch_op:
-        batch_op.drop_column("quota_needed_micro_usd")
+    # A plain DROP COLUMN (SQLite 3.35+): batch mode would rebuild work_orders, which other
+    # tables reference, and SQLite refuses that with foreign keys on.
+    op.drop_column("work_orders", "quota_needed_micro_usd")
