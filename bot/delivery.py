@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot.reporter import SlackReporter
+from bot.reporter import POST_CLAIM_S, SlackReporter
 from workers.errors import NotFound, RetryLater
 from workers.models import OutboxMessage
 from workers.store import Store
@@ -91,7 +91,9 @@ class Deliverer:
         *,
         poll_s: float = 1.0,
         batch: int = 20,
-        claim_s: float = 120.0,
+        # A killed deliverer's messages wait out its claim. The key claim (POST_CLAIM_S) is what
+        # keeps a slow post from being made twice, so this one need not outlast it.
+        claim_s: float = POST_CLAIM_S,
         backoff_s: float = 2.0,
         max_backoff_s: float = 300.0,
         auth_recheck_s: float = 30.0,
