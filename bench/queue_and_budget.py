@@ -6,7 +6,8 @@
 Creates a scratch database (a SQLite file, or a fresh PostgreSQL database next to the one in
 --url), then prints claims per second with several concurrent claimers (each on its own
 connection pool, as separate worker processes would be) and reserve-plus-settle pairs per
-second with concurrent runs drawing on one team quota. Figures only; nothing is asserted.
+second with concurrent runs drawing on one team quota, each with the SQL statements it took
+(BEGIN and COMMIT included; the driver's pings are not). Figures only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workers import queue
 from workers.budget import BudgetGuard, quota_week, usd_to_micro
@@ -73,12 +76,29 @@ async def _drop(url: str, name: str | None) -> None:
     await admin.dispose()
 
 
+class _Statements:
+    """Counts the statements (and BEGIN/COMMIT) that engines send."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def watch(self, engine: AsyncEngine) -> None:
+        def _one(*_: object) -> None:
+            self.count += 1
+
+        for name in ("before_cursor_execute", "begin", "commit"):
+            event.listen(engine.sync_engine, name, _one)
+
+
 async def bench_claims(url: str, settings: Settings, *, orders: int, claimers: int) -> None:
     store = Store.from_url(url)
     for n in range(orders):
         created = await store.create_order(_order(n), actor="bench")
         await queue.enqueue(store, settings, created.id or "", actor="bench")
     stores = [Store.from_url(url) for _ in range(claimers)]
+    statements = _Statements()
+    for s in stores:
+        statements.watch(s.engine)
 
     async def claimer(s: Store, name: str) -> int:
         got = 0
@@ -91,7 +111,8 @@ async def bench_claims(url: str, settings: Settings, *, orders: int, claimers: i
     elapsed = time.perf_counter() - started
     print(
         f"claims: {sum(counts)} orders by {claimers} claimers in {elapsed:.2f} s "
-        f"= {sum(counts) / elapsed:.0f} claims/s (spread {min(counts)}..{max(counts)})"
+        f"= {sum(counts) / elapsed:.0f} claims/s (spread {min(counts)}..{max(counts)}; "
+        f"{statements.count / max(1, sum(counts)):.1f} statements per claim)"
     )
     for s in [store, *stores]:
         await s.close()
@@ -115,6 +136,9 @@ async def bench_reservations(url: str, settings: Settings, *, runs: int, calls: 
             )
         )
 
+    statements = _Statements()
+    statements.watch(store.engine)
+
     async def run(guard: BudgetGuard) -> None:
         for _ in range(calls):
             reservation = await guard.reserve(
@@ -134,7 +158,8 @@ async def bench_reservations(url: str, settings: Settings, *, runs: int, calls: 
     pairs = runs * calls
     print(
         f"budget: {pairs} reserve+settle pairs from {runs} concurrent runs on one team quota "
-        f"in {elapsed:.2f} s = {pairs / elapsed:.0f} pairs/s"
+        f"in {elapsed:.2f} s = {pairs / elapsed:.0f} pairs/s "
+        f"({statements.count / pairs:.1f} statements per pair)"
     )
     await store.close()
 

@@ -3,7 +3,9 @@
 The chain is keyed (`DELEGATE_AUDIT_KEY` or a key file outside the database), so an event edited
 and the rest of the chain recomputed does not verify without the key. Each chain's head (how many
 events, the last digest) and the total over all chains are kept, also keyed, in a separate table,
-so that dropping the last events or deleting a whole chain is detected too.
+so that dropping the last events or deleting a whole chain is detected too. The total counts
+chains (how many heads there must be), so it moves only when a chain starts, not on every event:
+appends to different chains never wait for each other.
 
 Only pure functions live here; `workers.store` writes and reads the rows.
 """
@@ -21,7 +23,13 @@ from typing import Any
 GENESIS_HASH = "0" * 64
 SYSTEM_CHAIN = "system"
 ALL_CHAINS = "*"
-"""The head that counts every anchored event, so that deleting a whole chain shows."""
+"""The head that counts every anchored chain, so that deleting a whole chain (head and all)
+shows."""
+TOTAL_COUNTS_CHAINS = "chains"
+"""The total's `last_hash` when its count is of chains. A note may follow (after ";") when the
+total, as it was converted, disagreed with the heads: that disagreement keeps showing."""
+LEGACY_TOTAL = ""
+"""The total's `last_hash` when its count was of events (trails written before chains counted)."""
 
 SCHEME_SHA256 = "sha256"
 """Events written before the trail was keyed: a plain hash anyone could recompute."""
@@ -245,19 +253,32 @@ def _check_head(
 def verify_total(
     heads: Sequence[ChainHead], total: ChainHead | None, *, key: AuditKey | None
 ) -> str | None:
-    """Whole chains deleted together with their heads show in the anchored total."""
-    anchored = sum(h.count for h in heads)
+    """Whole chains deleted together with their heads show in the anchored total: it counts
+    the chains (or, written before that, the events) there must be."""
     if total is None:
         return "the anchored total is missing" if heads else None
     if key is not None and not hmac.compare_digest(
         head_mac(key, ALL_CHAINS, total.count, total.last_hash), total.mac
     ):
         return "the anchored total was altered"
-    if anchored != total.count:
+    if total.last_hash == LEGACY_TOTAL:
+        anchored = sum(h.count for h in heads)
+        if anchored != total.count:
+            return (
+                f"the anchored total counts {total.count} events but the chains' heads count "
+                f"{anchored}: a whole chain was deleted"
+            )
+        return None
+    kind, _, note = total.last_hash.partition(";")
+    if kind != TOTAL_COUNTS_CHAINS:
+        return "the anchored total was altered"
+    if total.count != len(heads):
         return (
-            f"the anchored total counts {total.count} events but the chains' heads count "
-            f"{anchored}: a whole chain was deleted"
+            f"the anchored total counts {total.count} chains but {len(heads)} have heads: "
+            "a whole chain was deleted"
         )
+    if note:
+        return f"when the total began counting chains it disagreed with the heads ({note})"
     return None
 
 

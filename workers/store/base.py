@@ -9,13 +9,15 @@ locks rows (FOR UPDATE, SKIP LOCKED) and takes advisory locks, while SQLite's BE
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Select, bindparam, func, insert, text, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import GenerativeSelect
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,7 +25,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from workers.audit import (
     ALL_CHAINS,
     GENESIS_HASH,
+    LEGACY_TOTAL,
     SCHEME_HMAC,
+    TOTAL_COUNTS_CHAINS,
     AuditKey,
     ChainRecord,
     event_hash,
@@ -91,6 +95,7 @@ class StoreBase:
         self._writing = session_factory(engine)
         self._sqlite = is_sqlite(str(engine.url))
         self.audit_key = audit_key or AuditKey.unkeyed()
+        self._total_current = False  # the audit total counts chains (see _upgrade_total)
 
     @classmethod
     def from_url(cls, url: str, *, audit_key: AuditKey | None = None) -> Self:
@@ -182,19 +187,54 @@ class StoreBase:
         await s.refresh(row)
 
     async def _append_audit(
-        self, s: AsyncSession, chain: str, *, actor: str, kind: str, data: dict[str, Any]
+        self,
+        s: AsyncSession,
+        chain: str,
+        *,
+        actor: str,
+        kind: str,
+        data: dict[str, Any],
+        also: Sequence[Also] = (),
     ) -> ChainRecord:
-        await self._serialise(s, chain)  # one append at a time per chain
-        last = (
-            await s.exec(
-                select(AuditEvent)
-                .where(AuditEvent.chain == chain)
-                .order_by(col(AuditEvent.seq).desc())
-                .limit(1)
-            )
-        ).first()
-        seq = (last.seq + 1) if last else 1
-        prev_hash = last.hash if last else GENESIS_HASH
+        """Append one event to `chain` and move its anchored head (see `_append_on`)."""
+        await s.flush()  # what the session holds goes first, as it did when this was ORM
+        return await self._append_on(
+            await s.connection(), chain, actor=actor, kind=kind, data=data, also=also
+        )
+
+    async def _append_on(
+        self,
+        conn: AsyncConnection,
+        chain: str,
+        *,
+        actor: str,
+        kind: str,
+        data: dict[str, Any],
+        also: Sequence[Also] = (),
+    ) -> ChainRecord:
+        """Append one event to `chain` inside the connection's transaction, in two round trips:
+        the chain's head row is read locked (it is what serialises appends to one chain), then
+        the event is inserted and the head moved in one statement (PostgreSQL). `also` are
+        further (prebuilt statement, parameters) pairs run in that same statement, so that a
+        hot row they lock (a team's week) is held only from there to the commit; SQLite runs
+        them one after another.
+
+        The total under "*" counts chains, not events, so only a chain's first append touches
+        it: no row is shared by every append in the system."""
+        if not self._total_current:
+            await self._upgrade_total(conn)
+        head = (await conn.execute(self._head_query, {"h_chain": chain})).first()
+        new_chain = head is None
+        if head is None:
+            # First append since the chain was anchored (or ever): take turns per chain, and
+            # look again, since another transaction may have anchored it meanwhile.
+            await self._serialise_on(conn, chain)
+            head = (await conn.execute(self._head_query, {"h_chain": chain})).first()
+            new_chain = head is None
+            if head is None:
+                head = (await conn.execute(_LAST_EVENT, {"h_chain": chain})).first()
+        count, prev_hash = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
+        seq = count + 1
         at = utcnow()
         digest = event_hash(
             chain=chain,
@@ -207,42 +247,150 @@ class StoreBase:
             key=self.audit_key,
             scheme=SCHEME_HMAC,
         )
-        event = AuditEvent(
+        params: dict[str, Any] = {
+            "e_chain": chain,
+            "e_seq": seq,
+            "e_at": at,
+            "e_actor": actor,
+            "e_kind": kind,
+            "e_data": data,
+            "e_prev_hash": prev_hash,
+            "e_hash": digest,
+            "e_scheme": SCHEME_HMAC,
+            "h_chain": chain,
+            "h_mac": head_mac(self.audit_key, chain, seq, digest),
+        }
+        for _, extra in also:
+            params.update(extra)
+        if new_chain or self._sqlite:
+            event_id = (await conn.execute(_INSERT_EVENT, params)).scalar_one()
+            await conn.execute(_INSERT_HEAD if new_chain else _MOVE_HEAD, params)
+            for statement, _ in also:
+                await conn.execute(statement, params)
+            if new_chain:  # after `also`: the total's lock is the last one taken
+                await self._count_chain(conn)
+        else:
+            event_id = (
+                await conn.execute(_appending(tuple(st for st, _ in also)), params)
+            ).scalar_one()
+        return ChainRecord(
+            id=event_id,
             chain=chain,
             seq=seq,
             at=at,
             actor=actor,
             kind=kind,
-            data=data,
+            data=dict(data),
             prev_hash=prev_hash,
             hash=digest,
             scheme=SCHEME_HMAC,
         )
-        s.add(event)
-        await self._anchor(s, chain, count=seq, last_hash=digest)
-        await s.flush()
-        return _record(event)
 
-    async def _anchor(self, s: AsyncSession, chain: str, *, count: int, last_hash: str) -> None:
-        """Move the chain's head, and the total over all chains, to include the new event.
+    @property
+    def _head_query(self) -> Select[int, str]:
+        return _HEAD if self._sqlite else _HEAD_LOCKED
 
-        A chain anchored for the first time may hold events from before anchoring; the total
-        grows by all of them, so that it always equals the sum of the heads."""
-        key = self.audit_key
-        head = await s.get(AuditHead, chain)
-        grew = count - (head.count if head is not None else 0)
-        if head is None:
-            head = AuditHead(chain=chain, count=count, last_hash=last_hash, mac="")
-        head.count, head.last_hash = count, last_hash
-        head.mac = head_mac(key, chain, count, last_hash)
-        s.add(head)
-        await self._serialise(s, ALL_CHAINS)  # the total is one row every append updates
-        total = await s.get(AuditHead, ALL_CHAINS, populate_existing=True)
-        if total is None:
-            total = AuditHead(chain=ALL_CHAINS, count=0, last_hash="", mac="")
-        total.count += grew
-        total.mac = head_mac(key, ALL_CHAINS, total.count, "")
-        s.add(total)
+    async def _serialise_on(self, conn: AsyncConnection, key: str) -> None:
+        """`_serialise` on a connection."""
+        if not self._sqlite:
+            await conn.execute(_ADVISORY_LOCK, {"key": key})
+
+    async def _count_chain(self, conn: AsyncConnection) -> None:
+        """Count one more chain in the anchored total (a chain's first append only)."""
+        await self._serialise_on(conn, ALL_CHAINS)
+        total = (await conn.execute(self._head_query, {"h_chain": ALL_CHAINS})).first()
+        # Missing: start over from this chain, so that any other head shows as extra.
+        count, note = (total[0] + 1, total[1]) if total else (1, TOTAL_COUNTS_CHAINS)
+        params = {
+            "h_chain": ALL_CHAINS,
+            "n_count": count,
+            "n_hash": note,
+            "h_mac": head_mac(self.audit_key, ALL_CHAINS, count, note),
+        }
+        await conn.execute(_MOVE_TOTAL if total else _INSERT_TOTAL, params)
+
+    async def _upgrade_total(self, conn: AsyncConnection) -> None:
+        """Once per store: a total written when it counted events (its last_hash is "") is
+        turned into a count of chains. A total that disagreed with the heads keeps saying so.
+        Read without a lock first: only a legacy total (once per database) is locked."""
+        total = (await conn.execute(_HEAD, {"h_chain": ALL_CHAINS})).first()
+        if total is None or total[1] != LEGACY_TOTAL:
+            self._total_current = True  # nothing to change (a missing total shows on verify)
+            return
+        await self._serialise_on(conn, ALL_CHAINS)
+        total = (await conn.execute(self._head_query, {"h_chain": ALL_CHAINS})).first()
+        if total is None or total[1] != LEGACY_TOTAL:
+            return
+        events, chains = (await conn.execute(_HEADS_SUMMARY)).one()
+        note = TOTAL_COUNTS_CHAINS
+        if int(events) != total[0]:
+            note = f"{TOTAL_COUNTS_CHAINS};events {total[0]} != {int(events)}"
+        params = {
+            "h_chain": ALL_CHAINS,
+            "n_count": chains,
+            "n_hash": note,
+            "h_mac": head_mac(self.audit_key, ALL_CHAINS, chains, note),
+        }
+        await conn.execute(_MOVE_TOTAL_AND_NOTE, params)
+        # Not marked current here: if this transaction rolls back, the next append does it.
+
+
+Also = tuple[UpdateBase, dict[str, Any]]
+"""A prebuilt statement (bound parameters named apart from the audit's) and its parameters."""
+
+_EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
+_HEADS = AuditHead.__table__  # type: ignore[attr-defined]
+_HEAD = sa_select(_HEADS.c.count, _HEADS.c.last_hash).where(_HEADS.c.chain == bindparam("h_chain"))
+_HEAD_LOCKED = _HEAD.with_for_update()
+_LAST_EVENT = (
+    sa_select(_EVENTS.c.seq, _EVENTS.c.hash)
+    .where(_EVENTS.c.chain == bindparam("h_chain"))
+    .order_by(_EVENTS.c.seq.desc())
+    .limit(1)
+)
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+_EVENT_COLUMNS = ("chain", "seq", "at", "actor", "kind", "data", "prev_hash", "hash", "scheme")
+_INSERT_EVENT = (
+    insert(_EVENTS)
+    .values({name: bindparam(f"e_{name}") for name in _EVENT_COLUMNS})
+    .returning(_EVENTS.c.id)
+)
+_HEAD_VALUES: dict[str, Any] = {
+    "count": bindparam("e_seq"),
+    "last_hash": bindparam("e_hash"),
+    "mac": bindparam("h_mac"),
+}
+_MOVE_HEAD = update(_HEADS).where(_HEADS.c.chain == bindparam("h_chain")).values(_HEAD_VALUES)
+_INSERT_HEAD = insert(_HEADS).values(chain=bindparam("h_chain"), **_HEAD_VALUES)
+_INSERT_TOTAL = insert(_HEADS).values(
+    chain=bindparam("h_chain"),
+    count=bindparam("n_count"),
+    last_hash=bindparam("n_hash"),
+    mac=bindparam("h_mac"),
+)
+_MOVE_TOTAL = (
+    update(_HEADS)
+    .where(_HEADS.c.chain == bindparam("h_chain"))
+    .values(count=bindparam("n_count"), mac=bindparam("h_mac"))
+)
+_MOVE_TOTAL_AND_NOTE = _MOVE_TOTAL.values(last_hash=bindparam("n_hash"))
+_HEADS_SUMMARY = sa_select(func.coalesce(func.sum(_HEADS.c.count), 0), func.count()).where(
+    _HEADS.c.chain != ALL_CHAINS
+)
+_APPENDING: dict[tuple[UpdateBase, ...], UpdateBase] = {}
+
+
+def _appending(also: tuple[UpdateBase, ...]) -> UpdateBase:
+    """PostgreSQL: insert the event, move the head and run `also`, as one statement (built once
+    per combination)."""
+    found = _APPENDING.get(also)
+    if found is None:
+        inserted = _INSERT_EVENT.cte("inserted")
+        found = _MOVE_HEAD.returning(sa_select(inserted.c.id).scalar_subquery()).add_cte(inserted)
+        for n, statement in enumerate(also):
+            found = found.add_cte(statement.cte(f"also_{n}"))
+        _APPENDING[also] = found
+    return found
 
 
 def _record(e: AuditEvent) -> ChainRecord:

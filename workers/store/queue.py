@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -198,21 +198,40 @@ class QueueStore(SpendStore):
                     col(WorkOrderRow.available_at) <= now,
                 ),
             )
-            candidates = (
-                select(WorkOrderRow.id)
-                .where(*due)
-                .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
-                .limit(scan)
+            # One statement per candidate: the first due order no other claimer holds, locked
+            # (SKIP LOCKED passes over rows another transaction holds, so concurrent workers
+            # pass each other instead of queueing on the same rows), with its team's week read
+            # beside it. Orders held back here stay locked and are skipped by the next look.
+            team_week = and_(
+                col(TeamSpend.team) == col(WorkOrderRow.team), col(TeamSpend.week) == admission.week
             )
             team_left: dict[str, tuple[int, int]] = {}
-            for candidate in (await s.exec(candidates)).all():
-                # Lock one candidate at a time and skip those another claimer holds, so that
-                # concurrent workers pass each other instead of queueing on the same rows.
-                one = select(WorkOrderRow).where(WorkOrderRow.id == candidate, *due)
-                one = self._for_update(one, skip_locked=True)
-                row = (await s.exec(one.execution_options(populate_existing=True))).first()
-                if row is None:
-                    continue
+            seen: list[int] = []
+            while len(seen) < scan:
+                one = (
+                    select(
+                        WorkOrderRow,
+                        col(TeamSpend.spent_micro_usd),
+                        col(TeamSpend.reserved_micro_usd),
+                        col(TeamSpend.quota_micro_usd),
+                    )
+                    .outerjoin(TeamSpend, team_week)
+                    .where(*due, col(WorkOrderRow.id).not_in(seen))
+                    .order_by(col(WorkOrderRow.priority), col(WorkOrderRow.id))
+                    .limit(1)
+                )
+                if not self._sqlite:
+                    one = one.with_for_update(skip_locked=True, of=WorkOrderRow)
+                found = (await s.exec(one.execution_options(populate_existing=True))).first()
+                if found is None:
+                    break
+                row, spent, reserved, quota_override = found
+                assert row.id is not None
+                seen.append(row.id)
+                if row.team not in team_left:
+                    quota = admission.quota_micro_usd(row.team)
+                    quota = quota_override if quota_override is not None else quota
+                    team_left[row.team] = ((spent or 0) + (reserved or 0), quota)
                 held = await self._held_back(s, row, admission, team_left)
                 if held is None:
                     claim.attempt = await self._start_run(s, row, worker_id, clock, lease_ttl_s)
@@ -253,21 +272,8 @@ class QueueStore(SpendStore):
         admission: Admission,
         team_left: dict[str, tuple[int, int]],
     ) -> HeldBack | None:
-        """Why this order may not start now, or None."""
-        if row.team not in team_left:
-            spend = (
-                await s.exec(
-                    select(TeamSpend).where(
-                        TeamSpend.team == row.team, TeamSpend.week == admission.week
-                    )
-                )
-            ).first()
-            quota = admission.quota_micro_usd(row.team)
-            used = 0
-            if spend is not None:
-                quota = spend.quota_micro_usd if spend.quota_micro_usd is not None else quota
-                used = spend.spent_micro_usd + spend.reserved_micro_usd
-            team_left[row.team] = (used, quota)
+        """Why this order may not start now, or None (`team_left`: each team's week as the
+        claim read it, used and quota, in micro-USD)."""
         used, quota = team_left[row.team]
         # An order that waited for quota starts again only once its next call fits.
         needed = max(admission.headroom_micro_usd, row.quota_needed_micro_usd or 0)

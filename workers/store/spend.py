@@ -1,24 +1,31 @@
 """Spend and quota: worst-case reservations before a model call, settlement after, tool-call
 counts, and each team's week. Rows are locked in one order (work order, then its model calls,
-then the team's week) so that concurrent workers cannot deadlock."""
+then its audit chain's head, then the team's week) so that concurrent workers cannot deadlock.
+
+The team's week is the one row every run of a team writes, so reserving and settling lock it
+last, with a single statement just before the commit: its lock is held for that statement and
+the commit only."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, update
+from sqlalchemy import BigInteger, and_, bindparam, func, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.audit import SYSTEM_CHAIN, model_call_facts
 from workers.budget import CallPlan, Headroom, usd_to_micro
+from workers.errors import BudgetExceeded, NotFound
 from workers.models import LlmCall, TeamSpend, WorkOrderRow
 from workers.progress import Spend
-from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.base import Also, OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
 from workers.workorder import Budget, format_order_id
 
@@ -95,48 +102,96 @@ class SpendStore(StoreBase):
     ) -> tuple[LlmCall, CallPlan]:
         """Hold back a call's worst case against the order and the team's week, atomically.
 
-        `plan` sees the headroom under the locks and returns what to reserve (or raises
-        BudgetExceeded, which rolls everything back). The call is recorded as pending.
+        `plan` sees the headroom and returns what to reserve (or raises BudgetExceeded, which
+        rolls everything back). The call is recorded as pending.
+
+        The order's row is locked (one run per order: uncontended). The team's week, which
+        every run of the team shares, is read without a lock and then charged by one
+        conditional UPDATE, last before the commit, that goes through only if the reservation
+        still fits under the quota; if a concurrent run took the headroom meanwhile (or the
+        unlocked read refused the call), the whole reservation is decided again with the
+        team's row locked from the start. So the quota is exact, and the team's row is held
+        for one statement and the commit.
         """
+        kwargs = {"team": team, "week": week, "default_quota": quota_micro_usd, "plan": plan}
+        try:
+            return await self._reserve(ref, call, lock_team=False, **kwargs)  # type: ignore[arg-type]
+        except (_TeamContended, BudgetExceeded):
+            call.id = None
+            return await self._reserve(ref, call, lock_team=True, **kwargs)  # type: ignore[arg-type]
+
+    async def _reserve(
+        self,
+        ref: OrderRef,
+        call: LlmCall,
+        *,
+        team: str,
+        week: str,
+        default_quota: int,
+        plan: Callable[[Headroom], CallPlan],
+        lock_team: bool,
+    ) -> tuple[LlmCall, CallPlan]:
         async with self.transaction() as s:
             if call.attempt_id is not None:  # a run's call: fenced by its lease
-                row = await fenced_row(self, s, call.attempt_id)
+                number = (await fenced_row(self, s, call.attempt_id)).id
             else:
-                row = await self._row(s, ref, for_update=True)
-            spend = await self._team_week(s, team, week)
-            budget = Budget.model_validate(row.budget)
-            quota = spend.quota_micro_usd if spend.quota_micro_usd is not None else quota_micro_usd
-            headroom = Headroom(
-                order_micro_usd=usd_to_micro(budget.max_usd)
-                - row.spent_micro_usd
-                - row.reserved_micro_usd,
-                team_micro_usd=quota - spend.spent_micro_usd - spend.reserved_micro_usd,
-                tokens=budget.max_tokens - row.spent_tokens - row.reserved_tokens,
-                model_calls=budget.max_model_calls - row.model_calls,
-            )
-            chosen = plan(headroom)
-            await s.exec(
-                update(WorkOrderRow)
-                .where(col(WorkOrderRow.id) == row.id)
-                .values(
-                    reserved_micro_usd=WorkOrderRow.reserved_micro_usd + chosen.reserve_micro_usd,
-                    reserved_tokens=WorkOrderRow.reserved_tokens + chosen.reserve_tokens,
-                    model_calls=WorkOrderRow.model_calls + 1,
+                number = order_number(ref)
+            conn = await s.connection()
+            # The order's row, locked, with the team's week beside it (read, not locked: the
+            # conditional charge below is what keeps the quota exact).
+            query = _ORDER_AND_TEAM if self._sqlite else _ORDER_AND_TEAM_LOCKED
+            found = (
+                await conn.execute(query, {"o_id": number, "team": team, "week": week})
+            ).first()
+            if found is None:
+                raise NotFound(f"{format_order_id(order_number(ref))} does not exist")
+            (order_id, budget_json, o_spent, o_reserved, o_spent_tokens, o_reserved_tokens,
+             model_calls, spend_id, t_spent, t_reserved, t_quota) = found  # fmt: skip
+            if spend_id is None or lock_team:
+                spend = await self._team_week(s, team, week)
+                spend_id, t_quota = spend.id, spend.quota_micro_usd
+                t_spent, t_reserved = spend.spent_micro_usd, spend.reserved_micro_usd
+            quota = t_quota if t_quota is not None else default_quota
+            budget = Budget.model_validate(budget_json)
+            chosen = plan(
+                Headroom(
+                    order_micro_usd=usd_to_micro(budget.max_usd) - o_spent - o_reserved,
+                    team_micro_usd=quota - t_spent - t_reserved,
+                    tokens=budget.max_tokens - o_spent_tokens - o_reserved_tokens,
+                    model_calls=budget.max_model_calls - model_calls,
                 )
             )
-            await s.exec(
-                update(TeamSpend)
-                .where(col(TeamSpend.id) == spend.id)
-                .values(reserved_micro_usd=TeamSpend.reserved_micro_usd + chosen.reserve_micro_usd)
-            )
-            call.order_id = row.id
+            call.order_id = order_id
             call.reserved_micro_usd = chosen.reserve_micro_usd
             call.reserved_tokens = chosen.reserve_tokens
             call.team = team
             call.quota_week = week
             call.outcome = "pending"
-            s.add(call)
-            await s.flush()
+            values = call.model_dump(exclude={"id"})
+            # Last before the commit: the team's row, charged only if the reservation fits.
+            params = {
+                "o_id": order_id,
+                "spend_id": spend_id,
+                "default_quota": default_quota,
+                "reserve": chosen.reserve_micro_usd,
+                "reserve_tokens": chosen.reserve_tokens,
+            }
+            if self._sqlite:  # BEGIN IMMEDIATE: nothing else writes until the commit
+                charged = (await conn.execute(_RESERVE_TEAM, params)).rowcount == 1
+                if charged:
+                    await conn.execute(_RESERVE_ORDER, params)
+                    call.id = (await conn.execute(_INSERT_CALL, values)).scalar_one()
+            else:
+                params.update({f"c_{name}": value for name, value in values.items()})
+                call.id = (await conn.execute(_RESERVE_ALL, params)).scalar()
+                charged = call.id is not None
+            if not charged:
+                if lock_team:  # under the lock: the plan asked for more than the team has
+                    raise BudgetExceeded(
+                        "team_quota",
+                        f"the team {team}'s quota for the week does not cover the call",
+                    )
+                raise _TeamContended()
         return call, chosen
 
     async def settle_spend(
@@ -154,38 +209,70 @@ class SpendStore(StoreBase):
     ) -> bool:
         """Swap a pending call's reservation for its actual cost; False if already settled.
 
-        `usage` None means unknown (the call was cut off): the cost given is the worst case."""
-        async with self._sessions() as s:
-            found = await s.get(LlmCall, call_id)
-        if found is None or found.outcome != "pending" or found.order_id is None:
-            return False
-        async with self.transaction() as s:
-            row = await self._row(s, found.order_id, for_update=True)
-            call = await self._pending_call(s, call_id)
-            if call is None:
+        `usage` None means unknown (the call was cut off): the cost given is the worst case.
+
+        One transaction of four statements on PostgreSQL: lock the order's row; settle the
+        call (only if still pending) and move its reservation to spend on the order; read the
+        chain's head; append the audit event, move the head and charge the team's week. The
+        team's row, which every run of the team shares, is locked by that last statement only,
+        until the commit.
+        """
+        params: dict[str, Any] = {
+            "call_id": call_id,
+            "s_latency_ms": latency_ms,
+            "s_error": error,
+            "cost": cost_micro_usd,
+            "tokens": tokens,
+            "s_outcome": outcome,
+            "s_provider": provider or None,
+            "s_model": model or None,
+            "s_input_tokens": None if usage is None else usage.input_tokens,
+            "s_output_tokens": None if usage is None else usage.output_tokens,
+            "s_cache_write_tokens": None if usage is None else usage.cache_write_tokens,
+            "s_cache_read_tokens": None if usage is None else usage.cache_read_tokens,
+        }
+        async with self.engine.begin() as conn:  # Core only: no ORM session to set up
+            # The order first (lock order: order, its calls, its chain's head, team's week).
+            lock = _CALLS_ORDER if self._sqlite else _CALLS_ORDER_LOCKED
+            order_id = (await conn.execute(lock, params)).scalar()
+            if order_id is None:
                 return False
-            if usage is not None:
-                call.input_tokens = usage.input_tokens
-                call.output_tokens = usage.output_tokens
-                call.cache_write_tokens = usage.cache_write_tokens
-                call.cache_read_tokens = usage.cache_read_tokens
-            call.latency_ms = latency_ms
-            call.error = error
-            call.provider = provider or call.provider
-            call.model = model or call.model
-            await self._charge(s, row, call, cost_micro_usd=cost_micro_usd, tokens=tokens)
-            call.outcome = outcome
-            s.add(call)
-            await self._append_audit(
-                s, format_order_id(found.order_id), actor="engine", kind="model_call",
-                data=model_call_facts(call),
+            params["o_id"] = order_id
+            if self._sqlite:
+                settled = (await conn.execute(_SETTLE_CALL, params)).first()
+                if settled is not None:
+                    params["reserved"] = settled.reserved_micro_usd
+                    params["s_reserved_tokens"] = settled.reserved_tokens
+                    await conn.execute(_SETTLE_ORDER, params)
+            else:
+                settled = (await conn.execute(_SETTLE_BOTH, params)).first()
+            if settled is None:
+                return False  # settled already (or by the sweep of orphaned calls)
+            also: list[Also] = []
+            if settled.team is not None and settled.quota_week is not None:
+                charge = _SETTLE_TEAM_SQLITE if self._sqlite else _SETTLE_TEAM_PG
+                also.append(
+                    (
+                        charge,
+                        {
+                            "t_team": settled.team,
+                            "t_week": settled.quota_week,
+                            "t_reserved": settled.reserved_micro_usd,
+                            "t_cost": cost_micro_usd,
+                        },
+                    )
+                )
+            chain = format_order_id(order_id)
+            await self._append_on(
+                conn, chain, actor="engine", kind="model_call",
+                data=model_call_facts(settled), also=also,
             )  # fmt: skip
-            if cost_micro_usd > call.reserved_micro_usd:
-                await self._append_audit(
-                    s, format_order_id(found.order_id), actor="engine", kind="reservation_overrun",
+            if cost_micro_usd > settled.reserved_micro_usd:
+                await self._append_on(
+                    conn, chain, actor="engine", kind="reservation_overrun",
                     data={
-                        "model_call": call.id,
-                        "reserved_micro_usd": call.reserved_micro_usd,
+                        "model_call": settled.id,
+                        "reserved_micro_usd": settled.reserved_micro_usd,
                         "cost_micro_usd": cost_micro_usd,
                     },
                 )  # fmt: skip
@@ -276,3 +363,148 @@ class SpendStore(StoreBase):
                 data={"team": team, "week": week, "from": previous, "to": quota_micro_usd},
             )
         return spend
+
+
+class _TeamContended(Exception):
+    """A reservation no longer fit the team's week when it came to charge it."""
+
+
+# The hot paths' statements, built once (building and caching them per call cost more than
+# the database did).
+_ORDERS = WorkOrderRow.__table__  # type: ignore[attr-defined]
+_SPENDS = TeamSpend.__table__  # type: ignore[attr-defined]
+_CALLS = LlmCall.__table__  # type: ignore[attr-defined]
+
+_ORDER_AND_TEAM = (
+    sa_select(
+        _ORDERS.c.id, _ORDERS.c.budget, _ORDERS.c.spent_micro_usd, _ORDERS.c.reserved_micro_usd,
+        _ORDERS.c.spent_tokens, _ORDERS.c.reserved_tokens, _ORDERS.c.model_calls,
+        _SPENDS.c.id, _SPENDS.c.spent_micro_usd, _SPENDS.c.reserved_micro_usd,
+        _SPENDS.c.quota_micro_usd,
+    )
+    .select_from(
+        _ORDERS.outerjoin(
+            _SPENDS,
+            and_(_SPENDS.c.team == bindparam("team"), _SPENDS.c.week == bindparam("week")),
+        )
+    )
+    .where(_ORDERS.c.id == bindparam("o_id"))
+)  # fmt: skip
+_ORDER_AND_TEAM_LOCKED = _ORDER_AND_TEAM.with_for_update(of=_ORDERS)
+_INSERT_CALL = insert(_CALLS).returning(_CALLS.c.id)
+_RESERVE_TEAM = (
+    update(_SPENDS)
+    .where(
+        _SPENDS.c.id == bindparam("spend_id"),
+        func.coalesce(_SPENDS.c.quota_micro_usd, bindparam("default_quota"))
+        - _SPENDS.c.spent_micro_usd
+        - _SPENDS.c.reserved_micro_usd
+        >= bindparam("reserve"),
+    )
+    .values(reserved_micro_usd=_SPENDS.c.reserved_micro_usd + bindparam("reserve"))
+)
+_RESERVE_ORDER = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("o_id"))
+    .values(
+        reserved_micro_usd=_ORDERS.c.reserved_micro_usd + bindparam("reserve"),
+        reserved_tokens=_ORDERS.c.reserved_tokens + bindparam("reserve_tokens"),
+        model_calls=_ORDERS.c.model_calls + 1,
+    )
+)
+_charged_team = _RESERVE_TEAM.returning(_SPENDS.c.id).cte("charged_team")
+_RESERVE_BOTH = (
+    _RESERVE_ORDER.where(sa_select(_charged_team.c.id).exists())
+    .returning(_ORDERS.c.id)
+    .add_cte(_charged_team)
+)
+"""PostgreSQL: the team's conditional charge and the order's, one statement."""
+_charged_order = _RESERVE_BOTH.cte("charged_order")
+_CALL_COLUMNS = [c for c in _CALLS.c if c.name != "id"]
+_RESERVE_ALL = (
+    insert(_CALLS)
+    .from_select(
+        _CALL_COLUMNS,
+        sa_select(*(bindparam(f"c_{c.name}", type_=c.type) for c in _CALL_COLUMNS)).where(
+            sa_select(_charged_order.c.id).exists()
+        ),
+    )
+    .returning(_CALLS.c.id)
+    .add_cte(_charged_order)
+)
+"""PostgreSQL: charge the team (if the reservation fits), the order, and record the call as
+pending, in one statement; no row comes back if the team's week could not take it."""
+
+_calls_order = sa_select(_CALLS.c.order_id).where(_CALLS.c.id == bindparam("call_id"))
+_CALLS_ORDER = sa_select(_ORDERS.c.id).where(_ORDERS.c.id == _calls_order.scalar_subquery())
+_CALLS_ORDER_LOCKED = _CALLS_ORDER.with_for_update()
+_SETTLED = (
+    "id", "order_id", "role", "provider", "model", "input_tokens", "output_tokens",
+    "cache_write_tokens", "cache_read_tokens", "cost_micro_usd", "outcome",
+    "reserved_micro_usd", "reserved_tokens", "team", "quota_week",
+)  # fmt: skip
+"""What settling a call reads back: its audit facts and what it held back, and where."""
+_kept: dict[str, Any] = {
+    name: func.coalesce(bindparam(f"s_{name}"), _CALLS.c[name])
+    for name in (
+        "provider", "model", "input_tokens", "output_tokens", "cache_write_tokens",
+        "cache_read_tokens",
+    )
+}  # fmt: skip
+_SETTLE_CALL = (
+    update(_CALLS)
+    .where(_CALLS.c.id == bindparam("call_id"), _CALLS.c.outcome == "pending")
+    .values(
+        latency_ms=bindparam("s_latency_ms"),
+        error=bindparam("s_error"),
+        cost_micro_usd=bindparam("cost"),
+        outcome=bindparam("s_outcome"),
+        **_kept,
+    )
+    .returning(*(_CALLS.c[name] for name in _SETTLED))
+)
+_SETTLE_ORDER = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("o_id"))
+    .values(
+        reserved_micro_usd=_ORDERS.c.reserved_micro_usd - bindparam("reserved"),
+        spent_micro_usd=_ORDERS.c.spent_micro_usd + bindparam("cost"),
+        reserved_tokens=_ORDERS.c.reserved_tokens - bindparam("s_reserved_tokens"),
+        spent_tokens=_ORDERS.c.spent_tokens + bindparam("tokens"),
+    )
+)
+_settled = _SETTLE_CALL.cte("settled")
+_SETTLE_BOTH = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == _settled.c.order_id)
+    .values(
+        reserved_micro_usd=_ORDERS.c.reserved_micro_usd - _settled.c.reserved_micro_usd,
+        spent_micro_usd=_ORDERS.c.spent_micro_usd + bindparam("cost"),
+        reserved_tokens=_ORDERS.c.reserved_tokens - _settled.c.reserved_tokens,
+        spent_tokens=_ORDERS.c.spent_tokens + bindparam("tokens"),
+    )
+    .returning(*(_settled.c[name] for name in _SETTLED))
+    .add_cte(_settled)
+)
+"""PostgreSQL: settle the call and charge its order, one statement."""
+
+
+def _settle_team(insert: Any) -> UpdateBase:
+    """The team's week: the reservation swapped for the cost (created if missing, as before)."""
+    statement = insert(_SPENDS).values(
+        team=bindparam("t_team"),
+        week=bindparam("t_week"),
+        spent_micro_usd=bindparam("t_cost"),
+        reserved_micro_usd=-bindparam("t_reserved", type_=BigInteger),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[_SPENDS.c.team, _SPENDS.c.week],
+        set_={
+            "reserved_micro_usd": _SPENDS.c.reserved_micro_usd - bindparam("t_reserved"),
+            "spent_micro_usd": _SPENDS.c.spent_micro_usd + bindparam("t_cost"),
+        },
+    )
+
+
+_SETTLE_TEAM_PG = _settle_team(pg_insert)
+_SETTLE_TEAM_SQLITE = _settle_team(sqlite_insert)
