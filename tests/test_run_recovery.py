@@ -98,14 +98,19 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
     assert available is not None and available - utcnow() > timedelta(seconds=2)
     assert await h.run_next() is None  # backing off: not claimed again at once
 
-    # Later, the week is still spent: it bounces again, still waiting since the first time, and
-    # the thread is not told again.
-    later = utcnow() + timedelta(minutes=10)
-    claim = await h.store.claim("w2", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
-    assert claim.order is not None and claim.attempt is not None
-    again = await h.agent("w2").run(claim.order, claim.attempt)
-    assert again.kind == "requeued"
+    # Later, the week is still spent: the claim passes it over without starting a run that
+    # could only bounce (its next call does not fit), and it is still waiting since the first
+    # time; no new notice is posted to the thread.
+    later = utcnow() + timedelta(minutes=5)  # within max_quota_wait_s
+    claim = await h.store.claim(
+        "w2", lease_ttl_s=5, admission=queue.admission(h.settings), now=later
+    )
+    assert claim.order is None
+    # The claim words the wait itself (the status message is updated in place, not reposted).
+    [(waiting, reason)] = claim.waiting
+    assert waiting.id == order_id and "waiting for team quota" in reason
     row = await h.store.get_row(order_id)
+    assert row.status == Status.QUEUED.value and row.attempts == 1
     assert as_utc(row.waiting_since) == first_wait
     assert [oid for oid, _ in h.reporter.waits] == [order_id]
     assert h.anthropic.requests == []
@@ -118,13 +123,13 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
             .values(waiting_since=utcnow() - timedelta(seconds=700))
         )
     later = utcnow() + timedelta(hours=1)
-    claim = await h.store.claim("w3", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
-    assert claim.order is not None and claim.attempt is not None
-    ended = await h.agent("w3").run(claim.order, claim.attempt)
-    assert ended.kind == "exception"
+    claim = await h.store.claim(
+        "w3", lease_ttl_s=5, admission=queue.admission(h.settings), now=later
+    )
+    assert claim.order is None and [o.id for o in claim.expired] == [order_id]
     row = await h.store.get_row(order_id)
     assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "quota")
-    assert row.attempts == 3 and h.anthropic.requests == []
+    assert row.attempts == 1 and h.anthropic.requests == []
 
 
 async def test_a_crash_between_verifying_and_review_is_finished_not_sent_back(
