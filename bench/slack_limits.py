@@ -265,7 +265,7 @@ async def main() -> None:
         for o, st in by_order_state.items()
         if not any(k[0].split(":")[0] == o for k in threads.values())
     ]
-    kinds = Counter(m.kind for m in owed)
+    owed_kinds = Counter(m.kind for m in owed)
     print(
         f"all orders at rest after {rested or 0:.1f} s, every owed message delivered after "
         f"{delivered:.1f} s from spawn (load average {load}); states: {dict(states)}"
@@ -276,7 +276,7 @@ async def main() -> None:
     )
     print(f"429s received: {sum(slack.limited.values())} of {len(slack.calls)} calls")
     print(
-        f"messages owed by the engine: {len(owed)} ({dict(kinds)}); dropped: {len(dropped)} "
+        f"messages owed by the engine: {len(owed)} ({dict(owed_kinds)}); dropped: {len(dropped)} "
         f"{dropped[:5]}; posted twice: {sum(1 for c in copies.values() if c > 1)}; "
         f"given up (permanent): {sum(m.permanent for m in owed)}"
     )
