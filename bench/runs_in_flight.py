@@ -74,42 +74,41 @@ async def _child(out: Path, concurrency: int) -> None:
     stops: Counter[str] = Counter()
     peak = {"in_flight": 0, "first_claim": 0.0}
 
-    original_watch = runtime.Worker._watch
-    original_renew = Store.renew_lease
+    original_check = Store.check_leases
     original_start = runtime.Worker._start
+    original_finished = runtime.Worker._finished
     original_stop = agent.RunControl.stop
 
-    async def watch(self: Any, number: int, control: Any, run_task: Any) -> None:
-        reference[number] = time.monotonic()
-        try:
-            await original_watch(self, number, control, run_task)
-        finally:
-            reference.pop(number, None)
-
-    async def renew(self: Any, ref: Any, worker_id: str, **kwargs: Any) -> bool:
+    async def check(self: Any, numbers: Any, worker_id: str, **kwargs: Any) -> Any:
         sent = time.monotonic()
-        held = await original_renew(self, ref, worker_id, **kwargs)
+        held, cancelled = await original_check(self, numbers, worker_id, **kwargs)
         done = time.monotonic()
-        number = int(ref) if isinstance(ref, int) else int(str(ref)[3:])
-        if (since := reference.get(number)) is not None:
-            lateness.append(done - (since + heartbeat_s))
-            margins.append(ttl_s - (done - since))
-        if held:
-            reference[number] = sent
-        return held
+        if kwargs.get("renew_ttl_s") is not None:  # a heartbeat: one renewal per run
+            for number in numbers:
+                if (since := reference.get(number)) is not None:
+                    lateness.append(done - (since + heartbeat_s))
+                    margins.append(ttl_s - (done - since))
+                if number in held:
+                    reference[number] = sent
+        return held, cancelled
 
     def start(self: Any, claim: Any) -> None:
         original_start(self, claim)
+        reference[int(str(claim.order.id)[3:])] = time.monotonic()
         peak["first_claim"] = peak["first_claim"] or time.time()
         peak["in_flight"] = max(peak["in_flight"], len(self.running))
+
+    def finished(self: Any, number: int, task: Any) -> None:
+        reference.pop(number, None)
+        original_finished(self, number, task)
 
     def stop(self: Any, reason: str) -> None:
         stops[reason] += 1
         original_stop(self, reason)
 
-    runtime.Worker._watch = watch  # type: ignore[method-assign]
-    Store.renew_lease = renew  # type: ignore[method-assign]
+    Store.check_leases = check  # type: ignore[method-assign]
     runtime.Worker._start = start  # type: ignore[method-assign]
+    runtime.Worker._finished = finished  # type: ignore[method-assign]
     agent.RunControl.stop = stop  # type: ignore[method-assign]
 
     async def sample_lag() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -193,8 +194,7 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lea
 
     try:
         await eventually(lambda: len(h.anthropic.requests) == 1)
-        h.store.renew_lease = unreachable  # type: ignore[method-assign]
-        h.store.holds_lease = unreachable  # type: ignore[method-assign]
+        h.store.check_leases = unreachable  # type: ignore[method-assign]
 
         elapsed[0] = 30.0  # two heartbeats missed: the lease still has half its time
         seen = checks[0]
@@ -207,6 +207,35 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lea
         assert row.lease_owner == "cut-off" and row.status == Status.RUNNING.value
         assert row.lease_expires_at is not None
         assert row.lease_expires_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_one_query_checks_the_leases_of_all_of_a_workers_runs(harness: Harness) -> None:
+    """A worker with many runs in flight renews and checks their leases together: one query
+    per heartbeat or poll, not one per run (which queued a busy worker's heartbeats)."""
+    h = harness
+    orders = [await h.order(requester=f"U{i}") for i in range(6)]
+    h.anthropic.script(*[Reply(text="(slow)", delay=60)] * 6)
+    worker = Worker(
+        h.settings, h.store, h.router, h.reporter, worker_id="busy", tools=h.tools, concurrency=6
+    )
+    checked: list[list[int]] = []
+    check = h.store.check_leases
+
+    async def counting(numbers: Any, worker_id: str, **kwargs: Any) -> Any:
+        checked.append(sorted(numbers))
+        return await check(numbers, worker_id, **kwargs)
+
+    h.store.check_leases = counting  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: len(h.anthropic.requests) == 6)
+        everyone = sorted(int((o.id or "")[3:]) for o in orders)
+        await eventually(lambda: everyone in checked)
+        assert all(len(set(numbers)) == len(numbers) for numbers in checked)
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)

@@ -28,10 +28,15 @@ async def test_a_claim_leases_the_order_to_one_worker(harness: Harness) -> None:
     row = await h.store.get_row(order.id or "")
     assert row.lease_owner == "w1" and row.lease_expires_at is not None and row.attempts == 1
     assert (await queue.claim(h.store, h.settings, "w2")).order is None
-    assert await h.store.renew_lease(order.id or "", "w1", lease_ttl_s=5)
-    assert not await h.store.renew_lease(order.id or "", "w2", lease_ttl_s=5)
-    assert await h.store.holds_lease(order.id or "", "w1")
-    assert not await h.store.holds_lease(order.id or "", "w2")
+    number = int((order.id or "")[3:])
+    before = row.lease_expires_at
+    assert await h.store.check_leases([number], "w1", renew_ttl_s=600) == ({number}, set())
+    assert (await h.store.get_row(number)).lease_expires_at > before  # renewed
+    assert await h.store.check_leases([number], "w2", renew_ttl_s=5) == (set(), set())
+    assert (await h.store.get_row(number)).lease_owner == "w1"  # w2 renewed nothing
+    assert await h.store.check_leases([number], "w1") == ({number}, set())
+    await queue.cancel(h.store, order.id or "", actor="U1")
+    assert await h.store.check_leases([number], "w1") == (set(), {number})
 
 
 async def test_priority_then_age_decides_the_order_of_claims(harness: Harness) -> None:
@@ -81,7 +86,9 @@ async def test_a_quota_wait_beyond_its_limit_ends_in_exception(harness: Harness)
     first = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings))
     assert first.waiting
     later = utcnow() + timedelta(seconds=120)
-    claim = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings, later), now=later)
+    claim = await h.store.claim(
+        "w1", lease_ttl_s=5, admission=queue.admission(h.settings, later), now=later
+    )
     [expired] = claim.expired
     assert expired.id == order.id and expired.status == Status.EXCEPTION
     assert (await h.store.get_row(order.id or "")).exception_kind == "quota"
@@ -91,7 +98,9 @@ async def test_per_user_concurrent_run_limit(harness: Harness) -> None:
     h = harness
     teams = {"default": {"weekly_usd": 100.0, "max_concurrent_runs_per_user": 1, "members": []}}
     h.settings = h.settings.model_copy(
-        update={"teams": h.settings.model_validate({**h.settings.model_dump(), "teams": teams}).teams}
+        update={
+            "teams": h.settings.model_validate({**h.settings.model_dump(), "teams": teams}).teams
+        }
     )
     first = await h.order(requester="U1")
     second = await h.order(requester="U1")
@@ -113,7 +122,9 @@ async def test_an_order_deferred_to_later_is_not_claimed_early(harness: Harness)
         order.id or "", "w0", Status.QUEUED, reason="provider said wait", available_at=later
     )
     assert (await queue.claim(h.store, h.settings, "w1")).order is None
-    claim = await h.store.claim("w1", lease_ttl_s=5, admission=queue.admission(h.settings), now=later)
+    claim = await h.store.claim(
+        "w1", lease_ttl_s=5, admission=queue.admission(h.settings), now=later
+    )
     assert claim.order is not None
 
 
@@ -150,11 +161,15 @@ async def test_an_expired_lease_is_requeued_then_fails_after_max_attempts(harnes
     assert spend is not None and spend.spent_micro_usd == 3000 and spend.reserved_micro_usd == 0
 
 
-async def test_concurrent_claimers_never_share_an_order(database: Database, harness: Harness) -> None:
+async def test_concurrent_claimers_never_share_an_order(
+    database: Database, harness: Harness
+) -> None:
     h = harness
     teams = {"default": {"weekly_usd": 100.0, "max_concurrent_runs_per_user": 1000, "members": []}}
     h.settings = h.settings.model_copy(
-        update={"teams": h.settings.model_validate({**h.settings.model_dump(), "teams": teams}).teams}
+        update={
+            "teams": h.settings.model_validate({**h.settings.model_dump(), "teams": teams}).teams
+        }
     )
     orders = [await h.order() for _ in range(20)]
     stores = [Store(database.engine()) for _ in range(5)]

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from workers import logs, queue, telemetry
 from workers.agent import Agent, Outcome, RunControl
@@ -59,6 +60,8 @@ class _Running:
     order: WorkOrder
     task: asyncio.Task[Outcome]
     control: RunControl
+    renewed_at: float
+    """When its lease was last extended (the worker's clock, taken before the request)."""
 
 
 def default_worker_id() -> str:
@@ -114,6 +117,7 @@ class Worker:
         logs.bind(worker=self.worker_id)
         stop = stop or asyncio.Event()
         claiming = asyncio.create_task(self._claim_loop(), name=f"claim-loop {self.worker_id}")
+        leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
         stopped = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             done, _ = await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -122,7 +126,11 @@ class Worker:
             for task in (claiming, stopped):
                 task.cancel()
             await asyncio.gather(claiming, stopped, return_exceptions=True)
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            finally:
+                leases.cancel()
+                await asyncio.gather(leases, return_exceptions=True)
         if claiming in done and not claiming.cancelled() and claiming.exception() is not None:
             raise claiming.exception()  # type: ignore[misc]
 
@@ -231,7 +239,7 @@ class Worker:
         order, number = claim.order, parse_order_id(claim.order.id)
         control = RunControl()
         task = asyncio.create_task(self._run_one(claim, control), name=f"run {order.id}")
-        self.running[number] = _Running(order, task, control)
+        self.running[number] = _Running(order, task, control, renewed_at=self.clock())
         telemetry.RUNS_IN_FLIGHT.inc()
         task.add_done_callback(lambda t: self._finished(number, t))
 
@@ -241,61 +249,56 @@ class Worker:
         assert run_task is not None
         # This task and those it starts log with the run's identity.
         logs.bind(order=claim.order.id, attempt=claim.attempt.id, worker=self.worker_id)
-        number = parse_order_id(claim.order.id or "")
-        watcher = asyncio.create_task(
-            self._watch(number, control, run_task), name=f"lease {claim.order.id}"
-        )
         started = time.monotonic()
-        try:
-            outcome = await self.agent.run(
-                claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
-            )
-            log.info("run ended: %s %s", claim.order.id, outcome.kind)
-            telemetry.RUN_DURATION.labels(outcome.kind).observe(time.monotonic() - started)
-            return outcome
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        outcome = await self.agent.run(
+            claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control
+        )
+        log.info("run ended: %s %s", claim.order.id, outcome.kind)
+        telemetry.RUN_DURATION.labels(outcome.kind).observe(time.monotonic() - started)
+        return outcome
 
-    async def _watch(
-        self, number: int, control: RunControl, run_task: asyncio.Task[Outcome]
-    ) -> None:
-        """Renew the lease by heartbeat and notice cancellation; stop the run if either fails."""
+    async def _keep_leases(self) -> None:
+        """Renew the leases of this worker's runs by heartbeat and notice cancellations, for all
+        its runs in one query each time; stop a run whose lease is gone, or that could not be
+        renewed for so long that the lease would expire before the next try."""
         engine = self.settings.engine
-        # Measured from before each renewal is sent: the database's expiry is at least as late.
-        renewed_at = self.clock()
         give_up_after = engine.lease_ttl_s * (1 - LEASE_STOP_MARGIN)
+        next_renewal = self.clock() + engine.heartbeat_s
         while True:
             await asyncio.sleep(min(engine.cancel_poll_s, engine.heartbeat_s))
-            if control.ending:
-                return
+            live = {n: r for n, r in self.running.items() if not r.control.ending}
+            if not live:
+                continue
+            sent_at = self.clock()
+            renew = sent_at >= next_renewal
             try:
-                if self.clock() - renewed_at >= engine.heartbeat_s:
-                    sent_at = self.clock()
-                    held = await self.store.renew_lease(
-                        number, self.worker_id, lease_ttl_s=engine.lease_ttl_s
-                    )
-                    if held:
-                        renewed_at = sent_at
-                else:
-                    held = await self.store.holds_lease(number, self.worker_id)
-                if not held and not control.ending:
-                    order = await self.store.get_order(number)
-                    cancelled = order.status == Status.CANCELLED
-                    control.stop("cancelled" if cancelled else "lease_lost")
-                    run_task.cancel()
-                    return
+                held, cancelled = await self.store.check_leases(
+                    live, self.worker_id, renew_ttl_s=engine.lease_ttl_s if renew else None
+                )
             except Exception:
-                log.exception("lease check failed", extra={"order": format_order_id(number)})
-                if self.clock() - renewed_at >= give_up_after and not control.ending:
-                    log.warning(
-                        "lease not renewed for %.0f s: giving the run up before it expires",
-                        self.clock() - renewed_at,
-                        extra={"order": format_order_id(number)},
-                    )
-                    control.stop("lease_lost")
-                    run_task.cancel()
-                    return
+                log.exception("lease check failed", extra={"worker": self.worker_id})
+                for number, item in live.items():
+                    quiet = self.clock() - item.renewed_at
+                    if quiet >= give_up_after and not item.control.ending:
+                        log.warning(
+                            "lease not renewed for %.0f s: giving the run up before it expires",
+                            quiet,
+                            extra={"order": format_order_id(number)},
+                        )
+                        self._stop_run(item, "lease_lost")
+                continue
+            if renew:
+                next_renewal = sent_at + engine.heartbeat_s
+                for number in held:
+                    live[number].renewed_at = sent_at
+            for number, item in live.items():
+                if number not in held and not item.control.ending:
+                    self._stop_run(item, "cancelled" if number in cancelled else "lease_lost")
+
+    @staticmethod
+    def _stop_run(item: _Running, reason: Literal["cancelled", "lease_lost"]) -> None:
+        item.control.stop(reason)
+        item.task.cancel()
 
     def _finished(self, number: int, task: asyncio.Task[Outcome]) -> None:
         item = self.running.pop(number, None)

@@ -337,32 +337,38 @@ class QueueStore(SpendStore):
         )
         return attempt
 
-    async def renew_lease(
-        self, ref: OrderRef, worker_id: str, *, lease_ttl_s: float, now: datetime | None = None
-    ) -> bool:
-        """Extend the lease (on the database's clock); False if this worker no longer holds a
-        running order's lease."""
-        async with self.transaction() as s:
-            until = (now or await database_now(self, s)) + timedelta(seconds=lease_ttl_s)
-            result = await s.exec(
-                update(WorkOrderRow)
-                .where(
-                    col(WorkOrderRow.id) == order_number(ref),
-                    col(WorkOrderRow.lease_owner) == worker_id,
-                    col(WorkOrderRow.status) == Status.RUNNING.value,
-                )
-                .values(lease_expires_at=until)
-            )
-            return result.rowcount == 1
-
-    async def holds_lease(self, ref: OrderRef, worker_id: str) -> bool:
-        """Whether the order is still running under this worker's lease (a cheap read)."""
-        query = select(WorkOrderRow.status, WorkOrderRow.lease_owner).where(
-            WorkOrderRow.id == order_number(ref)
+    async def check_leases(
+        self, numbers: Collection[int], worker_id: str, *, renew_ttl_s: float | None = None
+    ) -> tuple[set[int], set[int]]:
+        """A worker's running orders, all at once: (those it still holds, those cancelled).
+        With `renew_ttl_s` the held leases are first extended by that much on the database's
+        clock. One statement or three however many runs the worker has, so a busy worker's
+        heartbeats do not queue behind one query per run."""
+        ids = sorted(numbers)
+        if not ids:
+            return set(), set()
+        query = select(WorkOrderRow.id, WorkOrderRow.status, WorkOrderRow.lease_owner).where(
+            col(WorkOrderRow.id).in_(ids)
         )
-        async with self._sessions() as s:
-            found = (await s.exec(query)).first()
-        return found is not None and tuple(found) == (Status.RUNNING.value, worker_id)
+        if renew_ttl_s is None:
+            async with self._sessions() as s:
+                rows = (await s.exec(query)).all()
+        else:
+            async with self.transaction() as s:
+                until = await database_now(self, s) + timedelta(seconds=renew_ttl_s)
+                await s.exec(
+                    update(WorkOrderRow)
+                    .where(
+                        col(WorkOrderRow.id).in_(ids),
+                        col(WorkOrderRow.lease_owner) == worker_id,
+                        col(WorkOrderRow.status) == Status.RUNNING.value,
+                    )
+                    .values(lease_expires_at=until)
+                )
+                rows = (await s.exec(query)).all()
+        held = {n for n, st, owner in rows if st == Status.RUNNING.value and owner == worker_id}
+        cancelled = {n for n, st, _ in rows if st == Status.CANCELLED.value}
+        return {int(n) for n in held if n is not None}, {int(n) for n in cancelled if n is not None}
 
     async def finish_run(
         self,
