@@ -46,6 +46,9 @@ REAP_INTERVAL_S = 5.0
 # would expire: another worker may claim the order once it has, and must find it let go.
 LEASE_STOP_MARGIN = 0.25
 
+# How long a stopping worker waits for its lease keeper's query in flight.
+LEASE_KEEPER_STOP_S = 15.0
+
 # A claim loop silent for longer than this (or a few poll intervals, whichever is longer) is
 # reported stalled by /healthz.
 STALLED_LOOP_MIN_S = 60.0
@@ -106,6 +109,7 @@ class Worker:
         self.outcomes: deque[tuple[str, Outcome]] = deque(maxlen=1000)
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._leases_done = asyncio.Event()
         self.last_pass: float | None = None
         """When the claim loop last completed a pass (the worker's clock); for health checks."""
         self.last_error: str | None = None
@@ -129,8 +133,13 @@ class Worker:
             try:
                 await self.shutdown()
             finally:
-                leases.cancel()
-                await asyncio.gather(leases, return_exceptions=True)
+                # Stopped between queries, not cancelled in one: on SQLite a cancelled BEGIN
+                # IMMEDIATE can still take the write lock in the driver's thread and keep it.
+                self._leases_done.set()
+                try:
+                    await asyncio.wait_for(leases, LEASE_KEEPER_STOP_S)
+                except TimeoutError:
+                    log.warning("lease keeper did not stop in time; cancelled")
         if claiming in done and not claiming.cancelled() and claiming.exception() is not None:
             raise claiming.exception()  # type: ignore[misc]
 
@@ -264,8 +273,10 @@ class Worker:
         engine = self.settings.engine
         give_up_after = engine.lease_ttl_s * (1 - LEASE_STOP_MARGIN)
         next_renewal = self.clock() + engine.heartbeat_s
-        while True:
-            await asyncio.sleep(min(engine.cancel_poll_s, engine.heartbeat_s))
+        while not self._leases_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(engine.cancel_poll_s, engine.heartbeat_s)):
+                    await self._leases_done.wait()
             live = {n: r for n, r in self.running.items() if not r.control.ending}
             if not live:
                 continue
