@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -26,7 +27,9 @@ from sqlmodel import col, func, select
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
+from tests.support.databases import Database
 from tests.support.factories import make_order
+from tests.support.processes import worker_env
 from workers import queue
 from workers.config import Settings
 from workers.db import create_engine
@@ -303,3 +306,35 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+BENCH_ENGINE: dict[str, Any] = {
+    "lease_ttl_s": 30,
+    "heartbeat_s": 10,
+    "cancel_poll_s": 2,
+    "poll_interval_s": 0.2,
+    "status_update_interval_s": 5,
+}
+"""The engine the bench's worker processes run with (each script overrides what it measures)."""
+
+
+def bench_env(
+    url: str,
+    fakes: Fakes,
+    workdir: Path,
+    *,
+    slack: FakeSlack | None = None,
+    teams: dict[str, Any] | None = None,
+    **engine: Any,
+) -> dict[str, str]:
+    """The environment of a `delegate worker`/`run` process on the scratch PostgreSQL `url`,
+    talking to the fakes (`slack` when the script serves its own Slack fake)."""
+    return worker_env(
+        Database("postgres", url),
+        fakes.anthropic,
+        fakes.openai,
+        workdir,
+        engine={**BENCH_ENGINE, **engine},
+        slack_api_url=(slack or fakes.slack).api_url,
+        extra_config={"teams": teams} if teams is not None else None,
+    )

@@ -40,6 +40,7 @@ import aiohttp
 
 from bench._setup import (
     add_url_argument,
+    bench_env,
     fake_servers,
     load_average,
     machine,
@@ -50,10 +51,9 @@ from bench._setup import (
 from bot.cards import START_ACTION
 from tests.fakes.anthropic import Reply
 from tests.fakes.slack import Call, FakeSlack, SlackSender
-from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.intake import questions
-from tests.support.processes import REPO, kill_worker, stop_worker, worker_env
+from tests.support.processes import REPO, kill_worker, stop_worker
 from workers.store import Store
 from workers.workorder import Status
 
@@ -154,19 +154,15 @@ async def main() -> None:
         workdir = args.logs or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         async with scratch_database(args.url, "bench_bot") as url, fake_servers(slack) as fakes:
-            env = worker_env(
-                Database("postgres", url),
-                fakes.anthropic,
-                fakes.openai,
+            env = bench_env(
+                url,
+                fakes,
                 workdir,
-                engine={
-                    "lease_ttl_s": 60,
-                    "heartbeat_s": 15,
-                    "cancel_poll_s": 1.0,
-                    "poll_interval_s": args.poll_interval,
-                    "status_update_interval_s": 5,
-                },
-                slack_api_url=slack.api_url,
+                slack=slack,
+                lease_ttl_s=60,
+                heartbeat_s=15,
+                cancel_poll_s=1.0,
+                poll_interval_s=args.poll_interval,
             )
             env |= {"SLACK_SIGNING_SECRET": SIGNING_SECRET, "PORT": str(port)}
             log = (workdir / "delegate-run.log").open("wb")

@@ -44,6 +44,7 @@ from sqlmodel import select
 from bench._setup import (
     MODEL,
     add_url_argument,
+    bench_env,
     fake_servers,
     load_average,
     machine,
@@ -52,8 +53,7 @@ from bench._setup import (
     wait_settled,
 )
 from tests.fakes.anthropic import Reply
-from tests.support.databases import Database
-from tests.support.processes import kill_worker, spawn_worker, stop_worker, worker_env
+from tests.support.processes import kill_worker, spawn_worker, stop_worker
 from workers.budget import call_cost_micro_usd, quota_week, usd_to_micro
 from workers.config import load_settings
 from workers.models import LlmCall, TeamSpend, WorkOrderRow, utcnow
@@ -161,22 +161,8 @@ async def run_ours(
             )
             model = BudgetModel(workload, args.latency)
             fakes.anthropic.script(*[model.reply] * (args.runs * 12))
-            env = worker_env(
-                Database("postgres", url),
-                fakes.anthropic,
-                fakes.openai,
-                workdir,
-                engine={
-                    "lease_ttl_s": 30,
-                    "heartbeat_s": 10,
-                    "cancel_poll_s": 2,
-                    "poll_interval_s": 0.2,
-                    "status_update_interval_s": 5,
-                    "max_quota_wait_s": 5,
-                    "max_output_tokens": 1024,
-                },
-                slack_api_url=fakes.slack.api_url,
-                extra_config={"teams": teams},
+            env = bench_env(
+                url, fakes, workdir, teams=teams, max_quota_wait_s=5, max_output_tokens=1024
             )
             processes = [
                 await spawn_worker(env, workdir, worker_id=f"b{i}", concurrency=args.concurrency)

@@ -38,6 +38,7 @@ from bench._setup import (
     ScriptedModel,
     add_url_argument,
     attempts,
+    bench_env,
     cpu_seconds,
     fake_servers,
     load_average,
@@ -161,8 +162,7 @@ async def main() -> None:
         await _child(args.child, args.runs)
         return
 
-    from tests.support.databases import Database
-    from tests.support.processes import REPO, kill_worker, stop_worker, worker_env
+    from tests.support.processes import REPO, kill_worker, stop_worker
     from workers.config import load_settings
     from workers.store import Store
 
@@ -185,21 +185,15 @@ async def main() -> None:
             await queue_orders(store, settings, fakes.slack, args.runs)
             model = ScriptedModel(delay=args.latency)
             model.script(fakes.anthropic, args.runs * 3)
-            env = worker_env(
-                Database("postgres", url),
-                fakes.anthropic,
-                fakes.openai,
+            env = bench_env(
+                url,
+                fakes,
                 workdir,
-                engine={
-                    "lease_ttl_s": args.lease_ttl,
-                    "heartbeat_s": args.heartbeat,
-                    "cancel_poll_s": args.cancel_poll,
-                    "poll_interval_s": 0.2,
-                    "status_update_interval_s": 5,
-                    "shutdown_grace_s": 20,
-                },
-                slack_api_url=fakes.slack.api_url,
-                extra_config={"teams": TEAMS},
+                teams=TEAMS,
+                lease_ttl_s=args.lease_ttl,
+                heartbeat_s=args.heartbeat,
+                cancel_poll_s=args.cancel_poll,
+                shutdown_grace_s=20,
             )
             log = (workdir / "worker.log").open("wb")
             process = await asyncio.create_subprocess_exec(

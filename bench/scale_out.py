@@ -32,6 +32,7 @@ from bench._setup import (
     ScriptedModel,
     add_url_argument,
     attempts,
+    bench_env,
     cpu_seconds,
     extra_deliverables,
     fake_servers,
@@ -42,8 +43,7 @@ from bench._setup import (
     statuses,
     wait_settled,
 )
-from tests.support.databases import Database
-from tests.support.processes import kill_worker, spawn_worker, stop_worker, worker_env
+from tests.support.processes import kill_worker, spawn_worker, stop_worker
 from workers.config import load_settings
 from workers.models import RunAttempt
 from workers.store import Store
@@ -85,21 +85,7 @@ async def drain(args: argparse.Namespace, workers: int, workdir: Path) -> Drain:
             await queue_orders(store, settings, fakes.slack, args.orders)
             model = ScriptedModel(delay=args.latency)
             model.script(fakes.anthropic, args.orders * 3)
-            env = worker_env(
-                Database("postgres", url),
-                fakes.anthropic,
-                fakes.openai,
-                workdir,
-                engine={
-                    "lease_ttl_s": 30,
-                    "heartbeat_s": 10,
-                    "cancel_poll_s": 2,
-                    "poll_interval_s": 0.2,
-                    "status_update_interval_s": 5,
-                },
-                slack_api_url=fakes.slack.api_url,
-                extra_config={"teams": TEAMS},
-            )
+            env = bench_env(url, fakes, workdir, teams=TEAMS)
             own_cpu = time.process_time()
             processes = [
                 await spawn_worker(

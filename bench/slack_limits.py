@@ -38,6 +38,7 @@ from sqlmodel import col, select
 from bench._setup import (
     ScriptedModel,
     add_url_argument,
+    bench_env,
     fake_servers,
     load_average,
     machine,
@@ -46,8 +47,7 @@ from bench._setup import (
     wait_settled,
 )
 from tests.fakes.slack import Call, FakeSlack
-from tests.support.databases import Database
-from tests.support.processes import kill_worker, spawn_worker, stop_worker, worker_env
+from tests.support.processes import kill_worker, spawn_worker, stop_worker
 from workers.config import load_settings
 from workers.models import OutboxMessage, WorkOrderRow
 from workers.store import Store
@@ -171,21 +171,7 @@ async def main() -> None:
                     ),
                 )
                 ScriptedModel(delay=args.latency).script(fakes.anthropic, args.orders * 3)
-                env = worker_env(
-                    Database("postgres", url),
-                    fakes.anthropic,
-                    fakes.openai,
-                    workdir,
-                    engine={
-                        "lease_ttl_s": 30,
-                        "heartbeat_s": 10,
-                        "cancel_poll_s": 2,
-                        "poll_interval_s": 0.2,
-                        "status_update_interval_s": 5,
-                    },
-                    slack_api_url=slack.api_url,
-                    extra_config={"teams": teams},
-                )
+                env = bench_env(url, fakes, workdir, slack=slack, teams=teams)
                 started = time.monotonic()
                 processes = [
                     await spawn_worker(
