@@ -42,16 +42,15 @@ import random
 import statistics
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
+from bench._setup import scratch_database
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -62,8 +61,6 @@ from tests.support.waiting import eventually
 from workers import queue
 from workers.budget import call_cost_micro_usd
 from workers.config import load_settings
-from workers.db import create_engine
-from workers.migrate import upgrade
 from workers.models import LlmCall, RunAttempt, TeamSpend, WorkOrderRow
 from workers.providers import Usage
 from workers.store import Store
@@ -537,26 +534,6 @@ async def _check(
     report.reserved_left_micro_usd += sum(t.reserved_micro_usd for t in teams)
 
 
-async def _scratch_database(url: str) -> tuple[str, str]:
-    name = f"bench_chaos_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    await admin.dispose()
-    scratch = make_url(url).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(scratch)
-    await upgrade(engine)
-    await engine.dispose()
-    return scratch, name
-
-
-async def _drop(url: str, name: str) -> None:
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.dispose()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -582,7 +559,6 @@ async def main() -> None:
         slack_fault_rate=args.fault_rate,
         deadline_s=args.deadline,
     )
-    scratch, name = await _scratch_database(args.url)
     load = os.getloadavg()
     print(
         f"chaos: {config.orders} orders, {config.workers} workers x {config.concurrency}, "
@@ -591,7 +567,7 @@ async def main() -> None:
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
-    try:
+    async with scratch_database(args.url, "bench_chaos") as scratch:
         with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
             if args.logs is not None:
                 args.logs.mkdir(parents=True, exist_ok=True)
@@ -601,8 +577,6 @@ async def main() -> None:
                 args.logs or Path(workdir),
                 say=lambda line: print(line, flush=True),
             )
-    finally:
-        await _drop(args.url, name)
     for line in report.lines():
         print(line)
     load = os.getloadavg()
