@@ -11,7 +11,10 @@ how long these take:
 - one team's weekly digest figures (the week, the week before, and the 8-week chart series);
 - the whole workspace's digest figures for a week;
 - every figure for the whole workspace over the whole year (one period);
-- the 12-week CSV export for one team.
+- the 12-week CSV export for one team, and the 52-week one for the whole workspace;
+
+first from the rows, then again once every closed day has been summarised (as the hourly
+`metric-days` sweep does), with how long summarising the year took.
 
 Figures only; nothing is asserted.
 """
@@ -36,6 +39,7 @@ from workers import metrics
 from workers.config import load_settings
 from workers.db import create_engine, is_sqlite
 from workers.digest import CHART_WEEKS, build_digest
+from workers.metric_days import summarise_closed_days
 from workers.metrics import ALL, Period
 from workers.migrate import upgrade
 
@@ -286,8 +290,7 @@ async def main() -> None:
         async def digest(team: str) -> None:
             await build_digest(engine, settings, team, week, weeks=CHART_WEEKS)
 
-        try:
-            await metrics.team_metrics(engine, settings, "growth", week)  # warm the pool
+        async def figures() -> None:
             await _timed(
                 "digest figures, team growth (week, week before, 8 weeks)", digest("growth")
             )
@@ -304,6 +307,24 @@ async def main() -> None:
                 "CSV export, team growth, 12 weeks",
                 metrics.series_metrics(engine, settings, "growth", week.weeks_back(12)),
             )
+            await _timed(
+                "CSV export, whole workspace, 52 weeks",
+                metrics.series_metrics(engine, settings, ALL, week.weeks_back(52)),
+            )
+
+        try:
+            await metrics.team_metrics(engine, settings, "growth", week)  # warm the pool
+            print("from the rows (no day summarised yet):")
+            await figures()
+            # As the hourly sweep would have by then: every day of the year has closed.
+            started = time.perf_counter()
+            days = await summarise_closed_days(engine, now=year.end + timedelta(hours=2))
+            print(
+                f"summarised {len(days)} closed days once in {time.perf_counter() - started:.1f} s"
+                f" ({(time.perf_counter() - started) / max(len(days), 1) * 1000:.0f} ms a day)"
+            )
+            print("with the closed days summarised:")
+            await figures()
         finally:
             await engine.dispose()
     finally:

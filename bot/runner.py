@@ -21,6 +21,7 @@ from bot.reporter import SlackReporter
 from bot.server import HealthCheck, build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
+from workers import metric_days
 from workers.chart import render_chart
 from workers.config import Settings
 from workers.digest import DigestScheduler
@@ -114,6 +115,18 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         args=(bolt, store),
         seconds=EVENT_RECOVERY_SWEEP_S,
         id="event-recovery",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+    # Closed days of the leads' metrics, summarised once: at start (every past day, the first
+    # time), then hourly.
+    scheduler.add_job(
+        metric_days.sweep,
+        "interval",
+        args=(store.engine,),
+        seconds=metric_days.SWEEP_INTERVAL_S,
+        id="metric-days",
         max_instances=1,
         coalesce=True,
         next_run_time=datetime.now(UTC),

@@ -17,8 +17,8 @@ LAYERS: dict[str, list[str]] = {
     "storage": ["migrate", "store", "sweeps"],
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
-        "review", "followup", "metrics", "digest", "chart", "home_views", "telemetry",
-        "delivery", "transcript",
+        "review", "followup", "metric_days", "metrics", "digest", "chart", "home_views",
+        "telemetry", "delivery", "transcript",
     ],
 }  # fmt: skip
 RANK = {module: rank for rank, names in enumerate(LAYERS.values()) for module in names}

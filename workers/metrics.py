@@ -49,19 +49,19 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Float, and_, case, func, literal, or_, select, text
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
 import workers.models  # noqa: F401 (registers the tables)
+from workers import metric_days
 from workers.config import Settings
 from workers.db import reading
 from workers.states import IntakeKind
 from workers.workorder import Status
 
-ALL = "all"
+ALL = metric_days.ALL
 TOP_N = 5
 
 _moves = SQLModel.metadata.tables["transitions"]
@@ -70,16 +70,7 @@ _calls = SQLModel.metadata.tables["llm_calls"]
 _intake = SQLModel.metadata.tables["intake_sessions"]
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
-# Ended without an approval: their spend bought nothing the reviewer accepted.
-_NOT_APPROVED = (Status.REJECTED.value, Status.CANCELLED.value, Status.EXCEPTION.value)
-_DECISIONS = (Status.APPROVED.value, Status.REJECTED.value, Status.CHANGES_REQUESTED.value)
-# Every move into these is counted (approvals, rejections, cancellations, exceptions).
-_COUNTED = (
-    Status.APPROVED.value,
-    Status.REJECTED.value,
-    Status.CANCELLED.value,
-    Status.EXCEPTION.value,
-)
+# A cancelled proposal is a declined draft, not cancelled work.
 _BEFORE_CONFIRMATION = (Status.DRAFTING.value, Status.AWAITING_CONFIRMATION.value)
 
 
@@ -322,54 +313,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _seconds(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
-    """Seconds from `start` to `end`, in SQL (NULL when either is)."""
-    if dialect == "postgresql":
-        return sql_cast(func.extract("epoch", end - start), Float)  # not numeric: no Decimals
-    # SQLite keeps timestamps as ISO text; julianday() reads them to within microseconds.
-    return (func.julianday(end) - func.julianday(start)) * 86400.0
-
-
 # ----------------------------------------------------------------------------- SQL
-
-
-def _transitions(team: str, period: Period, *, people: bool = True) -> Any:
-    """Order state changes in the period, one row each; with `people`, the order's requester
-    and rework count too. The join to the orders is left out when nothing needs it (every
-    team, no people), which saves a key lookup per transition."""
-    src = _moves.c.from_status
-    columns: list[Any] = [
-        _moves.c.order_id,
-        _moves.c.seq,
-        _moves.c.at,
-        src.label("src"),
-        _moves.c.to_status.label("dst"),
-        _moves.c.entered_at,
-        _moves.c.exception_kind.label("xkind"),
-        _moves.c.quota_wait_s,
-        # Who decided a review (the actor of a transition out of awaiting review).
-        case((src == Status.AWAITING_REVIEW.value, _moves.c.actor), else_=None).label("reviewer"),
-    ]
-    if people:
-        columns += [_orders.c.requester, _orders.c.rework_count]
-    query = select(*columns).where(_moves.c.at >= period.start, _moves.c.at < period.end)
-    if people or team != ALL:
-        query = query.select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
-    if team != ALL:
-        query = query.where(_orders.c.team == team)
-    return query.subquery("t")
-
-
-def _earlier_transition(
-    t: Any, aggregate: Any, *, to: str, source: str | None = None
-) -> ColumnElement[Any]:
-    """When the same order last (max) or first (min) moved to `to` before this transition
-    (one index range of ix_transitions_order_to)."""
-    c = _moves.alias("c")
-    where = [c.c.order_id == t.c.order_id, c.c.to_status == to, c.c.seq < t.c.seq]
-    if source is not None:
-        where.append(c.c.from_status == source)
-    return select(aggregate(c.c.at)).where(*where).scalar_subquery()
 
 
 def _intake_filter(settings: Settings, team: str) -> ColumnElement[bool] | None:
@@ -439,9 +383,9 @@ async def weekly_series(engine: AsyncEngine, team: str, weeks: Sequence[Period])
             *((column < week.end, literal(i)) for i, week in enumerate(weeks)), else_=None
         ).label("bucket")
 
-    t = _transitions(team, span, people=False)
-    finished_rows = select(bucket(t.c.at)).where(t.c.dst == Status.APPROVED.value).subquery("f")
-    s = _spend_rows(team, span)
+    f = _series_approvals(team, span)
+    finished_rows = select(bucket(f.c.at)).subquery("fb")
+    s = _series_spend(team, span)
     spend_rows = select(bucket(s.c.at), s.c.cost).subquery("p")
     finished = [0] * len(weeks)
     spend = [0] * len(weeks)
@@ -470,66 +414,28 @@ async def series_metrics(
         return [await _team_metrics(conn, settings, team, week) for week in weeks]
 
 
-def _spend_rows(team: str, period: Period) -> Any:
-    wasted = case((_orders.c.status.in_(_NOT_APPROVED), 1), else_=0)
+def _series_spend(team: str, period: Period) -> Any:
+    """Calls in the period with when they were made, charged as in metric_days."""
+    paid_by = func.coalesce(_orders.c.team, _calls.c.team)
     query = (
-        select(
-            _calls.c.role,
-            func.coalesce(_orders.c.workload_class, "none").label("workload_class"),
-            _calls.c.model,
-            wasted.label("wasted"),
-            _calls.c.cost_micro_usd.label("cost"),
-            _calls.c.created_at.label("at"),
-        )
+        select(_calls.c.cost_micro_usd.label("cost"), _calls.c.created_at.label("at"))
         .select_from(_calls.outerjoin(_orders, _orders.c.id == _calls.c.order_id))
         .where(_calls.c.created_at >= period.start, _calls.c.created_at < period.end)
     )
-    if team != ALL:
-        query = query.where(func.coalesce(_orders.c.team, _calls.c.team) == team)
-    return query.subquery("s")
+    return (query if team == ALL else query.where(paid_by == team)).subquery("s")
 
 
-def _spend_by_route(team: str, period: Period, dialect: str) -> Any:
-    """Spend grouped by route and by whether the order ended without approval.
-
-    PostgreSQL hash-joins every call to its order and aggregates (0.5 s for a million calls);
-    SQLite looks each call's order up by its key, so there the period's calls are summed per
-    order first (over the covering index ix_llm_calls_created_at_cost) and each order is looked
-    up once (1.4 s instead of 2.4 s for a million calls)."""
-    if dialect == "postgresql":
-        s = _spend_rows(team, period)
-        keys = (s.c.role, s.c.workload_class, s.c.model, s.c.wasted)
-        return select(*keys, func.count(), func.sum(s.c.cost)).group_by(*keys)
-    per_order = (
-        select(
-            _calls.c.order_id,
-            _calls.c.team,
-            _calls.c.role,
-            _calls.c.model,
-            func.count().label("calls"),
-            func.sum(_calls.c.cost_micro_usd).label("cost"),
-        )
-        .where(_calls.c.created_at >= period.start, _calls.c.created_at < period.end)
-        .group_by(_calls.c.order_id, _calls.c.team, _calls.c.role, _calls.c.model)
-        .subquery("c")
-    )
-    workload = func.coalesce(_orders.c.workload_class, "none").label("workload_class")
-    wasted = case((_orders.c.status.in_(_NOT_APPROVED), 1), else_=0).label("wasted")
+def _series_approvals(team: str, period: Period) -> Any:
     query = (
-        select(
-            per_order.c.role,
-            workload,
-            per_order.c.model,
-            wasted,
-            func.sum(per_order.c.calls),
-            func.sum(per_order.c.cost),
+        select(_moves.c.at)
+        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .where(
+            _moves.c.to_status == Status.APPROVED.value,
+            _moves.c.at >= period.start,
+            _moves.c.at < period.end,
         )
-        .select_from(per_order.outerjoin(_orders, _orders.c.id == per_order.c.order_id))
-        .group_by(per_order.c.role, workload, per_order.c.model, wasted)
     )
-    if team != ALL:
-        query = query.where(func.coalesce(_orders.c.team, per_order.c.team) == team)
-    return query
+    return (query if team == ALL else query.where(_orders.c.team == team)).subquery("f")
 
 
 async def _team_metrics(
@@ -553,31 +459,56 @@ async def _team_metrics(
         elif kind == IntakeKind.CHAT.value:
             m.chat_answers = count
 
-    # Transitions in one pass, grouped by (from, to, exception kind, requester, reviewer); only
-    # those the figures below count (not, e.g., starts and submissions).
-    t = _transitions(team, period)
-    first_pass = func.sum(case((t.c.rework_count == 0, 1), else_=0))
-    keys = (t.c.src, t.c.dst, t.c.xkind, t.c.requester, t.c.reviewer)
-    counted = or_(
-        and_(t.c.src == Status.AWAITING_CONFIRMATION.value, t.c.dst == Status.QUEUED.value),
-        t.c.src == Status.AWAITING_REVIEW.value,
-        t.c.dst.in_(_COUNTED),
+    part = await metric_days.summary(conn, team, period.start, period.end)
+    _count_moves(m, part)
+    m.top_requesters = [
+        PersonCount(user, confirmed, finished)
+        for user, (confirmed, finished, _) in sorted(
+            part.people.items(), key=lambda item: (-item[1][1], -item[1][0], item[0])
+        )
+        if confirmed or finished
+    ][:TOP_N]
+    m.top_reviewers = [
+        PersonCount(user, decisions)
+        for user, (_, _, decisions) in sorted(
+            part.people.items(), key=lambda item: (-item[1][2], item[0])
+        )
+        if decisions
+    ][:TOP_N]
+
+    cycle_s = part.durations.get(metric_days.CYCLE, [])
+    wait_s = part.durations.get(metric_days.QUEUE, [])
+    quota_s = part.durations.get(metric_days.QUOTA, [])
+    m.cycle_time_p50_s, m.cycle_time_p90_s = percentile(cycle_s, 0.5), percentile(cycle_s, 0.9)
+    m.review_latency_p50_s = percentile(part.durations.get(metric_days.REVIEW, []), 0.5)
+    m.queue_wait_total_s = float(sum(wait_s))
+    m.queue_wait_p50_s = percentile(wait_s, 0.5)
+    m.quota_wait_total_s = float(sum(quota_s))
+    m.quota_waits = len(quota_s)
+
+    for (role, workload, _), (_, cost) in part.spend.items():
+        m.spend_micro_usd += cost
+        m.spend_by_class[workload] = m.spend_by_class.get(workload, 0) + cost
+        m.spend_by_role[role] = m.spend_by_role.get(role, 0) + cost
+    m.spend_by_route = sorted(
+        (RouteSpend(r, w, mo, calls, cost) for (r, w, mo), (calls, cost) in part.spend.items()),
+        key=lambda r: (-r.micro_usd, r.role, r.workload_class, r.model),
     )
-    counts = select(*keys, func.count(), first_pass).where(counted).group_by(*keys)
-    requesters: dict[str, list[int]] = {}
-    reviewers: dict[str, int] = {}
-    for src, dst, xkind, requester, reviewer, count, passed in (await conn.execute(counts)).all():
-        confirmation = dst == Status.QUEUED.value and src == Status.AWAITING_CONFIRMATION.value
-        if confirmation:
+    m.unapproved_spend_micro_usd = await metric_days.unapproved_spend(
+        conn, team, period.start, period.end
+    )
+    return m
+
+
+def _count_moves(m: TeamMetrics, part: metric_days.Summary) -> None:
+    for (src, dst, kind), (count, first_pass) in part.moves.items():
+        if src == Status.AWAITING_CONFIRMATION.value and dst == Status.QUEUED.value:
             m.orders_confirmed += count
-            requesters.setdefault(requester, [0, 0])[0] += count
         if dst == Status.APPROVED.value:
             m.finished_outcomes += count
-            m.first_pass_approvals += int(passed or 0)
-            requesters.setdefault(requester, [0, 0])[1] += count
-        if src == Status.AWAITING_REVIEW.value and dst in _DECISIONS:
+            m.first_pass_approvals += first_pass
+        if src == Status.AWAITING_REVIEW.value and dst in metric_days.DECISIONS:
             m.review_decisions += count
-            reviewers[reviewer] = reviewers.get(reviewer, 0) + count
             if dst == Status.CHANGES_REQUESTED.value:
                 m.changes_requested += count
         if dst == Status.REJECTED.value:
@@ -585,74 +516,7 @@ async def _team_metrics(
         if dst == Status.CANCELLED.value and src not in _BEFORE_CONFIRMATION:
             m.cancellations += count
         if dst == Status.EXCEPTION.value:
-            kind = xkind or "other"
-            m.exceptions[kind] = m.exceptions.get(kind, 0) + count
-    m.top_requesters = [
-        PersonCount(user, confirmed, finished)
-        for user, (confirmed, finished) in sorted(
-            requesters.items(), key=lambda item: (-item[1][1], -item[1][0], item[0])
-        )[:TOP_N]
-    ]
-    m.top_reviewers = [
-        PersonCount(user, count)
-        for user, count in sorted(reviewers.items(), key=lambda item: (-item[1], item[0]))[:TOP_N]
-    ]
-
-    # Durations in one pass: a review and a queue wait run from when the order entered the
-    # state (the row's entered_at); a cycle from the order's first confirmation.
-    t = _transitions(team, period, people=False)
-    approved = t.c.dst == Status.APPROVED.value
-    decided = and_(t.c.src == Status.AWAITING_REVIEW.value, t.c.dst.in_(_DECISIONS))
-    started = and_(t.c.src == Status.QUEUED.value, t.c.dst == Status.RUNNING.value)
-    confirmed = _earlier_transition(
-        t, func.min, to=Status.QUEUED.value, source=Status.AWAITING_CONFIRMATION.value
-    )
-    quota_wait = t.c.quota_wait_s.is_not(None)
-    # Seconds are computed in SQL: reading a year of timestamps into Python costs more than
-    # the query.
-    dialect = conn.dialect.name
-    timing = select(
-        case((approved, _seconds(dialect, confirmed, t.c.at)), else_=None),
-        case((decided, _seconds(dialect, t.c.entered_at, t.c.at)), else_=None),
-        case((started, _seconds(dialect, t.c.entered_at, t.c.at)), else_=None),
-        t.c.quota_wait_s,
-    ).where(or_(approved, decided, started, quota_wait))
-    cycle_s: list[float] = []
-    review_s: list[float] = []
-    wait_s: list[float] = []
-    for cycle, review, wait, quota_s in (await conn.execute(timing)).all():
-        if cycle is not None:
-            cycle_s.append(float(cycle))
-        if review is not None:
-            review_s.append(float(review))
-        if wait is not None:
-            wait_s.append(float(wait))
-        if quota_s is not None:
-            m.quota_wait_total_s += float(quota_s)
-            m.quota_waits += 1
-    m.cycle_time_p50_s, m.cycle_time_p90_s = percentile(cycle_s, 0.5), percentile(cycle_s, 0.9)
-    m.review_latency_p50_s = percentile(review_s, 0.5)
-    m.queue_wait_total_s = float(sum(wait_s))
-    m.queue_wait_p50_s = percentile(wait_s, 0.5)
-
-    # Spend, grouped by route and by whether the order ended without approval.
-    spend = _spend_by_route(team, period, conn.dialect.name)
-    routes: dict[tuple[str, str, str], list[int]] = {}
-    for role, workload, model, wasted, calls, cost in (await conn.execute(spend)).all():
-        cost = int(cost or 0)
-        m.spend_micro_usd += cost
-        if wasted:
-            m.unapproved_spend_micro_usd += cost
-        m.spend_by_class[workload] = m.spend_by_class.get(workload, 0) + cost
-        m.spend_by_role[role] = m.spend_by_role.get(role, 0) + cost
-        route = routes.setdefault((role, workload, model), [0, 0])
-        route[0] += int(calls)
-        route[1] += cost
-    m.spend_by_route = sorted(
-        (RouteSpend(r, w, mo, calls, cost) for (r, w, mo), (calls, cost) in routes.items()),
-        key=lambda r: (-r.micro_usd, r.role, r.workload_class, r.model),
-    )
-    return m
+            m.exceptions[kind or "other"] = m.exceptions.get(kind or "other", 0) + count
 
 
 def metric_names() -> list[str]:

@@ -128,10 +128,12 @@ class LlmCall(SQLModel, table=True):
             "created_at", "order_id", "team", "role", "model", "cost_micro_usd",
         ),
         Index("ix_llm_calls_requester_created_at", "requester", "created_at"),
+        # An order's calls, and what those in a period cost (the spend on work not approved).
+        Index("ix_llm_calls_order_created_cost", "order_id", "created_at", "cost_micro_usd"),
     )  # fmt: skip
 
     id: int | None = Field(default=None, primary_key=True)
-    order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id")
     attempt_id: int | None = Field(default=None, foreign_key="run_attempts.id")
     role: str
     provider: str
@@ -481,3 +483,74 @@ class DomainApproval(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+# Closed days of the leads' metrics, summarised once (workers.metric_days). `day` is a UTC date
+# as 'YYYY-MM-DD'; `team` is '' for spend no team paid for (an intake call from before intake
+# was charged), which counts only for the whole workspace.
+
+
+class MetricDay(SQLModel, table=True):
+    """A UTC day whose figures are summarised in the metric_day_* tables (all of them, in the
+    same transaction as this row)."""
+
+    __tablename__ = "metric_days"
+
+    day: str = Field(primary_key=True)
+    summarised_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class MetricDaySpend(SQLModel, table=True):
+    """A day's model spend for one team and route."""
+
+    __tablename__ = "metric_day_spend"
+
+    day: str = Field(primary_key=True)
+    team: str = Field(primary_key=True)
+    role: str = Field(primary_key=True)
+    workload_class: str = Field(primary_key=True)
+    model: str = Field(primary_key=True)
+    calls: int
+    micro_usd: int = Field(sa_column=Column(MICRO_USD, nullable=False))
+
+
+class MetricDayMoves(SQLModel, table=True):
+    """How many of a team's orders made one counted state change on a day."""
+
+    __tablename__ = "metric_day_moves"
+
+    day: str = Field(primary_key=True)
+    team: str = Field(primary_key=True)
+    from_status: str = Field(primary_key=True)
+    to_status: str = Field(primary_key=True)
+    exception_kind: str = Field(primary_key=True, description="'' unless into exception")
+    moves: int
+    first_pass: int = Field(description="approvals of orders never sent back for changes")
+
+
+class MetricDayPerson(SQLModel, table=True):
+    """One person's part in a team's day: orders they confirmed and saw approved as requester,
+    review decisions they made."""
+
+    __tablename__ = "metric_day_people"
+
+    day: str = Field(primary_key=True)
+    team: str = Field(primary_key=True)
+    user_id: str = Field(primary_key=True)
+    confirmed: int
+    finished: int
+    decisions: int
+
+
+class MetricDayDurations(SQLModel, table=True):
+    """A team's durations of one kind on a day (cycle, review, queue, quota), in seconds: kept
+    whole, because percentiles over several days cannot be made from per-day figures."""
+
+    __tablename__ = "metric_day_durations"
+
+    day: str = Field(primary_key=True)
+    team: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True)
+    seconds: list[float] = Field(sa_column=Column(JSON, nullable=False))

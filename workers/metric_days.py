@@ -1,0 +1,467 @@
+"""The leads' figures for a span of time, read from closed days summarised once where possible.
+
+Summing a year of model calls and transitions row by row takes seconds (SQLite groups a million
+calls with a sort). A UTC day's figures stop changing once the day is over and its model calls
+are settled, so `summarise_closed_days` summarises each such day once, per team, into the
+metric_day_* tables. `summary` then reads a span as those stored days plus the rows of whatever
+is not summarised: the partial days at either end, and days not summarised yet. Both paths build
+the same `Summary` from the same grouping, so a figure does not depend on which one served a day.
+
+A summary keeps what an order was when its day was summarised: its team, workload class and
+rework count (first-pass approvals). Spend on orders that ended without approval depends on how
+each order ends, which can happen after its day closed, so `unapproved_spend` always reads the
+calls (by index, order by order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Float, and_, case, func, insert, literal, or_, select
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import SQLModel
+
+import workers.models  # noqa: F401 (registers the tables)
+from workers.db import reading
+from workers.sweeps import single_runner
+from workers.workorder import Status
+
+log = logging.getLogger(__name__)
+
+ALL = "all"
+SWEEP_INTERVAL_S = 3600
+# Past this span, unapproved_spend looks each unapproved order's calls up instead of reading
+# every call of the span.
+LOOK_UP_ORDERS_AFTER = timedelta(days=31)
+# A day is summarised this long after it ends, so that moves and calls stamped just before
+# midnight by a slow transaction, or by a host whose clock is behind, are in it.
+CLOSING_MARGIN = timedelta(hours=1)
+
+_moves = SQLModel.metadata.tables["transitions"]
+_orders = SQLModel.metadata.tables["work_orders"]
+_calls = SQLModel.metadata.tables["llm_calls"]
+_days = SQLModel.metadata.tables["metric_days"]
+_day_spend = SQLModel.metadata.tables["metric_day_spend"]
+_day_moves = SQLModel.metadata.tables["metric_day_moves"]
+_day_people = SQLModel.metadata.tables["metric_day_people"]
+_day_durations = SQLModel.metadata.tables["metric_day_durations"]
+
+NOT_APPROVED = (Status.REJECTED.value, Status.CANCELLED.value, Status.EXCEPTION.value)
+DECISIONS = (Status.APPROVED.value, Status.REJECTED.value, Status.CHANGES_REQUESTED.value)
+# Every move into these is counted (approvals, rejections, cancellations, exceptions).
+_COUNTED = (
+    Status.APPROVED.value,
+    Status.REJECTED.value,
+    Status.CANCELLED.value,
+    Status.EXCEPTION.value,
+)
+# The kinds of duration a summary keeps.
+CYCLE, REVIEW, QUEUE, QUOTA = "cycle", "review", "queue", "quota"
+
+
+@dataclass
+class Summary:
+    """What a span contributes to the figures; summaries of adjacent spans add up."""
+
+    # (role, workload class, model) -> [calls, micro-USD]
+    spend: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    # (from, to, exception kind or '') -> [moves, first-pass approvals]
+    moves: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    # user -> [orders confirmed as requester, approved as requester, review decisions]
+    people: dict[str, list[int]] = field(default_factory=dict)
+    # CYCLE, REVIEW, QUEUE or QUOTA -> seconds
+    durations: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, other: Summary) -> Summary:
+        pairs: tuple[tuple[dict[Any, list[int]], dict[Any, list[int]]], ...] = (
+            (self.spend, other.spend),
+            (self.moves, other.moves),
+            (self.people, other.people),
+        )
+        for mine, theirs in pairs:
+            for key, values in theirs.items():
+                into = mine.setdefault(key, [0] * len(values))
+                for i, value in enumerate(values):
+                    into[i] += value
+        for kind, seconds in other.durations.items():
+            self.durations.setdefault(kind, []).extend(seconds)
+        return self
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.spend or self.moves or self.people or self.durations)
+
+
+def seconds_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
+    """Seconds from `start` to `end`, in SQL (NULL when either is)."""
+    if dialect == "postgresql":
+        return sql_cast(func.extract("epoch", end - start), Float)  # not numeric: no Decimals
+    # SQLite keeps timestamps as ISO text; julianday() reads them to within microseconds.
+    return (func.julianday(end) - func.julianday(start)) * 86400.0
+
+
+# ----------------------------------------------------------------------------- reading a span
+
+
+async def summary(conn: AsyncConnection, team: str, start: datetime, end: datetime) -> Summary:
+    """`team`'s (or, for ALL, everyone's) figures over [start, end): stored days where the span
+    covers whole summarised days, the rows for the rest."""
+    whole = _whole_days(start, end)
+    stored: list[tuple[date, date]] = []
+    if whole is not None:
+        first, last = whole
+        rows = await conn.execute(
+            select(_days.c.day).where(_days.c.day >= _key(first), _days.c.day < _key(last))
+        )
+        stored = _runs(sorted(date.fromisoformat(day) for (day,) in rows))
+    result = Summary()
+    for stored_first, stored_end in stored:
+        result.add(await _stored(conn, team, stored_first, stored_end))
+    for raw_start, raw_end in _gaps(start, end, stored):
+        by_team = await summarise_rows(conn, raw_start, raw_end, team=team)
+        for part in by_team.values():
+            result.add(part)
+    return result
+
+
+async def unapproved_spend(conn: AsyncConnection, team: str, start: datetime, end: datetime) -> int:
+    """Spend in [start, end) on orders that ended rejected, cancelled or in exception."""
+    unapproved = _orders.c.status.in_(NOT_APPROVED)
+    in_span = (_calls.c.created_at >= start, _calls.c.created_at < end)
+    if end - start <= LOOK_UP_ORDERS_AFTER:
+        # A few weeks' calls: read them, each with its order.
+        query = (
+            select(func.sum(_calls.c.cost_micro_usd))
+            .select_from(_calls.join(_orders, _orders.c.id == _calls.c.order_id))
+            .where(unapproved, *in_span)
+        )
+    else:
+        # Longer: the orders first, then each one's calls in the span from the index by order
+        # (SQLite would otherwise read every call of the span to find them).
+        per_order = (
+            select(func.sum(_calls.c.cost_micro_usd))
+            .where(_calls.c.order_id == _orders.c.id, *in_span)
+            .scalar_subquery()
+        )
+        query = select(func.sum(per_order)).where(unapproved)
+    if team != ALL:
+        query = query.where(_orders.c.team == team)
+    return int((await conn.execute(query)).scalar() or 0)
+
+
+def _whole_days(start: datetime, end: datetime) -> tuple[date, date] | None:
+    """The UTC days [first, last) wholly inside [start, end), if any."""
+    start, end = _utc(start), _utc(end)
+    first = start.date() if start.time() == time() else start.date() + timedelta(days=1)
+    last = end.date()
+    return (first, last) if first < last else None
+
+
+def _runs(days: list[date]) -> list[tuple[date, date]]:
+    """Consecutive days as [first, end) runs."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and runs[-1][1] == day:
+            runs[-1] = (runs[-1][0], day + timedelta(days=1))
+        else:
+            runs.append((day, day + timedelta(days=1)))
+    return runs
+
+
+def _gaps(
+    start: datetime, end: datetime, stored: list[tuple[date, date]]
+) -> list[tuple[datetime, datetime]]:
+    """The parts of [start, end) the stored runs do not cover."""
+    gaps: list[tuple[datetime, datetime]] = []
+    cursor = start
+    for first, last in stored:
+        run_start, run_end = _midnight(first), _midnight(last)
+        if cursor < run_start:
+            gaps.append((cursor, run_start))
+        cursor = run_end
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps
+
+
+async def _stored(conn: AsyncConnection, team: str, first: date, end: date) -> Summary:
+    result = Summary()
+
+    def within(table: Any, query: Any) -> Any:
+        query = query.where(table.c.day >= _key(first), table.c.day < _key(end))
+        return query if team == ALL else query.where(table.c.team == team)
+
+    s = _day_spend.c
+    route = (s.role, s.workload_class, s.model)
+    query = within(
+        _day_spend, select(*route, func.sum(s.calls), func.sum(s.micro_usd)).group_by(*route)
+    )
+    for role, workload, model, calls, micro_usd in await conn.execute(query):
+        result.spend[(role, workload, model)] = [int(calls), int(micro_usd)]
+    m = _day_moves.c
+    move = (m.from_status, m.to_status, m.exception_kind)
+    query = within(
+        _day_moves, select(*move, func.sum(m.moves), func.sum(m.first_pass)).group_by(*move)
+    )
+    for src, dst, kind, moves, first_pass in await conn.execute(query):
+        result.moves[(src, dst, kind)] = [int(moves), int(first_pass)]
+    p = _day_people.c
+    sums = (func.sum(p.confirmed), func.sum(p.finished), func.sum(p.decisions))
+    query = within(_day_people, select(p.user_id, *sums).group_by(p.user_id))
+    for user, confirmed, finished, decisions in await conn.execute(query):
+        result.people[user] = [int(confirmed), int(finished), int(decisions)]
+    d = _day_durations.c
+    for kind, seconds in await conn.execute(within(_day_durations, select(d.kind, d.seconds))):
+        result.durations.setdefault(kind, []).extend(seconds)
+    return result
+
+
+# ----------------------------------------------------------------------------- from the rows
+
+
+async def summarise_rows(
+    conn: AsyncConnection, start: datetime, end: datetime, *, team: str = ALL
+) -> dict[str, Summary]:
+    """The figures of [start, end) from the rows themselves, per team ('' for spend no team
+    paid for); only `team`'s unless ALL."""
+    teams: dict[str, Summary] = {}
+
+    def of(name: str | None) -> Summary:
+        return teams.setdefault(name or "", Summary())
+
+    for name, role, workload, model, calls, cost in await conn.execute(_spend(start, end, team)):
+        of(name).spend[(role, workload, model)] = [int(calls), int(cost or 0)]
+
+    for name, src, dst, kind, requester, reviewer, count, passed in await conn.execute(
+        _counted(start, end, team)
+    ):
+        part = of(name)
+        key = (src, dst, kind or "")
+        totals = part.moves.setdefault(key, [0, 0])
+        totals[0] += count
+        approved = dst == Status.APPROVED.value
+        if approved:
+            totals[1] += int(passed or 0)
+        if src == Status.AWAITING_CONFIRMATION.value and dst == Status.QUEUED.value:
+            part.people.setdefault(requester, [0, 0, 0])[0] += count
+        if approved:
+            part.people.setdefault(requester, [0, 0, 0])[1] += count
+        if src == Status.AWAITING_REVIEW.value and dst in DECISIONS:
+            part.people.setdefault(reviewer, [0, 0, 0])[2] += count
+
+    kinds = (CYCLE, REVIEW, QUEUE, QUOTA)
+    for name, *values in await conn.execute(_durations(start, end, team, conn.dialect.name)):
+        part = of(name)
+        for kind, value in zip(kinds, values, strict=True):
+            if value is not None:
+                part.durations.setdefault(kind, []).append(float(value))
+    return teams
+
+
+def _spend(start: datetime, end: datetime, team: str) -> Any:
+    """Calls grouped by the team that paid and the route; an intake call made before its order
+    existed is charged to its requester's team (`llm_calls.team`)."""
+    paid_by = func.coalesce(_orders.c.team, _calls.c.team)
+    workload = func.coalesce(_orders.c.workload_class, "none")
+    keys = (paid_by, _calls.c.role, workload, _calls.c.model)
+    query = (
+        select(*keys, func.count(), func.sum(_calls.c.cost_micro_usd))
+        .select_from(_calls.outerjoin(_orders, _orders.c.id == _calls.c.order_id))
+        .where(_calls.c.created_at >= start, _calls.c.created_at < end)
+        .group_by(*keys)
+    )
+    return query if team == ALL else query.where(paid_by == team)
+
+
+def _in_span(start: datetime, end: datetime, team: str) -> list[ColumnElement[bool]]:
+    where = [_moves.c.at >= start, _moves.c.at < end]
+    if team != ALL:
+        where.append(_orders.c.team == team)
+    return where
+
+
+def _counted(start: datetime, end: datetime, team: str) -> Any:
+    """The moves the figures count, grouped by team, move, requester and reviewer (who decided a
+    review: the actor of a move out of awaiting review)."""
+    src, dst = _moves.c.from_status, _moves.c.to_status
+    reviewer = case((src == Status.AWAITING_REVIEW.value, _moves.c.actor), else_=None)
+    keys = (_orders.c.team, src, dst, _moves.c.exception_kind, _orders.c.requester, reviewer)
+    counted = or_(
+        and_(src == Status.AWAITING_CONFIRMATION.value, dst == Status.QUEUED.value),
+        src == Status.AWAITING_REVIEW.value,
+        dst.in_(_COUNTED),
+    )
+    first_pass = func.sum(case((_orders.c.rework_count == 0, 1), else_=0))
+    return (
+        select(*keys, func.count(), first_pass)
+        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .where(counted, *_in_span(start, end, team))
+        .group_by(*keys)
+    )
+
+
+def _durations(start: datetime, end: datetime, team: str, dialect: str) -> Any:
+    """One row per timed move: cycle (first confirmation to approval), review (entering
+    awaiting review to the decision), queue wait (entering queued to starting) and quota wait
+    (recorded on the move). Seconds are computed in SQL: reading the timestamps into Python
+    costs more than the query."""
+    src, dst, moved = _moves.c.from_status, _moves.c.to_status, _moves.c.at
+    approved = dst == Status.APPROVED.value
+    decided = and_(src == Status.AWAITING_REVIEW.value, dst.in_(DECISIONS))
+    started = and_(src == Status.QUEUED.value, dst == Status.RUNNING.value)
+    earlier = _moves.alias("c")
+    confirmed = (
+        select(func.min(earlier.c.at))
+        .where(
+            earlier.c.order_id == _moves.c.order_id,
+            earlier.c.to_status == Status.QUEUED.value,
+            earlier.c.from_status == Status.AWAITING_CONFIRMATION.value,
+            earlier.c.seq < _moves.c.seq,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(
+            _orders.c.team,
+            case((approved, seconds_between(dialect, confirmed, moved)), else_=None),
+            case((decided, seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
+            case((started, seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
+            _moves.c.quota_wait_s,
+        )
+        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .where(
+            or_(approved, decided, started, _moves.c.quota_wait_s.is_not(None)),
+            *_in_span(start, end, team),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------- summarising days
+
+
+async def sweep(engine: AsyncEngine) -> None:
+    """The scheduled sweep: summarise what closed since the last one (on one process at a
+    time; on its first run, every past day)."""
+    async with single_runner(engine, "metric-days") as mine:
+        if mine:
+            await summarise_closed_days(engine)
+
+
+async def summarise_closed_days(
+    engine: AsyncEngine, *, now: datetime | None = None, limit: int | None = None
+) -> list[date]:
+    """Summarise every closed UTC day not summarised yet, oldest first (at most `limit`), and
+    return them. A day is closed an hour after it ends, once none of its model calls is still
+    pending (a call's cost is known when it settles). Safe to run in several processes at
+    once: a day is written by whichever claims it first, in one transaction."""
+    now = _utc(now or datetime.now(UTC))
+    last = (now - CLOSING_MARGIN).date()  # days before this one have closed
+    async with reading(engine).connect() as conn:
+        earliest = await _earliest(conn)
+        if earliest is None or earliest >= last:
+            return []
+        done = {
+            date.fromisoformat(day)
+            for (day,) in await conn.execute(
+                select(_days.c.day).where(_days.c.day >= _key(earliest))
+            )
+        }
+    summarised: list[date] = []
+    day = earliest
+    while day < last and (limit is None or len(summarised) < limit):
+        if day not in done and await _summarise_day(engine, day):
+            summarised.append(day)
+        day += timedelta(days=1)
+    if summarised:
+        log.info("summarised %d closed day(s) of metrics, up to %s", len(summarised), day)
+    return summarised
+
+
+async def _earliest(conn: AsyncConnection) -> date | None:
+    firsts = [
+        (await conn.execute(select(func.min(_calls.c.created_at)))).scalar(),
+        (await conn.execute(select(func.min(_moves.c.at)))).scalar(),
+    ]
+    found = [_as_datetime(value) for value in firsts if value is not None]
+    return min(found).date() if found else None
+
+
+async def _summarise_day(engine: AsyncEngine, day: date) -> bool:
+    start, end = _midnight(day), _midnight(day + timedelta(days=1))
+    async with reading(engine).connect() as conn:
+        pending = await conn.execute(
+            select(literal(1))
+            .where(
+                _calls.c.created_at >= start,
+                _calls.c.created_at < end,
+                _calls.c.outcome == "pending",
+            )
+            .limit(1)
+        )
+        if pending.first() is not None:
+            return False  # not closed yet: a call's cost is still to come
+        teams = await summarise_rows(conn, start, end)
+    key = _key(day)
+    upsert = sqlite_insert if engine.dialect.name == "sqlite" else pg_insert
+    async with engine.begin() as conn:
+        claim = upsert(_days).values(day=key, summarised_at=datetime.now(UTC))
+        if (await conn.execute(claim.on_conflict_do_nothing())).rowcount != 1:
+            return False  # another process summarised it
+        for table, rows in _stored_rows(key, teams):
+            if rows:
+                await conn.execute(insert(table), rows)
+    return True
+
+
+def _stored_rows(key: str, teams: dict[str, Summary]) -> Iterable[tuple[Any, list[dict[str, Any]]]]:
+    yield _day_spend, [
+        {"day": key, "team": team, "role": role, "workload_class": workload, "model": model,
+         "calls": calls, "micro_usd": micro_usd}
+        for team, part in teams.items()
+        for (role, workload, model), (calls, micro_usd) in part.spend.items()
+    ]  # fmt: skip
+    yield _day_moves, [
+        {"day": key, "team": team, "from_status": src, "to_status": dst, "exception_kind": kind,
+         "moves": moves, "first_pass": first_pass}
+        for team, part in teams.items()
+        for (src, dst, kind), (moves, first_pass) in part.moves.items()
+    ]  # fmt: skip
+    yield _day_people, [
+        {"day": key, "team": team, "user_id": user, "confirmed": confirmed,
+         "finished": finished, "decisions": decisions}
+        for team, part in teams.items()
+        for user, (confirmed, finished, decisions) in part.people.items()
+    ]  # fmt: skip
+    yield (
+        _day_durations,
+        [
+            {"day": key, "team": team, "kind": kind, "seconds": seconds}
+            for team, part in teams.items()
+            for kind, seconds in part.durations.items()
+        ],
+    )
+
+
+def _key(day: date) -> str:
+    return day.isoformat()
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _as_datetime(value: Any) -> datetime:
+    # SQLite returns MIN() over a timestamp column as the stored text.
+    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
