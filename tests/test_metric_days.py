@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.fakes.slack import FakeSlack
+from tests.support.cli import DELEGATE, cli_env, free_port, stop_delegate
 from tests.support.history import W47, Seed, at, history_settings, seed_history
+from tests.support.waiting import eventually
 from workers import metrics
 from workers.metric_days import summarise_closed_days
 from workers.metrics import ALL, Period
@@ -181,3 +185,39 @@ def test_whole_days_of_a_span() -> None:
         (at(15, 0), at(16, 6)),
     ]
     assert _gaps(start, start + timedelta(hours=1), []) == [(start, start + timedelta(hours=1))]
+
+
+async def test_delegate_run_summarises_the_closed_days_when_it_starts(
+    database: Any, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    engine = database.engine()
+    try:
+        await seed_history(engine)
+        expected = await _figures(engine)
+        env = cli_env(
+            **database.env(),
+            PORT=str(free_port()),
+            SLACK_BOT_TOKEN=fake_slack.token,
+            SLACK_SIGNING_SECRET="s3cr3t-signing",
+            SLACK_API_URL=fake_slack.api_url,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+        # Every seeded day has long closed, whatever today's date is.
+        seeded = {date(2026, 11, d).isoformat() for d in range(10, 27)}
+
+        async def seeded_days_summarised() -> bool:
+            async with engine.connect() as conn:
+                return seeded <= set((await conn.execute(select(MetricDay.day))).scalars())
+
+        try:
+            await eventually(seeded_days_summarised)
+        finally:
+            err = await stop_delegate(proc)
+        assert proc.returncode == 0, err
+        assert await _figures(engine) == expected
+    finally:
+        await engine.dispose()

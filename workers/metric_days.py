@@ -16,12 +16,13 @@ calls (by index, order by order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Float, and_, case, func, insert, literal, or_, select
+from sqlalchemy import Float, and_, case, func, insert, literal, or_, select, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -109,6 +110,22 @@ def seconds_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
 
 
 # ----------------------------------------------------------------------------- reading a span
+
+
+@asynccontextmanager
+async def reading_figures(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only connection for the figures: on SQLite a plain BEGIN, so that summarising a
+    long period never holds the write lock the engine needs. On PostgreSQL, for its transaction:
+    JIT compilation off (these queries are estimated expensive enough to be compiled, and
+    compiling took longer than running them: 0.46 of 0.76 s for a year of transitions), and
+    random_page_cost for data in memory, as the recent rows these read are: with the default,
+    a day's 2,700 calls were hash-joined to all 100,000 orders (62 ms) rather than each looked
+    up by key (13 ms)."""
+    async with reading(engine).connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SET LOCAL jit = off"))
+            await conn.execute(text("SET LOCAL random_page_cost = 1.1"))
+        yield conn
 
 
 async def summary(conn: AsyncConnection, team: str, start: datetime, end: datetime) -> Summary:
@@ -364,7 +381,7 @@ async def summarise_closed_days(
     once: a day is written by whichever claims it first, in one transaction."""
     now = _utc(now or datetime.now(UTC))
     last = (now - CLOSING_MARGIN).date()  # days before this one have closed
-    async with reading(engine).connect() as conn:
+    async with reading_figures(engine) as conn:
         earliest = await _earliest(conn)
         if earliest is None or earliest >= last:
             return []
@@ -396,7 +413,7 @@ async def _earliest(conn: AsyncConnection) -> date | None:
 
 async def _summarise_day(engine: AsyncEngine, day: date) -> bool:
     start, end = _midnight(day), _midnight(day + timedelta(days=1))
-    async with reading(engine).connect() as conn:
+    async with reading_figures(engine) as conn:
         pending = await conn.execute(
             select(literal(1))
             .where(

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, literal, select, text
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
@@ -57,7 +56,6 @@ from sqlmodel import SQLModel
 import workers.models  # noqa: F401 (registers the tables)
 from workers import metric_days
 from workers.config import Settings
-from workers.db import reading
 from workers.states import IntakeKind
 from workers.workorder import Status
 
@@ -327,16 +325,7 @@ def _intake_filter(settings: Settings, team: str) -> ColumnElement[bool] | None:
     return _intake.c.requester.in_(members) if members else literal(False)
 
 
-@asynccontextmanager
-async def _reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A read-only connection for the figures: on SQLite a plain BEGIN, so that summarising a
-    long period never holds the write lock the engine needs. On PostgreSQL, with JIT compilation
-    off for its transaction: these queries are estimated expensive enough to be compiled, and
-    compiling them took longer than running them (0.46 of 0.76 s for a year of transitions)."""
-    async with reading(engine).connect() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SET LOCAL jit = off"))
-        yield conn
+_reading = metric_days.reading_figures
 
 
 async def team_metrics(
