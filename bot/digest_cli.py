@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from workers import metric_days
 from workers.config import Settings
 from workers.db import create_engine
 from workers.digest import (
@@ -117,6 +118,9 @@ async def _due(settings: Settings) -> int:
 
     engine = create_engine(settings.database_url)
     try:
+        # Closed days first, as `delegate run` summarises them hourly: a crontab that runs only
+        # this keeps a long history as quick to read.
+        await metric_days.sweep(engine)
         scheduler = DigestScheduler(settings, engine, publisher, render_chart=render_chart)
         posted = await scheduler.sweep()
     finally:

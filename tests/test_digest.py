@@ -8,7 +8,7 @@ import io
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select
 
 from bot.blocks import FIELD_TEXT_MAX, HEADER_TEXT_MAX, MESSAGE_BLOCKS_MAX, SECTION_TEXT_MAX
 from bot.digest_blocks import digest_blocks
@@ -32,6 +33,7 @@ from workers.digest import (
     render_markdown,
 )
 from workers.metrics import Period, WeekPoint
+from workers.models import MetricDay
 
 DELEGATE = Path(sys.executable).with_name("delegate")
 REPO = Path(__file__).resolve().parents[1]
@@ -348,6 +350,31 @@ async def test_two_scheduler_processes_on_postgres_post_one_digest(
     assert outputs[0].strip() == "nothing due"
     assert outputs[1].startswith("posted default ")
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
+
+
+async def test_digest_due_summarises_the_closed_days_first(
+    database: Any, fake_slack: Any, tmp_path: Path
+) -> None:
+    """A crontab running only `delegate digest --due` keeps the history quick to read."""
+    engine = database.engine()
+    try:
+        await seed_history(engine)
+        env = _cli_env(
+            database,
+            tmp_path,
+            fake_slack.api_url,
+            digests=[
+                {"channel": "C0LEADS", "cron": "* * * * *", "timezone": "UTC", "teams": ["growth"]}
+            ],
+        )
+        code, out, err = await _delegate("digest", "--due", env=env)
+        async with engine.connect() as conn:
+            days = set((await conn.execute(select(MetricDay.day))).scalars())
+    finally:
+        await engine.dispose()
+    assert code == 0, err
+    assert out.startswith("posted growth ")
+    assert {date(2026, 11, d).isoformat() for d in range(10, 27)} <= days
 
 
 def test_a_digest_for_an_unknown_team_is_a_configuration_error() -> None:
