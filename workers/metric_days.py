@@ -55,6 +55,14 @@ _day_moves = SQLModel.metadata.tables["metric_day_moves"]
 _day_people = SQLModel.metadata.tables["metric_day_people"]
 _day_durations = SQLModel.metadata.tables["metric_day_durations"]
 
+# What a day keeps of each Summary tally: its table, the columns of its key, the columns it adds
+# up, and the Summary field.
+_TALLIES = (
+    (_day_spend, ("role", "workload_class", "model"), ("calls", "micro_usd"), "spend"),
+    (_day_moves, ("from_status", "to_status", "exception_kind"), ("moves", "first_pass"), "moves"),
+    (_day_people, ("user_id",), ("confirmed", "finished", "decisions"), "people"),
+)
+
 NOT_APPROVED = (Status.REJECTED.value, Status.CANCELLED.value, Status.EXCEPTION.value)
 DECISIONS = (Status.APPROVED.value, Status.REJECTED.value, Status.CHANGES_REQUESTED.value)
 # Every move into these is counted (approvals, rejections, cancellations, exceptions).
@@ -216,25 +224,13 @@ async def _stored(conn: AsyncConnection, team: str, first: date, end: date) -> S
         query = query.where(table.c.day >= _key(first), table.c.day < _key(end))
         return query if team == ALL else query.where(table.c.team == team)
 
-    s = _day_spend.c
-    route = (s.role, s.workload_class, s.model)
-    query = within(
-        _day_spend, select(*route, func.sum(s.calls), func.sum(s.micro_usd)).group_by(*route)
-    )
-    for role, workload, model, calls, micro_usd in await conn.execute(query):
-        result.spend[(role, workload, model)] = [int(calls), int(micro_usd)]
-    m = _day_moves.c
-    move = (m.from_status, m.to_status, m.exception_kind)
-    query = within(
-        _day_moves, select(*move, func.sum(m.moves), func.sum(m.first_pass)).group_by(*move)
-    )
-    for src, dst, kind, moves, first_pass in await conn.execute(query):
-        result.moves[(src, dst, kind)] = [int(moves), int(first_pass)]
-    p = _day_people.c
-    sums = (func.sum(p.confirmed), func.sum(p.finished), func.sum(p.decisions))
-    query = within(_day_people, select(p.user_id, *sums).group_by(p.user_id))
-    for user, confirmed, finished, decisions in await conn.execute(query):
-        result.people[user] = [int(confirmed), int(finished), int(decisions)]
+    for table, keys, sums, name in _TALLIES:
+        by = [table.c[key] for key in keys]
+        query = select(*by, *(func.sum(table.c[column]) for column in sums)).group_by(*by)
+        tally: dict[Any, list[int]] = getattr(result, name)
+        for row in await conn.execute(within(table, query)):
+            key = tuple(row[: len(keys)]) if len(keys) > 1 else row[0]
+            tally[key] = [int(value) for value in row[len(keys) :]]
     d = _day_durations.c
     for kind, seconds in await conn.execute(within(_day_durations, select(d.kind, d.seconds))):
         result.durations.setdefault(kind, []).extend(seconds)
@@ -439,24 +435,17 @@ async def _summarise_day(engine: AsyncEngine, day: date) -> bool:
 
 
 def _stored_rows(key: str, teams: dict[str, Summary]) -> Iterable[tuple[Any, list[dict[str, Any]]]]:
-    yield _day_spend, [
-        {"day": key, "team": team, "role": role, "workload_class": workload, "model": model,
-         "calls": calls, "micro_usd": micro_usd}
-        for team, part in teams.items()
-        for (role, workload, model), (calls, micro_usd) in part.spend.items()
-    ]  # fmt: skip
-    yield _day_moves, [
-        {"day": key, "team": team, "from_status": src, "to_status": dst, "exception_kind": kind,
-         "moves": moves, "first_pass": first_pass}
-        for team, part in teams.items()
-        for (src, dst, kind), (moves, first_pass) in part.moves.items()
-    ]  # fmt: skip
-    yield _day_people, [
-        {"day": key, "team": team, "user_id": user, "confirmed": confirmed,
-         "finished": finished, "decisions": decisions}
-        for team, part in teams.items()
-        for user, (confirmed, finished, decisions) in part.people.items()
-    ]  # fmt: skip
+    for table, keys, sums, name in _TALLIES:
+        rows = []
+        for team, part in teams.items():
+            for tally_key, values in getattr(part, name).items():
+                parts = tally_key if isinstance(tally_key, tuple) else (tally_key,)
+                rows.append(
+                    {"day": key, "team": team}
+                    | dict(zip(keys, parts, strict=True))
+                    | dict(zip(sums, values, strict=True))
+                )
+        yield table, rows
     yield (
         _day_durations,
         [
