@@ -94,6 +94,40 @@ async def test_a_pool_runs_orders_concurrently_up_to_its_limit(harness: Harness)
     assert sorted(kind for _, kind in [(n, o.kind) for n, o in worker.outcomes]) == ["done"] * 3
 
 
+async def test_an_order_queued_in_the_workers_process_is_claimed_at_once(harness: Harness) -> None:
+    """`delegate run` queues an order (Start) and runs it in one process: its worker claims it
+    when the queueing commits, not at its next poll. The poll here is an hour."""
+    h = harness
+    engine = h.settings.engine.model_copy(update={"poll_interval_s": 3600})
+    h.settings = h.settings.model_copy(update={"engine": engine})
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    async with running(h) as worker:
+        await eventually(lambda: worker.last_pass is not None)  # idle: nothing was queued
+        order = await h.order()
+        await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
+
+
+async def test_a_queueing_that_rolls_back_does_not_wake_the_worker(harness: Harness) -> None:
+    h = harness
+    woken: list[str] = []
+    stop_listening = h.store.on_queued(lambda: woken.append("queued"))
+    created = await h.order(start=False)
+    try:
+        async with h.store.transaction() as s:
+            row = await h.store._row(s, created.id or "", for_update=True)
+            await h.store._move(s, row, Status.QUEUED, actor="U1", reason="test")
+            assert woken == []  # not before the commit
+            raise RuntimeError("rolled back")
+    except RuntimeError:
+        pass
+    assert woken == []
+    await queue.enqueue(h.store, h.settings, created.id or "", actor="U1")
+    assert woken == ["queued"]
+    stop_listening()
+    await h.order()
+    assert woken == ["queued"]
+
+
 async def _is(h: Harness, order_id: str | None, status: Status) -> bool:
     return await status_of(h, order_id or "") == status
 

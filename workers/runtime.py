@@ -108,7 +108,9 @@ class Worker:
         self.running: dict[int, _Running] = {}
         self.outcomes: deque[tuple[str, Outcome]] = deque(maxlen=1000)
         self._stopping = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # Set when a run frees its slot or this process queues an order: claim now, not at the
+        # next poll.
+        self._wake = asyncio.Event()
         self._leases_done = asyncio.Event()
         self.last_pass: float | None = None
         """When the claim loop last completed a pass (the worker's clock); for health checks."""
@@ -120,12 +122,14 @@ class Worker:
         """Work until `stop` is set, then shut down gracefully."""
         logs.bind(worker=self.worker_id)
         stop = stop or asyncio.Event()
+        stop_listening = self.store.on_queued(self._wake.set)
         claiming = asyncio.create_task(self._claim_loop(), name=f"claim-loop {self.worker_id}")
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
         stopped = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             done, _ = await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stop_listening()
             self._stopping.set()
             for task in (claiming, stopped):
                 task.cancel()
@@ -176,6 +180,8 @@ class Worker:
         reap_every = min(REAP_INTERVAL_S, engine.lease_ttl_s / 2)
         next_reap = 0.0
         while not self._stopping.is_set():
+            # Cleared before the pass: a wake-up that comes during it starts the next one.
+            self._wake.clear()
             try:
                 if self.clock() >= next_reap:
                     next_reap = self.clock() + reap_every
@@ -198,10 +204,9 @@ class Worker:
             except Exception as exc:
                 self.last_error = type(exc).__name__
                 log.exception("claim loop error; retrying", extra={"worker": self.worker_id})
-            self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(engine.poll_interval_s):
-                    await self._slot_freed.wait()
+                    await self._wake.wait()
 
     def loop_status(self) -> tuple[bool, str]:
         """(healthy, what to say) of the claim loop: a loop that has not completed a pass for
@@ -315,7 +320,7 @@ class Worker:
         item = self.running.pop(number, None)
         if item is not None:
             telemetry.RUNS_IN_FLIGHT.dec()
-        self._slot_freed.set()
+        self._wake.set()
         name = format_order_id(number)
         if task.cancelled():
             log.warning("run cancelled without an outcome", extra={"order": name})

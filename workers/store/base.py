@@ -9,12 +9,12 @@ locks rows (FOR UPDATE, SKIP LOCKED) and takes advisory locks, while SQLite's BE
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Select, bindparam, func, insert, text, update
+from sqlalchemy import Select, bindparam, event, func, insert, text, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
@@ -86,6 +86,21 @@ def row_to_order(row: WorkOrderRow) -> WorkOrder:
     )
 
 
+# Session.info key: what to call once the session's transaction has committed.
+_AFTER_COMMIT = "delegate_after_commit"
+
+
+@event.listens_for(AsyncSession.sync_session_class, "after_commit")
+def _after_commit(session: Any) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, ()):
+        callback()
+
+
+@event.listens_for(AsyncSession.sync_session_class, "after_soft_rollback")
+def _after_rollback(session: Any, previous_transaction: Any) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 class StoreBase:
     """Engine, transactions, locked reads, state changes and audit appends."""
 
@@ -96,6 +111,14 @@ class StoreBase:
         self._sqlite = is_sqlite(str(engine.url))
         self.audit_key = audit_key or AuditKey.unkeyed()
         self._total_current = False  # the audit total counts chains (see _upgrade_total)
+        self._queued_listeners: list[Callable[[], None]] = []
+
+    def on_queued(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` each time a transaction of this store has queued an order, once it
+        has committed (so that a worker in this process claims it now rather than at its next
+        poll); returns what removes it. Other processes still find the order by polling."""
+        self._queued_listeners.append(listener)
+        return lambda: self._queued_listeners.remove(listener)
 
     @classmethod
     def from_url(cls, url: str, *, audit_key: AuditKey | None = None) -> Self:
@@ -170,6 +193,8 @@ class StoreBase:
         )
         if result.rowcount != 1:
             raise StaleUpdate(order_id)
+        if target is Status.QUEUED and self._queued_listeners:
+            s.info.setdefault(_AFTER_COMMIT, []).extend(self._queued_listeners)
         data = {"from": source.value, "to": target.value, "reason": reason, **(audit or {})}
         event = await self._append_audit(s, order_id, actor=actor, kind="transition", data=data)
         # The metrics' narrow copy of the change, in the same transaction (workers.store.transitions).
