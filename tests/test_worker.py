@@ -121,9 +121,16 @@ async def test_a_queueing_that_rolls_back_does_not_wake_the_worker(harness: Harn
     except RuntimeError:
         pass
     assert woken == []
-    await queue.enqueue(h.store, h.settings, created.id or "", actor="U1")
-    assert woken == ["queued"]
+
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    stop_broken = h.store.on_queued(broken)
+    # The queueing committed: a failing listener is logged, not raised as the enqueue's error.
+    queued = await queue.enqueue(h.store, h.settings, created.id or "", actor="U1")
+    assert queued.status is Status.QUEUED and woken == ["queued"]
     stop_listening()
+    stop_broken()
     await h.order()
     assert woken == ["queued"]
 

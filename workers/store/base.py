@@ -9,6 +9,7 @@ locks rows (FOR UPDATE, SKIP LOCKED) and takes advisory locks, while SQLite's BE
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -86,6 +87,8 @@ def row_to_order(row: WorkOrderRow) -> WorkOrder:
     )
 
 
+log = logging.getLogger(__name__)
+
 # Session.info key: what to call once the session's transaction has committed.
 _AFTER_COMMIT = "delegate_after_commit"
 
@@ -93,7 +96,10 @@ _AFTER_COMMIT = "delegate_after_commit"
 @event.listens_for(AsyncSession.sync_session_class, "after_commit")
 def _after_commit(session: Any) -> None:
     for callback in session.info.pop(_AFTER_COMMIT, ()):
-        callback()
+        try:
+            callback()
+        except Exception:  # the commit stands: a listener's failure must not look like its own
+            log.exception("after-commit listener failed")
 
 
 @event.listens_for(AsyncSession.sync_session_class, "after_soft_rollback")
