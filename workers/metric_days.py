@@ -104,12 +104,8 @@ class Summary:
             self.durations.setdefault(kind, []).extend(seconds)
         return self
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.spend or self.moves or self.people or self.durations)
 
-
-def seconds_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
+def _seconds_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
     """Seconds from `start` to `end`, in SQL (NULL when either is)."""
     if dialect == "postgresql":
         return sql_cast(func.extract("epoch", end - start), Float)  # not numeric: no Decimals
@@ -344,9 +340,9 @@ def _durations(start: datetime, end: datetime, team: str, dialect: str) -> Any:
     return (
         select(
             _orders.c.team,
-            case((approved, seconds_between(dialect, confirmed, moved)), else_=None),
-            case((decided, seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
-            case((started, seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
+            case((approved, _seconds_between(dialect, confirmed, moved)), else_=None),
+            case((decided, _seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
+            case((started, _seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
             _moves.c.quota_wait_s,
         )
         .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
