@@ -275,26 +275,36 @@ async def summarise_rows(
     return teams
 
 
+# Every call with its order (an intake call may have none), charged to the team that paid: its
+# order's, or for an intake call made before its order existed, its requester's team (the one
+# `llm_calls.team` names). Every move with its order.
+CALLS = _calls.outerjoin(_orders, _orders.c.id == _calls.c.order_id)
+PAID_BY = func.coalesce(_orders.c.team, _calls.c.team)
+MOVES = _moves.join(_orders, _orders.c.id == _moves.c.order_id)
+
+
+def calls_in_span(start: datetime, end: datetime, team: str) -> list[ColumnElement[bool]]:
+    """What picks `team`'s (or everyone's) calls in [start, end) from CALLS."""
+    where = [_calls.c.created_at >= start, _calls.c.created_at < end]
+    return where if team == ALL else [*where, PAID_BY == team]
+
+
+def moves_in_span(start: datetime, end: datetime, team: str) -> list[ColumnElement[bool]]:
+    """What picks `team`'s (or everyone's) moves in [start, end) from MOVES."""
+    where = [_moves.c.at >= start, _moves.c.at < end]
+    return where if team == ALL else [*where, _orders.c.team == team]
+
+
 def _spend(start: datetime, end: datetime, team: str) -> Any:
-    """Calls grouped by the team that paid and the route; an intake call made before its order
-    existed is charged to its requester's team (`llm_calls.team`)."""
-    paid_by = func.coalesce(_orders.c.team, _calls.c.team)
+    """Calls grouped by the team that paid and the route."""
     workload = func.coalesce(_orders.c.workload_class, "none")
-    keys = (paid_by, _calls.c.role, workload, _calls.c.model)
-    query = (
+    keys = (PAID_BY, _calls.c.role, workload, _calls.c.model)
+    return (
         select(*keys, func.count(), func.sum(_calls.c.cost_micro_usd))
-        .select_from(_calls.outerjoin(_orders, _orders.c.id == _calls.c.order_id))
-        .where(_calls.c.created_at >= start, _calls.c.created_at < end)
+        .select_from(CALLS)
+        .where(*calls_in_span(start, end, team))
         .group_by(*keys)
     )
-    return query if team == ALL else query.where(paid_by == team)
-
-
-def _in_span(start: datetime, end: datetime, team: str) -> list[ColumnElement[bool]]:
-    where = [_moves.c.at >= start, _moves.c.at < end]
-    if team != ALL:
-        where.append(_orders.c.team == team)
-    return where
 
 
 def _counted(start: datetime, end: datetime, team: str) -> Any:
@@ -311,8 +321,8 @@ def _counted(start: datetime, end: datetime, team: str) -> Any:
     first_pass = func.sum(case((_orders.c.rework_count == 0, 1), else_=0))
     return (
         select(*keys, func.count(), first_pass)
-        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
-        .where(counted, *_in_span(start, end, team))
+        .select_from(MOVES)
+        .where(counted, *moves_in_span(start, end, team))
         .group_by(*keys)
     )
 
@@ -345,10 +355,10 @@ def _durations(start: datetime, end: datetime, team: str, dialect: str) -> Any:
             case((started, _seconds_between(dialect, _moves.c.entered_at, moved)), else_=None),
             _moves.c.quota_wait_s,
         )
-        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .select_from(MOVES)
         .where(
             or_(approved, decided, started, _moves.c.quota_wait_s.is_not(None)),
-            *_in_span(start, end, team),
+            *moves_in_span(start, end, team),
         )
     )
 

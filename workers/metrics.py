@@ -63,7 +63,6 @@ ALL = metric_days.ALL
 TOP_N = 5
 
 _moves = SQLModel.metadata.tables["transitions"]
-_orders = SQLModel.metadata.tables["work_orders"]
 _calls = SQLModel.metadata.tables["llm_calls"]
 _intake = SQLModel.metadata.tables["intake_sessions"]
 
@@ -325,20 +324,17 @@ def _intake_filter(settings: Settings, team: str) -> ColumnElement[bool] | None:
     return _intake.c.requester.in_(members) if members else literal(False)
 
 
-_reading = metric_days.reading_figures
-
-
 async def team_metrics(
     engine: AsyncEngine, settings: Settings, team: str, period: Period
 ) -> TeamMetrics:
     """Every figure for `team` (a team name, or 'all') over `period`."""
-    async with _reading(engine) as conn:
+    async with metric_days.reading_figures(engine) as conn:
         return await _team_metrics(conn, settings, team, period)
 
 
 async def compare(engine: AsyncEngine, settings: Settings, team: str, period: Period) -> Comparison:
     """The period's figures and the previous period's, on one connection."""
-    async with _reading(engine) as conn:
+    async with metric_days.reading_figures(engine) as conn:
         current = await _team_metrics(conn, settings, team, period)
         previous = await _team_metrics(conn, settings, team, period.previous())
     return Comparison(current, previous)
@@ -378,7 +374,7 @@ async def weekly_series(engine: AsyncEngine, team: str, weeks: Sequence[Period])
     spend_rows = select(bucket(s.c.at), s.c.cost).subquery("p")
     finished = [0] * len(weeks)
     spend = [0] * len(weeks)
-    async with _reading(engine) as conn:
+    async with metric_days.reading_figures(engine) as conn:
         for index, count in (
             await conn.execute(
                 select(finished_rows.c.bucket, func.count()).group_by(finished_rows.c.bucket)
@@ -399,32 +395,30 @@ async def weekly_series(engine: AsyncEngine, team: str, weeks: Sequence[Period])
 async def series_metrics(
     engine: AsyncEngine, settings: Settings, team: str, weeks: Sequence[Period]
 ) -> list[TeamMetrics]:
-    async with _reading(engine) as conn:
+    async with metric_days.reading_figures(engine) as conn:
         return [await _team_metrics(conn, settings, team, week) for week in weeks]
 
 
 def _series_spend(team: str, period: Period) -> Any:
-    """Calls in the period with when they were made, charged as in metric_days."""
-    paid_by = func.coalesce(_orders.c.team, _calls.c.team)
-    query = (
+    """The period's calls with when they were made, charged as the other figures charge them."""
+    return (
         select(_calls.c.cost_micro_usd.label("cost"), _calls.c.created_at.label("at"))
-        .select_from(_calls.outerjoin(_orders, _orders.c.id == _calls.c.order_id))
-        .where(_calls.c.created_at >= period.start, _calls.c.created_at < period.end)
+        .select_from(metric_days.CALLS)
+        .where(*metric_days.calls_in_span(period.start, period.end, team))
+        .subquery("s")
     )
-    return (query if team == ALL else query.where(paid_by == team)).subquery("s")
 
 
 def _series_approvals(team: str, period: Period) -> Any:
-    query = (
+    return (
         select(_moves.c.at)
-        .select_from(_moves.join(_orders, _orders.c.id == _moves.c.order_id))
+        .select_from(metric_days.MOVES)
         .where(
             _moves.c.to_status == Status.APPROVED.value,
-            _moves.c.at >= period.start,
-            _moves.c.at < period.end,
+            *metric_days.moves_in_span(period.start, period.end, team),
         )
+        .subquery("f")
     )
-    return (query if team == ALL else query.where(_orders.c.team == team)).subquery("f")
 
 
 async def _team_metrics(
