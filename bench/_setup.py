@@ -125,6 +125,17 @@ async def fake_servers(slack: FakeSlack | None = None) -> AsyncIterator[Fakes]:
             await fake.close()
 
 
+def read_then_submit(body: dict[str, Any], *, usage: dict[str, int], delay: float) -> Reply:
+    """A run's next model answer: read the thread first, then submit the deliverable."""
+    last = body["messages"][-1]["content"]
+    answered = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
+    if not answered:
+        return Reply.tool("read_thread", {}, usage=usage, delay=delay)
+    return Reply.tool(
+        "submit_deliverable", {"content": "done", "summary": "done"}, usage=usage, delay=delay
+    )
+
+
 @dataclass
 class ScriptedModel:
     """A model that reads the thread, then submits its deliverable; each answer after `delay`
@@ -141,13 +152,7 @@ class ScriptedModel:
         delay = self.delay(body) if callable(self.delay) else self.delay
         self.held_s.append(delay)
         usage = self.usage(body) if self.usage is not None else {}
-        last = body["messages"][-1]["content"]
-        answered = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
-        if not answered:
-            return Reply.tool("read_thread", {}, usage=usage, delay=delay)
-        return Reply.tool(
-            "submit_deliverable", {"content": "done", "summary": "done"}, usage=usage, delay=delay
-        )
+        return read_then_submit(body, usage=usage, delay=delay)
 
     def script(self, fake: FakeAnthropic, calls: int) -> None:
         fake.script(*[self.reply] * calls)

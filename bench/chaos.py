@@ -50,7 +50,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from bench._setup import scratch_database
+from bench._setup import read_then_submit, scratch_database
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -216,13 +216,7 @@ class _Models:
         usage = {"input_tokens": 200 + n // 1000, "output_tokens": 10 + n % 1000}
         self.served[(usage["input_tokens"], usage["output_tokens"])] = str(body.get("model"))
         delay = self.rng.uniform(*self.latency_s)  # a model takes its time: kills land mid-call
-        last = body["messages"][-1]["content"]
-        answered = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
-        if not answered:
-            return Reply.tool("read_thread", {}, usage=usage, delay=delay)
-        return Reply.tool(
-            "submit_deliverable", {"content": "done", "summary": "done"}, usage=usage, delay=delay
-        )
+        return read_then_submit(body, usage=usage, delay=delay)
 
 
 def _post_key(message: dict[str, Any]) -> str | None:
