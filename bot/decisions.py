@@ -3,6 +3,7 @@ messages and their modals; authorised, atomic, and shown in place."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -29,10 +30,10 @@ from bot.ids import (
     parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
-from bot.reporter import SlackReporter
+from bot.reporter import POST_CLAIM_S, SlackReporter
 from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
-from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
+from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision, RetryLater
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
 from workers.progress import RunResult
@@ -48,6 +49,10 @@ from workers.store import Store
 from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
+
+# How long a status update held up by Slack or by another process's post keeps being retried:
+# past the claim of a poster that died, after which its message is found or posted again.
+STATUS_RETRY_FOR_S = 2 * POST_CLAIM_S
 
 
 class Decisions:
@@ -68,6 +73,7 @@ class Decisions:
         self.client = client
         self.reporter = reporter
         self.conversations = conversations
+        self._retrying: set[asyncio.Task[None]] = set()
 
     # Reviewer decisions
 
@@ -194,9 +200,7 @@ class Decisions:
             "reject": "Rejected",
             "changes": "Reworking with the reviewer's feedback",
         }[decision]
-        await self.reporter.status(
-            order, f"{step} (by {mention(user)})", await self.store.spend(order.id)
-        )
+        await self._show_status(order, f"{step} (by {mention(user)})")
         await self.conversations.show_card(order)
 
     # Exceptions
@@ -230,8 +234,42 @@ class Decisions:
             "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
             "cancel": f"Cancelled by {mention(user)}.",
         }
-        await self.reporter.status(updated, words[action], await self.store.spend(order_id))
+        await self._show_status(updated, words[action])
         return updated, words[action]
+
+    # The status message
+
+    async def _show_status(self, order: WorkOrder, step: str) -> None:
+        """Show `step` on the order's status message. The decision itself is made and answered:
+        if Slack or another process holds the message up, keep trying in the background."""
+        assert order.id
+        try:
+            await self.reporter.status(order, step, await self.store.spend(order.id))
+        except RetryLater as later:
+            task = asyncio.create_task(
+                self._status_later(order, step, later), name=f"status {order.id}"
+            )
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
+
+    async def _status_later(self, order: WorkOrder, step: str, later: RetryLater) -> None:
+        # Built from the order as decided: if it has moved on to a state that shows itself
+        # (review, an exception...), the reporter skips this update as stale.
+        assert order.id
+        give_up = asyncio.get_running_loop().time() + STATUS_RETRY_FOR_S
+        while asyncio.get_running_loop().time() < give_up:
+            await asyncio.sleep(later.after_s)
+            try:
+                await self.reporter.status(order, step, await self.store.spend(order.id))
+                return
+            except RetryLater as again:
+                later = again
+            except Exception:
+                log.exception("status update failed", extra={"order": order.id})
+                return
+        log.warning(
+            "gave up showing %r on the status message: %s", step, later, extra={"order": order.id}
+        )
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:

@@ -13,6 +13,7 @@ from the order's current row; bot.delivery calls it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -38,7 +39,7 @@ from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, rev
 from workers.delivery import replay
 from workers.errors import RetryLater
 from workers.keys import deliverable_of, review_key, status_key
-from workers.models import OutboxMessage
+from workers.models import OutboxMessage, SlackMessage
 from workers.permissions import reviewers_of
 from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
 from workers.review import decision_on
@@ -65,6 +66,14 @@ INLINE_DELIVERABLE_MAX = 6000
 POST_CLAIM_S = 60.0
 # Another process is posting the same key: look again after this long.
 BUSY_RETRY_S = 5.0
+# A status update finding the status message being posted waits this long for that post,
+# trying again this often, then leaves it to its caller's retry.
+STATUS_WAIT_S = 2.0
+STATUS_POLL_S = 0.1
+
+
+class PostBusy(RetryLater):
+    """Another process (or task) holds the claim to post this key and has not posted it yet."""
 
 
 class SlackReporter:
@@ -186,7 +195,7 @@ class SlackReporter:
         if state == "posted":
             return
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
+            raise PostBusy(BUSY_RETRY_S, f"another process is uploading {result.key}")
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
@@ -237,8 +246,10 @@ class SlackReporter:
                 }
             )
         key = status_key(order.id)
-        posted = await self.store.slack_message(key)
         try:
+            posted = await self.store.slack_message(key)
+            if posted is None or not posted.ts:
+                posted = await self._first_status(order, key, text, blocks)
             if posted is not None and posted.ts:
                 await self.client.chat_update(
                     channel=posted.channel, ts=posted.ts, text=text, blocks=blocks
@@ -247,11 +258,31 @@ class SlackReporter:
                 await self.store.save_slack_message(
                     key=key, purpose="status", channel=posted.channel, ts=posted.ts, order=order.id
                 )
-            else:
-                await self.post_once(order, key=key, purpose="status", text=text, blocks=blocks)
         except SlackApiError as exc:
             _raise_retry_later(exc)
         self._changed(order)
+
+    async def _first_status(
+        self, order: WorkOrder, key: str, text: str, blocks: list[Block]
+    ) -> SlackMessage | None:
+        """Post the order's status message: None once this text is posted; else the message,
+        posted meanwhile by someone else, for the caller to update with this newer text.
+
+        Another process (or task) may be posting it this very moment: its post takes one Slack
+        round trip, so wait for it a little rather than lose this update."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STATUS_WAIT_S
+        while True:
+            try:
+                _, fresh = await self._post(
+                    order, key=key, purpose="status", text=text, blocks=blocks
+                )
+            except PostBusy:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(STATUS_POLL_S)
+                continue
+            return None if fresh else await self.store.slack_message(key)
 
     def _changed(self, order: WorkOrder) -> None:
         """The order's state or spend changed: refresh the App Homes that show it."""
@@ -262,6 +293,13 @@ class SlackReporter:
         self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
     ) -> str:
         """Post into the order's thread unless this key was posted before; returns the ts."""
+        ts, _ = await self._post(order, key=key, purpose=purpose, text=text, blocks=blocks)
+        return ts
+
+    async def _post(
+        self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
+    ) -> tuple[str, bool]:
+        """`post_once`, and whether this call posted `text` (False: it was posted before)."""
         assert order.id and order.channel
         state, existing = await self.store.claim_slack_message(
             key=key,
@@ -272,9 +310,9 @@ class SlackReporter:
             claim_s=POST_CLAIM_S,
         )
         if state == "posted":
-            return existing.ts or ""
+            return existing.ts or "", False
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
+            raise PostBusy(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
             # Its claimer died: it may have posted before it did.
             found = await self._find_posted(order, key)
@@ -282,7 +320,7 @@ class SlackReporter:
                 await self.store.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
                 )
-                return found
+                return found, False
         try:
             response = await self.client.chat_postMessage(
                 channel=order.channel,
@@ -299,7 +337,7 @@ class SlackReporter:
         await self.store.save_slack_message(
             key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=order.id
         )
-        return ts
+        return ts, True
 
     async def _find_posted(self, order: WorkOrder, key: str) -> str | None:
         if not order.thread_ts or not order.channel:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
 from bot.cards import CANCEL_ACTION
 from bot.ids import (
@@ -35,6 +37,8 @@ from tests.support.settings import FAST_ENGINE
 from tests.support.slack import state_from_view
 from tests.support.waiting import eventually
 from workers.followup import FollowUps
+from workers.keys import status_key
+from workers.models import SlackMessage, utcnow
 from workers.review import decide
 from workers.store import Store
 from workers.workorder import Status
@@ -248,6 +252,60 @@ async def test_concurrent_approve_and_reject_make_one_decision(
     assert all(
         "already been decided" in c.args["text"] for c in fake_slack.calls_to("chat.postEphemeral")
     )
+
+
+async def hold_status_post(store: Store, order_id: str, *, for_s: float) -> str:
+    """Make the order's status message look as if another process were posting it right now
+    (its claim held for `for_s`, no ts yet); returns the ts it had."""
+    async with store.transaction() as s:
+        query = select(SlackMessage).where(SlackMessage.key == status_key(order_id))
+        row = (await s.exec(query)).one()
+        ts = row.ts or ""
+        row.ts, row.claimed_by = "", "another-process"
+        row.claimed_until = utcnow() + timedelta(seconds=for_s)
+        s.add(row)
+    return ts
+
+
+async def test_a_decision_reaches_the_status_while_another_process_posts_it(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.post(APPROVE_ACTION)
+    store = pipe.bot.store
+    ts = await hold_status_post(store, order_id, for_s=60)
+
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+    # The other process's post lands: the status then shows the decision, not its older text.
+    channel = (await store.get_order(order_id)).channel or ""
+    await store.save_slack_message(
+        key=status_key(order_id), purpose="status", channel=channel, ts=ts, order=order_id
+    )
+    shown = await pipe.update("Approved (by <@U7>)")
+    assert shown["ts"] == ts
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_decision_reaches_the_status_after_its_poster_died(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.post(APPROVE_ACTION)
+    # Its poster died after posting: the claim runs out, and the message is found in the thread.
+    ts = await hold_status_post(pipe.bot.store, order_id, for_s=1)
+
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    shown = await pipe.update("Approved (by <@U7>)")
+    assert shown["ts"] == ts
+    statuses = [
+        c
+        for c in pipe.slack.calls_to("chat.postMessage")
+        if c.args["text"].startswith(f"*{order_id}* ·")
+    ]
+    assert len(statuses) == 1, "the status message is not posted twice"
 
 
 async def test_long_deliverable_is_uploaded_as_a_file(pipe: Pipeline) -> None:
