@@ -316,6 +316,8 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
 async def _digest(settings: Settings, args: argparse.Namespace) -> int:
     from bot.digest_cli import run
 
+    if not await _has_delegate_database(settings):
+        return EXIT_FAILED
     return await run(settings, args)
 
 

@@ -71,8 +71,17 @@ async def test_start_up_waits_for_a_database_that_comes_up(tmp_path: Path) -> No
     assert waits == [0.5, 1.0] and (later / "delegate.db").exists()
 
 
-@pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "WO-1")])
-async def test_audit_where_there_is_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("audit", "verify"),
+        ("audit", "WO-1"),
+        ("show", "WO-1"),
+        ("digest", "--team", "all"),
+        ("digest", "--team", "all", "--format", "csv", "--weeks", "12"),
+    ],
+)
+async def test_reading_where_there_is_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
     code, out, err = await delegate(*command, env=cli_env(), cwd=tmp_path)
     assert code == 1
     assert "no Delegate database at sqlite+aiosqlite:///delegate.db" in err
