@@ -246,6 +246,12 @@ class Decisions:
         try:
             await self.reporter.status(order, step, await self.store.spend(order.id))
         except RetryLater as later:
+            log.info(
+                "status update held up (%s); retrying in %g s",
+                later,
+                later.after_s,
+                extra={"order": order.id},
+            )
             task = asyncio.create_task(
                 self._status_later(order, step, later), name=f"status {order.id}"
             )

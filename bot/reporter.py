@@ -39,7 +39,7 @@ from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, rev
 from workers.delivery import replay
 from workers.errors import RetryLater
 from workers.keys import deliverable_of, review_key, status_key
-from workers.models import OutboxMessage, SlackMessage
+from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
 from workers.review import decision_on
@@ -247,16 +247,16 @@ class SlackReporter:
             )
         key = status_key(order.id)
         try:
-            posted = await self.store.slack_message(key)
-            if posted is None or not posted.ts:
+            stored = await self.store.slack_message(key)
+            posted = (stored.channel, stored.ts) if stored is not None and stored.ts else None
+            if posted is None:
                 posted = await self._first_status(order, key, text, blocks)
-            if posted is not None and posted.ts:
-                await self.client.chat_update(
-                    channel=posted.channel, ts=posted.ts, text=text, blocks=blocks
-                )
+            if posted is not None:
+                channel, ts = posted
+                await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
                 # Touch the record: the sweep reads it as the order's last sign of life.
                 await self.store.save_slack_message(
-                    key=key, purpose="status", channel=posted.channel, ts=posted.ts, order=order.id
+                    key=key, purpose="status", channel=channel, ts=ts, order=order.id
                 )
         except SlackApiError as exc:
             _raise_retry_later(exc)
@@ -264,9 +264,9 @@ class SlackReporter:
 
     async def _first_status(
         self, order: WorkOrder, key: str, text: str, blocks: list[Block]
-    ) -> SlackMessage | None:
-        """Post the order's status message: None once this text is posted; else the message,
-        posted meanwhile by someone else, for the caller to update with this newer text.
+    ) -> tuple[str, str] | None:
+        """Post the order's status message: None once this text is posted; else the (channel,
+        ts) of the one posted meanwhile by someone else, to update with this newer text.
 
         Another process (or task) may be posting it this very moment: its post takes one Slack
         round trip, so wait for it a little rather than lose this update."""
@@ -274,7 +274,7 @@ class SlackReporter:
         deadline = loop.time() + STATUS_WAIT_S
         while True:
             try:
-                _, fresh = await self._post(
+                channel, ts, fresh = await self._post(
                     order, key=key, purpose="status", text=text, blocks=blocks
                 )
             except PostBusy:
@@ -282,7 +282,7 @@ class SlackReporter:
                     raise
                 await asyncio.sleep(STATUS_POLL_S)
                 continue
-            return None if fresh else await self.store.slack_message(key)
+            return None if fresh else (channel, ts)
 
     def _changed(self, order: WorkOrder) -> None:
         """The order's state or spend changed: refresh the App Homes that show it."""
@@ -293,13 +293,14 @@ class SlackReporter:
         self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
     ) -> str:
         """Post into the order's thread unless this key was posted before; returns the ts."""
-        ts, _ = await self._post(order, key=key, purpose=purpose, text=text, blocks=blocks)
+        _, ts, _ = await self._post(order, key=key, purpose=purpose, text=text, blocks=blocks)
         return ts
 
     async def _post(
         self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
-    ) -> tuple[str, bool]:
-        """`post_once`, and whether this call posted `text` (False: it was posted before)."""
+    ) -> tuple[str, str, bool]:
+        """`post_once`'s message as (channel, ts, whether this call posted `text`): False when
+        it was posted before, as the claim's own fresh read of the record says."""
         assert order.id and order.channel
         state, existing = await self.store.claim_slack_message(
             key=key,
@@ -310,7 +311,7 @@ class SlackReporter:
             claim_s=POST_CLAIM_S,
         )
         if state == "posted":
-            return existing.ts or "", False
+            return existing.channel, existing.ts or "", False
         if state == "busy":
             raise PostBusy(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
@@ -320,7 +321,7 @@ class SlackReporter:
                 await self.store.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
                 )
-                return found, False
+                return order.channel, found, False
         try:
             response = await self.client.chat_postMessage(
                 channel=order.channel,
@@ -337,7 +338,7 @@ class SlackReporter:
         await self.store.save_slack_message(
             key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=order.id
         )
-        return ts, True
+        return str(response["channel"]), ts, True
 
     async def _find_posted(self, order: WorkOrder, key: str) -> str | None:
         if not order.thread_ts or not order.channel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,17 @@ async def test_json_lines_follow_one_order_across_the_worker(
     ended = next(e for e in about if e["message"].startswith("run ended"))
     assert ended["worker"] == "w-json" and ended["attempt"] == failover["attempt"]
     assert not [e for e in entries if e["logger"].startswith("alembic")]  # quiet by default
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    """`logs.configure` replaces the root handlers with one on this test's captured stderr:
+    put pytest's back, or every later test's log line fails on a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_secrets_never_reach_a_log_line(capsys: pytest.CaptureFixture[str]) -> None:
