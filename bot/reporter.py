@@ -245,22 +245,45 @@ class SlackReporter:
                     "elements": [button("Cancel", CANCEL_ACTION, order.id, style="danger")],
                 }
             )
-        key = status_key(order.id)
         try:
-            stored = await self.store.slack_message(key)
-            posted = (stored.channel, stored.ts) if stored is not None and stored.ts else None
-            if posted is None:
-                posted = await self._first_status(order, key, text, blocks)
-            if posted is not None:
-                channel, ts = posted
-                await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-                # Touch the record: the sweep reads it as the order's last sign of life.
-                await self.store.save_slack_message(
-                    key=key, purpose="status", channel=channel, ts=ts, order=order.id
-                )
+            await self._put_status(order, status_key(order.id), text, blocks)
         except SlackApiError as exc:
             _raise_retry_later(exc)
+            # The status is shown again with the next update; the run must not wait for it.
+            log.warning(
+                "could not update the status message: %s",
+                exc.response.get("error"),
+                extra={"order": order.id},
+            )
         self._changed(order)
+
+    async def _put_status(self, order: WorkOrder, key: str, text: str, blocks: list[Block]) -> None:
+        """Edit the order's status message in place: post it first if there is none yet, and
+        again if it was deleted in Slack (workspace admins can delete the bot's messages)."""
+        stored = await self.store.slack_message(key)
+        posted = (stored.channel, stored.ts) if stored is not None and stored.ts else None
+        for _ in range(2):
+            if posted is None:
+                posted = await self._first_status(order, key, text, blocks)
+                if posted is None:
+                    return  # posted with this text
+            channel, ts = posted
+            try:
+                await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "message_not_found":
+                    raise
+                log.info(
+                    "the status message was deleted; posting it again", extra={"order": order.id}
+                )
+                await self.store.forget_slack_message(key, ts)
+                posted = None
+                continue
+            # Touch the record: the sweep reads it as the order's last sign of life.
+            await self.store.save_slack_message(
+                key=key, purpose="status", channel=channel, ts=ts, order=order.id
+            )
+            return
 
     async def _first_status(
         self, order: WorkOrder, key: str, text: str, blocks: list[Block]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 from sqlmodel import select
 
 from bot.cards import CANCEL_ACTION
@@ -306,6 +307,28 @@ async def test_a_decision_reaches_the_status_after_its_poster_died(pipe: Pipelin
         if c.args["text"].startswith(f"*{order_id}* ·")
     ]
     assert len(statuses) == 1, "the status message is not posted twice"
+
+
+async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline) -> None:
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.post(APPROVE_ACTION)
+    # A workspace admin deletes the bot's status message.
+    deleted = await pipe.bot.store.slack_message(status_key(order_id))
+    assert deleted is not None and deleted.ts
+    admin = AsyncWebClient(token=pipe.slack.token, base_url=pipe.slack.api_url)
+    await admin.chat_delete(channel=deleted.channel, ts=deleted.ts)
+
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    again = await pipe.post("Approved (by <@U7>)")
+    assert again["thread_ts"] == (await pipe.bot.store.get_order(order_id)).thread_ts
+
+    async def recorded() -> bool:  # later updates edit the new message
+        stored = await pipe.bot.store.slack_message(status_key(order_id))
+        return stored is not None and stored.ts not in ("", deleted.ts)
+
+    await eventually(recorded)
 
 
 async def test_long_deliverable_is_uploaded_as_a_file(pipe: Pipeline) -> None:

@@ -181,6 +181,14 @@ class SlackStore(StoreBase):
             row = (await s.exec(by_key.execution_options(populate_existing=True))).one()
         return state, row
 
+    async def forget_slack_message(self, key: str, ts: str) -> None:
+        """Drop the record of a posted message Slack no longer has (deleted there), so the key
+        can be posted again; a record already pointing at a newer post is kept."""
+        async with self.transaction() as s:
+            await s.exec(
+                delete(SlackMessage).where(col(SlackMessage.key) == key, col(SlackMessage.ts) == ts)
+            )
+
     async def release_slack_message(self, key: str, owner: str) -> None:
         """A post Slack refused: give the claim back (known not posted) for the next attempt."""
         async with self.transaction() as s:
