@@ -255,9 +255,24 @@ async def test_concurrent_approve_and_reject_make_one_decision(
     )
 
 
+async def posted_status(store: Store, order_id: str) -> SlackMessage:
+    """The order's status message once it is posted (status updates go out apart from the run,
+    so the first can still be on its way when the review prompt is out)."""
+
+    async def posted() -> SlackMessage | None:
+        message = await store.slack_message(status_key(order_id))
+        return message if message is not None and message.ts else None
+
+    await eventually(posted)
+    message = await posted()
+    assert message is not None
+    return message
+
+
 async def hold_status_post(store: Store, order_id: str, *, for_s: float) -> str:
     """Make the order's status message look as if another process were posting it right now
     (its claim held for `for_s`, no ts yet); returns the ts it had."""
+    await posted_status(store, order_id)
     async with store.transaction() as s:
         query = select(SlackMessage).where(SlackMessage.key == status_key(order_id))
         row = (await s.exec(query)).one()
@@ -315,10 +330,9 @@ async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline)
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     await pipe.post(APPROVE_ACTION)
     # A workspace admin deletes the bot's status message.
-    deleted = await pipe.bot.store.slack_message(status_key(order_id))
-    assert deleted is not None and deleted.ts
+    deleted = await posted_status(pipe.bot.store, order_id)
     admin = AsyncWebClient(token=pipe.slack.token, base_url=pipe.slack.api_url)
-    await admin.chat_delete(channel=deleted.channel, ts=deleted.ts)
+    await admin.chat_delete(channel=deleted.channel, ts=deleted.ts or "")
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
     again = await pipe.post("Approved (by <@U7>)")
