@@ -21,7 +21,7 @@ from tests.support.intake import chat, draft, questions
 from tests.support.slack import state_from_view
 from tests.support.waiting import bot_idle, eventually
 from workers.models import SlackEventSeen
-from workers.states import IntakeKind
+from workers.states import IntakeKind, IntakeState
 from workers.store import Store
 from workers.workorder import Status
 
@@ -334,6 +334,29 @@ async def test_double_click_starts_once(
         e.data.get("to") for e in await bot.store.audit_trail(order_id) if e.kind == "transition"
     ]
     assert kinds.count("queued") == 1
+
+
+async def test_an_order_is_never_queued_while_its_dialogue_still_reads_as_a_draft(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """A worker claims a queued order at once: a reply that comes before the dialogue is
+    marked confirmed would be taken as a change to the draft, not as an answer to the run."""
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    seen: list[str] = []
+
+    async def look() -> None:
+        session = await bot.store.intake_for_order(order_id)
+        seen.append(session.state if session else "none")
+
+    looking: list[asyncio.Task[None]] = []
+    bot.store.on_queued(lambda: looking.append(asyncio.ensure_future(look())))
+    click = bot.sender.block_action(
+        START_ACTION, order_id, user_id="U1", channel_id="C1", message_ts="1.1"
+    )
+    await bot.sender.action(click)
+    await eventually(lambda: bool(looking))
+    await asyncio.gather(*looking)
+    assert seen == [IntakeState.CONFIRMED]
 
 
 async def test_go_in_the_thread_starts_and_cancel_cancels(

@@ -190,9 +190,16 @@ class IntakeDialogue:
     async def start(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
         """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it
         was started already (a double click) or can no longer be started."""
-        order = await queue.enqueue(self.store, self.settings, order_id, actor=actor, reason=reason)
-        await self._set_state(order_id, IntakeState.CONFIRMED)
-        return order
+        # Confirmed in the commit that queues it: a worker may claim and run it at once, and a
+        # reply read against a dialogue still proposing a draft would go to the draft.
+        return await queue.enqueue(
+            self.store,
+            self.settings,
+            order_id,
+            actor=actor,
+            reason=reason,
+            intake=IntakeState.CONFIRMED,
+        )
 
     async def cancel(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
         """Cancel the order and close its conversation. Raises IllegalTransition if finished."""

@@ -15,7 +15,7 @@ from typing import Any
 from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.models import utcnow
-from workers.states import OPEN, TERMINAL
+from workers.states import OPEN, TERMINAL, IntakeState
 from workers.store import Admission, Claim, OrderRef, Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
@@ -43,15 +43,26 @@ def admission(settings: Settings, now: datetime | None = None) -> Admission:
 
 
 async def enqueue(
-    store: Store, settings: Settings, ref: OrderRef, *, actor: str, reason: str = "started"
+    store: Store,
+    settings: Settings,
+    ref: OrderRef,
+    *,
+    actor: str,
+    reason: str = "started",
+    intake: IntakeState | None = None,
 ) -> WorkOrder:
-    """Queue an order (from awaiting confirmation, exception, or changes requested).
+    """Queue an order (from awaiting confirmation, exception, or changes requested), and with
+    `intake` move its intake dialogue to that state in the same commit.
 
     A run that was interrupted resumes from its last checkpoint.
     """
     order = await store.get_order(ref)
     return await store.enqueue(
-        ref, priority=priority_of(settings, order.workload_class), actor=actor, reason=reason
+        ref,
+        priority=priority_of(settings, order.workload_class),
+        actor=actor,
+        reason=reason,
+        intake=intake,
     )
 
 

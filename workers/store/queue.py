@@ -14,9 +14,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.errors import LeaseLost
-from workers.models import RunAttempt, TeamSpend, WorkOrderRow, utcnow
+from workers.models import IntakeSession, RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
-from workers.states import check_transition
+from workers.states import IntakeState, check_transition
 from workers.store.base import OrderRef, as_utc, order_number, row_to_order
 from workers.store.leases import database_now, fenced_row
 from workers.store.orders import decision_audit
@@ -56,11 +56,21 @@ class QueueStore(SpendStore):
         actor: str,
         reason: str,
         now: datetime | None = None,
+        intake: IntakeState | None = None,
     ) -> WorkOrder:
-        """Put an order in the queue (Start, Retry, Extend, rework), clearing run bookkeeping."""
+        """Put an order in the queue (Start, Retry, Extend, rework), clearing run bookkeeping;
+        with `intake`, move its intake dialogue to that state in the same commit (a worker may
+        claim the order the moment it commits)."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
             await self._requeue(s, row, priority=priority, actor=actor, reason=reason, now=now)
+            if intake is not None:
+                await s.exec(
+                    update(IntakeSession)
+                    .where(col(IntakeSession.order_id) == row.id)
+                    .values(state=intake.value, updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
             return row_to_order(row)
 
     async def _requeue(
