@@ -3,7 +3,6 @@ messages and their modals; authorised, atomic, and shown in place."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -30,13 +29,13 @@ from bot.ids import (
     parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
-from bot.reporter import POST_CLAIM_S, SlackReporter
+from bot.reporter import SlackReporter
 from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
-from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision, RetryLater
+from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
-from workers.progress import RunResult
+from workers.progress import Outbox, RunResult
 from workers.review import (
     Decision,
     ExceptionAction,
@@ -49,10 +48,6 @@ from workers.store import Store
 from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
-
-# How long a status update held up by Slack or by another process's post keeps being retried:
-# past the claim of a poster that died, after which its message is found or posted again.
-STATUS_RETRY_FOR_S = 2 * POST_CLAIM_S
 
 
 class Decisions:
@@ -73,7 +68,9 @@ class Decisions:
         self.client = client
         self.reporter = reporter
         self.conversations = conversations
-        self._retrying: set[asyncio.Task[None]] = set()
+        # The decision is made and answered before its status shows: held up by Slack or by
+        # another process's post, the update is retried (the newest per order) until it lands.
+        self._statuses = Outbox(reporter, min_interval_s=0.0)
 
     # Reviewer decisions
 
@@ -240,42 +237,9 @@ class Decisions:
     # The status message
 
     async def _show_status(self, order: WorkOrder, step: str) -> None:
-        """Show `step` on the order's status message. The decision itself is made and answered:
-        if Slack or another process holds the message up, keep trying in the background."""
         assert order.id
-        try:
-            await self.reporter.status(order, step, await self.store.spend(order.id))
-        except RetryLater as later:
-            log.info(
-                "status update held up (%s); retrying in %g s",
-                later,
-                later.after_s,
-                extra={"order": order.id},
-            )
-            task = asyncio.create_task(
-                self._status_later(order, step, later), name=f"status {order.id}"
-            )
-            self._retrying.add(task)
-            task.add_done_callback(self._retrying.discard)
-
-    async def _status_later(self, order: WorkOrder, step: str, later: RetryLater) -> None:
-        # Built from the order as decided: if it has moved on to a state that shows itself
-        # (review, an exception...), the reporter skips this update as stale.
-        assert order.id
-        give_up = asyncio.get_running_loop().time() + STATUS_RETRY_FOR_S
-        while asyncio.get_running_loop().time() < give_up:
-            await asyncio.sleep(later.after_s)
-            try:
-                await self.reporter.status(order, step, await self.store.spend(order.id))
-                return
-            except RetryLater as again:
-                later = again
-            except Exception:
-                log.exception("status update failed", extra={"order": order.id})
-                return
-        log.warning(
-            "gave up showing %r on the status message: %s", step, later, extra={"order": order.id}
-        )
+        self._statuses.start()
+        await self._statuses.status(order, step, await self.store.spend(order.id))
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:

@@ -13,7 +13,6 @@ from the order's current row; bot.delivery calls it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -66,14 +65,6 @@ INLINE_DELIVERABLE_MAX = 6000
 POST_CLAIM_S = 60.0
 # Another process is posting the same key: look again after this long.
 BUSY_RETRY_S = 5.0
-# A status update finding the status message being posted waits this long for that post,
-# trying again this often, then leaves it to its caller's retry.
-STATUS_WAIT_S = 2.0
-STATUS_POLL_S = 0.1
-
-
-class PostBusy(RetryLater):
-    """Another process (or task) holds the claim to post this key and has not posted it yet."""
 
 
 class SlackReporter:
@@ -195,7 +186,7 @@ class SlackReporter:
         if state == "posted":
             return
         if state == "busy":
-            raise PostBusy(BUSY_RETRY_S, f"another process is uploading {result.key}")
+            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
@@ -264,9 +255,12 @@ class SlackReporter:
         posted = (stored.channel, stored.ts) if stored is not None and stored.ts else None
         for _ in range(2):
             if posted is None:
-                posted = await self._first_status(order, key, text, blocks)
-                if posted is None:
+                channel, ts, fresh = await self._post(
+                    order, key=key, purpose="status", text=text, blocks=blocks
+                )
+                if fresh:
                     return  # posted with this text
+                posted = (channel, ts)  # posted meanwhile by someone else: edit it
             channel, ts = posted
             try:
                 await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
@@ -284,28 +278,6 @@ class SlackReporter:
                 key=key, purpose="status", channel=channel, ts=ts, order=order.id
             )
             return
-
-    async def _first_status(
-        self, order: WorkOrder, key: str, text: str, blocks: list[Block]
-    ) -> tuple[str, str] | None:
-        """Post the order's status message: None once this text is posted; else the (channel,
-        ts) of the one posted meanwhile by someone else, to update with this newer text.
-
-        Another process (or task) may be posting it this very moment: its post takes one Slack
-        round trip, so wait for it a little rather than lose this update."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STATUS_WAIT_S
-        while True:
-            try:
-                channel, ts, fresh = await self._post(
-                    order, key=key, purpose="status", text=text, blocks=blocks
-                )
-            except PostBusy:
-                if loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(STATUS_POLL_S)
-                continue
-            return None if fresh else (channel, ts)
 
     def _changed(self, order: WorkOrder) -> None:
         """The order's state or spend changed: refresh the App Homes that show it."""
@@ -336,7 +308,7 @@ class SlackReporter:
         if state == "posted":
             return existing.channel, existing.ts or "", False
         if state == "busy":
-            raise PostBusy(BUSY_RETRY_S, f"another process is posting {key}")
+            raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
             # Its claimer died: it may have posted before it did.
             found = await self._find_posted(order, key)

@@ -381,6 +381,13 @@ class Outbox:
         try:
             await item.send()
         except RetryLater as exc:
+            log.info(
+                "%s held up (%s); retrying in %g s",
+                item.what,
+                exc,
+                exc.after_s,
+                extra={"order": item.order_id},
+            )
             await self._retry(item, entry, exc.after_s)
         except Exception:
             log.exception("progress delivery failed", extra={"order": item.order_id})
