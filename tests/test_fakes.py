@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 import pytest_asyncio
@@ -436,8 +435,8 @@ async def test_anthropic_stream_cut_off_midway(fake_anthropic: FakeAnthropic) ->
         ClaudeReply(text="a long answer " * 20, cut_after=4), ClaudeReply(text="x", cut_after=0)
     )
     async with claude(fake_anthropic) as client:
-        # The SDK lets the transport error of an interrupted stream escape unwrapped.
-        with pytest.raises(httpx2.RemoteProtocolError):
+        # anthropic 2.x wraps the transport error of an interrupted stream, as it does for calls.
+        with pytest.raises(anthropic.APIConnectionError):
             async with client.messages.stream(
                 model=MODEL, max_tokens=64, messages=USER_TURN
             ) as stream:

@@ -3,12 +3,18 @@
 `database` is parametrized over both backends, so a test that takes it (or `store`) runs twice.
 Without a PostgreSQL server the postgres half is skipped on a developer machine and fails in CI
 (`CI=true`).
+
+Each test process migrates one template per backend, once, and every test gets a copy of it (a
+file copy, or `CREATE DATABASE ... TEMPLATE`): running every migration for each of several
+hundred tests was a large share of the suite's time. Migrations themselves are tested in
+test_migration_race and by the template being made with `upgrade` like any database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,31 +74,72 @@ class Database:
         return {"DATABASE_URL": self.url}
 
 
+def _pg_url(name: str) -> str:
+    return str(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+
+
+class _Templates:
+    """This test process's migrated templates, made on first use and dropped at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.sqlite_file = directory / "template.db"
+        self.sqlite_ready = False
+        self.pg_name = f"delegate_tmpl_{uuid.uuid4().hex[:12]}"
+        self.pg_ready = False
+
+    async def sqlite_copy(self, target: Path) -> None:
+        if not self.sqlite_ready:
+            engine = create_engine(f"sqlite+aiosqlite:///{self.sqlite_file}")
+            await upgrade(engine)
+            await engine.dispose()  # the last connection's close folds the WAL into the file
+            self.sqlite_ready = True
+        shutil.copyfile(self.sqlite_file, target)
+
+    async def pg_copy(self, admin: AsyncEngine, name: str) -> None:
+        if not self.pg_ready:
+            async with admin.connect() as conn:
+                await conn.exec_driver_sql(f'CREATE DATABASE "{self.pg_name}"')
+            engine = create_engine(_pg_url(self.pg_name))
+            await upgrade(engine)
+            await engine.dispose()  # a template must have no connections while it is copied
+            self.pg_ready = True
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_name}"')
+
+    async def drop(self) -> None:
+        if self.pg_ready:
+            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            async with admin.connect() as conn:
+                await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
+    templates = _Templates(tmp_path_factory.mktemp("templates"))
+    yield templates
+    asyncio.run(templates.drop())
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path, _templates: _Templates
+) -> AsyncIterator[Database]:
     """A freshly migrated database on each backend."""
     if request.param == "sqlite":
-        db = Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}")
-    else:
-        await require_postgres()
-        name = f"delegate_t_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        db = Database(
-            "postgres",
-            str(make_url(PG_URL).set(database=name).render_as_string(hide_password=False)),
-        )
-    engine = db.engine()
-    await upgrade(engine)
-    await engine.dispose()
+        await _templates.sqlite_copy(tmp_path / "delegate.db")
+        yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}")
+        return
+    await require_postgres()
+    name = f"delegate_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
-        yield db
+        await _templates.pg_copy(admin, name)
+        yield Database("postgres", _pg_url(name))
     finally:
-        if db.backend == "postgres":
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-            await admin.dispose()
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.dispose()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from workers.providers.base import (
     StopReason,
     ToolUse,
     Usage,
+    retry_after_s,
 )
 
 _STOP_REASONS: dict[str, StopReason] = {
@@ -46,19 +47,6 @@ class _Halt(Exception):
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(failure.explanation)
         self.failure = failure
-
-
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (seconds form), as the SDKs read them."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return float(value) * scale
-        except (TypeError, ValueError):
-            continue
-    return None
 
 
 class RetryPolicy(Middleware):

@@ -119,3 +119,16 @@ class ProviderClient(Protocol):
     ) -> ModelReply:
         """One call, with the SDK's retries; raises ProviderFailure when it gives up."""
         ...
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds form), as the SDKs read them."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) * scale
+        except (TypeError, ValueError):
+            continue
+    return None

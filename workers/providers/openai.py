@@ -15,7 +15,6 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from workers.providers.anthropic import retry_after_s
 from workers.providers.base import (
     ModelReply,
     ModelRequest,
@@ -23,6 +22,7 @@ from workers.providers.base import (
     StopReason,
     ToolUse,
     Usage,
+    retry_after_s,
 )
 
 _FINISH_REASONS: dict[str, StopReason] = {

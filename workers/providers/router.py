@@ -8,9 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from anthropic import AsyncAnthropic
-from openai import AsyncOpenAI
-
 from workers import logs, telemetry
 from workers.budget import (
     BudgetGuard,
@@ -23,7 +20,6 @@ from workers.budget import (
 from workers.config import Role, Settings
 from workers.errors import ProviderRejected, ProviderUnavailable, RetryLater
 from workers.models import LlmCall, utcnow
-from workers.providers.anthropic import AnthropicProvider
 from workers.providers.base import (
     ModelReply,
     ModelRequest,
@@ -31,10 +27,12 @@ from workers.providers.base import (
     ProviderFailure,
     Usage,
 )
-from workers.providers.openai import OpenAIProvider, make_openai_client
 from workers.workorder import WorkloadClass, parse_order_id
 
 if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+    from openai import AsyncOpenAI
+
     from workers.store import Store  # the store imports workers.providers.base at type-check time
 
 log = logging.getLogger(__name__)
@@ -65,11 +63,15 @@ class ModelRouter:
         # An SDK retry is a second billable request under one reservation; retries happen here
         # instead, each one reserved and charged.
         if anthropic is not None:
+            from workers.providers.anthropic import AnthropicProvider
+
             self.providers["anthropic"] = AnthropicProvider(
                 anthropic.with_options(max_retries=0),
                 inline_retry_after_s=settings.engine.inline_retry_after_s,
             )
         if openai is not None:
+            from workers.providers.openai import OpenAIProvider
+
             self.providers["openai"] = OpenAIProvider(openai.with_options(max_retries=0))
 
     @classmethod
@@ -77,15 +79,21 @@ class ModelRouter:
         """SDK clients from the configured keys and base URLs.
 
         An OpenAI base URL without a key is allowed: that is a local OpenAI-compatible server.
+        The SDKs are imported here, not at module level: together they take seconds of CPU to
+        import, which commands that never call a model (audit, show, digest, db) should not pay.
         """
         anthropic = None
         if settings.anthropic_api_key is not None:
+            from anthropic import AsyncAnthropic
+
             anthropic = AsyncAnthropic(
                 api_key=settings.anthropic_api_key.get_secret_value(),
                 base_url=settings.anthropic_base_url,
             )
         openai = None
         if settings.openai_api_key is not None or settings.openai_base_url:
+            from workers.providers.openai import make_openai_client
+
             key = settings.openai_api_key
             openai = make_openai_client(
                 api_key=key.get_secret_value() if key is not None else None,
