@@ -1,8 +1,10 @@
-FROM python:3.12-slim
+# The Python line here, in .python-version and in the locks in requirements/ is one and the same.
+FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PORT=3000 \
     DATABASE_URL=sqlite+aiosqlite:////data/delegate.db
 
@@ -10,10 +12,13 @@ RUN useradd --create-home --uid 10001 delegate \
     && mkdir /data && chown delegate:delegate /data
 
 WORKDIR /app
+# Dependencies first, from the lock, so a code change does not reinstall them.
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY workers ./workers
-RUN pip install .
+RUN pip install --no-deps .
 
 USER delegate
 VOLUME ["/data"]
