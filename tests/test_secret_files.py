@@ -133,7 +133,7 @@ async def test_the_cli_uses_a_database_url_from_a_file(tmp_path: Path) -> None:
     database = tmp_path / "filed.db"
     url_file = tmp_path / "database_url"
     url_file.write_text(f"sqlite+aiosqlite:///{database}\n")
-    code, out, err = await delegate(
+    code, _, err = await delegate(
         "db", "upgrade", env=cli_env(DATABASE_URL_FILE=str(url_file)), cwd=tmp_path
     )
     assert code == 0, err
