@@ -135,3 +135,28 @@ async def test_the_console_shows_local_times_and_how_to_follow_the_order(
     assert "State:        queued" in text and "$0.00 of $2.00" in text
     assert "Deadline:     Fri 2031-01-10 09:30 (Europe/Berlin)" in text
     assert "Deliverable:  (nothing submitted yet)" in text
+
+
+async def test_a_follow_up_at_the_confirmation_refines_the_draft(
+    fake_anthropic: FakeAnthropic, settings_factory: Callable[..., Any]
+) -> None:
+    """Anything but yes or no refines the draft, as a reply in a Slack thread does."""
+    settings = settings_factory()
+    fake_anthropic.script(draft(), draft(workload_class="deep", max_usd=5))
+    code, out, err = await _console(
+        settings, "pricing table\nmake the budget $5 instead\nyes\n", "--user", "U1"
+    )
+    assert code == 0, err
+    first, refined = out.split("Here is the work order I drafted:")[1:]
+    assert "$2.00 · 15 min" in first and "$5.00 · 60 min" in refined
+    # The model refines what it drafted: it is shown the draft and the follow-up.
+    conversation = str(fake_anthropic.requests[1]["messages"])
+    assert "Competitor pricing one-pager" in conversation
+    assert "make the budget $5 instead" in conversation
+
+    store = Store.from_url(settings.database_url)
+    try:
+        order = await store.get_order(out.strip().splitlines()[-1].removeprefix("Confirmed "))
+        assert order.budget.max_usd == 5 and order.workload_class is WorkloadClass.DEEP
+    finally:
+        await store.close()
