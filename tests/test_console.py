@@ -26,7 +26,11 @@ DELEGATE = Path(sys.executable).with_name("delegate")
 
 
 def _env(settings: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DELEGATE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLACK_", "DELEGATE_")) and not k.endswith("_FILE")
+    }
     env.update(
         DATABASE_URL=settings.database_url,
         ANTHROPIC_API_KEY=settings.anthropic_api_key.get_secret_value(),
