@@ -19,6 +19,9 @@ from pydantic_settings import PydanticBaseSettingsSource
 
 from workers.errors import ConfigError
 
+# A secret is a line; more means the variable points at the wrong file (a log, /dev/zero).
+MAX_SECRET_BYTES = 64 * 1024
+
 # Settings field -> the environment variable that holds it; `<variable>_FILE` names a file.
 SECRET_VARIABLES: dict[str, str] = {
     "slack_bot_token": "SLACK_BOT_TOKEN",
@@ -56,13 +59,21 @@ def read_secret_file(variable: str, path: str) -> str:
     """The secret in `path` less one trailing newline; a ConfigError naming `variable` if the
     file cannot be read as text."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{variable} = {path!r}: the file is not UTF-8 text") from None
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             f"{variable} = {path!r}: cannot read the file ({exc.strerror or type(exc).__name__})"
         ) from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(
+            f"{variable} = {path!r}: the file is larger than {MAX_SECRET_BYTES // 1024} KiB; "
+            "point it at a file holding only the secret"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable} = {path!r}: the file is not UTF-8 text") from None
     return text.removesuffix("\n").removesuffix("\r")
 
 
