@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
 
     from bot.digest_cli import add_parser as add_digest_parser
+    from bot.review_cli import add_parser as add_review_parser
 
     add_digest_parser(sub)
+    add_review_parser(sub)
 
     show = sub.add_parser(
         "show", help="print an order's state, spend, deliverable and the verifier's verdicts"
@@ -115,6 +117,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "console": _console,
         "show": _show,
         "digest": _digest,
+        "review": _review,
     }
     try:
         return asyncio.run(handlers[args.command](settings, args))
@@ -315,6 +318,14 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _digest(settings: Settings, args: argparse.Namespace) -> int:
     from bot.digest_cli import run
+
+    if not await _has_delegate_database(settings):
+        return EXIT_FAILED
+    return await run(settings, args)
+
+
+async def _review(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.review_cli import run
 
     if not await _has_delegate_database(settings):
         return EXIT_FAILED

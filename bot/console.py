@@ -94,23 +94,30 @@ class Console:
                 text = questions_text(outcome.questions)
                 request = await self.ask(f"A few questions before I draft this:\n{text}")
                 continue
-            return await self._confirm(session, outcome)
+            answer = await self._present(session, outcome)
+            if answer is None or answer.lower() in NO:
+                await self.dialogue.close(session, kind=IntakeKind.DELEGATION)
+                break
+            if answer.lower() in YES:
+                return await self._confirm(session, outcome)
+            request = answer  # anything else refines the draft, as a reply in a thread does
         self.say("No work order was confirmed.")
         return None
 
-    async def _confirm(self, session: IntakeSession, draft: Draft) -> str | None:
+    async def _present(self, session: IntakeSession, draft: Draft) -> str | None:
+        """Show the draft and ask for a decision: yes, no, or what to change (None: end of
+        input)."""
+        await self.dialogue.present(session, draft)
         self.say(
             "Here is the work order I drafted:\n"
             + describe(draft.order, draft.open_points, tz=self.tz)
         )
-        while True:
-            answer = await self.ask("Start it? [yes/no]")
-            if answer is None or answer.lower() in NO:
-                await self.dialogue.close(session, kind=IntakeKind.DELEGATION)
-                self.say("No work order was confirmed.")
-                return None
-            if answer.lower() in YES:
-                break
+        answer = await self.ask("Start it? [yes/no, or say what to change]")
+        while answer == "":
+            answer = await self.ask("Start it? [yes/no, or say what to change]")
+        return answer
+
+    async def _confirm(self, session: IntakeSession, draft: Draft) -> str:
         order = await self.dialogue.propose(session, draft, actor=self.user)
         assert order is not None and order.id
         await self.dialogue.start(order.id, actor=self.user, reason="confirmed in console")

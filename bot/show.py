@@ -6,8 +6,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from workers.models import Deliverable, WorkOrderRow
+from workers.permissions import reviewers_of
 from workers.progress import Spend
-from workers.workorder import WorkOrder
+from workers.workorder import Status, WorkOrder
 
 
 def local_time(at: datetime | None, tz: str) -> str:
@@ -45,4 +46,12 @@ def render_order(
             mark = "✓" if verdict.get("passed") else "✗"
             reason = f" — {verdict['reason']}" if verdict.get("reason") else ""
             lines.append(f"  {mark} {verdict.get('criterion', '')}{reason}")
+    if order.status is Status.AWAITING_REVIEW and order.channel is None:
+        # Ordered in the console: say how to finish without Slack.
+        who = "|".join(reviewers_of(order))
+        lines += [
+            "",
+            f"Decide with:  delegate review {order.id} approve|reject|changes [FEEDBACK] "
+            f"--user {who}",
+        ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, list[str]] = {
     "domain": [
         "workorder", "errors", "states", "keys", "audit", "untrusted", "logs", "models",
-        "config", "db", "permissions", "budget", "progress", "providers.base",
+        "config", "secret_files", "db", "permissions", "budget", "progress", "providers.base",
     ],
     "storage": ["migrate", "store", "sweeps"],
     "engine": [

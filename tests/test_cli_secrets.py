@@ -41,8 +41,14 @@ async def test_doctor_warns_when_the_audit_trail_is_not_keyed(tmp_path: Path) ->
     assert "[ok]   audit key: the audit trail is keyed" in out
     assert key not in out
     key_file = tmp_path / "audit.key"
-    key_file.write_text("short\n")
-    code, out, _ = await delegate(
+    key_file.write_text(key + "\n")
+    _, out, _ = await delegate(
         "doctor", env=env | {"DELEGATE_AUDIT_KEY_FILE": str(key_file)}, cwd=tmp_path
     )
-    assert code == 1 and "[FAIL] audit key" in out and "at least 16" in out
+    assert "[ok]   audit key: the audit trail is keyed" in out
+    # A short key from a file is refused at start, as a short DELEGATE_AUDIT_KEY is.
+    key_file.write_text("short\n")
+    code, _, err = await delegate(
+        "doctor", env=env | {"DELEGATE_AUDIT_KEY_FILE": str(key_file)}, cwd=tmp_path
+    )
+    assert code == 2 and "at least 16" in err and "DELEGATE_AUDIT_KEY_FILE" in err

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.support.fuzz import FAST, junk, odd_text
 from workers.config import load_settings
 from workers.errors import ConfigError
+from workers.secret_files import SECRET_VARIABLES
 
 DEFAULTS: dict[str, Any] = yaml.safe_load(
     resources.files("workers").joinpath("defaults.yaml").read_text()
@@ -30,11 +31,11 @@ ENV = (
     "PORT",
     "DELEGATE_CONFIG",
     "DELEGATE_AUDIT_KEY",
-    "DELEGATE_AUDIT_KEY_FILE",
     "DELEGATE_LOG_LEVEL",
     "DELEGATE_LOG_FORMAT",
     "ANTHROPIC_API_KEY",
     "OPENAI_API_KEY",
+    *(f"{name}_FILE" for name in SECRET_VARIABLES.values()),
 )
 
 

@@ -84,6 +84,21 @@ async def test_draft_gets_defaults_from_configuration() -> None:
     assert outcome.open_points == []
 
 
+async def test_a_budget_the_requester_names_is_kept_within_the_class() -> None:
+    engine, _ = _engine(_draft(workload_class="standard", max_usd=1.5))
+    outcome = await engine.step(TURNS, CTX, rounds_so_far=0)
+    assert isinstance(outcome, Draft) and outcome.open_points == []
+    envelope = load_settings().budgets[outcome.order.workload_class]
+    assert outcome.order.budget == envelope.model_copy(update={"max_usd": 1.5})
+
+    for asked in (5000, -3, "a lot", True):
+        engine, _ = _engine(_draft(workload_class="standard", max_usd=asked))
+        outcome = await engine.step(TURNS, CTX, rounds_so_far=0)
+        assert isinstance(outcome, Draft) and outcome.order.budget == envelope
+        [point] = outcome.open_points
+        assert ("above the standard class" if asked == 5000 else "Could not read") in point
+
+
 async def test_policy_beyond_the_channel_is_not_granted() -> None:
     engine, _ = _engine(_draft(authority_policy="root-access"))
     outcome = await engine.step(TURNS, CTX, rounds_so_far=0)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from workers.audit import AuditKey
 from workers.db import redact_url
 from workers.errors import ConfigError
+from workers.secret_files import SecretFilesSource, origin_note
 from workers.workorder import MAX_BUDGET_USD, Budget, WorkloadClass
 
 Provider = Literal["anthropic", "openai"]
@@ -309,9 +310,6 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DELEGATE_AUDIT_KEY", "audit_key")
     )
-    audit_key_file: Path | None = Field(
-        default=None, validation_alias=AliasChoices("DELEGATE_AUDIT_KEY_FILE", "audit_key_file")
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=AliasChoices("DELEGATE_LOG_LEVEL", "log_level")
     )
@@ -347,7 +345,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        # Files before the environment, so that an empty `X` left beside `X_FILE` does not win.
+        return (
+            init_settings,
+            SecretFilesSource(settings_cls),
+            env_settings,
+            _YamlSource(settings_cls),
+        )
 
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
@@ -522,25 +526,11 @@ class Settings(BaseSettings):
         return [v.get_secret_value() for v in values if v is not None]
 
     def audit_signing_key(self) -> AuditKey:
-        """The key the audit trail is chained with: DELEGATE_AUDIT_KEY, else the key file,
-        else none (the trail still links and counts its events, unkeyed)."""
-        if self.audit_key is not None:
-            return AuditKey(self.audit_key.get_secret_value().encode())
-        if self.audit_key_file is None:
+        """The key the audit trail is chained with (DELEGATE_AUDIT_KEY or DELEGATE_AUDIT_KEY_FILE),
+        else none: the trail still links and counts its events, unkeyed."""
+        if self.audit_key is None:
             return AuditKey.unkeyed()
-        try:
-            secret = self.audit_key_file.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"DELEGATE_AUDIT_KEY_FILE = {str(self.audit_key_file)!r}: cannot be read "
-                f"({exc.strerror or exc}); point it at a file holding the audit key"
-            ) from None
-        if len(secret) < MIN_AUDIT_KEY_BYTES:
-            raise ConfigError(
-                f"DELEGATE_AUDIT_KEY_FILE = {str(self.audit_key_file)!r}: holds "
-                f"{len(secret)} bytes; an audit key needs at least {MIN_AUDIT_KEY_BYTES}"
-            )
-        return AuditKey(secret)
+        return AuditKey(self.audit_key.get_secret_value().encode())
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -548,7 +538,9 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        fields = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        note = origin_note(fields, os.environ)
+        raise ConfigError(describe_validation_error(exc) + note) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -579,7 +571,7 @@ _ENV_NAMES = {
         "database_url", "anthropic_api_key", "anthropic_base_url", "openai_api_key",
         "openai_base_url",
     )
-} | {"audit_key": "DELEGATE_AUDIT_KEY", "audit_key_file": "DELEGATE_AUDIT_KEY_FILE",
+} | {"audit_key": "DELEGATE_AUDIT_KEY",
      "log_level": "DELEGATE_LOG_LEVEL", "log_format": "DELEGATE_LOG_FORMAT"}  # fmt: skip
 
 

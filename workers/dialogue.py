@@ -57,6 +57,17 @@ def questions_text(questions: list[str]) -> str:
     return "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
 
 
+def draft_summary(order: WorkOrder) -> str:
+    """What a draft says, for the transcript: a follow-up ("make the budget $5 instead") is
+    read against it."""
+    criteria = "; ".join(order.acceptance_criteria)
+    return (
+        f"{order.title}. Deliverable: {order.deliverable} Criteria: {criteria}. "
+        f"Workload class: {order.workload_class.value}; budget: {order.budget.describe()}; "
+        f"policy: {order.authority_policy}."
+    )
+
+
 def session_order_id(session: IntakeSession) -> str | None:
     """The id of the order this conversation proposed, if any."""
     return format_order_id(session.order_id) if session.order_id is not None else None
@@ -183,9 +194,15 @@ class IntakeDialogue:
         session.kind, session.state = IntakeKind.DELEGATION, IntakeState.PROPOSED
         session.order_id = parse_order_id(order.id)
         session.draft = {"open_points": draft.open_points, "context": session_context(session)}
-        self._record(session, "delegate", f"Drafted {order.id}: {order.title}")
+        self._record(session, "delegate", f"Drafted {order.id}: {draft_summary(order)}")
         await self.store.save_intake(session)
         return order
+
+    async def present(self, session: IntakeSession, draft: Draft) -> None:
+        """Record a draft shown for confirmation before it is proposed (the console asks
+        first), so that the requester's next message refines it."""
+        self._record(session, "delegate", f"Drafted: {draft_summary(draft.order)}")
+        await self.store.save_intake(session)
 
     async def start(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
         """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it

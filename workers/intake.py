@@ -7,6 +7,7 @@ through one forced tool with a JSON schema; everything it says is untrusted and 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from workers.config import Role, Settings
 from workers.providers import ModelReply, ModelRequest, ToolSpec
 from workers.untrusted import fence
-from workers.workorder import Verification, WorkloadClass, WorkOrder
+from workers.workorder import Budget, Verification, WorkloadClass, WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,11 @@ def decision_tool(settings: Settings, policies: list[str]) -> ToolSpec:
                             "type": "string",
                             "enum": [w.value for w in WorkloadClass],
                         },
+                        "max_usd": {
+                            "type": ["number", "null"],
+                            "description": "the budget in USD, only if the requester named one; "
+                            "at most the workload class's budget (pick a larger class for more)",
+                        },
                         "authority_policy": {"type": "string", "enum": policies},
                         "reviewers": {
                             "type": "array",
@@ -176,7 +182,8 @@ Decide what the requester needs and record it with the {DECISION_TOOL} tool:
 - kind=questions: {rule if not must_draft else "not allowed now."}
 - kind=draft: a complete work order: a short title, the goal, the deliverable (what form the result takes), \
 {MIN_CRITERIA} to {MAX_CRITERIA} acceptance criteria that a reviewer can check by reading the result, a \
-workload class, the authority policy it needs, reviewers the requester named, and the deadline if one was given.
+workload class, the authority policy it needs, reviewers the requester named, and the deadline and budget \
+(max_usd) if they were given.
 
 {rule if must_draft else ""}
 
@@ -276,6 +283,12 @@ class IntakeEngine:
         except ValueError:
             workload = WorkloadClass.STANDARD
 
+        budget, problem = _requested_budget(
+            raw.get("max_usd"), settings.budgets[workload], workload
+        )
+        if problem:
+            open_points.append(problem)
+
         policy = str(raw.get("authority_policy") or channel.policy)
         if policy not in channel.grantable_policies():
             open_points.append(
@@ -315,7 +328,7 @@ class IntakeEngine:
                 context=context,
                 deliverable=str(raw.get("deliverable") or "").strip(),
                 acceptance_criteria=criteria,
-                budget=settings.budgets[workload],
+                budget=budget,
                 workload_class=workload,
                 authority_policy=policy,
                 verification=Verification(reviewers=reviewers),
@@ -377,6 +390,24 @@ def _zone(tz: str) -> ZoneInfo:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         return ZoneInfo("UTC")
+
+
+def _requested_budget(
+    value: Any, envelope: Budget, workload: WorkloadClass
+) -> tuple[Budget, str | None]:
+    """The class's envelope with the budget the requester named, if any: lower is theirs to
+    choose; above the class it needs the escalation contact or an admin, as an Edit does."""
+    if value is None or value == "":
+        return envelope, None
+    usd = round(value, 2) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    if not math.isfinite(usd) or usd <= 0:
+        return envelope, f"Could not read the budget {value!r}; it is {envelope.describe()}."
+    if usd > envelope.max_usd:
+        return envelope, (
+            f"A budget of ${usd:.2f} is above the {workload.value} class ({envelope.describe()}); "
+            "only the escalation contact or an admin can raise it that far."
+        )
+    return envelope.model_copy(update={"max_usd": usd}), None
 
 
 def _parse_deadline(value: Any, ctx: RequesterContext) -> tuple[datetime | None, str | None]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from workers.secret_files import SECRET_VARIABLES
+
 DELEGATE = Path(sys.executable).with_name("delegate")
 
 # Variables a developer's shell might carry that would change what the CLI sees.
@@ -34,6 +36,8 @@ _SCRUB = (
     "PORT",
     "PGOPTIONS",
 )
+# ... and the files that hold secrets instead.
+_SCRUB += tuple(f"{name}_FILE" for name in SECRET_VARIABLES.values())
 
 
 def cli_env(**values: str) -> dict[str, str]:
