@@ -1,5 +1,5 @@
 """Secrets from files (`X_FILE`, the Docker secrets convention): every secret variable can be
-read from a file, less one trailing newline; both `X` and `X_FILE` is an error; a file that
+read from a file, without surrounding whitespace; both `X` and `X_FILE` is an error; a file that
 cannot be read is named with its variable, and no error shows the secret."""
 
 from __future__ import annotations
@@ -54,13 +54,17 @@ def test_a_secret_is_read_from_its_file(
     assert _value(load_settings(), variable) == VALUES[variable]
 
 
-def test_only_one_trailing_newline_is_removed(
+def test_an_audit_key_file_with_stray_whitespace_keys_the_trail_as_it_always_did(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path = tmp_path / "key"
-    path.write_text("sk-key \n\n")
-    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(path))
-    assert _value(load_settings(), "OPENAI_API_KEY") == "sk-key \n"
+    """Chains keyed from `key \\n\\n` before _FILE variables existed must still verify."""
+    path = tmp_path / "audit.key"
+    path.write_text(" " + VALUES["DELEGATE_AUDIT_KEY"] + " \n\n")
+    monkeypatch.setenv("DELEGATE_AUDIT_KEY_FILE", str(path))
+    from_file = load_settings().audit_signing_key()
+    monkeypatch.delenv("DELEGATE_AUDIT_KEY_FILE")
+    monkeypatch.setenv("DELEGATE_AUDIT_KEY", VALUES["DELEGATE_AUDIT_KEY"])
+    assert from_file == load_settings().audit_signing_key()
 
 
 def test_an_audit_key_file_keys_the_audit_trail(

@@ -1,8 +1,9 @@
 """Secrets read from files: `X_FILE=/run/secrets/x` instead of `X=value` (the Docker and
 Kubernetes secrets convention), so a secret need not sit in the process environment.
 
-One settings source for every secret variable. The file's content is the value, less one
-trailing newline (what `echo value > file` adds). Setting both `X` and `X_FILE` is an error
+One settings source for every secret variable. The file's content is the value with surrounding
+whitespace removed: no token, key or URL has any, an editor or `echo` adds some, and it is how
+DELEGATE_AUDIT_KEY_FILE was always read, so audit chains keyed from such a file still verify. Setting both `X` and `X_FILE` is an error
 rather than a silent choice, and a file that cannot be read is named with its variable; the
 content itself is never shown.
 """
@@ -56,7 +57,7 @@ def file_variables(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
 
 
 def read_secret_file(variable: str, path: str) -> str:
-    """The secret in `path` less one trailing newline; a ConfigError naming `variable` if the
+    """The secret in `path` without surrounding whitespace; a ConfigError naming `variable` if the
     file cannot be read as text."""
     try:
         with Path(path).open("rb") as file:
@@ -74,7 +75,7 @@ def read_secret_file(variable: str, path: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{variable} = {path!r}: the file is not UTF-8 text") from None
-    return text.removesuffix("\n").removesuffix("\r")
+    return text.strip()
 
 
 def origin_note(fields: set[str], environ: Mapping[str, str]) -> str:
