@@ -412,9 +412,9 @@ async def _check_providers(settings: Settings) -> list[Check]:
             )
         )
     routes = {f"{role}.{key}": r for role, rs in settings.routing.items() for key, r in rs.items()}
-    for name, problems in broken_routes.items():
-        fix = _route_fix(routes[name], providers)
-        checks.append(Check(f"routing.{name}", False, "; ".join(problems), fix))
+    for route, problems in broken_routes.items():
+        fix = _route_fix(routes[route], providers)
+        checks.append(Check(f"routing.{route}", False, "; ".join(problems), fix))
     if not broken_routes:
         checks.append(Check("model routing", True, "every role and class has a working model"))
     return checks
