@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from importlib import metadata
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,36 +30,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="delegate",
         description="Delegate: turn Slack requests into budgeted, verified work orders.",
+        epilog="`delegate COMMAND --help` explains a command and its options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the Slack bot, a worker pool and the scheduler")
+    run = _command(
+        sub,
+        "run",
+        "run the Slack bot, a worker pool and the scheduler",
+        "Serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP on PORT), run work orders and "
+        "post scheduled digests, in one process, until SIGTERM or Ctrl-C. Applies pending "
+        "database migrations on start.",
+    )
     run.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
-    run.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+    run.add_argument(
+        "--concurrency", type=_at_least_one, default=2, help="work orders run at once (default 2)"
+    )
 
-    worker = sub.add_parser("worker", help="run only a worker pool (for scale-out on PostgreSQL)")
-    worker.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+    worker = _command(
+        sub,
+        "worker",
+        "run only a worker pool (for scale-out on PostgreSQL)",
+        "Claim and run queued work orders until SIGTERM or Ctrl-C, posting progress to Slack "
+        "threads when SLACK_BOT_TOKEN is set (to the log otherwise). Run several beside "
+        "`delegate run` on one PostgreSQL database to scale out.",
+    )
+    worker.add_argument(
+        "--concurrency", type=_at_least_one, default=2, help="work orders run at once (default 2)"
+    )
     worker.add_argument(
         "--worker-id", default=None, help="name in leases and the audit trail (default: host:pid)"
     )
 
-    db = sub.add_parser("db", help="database maintenance")
+    db = _command(
+        sub,
+        "db",
+        "database maintenance",
+        "Apply Delegate's migrations to DATABASE_URL, or show where the database stands.",
+    )
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    db_sub.add_parser("upgrade", help="apply pending migrations")
-    db_sub.add_parser("current", help="print the applied and the latest migration")
+    _command(
+        db_sub,
+        "upgrade",
+        "apply pending migrations",
+        "Create Delegate's tables, or bring them to the latest schema (creates a SQLite file).",
+    )
+    _command(
+        db_sub,
+        "current",
+        "print the applied and the latest migration",
+        "Print the migration the database is at and the latest one; creates nothing.",
+    )
 
-    audit = sub.add_parser(
+    audit = _command(
+        sub,
         "audit",
-        help="print an order's audit trail, or verify every chain",
-        description="`delegate audit WO-42 [--format md|json]` prints a trail; "
+        "print an order's audit trail, or verify every chain",
+        "`delegate audit WO-42 [--format md|json]` prints a trail; "
         "`delegate audit verify` checks every chain and names the first broken event.",
     )
-    audit.add_argument("target", metavar="WO-42|verify")
-    audit.add_argument("--format", choices=["md", "json"], default="md")
+    audit.add_argument(
+        "target", metavar="WO-42|verify", help="an order (WO-42, wo-42 or 42), or `verify`"
+    )
+    audit.add_argument(
+        "--format", choices=["md", "json"], default="md", help="Markdown or JSON (default md)"
+    )
 
-    console = sub.add_parser(
+    console = _command(
+        sub,
         "console",
-        help="delegate from a terminal: the Slack dialogue over standard input and output",
+        "delegate from a terminal: the Slack dialogue over standard input and output",
+        "Draft a work order in a conversation on standard input and output, as in Slack, "
+        "without Slack; prints the confirmed order's id. Needs a model provider key.",
     )
     console.add_argument("--user", default="console", help="who is asking (default: console)")
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
@@ -69,18 +113,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_digest_parser(sub)
     add_review_parser(sub)
 
-    show = sub.add_parser(
-        "show", help="print an order's state, spend, deliverable and the verifier's verdicts"
+    show = _command(
+        sub,
+        "show",
+        "print an order's state, spend, deliverable and the verifier's verdicts",
+        "Print one work order as a terminal reader needs it: state, requester, spend, deadline, "
+        "the latest deliverable and the verifier's verdicts.",
     )
-    show.add_argument("order", metavar="WO-42")
+    show.add_argument("order", metavar="WO-42", help="the order: WO-42, wo-42 or 42")
     show.add_argument("--tz", default="UTC", help="time zone for times (default: UTC)")
 
-    sub.add_parser("schema", help="print the work order's JSON Schema")
-    doctor = sub.add_parser(
-        "doctor", help="check configuration, database, Slack and model providers"
+    _command(
+        sub,
+        "schema",
+        "print the work order's JSON Schema",
+        "Print the JSON Schema of a work order, as the intake model fills it in.",
     )
-    doctor.add_argument("--format", choices=["text", "json"], default="text")
+    doctor = _command(
+        sub,
+        "doctor",
+        "check configuration, database, Slack and model providers",
+        "Check for real everything Delegate depends on (configuration, database, Slack tokens "
+        "and scopes, a Socket Mode connection, provider keys and routed models, the audit key) "
+        "and say how to fix what is wrong. Exits 0 when everything required works.",
+    )
+    doctor.add_argument(
+        "--format", choices=["text", "json"], default="text", help="text or JSON (default text)"
+    )
+    doctor.add_argument(
+        "--no-slack",
+        dest="slack",
+        action="store_false",
+        help="skip the Slack checks (a local trial with `delegate console`)",
+    )
     return parser
+
+
+def _command(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("delegate-bot")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1, refused before anything starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number such as 2, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def order_number(text: str) -> int:
+    """`WO-42`, `wo-42` or plain `42` -> 42; ValueError otherwise."""
+    from workers.workorder import parse_order_id
+
+    bare = text.strip()
+    return parse_order_id(f"WO-{bare}" if bare.isascii() and bare.isdigit() else text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,13 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     if args.command == "schema":
         return _schema()
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        if args.command == "doctor" and args.format == "json":
+            from bot.doctor import config_failure, render
+
+            print(render([config_failure(str(exc))], format="json"))
+        else:
+            print(exc, file=sys.stderr)
         return EXIT_USAGE
     logs.configure(
         level=settings.log_level, format=settings.log_format, secrets=settings.secret_values()
@@ -178,6 +286,8 @@ async def _db(settings: Settings, args: argparse.Namespace) -> int:
     from workers.db import create_engine
     from workers.migrate import current_revision, head_revision, upgrade
 
+    if args.db_command == "current" and not await _has_delegate_database(settings):
+        return EXIT_FAILED
     engine = create_engine(settings.database_url)
     try:
         if args.db_command == "upgrade":
@@ -217,7 +327,7 @@ async def _has_delegate_database(settings: Settings) -> bool:
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from workers.audit import SYSTEM_CHAIN, render_json, render_markdown
     from workers.store import Store
-    from workers.workorder import format_order_id, parse_order_id
+    from workers.workorder import format_order_id
 
     if not await _has_delegate_database(settings):
         return EXIT_FAILED
@@ -237,7 +347,7 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
             chain = SYSTEM_CHAIN
         else:
             try:
-                chain = format_order_id(parse_order_id(args.target))
+                chain = format_order_id(order_number(args.target))
             except ValueError as exc:
                 print(exc, file=sys.stderr)
                 return EXIT_USAGE
@@ -291,10 +401,10 @@ def _settle(future: asyncio.Future[str], line: str | None, error: Exception | No
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
     from bot.show import render_order
     from workers.store import Store
-    from workers.workorder import parse_order_id
+    from workers.workorder import format_order_id
 
     try:
-        number = parse_order_id(args.order)
+        number = order_number(args.order)
         ZoneInfo(args.tz)
     except (ValueError, ZoneInfoNotFoundError) as exc:
         print(f"delegate: {exc}", file=sys.stderr)
@@ -306,7 +416,7 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
         try:
             order = await store.get_order(number)
         except NotFound:
-            print(f"delegate: there is no work order {args.order}", file=sys.stderr)
+            print(f"delegate: there is no work order {format_order_id(number)}", file=sys.stderr)
             return EXIT_FAILED
         row = await store.get_row(number)
         deliverables = await store.deliverables(number)
@@ -361,7 +471,7 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
 async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     from bot.doctor import render, run_checks
 
-    results = await run_checks(settings)
+    results = await run_checks(settings, slack=args.slack)
     print(render(results, format=args.format))
     return EXIT_FAILED if any(not r.ok for r in results) else EXIT_OK
 

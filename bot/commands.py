@@ -11,7 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.cards import STATE_LABELS
 from bot.conversation import Conversations, Incoming
-from bot.messages import HELP
+from bot.messages import HELP, unknown_command
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.permissions import may_control, may_view
@@ -53,6 +53,10 @@ class Commands:
                 response_type="ephemeral",
                 text=await self._on_order(verb, rest.strip(), user, channel),
             )
+        elif not rest.strip():
+            # One word that is no command (`/delegate frobnicate`) is a typo more often than a
+            # request: answer privately instead of opening a public thread.
+            await respond(response_type="ephemeral", text=unknown_command(text))
         else:
             await self._new_request(text, user=user, channel=channel, respond=respond)
 

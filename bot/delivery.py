@@ -184,6 +184,7 @@ class Deliverer:
             else:
                 await self._retry(message, error)
         except NotFound as exc:
+            log.error("message cannot be delivered: %s", exc, extra=extra)
             await self.store.outbox_failed(message.id, error=str(exc), actor="deliverer")
         except Exception as exc:  # timeouts, connection errors: try again later
             log.warning("outbox delivery failed (%s); will retry", type(exc).__name__, extra=extra)

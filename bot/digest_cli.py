@@ -38,7 +38,12 @@ def add_parser(sub: Any) -> None:
     )
     digest.add_argument("--team", default=None, help="a configured team, or 'all'")
     digest.add_argument("--week", default=None, help="ISO week such as 2026-W47 (default: last)")
-    digest.add_argument("--format", choices=["md", "json", "csv"], default="md")
+    digest.add_argument(
+        "--format",
+        choices=["md", "json", "csv"],
+        default="md",
+        help="Markdown, JSON, or the weekly series as CSV (default md)",
+    )
     digest.add_argument("--weeks", type=int, default=12, help="CSV: how many weeks (default 12)")
     digest.add_argument("--tz", default=None, help="time zone of the week (default: the team's)")
     digest.add_argument("--post", action="store_true", help="post it in Slack as well")

@@ -25,11 +25,12 @@ from sqlalchemy.engine import make_url
 from bot.delivery import fix_for
 from bot.scopes import BOT_SCOPES
 from bot.slack_client import make_slack_client
-from workers.config import Settings
+from workers.config import Route, Settings
 from workers.db import create_engine, redact_error, redact_url
 from workers.migrate import current_revision, head_revision
 from workers.store import Store
 from workers.store.outbox import SLACK
+from workers.workorder import WorkloadClass
 
 CHECK_TIMEOUT_S = 15.0
 SIGNING_SECRET_SHAPE = re.compile(r"[0-9a-f]{32}")
@@ -64,21 +65,49 @@ class Check:
 
 def render(checks: list[Check], *, format: str) -> str:
     failed = [c for c in checks if not c.ok]
+    warnings = [c for c in checks if c.status == "warn"]
     if format == "json":
-        return json.dumps({"ok": not failed, "checks": [c.as_json() for c in checks]}, indent=2)
+        report = {
+            "ok": not failed,
+            "problems": len(failed),
+            "warnings": len(warnings),
+            "checks": [c.as_json() for c in checks],
+        }
+        return json.dumps(report, indent=2)
     lines = [c.line() for c in checks]
-    lines += ["", f"{len(failed)} problem(s) found." if failed else "Everything looks good."]
+    counts = [_count(len(failed), "problem"), _count(len(warnings), "warning")]
+    summary = ", ".join(c for c in counts if c)
+    lines += ["", f"{summary}." if summary else "Everything looks good."]
     return "\n".join(lines)
 
 
-async def run_checks(settings: Settings) -> list[Check]:
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}" if n else ""
+
+
+def config_failure(message: str) -> Check:
+    """The one check there is when the configuration does not load."""
+    return Check(
+        "configuration",
+        False,
+        message,
+        "correct the values named above in the environment or the DELEGATE_CONFIG file",
+    )
+
+
+async def run_checks(settings: Settings, *, slack: bool = True) -> list[Check]:
+    """Every check; `slack=False` leaves out Slack (a local trial with `delegate console`)."""
     checks = [Check("configuration", True, "loaded and valid")]
     database = await _check_database(settings)
     checks.append(database)
-    if database.status == "ok":  # at the latest schema: the outbox can be read
+    if slack and database.status == "ok":  # at the latest schema: the outbox can be read
         checks.extend(await _check_delivery(settings))
-    checks.extend(await _check_slack(settings))
+    if slack:
+        checks.extend(await _check_slack(settings))
+    else:
+        checks.append(Check("Slack", True, "not checked (--no-slack)"))
     checks.extend(await _check_providers(settings))
+    checks.append(_check_verifier_independence(settings))
     checks.append(_check_audit_key(settings))
     return checks
 
@@ -338,6 +367,7 @@ class _Provider:
     models: frozenset[str] | None  # None: not usable
     problem: str = ""
     missing_key: bool = False
+    refused_key: bool = False
 
 
 async def _check_providers(settings: Settings) -> list[Check]:
@@ -376,21 +406,41 @@ async def _check_providers(settings: Settings) -> list[Check]:
                 f"{name} API key",
                 False,
                 probe.problem,
-                f"set {env} to a valid key, or route every role away from {name} in DELEGATE_CONFIG",
+                f"set {env}{'' if probe.missing_key else f' to a key {name} accepts'}, or route "
+                f"every role away from {name} in DELEGATE_CONFIG",
             )
         )
+    routes = {f"{role}.{key}": r for role, rs in settings.routing.items() for key, r in rs.items()}
     for route, problems in broken_routes.items():
-        checks.append(
-            Check(
-                f"routing.{route}",
-                False,
-                "; ".join(problems),
-                "fix the model name in DELEGATE_CONFIG, or give it a fallback that works",
-            )
-        )
+        fix = _route_fix(routes[route], providers)
+        checks.append(Check(f"routing.{route}", False, "; ".join(problems), fix))
     if not broken_routes:
         checks.append(Check("model routing", True, "every role and class has a working model"))
     return checks
+
+
+def _route_fix(route: Route, providers: dict[str, _Provider]) -> str:
+    """What to change for a broken route: the key when a provider refuses it or cannot be
+    reached, the model name only when the provider lacks that model."""
+    fixes: list[str] = []
+    for ref in (route.primary, route.fallback):
+        if ref is None:
+            continue
+        probe = providers[ref.provider]
+        env = _KEY_ENV[ref.provider]
+        if probe.missing_key:
+            fixes.append(f"set {env}")
+        elif probe.refused_key:
+            fixes.append(f"set {env} to a key {ref.provider} accepts")
+        elif probe.models is None:
+            fixes.append(f"check that {ref.provider} is reachable")
+        elif ref.model not in probe.models:
+            fixes.append(f"fix the model name {ref.model!r} in DELEGATE_CONFIG")
+            break
+        else:
+            break
+    fixes.append("or give the route a fallback that works")
+    return ", ".join(dict.fromkeys(fixes))
 
 
 def _broken_routes(settings: Settings, providers: dict[str, _Provider]) -> dict[str, list[str]]:
@@ -447,10 +497,34 @@ async def _probe(settings: Settings, name: str) -> _Provider:
             return _Provider(name, models)
     except Exception as exc:
         status = getattr(exc, "status_code", None)
-        if status == 401:
-            return _Provider(name, None, f"{name} rejected the key (401)")
+        if status in (401, 403):
+            env = _KEY_ENV[name]
+            return _Provider(
+                name, None, f"{name} refused the key in {env} (HTTP {status})", refused_key=True
+            )
         reason = f"HTTP {status}" if status else type(exc).__name__
         return _Provider(name, None, f"could not list {name}'s models ({reason})")
+
+
+def _check_verifier_independence(settings: Settings) -> Check:
+    """The verifier checks the work best from another model family than the one that did it."""
+    shared: dict[str, list[str]] = {}
+    for workload in WorkloadClass:
+        execute = settings.route("execute", workload).primary.provider
+        if settings.route("verify", workload).primary.provider == execute:
+            shared.setdefault(execute, []).append(workload.value)
+    if not shared:
+        return Check("verifier", True, "verify uses another provider than execute for every class")
+    same = "; ".join(f"{provider} for {', '.join(classes)}" for provider, classes in shared.items())
+    return Check(
+        "verifier",
+        True,
+        f"verify and execute use the same provider ({same}): the checker may share the "
+        "executor's blind spots",
+        "route verify to another provider in DELEGATE_CONFIG, e.g. "
+        "routing.verify.default: {primary: 'openai:gpt-5-mini'}",
+        warning=True,
+    )
 
 
 # ----------------------------------------------------------------------------------- audit

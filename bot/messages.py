@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.mrkdwn import escape
+
 HELP = (
     "*Delegate* turns a request into a work order that runs in the background, on a budget, "
     "and comes back verified.\n"
@@ -11,6 +13,16 @@ HELP = (
     "• `/delegate status WO-42` · `/delegate cancel WO-42`\n"
     "• On any message: ⋯ → *Delegate this*"
 )
+
+
+def unknown_command(word: str) -> str:
+    """The answer to `/delegate <one word that is no command>`, shown only to whoever typed it."""
+    shown = escape(word[:40]).replace("`", "'")
+    return (
+        f"`{shown}` is not something I know. To ask for work, describe it in a few words: "
+        f"`/delegate compare our pricing with Acme's`.\n\n{HELP}"
+    )
+
 
 MISSING_SLACK_CREDENTIALS = """\
 Delegate cannot start: {missing}.

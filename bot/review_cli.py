@@ -17,7 +17,7 @@ from workers.errors import IllegalTransition, NotFound, OutdatedDecision
 from workers.permissions import may_review, reviewers_of
 from workers.review import Decision, decide
 from workers.store import Store
-from workers.workorder import Status, format_order_id, parse_order_id
+from workers.workorder import Status, format_order_id
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,8 +37,10 @@ def add_parser(sub: Any) -> None:
         "deliverable (see it with `delegate show WO-42`); `changes` needs FEEDBACK saying what "
         "should change, and sends the order back for rework.",
     )
-    review.add_argument("order", metavar="WO-42")
-    review.add_argument("decision", choices=get_args(Decision))
+    review.add_argument("order", metavar="WO-42", help="the order (WO-42, wo-42 or 42)")
+    review.add_argument(
+        "decision", choices=get_args(Decision), help="approve, reject, or request changes"
+    )
     review.add_argument("feedback", nargs="?", default="", help="what should change, or why")
     review.add_argument(
         "--user", default="console", help="who decides (default: console, as in delegate console)"
@@ -49,7 +51,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     decision: Decision = args.decision
     feedback = " ".join(args.feedback.split()) if decision == "changes" else args.feedback.strip()
     try:
-        order_id = format_order_id(parse_order_id(args.order))
+        from bot.cli import order_number  # bot.cli imports this module
+
+        order_id = format_order_id(order_number(args.order))
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     if decision == "changes" and not feedback:

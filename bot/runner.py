@@ -165,7 +165,6 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             [workers, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        log.info("shutting down")
         stop.set()
         [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
         await asyncio.gather(deliverer, return_exceptions=True)
@@ -176,6 +175,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         await web_runner.cleanup()
         await router.close()
         await store.close()
+        log.info("Delegate stopped")
     if isinstance(worker_outcome, Exception):
         raise worker_outcome
 

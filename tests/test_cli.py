@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
 import socket
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
+import pytest
 from sqlalchemy import text
 
+from bot.cli import build_parser
 from tests.fakes.slack import FakeSlack
 from tests.support.cli import DELEGATE, cli_env, delegate
 from tests.support.databases import Database
@@ -199,3 +203,74 @@ async def test_worker_command_runs_until_sigterm(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    code, out, _ = await delegate("--version", env=cli_env(), cwd=tmp_path)
+    assert code == 0 and out.strip() == f"delegate {metadata.version('delegate-bot')}"
+
+
+async def test_bare_delegate_prints_help_without_a_traceback(tmp_path: Path) -> None:
+    code, out, err = await delegate(env=cli_env(), cwd=tmp_path)
+    assert code in (0, 2)
+    assert out.startswith("usage: delegate") and "doctor" in out and "--version" in out
+    assert "Traceback" not in out + err
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found[f"{parser.prog} {name}".removeprefix("delegate ")] = child
+                found |= _subcommands(child)
+    return found
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    commands = _subcommands(build_parser())
+    assert {"run", "worker", "db upgrade", "db current", "doctor", "show"} <= set(commands)
+    for name, parser in commands.items():
+        assert parser.description, f"`delegate {name} --help` has no description"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"`delegate {name}`: {action.dest} has no help"
+
+
+async def test_a_command_s_help_describes_it_and_each_option(tmp_path: Path) -> None:
+    code, out, _ = await delegate("show", "--help", env=cli_env(), cwd=tmp_path)
+    assert code == 0
+    assert "deliverable and the verifier's verdicts" in out
+    assert "WO-42, wo-42 or 42" in out and "time zone for times" in out
+
+
+@pytest.mark.parametrize(
+    "command", [("worker", "--concurrency", "0"), ("run", "--concurrency", "-1")]
+)
+async def test_a_concurrency_below_one_is_refused_before_anything_starts(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # Slack credentials and a database that is down: neither is reached.
+    env = cli_env(
+        DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/delegate",
+        SLACK_BOT_TOKEN="xoxb-1-unused",
+        SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
+        SLACK_API_URL="http://127.0.0.1:1/api/",
+    )
+    code, out, err = await delegate(*command, env=env, cwd=tmp_path)
+    assert code == 2
+    assert f"argument --concurrency: must be at least 1, got {command[-1]}" in err
+    assert "Traceback" not in out + err and "database" not in err
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 (a handful of entries at most)
+
+
+async def test_db_current_creates_no_database(tmp_path: Path) -> None:
+    code, out, err = await delegate("db", "current", env=cli_env(), cwd=tmp_path)
+    assert code == 1
+    assert "no Delegate database at sqlite+aiosqlite:///delegate.db" in err
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 (a handful of entries at most)
+    code, _, err = await delegate("db", "upgrade", env=cli_env(), cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = await delegate("db", "current", env=cli_env(), cwd=tmp_path)
+    assert code == 0 and out.startswith("applied: "), err

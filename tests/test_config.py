@@ -106,7 +106,7 @@ budgets:
             "prices:\n  gpt-5: {input: cheap, output: 1, cache_write: 1, cache_read: 1}\n",
             "prices.gpt-5.input = 'cheap'",
         ),
-        ("budgest: {}\n", "budgest = {}: Extra inputs are not permitted"),
+        ("budgest: {}\n", "budgest = {}: not a setting Delegate knows"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
         ("budgets: [unclosed\n", "not valid YAML"),
     ],
@@ -118,6 +118,41 @@ def test_invalid_yaml_fails_with_field_value_and_expectation(
     with pytest.raises(ConfigError) as excinfo:
         load_settings()
     assert expected in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("channels:\n  C1: {policy: nope}\n", ": channels.C1.policy: 'nope' is not a policy"),
+        ("engine: {heartbeat_s: 90, lease_ttl_s: 60}\n", ": engine: heartbeat_s (90) must be"),
+        ("intake: {max_rounds: 9}\n", ": intake.max_rounds = 9: Input should be less than"),
+        ("admins: [U1]\nbudgets:\n\tquick: 1\n", ", line 3, column 1: not valid YAML: found"),
+        ("budgets: {quick: [1, 2}\n", ", line 1, column 23: not valid YAML: expected ','"),
+    ],
+    ids=["reference", "rule-across-fields", "bound", "tab", "unclosed"],
+)
+def test_a_mistake_names_the_file_and_the_key_in_plain_words(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, yaml_text: str, expected: str
+) -> None:
+    _with_yaml(monkeypatch, tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert f"{tmp_path / 'delegate.yaml'}{expected}" in message
+    assert "Value error" not in message and "<unicode string>" not in message
+
+
+def test_several_reference_mistakes_are_one_line_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _with_yaml(monkeypatch, tmp_path, "channels:\n  C1: {policy: nope, team: nobody}\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    path = tmp_path / "delegate.yaml"
+    assert str(excinfo.value).splitlines()[1:] == [
+        f"  - {path}: channels.C1.policy: 'nope' is not a policy; expected one of default, research",
+        f"  - {path}: channels.C1.team: 'nobody' is not a team; expected one of default",
+    ]
 
 
 def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -89,8 +89,15 @@ async def test_a_rejected_provider_key_fails(env: dict[str, str], tmp_path: Path
     code, checks = await _doctor(env, tmp_path, ANTHROPIC_API_KEY="sk-ant-wrong")
     assert code == 1
     assert checks["anthropic API key"]["status"] == "fail"
-    assert "rejected the key (401)" in checks["anthropic API key"]["detail"]
+    assert (
+        checks["anthropic API key"]["detail"]
+        == "anthropic refused the key in ANTHROPIC_API_KEY (HTTP 401)"
+    )
     assert "sk-ant-wrong" not in json.dumps(checks)
+    # The routes it breaks point at the key, never at a model name that is fine.
+    route = checks["routing.execute.deep"]
+    assert "set ANTHROPIC_API_KEY to a key anthropic accepts" in route["fix"]
+    assert not [c for c in checks.values() if "model name" in c["fix"]]
 
 
 async def test_a_missing_key_with_a_working_fallback_is_a_warning(
@@ -125,3 +132,63 @@ async def test_a_fresh_setup_warns_and_creates_no_database(env: dict[str, str], 
     code, checks = await _doctor(env, fresh, DATABASE_URL=url)
     assert code == 0 and checks["database"]["status"] == "warn"
     assert "schema at empty" in checks["database"]["detail"]
+
+
+async def test_warnings_are_counted_instead_of_everything_looks_good(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    without_audit_key = {k: v for k, v in env.items() if k != "DELEGATE_AUDIT_KEY"}
+    code, out, _ = await delegate("doctor", env=without_audit_key, cwd=tmp_path)
+    assert code == 0, out
+    assert "[warn] audit key" in out
+    assert out.rstrip().endswith("1 warning.") and "Everything looks good" not in out
+
+
+async def test_no_slack_skips_the_slack_checks_for_a_local_trial(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    local = {k: v for k, v in env.items() if not k.startswith("SLACK_")}
+    code, out, err = await delegate("doctor", "--no-slack", env=local, cwd=tmp_path)
+    assert code == 0, out + err
+    assert "Slack: not checked (--no-slack)" in out
+    assert "SLACK_BOT_TOKEN" not in out and "Slack auth.test" not in out
+    assert "[ok]   anthropic API key: valid" in out
+
+
+async def test_a_verifier_on_the_executors_provider_is_a_warning(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text(
+        "routing:\n  verify:\n    default: {primary: 'anthropic:claude-haiku-4-5'}\n"
+    )
+    code, checks = await _doctor(env, tmp_path, DELEGATE_CONFIG=str(config))
+    assert code == 0
+    verifier = checks["verifier"]
+    assert verifier["status"] == "warn"
+    assert "same provider (anthropic for quick, standard, deep)" in verifier["detail"]
+    assert "routing.verify" in verifier["fix"]
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        ("budgets: [unclosed\n", "line 2, column 1: not valid YAML"),
+        ("budgets:\n  quick: {max_usd: -1}\n", "budgets.quick.max_usd = -1"),
+    ],
+    ids=["invalid-yaml", "invalid-value"],
+)
+async def test_json_is_printed_even_for_a_configuration_that_does_not_load(
+    tmp_path: Path, config_text: str, expected: str
+) -> None:
+    config = tmp_path / "delegate.yaml"
+    config.write_text(config_text)
+    code, out, err = await delegate(
+        "doctor", "--format", "json", env=cli_env(DELEGATE_CONFIG=str(config)), cwd=tmp_path
+    )
+    assert code == 2 and "Traceback" not in out + err
+    report = json.loads(out)
+    assert report["ok"] is False
+    [check] = report["checks"]
+    assert check["name"] == "configuration" and check["status"] == "fail"
+    assert str(config) in check["detail"] and expected in check["detail"]

@@ -127,6 +127,8 @@ def _load(path: Path, text: str) -> None:
         message = str(exc)
         assert message.strip(), "a ConfigError must say what is wrong"
         assert "Traceback" not in message
+        # Plain words: not pydantic's prefix, not PyYAML's name for a string it was handed.
+        assert "Value error, " not in message and "<unicode string>" not in message
 
 
 @FAST

@@ -500,6 +500,22 @@ async def test_slash_commands(
     assert (await bot.store.get_order(order.id)).status is Status.CANCELLED
 
 
+async def test_a_single_unknown_word_gets_private_help_not_a_public_thread(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    await bot.sender.command(
+        text="frobnicate", channel_id="C1", response_url=fake_slack.response_url("typo")
+    )
+    await fake_slack.wait_until(lambda: bool(fake_slack.responses))
+    [answer] = fake_slack.responses
+    assert answer.body["response_type"] == "ephemeral"
+    assert "`frobnicate` is not something I know" in answer.body["text"]
+    assert "/delegate list" in answer.body["text"]  # the help follows
+    await bot_idle()
+    assert not fake_slack.calls_to("chat.postMessage"), "nothing was posted in the channel"
+    assert not fake_anthropic.requests and not await bot.store.list_orders(requester="U1")
+
+
 async def test_slash_request_in_a_channel_without_the_bot_moves_to_dm(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:

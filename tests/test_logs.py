@@ -3,6 +3,7 @@ quiet by default, and never a secret."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack
+from tests.support.cli import DELEGATE, cli_env, free_port, health, stop_delegate
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, stop_worker, worker_env
@@ -99,3 +102,35 @@ def test_text_lines_carry_the_bound_context(capsys: pytest.CaptureFixture[str]) 
     first, second = capsys.readouterr().err.splitlines()
     assert first.endswith("checking [order=WO-42 attempt=3 worker=w1 role=verify]")
     assert second.endswith("outside")
+
+
+async def test_a_run_logs_its_start_digests_and_stop_once_without_scheduler_chatter(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    config = tmp_path / "delegate.yaml"
+    # Every minute, so last week's digest is due as soon as the scheduler starts.
+    config.write_text("digests:\n  - {channel: C0LEADS, cron: '* * * * *', teams: [default]}\n")
+    port = free_port()
+    env = cli_env(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        DELEGATE_CONFIG=str(config),
+        PORT=str(port),
+        SLACK_BOT_TOKEN=fake_slack.token,
+        SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
+        SLACK_API_URL=fake_slack.api_url,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: bool(fake_slack.calls_to("chat.postMessage")), timeout_s=60)
+        await eventually(lambda: health(port), timeout_s=60)
+    finally:
+        err = await stop_delegate(proc)
+    assert proc.returncode == 0, err
+    lines = err.splitlines()
+    assert not [line for line in lines if " apscheduler" in line], err
+    assert len([line for line in lines if "Delegate listening on" in line]) == 1, err
+    assert len([line for line in lines if "digest for default" in line]) == 1, err
+    assert len([line for line in lines if "Delegate stopped" in line]) == 1, err

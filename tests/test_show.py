@@ -56,10 +56,16 @@ async def test_show_prints_the_deliverable_and_the_verdicts(harness: Harness) ->
     assert f"{order.id}: " in out and "State:        awaiting review" in out
     assert "Deliverable (version 2): Fixed." in out and "| Acme | $10 (acme.com) |" in out
     assert "Verification: 2 of 2 criteria met" in out and "✓ " in out
+    number = (order.id or "").removeprefix("WO-")
+    for spelled in (number, f"wo-{number}"):  # `delegate show 1` and `show wo-1` mean WO-1
+        code, again, err = await _show(h, spelled)
+        assert code == 0 and again == out, err
 
 
 async def test_show_of_an_unknown_order_or_bad_id_is_one_line(harness: Harness) -> None:
     code, _, err = await _show(harness, "WO-999")
+    assert code == 1 and err.strip() == "delegate: there is no work order WO-999"
+    code, _, err = await _show(harness, "999")
     assert code == 1 and err.strip() == "delegate: there is no work order WO-999"
     code, _, err = await _show(harness, "banana")
     assert code == 2 and "WO-42" in err and "Traceback" not in err

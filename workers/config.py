@@ -270,7 +270,7 @@ def _load_yaml_text(text: str, *, source: str = "defaults.yaml") -> dict[str, An
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        raise ConfigError(_describe_yaml_error(exc, source)) from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
@@ -281,6 +281,20 @@ def _load_yaml_text(text: str, *, source: str = "defaults.yaml") -> dict[str, An
     return data
 
 
+def _describe_yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """`delegate.yaml, line 3, column 5: not valid YAML: <what>`, without PyYAML's
+    `in "<unicode string>"` (it was handed a string, not the file)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        text = f"{source}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: "
+        text += exc.problem or "cannot be parsed"
+        if exc.context and exc.context_mark is not None:
+            text += f" ({exc.context} that began on line {exc.context_mark.line + 1})"
+        return text
+    detail = " ".join(str(exc).replace('"<unicode string>"', source).split())
+    return f"{source}: not valid YAML: {detail}"
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -289,6 +303,14 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
+
+
+class _Problems(ValueError):
+    """Mistakes found by one rule across sections, each reported on a line of its own."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -487,7 +509,7 @@ class Settings(BaseSettings):
                     f"{', '.join(sorted(self.teams))}"
                 )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _Problems(problems)
         return self
 
     # Lookups used across the engine.
@@ -540,27 +562,63 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         fields = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
         note = origin_note(fields, os.environ)
-        raise ConfigError(describe_validation_error(exc) + note) from None
+        message = describe_validation_error(exc, config_file=os.environ.get("DELEGATE_CONFIG"))
+        raise ConfigError(message + note) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, *, config_file: str | None = None) -> str:
+    """One line per mistake, naming the environment variable or the file and key it is in."""
     lines = ["Invalid configuration:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = [str(p) for p in err["loc"]]
+        where = _where(loc, config_file)
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            lines += [f"  - {where}{problem}" for problem in cause.problems]
+            continue
+        message = _plain_message(err["type"], err["msg"])
+        field = ".".join(loc)
         value = err.get("input")
         if field == "database_url":
             shown = repr(redact_url(str(value)))
         elif isinstance(value, dict | list) and len(repr(value)) > 60:
             # A rule across fields: its message names them; the whole section is noise.
-            lines.append(f"  - {_ENV_NAMES.get(field, field)}: {err['msg']}")
+            lines.append(f"  - {where}{_name(loc, where)}: {message}")
             continue
         else:
             shown = "<hidden>" if _is_secret_field(field) else repr(value)
-        field = _ENV_NAMES.get(field, field)
         if len(shown) > 120:
             shown = shown[:117] + "..."
-        lines.append(f"  - {field} = {shown}: {err['msg']}")
+        lines.append(f"  - {where}{_name(loc, where)} = {shown}: {message}")
     return "\n".join(lines)
+
+
+def _where(loc: list[str], config_file: str | None) -> str:
+    """`path: ` for a key read from the DELEGATE_CONFIG file; empty for the environment."""
+    if not config_file or (loc and loc[0] in _ENV_NAMES and _in_environment(loc[0])):
+        return ""
+    return f"{config_file}: "
+
+
+def _in_environment(field: str) -> bool:
+    name = _ENV_NAMES[field]
+    return any(key.upper() in (name, field.upper()) for key in os.environ)
+
+
+def _name(loc: list[str], where: str) -> str:
+    field = ".".join(loc) or "(top level)"
+    return field if where else _ENV_NAMES.get(field, field)
+
+
+def _plain_message(kind: str, message: str) -> str:
+    """Pydantic's message without its `Value error, ` prefix, in a reader's words."""
+    if kind == "extra_forbidden":
+        return "not a setting Delegate knows (check the spelling and the indentation)"
+    if kind == "missing":
+        return "missing; this setting is required"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
 
 
 # Fields set from the environment are named as the user wrote them.

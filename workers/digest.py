@@ -512,6 +512,9 @@ class DigestScheduler:
                 await release(self.engine, claimed)
                 continue
             await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+            log.info(
+                "posted the digest for %s in %s (%s)", claimed.team, claimed.channel, claimed.week
+            )
             posted.append(claimed)
         return posted
 

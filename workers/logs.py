@@ -159,7 +159,8 @@ def configure(
     root.addHandler(handler)
     root.setLevel(level)
     if level != "DEBUG":
-        # Alembic announces each of its plugins, and the SDKs' HTTP clients every request, at
-        # INFO; what an operator needs of those is in Delegate's own lines.
-        for chatty in ("alembic", "httpx", "httpx2", "httpcore"):
+        # Alembic announces each of its plugins, the SDKs' HTTP clients every request, and
+        # APScheduler every job it adds, runs and finishes, at INFO; what an operator needs of
+        # those is in Delegate's own lines (its failures still show, at WARNING and above).
+        for chatty in ("alembic", "apscheduler", "httpx", "httpx2", "httpcore"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
