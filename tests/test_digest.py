@@ -84,10 +84,15 @@ async def test_a_busy_week_and_an_empty_one_read_well_and_fit_slack(database: An
     assert words[0].startswith("*2 finished outcomes* (+1 on last week), at *$1.43 each*")
     assert "-$0.08 on last week" in words[0]
     assert "$0.40 went to work that was not approved" in words[1]
-    assert words[2] == "6 requests: 3 delegations and 2 chat answers (60 % delegated)."
+    # One dialogue is still under way: the parts add up to the requests.
+    assert words[2] == (
+        "6 requests: 3 delegations, 2 chat answers and 1 still in dialogue "
+        "(60 % of those settled delegated)."
+    )
     assert "Needs a look: 1 exception (budget 1), 1 rejection, 1 cancellation." in words
     assert_within_slack_limits(digest_blocks(busy))
-    assert "<@U1> (1 finished)" in json.dumps(digest_blocks(busy))
+    blocks_text = json.dumps(digest_blocks(busy))
+    assert "U1 (1 finished)" in blocks_text and "<@" not in blocks_text
     assert [p.week for p in busy.series][-1] == "2026-W47" and len(busy.series) == 8
 
     assert empty.current.is_empty
@@ -119,6 +124,50 @@ def test_blocks_stay_within_limits_however_many_exceptions() -> None:
     blocks = digest_blocks(digest)
     assert_within_slack_limits(blocks)
     assert "<!channel>" not in json.dumps(blocks)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_the_posted_digest_names_people_without_pinging_and_shows_where_money_went(
+    database: Any, fake_slack: Any
+) -> None:
+    engine = database.engine()
+    client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    fake_slack.users["UREV2"] = None  # Slack will not describe this one: shown by id
+    try:
+        await seed_history(engine)
+        busy = await build_digest(engine, history_settings(), "growth", W47)
+        await SlackDigestPublisher(client).publish("C0LEADS", busy, None)
+    finally:
+        await engine.dispose()
+
+    [message] = fake_slack.calls_to("chat.postMessage")
+    text = json.dumps(message.args["blocks"], ensure_ascii=False)
+    assert "<@" not in text, "naming the top people must not notify them"
+    assert "Top requesters: u1 (1 finished), u2 (1 finished)" in text
+    assert "Top reviewers: urev1 (3 decisions, 1 approved), UREV2 (1 decision, 1 approved)" in text
+    assert "Spend by workload class: deep $2.00, standard $0.75, quick $0.10" in text
+    assert (
+        "Spend by route (role x class -&gt; model): execute x deep -&gt; opus $2.00, "
+        "execute x standard -&gt; sonnet $0.70, execute x quick -&gt; haiku $0.10, "
+        "verify x standard -&gt; mini $0.05"
+    ) in text
+    assert "Time waiting in the queue (total / median)*\\n1.8 h / 25 min" in text
+    footer = message.args["blocks"][-1]["elements"][0]["text"]
+    assert "delegate digest" not in footer and "`" not in footer
+    assert "Home tab" in footer
+
+
+def test_chart_labels_weeks_with_their_year_and_bars_with_their_values() -> None:
+    from workers.chart import draw_chart
+
+    series = [WeekPoint("2025-W52", 3, 4_500_000), WeekPoint("2026-W01", 0, 0)]
+    series += [WeekPoint(f"2026-W{i:02d}", i, 1_000_000 * i) for i in range(2, 8)]
+    figure = draw_chart(series, "Weekly digest for team growth, 2026-W07")
+    bars = figure.axes[0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == [p.week for p in series]
+    assert [t.get_text() for t in bars.texts] == ["3", "0", "2", "3", "4", "5", "6", "7"]
+    cost_labels = [t.get_text() for t in figure.axes[1].texts]
+    assert cost_labels[0] == "$1.50" and len(cost_labels) == 7  # no cost when nothing finished
 
 
 def test_chart_is_a_real_png() -> None:
@@ -303,6 +352,7 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     data = json.loads(out)
     assert (data["team"], data["week"]) == ("growth", "2026-W47")
     assert (data["finished_outcomes"], data["delegations"], data["chat_answers"]) == (2, 3, 2)
+    assert (data["requests_received"], data["requests_in_progress"]) == (6, 1)
     assert data["cost_per_finished_outcome_usd"] == 1.425
     assert data["total_spend_usd"] == 2.85
     assert data["rework_rate"] == 0.25
@@ -312,6 +362,23 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     assert data["previous"]["finished_outcomes"] == 1
     assert data["previous"]["cost_per_finished_outcome_usd"] == 1.5
     assert data["changes"]["finished_outcomes"] == 1
+    assert data["top_reviewers"] == [
+        {"user": "UREV1", "count": 3, "finished": 1},
+        {"user": "UREV2", "count": 1, "finished": 1},
+    ]
+    assert data["queue_wait_total_s"] == 6600.0 and data["queue_wait_p50_s"] == 1500.0
+
+    code, out, err = await _delegate("digest", "--team", "growth", "--week", "2026-W47", env=env)
+    assert code == 0, err
+    for section in (
+        "## Spend by workload class\n\n- deep: $2.00\n- standard: $0.75\n- quick: $0.10\n",
+        "## Spend by role\n\n- execute: $2.80\n- verify: $0.05\n",
+        "## Spend by route (role x class -> model)\n\n- execute x deep -> opus: $2.00 (1 call)",
+        "## Exceptions by kind\n\n- budget: 1\n",
+        "- UREV1: 3 decisions, 1 approved\n",
+        "| Time waiting in the queue (total / median) | 1.8 h / 25 min |",
+    ):
+        assert section in out, section
 
     code, out, err = await _delegate(
         "digest", "--team", "growth", "--week", "2026-W47", "--format", "csv", "--weeks", "3",
@@ -323,6 +390,10 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     assert [r["finished_outcomes"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["cost_per_finished_outcome_usd"] == ""
     assert rows[2]["total_spend_usd"] == "2.85"
+    assert [r["spend_usd:class=deep"] for r in rows] == ["0", "1.0", "2.0"]
+    assert rows[2]["spend_usd:role=verify"] == "0.05"
+    assert rows[2]["spend_usd:route=execute/standard/sonnet"] == "0.7"
+    assert [r["exceptions:kind=budget"] for r in rows] == ["0", "0", "1"]
 
     code, out, err = await _delegate("digest", "--team", "nobody", env=env)
     assert code == 2 and "--team must be one of: all, default, growth" in err

@@ -44,7 +44,7 @@ from sqlmodel import SQLModel
 
 from workers import metrics
 from workers.config import DigestSchedule, Settings
-from workers.metrics import ALL, Comparison, Period, TeamMetrics, WeekPoint, usd
+from workers.metrics import ALL, Comparison, Period, RouteSpend, TeamMetrics, WeekPoint, usd
 from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
 from workers.sweeps import single_runner
 
@@ -172,11 +172,20 @@ def headlines(digest: Digest) -> list[str]:
             else "."
         ),
     ]
+    parts = [plural(now.delegations, "delegation"), plural(now.chat_answers, "chat answer")]
+    if now.requests_in_progress:
+        # Not yet either: said, so that the parts add up to the requests.
+        parts.append(f"{now.requests_in_progress} still in dialogue")
     ratio = now.delegation_ratio
+    if ratio is None:
+        share = ""
+    elif now.requests_in_progress:
+        share = f" ({percent(ratio)} of those settled delegated)"
+    else:
+        share = f" ({percent(ratio)} delegated)"
     lines.append(
-        f"{plural(now.requests_received, 'request')}: {plural(now.delegations, 'delegation')} "
-        f"and {plural(now.chat_answers, 'chat answer')}"
-        + (f" ({percent(ratio)} delegated)." if ratio is not None else ".")
+        f"{plural(now.requests_received, 'request')}: "
+        f"{', '.join(parts[:-1])} and {parts[-1]}{share}."
     )
     if now.review_decisions or now.finished_outcomes:
         lines.append(
@@ -187,10 +196,10 @@ def headlines(digest: Digest) -> list[str]:
         )
     trouble = []
     if now.exceptions:
-        ranked = sorted(now.exceptions.items(), key=lambda kv: (-kv[1], kv[0]))
-        kinds = ", ".join(f"{_clip(k, 40)} {v}" for k, v in ranked[:5])
-        if len(ranked) > 5:
-            kinds += f" and {plural(len(ranked) - 5, 'other kind')}"
+        by_kind = ranked(now.exceptions)
+        kinds = ", ".join(f"{_clip(k, 40)} {v}" for k, v in by_kind[:5])
+        if len(by_kind) > 5:
+            kinds += f" and {plural(len(by_kind) - 5, 'other kind')}"
         trouble.append(f"{plural(now.exception_count, 'exception')} ({kinds})")
     if now.rejections:
         trouble.append(plural(now.rejections, "rejection"))
@@ -230,13 +239,19 @@ def render_markdown(digest: Digest) -> str:
     out += ["", "| figure | this week | last week |", "|---|---|---|"]
     for label, this, last in _table_rows(digest):
         out.append(f"| {label} | {this} | {last} |")
+    if now.spend_by_class:
+        out += ["", "## Spend by workload class", ""]
+        out += [f"- {name}: {money(v)}" for name, v in ranked(now.spend_by_class)]
+    if now.spend_by_role:
+        out += ["", "## Spend by role", ""]
+        out += [f"- {name}: {money(v)}" for name, v in ranked(now.spend_by_role)]
     if now.spend_by_route:
         out += ["", "## Spend by route (role x class -> model)", ""]
         for r in now.spend_by_route:
-            out.append(
-                f"- {r.role} x {r.workload_class} -> {r.model}: {money(r.micro_usd)} "
-                f"({plural(r.calls, 'call')})"
-            )
+            out.append(f"- {route_label(r)}: {money(r.micro_usd)} ({plural(r.calls, 'call')})")
+    if now.exceptions:
+        out += ["", "## Exceptions by kind", ""]
+        out += [f"- {kind}: {n}" for kind, n in ranked(now.exceptions)]
     if now.top_requesters:
         out += ["", "## Top requesters", ""]
         out += [
@@ -244,8 +259,20 @@ def render_markdown(digest: Digest) -> str:
         ]
     if now.top_reviewers:
         out += ["", "## Top reviewers", ""]
-        out += [f"- {p.user}: {plural(p.count, 'decision')}" for p in now.top_reviewers]
+        out += [
+            f"- {p.user}: {plural(p.count, 'decision')}, {p.finished} approved"
+            for p in now.top_reviewers
+        ]
     return "\n".join(out) + "\n"
+
+
+def ranked(tally: dict[str, int]) -> list[tuple[str, int]]:
+    """A tally's entries, largest first (then by name)."""
+    return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def route_label(route: RouteSpend) -> str:
+    return f"{route.role} x {route.workload_class} -> {route.model}"
 
 
 def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
@@ -260,7 +287,10 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
         ("Total spend", lambda m: money(m.spend_micro_usd)),
         ("Spend not approved", lambda m: money(m.unapproved_spend_micro_usd)),
         ("Requests", lambda m: str(m.requests_received)),
-        ("Delegations / chat answers", lambda m: f"{m.delegations} / {m.chat_answers}"),
+        (
+            "Delegations / chat answers / in dialogue",
+            lambda m: f"{m.delegations} / {m.chat_answers} / {m.requests_in_progress}",
+        ),
         ("Orders confirmed", lambda m: str(m.orders_confirmed)),
         ("First-pass approval", lambda m: percent(m.first_pass_approval_rate)),
         ("Rework rate", lambda m: percent(m.rework_rate)),
@@ -272,8 +302,11 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
             lambda m: f"{duration(m.cycle_time_p50_s)} / {duration(m.cycle_time_p90_s)}",
         ),
         ("Review latency (median)", lambda m: duration(m.review_latency_p50_s)),
-        ("Time waiting in the queue", lambda m: duration(m.queue_wait_total_s)),
-        ("Time waiting for quota", lambda m: duration(m.quota_wait_total_s)),
+        (
+            "Time waiting in the queue (total / median)",
+            lambda m: f"{duration(m.queue_wait_total_s)} / {duration(m.queue_wait_p50_s)}",
+        ),
+        ("Time waiting for quota (total)", lambda m: duration(m.quota_wait_total_s)),
     ]
     return [(label, *both(fmt)) for label, fmt in rows]
 
@@ -290,6 +323,7 @@ CSV_COLUMNS = (
     "requests_received",
     "delegations",
     "chat_answers",
+    "requests_in_progress",
     "orders_confirmed",
     "finished_outcomes",
     "first_pass_approval_rate",
@@ -301,6 +335,7 @@ CSV_COLUMNS = (
     "cycle_time_p90_s",
     "review_latency_p50_s",
     "queue_wait_total_s",
+    "queue_wait_p50_s",
     "quota_wait_total_s",
     "total_spend_usd",
     "cost_per_finished_outcome_usd",
@@ -308,15 +343,38 @@ CSV_COLUMNS = (
 )
 
 
+def _breakdown(m: TeamMetrics) -> dict[str, float | int]:
+    """A week's spend by class, role and route and its exceptions by kind, one column each."""
+    columns: dict[str, float | int] = {}
+    for prefix, tally in (("class", m.spend_by_class), ("role", m.spend_by_role)):
+        for name, micro in tally.items():
+            columns[f"spend_usd:{prefix}={name}"] = usd(micro) or 0.0
+    for r in m.spend_by_route:
+        columns[f"spend_usd:route={r.role}/{r.workload_class}/{r.model}"] = usd(r.micro_usd) or 0.0
+    for kind, count in m.exceptions.items():
+        columns[f"exceptions:kind={kind}"] = count
+    return columns
+
+
 def series_csv(series: Sequence[TeamMetrics]) -> str:
-    """One row per week, oldest first, for a spreadsheet."""
+    """One row per week, oldest first, for a spreadsheet: the figures, then one column per
+    workload class, role, route and exception kind seen in any of the weeks (0 where a week
+    has none)."""
+    breakdowns = [_breakdown(m) for m in series]
+    extra = sorted({name for b in breakdowns for name in b})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["team", *CSV_COLUMNS])
-    for m in series:
+    writer.writerow(["team", *CSV_COLUMNS, *extra])
+    for m, breakdown in zip(series, breakdowns, strict=True):
         row = m.as_dict()
         row["exceptions"] = m.exception_count
-        writer.writerow([m.team, *("" if row[c] is None else row[c] for c in CSV_COLUMNS)])
+        writer.writerow(
+            [
+                m.team,
+                *("" if row[c] is None else row[c] for c in CSV_COLUMNS),
+                *(breakdown.get(name, 0) for name in extra),
+            ]
+        )
     return buffer.getvalue()
 
 
