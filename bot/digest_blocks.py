@@ -63,8 +63,7 @@ def digest_blocks(digest: Digest, names: Mapping[str, str] | None = None) -> lis
             people.append(
                 "Top requesters: "
                 + ", ".join(
-                    f"{_person(p.user, names)} ({p.finished} finished)"
-                    for p in now.top_requesters
+                    f"{_person(p.user, names)} ({p.finished} finished)" for p in now.top_requesters
                 )
             )
         if now.top_reviewers:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -44,6 +44,7 @@ from sqlmodel import SQLModel
 
 from workers import metrics
 from workers.config import DigestSchedule, Settings
+from workers.db import reading
 from workers.metrics import ALL, Comparison, Period, RouteSpend, TeamMetrics, WeekPoint, usd
 from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
 from workers.sweeps import single_runner
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 CHART_WEEKS = 8
 STALE_CLAIM = timedelta(minutes=15)
+# A digest_posts state: the schedule passed over an empty week (posts.state is otherwise
+# 'claimed' or 'posted').
+SKIPPED = "skipped"
 _posts = SQLModel.metadata.tables["digest_posts"]
 
 
@@ -413,6 +417,33 @@ def next_fire(schedule: DigestSchedule, after: datetime) -> datetime | None:
     return fire.astimezone(UTC) if fire else None
 
 
+_INSTALLED = SQLModel.metadata.tables["installation"]
+# Data older than the installation record (an install from before migration 0013, or imported
+# history) means Delegate was there by then.
+_EARLIEST_DATA = (
+    SQLModel.metadata.tables["intake_sessions"].c.created_at,
+    SQLModel.metadata.tables["llm_calls"].c.created_at,
+    SQLModel.metadata.tables["transitions"].c.at,
+)
+
+
+async def installed_at(engine: AsyncEngine) -> datetime | None:
+    """When Delegate was installed on this database: the time migration 0013 recorded, or its
+    earliest intake dialogue, model call or state change if older; None if neither exists."""
+    found = []
+    async with reading(engine).connect() as conn:
+        for column in (_INSTALLED.c.installed_at, *_EARLIEST_DATA):
+            found.append((await conn.execute(select(func.min(column)))).scalar())
+    moments = [_as_utc(value) for value in found if value is not None]
+    return min(moments) if moments else None
+
+
+def _as_utc(value: Any) -> datetime:
+    # SQLite returns MIN() over a timestamp column as the stored text.
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def schedule_for(settings: Settings, team: str) -> DigestSchedule | None:
     """The first `digests:` entry that reports on `team` (its channel and time zone)."""
     for schedule in settings.digests:
@@ -440,14 +471,31 @@ async def claim(
     week: str,
     owner: str,
     now: datetime,
+    over_skipped: bool = False,
 ) -> Claim | None:
-    """Claim the digest for (team, channel, week); None if another process has (or posted) it."""
+    """Claim the digest for (team, channel, week); None if another process has (or posted) it.
+    `over_skipped`: a week the schedule skipped as empty may be claimed (someone asked for it)."""
     async with engine.begin() as conn:
-        return await _claim(conn, team=team, channel=channel, week=week, owner=owner, now=now)
+        return await _claim(
+            conn,
+            team=team,
+            channel=channel,
+            week=week,
+            owner=owner,
+            now=now,
+            over_skipped=over_skipped,
+        )
 
 
 async def _claim(
-    conn: Any, *, team: str, channel: str, week: str, owner: str, now: datetime
+    conn: Any,
+    *,
+    team: str,
+    channel: str,
+    week: str,
+    owner: str,
+    now: datetime,
+    over_skipped: bool = False,
 ) -> Claim | None:
     values = {
         "team": team,
@@ -468,11 +516,14 @@ async def _claim(
     inserted = await conn.execute(statement)
     key = and_(_posts.c.team == team, _posts.c.channel == channel, _posts.c.week == week)
     if inserted.rowcount != 1:
-        # Taken over only if its owner died mid-post: claimed, never posted, long ago.
+        # Taken over only if its owner died mid-post (claimed, never posted, long ago), or if
+        # it was skipped as empty and is now asked for.
+        abandoned = and_(_posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
+        takeable = or_(abandoned, _posts.c.state == SKIPPED) if over_skipped else abandoned
         taken = await conn.execute(
             update(_posts)
-            .where(key, _posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
-            .values(claimed_by=owner, claimed_at=now)
+            .where(key, takeable)
+            .values(state="claimed", claimed_by=owner, claimed_at=now)
         )
         if taken.rowcount != 1:
             return None
@@ -488,6 +539,14 @@ async def mark_posted(
             update(_posts)
             .where(_posts.c.id == claimed.id)
             .values(state="posted", ts=ts, posted_at=now)
+        )
+
+
+async def mark_skipped(engine: AsyncEngine, claimed: Claim, *, now: datetime) -> None:
+    """Record that the schedule passed over this (empty) week, so it is not weighed again."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(_posts).where(_posts.c.id == claimed.id).values(state=SKIPPED, posted_at=now)
         )
 
 
@@ -509,9 +568,20 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Due:
+    """A digest the schedule calls for: a team's week, in a channel."""
+
+    team: str
+    channel: str
+    week: Period
+    post_empty: bool = False
+
+
 class DigestScheduler:
     """Posts every due digest once. `sweep()` is run by APScheduler every minute and at start;
-    tests call it directly with their own clock."""
+    tests call it directly with their own clock. `post()` posts one digest on request
+    (`delegate digest --post`), through the same ledger, so the schedule does not post it again."""
 
     def __init__(
         self,
@@ -530,15 +600,15 @@ class DigestScheduler:
         self.owner = owner or default_owner()
         self.render_chart = render_chart
 
-    def due(self, now: datetime) -> list[tuple[str, str, Period]]:
-        """(team, channel, week) for every digest due at `now`, claimed or not."""
+    def due(self, now: datetime) -> list[Due]:
+        """Every digest due at `now`, claimed or not."""
         due = []
         for schedule in self.settings.digests:
             week = due_week(schedule, now)
             if week is None:
                 continue
             for team in schedule_teams(schedule, self.settings):
-                due.append((team, schedule.channel, week))
+                due.append(Due(team, schedule.channel, week, schedule.post_empty))
         return due
 
     async def sweep(self) -> list[Claim]:
@@ -550,16 +620,46 @@ class DigestScheduler:
         async with single_runner(self.engine, "digests") as mine:
             if not mine:  # another process is sweeping; it posts what is due
                 return []
-            return await self._post_all(due, now)
+            # Not the weeks before Delegate was installed: a fresh install has nothing to say
+            # about them (and would otherwise post last week's empty digest on its first day).
+            installed = await installed_at(self.engine) or now
+            return await self._post_all([d for d in due if d.week.end > installed], now)
 
-    async def _post_all(self, due: list[tuple[str, str, Period]], now: datetime) -> list[Claim]:
+    async def post(self, team: str, channel: str, week: Period) -> Claim | None:
+        """Post `team`'s digest for `week` in `channel` now, empty or not, unless it has been
+        posted there (or is being posted) already: then None. A failed post raises, and is
+        left unclaimed for the schedule or a later attempt."""
+        claimed = await claim(
+            self.engine,
+            team=team,
+            channel=channel,
+            week=week.label,
+            owner=self.owner,
+            now=self.clock(),
+            over_skipped=True,
+        )
+        if claimed is None:
+            return None
+        try:
+            digest = await build_digest(self.engine, self.settings, team, week)
+            ts = await self._post(channel, digest)
+        except BaseException:
+            await release(self.engine, claimed)
+            raise
+        await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+        return claimed
+
+    async def _post_all(self, due: list[Due], now: datetime) -> list[Claim]:
         claims = await self._claim_all(due, now)
         posted = []
-        weeks = {(c.team, c.channel, c.week): w for c, w in claims}
-        for claimed, _ in claims:
-            week = weeks[(claimed.team, claimed.channel, claimed.week)]
+        for claimed, wanted in claims:
             try:
-                ts = await self._post(claimed, week)
+                digest = await build_digest(self.engine, self.settings, claimed.team, wanted.week)
+                if digest.current.is_empty and not wanted.post_empty:
+                    await mark_skipped(self.engine, claimed, now=self.clock())
+                    log.info("digest for %s %s skipped: an empty week", claimed.team, claimed.week)
+                    continue
+                ts = await self._post(claimed.channel, digest)
             except Exception:
                 log.exception(
                     "digest for %s in %s (%s) failed; will retry",
@@ -573,28 +673,30 @@ class DigestScheduler:
             posted.append(claimed)
         return posted
 
-    async def _claim_all(
-        self, due: list[tuple[str, str, Period]], now: datetime
-    ) -> list[tuple[Claim, Period]]:
+    async def _claim_all(self, due: list[Due], now: datetime) -> list[tuple[Claim, Due]]:
         claims = []
         async with self.engine.begin() as conn:
             # On SQLite this transaction began IMMEDIATE: it already is the only writer.
-            for team, channel, week in due:
+            for wanted in due:
                 claimed = await _claim(
-                    conn, team=team, channel=channel, week=week.label, owner=self.owner, now=now
+                    conn,
+                    team=wanted.team,
+                    channel=wanted.channel,
+                    week=wanted.week.label,
+                    owner=self.owner,
+                    now=now,
                 )
                 if claimed is not None:
-                    claims.append((claimed, week))
+                    claims.append((claimed, wanted))
         return claims
 
-    async def _post(self, claimed: Claim, week: Period) -> str | None:
-        digest = await build_digest(self.engine, self.settings, claimed.team, week)
+    async def _post(self, channel: str, digest: Digest) -> str | None:
         chart = None
         if self.render_chart is not None:
             try:
                 chart = await asyncio.to_thread(self.render_chart, digest.series, digest.title)
             except Exception:
                 log.exception(
-                    "digest chart for %s could not be drawn; posting without", claimed.team
+                    "digest chart for %s could not be drawn; posting without", digest.team
                 )
-        return await self.publisher.publish(claimed.channel, digest, chart)
+        return await self.publisher.publish(channel, digest, chart)

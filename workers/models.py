@@ -444,7 +444,9 @@ class DigestPost(SQLModel, table=True):
     team: str
     channel: str
     week: str = Field(description="ISO week, e.g. '2026-W47'")
-    state: str = Field(default="claimed", description="'claimed' or 'posted'")
+    state: str = Field(
+        default="claimed", description="'claimed', 'posted', or 'skipped' (an empty week)"
+    )
     claimed_by: str
     claimed_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
