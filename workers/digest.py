@@ -6,9 +6,12 @@
 - *When*: each `digests:` entry is a 5-field cron in an IANA time zone. The first time the cron
   fires in a week (local time, so 09:00 stays 09:00 across daylight-saving changes), the last
   complete week is due. A sweep that runs later in the week (the bot was down at 09:00) still
-  finds it due, and posts it then: a missed digest is caught up once.
+  finds it due, and posts it then: a missed digest is caught up once. Weeks that ended before
+  Delegate was installed are never due, and an empty week is passed over (recorded as
+  'skipped') unless its entry says `post_empty`.
 - *Once*: a digest is claimed by inserting (team, channel, week) into `digest_posts`, whose
-  unique key lets exactly one insert win on SQLite and PostgreSQL alike. On PostgreSQL the sweep
+  unique key lets exactly one insert win on SQLite and PostgreSQL alike. `delegate digest
+  --post` claims through the same table, so a week posted by hand is not posted again. On PostgreSQL the sweep
   also runs on one process at a time (workers.sweeps), so concurrent `delegate run` processes
   do not even race for it.
   A claim whose post failed is released for the next sweep; one left behind by a process that
