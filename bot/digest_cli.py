@@ -7,8 +7,11 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from workers import metric_days
-from workers.config import Settings
+from workers.config import DigestSchedule, Settings
 from workers.db import create_engine
 from workers.digest import (
     DigestScheduler,
@@ -83,23 +86,51 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         else:
             print(render_markdown(digest), end="")
         if args.post:
-            channel = args.channel or (schedule.channel if schedule else None)
-            if channel is None:
-                print(
-                    "delegate digest: no channel; pass --channel or add the team to `digests:`",
-                    file=sys.stderr,
-                )
-                return EXIT_USAGE
-            publisher = _publisher(settings)
-            if publisher is None:
-                return EXIT_USAGE
-            from workers.chart import render_chart
-
-            ts = await publisher.publish(channel, digest, render_chart(digest.series, digest.title))
-            print(f"posted in {channel} (ts {ts})", file=sys.stderr)
+            return await _post(settings, engine, team, args.channel, schedule, week)
         return EXIT_OK
     finally:
         await engine.dispose()
+
+
+async def _post(
+    settings: Settings,
+    engine: AsyncEngine,
+    team: str,
+    channel: str | None,
+    schedule: DigestSchedule | None,
+    week: Period,
+) -> int:
+    """Post through the schedule's ledger: once per team, channel and week, whoever posts."""
+    channel = channel or (schedule.channel if schedule else None)
+    if channel is None:
+        print(
+            "delegate digest: no channel; pass --channel or add the team to `digests:`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    publisher = _publisher(settings)
+    if publisher is None:
+        return EXIT_USAGE
+    from workers.chart import render_chart
+
+    scheduler = DigestScheduler(settings, engine, publisher, render_chart=render_chart)
+    try:
+        posted = await scheduler.post(team, channel, week)
+    except SlackApiError as exc:
+        print(
+            f"delegate digest: Slack refused the post in {channel}: {exc.response.get('error')}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if posted is None:
+        print(
+            f"delegate digest: {team} {week.label} was already posted in {channel} "
+            "(or is being posted); not posting it again",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    print(f"posted {team} {week.label} in {channel}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _publisher(settings: Settings) -> SlackDigestPublisher | None:

@@ -20,8 +20,11 @@ class SlackDigestPublisher:
         self.client = client
 
     async def publish(self, channel: str, digest: Digest, chart_png: bytes | None) -> str | None:
+        names = await self.names(
+            [p.user for p in (*digest.current.top_requesters, *digest.current.top_reviewers)]
+        )
         response = await self.client.chat_postMessage(
-            channel=channel, text=digest_text(digest), blocks=digest_blocks(digest)
+            channel=channel, text=digest_text(digest), blocks=digest_blocks(digest, names)
         )
         ts = response.get("ts")
         if chart_png:
@@ -36,3 +39,21 @@ class SlackDigestPublisher:
             except SlackApiError as exc:
                 log.warning("digest chart upload failed: %s", exc.response.get("error"))
         return str(ts) if ts else None
+
+    async def names(self, users: list[str]) -> dict[str, str]:
+        """Each user's display name (else their full name) from users.info, so the digest can
+        name people without a mention that notifies them. A user Slack will not describe is
+        left out and shown by id."""
+        names: dict[str, str] = {}
+        for user in dict.fromkeys(users):
+            try:
+                response = await self.client.users_info(user=user)
+            except SlackApiError as exc:
+                log.info("users.info failed for %s: %s", user, exc.response.get("error"))
+                continue
+            found = response.get("user") or {}
+            profile = found.get("profile") or {}
+            name = profile.get("display_name") or profile.get("real_name") or found.get("name")
+            if name:
+                names[user] = str(name)
+        return names

@@ -357,6 +357,9 @@ async def test_lead_sees_the_weeks_figures_and_the_chart_uploaded_once(
     text = text_of(first)
     assert "This week for team growth" in text and "2026-W47 so far" in text
     assert "finished outcome" in text and "Cost per finished outcome" in text
+    # A dialogue still under way is neither a delegation nor a chat answer: the figures add up.
+    assert "6 requests: 3 delegations, 2 chat answers and 1 still in dialogue" in text
+    assert "Delegations / chat answers / in dialogue*\\n3 / 2 / 1" in text
     [image] = [b for b in first["blocks"] if b["type"] == "image"]
     [uploaded] = fake_slack.calls_to("files.completeUploadExternal")
     file_id = uploaded.response["files"][0]["id"]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.blocks import FIELD_TEXT_MAX, HEADER_TEXT_MAX, MESSAGE_BLOCKS_MAX, SECTION_TEXT_MAX
 from bot.digest_blocks import digest_blocks
@@ -33,11 +33,12 @@ from workers.digest import (
     render_markdown,
 )
 from workers.metrics import Period, WeekPoint
-from workers.models import MetricDay
+from workers.models import DigestPost, Installation, MetricDay
 
 DELEGATE = Path(sys.executable).with_name("delegate")
 REPO = Path(__file__).resolve().parents[1]
 BERLIN_MONDAY_9 = {"channel": "C0LEADS", "cron": "0 9 * * mon", "timezone": "Europe/Berlin"}
+EVERY_MINUTE = {"channel": "C0LEADS", "cron": "* * * * *", "timezone": "UTC"}
 
 
 def assert_within_slack_limits(blocks: list[dict[str, Any]]) -> None:
@@ -57,6 +58,15 @@ def assert_within_slack_limits(blocks: list[dict[str, Any]]) -> None:
         else:
             raise AssertionError(f"unexpected block {block['type']}")
     assert len(json.dumps(blocks)) < 40_000
+
+
+LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def installed_on(engine: Any, when: datetime) -> None:
+    """Pretend Delegate was installed at `when` (a fresh test database was installed just now)."""
+    async with engine.begin() as conn:
+        await conn.execute(update(Installation).values(installed_at=when))
 
 
 def digest_settings(**digest: Any) -> Any:
@@ -84,10 +94,15 @@ async def test_a_busy_week_and_an_empty_one_read_well_and_fit_slack(database: An
     assert words[0].startswith("*2 finished outcomes* (+1 on last week), at *$1.43 each*")
     assert "-$0.08 on last week" in words[0]
     assert "$0.40 went to work that was not approved" in words[1]
-    assert words[2] == "6 requests: 3 delegations and 2 chat answers (60 % delegated)."
+    # One dialogue is still under way: the parts add up to the requests.
+    assert words[2] == (
+        "6 requests: 3 delegations, 2 chat answers and 1 still in dialogue "
+        "(60 % of those settled delegated)."
+    )
     assert "Needs a look: 1 exception (budget 1), 1 rejection, 1 cancellation." in words
     assert_within_slack_limits(digest_blocks(busy))
-    assert "<@U1> (1 finished)" in json.dumps(digest_blocks(busy))
+    blocks_text = json.dumps(digest_blocks(busy))
+    assert "U1 (1 finished)" in blocks_text and "<@" not in blocks_text
     assert [p.week for p in busy.series][-1] == "2026-W47" and len(busy.series) == 8
 
     assert empty.current.is_empty
@@ -119,6 +134,50 @@ def test_blocks_stay_within_limits_however_many_exceptions() -> None:
     blocks = digest_blocks(digest)
     assert_within_slack_limits(blocks)
     assert "<!channel>" not in json.dumps(blocks)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_the_posted_digest_names_people_without_pinging_and_shows_where_money_went(
+    database: Any, fake_slack: Any
+) -> None:
+    engine = database.engine()
+    client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    fake_slack.users["UREV2"] = None  # Slack will not describe this one: shown by id
+    try:
+        await seed_history(engine)
+        busy = await build_digest(engine, history_settings(), "growth", W47)
+        await SlackDigestPublisher(client).publish("C0LEADS", busy, None)
+    finally:
+        await engine.dispose()
+
+    [message] = fake_slack.calls_to("chat.postMessage")
+    text = json.dumps(message.args["blocks"], ensure_ascii=False)
+    assert "<@" not in text, "naming the top people must not notify them"
+    assert "Top requesters: u1 (1 finished), u2 (1 finished)" in text
+    assert "Top reviewers: urev1 (3 decisions, 1 approved), UREV2 (1 decision, 1 approved)" in text
+    assert "Spend by workload class: deep $2.00, standard $0.75, quick $0.10" in text
+    assert (
+        "Spend by route (role x class -&gt; model): execute x deep -&gt; opus $2.00, "
+        "execute x standard -&gt; sonnet $0.70, execute x quick -&gt; haiku $0.10, "
+        "verify x standard -&gt; mini $0.05"
+    ) in text
+    assert "Time waiting in the queue (total / median)*\\n1.8 h / 25 min" in text
+    footer = message.args["blocks"][-1]["elements"][0]["text"]
+    assert "delegate digest" not in footer and "`" not in footer
+    assert "Home tab" in footer
+
+
+def test_chart_labels_weeks_with_their_year_and_bars_with_their_values() -> None:
+    from workers.chart import draw_chart
+
+    series = [WeekPoint("2025-W52", 3, 4_500_000), WeekPoint("2026-W01", 0, 0)]
+    series += [WeekPoint(f"2026-W{i:02d}", i, 1_000_000 * i) for i in range(2, 8)]
+    figure = draw_chart(series, "Weekly digest for team growth, 2026-W07")
+    bars = figure.axes[0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == [p.week for p in series]
+    assert [t.get_text() for t in bars.texts] == ["3", "0", "2", "3", "4", "5", "6", "7"]
+    cost_labels = [t.get_text() for t in figure.axes[1].texts]
+    assert cost_labels[0] == "$1.50" and len(cost_labels) == 7  # no cost when nothing finished
 
 
 def test_chart_is_a_real_png() -> None:
@@ -157,9 +216,10 @@ async def test_digest_posts_at_local_nine_across_daylight_saving_exactly_once(
 ) -> None:
     clock = Clock(datetime(2026, 3, 23, 7, 59, tzinfo=UTC))
     engine = database.engine()
+    await installed_on(engine, LONG_AGO)
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     scheduler = DigestScheduler(
-        digest_settings(),
+        digest_settings(post_empty=True),
         engine,
         SlackDigestPublisher(client),
         clock=clock,
@@ -195,14 +255,12 @@ async def test_a_missed_digest_is_caught_up_once_after_restart(
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     # Down over Monday morning; back on Wednesday.
     wednesday = Clock(datetime(2026, 3, 25, 12, 0, tzinfo=UTC))
+    settings = digest_settings(post_empty=True)
     try:
-        first = DigestScheduler(
-            digest_settings(), engine, SlackDigestPublisher(client), clock=wednesday
-        )
+        await installed_on(engine, LONG_AGO)
+        first = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=wednesday)
         assert [c.week for c in await first.sweep()] == ["2026-W12"]
-        restarted = DigestScheduler(
-            digest_settings(), engine, SlackDigestPublisher(client), clock=wednesday
-        )
+        restarted = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=wednesday)
         assert await restarted.sweep() == []
         wednesday.now = datetime(2026, 3, 29, 21, 0, tzinfo=UTC)  # still the same week
         assert await restarted.sweep() == []
@@ -216,9 +274,10 @@ async def test_a_failed_post_is_retried_by_the_next_sweep(database: Any, fake_sl
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     monday = Clock(datetime(2026, 3, 23, 9, 0, tzinfo=UTC))
     scheduler = DigestScheduler(
-        digest_settings(), engine, SlackDigestPublisher(client), clock=monday
+        digest_settings(post_empty=True), engine, SlackDigestPublisher(client), clock=monday
     )
     try:
+        await installed_on(engine, LONG_AGO)
         fake_slack.fail_next("chat.postMessage", 200, error="channel_not_found")
         assert await scheduler.sweep() == []
         assert [c.week for c in await scheduler.sweep()] == ["2026-W12"]
@@ -233,7 +292,8 @@ async def test_concurrent_schedulers_on_one_database_post_once(
     engines = [database.engine() for _ in range(3)]
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     monday = Clock(datetime(2026, 3, 23, 9, 0, tzinfo=UTC))
-    settings = digest_settings(teams=["growth", "default", "all"])
+    settings = digest_settings(teams=["growth", "default", "all"], post_empty=True)
+    await installed_on(engines[0], LONG_AGO)
     schedulers = [
         DigestScheduler(settings, e, SlackDigestPublisher(client), clock=monday, owner=f"p{i}")
         for i, e in enumerate(engines)
@@ -246,6 +306,99 @@ async def test_concurrent_schedulers_on_one_database_post_once(
     posted = sorted((c.team, c.week) for r in results for c in r)
     assert posted == [("all", "2026-W12"), ("default", "2026-W12"), ("growth", "2026-W12")]
     assert len(fake_slack.calls_to("chat.postMessage")) == 3
+
+
+async def test_a_fresh_install_posts_nothing_about_the_weeks_before_it(
+    database: Any, fake_slack: Any
+) -> None:
+    engine = database.engine()
+    client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    installed = datetime(2026, 3, 25, 12, 0, tzinfo=UTC)  # a Wednesday of 2026-W13
+    clock = Clock(installed)
+    settings = load_settings(digests=[EVERY_MINUTE | {"post_empty": True}])
+    scheduler = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=clock)
+    try:
+        await installed_on(engine, installed)
+        assert await scheduler.sweep() == [], "2026-W12 ended before Delegate was installed"
+        clock.now = datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
+        assert [c.week for c in await scheduler.sweep()] == ["2026-W13"]
+    finally:
+        await engine.dispose()
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+
+
+async def test_an_empty_week_is_not_posted_unless_asked_for(database: Any, fake_slack: Any) -> None:
+    engine = database.engine()
+    client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    monday = Clock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    quiet = DigestScheduler(
+        load_settings(teams=history_settings().teams, digests=[EVERY_MINUTE]),
+        engine,
+        SlackDigestPublisher(client),
+        clock=monday,
+    )
+    try:
+        await seed_history(engine)  # data from 2026-W46 to 2026-W47
+        assert [c.week for c in await quiet.sweep()] == ["2026-W47", "2026-W47"]  # both teams
+        monday.now = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+        assert await quiet.sweep() == [], "2026-W48 had nothing in it"
+        assert await quiet.sweep() == []
+        # Asked for by name, an empty week is posted, once.
+        assert await quiet.post("growth", "C0LEADS", Period.iso_week("2026-W48")) is not None
+        assert await quiet.post("growth", "C0LEADS", Period.iso_week("2026-W48")) is None
+        async with engine.connect() as conn:
+            ledger = (
+                await conn.execute(
+                    select(DigestPost.team, DigestPost.week, DigestPost.state).order_by(
+                        DigestPost.week, DigestPost.team
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert ledger == [
+        ("default", "2026-W47", "posted"),
+        ("growth", "2026-W47", "posted"),
+        ("default", "2026-W48", "skipped"),
+        ("growth", "2026-W48", "posted"),
+    ]
+    posted = [json.dumps(c.args["blocks"]) for c in fake_slack.calls_to("chat.postMessage")]
+    assert len(posted) == 3 and "A quiet week" in posted[2]
+    assert not any("A quiet week" in text for text in posted[:2])
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_week_posted_by_hand_is_not_posted_again_by_the_schedule(
+    database: Any, fake_slack: Any, tmp_path: Path
+) -> None:
+    engine = database.engine()
+    try:
+        await installed_on(engine, LONG_AGO)
+    finally:
+        await engine.dispose()
+    env = _cli_env(
+        database,
+        tmp_path,
+        fake_slack.api_url,
+        digests=[EVERY_MINUTE | {"teams": ["growth"], "post_empty": True}],
+    )
+    code, _, err = await _delegate("digest", "--team", "growth", "--post", env=env)
+    assert code == 0, err
+    assert "posted growth " in err
+    code, out, err = await _delegate("digest", "--due", env=env)
+    assert (code, out.strip()) == (0, "nothing due"), err
+    code, _, err = await _delegate("digest", "--team", "growth", "--post", env=env)
+    assert code == 0 and "already posted in C0LEADS" in err and "not posting it again" in err
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+
+    # A post Slack refuses is an error, and leaves the week unposted for a later attempt.
+    fake_slack.fail_next("chat.postMessage", 200, error="channel_not_found")
+    again = ("digest", "--team", "growth", "--week", "2026-W03", "--post")
+    code, _, err = await _delegate(*again, env=env)
+    assert code == 1 and "Slack refused the post in C0LEADS: channel_not_found" in err
+    assert "Traceback" not in err
+    code, _, err = await _delegate(*again, env=env)
+    assert code == 0 and "posted growth 2026-W03 in C0LEADS" in err
 
 
 def _cli_env(
@@ -303,6 +456,7 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     data = json.loads(out)
     assert (data["team"], data["week"]) == ("growth", "2026-W47")
     assert (data["finished_outcomes"], data["delegations"], data["chat_answers"]) == (2, 3, 2)
+    assert (data["requests_received"], data["requests_in_progress"]) == (6, 1)
     assert data["cost_per_finished_outcome_usd"] == 1.425
     assert data["total_spend_usd"] == 2.85
     assert data["rework_rate"] == 0.25
@@ -312,6 +466,23 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     assert data["previous"]["finished_outcomes"] == 1
     assert data["previous"]["cost_per_finished_outcome_usd"] == 1.5
     assert data["changes"]["finished_outcomes"] == 1
+    assert data["top_reviewers"] == [
+        {"user": "UREV1", "count": 3, "finished": 1},
+        {"user": "UREV2", "count": 1, "finished": 1},
+    ]
+    assert data["queue_wait_total_s"] == 6600.0 and data["queue_wait_p50_s"] == 1500.0
+
+    code, out, err = await _delegate("digest", "--team", "growth", "--week", "2026-W47", env=env)
+    assert code == 0, err
+    for section in (
+        "## Spend by workload class\n\n- deep: $2.00\n- standard: $0.75\n- quick: $0.10\n",
+        "## Spend by role\n\n- execute: $2.80\n- verify: $0.05\n",
+        "## Spend by route (role x class -> model)\n\n- execute x deep -> opus: $2.00 (1 call)",
+        "## Exceptions by kind\n\n- budget: 1\n",
+        "- UREV1: 3 decisions, 1 approved\n",
+        "| Time waiting in the queue (total / median) | 1.8 h / 25 min |",
+    ):
+        assert section in out, section
 
     code, out, err = await _delegate(
         "digest", "--team", "growth", "--week", "2026-W47", "--format", "csv", "--weeks", "3",
@@ -323,6 +494,10 @@ async def test_cli_prints_json_and_exports_csv(database: Any, tmp_path: Path) ->
     assert [r["finished_outcomes"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["cost_per_finished_outcome_usd"] == ""
     assert rows[2]["total_spend_usd"] == "2.85"
+    assert [r["spend_usd:class=deep"] for r in rows] == ["0", "1.0", "2.0"]
+    assert rows[2]["spend_usd:role=verify"] == "0.05"
+    assert rows[2]["spend_usd:route=execute/standard/sonnet"] == "0.7"
+    assert [r["exceptions:kind=budget"] for r in rows] == ["0", "0", "1"]
 
     code, out, err = await _delegate("digest", "--team", "nobody", env=env)
     assert code == 2 and "--team must be one of: all, default, growth" in err
@@ -337,10 +512,13 @@ async def test_two_scheduler_processes_on_postgres_post_one_digest(
         database,
         tmp_path,
         fake_slack.api_url,
-        digests=[
-            {"channel": "C0LEADS", "cron": "* * * * *", "timezone": "UTC", "teams": ["default"]}
-        ],
+        digests=[EVERY_MINUTE | {"teams": ["default"], "post_empty": True}],
     )
+    engine = database.engine()
+    try:
+        await installed_on(engine, LONG_AGO)
+    finally:
+        await engine.dispose()
     results = await asyncio.gather(
         _delegate("digest", "--due", env=env), _delegate("digest", "--due", env=env)
     )
@@ -363,9 +541,8 @@ async def test_digest_due_summarises_the_closed_days_first(
             database,
             tmp_path,
             fake_slack.api_url,
-            digests=[
-                {"channel": "C0LEADS", "cron": "* * * * *", "timezone": "UTC", "teams": ["growth"]}
-            ],
+            # Whatever week is last when the test runs, it is after the seeded history.
+            digests=[EVERY_MINUTE | {"teams": ["growth"], "post_empty": True}],
         )
         code, out, err = await _delegate("digest", "--due", env=env)
         async with engine.connect() as conn:

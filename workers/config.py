@@ -114,6 +114,7 @@ class DigestSchedule(_Strict):
     cron: str = Field(default="0 9 * * mon", description="5-field cron expression")
     timezone: str = "UTC"
     teams: list[str] = Field(default_factory=list, description="empty: every team")
+    post_empty: bool = Field(default=False, description="post a week with nothing in it too")
 
     @model_validator(mode="after")
     def _cron_parses(self) -> DigestSchedule:

@@ -6,9 +6,12 @@
 - *When*: each `digests:` entry is a 5-field cron in an IANA time zone. The first time the cron
   fires in a week (local time, so 09:00 stays 09:00 across daylight-saving changes), the last
   complete week is due. A sweep that runs later in the week (the bot was down at 09:00) still
-  finds it due, and posts it then: a missed digest is caught up once.
+  finds it due, and posts it then: a missed digest is caught up once. Weeks that ended before
+  Delegate was installed are never due, and an empty week is passed over (recorded as
+  'skipped') unless its entry says `post_empty`.
 - *Once*: a digest is claimed by inserting (team, channel, week) into `digest_posts`, whose
-  unique key lets exactly one insert win on SQLite and PostgreSQL alike. On PostgreSQL the sweep
+  unique key lets exactly one insert win on SQLite and PostgreSQL alike. `delegate digest
+  --post` claims through the same table, so a week posted by hand is not posted again. On PostgreSQL the sweep
   also runs on one process at a time (workers.sweeps), so concurrent `delegate run` processes
   do not even race for it.
   A claim whose post failed is released for the next sweep; one left behind by a process that
@@ -36,7 +39,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -44,7 +47,8 @@ from sqlmodel import SQLModel
 
 from workers import metrics
 from workers.config import DigestSchedule, Settings
-from workers.metrics import ALL, Comparison, Period, TeamMetrics, WeekPoint, usd
+from workers.db import reading
+from workers.metrics import ALL, Comparison, Period, RouteSpend, TeamMetrics, WeekPoint, usd
 from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
 from workers.sweeps import single_runner
 
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 
 CHART_WEEKS = 8
 STALE_CLAIM = timedelta(minutes=15)
+# A digest_posts state: the schedule passed over an empty week (posts.state is otherwise
+# 'claimed' or 'posted').
+SKIPPED = "skipped"
 _posts = SQLModel.metadata.tables["digest_posts"]
 
 
@@ -172,11 +179,20 @@ def headlines(digest: Digest) -> list[str]:
             else "."
         ),
     ]
+    parts = [plural(now.delegations, "delegation"), plural(now.chat_answers, "chat answer")]
+    if now.requests_in_progress:
+        # Not yet either: said, so that the parts add up to the requests.
+        parts.append(f"{now.requests_in_progress} still in dialogue")
     ratio = now.delegation_ratio
+    if ratio is None:
+        share = ""
+    elif now.requests_in_progress:
+        share = f" ({percent(ratio)} of those settled delegated)"
+    else:
+        share = f" ({percent(ratio)} delegated)"
     lines.append(
-        f"{plural(now.requests_received, 'request')}: {plural(now.delegations, 'delegation')} "
-        f"and {plural(now.chat_answers, 'chat answer')}"
-        + (f" ({percent(ratio)} delegated)." if ratio is not None else ".")
+        f"{plural(now.requests_received, 'request')}: "
+        f"{', '.join(parts[:-1])} and {parts[-1]}{share}."
     )
     if now.review_decisions or now.finished_outcomes:
         lines.append(
@@ -187,10 +203,10 @@ def headlines(digest: Digest) -> list[str]:
         )
     trouble = []
     if now.exceptions:
-        ranked = sorted(now.exceptions.items(), key=lambda kv: (-kv[1], kv[0]))
-        kinds = ", ".join(f"{_clip(k, 40)} {v}" for k, v in ranked[:5])
-        if len(ranked) > 5:
-            kinds += f" and {plural(len(ranked) - 5, 'other kind')}"
+        by_kind = ranked(now.exceptions)
+        kinds = ", ".join(f"{_clip(k, 40)} {v}" for k, v in by_kind[:5])
+        if len(by_kind) > 5:
+            kinds += f" and {plural(len(by_kind) - 5, 'other kind')}"
         trouble.append(f"{plural(now.exception_count, 'exception')} ({kinds})")
     if now.rejections:
         trouble.append(plural(now.rejections, "rejection"))
@@ -230,13 +246,19 @@ def render_markdown(digest: Digest) -> str:
     out += ["", "| figure | this week | last week |", "|---|---|---|"]
     for label, this, last in _table_rows(digest):
         out.append(f"| {label} | {this} | {last} |")
+    if now.spend_by_class:
+        out += ["", "## Spend by workload class", ""]
+        out += [f"- {name}: {money(v)}" for name, v in ranked(now.spend_by_class)]
+    if now.spend_by_role:
+        out += ["", "## Spend by role", ""]
+        out += [f"- {name}: {money(v)}" for name, v in ranked(now.spend_by_role)]
     if now.spend_by_route:
         out += ["", "## Spend by route (role x class -> model)", ""]
         for r in now.spend_by_route:
-            out.append(
-                f"- {r.role} x {r.workload_class} -> {r.model}: {money(r.micro_usd)} "
-                f"({plural(r.calls, 'call')})"
-            )
+            out.append(f"- {route_label(r)}: {money(r.micro_usd)} ({plural(r.calls, 'call')})")
+    if now.exceptions:
+        out += ["", "## Exceptions by kind", ""]
+        out += [f"- {kind}: {n}" for kind, n in ranked(now.exceptions)]
     if now.top_requesters:
         out += ["", "## Top requesters", ""]
         out += [
@@ -244,8 +266,20 @@ def render_markdown(digest: Digest) -> str:
         ]
     if now.top_reviewers:
         out += ["", "## Top reviewers", ""]
-        out += [f"- {p.user}: {plural(p.count, 'decision')}" for p in now.top_reviewers]
+        out += [
+            f"- {p.user}: {plural(p.count, 'decision')}, {p.finished} approved"
+            for p in now.top_reviewers
+        ]
     return "\n".join(out) + "\n"
+
+
+def ranked(tally: dict[str, int]) -> list[tuple[str, int]]:
+    """A tally's entries, largest first (then by name)."""
+    return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def route_label(route: RouteSpend) -> str:
+    return f"{route.role} x {route.workload_class} -> {route.model}"
 
 
 def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
@@ -260,7 +294,10 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
         ("Total spend", lambda m: money(m.spend_micro_usd)),
         ("Spend not approved", lambda m: money(m.unapproved_spend_micro_usd)),
         ("Requests", lambda m: str(m.requests_received)),
-        ("Delegations / chat answers", lambda m: f"{m.delegations} / {m.chat_answers}"),
+        (
+            "Delegations / chat answers / in dialogue",
+            lambda m: f"{m.delegations} / {m.chat_answers} / {m.requests_in_progress}",
+        ),
         ("Orders confirmed", lambda m: str(m.orders_confirmed)),
         ("First-pass approval", lambda m: percent(m.first_pass_approval_rate)),
         ("Rework rate", lambda m: percent(m.rework_rate)),
@@ -272,8 +309,11 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
             lambda m: f"{duration(m.cycle_time_p50_s)} / {duration(m.cycle_time_p90_s)}",
         ),
         ("Review latency (median)", lambda m: duration(m.review_latency_p50_s)),
-        ("Time waiting in the queue", lambda m: duration(m.queue_wait_total_s)),
-        ("Time waiting for quota", lambda m: duration(m.quota_wait_total_s)),
+        (
+            "Time waiting in the queue (total / median)",
+            lambda m: f"{duration(m.queue_wait_total_s)} / {duration(m.queue_wait_p50_s)}",
+        ),
+        ("Time waiting for quota (total)", lambda m: duration(m.quota_wait_total_s)),
     ]
     return [(label, *both(fmt)) for label, fmt in rows]
 
@@ -290,6 +330,7 @@ CSV_COLUMNS = (
     "requests_received",
     "delegations",
     "chat_answers",
+    "requests_in_progress",
     "orders_confirmed",
     "finished_outcomes",
     "first_pass_approval_rate",
@@ -301,6 +342,7 @@ CSV_COLUMNS = (
     "cycle_time_p90_s",
     "review_latency_p50_s",
     "queue_wait_total_s",
+    "queue_wait_p50_s",
     "quota_wait_total_s",
     "total_spend_usd",
     "cost_per_finished_outcome_usd",
@@ -308,15 +350,38 @@ CSV_COLUMNS = (
 )
 
 
+def _breakdown(m: TeamMetrics) -> dict[str, float | int]:
+    """A week's spend by class, role and route and its exceptions by kind, one column each."""
+    columns: dict[str, float | int] = {}
+    for prefix, tally in (("class", m.spend_by_class), ("role", m.spend_by_role)):
+        for name, micro in tally.items():
+            columns[f"spend_usd:{prefix}={name}"] = usd(micro) or 0.0
+    for r in m.spend_by_route:
+        columns[f"spend_usd:route={r.role}/{r.workload_class}/{r.model}"] = usd(r.micro_usd) or 0.0
+    for kind, count in m.exceptions.items():
+        columns[f"exceptions:kind={kind}"] = count
+    return columns
+
+
 def series_csv(series: Sequence[TeamMetrics]) -> str:
-    """One row per week, oldest first, for a spreadsheet."""
+    """One row per week, oldest first, for a spreadsheet: the figures, then one column per
+    workload class, role, route and exception kind seen in any of the weeks (0 where a week
+    has none)."""
+    breakdowns = [_breakdown(m) for m in series]
+    extra = sorted({name for b in breakdowns for name in b})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["team", *CSV_COLUMNS])
-    for m in series:
+    writer.writerow(["team", *CSV_COLUMNS, *extra])
+    for m, breakdown in zip(series, breakdowns, strict=True):
         row = m.as_dict()
         row["exceptions"] = m.exception_count
-        writer.writerow([m.team, *("" if row[c] is None else row[c] for c in CSV_COLUMNS)])
+        writer.writerow(
+            [
+                m.team,
+                *("" if row[c] is None else row[c] for c in CSV_COLUMNS),
+                *(breakdown.get(name, 0) for name in extra),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -355,6 +420,33 @@ def next_fire(schedule: DigestSchedule, after: datetime) -> datetime | None:
     return fire.astimezone(UTC) if fire else None
 
 
+_INSTALLED = SQLModel.metadata.tables["installation"]
+# Data older than the installation record (an install from before migration 0013, or imported
+# history) means Delegate was there by then.
+_EARLIEST_DATA = (
+    SQLModel.metadata.tables["intake_sessions"].c.created_at,
+    SQLModel.metadata.tables["llm_calls"].c.created_at,
+    SQLModel.metadata.tables["transitions"].c.at,
+)
+
+
+async def installed_at(engine: AsyncEngine) -> datetime | None:
+    """When Delegate was installed on this database: the time migration 0013 recorded, or its
+    earliest intake dialogue, model call or state change if older; None if neither exists."""
+    found = []
+    async with reading(engine).connect() as conn:
+        for column in (_INSTALLED.c.installed_at, *_EARLIEST_DATA):
+            found.append((await conn.execute(select(func.min(column)))).scalar())
+    moments = [_as_utc(value) for value in found if value is not None]
+    return min(moments) if moments else None
+
+
+def _as_utc(value: Any) -> datetime:
+    # SQLite returns MIN() over a timestamp column as the stored text.
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def schedule_for(settings: Settings, team: str) -> DigestSchedule | None:
     """The first `digests:` entry that reports on `team` (its channel and time zone)."""
     for schedule in settings.digests:
@@ -382,14 +474,31 @@ async def claim(
     week: str,
     owner: str,
     now: datetime,
+    over_skipped: bool = False,
 ) -> Claim | None:
-    """Claim the digest for (team, channel, week); None if another process has (or posted) it."""
+    """Claim the digest for (team, channel, week); None if another process has (or posted) it.
+    `over_skipped`: a week the schedule skipped as empty may be claimed (someone asked for it)."""
     async with engine.begin() as conn:
-        return await _claim(conn, team=team, channel=channel, week=week, owner=owner, now=now)
+        return await _claim(
+            conn,
+            team=team,
+            channel=channel,
+            week=week,
+            owner=owner,
+            now=now,
+            over_skipped=over_skipped,
+        )
 
 
 async def _claim(
-    conn: Any, *, team: str, channel: str, week: str, owner: str, now: datetime
+    conn: Any,
+    *,
+    team: str,
+    channel: str,
+    week: str,
+    owner: str,
+    now: datetime,
+    over_skipped: bool = False,
 ) -> Claim | None:
     values = {
         "team": team,
@@ -410,11 +519,14 @@ async def _claim(
     inserted = await conn.execute(statement)
     key = and_(_posts.c.team == team, _posts.c.channel == channel, _posts.c.week == week)
     if inserted.rowcount != 1:
-        # Taken over only if its owner died mid-post: claimed, never posted, long ago.
+        # Taken over only if its owner died mid-post (claimed, never posted, long ago), or if
+        # it was skipped as empty and is now asked for.
+        abandoned = and_(_posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
+        takeable = or_(abandoned, _posts.c.state == SKIPPED) if over_skipped else abandoned
         taken = await conn.execute(
             update(_posts)
-            .where(key, _posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
-            .values(claimed_by=owner, claimed_at=now)
+            .where(key, takeable)
+            .values(state="claimed", claimed_by=owner, claimed_at=now)
         )
         if taken.rowcount != 1:
             return None
@@ -430,6 +542,14 @@ async def mark_posted(
             update(_posts)
             .where(_posts.c.id == claimed.id)
             .values(state="posted", ts=ts, posted_at=now)
+        )
+
+
+async def mark_skipped(engine: AsyncEngine, claimed: Claim, *, now: datetime) -> None:
+    """Record that the schedule passed over this (empty) week, so it is not weighed again."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(_posts).where(_posts.c.id == claimed.id).values(state=SKIPPED, posted_at=now)
         )
 
 
@@ -451,9 +571,20 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Due:
+    """A digest the schedule calls for: a team's week, in a channel."""
+
+    team: str
+    channel: str
+    week: Period
+    post_empty: bool = False
+
+
 class DigestScheduler:
     """Posts every due digest once. `sweep()` is run by APScheduler every minute and at start;
-    tests call it directly with their own clock."""
+    tests call it directly with their own clock. `post()` posts one digest on request
+    (`delegate digest --post`), through the same ledger, so the schedule does not post it again."""
 
     def __init__(
         self,
@@ -472,15 +603,15 @@ class DigestScheduler:
         self.owner = owner or default_owner()
         self.render_chart = render_chart
 
-    def due(self, now: datetime) -> list[tuple[str, str, Period]]:
-        """(team, channel, week) for every digest due at `now`, claimed or not."""
+    def due(self, now: datetime) -> list[Due]:
+        """Every digest due at `now`, claimed or not."""
         due = []
         for schedule in self.settings.digests:
             week = due_week(schedule, now)
             if week is None:
                 continue
             for team in schedule_teams(schedule, self.settings):
-                due.append((team, schedule.channel, week))
+                due.append(Due(team, schedule.channel, week, schedule.post_empty))
         return due
 
     async def sweep(self) -> list[Claim]:
@@ -492,16 +623,46 @@ class DigestScheduler:
         async with single_runner(self.engine, "digests") as mine:
             if not mine:  # another process is sweeping; it posts what is due
                 return []
-            return await self._post_all(due, now)
+            # Not the weeks before Delegate was installed: a fresh install has nothing to say
+            # about them (and would otherwise post last week's empty digest on its first day).
+            installed = await installed_at(self.engine) or now
+            return await self._post_all([d for d in due if d.week.end > installed], now)
 
-    async def _post_all(self, due: list[tuple[str, str, Period]], now: datetime) -> list[Claim]:
+    async def post(self, team: str, channel: str, week: Period) -> Claim | None:
+        """Post `team`'s digest for `week` in `channel` now, empty or not, unless it has been
+        posted there (or is being posted) already: then None. A failed post raises, and is
+        left unclaimed for the schedule or a later attempt."""
+        claimed = await claim(
+            self.engine,
+            team=team,
+            channel=channel,
+            week=week.label,
+            owner=self.owner,
+            now=self.clock(),
+            over_skipped=True,
+        )
+        if claimed is None:
+            return None
+        try:
+            digest = await build_digest(self.engine, self.settings, team, week)
+            ts = await self._post(channel, digest)
+        except BaseException:
+            await release(self.engine, claimed)
+            raise
+        await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+        return claimed
+
+    async def _post_all(self, due: list[Due], now: datetime) -> list[Claim]:
         claims = await self._claim_all(due, now)
         posted = []
-        weeks = {(c.team, c.channel, c.week): w for c, w in claims}
-        for claimed, _ in claims:
-            week = weeks[(claimed.team, claimed.channel, claimed.week)]
+        for claimed, wanted in claims:
             try:
-                ts = await self._post(claimed, week)
+                digest = await build_digest(self.engine, self.settings, claimed.team, wanted.week)
+                if digest.current.is_empty and not wanted.post_empty:
+                    await mark_skipped(self.engine, claimed, now=self.clock())
+                    log.info("digest for %s %s skipped: an empty week", claimed.team, claimed.week)
+                    continue
+                ts = await self._post(claimed.channel, digest)
             except Exception:
                 log.exception(
                     "digest for %s in %s (%s) failed; will retry",
@@ -518,28 +679,30 @@ class DigestScheduler:
             posted.append(claimed)
         return posted
 
-    async def _claim_all(
-        self, due: list[tuple[str, str, Period]], now: datetime
-    ) -> list[tuple[Claim, Period]]:
+    async def _claim_all(self, due: list[Due], now: datetime) -> list[tuple[Claim, Due]]:
         claims = []
         async with self.engine.begin() as conn:
             # On SQLite this transaction began IMMEDIATE: it already is the only writer.
-            for team, channel, week in due:
+            for wanted in due:
                 claimed = await _claim(
-                    conn, team=team, channel=channel, week=week.label, owner=self.owner, now=now
+                    conn,
+                    team=wanted.team,
+                    channel=wanted.channel,
+                    week=wanted.week.label,
+                    owner=self.owner,
+                    now=now,
                 )
                 if claimed is not None:
-                    claims.append((claimed, week))
+                    claims.append((claimed, wanted))
         return claims
 
-    async def _post(self, claimed: Claim, week: Period) -> str | None:
-        digest = await build_digest(self.engine, self.settings, claimed.team, week)
+    async def _post(self, channel: str, digest: Digest) -> str | None:
         chart = None
         if self.render_chart is not None:
             try:
                 chart = await asyncio.to_thread(self.render_chart, digest.series, digest.title)
             except Exception:
                 log.exception(
-                    "digest chart for %s could not be drawn; posting without", claimed.team
+                    "digest chart for %s could not be drawn; posting without", digest.team
                 )
-        return await self.publisher.publish(claimed.channel, digest, chart)
+        return await self.publisher.publish(channel, digest, chart)

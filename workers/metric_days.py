@@ -60,7 +60,7 @@ _day_durations = SQLModel.metadata.tables["metric_day_durations"]
 _TALLIES = (
     (_day_spend, ("role", "workload_class", "model"), ("calls", "micro_usd"), "spend"),
     (_day_moves, ("from_status", "to_status", "exception_kind"), ("moves", "first_pass"), "moves"),
-    (_day_people, ("user_id",), ("confirmed", "finished", "decisions"), "people"),
+    (_day_people, ("user_id",), ("confirmed", "finished", "decisions", "approvals"), "people"),
 )
 
 NOT_APPROVED = (Status.REJECTED.value, Status.CANCELLED.value, Status.EXCEPTION.value)
@@ -84,7 +84,8 @@ class Summary:
     spend: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
     # (from, to, exception kind or '') -> [moves, first-pass approvals]
     moves: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
-    # user -> [orders confirmed as requester, approved as requester, review decisions]
+    # user -> [orders confirmed as requester, approved as requester, review decisions,
+    #          approvals among those decisions]
     people: dict[str, list[int]] = field(default_factory=dict)
     # CYCLE, REVIEW, QUEUE or QUOTA -> seconds
     durations: dict[str, list[float]] = field(default_factory=dict)
@@ -260,11 +261,14 @@ async def summarise_rows(
         if approved:
             totals[1] += int(passed or 0)
         if src == Status.AWAITING_CONFIRMATION.value and dst == Status.QUEUED.value:
-            part.people.setdefault(requester, [0, 0, 0])[0] += count
+            part.people.setdefault(requester, [0, 0, 0, 0])[0] += count
         if approved:
-            part.people.setdefault(requester, [0, 0, 0])[1] += count
+            part.people.setdefault(requester, [0, 0, 0, 0])[1] += count
         if src == Status.AWAITING_REVIEW.value and dst in DECISIONS:
-            part.people.setdefault(reviewer, [0, 0, 0])[2] += count
+            person = part.people.setdefault(reviewer, [0, 0, 0, 0])
+            person[2] += count
+            if approved:
+                person[3] += count
 
     kinds = (CYCLE, REVIEW, QUEUE, QUOTA)
     for name, *values in await conn.execute(_durations(start, end, team, conn.dialect.name)):

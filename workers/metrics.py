@@ -6,8 +6,10 @@ one sorted column of durations they need.
 
 Where the figures come from:
 
-- **requests, delegations, chat answers**: intake dialogues started in the period
-  (`intake_sessions.kind`); a dialogue's team is its requester's team in the configuration.
+- **requests, delegations, chat answers, in progress**: intake dialogues started in the period
+  (`intake_sessions.kind`); a dialogue's team is its requester's team in the configuration. A
+  dialogue still under way is neither a delegation nor a chat answer yet, so requests are
+  delegations + chat answers + in progress.
 - **orders confirmed, finished outcomes, rejections, changes requested, cancellations,
   exceptions**: state transitions that happened in the period, read from the narrow
   `transitions` table `Store._move` writes next to each transition's audit event (migration
@@ -142,6 +144,9 @@ class RouteSpend:
 
 @dataclass(frozen=True)
 class PersonCount:
+    """A requester's orders confirmed (`count`) and approved (`finished`), or a reviewer's
+    decisions (`count`) and the approvals among them (`finished`)."""
+
     user: str
     count: int
     finished: int = 0
@@ -154,6 +159,8 @@ class TeamMetrics:
     requests_received: int = 0
     delegations: int = 0
     chat_answers: int = 0
+    # Dialogues still under way: neither a delegation nor a chat answer yet.
+    requests_in_progress: int = 0
     orders_confirmed: int = 0
     finished_outcomes: int = 0
     first_pass_approvals: int = 0
@@ -225,6 +232,7 @@ class TeamMetrics:
             "requests_received": self.requests_received,
             "delegations": self.delegations,
             "chat_answers": self.chat_answers,
+            "requests_in_progress": self.requests_in_progress,
             "delegation_ratio": _round(self.delegation_ratio),
             "orders_confirmed": self.orders_confirmed,
             "finished_outcomes": self.finished_outcomes,
@@ -258,6 +266,7 @@ COMPARED = (
     "requests_received",
     "delegations",
     "chat_answers",
+    "requests_in_progress",
     "delegation_ratio",
     "orders_confirmed",
     "finished_outcomes",
@@ -441,19 +450,21 @@ async def _team_metrics(
             m.delegations = count
         elif kind == IntakeKind.CHAT.value:
             m.chat_answers = count
+        else:
+            m.requests_in_progress += count
 
     part = await metric_days.summary(conn, team, period.start, period.end)
     _count_moves(m, part)
     m.top_requesters = [
         PersonCount(user, confirmed, finished)
-        for user, (confirmed, finished, _) in sorted(
+        for user, (confirmed, finished, _, _) in sorted(
             part.people.items(), key=lambda item: (-item[1][1], -item[1][0], item[0])
         )
         if confirmed or finished
     ][:TOP_N]
     m.top_reviewers = [
-        PersonCount(user, decisions)
-        for user, (_, _, decisions) in sorted(
+        PersonCount(user, decisions, approvals)
+        for user, (_, _, decisions, approvals) in sorted(
             part.people.items(), key=lambda item: (-item[1][2], item[0])
         )
         if decisions

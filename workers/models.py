@@ -444,7 +444,9 @@ class DigestPost(SQLModel, table=True):
     team: str
     channel: str
     week: str = Field(description="ISO week, e.g. '2026-W47'")
-    state: str = Field(default="claimed", description="'claimed' or 'posted'")
+    state: str = Field(
+        default="claimed", description="'claimed', 'posted', or 'skipped' (an empty week)"
+    )
     claimed_by: str
     claimed_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -532,7 +534,7 @@ class MetricDayMoves(SQLModel, table=True):
 
 class MetricDayPerson(SQLModel, table=True):
     """One person's part in a team's day: orders they confirmed and saw approved as requester,
-    review decisions they made."""
+    review decisions they made and how many of those approved."""
 
     __tablename__ = "metric_day_people"
 
@@ -542,6 +544,7 @@ class MetricDayPerson(SQLModel, table=True):
     confirmed: int
     finished: int
     decisions: int
+    approvals: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class MetricDayDurations(SQLModel, table=True):
@@ -554,3 +557,15 @@ class MetricDayDurations(SQLModel, table=True):
     team: str = Field(primary_key=True)
     kind: str = Field(primary_key=True)
     seconds: list[float] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Installation(SQLModel, table=True):
+    """One row: when this database was first migrated, i.e. when Delegate was installed
+    (workers.installation reads it)."""
+
+    __tablename__ = "installation"
+
+    id: int = Field(default=1, primary_key=True)
+    installed_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
