@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.cli import DELEGATE, cli_env, free_port, health, stop_delegate
+from tests.support.cli import DELEGATE, cli_env, delegate, free_port, health, stop_delegate
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, stop_worker, worker_env
@@ -108,11 +109,21 @@ async def test_a_run_logs_its_start_digests_and_stop_once_without_scheduler_chat
     fake_slack: FakeSlack, tmp_path: Path
 ) -> None:
     config = tmp_path / "delegate.yaml"
-    # Every minute, so last week's digest is due as soon as the scheduler starts.
-    config.write_text("digests:\n  - {channel: C0LEADS, cron: '* * * * *', teams: [default]}\n")
+    # Every minute, so last week's digest is due as soon as the scheduler starts; an empty week
+    # is posted only with post_empty, and only once Delegate was installed before it.
+    config.write_text(
+        "digests:\n  - {channel: C0LEADS, cron: '* * * * *', teams: [default], post_empty: true}\n"
+    )
+    database = tmp_path / "d.db"
+    code, _, err = await delegate(
+        "db", "upgrade", env=cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{database}")
+    )
+    assert code == 0, err
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE installation SET installed_at = '2026-01-01 00:00:00.000000'")
     port = free_port()
     env = cli_env(
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         DELEGATE_CONFIG=str(config),
         PORT=str(port),
         SLACK_BOT_TOKEN=fake_slack.token,
