@@ -158,6 +158,15 @@ def create_app(
                 if event.get("channel") and event.get("deleted_ts"):
                     await store.forget_thread_message(event["channel"], event["deleted_ts"])
                 return
+            if event.get("subtype") == "message_changed":
+                # Edited in Slack: a run reading its thread must see the words as they are now.
+                changed = event.get("message")
+                if event.get("channel") and isinstance(changed, dict) and changed.get("ts"):
+                    text = changed.get("text")
+                    await store.edit_thread_message(
+                        event["channel"], str(changed["ts"]), text if isinstance(text, str) else ""
+                    )
+                return
             if _from_a_bot(event) and settings.engine.ignore_bot_messages:
                 return
             if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
