@@ -38,6 +38,7 @@ from bot.ids import (
 )
 from bot.messages import HELP
 from bot.modals import edit_modal, intake_modal, intake_request, parse_edit
+from bot.mrkdwn import untrusted
 from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
 from workers.config import Settings
@@ -261,7 +262,9 @@ def create_app(
             )
             context_text = f"From {link} by <@{metadata.get('author')}>:\n{metadata['source']}"
         intro = (
-            f"<@{user}> is delegating {link}." if context_text else f"<@{user}> asked me: {request}"
+            f"<@{user}> is delegating {link}."
+            if context_text
+            else f"<@{user}> asked me: {untrusted(request)}"
         )
         posted = await commands.open_thread(channel=channel, user=user, text=intro)
         if posted is None:

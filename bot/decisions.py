@@ -29,6 +29,7 @@ from bot.ids import (
     parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
+from bot.mrkdwn import Mrkdwn
 from bot.reporter import SlackReporter
 from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
@@ -239,7 +240,8 @@ class Decisions:
     async def _show_status(self, order: WorkOrder, step: str) -> None:
         assert order.id
         self._statuses.start()
-        await self._statuses.status(order, step, await self.store.spend(order.id))
+        # Composed here from validated ids and our own words: its mentions stay live.
+        await self._statuses.status(order, Mrkdwn(step), await self.store.spend(order.id))
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:

@@ -17,7 +17,7 @@ def _person(user: str) -> str:
 
 def digest_text(digest: Digest) -> str:
     """The notification and fallback text: the first headline."""
-    return f"{digest.title}: {headlines(digest)[0]}".replace("*", "")
+    return f"{escape(digest.title)}: {headlines(digest)[0]}".replace("*", "")
 
 
 def digest_blocks(digest: Digest) -> list[Block]:
