@@ -158,7 +158,7 @@ async def test_requester_naming_themselves_reviewer_does_not_make_them_one(
     order_id = await proposed(pipe, "competitor pricing table, <@U1> will review", reviewers=["U1"])
     order = await pipe.bot.store.get_order(order_id)
     assert order.verification.reviewers == ["U7"], "the channel's reviewer stays; U1 is not added"
-    assert await pipe.post("You cannot review your own order: <@U7> will.")
+    assert await pipe.post("You cannot review your own order: the reviewer shown on the card will.")
 
     await run_to_review(pipe, order_id)
     prompt = await pipe.post(APPROVE_ACTION)
