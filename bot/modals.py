@@ -277,6 +277,13 @@ def parse_edit(
     except ValueError:
         errors["workload"] = "Choose one of the workload classes."
         workload_class = order.workload_class
+    # The class sets the envelope a budget is judged by: changing it is the same decision as
+    # raising a budget above one.
+    if workload_class is not order.workload_class and not may_exceed_class(order, user, settings):
+        errors["workload"] = (
+            f"Changing the workload class (now {order.workload_class.value}) needs an admin or "
+            "the escalation contact."
+        )
     changes["workload_class"] = workload_class.value
 
     usd = _decimal(_value(values, "budget_usd"))
