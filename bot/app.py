@@ -38,6 +38,7 @@ from bot.ids import (
 )
 from bot.messages import HELP
 from bot.modals import edit_modal, intake_modal, intake_request, parse_edit
+from bot.mrkdwn import untrusted
 from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
 from workers.config import Settings
@@ -158,6 +159,15 @@ def create_app(
                 if event.get("channel") and event.get("deleted_ts"):
                     await store.forget_thread_message(event["channel"], event["deleted_ts"])
                 return
+            if event.get("subtype") == "message_changed":
+                # Edited in Slack: a run reading its thread must see the words as they are now.
+                changed = event.get("message")
+                if event.get("channel") and isinstance(changed, dict) and changed.get("ts"):
+                    text = changed.get("text")
+                    await store.edit_thread_message(
+                        event["channel"], str(changed["ts"]), text if isinstance(text, str) else ""
+                    )
+                return
             if _from_a_bot(event) and settings.engine.ignore_bot_messages:
                 return
             if event.get("subtype") not in _PLAIN_SUBTYPES or not event.get("user"):
@@ -252,7 +262,9 @@ def create_app(
             )
             context_text = f"From {link} by <@{metadata.get('author')}>:\n{metadata['source']}"
         intro = (
-            f"<@{user}> is delegating {link}." if context_text else f"<@{user}> asked me: {request}"
+            f"<@{user}> is delegating {link}."
+            if context_text
+            else f"<@{user}> asked me: {untrusted(request)}"
         )
         posted = await commands.open_thread(channel=channel, user=user, text=intro)
         if posted is None:

@@ -24,6 +24,7 @@ from workers.permissions import may_decide_domain
 from workers.states import TERMINAL
 from workers.store import Store
 from workers.store.approvals import DomainDecision
+from workers.tools.suffixes import is_public_suffix
 from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class DomainApprovals:
         host = untrusted(approval.host)
         if not may_decide_domain(order, user, self.settings):
             return False, domain_refusal(order, host), None
+        if decision == "order" and is_public_suffix(approval.host):
+            # Allowing a public suffix with its subdomains would allow every stranger's site.
+            return False, f"`{host}` is a public suffix: it can only be allowed once.", None
         if approval.decision is None and order.status in TERMINAL:
             return False, f"{order.id} is {STATE_LABELS[order.status].lower()} already.", None
         decided = await self.store.decide_domain_approval(approval.id or 0, decision, actor=user)

@@ -16,7 +16,7 @@ from bot.blocks import (
     truncate,
 )
 from bot.ids import CANCEL_ACTION, EDIT_ACTION, START_ACTION
-from bot.mrkdwn import untrusted
+from bot.mrkdwn import mention, untrusted
 from workers.config import Settings
 from workers.workorder import Status, WorkOrder
 
@@ -36,13 +36,9 @@ STATE_LABELS: dict[Status, str] = {
 }
 
 
-def mention(user: str | None) -> str:
-    return f"<@{user}>" if user else "_nobody_"
-
-
 def card_text(order: WorkOrder) -> str:
-    """Notification fallback text."""
-    return f"{order.id or 'Draft'}: {order.title} ({STATE_LABELS[order.status]})"
+    """Notification fallback text (parsed as mrkdwn: a drafted title is shown inert)."""
+    return f"{order.id or 'Draft'}: {untrusted(order.title)} ({STATE_LABELS[order.status]})"
 
 
 def render_card(

@@ -12,6 +12,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.cards import STATE_LABELS
 from bot.conversation import Conversations, Incoming
 from bot.messages import HELP, unknown_command
+from bot.mrkdwn import untrusted
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.permissions import may_control, may_view
@@ -64,7 +65,7 @@ class Commands:
         orders = await self.store.list_orders(requester=user, statuses=OPEN, limit=20)
         if not orders:
             return "You have no open work orders. Mention me or use `/delegate <request>` to start one."
-        lines = [f"• *{o.id}* · {o.title} · {STATE_LABELS[o.status]}" for o in orders]
+        lines = [f"• *{o.id}* · {untrusted(o.title)} · {STATE_LABELS[o.status]}" for o in orders]
         return "*Your open work orders*\n" + "\n".join(lines)
 
     async def _on_order(self, verb: str, ref: str, user: str, channel: str) -> str:
@@ -94,7 +95,7 @@ class Commands:
         assert order.id
         spend = await self.store.spend(order.id)
         return (
-            f"*{order.id}* · {order.title}\n"
+            f"*{order.id}* · {untrusted(order.title)}\n"
             f"State: *{STATE_LABELS[order.status]}*\n"
             f"Spend: ${spend.spent_usd:.2f} of ${spend.max_usd:.2f} · "
             f"{spend.tool_calls} of {spend.max_tool_calls} tool calls · "
@@ -105,7 +106,7 @@ class Commands:
         self, text: str, *, user: str, channel: str, respond: AsyncRespond
     ) -> None:
         posted = await self.open_thread(
-            channel=channel, user=user, text=f"<@{user}> asked me: {text}"
+            channel=channel, user=user, text=f"<@{user}> asked me: {untrusted(text)}"
         )
         if posted is None:
             await respond(

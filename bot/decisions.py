@@ -29,6 +29,7 @@ from bot.ids import (
     parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
+from bot.mrkdwn import Mrkdwn
 from bot.reporter import SlackReporter
 from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
 from workers.config import Settings
@@ -82,18 +83,17 @@ class Decisions:
         user: str,
         feedback: str = "",
         message: tuple[str, str] | None = None,
-        from_home: bool = False,
     ) -> str | None:
         """Record the decision; None on success, else why not (for an ephemeral or a field error).
 
-        `value` is the clicked button's: the order and the deliverable the prompt showed. A click
-        on a prompt for an earlier deliverable is refused (checked under the lock that decides);
-        only App Home, republished whenever the order changes, sends the bare order id."""
+        `value` is the clicked button's: the order and the deliverable the prompt (in the thread
+        or App Home) showed. A click on a prompt for an earlier deliverable, or one that names
+        none, is refused (checked under the lock that decides)."""
         order_id, shown = parse_review_value(value)
         order = await self.store.get_order(order_id)
         if not may_review(order, user, self.settings):
             return reviewer_refusal(order)
-        if shown is None and not from_home:
+        if shown is None:
             shown = -1  # a prompt without a version: not one we can vouch for
         try:
             decided = await decide(
@@ -114,21 +114,19 @@ class Decisions:
         )
         return None
 
-    async def precheck(self, value: str, *, user: str, from_home: bool = False) -> str | None:
+    async def precheck(self, value: str, *, user: str) -> str | None:
         """The cheap part of `decide` (reads only), to answer in a modal before its ack: why
         `user` cannot decide on this prompt, or None. `decide` checks again under the lock."""
         order_id, _ = parse_review_value(value)
         order = await self.store.get_order(order_id)
         if not may_review(order, user, self.settings):
             return reviewer_refusal(order)
-        return await self.check_current(value, from_home=from_home)
+        return await self.check_current(value)
 
-    async def check_current(self, value: str, *, from_home: bool = False) -> str | None:
+    async def check_current(self, value: str) -> str | None:
         """None if `value` names the order's latest deliverable, else the refusal (before a
         modal opens; the decision itself checks again under the lock)."""
         order_id, shown = parse_review_value(value)
-        if shown is None and from_home:
-            return None
         deliverables = await self.store.deliverables(order_id)
         current = deliverables[-1].id if deliverables else None
         if shown == current:
@@ -239,7 +237,8 @@ class Decisions:
     async def _show_status(self, order: WorkOrder, step: str) -> None:
         assert order.id
         self._statuses.start()
-        await self._statuses.status(order, step, await self.store.spend(order.id))
+        # Composed here from validated ids and our own words: its mentions stay live.
+        await self._statuses.status(order, Mrkdwn(step), await self.store.spend(order.id))
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:
@@ -268,7 +267,6 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
                 decision,
                 user=body["user"]["id"],
                 message=_clicked(body),
-                from_home=_from_a_view(body),
             )
             if problem:
                 await refuse(client, body, problem)
@@ -297,7 +295,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         if order is None:
             return
         from_home = _from_a_view(body)
-        outdated = await decisions.check_current(action["value"], from_home=from_home)
+        outdated = await decisions.check_current(action["value"])
         if outdated:
             await refuse(client, body, outdated)
             return
@@ -321,10 +319,10 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             )
             return
         value = str(metadata.get("value") or metadata.get("order_id"))
-        user, from_home = body["user"]["id"], bool(metadata.get("from_home"))
+        user = body["user"]["id"]
         # Quick reads answer in the modal; the decision and the thread updates come after the
         # ack, which Slack wants within 3 s.
-        problem = await decisions.precheck(value, user=user, from_home=from_home)
+        problem = await decisions.precheck(value, user=user)
         if problem:
             await ack(response_action="errors", errors={"feedback": problem})
             return
@@ -335,7 +333,6 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             user=user,
             feedback=feedback,
             message=tuple(metadata["message"]) if metadata.get("message") else None,
-            from_home=from_home,
         )
         if problem:  # decided meanwhile by someone else, or a newer deliverable arrived
             await refuse(client, body, problem)

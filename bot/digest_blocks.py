@@ -30,7 +30,7 @@ def _spend_line(title: str, items: list[tuple[str, str]]) -> str:
 
 def digest_text(digest: Digest) -> str:
     """The notification and fallback text: the first headline."""
-    return f"{digest.title}: {headlines(digest)[0]}".replace("*", "")
+    return f"{escape(digest.title)}: {headlines(digest)[0]}".replace("*", "")
 
 
 def digest_blocks(digest: Digest, names: Mapping[str, str] | None = None) -> list[Block]:

@@ -8,6 +8,7 @@ from bot.cards import mention
 from bot.ids import DOMAIN_DENY_ACTION, DOMAIN_ONCE_ACTION, DOMAIN_ORDER_ACTION
 from bot.mrkdwn import untrusted
 from workers.progress import DomainRequest
+from workers.tools.suffixes import is_public_suffix
 from workers.workorder import WorkOrder
 
 DOMAIN_DECISION_WORDS = {
@@ -31,10 +32,17 @@ def domain_request_text(order: WorkOrder, request: DomainRequest) -> str:
         mention(p) for p in dict.fromkeys([order.requester, order.escalation_contact]) if p
     )
     reason = untrusted(request.reason) if request.reason else "_no reason given_"
+    host = untrusted(request.host)
+    scope = (
+        f"`{host}` is a public suffix (anyone can have a site under it), so it can only be "
+        "allowed once."
+        if is_public_suffix(request.host)
+        else f"Allowing the domain for this order covers `{host}` and all its subdomains."
+    )
     return (
         f"{people} *{order.id}* wants to read `{shown_url(request.url)}` "
-        f"({reason}).\n`{untrusted(request.host)}` is not among the domains this order may "
-        "read. Allow it?"
+        f"({reason}).\n`{host}` is not among the domains this order may read. {scope} "
+        "Allow it?"
     )
 
 
@@ -47,7 +55,11 @@ def domain_request_blocks(order: WorkOrder, request: DomainRequest) -> list[Bloc
             "block_id": "domain_controls",
             "elements": [
                 button("Allow once", DOMAIN_ONCE_ACTION, value, style="primary"),
-                button("Allow domain for this order", DOMAIN_ORDER_ACTION, value),
+                *(
+                    []
+                    if is_public_suffix(request.host)
+                    else [button("Allow domain for this order", DOMAIN_ORDER_ACTION, value)]
+                ),
                 button("Deny", DOMAIN_DENY_ACTION, value, style="danger"),
             ],
         },

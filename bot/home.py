@@ -26,8 +26,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import Block, button, cap_blocks, context, fields, header, plain, sections
 from bot.cards import STATE_LABELS, mention
-from bot.ids import APPROVE_ACTION, CHANGES_ACTION, NEW_ORDER_ACTION, REJECT_ACTION
-from bot.mrkdwn import escape
+from bot.ids import (
+    APPROVE_ACTION,
+    CHANGES_ACTION,
+    NEW_ORDER_ACTION,
+    REJECT_ACTION,
+    review_value,
+)
+from bot.mrkdwn import escape, untrusted
+from bot.review_blocks import checklist
 from workers import metrics
 from workers.config import Settings
 from workers.digest import CHART_WEEKS, Digest, figure_rows, headlines, money, plural
@@ -82,18 +89,27 @@ def _review_blocks(reviews: Listing, team_url: str | None) -> list[Block]:
     for line in reviews.items:
         order = line.order
         assert order.id
+        item = line.deliverable
+        # The buttons name the deliverable shown, as the thread's do: a click on a Home
+        # published before a rework is refused instead of deciding on the newer version.
+        value = review_value(order.id, item.id if item else None)
+        shown = ""
+        if item is not None:
+            shown = f"\n*Deliverable:* {untrusted(item.summary)}"
+            if item.verdicts is not None:
+                shown += "\n" + checklist(item.verdicts, order.acceptance_criteria)
         blocks += sections(
             f"{thread_link(team_url, order)} · {escape(order.title)}\n"
-            f"Requested by {mention(order.requester)} · {_spend(line)}"
+            f"Requested by {mention(order.requester)} · {_spend(line)}{shown}"
         )
         blocks.append(
             {
                 "type": "actions",
                 "block_id": f"home_review_{order.id}",
                 "elements": [
-                    button("Approve", APPROVE_ACTION, order.id, style="primary"),
-                    button("Request changes", CHANGES_ACTION, order.id),
-                    button("Reject", REJECT_ACTION, order.id, style="danger"),
+                    button("Approve", APPROVE_ACTION, value, style="primary"),
+                    button("Request changes", CHANGES_ACTION, value),
+                    button("Reject", REJECT_ACTION, value, style="danger"),
                 ],
             }
         )

@@ -19,6 +19,9 @@ from urllib.parse import parse_qs
 MAX_AGE_S = 5 * 60
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
+# Slack's deepest payloads (rich text inside a modal's state) nest about fifteen levels; anything
+# far deeper is hostile, and would exhaust Python's recursion in a decoder or handler downstream.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -77,23 +80,52 @@ def check_body(body: bytes, content_type: str) -> Refusal | None:
         return Refusal(400, "the body is not UTF-8")
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == _JSON:
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            return Refusal(400, "the body is not valid JSON")
+        parsed = _load_json(text, what="the body")
+        if isinstance(parsed, Refusal):
+            return parsed
         return check_envelope(parsed)
     if mime == _FORM:
         fields = parse_qs(text, keep_blank_values=True)
         if "payload" in fields:
-            try:
-                payload = json.loads(fields["payload"][0])
-            except ValueError:
-                return Refusal(400, "the interactivity payload is not valid JSON")
+            payload = _load_json(fields["payload"][0], what="the interactivity payload")
+            if isinstance(payload, Refusal):
+                return payload
             return check_interaction(payload)
         if "command" in fields:
             return check_command(fields)
         return Refusal(400, "a form body must carry a command or a payload")
     return Refusal(400, "the body must be JSON or form data")
+
+
+def _load_json(text: str, *, what: str) -> Any:
+    """The decoded JSON, or a refusal if it is not JSON or nests deeper than Slack ever does."""
+    try:
+        parsed = json.loads(text)
+    except RecursionError:
+        return Refusal(400, f"{what} nests too deeply")
+    except ValueError:
+        return Refusal(400, f"{what} is not valid JSON")
+    if json_depth(parsed) > MAX_JSON_DEPTH:
+        return Refusal(400, f"{what} nests too deeply")
+    return parsed
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value, counted without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_envelope(body: Any) -> Refusal | None:

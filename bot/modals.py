@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.blocks import context, modal_title, plain, truncate
 from bot.ids import CHANGES_CALLBACK, EDIT_CALLBACK, EXTEND_CALLBACK, INTAKE_CALLBACK
+from bot.mrkdwn import mention
 from workers.config import Settings
 from workers.permissions import may_assign, may_exceed_class, raised_above_class
 from workers.workorder import WorkloadClass, WorkOrder
@@ -216,8 +217,8 @@ def edit_modal(
 
 
 def _people_line(order: WorkOrder) -> dict[str, Any]:
-    reviewers = ", ".join(f"<@{r}>" for r in order.verification.reviewers) or "you"
-    contact = f"<@{order.escalation_contact}>" if order.escalation_contact else "nobody"
+    reviewers = ", ".join(mention(r) for r in order.verification.reviewers) or "you"
+    contact = mention(order.escalation_contact) if order.escalation_contact else "nobody"
     return context(
         f"Reviewers: {reviewers} · Escalation contact: {contact}. Only an admin can change these."
     )
@@ -276,6 +277,13 @@ def parse_edit(
     except ValueError:
         errors["workload"] = "Choose one of the workload classes."
         workload_class = order.workload_class
+    # The class sets the envelope a budget is judged by: changing it is the same decision as
+    # raising a budget above one.
+    if workload_class is not order.workload_class and not may_exceed_class(order, user, settings):
+        errors["workload"] = (
+            f"Changing the workload class (now {order.workload_class.value}) needs an admin or "
+            "the escalation contact."
+        )
     changes["workload_class"] = workload_class.value
 
     usd = _decimal(_value(values, "budget_usd"))

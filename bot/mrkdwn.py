@@ -2,9 +2,15 @@
 
 A model's answer, a fetched page quoted in a deliverable or another person's message can carry
 Slack's control syntax: `<!channel>` pings everyone, `<!subteam^…>` a whole group, and
-`<https://evil.example|your bank>` shows a label that hides where the link goes. `untrusted()`
-keeps the words and drops the power: broadcasts become inert text, a labelled link shows its real
-target, and every other `&`, `<` and `>` is escaped so nothing else is parsed.
+`<https://evil.example|your bank>` shows a label that hides where the link goes, and `<@U…>`
+or `<#C…>` notifies a person or links a channel nobody chose. `untrusted()` keeps the words and
+drops the power: broadcasts become inert text, a labelled link shows its real target, and every
+other `&`, `<` and `>` is escaped so nothing else is parsed.
+
+It is the one function outside text goes through on its way to Slack. Text that Delegate's own
+code composed with live markup on purpose (a mention of a validated user id) is marked `Mrkdwn`,
+and `untrusted()` lets exactly that through, so a composed string can travel through a layer
+that escapes everything else.
 """
 
 from __future__ import annotations
@@ -14,8 +20,22 @@ import re
 _TOKEN = re.compile(r"<([^<>\n]*)>")
 _BROADCAST = re.compile(r"!(channel|here|everyone)(?:\|.*)?", re.IGNORECASE)
 _GROUP = re.compile(r"!subteam\^[A-Z0-9]+(?:\|@?(.*))?", re.IGNORECASE)
-_PERSON = re.compile(r"[@#][UWCG][A-Z0-9]+(?:\|[^|]*)?")
+_USER_ID = re.compile(r"[UW][A-Z0-9]{1,20}")
 _ZWSP = "\u200b"
+
+
+class Mrkdwn(str):
+    """Mrkdwn composed by Delegate's own code; every outside part of it already went through
+    `untrusted()` (or is a validated id)."""
+
+    __slots__ = ()
+
+
+def mention(user: str | None) -> str:
+    """A live mention of a Slack user id; anything that is not one is shown inert."""
+    if not user:
+        return "_nobody_"
+    return f"<@{user}>" if _USER_ID.fullmatch(user) else untrusted(user)
 
 
 def escape(text: str) -> str:
@@ -24,7 +44,10 @@ def escape(text: str) -> str:
 
 
 def untrusted(text: str) -> str:
-    """`text` for a mrkdwn field: no broadcast or group mention, no link that hides its target."""
+    """`text` for a mrkdwn field: no broadcast, group, person or channel mention, no link that
+    hides its target. `Mrkdwn` composed by our own code passes unchanged."""
+    if isinstance(text, Mrkdwn):
+        return text
     out: list[str] = []
     last = 0
     for match in _TOKEN.finditer(text):
@@ -43,8 +66,6 @@ def _token(inner: str) -> str:
     group = _GROUP.fullmatch(inner)
     if group:
         return "@" + _ZWSP + escape(group.group(1) or "group")
-    if _PERSON.fullmatch(inner):
-        return "<" + inner.split("|", 1)[0] + ">"  # a person or channel names itself
     target, _, label = inner.partition("|")
     if target.startswith(("http://", "https://", "mailto:")):
         target = escape(target)

@@ -90,10 +90,11 @@ class SlackReporter:
     # ProgressReporter
 
     async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
-        await self._show_status(order, step, spend.describe())
+        # A step can carry a model's choice ("Reading <host>") or a tool's error: inert.
+        await self._show_status(order, untrusted(step), spend.describe())
 
     async def waiting(self, order: WorkOrder, reason: str) -> None:
-        await self._show_status(order, f"Waiting: {reason}", "")
+        await self._show_status(order, f"Waiting: {untrusted(reason)}", "")
 
     async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
         body = f"{mention(order.requester)} a question about *{order.id}*:\n{untrusted(text)}\n_Reply in this thread._"

@@ -70,5 +70,6 @@ def decided_blocks(blocks: list[Block], *, line: str) -> list[Block]:
 
 
 def decision_line(verb: str, user: str, at: datetime, detail: str = "") -> str:
+    """Who decided and when; `detail` is the reviewer's own words, shown inert."""
     when = slack_date(int(at.timestamp()), at.strftime("%Y-%m-%d %H:%M UTC"))
-    return f"*{verb}* by {mention(user)} {when}" + (f": {detail}" if detail else "")
+    return f"*{verb}* by {mention(user)} {when}" + (f": {untrusted(detail)}" if detail else "")

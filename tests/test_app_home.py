@@ -291,17 +291,18 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
         if b["type"] == "actions"
         for e in b["elements"]
     }
+    shown = f"{order_id}:v1"  # bound to the deliverable shown, as the thread's buttons are
     assert buttons == {
         "home_new_order": "new",
-        APPROVE_ACTION: order_id,
-        CHANGES_ACTION: order_id,
-        REJECT_ACTION: order_id,
+        APPROVE_ACTION: shown,
+        CHANGES_ACTION: shown,
+        REJECT_ACTION: shown,
     }
     assert "Awaiting your review* (1)" in text_of(reviewer_home)
 
     # An outsider's click (a stale or forwarded home) is refused in their DM; nothing changes.
     before = len(fake_slack.calls_to("chat.postMessage"))
-    status, _ = await p.bot.sender.action(home_click(p.bot, APPROVE_ACTION, order_id, "U8"))
+    status, _ = await p.bot.sender.action(home_click(p.bot, APPROVE_ACTION, shown, "U8"))
     assert status == 200
     await fake_slack.wait_until(
         lambda: any(
@@ -313,13 +314,13 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
     assert (await p.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     # Request changes from Home opens the thread's modal.
-    await p.bot.sender.action(home_click(p.bot, CHANGES_ACTION, order_id, "U7"))
+    await p.bot.sender.action(home_click(p.bot, CHANGES_ACTION, shown, "U7"))
     [opened] = await fake_slack.wait_for("views.open")
     assert opened.args["view"]["callback_id"] == CHANGES_CALLBACK
 
     # The reviewer approves from Home: the thread's review message and status show it, and
     # their home no longer asks for a decision.
-    await p.bot.sender.action(home_click(p.bot, APPROVE_ACTION, order_id, "U7"))
+    await p.bot.sender.action(home_click(p.bot, APPROVE_ACTION, shown, "U7"))
     await p.status_of(order_id, Status.APPROVED)
     await p.update("Approved* by <@U7>")
     await p.update("Approved (by <@U7>)")
@@ -329,6 +330,71 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
     await homes.drain()
     trail = await p.bot.store.audit_trail(order_id)
     assert (trail[-1].actor, trail[-1].data["to"]) == ("U7", "approved")
+
+
+def home_buttons(view: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["action_id"]: e["value"]
+        for b in view["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+    }
+
+
+async def test_a_home_published_before_a_rework_cannot_approve_the_new_version(
+    pipe: tuple[Pipeline, HomeRefresher], fake_slack: FakeSlack
+) -> None:
+    """Issue 19, item 12: Home shows what is up for review and its buttons name that version."""
+    p, _homes = pipe
+    p.openai.script(verdicts(True, True, True), verdicts(True, True, True))
+    first = Reply.tool("submit_deliverable", {"content": "v1", "summary": "First draft."})
+    order_id = await p.order_started(first)
+    await p.status_of(order_id, Status.AWAITING_REVIEW)
+    await p.post(APPROVE_ACTION)
+    await open_home(p.bot, "U7")
+    await fake_slack.wait_until(
+        lambda: any("First draft." in text_of(v) for v in home_of(fake_slack, "U7"))
+    )
+    old_home = [v for v in home_of(fake_slack, "U7") if "First draft." in text_of(v)][-1]
+    assert "✅ Covers Acme, Globex and Initech" in text_of(old_home), "the verifier's verdicts"
+    old = home_buttons(old_home)[APPROVE_ACTION]
+
+    # The reviewer asks for changes in the thread; the rework is deliverable 2.
+    await p.click(CHANGES_ACTION, order_id, "U7")
+    [opened] = await fake_slack.wait_for("views.open")
+    p.anthropic.script(
+        Reply.tool("submit_deliverable", {"content": "v2", "summary": "Second draft."})
+    )
+    submitted = p.bot.sender.view_submission(
+        CHANGES_CALLBACK,
+        {"feedback": {"feedback": "Add annual prices."}},
+        user_id="U7",
+        private_metadata=opened.args["view"]["private_metadata"],
+    )
+    assert (await p.bot.sender.action(submitted))[0] == 200
+    await fake_slack.wait_until(lambda: bool(p.posts_with("Second draft.")), within=20)
+    await p.status_of(order_id, Status.AWAITING_REVIEW)
+
+    # A click on the Home published before the rework does not approve version 2.
+    before = len(fake_slack.calls_to("chat.postMessage"))
+    await p.bot.sender.action(home_click(p.bot, APPROVE_ACTION, old, "U7"))
+    await fake_slack.wait_until(
+        lambda: any(
+            "earlier version" in c.args.get("text", "")
+            for c in fake_slack.calls_to("chat.postMessage")[before:]
+        )
+    )
+    assert (await p.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+
+    # The Home published now shows version 2, with its own checks, and decides on it.
+    await fake_slack.wait_until(lambda: "Second draft." in text_of(home_of(fake_slack, "U7")[-1]))
+    current = home_of(fake_slack, "U7")[-1]
+    assert "✅ Every price cites a source URL" in text_of(current)
+    assert home_buttons(current)[APPROVE_ACTION] != old
+    await p.bot.sender.action(
+        home_click(p.bot, APPROVE_ACTION, home_buttons(current)[APPROVE_ACTION], "U7")
+    )
+    await p.status_of(order_id, Status.APPROVED)
 
 
 # ----------------------------------------------------------------------------- lead

@@ -52,3 +52,22 @@ async def test_doctor_warns_when_the_audit_trail_is_not_keyed(tmp_path: Path) ->
         "doctor", env=env | {"DELEGATE_AUDIT_KEY_FILE": str(key_file)}, cwd=tmp_path
     )
     assert code == 2 and "at least 16" in err and "DELEGATE_AUDIT_KEY_FILE" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DELEGATE_AUDIT_KEY", "MyAuditPass2026"),
+        ("SLACK_SIGNING_SECRET", "changeme"),
+        ("SLACK_BOT_TOKEN", "MyBotToken-not-xoxb"),
+        ("SLACK_APP_TOKEN", "MyAppToken-not-xapp"),
+    ],
+)
+async def test_a_refused_secret_is_never_echoed(tmp_path: Path, name: str, value: str) -> None:
+    """Issue 19, item 11: secret fields are recognised whatever case their name is spelt in."""
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}") | {name: value}
+    code, out, err = await delegate("doctor", env=env, cwd=tmp_path)
+    assert code != 0
+    assert name in out + err
+    assert value not in out + err
+    assert "Traceback" not in out + err

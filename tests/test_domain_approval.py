@@ -24,6 +24,7 @@ from tests.support.waiting import eventually
 from workers.config import Settings, load_settings
 from workers.store import Store
 from workers.tools import ToolRegistry, load_tools
+from workers.tools.suffixes import is_public_suffix
 from workers.workorder import Status
 
 HOST = "pricing.example"  # not on the research allowlist; served from loopback for the test
@@ -237,3 +238,61 @@ def test_no_shipped_policy_that_intake_may_grant_reads_every_domain() -> None:
     assert "*" not in research.domains and "wikipedia.org" in research.domains
     for name in settings.channel_defaults(None).grantable_policies():
         assert "*" not in settings.policies[name].domains, name
+
+
+@pytest.mark.parametrize("suffix", ["github.io", "com", "s3.amazonaws.com", "co.uk"])
+async def test_a_public_suffix_can_be_allowed_once_never_as_a_domain(
+    pipe: Pipeline, site: Site, suffix: str
+) -> None:
+    """Issue 19, item 8: allowing `github.io` for the order would allow `attacker.github.io`."""
+    pipe.openai.script(verdicts())
+    order_id = await pipe.order_started(
+        fetch(f"http://{suffix}:{site.port}/pricing"),
+        fetch(f"http://attacker.{suffix}:{site.port}/exfil"),
+        submit(),
+    )
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    prompt = await pipe.post(DOMAIN_ONCE_ACTION)
+    shown = prompt["text"] + json.dumps(prompt["blocks"], ensure_ascii=False)
+    assert DOMAIN_ORDER_ACTION not in shown and "only be allowed once" in shown
+    approval = button_value(prompt, DOMAIN_ONCE_ACTION)
+    # A forged click on the button that is not there is refused, and nothing is recorded.
+    await pipe.click(DOMAIN_ORDER_ACTION, approval, "U1", message=message_of(pipe, prompt))
+    await pipe.slack.wait_until(
+        lambda: any("public suffix" in e["text"] for e in pipe.slack.ephemerals)
+    )
+    assert await decisions(pipe, order_id) == []
+    await pipe.click(DOMAIN_ONCE_ACTION, approval, "U1", message=message_of(pipe, prompt))
+    # The next host under the suffix is not covered: the run asks again.
+    await eventually(lambda: len(prompts(pipe)) == 2)
+    assert site.hits == ["/pricing"]
+    assert f"attacker.{suffix}" in prompts(pipe)[-1]["text"]
+
+
+async def test_allowing_a_domain_says_it_covers_its_subdomains(pipe: Pipeline, site: Site) -> None:
+    order_id = await pipe.order_started(fetch(f"http://{HOST}:{site.port}/pricing"))
+    await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
+    prompt = await pipe.post(DOMAIN_ORDER_ACTION)
+    assert f"covers `{HOST}` and all its subdomains" in prompt["text"]
+
+
+@pytest.mark.parametrize(
+    ("host", "public"),
+    [
+        ("github.io", True),
+        ("GITHUB.IO.", True),
+        ("com", True),
+        ("co.uk", True),
+        ("s3.amazonaws.com", True),
+        ("s3.eu-west-1.amazonaws.com", True),
+        ("octocat.github.io", False),
+        ("bbc.co.uk", False),
+        ("example.com", False),
+        ("bucket.s3.amazonaws.com", False),
+        ("myshopify.com", True),  # from the list itself, in no hand-kept table
+        ("pvt.k12.ma.us", True),
+        ("shop.myshopify.com", False),
+    ],
+)
+def test_public_suffixes_are_told_from_the_domains_under_them(host: str, public: bool) -> None:
+    assert is_public_suffix(host) is public

@@ -135,6 +135,30 @@ SIGNED_BODIES: list[tuple[str, bytes, str]] = [
     ("empty form", b"", FORM),
 ]
 
+# Issue 19, item 9: signed JSON nested deeper than any Slack payload is refused with a 400.
+NESTED_BODIES: list[tuple[str, bytes, str]] = [
+    # Nesting deep enough to exhaust Python's recursion while decoding...
+    ("deeply nested json", b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    (
+        "deeply nested event",
+        b'{"type": "event_callback", "event": {"type": "message", "x": '
+        + b"[" * 50_000
+        + b"]" * 50_000
+        + b"}}",
+        "application/json",
+    ),
+    ("deeply nested payload", urlencode({"payload": "[" * 50_000 + "]" * 50_000}).encode(), FORM),
+    # ...or shallow enough to decode, yet far deeper than anything Slack sends.
+    (
+        "nested event json decodes",
+        b'{"type": "event_callback", "event": {"type": "message", "x": '
+        + b"[" * 900
+        + b"]" * 900
+        + b"}}",
+        "application/json",
+    ),
+]
+
 
 @pytest.mark.parametrize("ts", BAD_TIMESTAMPS)
 async def test_a_malformed_timestamp_is_refused_without_a_traceback(
@@ -200,3 +224,22 @@ async def test_a_replayed_slash_command_is_ignored(bot: RunningBot, fake_slack: 
     await bot.sender.command(text="help", response_url=fake_slack.response_url("fresh"))
     await fake_slack.wait_until(lambda: any(r.key == "fresh" for r in fake_slack.responses))
     assert [r.key for r in fake_slack.responses] == ["first", "fresh"]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type"), NESTED_BODIES, ids=[b[0] for b in NESTED_BODIES]
+)
+async def test_deeply_nested_signed_json_gets_a_400_and_no_traceback(
+    bot: RunningBot,
+    name: str,
+    body: bytes,
+    content_type: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert await _post(bot, body, content_type=content_type) == 400, name
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    # The bot still serves a well-formed request afterwards.
+    assert (
+        await _post(bot, json.dumps({"type": "url_verification", "challenge": "c"}).encode()) == 200
+    )

@@ -4,7 +4,9 @@ plain words instead of calling the model."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import chat
-from tests.support.waiting import bot_idle
+from tests.support.waiting import bot_idle, eventually
 from workers.budget import quota_week
 from workers.models import utcnow
 from workers.store import Store
@@ -78,3 +80,23 @@ async def test_intake_is_charged_to_the_team_and_stops_at_its_quota(
     [told] = _replies_to(fake_slack, ts)
     assert "Team tiny has used its" in told and "Monday" in told
     assert await bot.store.team_week_used("default", week) == 0
+
+
+async def test_concurrent_requests_cannot_overrun_the_hourly_limit(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Issue 19, item 6: a slot is taken atomically before the model is called, so ten mentions
+    at once with a limit of 2 make 2 model calls, on SQLite and on PostgreSQL alike."""
+    # Slow answers: every mention is admitted or refused while the first calls are in flight.
+    fake_anthropic.script(*[replace(chat(f"Answer {i}."), delay=0.5) for i in range(10)])
+    events = [
+        bot.sender.app_mention(f"<@UBOT> question {i}?", channel="C1", user="U3") for i in range(10)
+    ]
+    await asyncio.gather(*(bot.sender.event(e) for e in events))
+    await bot_idle()
+    await eventually(
+        lambda: all(_replies_to(fake_slack, str(e["ts"])) for e in events), timeout_s=30
+    )
+    assert len(fake_anthropic.requests) == 2
+    told = [t for e in events for t in _replies_to(fake_slack, str(e["ts"]))]
+    assert sum("2 requests in the last hour" in t for t in told) == 8

@@ -25,8 +25,9 @@ from bot.mrkdwn import untrusted
         ("a < b && c > d", "a &lt; b &amp;&amp; c &gt; d"),
         ("<javascript:alert(1)|click>", "&lt;javascript:alert(1)|click&gt;"),
         ("<!date^1392734382^{date}|Feb 18>", "&lt;!date^1392734382^{date}|Feb 18&gt;"),
-        ("thanks <@U123ABC|bob>", "thanks <@U123ABC>"),
-        ("see <#C123ABC>", "see <#C123ABC>"),
+        # Issue 19, item 4: outside text cannot notify a person or link a channel either.
+        ("thanks <@U123ABC|bob>", "thanks &lt;@U123ABC|bob&gt;"),
+        ("see <#C123ABC>", "see &lt;#C123ABC&gt;"),
         ("&lt;!channel&gt;", "&amp;lt;!channel&amp;gt;"),
         ("<<!channel>>", "&lt;@\u200bchannel&gt;"),
     ],

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from bot.ids import APPROVE_ACTION
+from bot.ids import APPROVE_ACTION, CHANGES_ACTION, CHANGES_CALLBACK
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
+from tests.support.inert import live_fields
 from tests.support.intake import chat
-from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from workers.store import Store
 from workers.workorder import Status
 
@@ -98,3 +99,52 @@ async def test_deliverable_review_prompt_and_verifier_reasons_are_inert(pipe: Pi
     assert_inert(pipe, "Reason: Hey")
     review = json.dumps((await pipe.post(APPROVE_ACTION))["blocks"], ensure_ascii=False)
     assert "Summary: Hey @\u200bchannel" in review
+
+
+async def test_reviewer_feedback_in_the_decision_line_is_inert(pipe: Pipeline) -> None:
+    """Issue 19, item 13: a reviewer's free text is shown, never parsed as a broadcast."""
+    pipe.openai.script(verdicts(True, True, True), verdicts(True, True, True))
+    order_id = await pipe.order_started(
+        Reply.tool("submit_deliverable", {"content": "v1", "summary": "First draft."})
+    )
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.click(CHANGES_ACTION, order_id, "U7")
+    [opened] = await pipe.slack.wait_for("views.open")
+    pipe.anthropic.script(
+        Reply.tool("submit_deliverable", {"content": "v2", "summary": "Second draft."})
+    )
+    feedback = pipe.bot.sender.view_submission(
+        CHANGES_CALLBACK,
+        {"feedback": {"feedback": f"Feedback: {EVIL}"}},
+        user_id="U7",
+        private_metadata=opened.args["view"]["private_metadata"],
+    )
+    assert (await pipe.bot.sender.action(feedback))[0] == 200
+    await pipe.update("Changes requested* by <@U7>")
+    assert_inert(pipe, "Feedback: Hey")
+
+
+async def test_a_model_chosen_url_and_drafted_title_are_inert_everywhere(pipe: Pipeline) -> None:
+    """Issue 19, item 4: the status line names the host the model chose, the card's fallback
+    text carries the drafted title, `/delegate list` and `status` repeat it: none of them ping."""
+    title = "Urgent <!channel> <!subteam^S1|@eng>"
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(
+        Reply.tool("web_fetch", {"url": "http://<!channel>/x"}),
+        Reply.tool("web_fetch", {"url": "http://<!here>@<!everyone>/x"}),
+        Reply.tool("submit_deliverable", {"content": "done", "summary": "Done."}),
+        title=title,
+    )
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.update("Reading @\u200bchannel")
+    await pipe.update("Reading @\u200beveryone")
+    for call in pipe.slack.calls_to("chat.postMessage") + pipe.slack.calls_to("chat.update"):
+        assert not list(live_fields(call.args)), call.args
+    assert any("Urgent @\u200bchannel" in c.args.get("text", "") for c in pipe.slack.calls)
+
+    for command in ("list", f"status {order_id}"):
+        await pipe.bot.sender.command(text=command, response_url=pipe.slack.response_url(command))
+    await pipe.slack.wait_until(lambda: len(pipe.slack.responses) == 2)
+    for response in pipe.slack.responses:
+        assert not list(live_fields(response.body)), response.body
+        assert "Urgent @\u200bchannel" in json.dumps(response.body, ensure_ascii=False)

@@ -110,7 +110,7 @@ async def test_per_user_concurrent_run_limit(harness: Harness) -> None:
     claim = await queue.claim(h.store, h.settings, "w1")
     assert claim.order is not None and claim.order.id == other.id
     [(waiting, reason)] = claim.waiting
-    assert waiting.id == second.id and "<@U1> already has 1 run going" in reason
+    assert waiting.id == second.id and "the requester already has 1 run going" in reason
 
 
 async def test_an_order_deferred_to_later_is_not_claimed_early(harness: Harness) -> None:

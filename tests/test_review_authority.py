@@ -158,7 +158,7 @@ async def test_requester_naming_themselves_reviewer_does_not_make_them_one(
     order_id = await proposed(pipe, "competitor pricing table, <@U1> will review", reviewers=["U1"])
     order = await pipe.bot.store.get_order(order_id)
     assert order.verification.reviewers == ["U7"], "the channel's reviewer stays; U1 is not added"
-    assert await pipe.post("You cannot review your own order: <@U7> will.")
+    assert await pipe.post("You cannot review your own order: the reviewer shown on the card will.")
 
     await run_to_review(pipe, order_id)
     prompt = await pipe.post(APPROVE_ACTION)
@@ -265,3 +265,37 @@ async def test_extend_above_the_class_needs_the_escalation_contact(pipe: Pipelin
     assert (await pipe.bot.store.get_order(order_id)).budget.max_usd == 3.0
     extended = [e for e in await pipe.bot.store.audit_trail(order_id) if e.kind == "edited"]
     assert extended[-1].actor == "U9"
+
+
+async def test_a_class_hop_cannot_carry_a_deep_budget_into_quick(pipe: Pipeline) -> None:
+    """Issue 19, item 7: the budget is checked against the class the order ends in, and only
+    the escalation contact or an admin changes the class."""
+    order_id = await proposed(pipe, "competitor pricing table")
+    deep = {"workload": "deep", "budget_usd": "10", "wall_clock_min": "60", "tool_calls": "150"}
+    view = await edit_view(pipe, order_id, "UADMIN")
+    status, body = await submit_edit(pipe, view, "UADMIN", state_from_view(view, **deep))
+    assert status == 200 and "errors" not in body, body
+    await pipe.update("Edited by <@UADMIN>")
+    order = await pipe.bot.store.get_order(order_id)
+    assert order.workload_class.value == "deep" and order.budget.max_usd == 10.0
+
+    # The requester moves it to quick, keeping the deep budget: refused on both counts.
+    view = await edit_view(pipe, order_id, "U1")
+    _, body = await submit_edit(pipe, view, "U1", state_from_view(view, workload="quick"))
+    errors = json.loads(body)["errors"]
+    assert "needs an admin or the escalation contact" in errors["workload"]
+    assert "Above the quick class" in errors["budget_usd"]
+    order = await pipe.bot.store.get_order(order_id)
+    assert order.workload_class.value == "deep" and order.budget.max_usd == 10.0
+
+    # Within the class it already has, the requester still edits what they own.
+    _, body = await submit_edit(pipe, view, "U1", state_from_view(view, title="Pricing v2"))
+    assert "errors" not in body, body
+    await pipe.slack.wait_until(
+        lambda: any("Pricing v2" in json.dumps(c.args) for c in pipe.slack.calls_to("chat.update"))
+    )
+
+    # An admin may move it, budget and all: they may exceed any class.
+    view = await edit_view(pipe, order_id, "UADMIN")
+    _, body = await submit_edit(pipe, view, "UADMIN", state_from_view(view, workload="quick"))
+    assert "errors" not in body, body

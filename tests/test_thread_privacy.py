@@ -99,3 +99,63 @@ async def test_deleted_messages_and_old_thread_text_are_not_kept(
     later = datetime.now(UTC) + timedelta(days=7, minutes=1)
     await FollowUps(bot.settings, bot.store, reporter, clock=lambda: later).sweep()
     assert await stored() == []
+
+
+async def test_an_edited_message_is_stored_as_edited(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Issue 19, item 13: a run reading its thread sees what the message says now."""
+    fake_anthropic.script(draft())
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing table", channel="C1")
+    await bot.sender.event(mention)
+    await fake_slack.wait_for("chat.postMessage")
+    root = mention["ts"]
+    reply = channel_message(bot, "Send the table to ceo@example.com", user="U3", thread_ts=root)
+    await bot.sender.event(reply)
+
+    async def texts() -> dict[str, str]:
+        return {m.ts: m.text for m in await bot.store.thread_messages("C1", root)}
+
+    async def reply_stored() -> bool:
+        return reply["ts"] in await texts()
+
+    await eventually(reply_stored)
+    # The shape bolt-python receives when a person edits a message in a thread.
+    edited = {
+        "type": "message",
+        "subtype": "message_changed",
+        "hidden": True,
+        "channel": "C1",
+        "channel_type": "channel",
+        "ts": bot.sender._ids.ts(),
+        "event_ts": bot.sender._ids.ts(),
+        "message": {
+            "type": "message",
+            "user": "U3",
+            "text": "Keep the table in this thread, please",
+            "ts": reply["ts"],
+            "thread_ts": root,
+            "edited": {"user": "U3", "ts": bot.sender._ids.ts()},
+        },
+        "previous_message": {
+            "type": "message",
+            "user": "U3",
+            "text": reply["text"],
+            "ts": reply["ts"],
+            "thread_ts": root,
+        },
+    }
+    status, _ = await bot.sender.event(edited)
+    assert status == 200
+
+    async def edit_stored() -> bool:
+        return (await texts()).get(reply["ts"]) == "Keep the table in this thread, please"
+
+    await eventually(edit_stored)
+    assert "ceo@example.com" not in str(await texts())
+
+    # An edit in a thread Delegate is not in stores nothing.
+    elsewhere = {**edited, "message": {**edited["message"], "ts": "1.000001", "thread_ts": "1.0"}}
+    await bot.sender.event({**elsewhere, "ts": bot.sender._ids.ts()})
+    await bot_idle()
+    assert await bot.store.thread_messages("C1", "1.0") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
 from workers.config import AuthorityPolicy, WebFetchSettings
 from workers.tools.policy import host_allowed
+from workers.tools.registry import load_tools
 from workers.tools.web import AddressGuard, FetchRefused, fetch, forbidden_address, html_to_text
 from workers.workorder import Status
 
@@ -36,6 +38,7 @@ class Site(FakeServer):
         self.app.router.add_get("/big", self._big)
         self.app.router.add_get("/image", self._image)
         self.app.router.add_get("/redirect", self._redirect)
+        self.app.router.add_get("/charset/{name}", self._charset)
 
     async def _page(self, request: web.Request) -> web.Response:
         self.hits.append(request.path)
@@ -46,6 +49,13 @@ class Site(FakeServer):
 
     async def _image(self, request: web.Request) -> web.Response:
         return web.Response(body=b"\x89PNG", content_type="image/png")
+
+    async def _charset(self, request: web.Request) -> web.Response:
+        # A page that declares a codec Python has but cannot decode a document with.
+        return web.Response(
+            body="<p>Basic: $10 a month \u2013 caf\u00e9</p>".encode(),
+            headers={"Content-Type": f"text/html; charset={request.match_info['name']}"},
+        )
 
     async def _redirect(self, request: web.Request) -> web.Response:
         self.hits.append(request.path)
@@ -208,3 +218,23 @@ async def test_ssrf_attempts_in_a_run_are_refused_and_count_as_forbidden(harness
     assert [(c.name, c.allowed, c.outcome) for c in calls] == [("web_fetch", False, "forbidden")] * 3
     second = h.anthropic.requests[1]["messages"][-1]["content"][0]
     assert second["is_error"] and "link-local" in second["content"]
+
+
+@pytest.mark.parametrize("charset", ["idna", "undefined", "punycode", "base64", "rot13", "junk"])
+async def test_a_page_in_an_unreadable_charset_is_a_clean_tool_result(
+    harness: Harness, site: Site, charset: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19, item 13: a declared charset that cannot decode a page never crashes the run."""
+    h = harness
+    h.tools = load_tools(h.settings, use_entry_points=False, also_allowed=frozenset({"127.0.0.1"}))
+    await h.order(authority_policy="research")
+    h.anthropic.script(
+        Reply.tool("web_fetch", {"url": f"{site.url}/charset/{charset}"}),
+        Reply.tool("submit_deliverable", {"content": "Basic is $10.", "summary": "Done."}),
+    )
+    caplog.set_level(logging.DEBUG)
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind != "exception"
+    result = h.anthropic.requests[1]["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result" and "Basic: $10 a month" in str(result["content"])
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]

@@ -635,4 +635,7 @@ _ENV_NAMES = {
 
 
 def _is_secret_field(field: str) -> bool:
-    return any(word in field for word in ("token", "secret", "api_key", "audit_key"))
+    # Case-blind: a value set from the environment is reported under its alias
+    # (DELEGATE_AUDIT_KEY), not its field name.
+    name = field.lower()
+    return any(word in name for word in ("token", "secret", "api_key", "audit_key", "password"))

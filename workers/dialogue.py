@@ -141,14 +141,10 @@ class IntakeDialogue:
 
     async def _limit(self, requester: str) -> Limited | None:
         """Intake spends the team's money too: refuse before calling the model when the person
-        asked too often this hour or the team's weekly quota is gone."""
+        asked too often this hour or the team's weekly quota is gone. An admitted request takes
+        its slot atomically here, before the model is called."""
         now = utcnow()
         limit = self.settings.intake.max_requests_per_user_per_hour
-        if await self.store.intake_calls_since(requester, now - timedelta(hours=1)) >= limit:
-            return Limited(
-                f"You have made {limit} requests in the last hour, the most one person may make "
-                "(intake.max_requests_per_user_per_hour). Please try again a little later."
-            )
         team = self.settings.team_of(requester)
         quota = usd_to_micro(self.settings.teams[team].weekly_usd)
         if await self.store.team_week_used(team, quota_week(now)) >= quota:
@@ -156,6 +152,14 @@ class IntakeDialogue:
                 f"Team {team} has used its ${self.settings.teams[team].weekly_usd:.2f} for this "
                 "week, so I can't take new requests until Monday (00:00 UTC). A lead or an admin "
                 "can raise the quota."
+            )
+        # Taken last, so a request refused for quota does not use up one of the hour's slots.
+        if not await self.store.take_intake_slot(
+            requester, since=now - timedelta(hours=1), limit=limit, now=now
+        ):
+            return Limited(
+                f"You have made {limit} requests in the last hour, the most one person may make "
+                "(intake.max_requests_per_user_per_hour). Please try again a little later."
             )
         return None
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import case, func
@@ -25,11 +25,11 @@ from workers.config import Settings
 from workers.db import session_factory
 from workers.digest import schedule_for
 from workers.metrics import Comparison, Period
-from workers.models import DigestPost, WorkOrderRow
+from workers.models import Deliverable, DigestPost, WorkOrderRow
 from workers.permissions import may_review, reviewers_of
 from workers.states import OPEN
 from workers.store import row_to_order
-from workers.workorder import Status, WorkOrder
+from workers.workorder import Status, WorkOrder, parse_order_id
 
 LIST_LIMIT = 10
 TEAMS_LIMIT = 5
@@ -45,6 +45,8 @@ _REVIEW_STATES = frozenset(
 class OrderLine:
     order: WorkOrder
     spent_micro_usd: int
+    deliverable: Deliverable | None = None
+    """For an order awaiting review: the latest deliverable, the one a decision is about."""
 
 
 @dataclass
@@ -136,7 +138,21 @@ async def awaiting_review(
         for line in (_line(r) for r in (await session.exec(query)).all())
         if may_review(line.order, user, settings)
     ]
-    return Listing(mine[:limit], len(mine))
+    shown = mine[:limit]
+    numbers = {line.order.id: parse_order_id(line.order.id) for line in shown if line.order.id}
+    rows = await session.exec(
+        select(Deliverable)
+        .where(col(Deliverable.order_id).in_(list(numbers.values())))
+        .order_by(col(Deliverable.id))
+    )
+    latest = {d.order_id: d for d in rows.all()}  # the last one per order wins
+    return Listing(
+        [
+            replace(line, deliverable=latest.get(numbers.get(line.order.id or "", 0)))
+            for line in shown
+        ],
+        len(mine),
+    )
 
 
 async def last_digest(session: AsyncSession, team: str) -> DigestLink | None:

@@ -303,10 +303,10 @@ class IntakeEngine:
         named = [u for u in _strings(raw.get("reviewers")) if _USER_ID.match(u) and u in mentioned]
         reviewers = reviewers_for(settings, channel.reviewers, named, requester=ctx.user_id)
         if ctx.user_id in named and ctx.user_id not in reviewers:
-            others = ", ".join(f"<@{r}>" for r in reviewers)
+            # Open points are shown inert (most are the model's words): no mention in here.
             open_points.append(
-                f"You cannot review your own order: {others} will."
-                if others
+                "You cannot review your own order: the reviewer shown on the card will."
+                if reviewers
                 else "You cannot name yourself reviewer of your own order; name someone else."
             )
 

@@ -117,6 +117,20 @@ class RunAttempt(SQLModel, table=True):
     )
 
 
+class IntakeSlot(SQLModel, table=True):
+    """One intake request a person was admitted for: taken before the model is called, so the
+    hourly limit holds however many requests arrive at once."""
+
+    __tablename__ = "intake_slots"
+    __table_args__ = (Index("ix_intake_slots_requester_created_at", "requester", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    requester: str
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
 class LlmCall(SQLModel, table=True):
     """One model request: what it cost and how it went."""
 

@@ -81,14 +81,19 @@ def raised_above_class(
     *,
     workload_class: WorkloadClass | None = None,
 ) -> list[str]:
-    """The ceilings `budget` raises above both the order's current budget and the envelope of
-    its workload class (or of `workload_class`, when an edit changes it), named for people;
-    empty if it stays within."""
-    envelope = settings.budgets[workload_class or order.workload_class]
+    """The ceilings `budget` raises above the envelope of the class the order ends in
+    (`workload_class`, when an edit changes it), named for people; empty if it stays within.
+    A ceiling already granted is not raised again while the class stays; after a change of
+    class only the new envelope counts, so an Edit to `deep` and back to `quick` cannot carry
+    the deep budget along."""
+    ends_in = workload_class or order.workload_class
+    envelope = settings.budgets[ends_in]
+    kept = ends_in is order.workload_class
     return [
         name
         for field, name in _CEILINGS.items()
-        if getattr(budget, field) > max(getattr(envelope, field), getattr(order.budget, field))
+        if getattr(budget, field)
+        > max(getattr(envelope, field), getattr(order.budget, field) if kept else 0)
     ]
 
 

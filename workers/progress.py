@@ -109,7 +109,7 @@ class HeldBack:
                 f"${micro_to_usd(self.quota_micro_usd):.2f} weekly quota"
             )
         return (
-            f"waiting for a free slot: <@{self.requester}> already has {self.running} "
+            f"waiting for a free slot: the requester already has {self.running} "
             f"run{'s' if self.running != 1 else ''} going (limit {self.limit})"
         )
 

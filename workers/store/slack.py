@@ -229,6 +229,17 @@ class SlackStore(StoreBase):
             return False
         return True
 
+    async def edit_thread_message(self, channel: str, ts: str, text: str) -> bool:
+        """Replace the stored text of a message edited in Slack; False if none was stored (an
+        edit never adds a message Delegate did not keep)."""
+        async with self.transaction() as s:
+            result = await s.exec(
+                update(ThreadMessage)
+                .where(col(ThreadMessage.channel) == channel, col(ThreadMessage.ts) == ts)
+                .values(text=text)
+            )
+            return bool(result.rowcount)
+
     async def forget_thread_message(self, channel: str, ts: str) -> bool:
         """Drop the stored copy of a message deleted in Slack; False if none was stored."""
         async with self.transaction() as s:

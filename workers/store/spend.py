@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, and_, bindparam, func, insert, update
+from sqlalchemy import BigInteger, and_, bindparam, delete, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from workers.audit import SYSTEM_CHAIN, model_call_facts
 from workers.budget import CallPlan, Headroom, usd_to_micro
 from workers.errors import BudgetExceeded, NotFound
-from workers.models import LlmCall, TeamSpend, WorkOrderRow
+from workers.models import IntakeSlot, LlmCall, TeamSpend, WorkOrderRow
 from workers.progress import Spend
 from workers.store.base import Also, OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
@@ -69,13 +69,30 @@ class SpendStore(StoreBase):
             row = (await s.exec(query)).first()
         return 0 if row is None else row.spent_micro_usd + row.reserved_micro_usd
 
-    async def intake_calls_since(self, requester: str, since: datetime) -> int:
-        """How many intake model calls this person caused since `since`."""
-        query = select(func.count()).where(
-            col(LlmCall.requester) == requester, col(LlmCall.created_at) >= since
-        )
-        async with self._sessions() as s:
-            return int((await s.exec(query)).one())
+    async def take_intake_slot(
+        self, requester: str, *, since: datetime, limit: int, now: datetime
+    ) -> bool:
+        """Admit one intake request if `requester` was admitted fewer than `limit` times since
+        `since`; False (and nothing taken) otherwise. Counting and taking are one transaction,
+        serialised per person, so concurrent requests cannot all see room for one more."""
+        async with self.transaction() as s:
+            await self._serialise(s, f"intake:{requester}")
+            await s.exec(
+                delete(IntakeSlot).where(
+                    col(IntakeSlot.requester) == requester, col(IntakeSlot.created_at) < since
+                )
+            )
+            taken = (
+                await s.exec(
+                    select(func.count()).where(
+                        col(IntakeSlot.requester) == requester, col(IntakeSlot.created_at) >= since
+                    )
+                )
+            ).one()
+            if int(taken) >= limit:
+                return False
+            s.add(IntakeSlot(requester=requester, created_at=now))
+            return True
 
     async def _team_week(self, s: AsyncSession, team: str, week: str) -> TeamSpend:
         """The team's row for the week, created if missing and locked for update."""

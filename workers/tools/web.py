@@ -342,6 +342,15 @@ def _blocked_cause(exc: BaseException) -> BlockedAddress | None:
     return None
 
 
+def _decode(body: bytes, charset: str | None) -> str:
+    """The page's text in its declared charset; UTF-8 when the page names something that is no
+    text encoding (`idna`, `undefined`, `base64`, an unknown name), which would otherwise raise."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except (LookupError, UnicodeError):
+        return body.decode("utf-8", errors="replace")
+
+
 async def _read(response: aiohttp.ClientResponse, url: str, limits: WebFetchSettings) -> Page:
     content_type = response.headers.get("Content-Type", "").lower()
     mime = content_type.split(";", 1)[0].strip()
@@ -357,11 +366,7 @@ async def _read(response: aiohttp.ClientResponse, url: str, limits: WebFetchSett
             del body[limits.max_bytes :]
             truncated = True
             break
-    charset = response.charset or "utf-8"
-    try:
-        raw = body.decode(charset, errors="replace")
-    except LookupError:
-        raw = body.decode("utf-8", errors="replace")
+    raw = _decode(bytes(body), response.charset)
     text = (
         html_to_text(raw) if "html" in mime or (not mime and "<html" in raw[:500].lower()) else raw
     )

@@ -1,0 +1,136 @@
+"""Every renderer in bot/ shows outside text inert (issue 19, item 4).
+
+Each renderer gets hostile strings in every field that can come from a model, a fetched page, a
+tool or a person's free text, and no field of its output may carry a live broadcast, group,
+person or channel mention or a disguised link. Only fields Slack shows verbatim are exempt:
+plain_text objects, and input values that must round-trip as the person typed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from bot.cards import card_text, render_card
+from bot.digest_blocks import digest_blocks, digest_text
+from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
+from bot.home import home_view
+from bot.messages import HELP
+from bot.modals import changes_modal, edit_modal, extend_modal, intake_modal
+from bot.mrkdwn import mention, untrusted
+from bot.review_blocks import decided_blocks, decision_line, review_blocks
+from tests.support.factories import make_order
+from tests.support.inert import live_fields
+from workers.config import Settings
+from workers.digest import Digest
+from workers.home_views import HomeData, Listing, OrderLine
+from workers.metrics import Comparison, Period, PersonCount, TeamMetrics
+from workers.progress import DomainRequest, RunResult
+from workers.workorder import Status, Verification, WorkOrder
+
+HOSTILE_TOKENS = [
+    "<!channel>",
+    "<!here>",
+    "<!everyone>",
+    "<!subteam^S1|@eng>",
+    "<@U123>",
+    "<#C1>",
+    "<http://evil|safe>",
+]
+HOSTILE = "Urgent " + " ".join(HOSTILE_TOKENS) + " end"
+
+
+def hostile_order(**overrides: Any) -> WorkOrder:
+    fields: dict[str, Any] = {
+        "id": "WO-7",
+        "title": HOSTILE,
+        "goal": HOSTILE,
+        "deliverable": HOSTILE,
+        "acceptance_criteria": [HOSTILE, HOSTILE],
+        "context": HOSTILE,
+        # Ids no code path should produce, in case one ever does: shown inert, not live.
+        "verification": Verification(reviewers=["U123> <!channel"]),
+        "escalation_contact": "<!here>",
+        "status": Status.AWAITING_CONFIRMATION,
+    }
+    fields.update(overrides)
+    return make_order(**fields)
+
+
+def hostile_result() -> RunResult:
+    return RunResult(
+        content=HOSTILE,
+        summary=HOSTILE,
+        key="WO-7:result:1",
+        verdicts=[{"criterion": HOSTILE, "passed": False, "reason": HOSTILE}],
+        note=HOSTILE,
+    )
+
+
+def hostile_digest() -> Digest:
+    period = Period.iso_week("2026-W49")
+    people = [PersonCount(user=HOSTILE, count=2, finished=1), PersonCount(user="U5", count=1)]
+    current = TeamMetrics(
+        team=HOSTILE,
+        period=period,
+        requests_received=3,
+        top_requesters=people,
+        top_reviewers=people,
+        spend_by_role={HOSTILE: 1_000_000},
+    )
+    return Digest(HOSTILE, Comparison(current, TeamMetrics(team=HOSTILE, period=period)))
+
+
+def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
+    order = hostile_order()
+    review = hostile_order(status=Status.AWAITING_REVIEW)
+    request = DomainRequest(approval_id=1, host=HOSTILE, url=f"http://{HOSTILE}/x", reason=HOSTILE)
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    lines = Listing(items=[OrderLine(order, 0), OrderLine(review, 10)], total=2)
+    return {
+        "card": lambda: render_card(order, settings, open_points=[HOSTILE]),
+        "card fallback text": lambda: card_text(order),
+        "review prompt": lambda: review_blocks(review, hostile_result()),
+        "decided review": lambda: decided_blocks(
+            review_blocks(review, hostile_result()),
+            line=decision_line("Changes requested", "U7", at, HOSTILE),
+        ),
+        "decision line by a bad id": lambda: decision_line("Approved", HOSTILE, at),
+        "domain request text": lambda: domain_request_text(order, request),
+        "domain request blocks": lambda: domain_request_blocks(order, request),
+        "domain answered": lambda: answered_line("order", HOSTILE, "U7"),
+        "digest text": lambda: digest_text(hostile_digest()),
+        "digest blocks": lambda: digest_blocks(hostile_digest()),
+        "home": lambda: home_view(HomeData(user="U1", orders=lines, reviews=lines)),
+        "edit modal": lambda: edit_modal(order, settings, metadata={"order_id": "WO-7"}),
+        "edit modal for an admin": lambda: edit_modal(
+            order, settings, metadata={"order_id": "WO-7"}, user="UADMIN"
+        ),
+        "changes modal": lambda: changes_modal(review, None),
+        "extend modal": lambda: extend_modal(order, {"order_id": "WO-7"}, factor=2.0),
+        "intake modal": lambda: intake_modal(initial_text=HOSTILE, metadata={"channel": "C1"}),
+        "help": lambda: HELP,
+        "mention of a bad id": lambda: mention(HOSTILE),
+    }
+
+
+RENDERERS = list(renderers(Settings.model_construct()).keys())
+
+
+@pytest.mark.parametrize("name", RENDERERS)
+def test_no_renderer_lets_outside_text_ping_or_disguise_a_link(
+    name: str, settings_factory: Callable[..., Settings]
+) -> None:
+    output = renderers(settings_factory(admins=["UADMIN"]))[name]()
+    assert not list(live_fields(output)), name
+
+
+def test_the_walker_sees_live_tokens() -> None:
+    """The check above is only as good as its walker: raw hostile text must trip it."""
+    assert list(live_fields({"blocks": [{"type": "mrkdwn", "text": HOSTILE}]}))
+    assert list(live_fields({"text": HOSTILE}))
+    assert not list(live_fields({"type": "plain_text", "text": HOSTILE}))
+    assert not list(live_fields(untrusted(HOSTILE)))
