@@ -50,7 +50,9 @@ def _env(
     tmp_path: Path, fake_slack: FakeSlack, *, socket_mode: bool = False, **values: str
 ) -> dict[str, str]:
     """`delegate run` in HTTP mode (or Socket Mode) against the fake Slack, on SQLite."""
-    mode = {"SLACK_APP_TOKEN": APP_TOKEN} if socket_mode else {"SLACK_SIGNING_SECRET": SIGNING_SECRET}
+    mode = (
+        {"SLACK_APP_TOKEN": APP_TOKEN} if socket_mode else {"SLACK_SIGNING_SECRET": SIGNING_SECRET}
+    )
     defaults = {
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         "PORT": str(free_port()),
@@ -73,7 +75,8 @@ async def _health_until(
     seen: list[Any] = []
 
     async def holds() -> bool:
-        assert proc.returncode is None, f"delegate exited early:\n{log.read_text()[-3000:]}"
+        if proc.returncode is not None:
+            raise AssertionError(f"delegate exited early:\n{_tail(log)}")
         answer = await health(port)
         seen[:] = [answer]
         return answer is not None and predicate(*answer)
@@ -83,6 +86,10 @@ async def _health_until(
     except TimeoutError:
         raise AssertionError(f"/healthz never held; last answer: {seen}") from None
     return seen[0][1]  # type: ignore[no-any-return]
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
 
 
 def _errors(log: Path) -> list[str]:
