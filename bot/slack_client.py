@@ -6,6 +6,7 @@ slack_sdk's retry handlers already do what we need: honour Retry-After on 429, b
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,8 @@ from bot.blocks import MESSAGE_TEXT_MAX, truncate
 from workers.config import Settings
 from workers.logs import scrub_secrets, secrets_to_scrub
 from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
+
+log = logging.getLogger(__name__)
 
 RATE_LIMIT_RETRIES = 3
 TRANSIENT_RETRIES = 3
@@ -85,7 +88,10 @@ class InstrumentedWebClient(AsyncWebClient):
             SLACK_ERRORS.labels(api_method, error).inc()
             hook = self.on_token_refused
             if hook is not None and error in AUTH_ERRORS and api_method not in _APP_TOKEN_METHODS:
-                await hook(error)
+                try:
+                    await hook(error)
+                except Exception as hook_error:  # the caller still learns what Slack said
+                    log.warning("could not record the refused bot token (%r)", hook_error)
             raise
         except Exception:
             SLACK_CALLS.labels(api_method, "error").inc()
