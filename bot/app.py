@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ from bot.modals import edit_modal, intake_modal, intake_request, parse_edit
 from bot.mrkdwn import untrusted
 from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
+from bot.slack_client import AUTH_ERRORS
 from workers.config import Settings
 from workers.errors import NotFound
 from workers.intake import Completer, IntakeEngine
@@ -62,10 +64,13 @@ def create_app(
     client: AsyncWebClient,
     completer: Completer,
     homes: HomeRefresher | None = None,
+    on_token_revoked: Callable[[str], Awaitable[None]] | None = None,
 ) -> AsyncApp:
     """Build the Bolt app with its listeners; the caller chooses HTTP or Socket Mode.
 
-    `homes` republishes App Homes (share one per process with the worker's reporter)."""
+    `homes` republishes App Homes (share one per process with the worker's reporter);
+    `on_token_revoked` is told when Slack says the app was uninstalled or its bot token revoked
+    (bot.token_watch)."""
     secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     )
@@ -83,6 +88,10 @@ def create_app(
     async def on_error(
         error: Exception, body: dict[str, Any], client: AsyncWebClient
     ) -> BoltResponse | None:
+        if isinstance(error, SlackApiError) and error.response.get("error") in AUTH_ERRORS:
+            # bot.token_watch has said so, once, with the fix.
+            log.info("a Slack listener stopped: the bot token is refused")
+            return None
         if not isinstance(error, NotFound | ValueError):
             log.error("a Slack listener failed: %r", error, exc_info=error)
             return None
@@ -199,6 +208,19 @@ def create_app(
         finally:
             if recorded:
                 await handled(store, body)
+
+    @app.event("app_uninstalled")
+    async def on_uninstalled(event: dict[str, Any]) -> None:
+        # Slack has revoked every token of the app: nothing more can be sent.
+        if on_token_revoked is not None:
+            await on_token_revoked("app_uninstalled")
+
+    @app.event("tokens_revoked")
+    async def on_tokens_revoked(event: dict[str, Any]) -> None:
+        if not (event.get("tokens") or {}).get("bot"):
+            log.info("user tokens revoked; the bot token is not among them")
+        elif on_token_revoked is not None:
+            await on_token_revoked("tokens_revoked")
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from workers import logs
 from workers.config import Settings, load_settings
 from workers.db import DATABASE_ERRORS, redact_error, redact_url
-from workers.errors import ConfigError, DatabaseUnavailable, NotFound
+from workers.errors import ConfigError, DatabaseUnavailable, NotFound, SetupError
 
 log = logging.getLogger("delegate")
 
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--worker-id", default=None, help="name in leases and the audit trail (default: host:pid)"
+    )
+    worker.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port of its /healthz and /metrics (default: DELEGATE_WORKER_PORT, or 3001)",
     )
 
     db = _command(
@@ -233,8 +239,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise  # a ConnectionError too, but about our output, not the database: main() handles it
-    except DatabaseUnavailable as exc:
-        print(f"delegate: {exc}", file=sys.stderr)
+    except (DatabaseUnavailable, SetupError) as exc:
+        for line in str(exc).splitlines():
+            print(f"delegate: {line}", file=sys.stderr)
         return EXIT_FAILED
     except DATABASE_ERRORS as exc:
         url = settings.database_url
@@ -247,8 +254,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as exc:  # after DATABASE_ERRORS: a refused connection is an OSError too
         if exc.errno != errno.EADDRINUSE:
             raise
+        port, variable = settings.port, "PORT"
+        if args.command == "worker":
+            port, variable = args.port or settings.worker_port, "--port or DELEGATE_WORKER_PORT"
         print(
-            f"delegate: port {settings.port} is already in use; set PORT to a free port, "
+            f"delegate: port {port} is already in use; set {variable} to a free port, "
             "or stop the program that holds it",
             file=sys.stderr,
         )
@@ -278,7 +288,12 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 async def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runner import run_workers_only
 
-    await run_workers_only(settings, concurrency=args.concurrency, worker_id=args.worker_id)
+    await run_workers_only(
+        settings,
+        concurrency=args.concurrency,
+        worker_id=args.worker_id,
+        port=args.port or settings.worker_port,
+    )
     return EXIT_OK
 
 

@@ -29,17 +29,14 @@ from collections.abc import Callable
 from slack_sdk.errors import SlackApiError
 
 from bot.reporter import POST_CLAIM_S, SlackReporter
+from bot.slack_client import AUTH_ERRORS
+from bot.token_watch import slack_problem
 from workers.errors import NotFound, RetryLater
 from workers.models import OutboxMessage
 from workers.store import Store
 from workers.store.outbox import SLACK
 
 log = logging.getLogger(__name__)
-
-AUTH_ERRORS = frozenset(
-    {"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"}
-)
-"""Slack refuses the bot token itself: nothing can be delivered until an admin fixes it."""
 
 PERMANENT_ERRORS = frozenset(
     {
@@ -75,10 +72,6 @@ FIXES = {
 
 def fix_for(error: str | None) -> str:
     return FIXES.get(error or "", "invite the bot / check the channel")
-
-
-def slack_problem(error: str) -> str:
-    return f"token revoked ({error})" if error == "token_revoked" else f"token refused ({error})"
 
 
 class Deliverer:
@@ -173,7 +166,8 @@ class Deliverer:
         except SlackApiError as exc:
             error = str(exc.response.get("error") or f"http {exc.response.status_code}")
             if error in AUTH_ERRORS:
-                log.error("Slack refused the bot token (%s): delivery paused", error, extra=extra)
+                # The ERROR line is bot.token_watch's, once per process, not once per message.
+                log.info("kept until Slack accepts the bot token again (%s)", error, extra=extra)
                 await self.store.report_problem(SLACK, slack_problem(error))
                 await self.store.outbox_retry(message.id, after_s=0, error=error)
             elif error in PERMANENT_ERRORS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -24,9 +24,9 @@ from sqlalchemy.engine import make_url
 
 from bot.delivery import fix_for
 from bot.scopes import BOT_SCOPES
-from bot.slack_client import make_slack_client
+from bot.slack_client import is_transient, make_slack_client
 from workers.config import Route, Settings
-from workers.db import create_engine, redact_error, redact_url
+from workers.db import create_engine, missing_sqlite_directory, redact_error, redact_url
 from workers.migrate import current_revision, head_revision
 from workers.store import Store
 from workers.store.outbox import SLACK
@@ -35,6 +35,10 @@ from workers.workorder import WorkloadClass
 CHECK_TIMEOUT_S = 15.0
 SIGNING_SECRET_SHAPE = re.compile(r"[0-9a-f]{32}")
 Status = Literal["ok", "warn", "fail"]
+APP_TOKEN_FIX = (
+    "create an app-level token with the connections:write scope under Basic Information → "
+    "App-Level Tokens, and copy it (xapp-…) into SLACK_APP_TOKEN"
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class Check:
     fix: str = ""
     warning: bool = False
     """Works, but weaker than it should be: shown with its fix, does not fail the doctor."""
+    transient: bool = False
+    """Failed because something could not be reached: trying again later may succeed (a
+    refused token or a missing key never does). `delegate run` starts anyway and retries."""
 
     @property
     def status(self) -> Status:
@@ -106,10 +113,33 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[Check]:
         checks.extend(await _check_slack(settings))
     else:
         checks.append(Check("Slack", True, "not checked (--no-slack)"))
-    checks.extend(await _check_providers(settings))
+    checks.extend(await check_providers(settings))
     checks.append(_check_verifier_independence(settings))
     checks.append(_check_audit_key(settings))
     return checks
+
+
+async def startup_checks(settings: Settings, *, socket_mode: bool) -> list[Check]:
+    """The doctor's checks that `delegate run` and `delegate worker` make before they start:
+    the bot token (if set), the app token in Socket Mode, and a key for every routed provider.
+    Missing scopes only warn here: the bot works, less well, and the doctor names them."""
+
+    async def nothing() -> list[Check]:
+        return []
+
+    async def app_token() -> list[Check]:
+        return [await check_app_token(settings)]
+
+    bot, app, providers = await asyncio.gather(
+        check_bot_token(settings) if settings.slack_bot_token is not None else nothing(),
+        app_token() if socket_mode else nothing(),
+        check_providers(settings),
+    )
+    scopes_warn = [
+        replace(c, ok=True, warning=True) if c.name == "Slack scopes" and not c.ok else c
+        for c in bot
+    ]
+    return [*scopes_warn, *app, *providers]
 
 
 # ---------------------------------------------------------------------------------- delivery
@@ -187,17 +217,17 @@ async def _check_database(settings: Settings) -> Check:
             "DATABASE_URL cannot be parsed",
             "write it as sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:password@host:5432/db",
         )
+    directory = missing_sqlite_directory(url)
+    if directory is not None:
+        return Check(
+            "database",
+            False,
+            f"the directory {directory} does not exist",
+            "create it, or point DATABASE_URL at a file in an existing directory",
+        )
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database or "")
-        parent_exists, exists = path.parent.exists(), path.exists()  # noqa: ASYNC240 (instant)
-        if not parent_exists:
-            return Check(
-                "database",
-                False,
-                f"the directory {path.parent} does not exist",
-                "create it, or point DATABASE_URL at a file in an existing directory",
-            )
-        if not exists:
+        if not path.exists():  # noqa: ASYNC240 (instant)
             return Check(
                 "database",
                 True,
@@ -234,13 +264,13 @@ async def _check_database(settings: Settings) -> Check:
 
 
 async def _check_slack(settings: Settings) -> list[Check]:
-    checks = await _check_bot_token(settings)
-    checks.append(await _check_app_token(settings))
+    checks = await check_bot_token(settings)
+    checks.append(await check_app_token(settings))
     checks.append(_check_signing_secret(settings))
     return checks
 
 
-async def _check_bot_token(settings: Settings) -> list[Check]:
+async def check_bot_token(settings: Settings) -> list[Check]:
     if settings.slack_bot_token is None:
         return [
             Check(
@@ -262,6 +292,7 @@ async def _check_bot_token(settings: Settings) -> list[Check]:
                 False,
                 f"Slack refused the token ({error})",
                 "reinstall the app and copy a fresh Bot User OAuth Token into SLACK_BOT_TOKEN",
+                transient=is_transient(exc),
             )
         ]
     except Exception as exc:
@@ -271,6 +302,7 @@ async def _check_bot_token(settings: Settings) -> list[Check]:
                 False,
                 f"cannot reach {settings.slack_api_url} ({type(exc).__name__})",
                 "check network access to Slack, or SLACK_API_URL",
+                transient=True,
             )
         ]
     granted = _scopes_header(response.headers.get("x-oauth-scopes"))
@@ -290,7 +322,7 @@ async def _check_bot_token(settings: Settings) -> list[Check]:
     ]
 
 
-async def _check_app_token(settings: Settings) -> Check:
+async def check_app_token(settings: Settings) -> Check:
     """Open a Socket Mode connection the way `delegate run` will, wait for Slack's hello, close."""
     if settings.slack_app_token is None:
         return Check(
@@ -302,10 +334,7 @@ async def _check_app_token(settings: Settings) -> Check:
         )
     app_token = settings.slack_app_token.get_secret_value()
     client = AsyncWebClient(base_url=settings.slack_api_url)
-    fix = (
-        "create an app-level token with the connections:write scope under Basic Information → "
-        "App-Level Tokens, and copy it (xapp-…) into SLACK_APP_TOKEN"
-    )
+    fix = APP_TOKEN_FIX
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             opened = await client.apps_connections_open(app_token=app_token)
@@ -315,13 +344,20 @@ async def _check_app_token(settings: Settings) -> Check:
                 await ws.close()
     except SlackApiError as exc:
         error = exc.response.get("error", "unknown error")
-        return Check("Slack Socket Mode", False, f"Slack refused the app token ({error})", fix)
+        return Check(
+            "Slack Socket Mode",
+            False,
+            f"Slack refused the app token ({error})",
+            fix,
+            transient=is_transient(exc),
+        )
     except Exception as exc:
         return Check(
             "Slack Socket Mode",
             False,
             f"could not open a Socket Mode connection ({type(exc).__name__})",
             "check network access to Slack and that Socket Mode is on in the app settings",
+            transient=True,
         )
     if not isinstance(hello, dict) or hello.get("type") != "hello":
         return Check(
@@ -332,7 +368,9 @@ async def _check_app_token(settings: Settings) -> Check:
 
 def _check_signing_secret(settings: Settings) -> Check:
     secret = settings.slack_signing_secret
-    fix = "copy the Signing Secret from Basic Information → App Credentials into SLACK_SIGNING_SECRET"
+    fix = (
+        "copy the Signing Secret from Basic Information → App Credentials into SLACK_SIGNING_SECRET"
+    )
     if secret is None:
         if settings.slack_app_token is None:
             return Check("Slack signing secret", False, "SLACK_SIGNING_SECRET is not set", fix)
@@ -368,9 +406,11 @@ class _Provider:
     problem: str = ""
     missing_key: bool = False
     refused_key: bool = False
+    transient: bool = False
+    """Could not be reached: whether the key and the models work is not known yet."""
 
 
-async def _check_providers(settings: Settings) -> list[Check]:
+async def check_providers(settings: Settings) -> list[Check]:
     used = sorted(
         {
             ref.provider
@@ -408,12 +448,21 @@ async def _check_providers(settings: Settings) -> list[Check]:
                 probe.problem,
                 f"set {env}{'' if probe.missing_key else f' to a key {name} accepts'}, or route "
                 f"every role away from {name} in DELEGATE_CONFIG",
+                transient=probe.transient,
             )
         )
+    unreachable = {name for name, probe in providers.items() if probe.transient}
     routes = {f"{role}.{key}": r for role, rs in settings.routing.items() for key, r in rs.items()}
     for route, problems in broken_routes.items():
-        fix = _route_fix(routes[route], providers)
-        checks.append(Check(f"routing.{route}", False, "; ".join(problems), fix))
+        checks.append(
+            Check(
+                f"routing.{route}",
+                False,
+                "; ".join(problems),
+                _route_fix(routes[route], providers),
+                transient=any(name in p for p in problems for name in unreachable),
+            )
+        )
     if not broken_routes:
         checks.append(Check("model routing", True, "every role and class has a working model"))
     return checks
@@ -503,7 +552,7 @@ async def _probe(settings: Settings, name: str) -> _Provider:
                 name, None, f"{name} refused the key in {env} (HTTP {status})", refused_key=True
             )
         reason = f"HTTP {status}" if status else type(exc).__name__
-        return _Provider(name, None, f"could not list {name}'s models ({reason})")
+        return _Provider(name, None, f"could not list {name}'s models ({reason})", transient=True)
 
 
 def _check_verifier_independence(settings: Settings) -> Check:

@@ -8,6 +8,7 @@ import logging
 import signal
 from datetime import UTC, datetime
 
+from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
 
@@ -17,14 +18,17 @@ from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher
 from bot.home_refresh import HomeRefresher
+from bot.preflight import BOT_TOKEN_CHECK, Recheck, preflight, unreachable
 from bot.reporter import SlackReporter
 from bot.server import HealthCheck, build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
+from bot.token_watch import SlackTokenWatch
 from workers import metric_days
 from workers.chart import render_chart
 from workers.config import Settings
 from workers.digest import DigestScheduler
+from workers.errors import SetupError
 from workers.followup import FollowUps
 from workers.migrate import upgrade_when_reachable
 from workers.progress import LoggingReporter, ProgressReporter
@@ -60,19 +64,47 @@ def _stop_event() -> asyncio.Event:
 
 
 async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int = 2) -> None:
-    """Serve Slack (Socket Mode if SLACK_APP_TOKEN is set, else HTTP) until SIGTERM/SIGINT."""
+    """Serve Slack (Socket Mode if SLACK_APP_TOKEN is set, else HTTP) until SIGTERM/SIGINT.
+
+    Raises SetupError, before anything starts, for a refused token or a missing key, and while
+    running if Slack refuses the app token."""
+    socket_mode = settings.slack_app_token is not None
+    pending = await preflight(settings, socket_mode=socket_mode)
     stop = _stop_event()
     store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     client = make_slack_client(settings)
+    token = SlackTokenWatch(
+        store,
+        client,
+        recheck_s=settings.slack.token_check_s,
+        unreachable=unreachable(pending, BOT_TOKEN_CHECK),
+    )
+    models = Recheck.providers(settings, pending)
     router = ModelRouter.from_settings(settings, store)
     # One per process: the bot's decisions and the worker pool's progress refresh App Homes
     # through it, so one person's publishes are coalesced whichever of them asks.
     homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
-    bolt = create_app(settings, store=store, client=client, completer=router, homes=homes)
-    socket_mode = settings.slack_app_token is not None
+    bolt = create_app(
+        settings,
+        store=store,
+        client=client,
+        completer=router,
+        homes=homes,
+        on_token_revoked=token.refused,
+    )
     pools: list[Worker] = []
-    checks: dict[str, HealthCheck] = {"worker_loop": _worker_loop_check(pools)}
+    checks: dict[str, HealthCheck] = {
+        "worker_loop": _worker_loop_check(pools),
+        "slack_token": token.status,
+        "models": models.status,
+    }
+    refusals: list[str] = []
+
+    def give_up(message: str) -> None:
+        refusals.append(message)
+        stop.set()
+
     web_runner = await start_site(
         build_web_app(
             store=store,
@@ -92,10 +124,17 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     socket_handler = None
     if settings.slack_app_token is not None:
         socket_handler = SocketModeRunner(
-            bolt, app_token=settings.slack_app_token.get_secret_value(), settings=settings.slack
+            bolt,
+            app_token=settings.slack_app_token.get_secret_value(),
+            settings=settings.slack,
+            on_refused=give_up,
         )
         checks["socket_mode"] = socket_handler.status
         await socket_handler.start()  # connects in the background
+    watches = [
+        asyncio.create_task(token.run(stop), name="bot-token-watch"),
+        asyncio.create_task(models.run(stop), name="model-recheck"),
+    ]
     reporter = SlackReporter(store=store, client=client, home=homes)
     deliverer = Deliverer(store, reporter).start(stop)
     follow_ups = FollowUps(settings, store, reporter)
@@ -167,7 +206,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     finally:
         stop.set()
         [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
-        await asyncio.gather(deliverer, return_exceptions=True)
+        await asyncio.gather(deliverer, *watches, return_exceptions=True)
         scheduler.shutdown(wait=False)
         await homes.close()
         if socket_handler is not None:
@@ -178,28 +217,56 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         log.info("Delegate stopped")
     if isinstance(worker_outcome, Exception):
         raise worker_outcome
+    if refusals:
+        raise SetupError(refusals[0])
 
 
 async def run_workers_only(
-    settings: Settings, *, concurrency: int, worker_id: str | None = None
+    settings: Settings,
+    *,
+    concurrency: int,
+    worker_id: str | None = None,
+    host: str = "0.0.0.0",
+    port: int,
 ) -> None:
-    """A worker pool that reports into Slack threads (or to the log without a bot token)."""
+    """A worker pool that reports into Slack threads (or to the log without a bot token), with
+    /healthz and /metrics of its own on `port`."""
+    pending = await preflight(settings, socket_mode=False)
     store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
     reporter: ProgressReporter = LoggingReporter()
     homes: HomeRefresher | None = None
     stop = _stop_event()
-    deliverer: asyncio.Task[None] | None = None
+    models = Recheck.providers(settings, pending)
+    pools: list[Worker] = []
+    checks: dict[str, HealthCheck] = {
+        "worker_loop": _worker_loop_check(pools),
+        "models": models.status,
+    }
+    tasks = [asyncio.create_task(models.run(stop), name="model-recheck")]
     if settings.slack_bot_token is not None:
         client = make_slack_client(settings)
+        token = SlackTokenWatch(
+            store,
+            client,
+            recheck_s=settings.slack.token_check_s,
+            unreachable=unreachable(pending, BOT_TOKEN_CHECK),
+        )
+        checks["slack_token"] = token.status
+        tasks.append(asyncio.create_task(token.run(stop), name="bot-token-watch"))
         homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
         slack = SlackReporter(store=store, client=client, home=homes)
         # Sends what any process owes a thread, including what a dead process left unsent.
-        deliverer = Deliverer(store, slack).start(stop)
+        tasks.append(Deliverer(store, slack).start(stop))
         reporter = slack
     else:
         log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
+    web_runner: web.AppRunner | None = None
     try:
+        web_runner = await start_site(
+            build_web_app(store=store, bolt=None, checks=checks), host=host, port=port
+        )
+        log.info("worker health and metrics on %s:%d", host, port)
         await run_worker(
             settings,
             concurrency=concurrency,
@@ -208,13 +275,15 @@ async def run_workers_only(
             worker_id=worker_id,
             stop=stop,
             handle_signals=False,
+            on_start=pools.append,
         )
     finally:
         stop.set()
-        if deliverer is not None:
-            await asyncio.gather(deliverer, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if homes is not None:
             await homes.close()
+        if web_runner is not None:
+            await web_runner.cleanup()
         await store.close()
 
 

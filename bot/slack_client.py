@@ -6,7 +6,8 @@ slack_sdk's retry handlers already do what we need: honour Retry-After on 429, b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,10 +29,31 @@ from workers.config import Settings
 from workers.logs import scrub_secrets, secrets_to_scrub
 from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
 
+log = logging.getLogger(__name__)
+
 RATE_LIMIT_RETRIES = 3
 TRANSIENT_RETRIES = 3
 # Slack refuses a whole message whose text is over 40,000 characters (`msg_too_long`).
 _MESSAGE_METHODS = frozenset({"chat.postMessage", "chat.update", "chat.postEphemeral"})
+
+AUTH_ERRORS = frozenset(
+    {"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"}
+)
+"""Slack refuses the bot token itself: nothing can be done with it until an admin fixes it."""
+
+_TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "service_unavailable", "request_timeout", "fatal_error"}
+)
+
+
+def is_transient(exc: SlackApiError) -> bool:
+    """Whether Slack may well accept the same call later (rate limit, outage)."""
+    status = getattr(exc.response, "status_code", 200)
+    return status >= 500 or status == 429 or exc.response.get("error") in _TRANSIENT_ERRORS
+
+
+# Called with the app token, not the bot token: its refusals are the Socket Mode runner's.
+_APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 
 
 class InstrumentedWebClient(AsyncWebClient):
@@ -39,6 +61,8 @@ class InstrumentedWebClient(AsyncWebClient):
     deployment's secrets from what it sends (model output and thread text may quote them)."""
 
     secrets: Sequence[str] = ()
+    on_token_refused: Callable[[str], Awaitable[None]] | None = None
+    """Told Slack's error whenever a call is refused for the bot token (bot.token_watch)."""
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
         if self.secrets:
@@ -59,8 +83,15 @@ class InstrumentedWebClient(AsyncWebClient):
         try:
             response = await super().api_call(api_method, **kwargs)
         except SlackApiError as exc:
+            error = str(exc.response.get("error") or "unknown")
             SLACK_CALLS.labels(api_method, "error").inc()
-            SLACK_ERRORS.labels(api_method, str(exc.response.get("error") or "unknown")).inc()
+            SLACK_ERRORS.labels(api_method, error).inc()
+            hook = self.on_token_refused
+            if hook is not None and error in AUTH_ERRORS and api_method not in _APP_TOKEN_METHODS:
+                try:
+                    await hook(error)
+                except Exception as hook_error:  # the caller still learns what Slack said
+                    log.warning("could not record the refused bot token (%r)", hook_error)
             raise
         except Exception:
             SLACK_CALLS.labels(api_method, "error").inc()

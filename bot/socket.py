@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -22,7 +23,9 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 
+from bot.doctor import APP_TOKEN_FIX
 from bot.http_guard import check_envelope, check_interaction
+from bot.slack_client import AUTH_ERRORS
 from workers.config import SlackSettings
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,15 @@ def frame_problem(raw: str) -> str | None:
 class SocketModeRunner:
     """A Socket Mode connection with a watchdog task."""
 
-    def __init__(self, app: AsyncApp, *, app_token: str, settings: SlackSettings) -> None:
+    def __init__(
+        self,
+        app: AsyncApp,
+        *,
+        app_token: str,
+        settings: SlackSettings,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_refused` is told, once, when Slack refuses the app token: no retry fixes that."""
         self.handler = AsyncSocketModeHandler(
             app,
             app_token=app_token,
@@ -89,6 +100,7 @@ class SocketModeRunner:
         self._connecting: asyncio.Task[None] | None = None
         self.problem: str | None = None
         """Why the last connection attempt failed (None once connected)."""
+        self.on_refused = on_refused
         self.client.on_message_listeners.append(self._on_message)
         enqueue = self.client.enqueue_message
 
@@ -100,6 +112,21 @@ class SocketModeRunner:
             await enqueue(message)
 
         self.client.enqueue_message = enqueue_readable  # type: ignore[method-assign]
+        self._gave_up = False
+
+        async def issue_new_wss_url() -> str:
+            # The SDK's own logs each refusal as an ERROR and its callers log it again, on
+            # every retry; a refused token is said once, here, and not retried.
+            try:
+                response = await self.client.web_client.apps_connections_open(
+                    app_token=self.client.app_token
+                )
+            except Exception as exc:
+                self._refused(exc)
+                raise
+            return str(response["url"])
+
+        self.client.issue_new_wss_url = issue_new_wss_url  # type: ignore[method-assign]
 
     async def _on_message(self, _message: Any) -> None:
         self._last_inbound = time.time()
@@ -125,6 +152,8 @@ class SocketModeRunner:
                 break
             except Exception as exc:
                 self.problem = _describe(exc)
+                if self._refused(exc):
+                    return
                 log.error(
                     "Socket Mode: could not connect to Slack (%s); trying again in %.0f s",
                     self.problem,
@@ -156,7 +185,24 @@ class SocketModeRunner:
             try:
                 await self.client.connect_to_new_endpoint(force=True)
             except Exception as exc:  # keep watching: the next round tries again
+                if self._refused(exc):
+                    return
                 log.error("Socket Mode reconnect failed: %s", type(exc).__name__)
+
+    def _refused(self, exc: Exception) -> bool:
+        """Whether Slack refused the app token; if so, say it once and tell `on_refused`."""
+        if not isinstance(exc, SlackApiError) or exc.response.get("error") not in AUTH_ERRORS:
+            return False
+        if self._gave_up:
+            return True
+        self._gave_up = True
+        message = (
+            f"Slack refused SLACK_APP_TOKEN ({exc.response.get('error')}); fix: {APP_TOKEN_FIX}"
+        )
+        log.error("Socket Mode: %s", message)
+        if self.on_refused is not None:
+            self.on_refused(message)
+        return True
 
     async def close(self) -> None:
         """Stop connecting, watching and listening; never waits long on a Slack that does not

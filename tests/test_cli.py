@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from bot.cli import build_parser
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.cli import DELEGATE, cli_env, delegate
+from tests.support.cli import DELEGATE, cli_env, delegate, free_port, provider_env
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.waiting import eventually
@@ -132,10 +134,11 @@ def _free_port() -> int:
 
 
 async def test_run_serves_health_and_stops_on_sigterm(
-    fake_slack: FakeSlack, tmp_path: Path
+    fake_slack: FakeSlack, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     port = _free_port()
     env = cli_env(
+        **provider_env(fake_anthropic, fake_openai),
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
         PORT=str(port),
         SLACK_BOT_TOKEN=fake_slack.token,
@@ -173,13 +176,20 @@ async def test_run_serves_health_and_stops_on_sigterm(
             await proc.wait()
 
 
-async def test_worker_command_runs_until_sigterm(tmp_path: Path) -> None:
-    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+async def test_worker_command_runs_until_sigterm(
+    fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = cli_env(
+        **provider_env(fake_anthropic, fake_openai),
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+    )
     proc = await asyncio.create_subprocess_exec(
         str(DELEGATE),
         "worker",
         "--concurrency",
         "2",
+        "--port",
+        str(free_port()),
         env=env,
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,

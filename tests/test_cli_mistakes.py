@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.cli import DELEGATE, cli_env, delegate
+from tests.support.cli import DELEGATE, cli_env, delegate, provider_env
 from tests.support.databases import Database
 from workers.db import create_engine
+from workers.errors import DatabaseUnavailable
 from workers.migrate import upgrade_when_reachable
 from workers.store import Store
 
@@ -24,12 +27,15 @@ def _no_traceback(*outputs: str) -> None:
         assert "Traceback" not in text and "Error:" not in text.split("(")[0], text
 
 
-async def test_a_port_in_use_is_one_line(fake_slack: FakeSlack, tmp_path: Path) -> None:
+async def test_a_port_in_use_is_one_line(
+    fake_slack: FakeSlack, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
         env = cli_env(
+            **provider_env(fake_anthropic, fake_openai),
             DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
             SLACK_BOT_TOKEN=fake_slack.token,
             SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
@@ -42,10 +48,13 @@ async def test_a_port_in_use_is_one_line(fake_slack: FakeSlack, tmp_path: Path) 
     assert "Traceback" not in out + err
 
 
-async def test_a_database_that_stays_down_ends_in_a_clear_error(tmp_path: Path) -> None:
+async def test_a_database_that_stays_down_ends_in_a_clear_error(
+    fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     config = tmp_path / "delegate.yaml"
     config.write_text("engine: {startup_database_wait_s: 1}\n")
     env = cli_env(
+        **provider_env(fake_anthropic, fake_openai),
         DATABASE_URL="postgresql+asyncpg://postgres:pw-secret@127.0.0.1:1/delegate",
         DELEGATE_CONFIG=str(config),
     )
@@ -56,19 +65,19 @@ async def test_a_database_that_stays_down_ends_in_a_clear_error(tmp_path: Path) 
     assert "pw-secret" not in out + err and "Traceback" not in out + err
 
 
-async def test_start_up_waits_for_a_database_that_comes_up(tmp_path: Path) -> None:
-    later = tmp_path / "not-yet"
-    engine = create_engine(f"sqlite+aiosqlite:///{later / 'delegate.db'}")
+async def test_start_up_does_not_wait_for_a_sqlite_directory_that_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'not-there' / 'delegate.db'}")
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
-        if len(waits) == 2:
-            later.mkdir()  # the volume appears after a while
 
-    await upgrade_when_reachable(engine, wait_s=60, sleep=sleep)
+    with pytest.raises(DatabaseUnavailable, match="not-there for the SQLite database does not"):
+        await upgrade_when_reachable(engine, wait_s=60, sleep=sleep)
     await engine.dispose()
-    assert waits == [0.5, 1.0] and (later / "delegate.db").exists()
+    assert waits == [], "no waiting makes a directory appear"
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.cli import DELEGATE, cli_env, free_port, stop_delegate
+from tests.support.cli import DELEGATE, cli_env, free_port, provider_env, stop_delegate
 from tests.support.history import W47, Seed, at, history_settings, seed_history
 from tests.support.waiting import eventually
 from workers import metrics
@@ -188,7 +190,11 @@ def test_whole_days_of_a_span() -> None:
 
 
 async def test_delegate_run_summarises_the_closed_days_when_it_starts(
-    database: Any, fake_slack: FakeSlack, tmp_path: Path
+    database: Any,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
 ) -> None:
     engine = database.engine()
     try:
@@ -196,6 +202,7 @@ async def test_delegate_run_summarises_the_closed_days_when_it_starts(
         expected = await _figures(engine)
         env = cli_env(
             **database.env(),
+            **provider_env(fake_anthropic, fake_openai),
             PORT=str(free_port()),
             SLACK_BOT_TOKEN=fake_slack.token,
             SLACK_SIGNING_SECRET="s3cr3t-signing",

@@ -15,9 +15,10 @@ from bot.app import create_app
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, SlackError
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
-from tests.support.cli import DELEGATE, cli_env, free_port, health, stop_delegate
+from tests.support.cli import DELEGATE, cli_env, free_port, health, provider_env, stop_delegate
 from tests.support.intake import questions
 from tests.support.waiting import bot_idle, eventually
 from workers.providers import ModelRouter
@@ -102,7 +103,14 @@ async def test_watchdog_recreates_a_silent_connection(
     assert len(socket_mode.slack.calls_to("apps.connections.open")) >= 2
 
 
-async def _run_socket_mode(tmp_path: Path, fake_slack: FakeSlack, port: int, **env: str) -> Any:
+@pytest.fixture
+def providers(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI) -> dict[str, str]:
+    return provider_env(fake_anthropic, fake_openai)
+
+
+async def _run_socket_mode(
+    tmp_path: Path, fake_slack: FakeSlack, port: int, providers: dict[str, str], **env: str
+) -> Any:
     return await asyncio.create_subprocess_exec(
         str(DELEGATE),
         "run",
@@ -110,6 +118,7 @@ async def _run_socket_mode(tmp_path: Path, fake_slack: FakeSlack, port: int, **e
         "127.0.0.1",
         env=cli_env(
             **{
+                **providers,
                 "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
                 "PORT": str(port),
                 "SLACK_BOT_TOKEN": fake_slack.token,
@@ -122,6 +131,64 @@ async def _run_socket_mode(tmp_path: Path, fake_slack: FakeSlack, port: int, **e
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_healthz_reports_the_socket_mode_connection_and_the_worker_loop(
+    fake_slack: FakeSlack, socket_mode: FakeSocketMode, providers: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = await _run_socket_mode(tmp_path, fake_slack, port, providers)
+    try:
+        _, body = await _health_when(
+            proc, port, lambda status, body: status == 200 and body["worker_loop"] == "ok"
+        )
+        assert body["socket_mode"] == "connected", body
+        assert body["slack_token"] == "ok" and body["models"] == "ok", body
+        assert socket_mode.connections >= 1
+    finally:
+        err = await stop_delegate(proc)
+    assert proc.returncode == 0, err
+
+
+async def test_a_refused_app_token_stops_the_start_with_one_line(
+    fake_slack: FakeSlack, providers: dict[str, str], tmp_path: Path
+) -> None:
+    def refused(_args: dict[str, Any]) -> dict[str, Any]:
+        raise SlackError("invalid_auth")
+
+    fake_slack.handlers["apps.connections.open"] = refused
+    port = free_port()
+    proc = await _run_socket_mode(
+        tmp_path, fake_slack, port, providers, SLACK_APP_TOKEN="xapp-1-wrong"
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err
+    [line] = err.decode().splitlines()
+    assert "Slack refused the app token (invalid_auth)" in line and "SLACK_APP_TOKEN" in line
+    assert "xapp-1-wrong" not in line, "secrets must never be logged"
+    assert len(fake_slack.calls_to("apps.connections.open")) == 1, "refused once, not retried"
+
+
+async def test_an_app_token_refused_on_reconnect_stops_trying_after_one_error(
+    runner: SocketModeRunner, socket_mode: FakeSocketMode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bot.socket")
+    refusals: list[str] = []
+    runner.on_refused = refusals.append
+
+    def refused(_args: dict[str, Any]) -> dict[str, Any]:
+        raise SlackError("token_revoked")
+
+    socket_mode.slack.handlers["apps.connections.open"] = refused
+    socket_mode.answer_pings = False  # the watchdog reconnects, and Slack refuses the token
+
+    async def told() -> bool:
+        return bool(refusals)
+
+    await eventually(told)
+    [refusal] = refusals
+    assert "SLACK_APP_TOKEN (token_revoked)" in refusal
+    assert [r.getMessage() for r in caplog.records] == [f"Socket Mode: {refusal}"]
 
 
 async def _health_when(
@@ -137,48 +204,16 @@ async def _health_when(
         seen[:] = [answer]
         return answer is not None and predicate(*answer)
 
-    await eventually(holds, interval_s=0.2)
+    try:
+        await eventually(holds, interval_s=0.2)
+    except TimeoutError:
+        raise AssertionError(f"/healthz never held; last answer: {seen}") from None
     return seen[0]
 
 
-async def test_healthz_reports_the_socket_mode_connection_and_the_worker_loop(
-    fake_slack: FakeSlack, socket_mode: FakeSocketMode, tmp_path: Path
+async def test_an_unreachable_slack_starts_red_and_never_blocks_shutdown(
+    providers: dict[str, str], tmp_path: Path
 ) -> None:
-    port = free_port()
-    proc = await _run_socket_mode(tmp_path, fake_slack, port)
-    try:
-        _, body = await _health_when(
-            proc, port, lambda status, body: status == 200 and body["worker_loop"] == "ok"
-        )
-        assert body["socket_mode"] == "connected", body
-        assert socket_mode.connections >= 1
-    finally:
-        err = await stop_delegate(proc)
-    assert proc.returncode == 0, err
-
-
-async def test_a_refused_app_token_turns_healthz_red_and_never_blocks_shutdown(
-    fake_slack: FakeSlack, tmp_path: Path
-) -> None:
-    def refused(_args: dict[str, Any]) -> dict[str, Any]:
-        raise SlackError("invalid_auth")
-
-    fake_slack.handlers["apps.connections.open"] = refused
-    port = free_port()
-    proc = await _run_socket_mode(tmp_path, fake_slack, port, SLACK_APP_TOKEN="xapp-1-wrong")
-    try:
-        _, body = await _health_when(
-            proc, port, lambda status, body: status == 503 and "invalid_auth" in body["socket_mode"]
-        )
-        assert body["socket_mode"] == "not connected: Slack refused: invalid_auth", body
-        assert body["database"] == "ok"
-    finally:
-        err = await stop_delegate(proc)
-    assert proc.returncode == 0, err
-    assert "xapp-1-wrong" not in err, "secrets must never be logged"
-
-
-async def test_an_unreachable_slack_never_blocks_shutdown(tmp_path: Path) -> None:
     port, nowhere = free_port(), free_port()  # nothing listens on `nowhere`
     proc = await asyncio.create_subprocess_exec(
         str(DELEGATE),
@@ -186,6 +221,7 @@ async def test_an_unreachable_slack_never_blocks_shutdown(tmp_path: Path) -> Non
         "--host",
         "127.0.0.1",
         env=cli_env(
+            **providers,
             DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
             PORT=str(port),
             SLACK_BOT_TOKEN="xoxb-1-unreachable",
@@ -201,6 +237,8 @@ async def test_an_unreachable_slack_never_blocks_shutdown(tmp_path: Path) -> Non
             proc, port, lambda status, body: status == 503 and "unreachable" in body["socket_mode"]
         )
         assert body["socket_mode"].startswith("not connected: Slack unreachable"), body
+        assert body["slack_token"].startswith("unreachable: cannot reach"), body
+        assert body["slack_token"].endswith("; retrying"), body
     finally:
         err = await stop_delegate(proc)
     assert proc.returncode == 0, err

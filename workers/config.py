@@ -145,6 +145,9 @@ class SlackSettings(_Strict):
     thread_retention_days: float = Field(
         default=30, gt=0, description="stored thread text older than this is deleted"
     )
+    token_check_s: float = Field(
+        default=60, gt=0, description="how often auth.test confirms the bot token still works"
+    )
 
 
 class ReviewSettings(_Strict):
@@ -325,6 +328,13 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
     port: int = Field(default=3000, ge=1, le=65535)
+    worker_port: int = Field(
+        default=3001,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("DELEGATE_WORKER_PORT", "worker_port"),
+        description="`delegate worker`'s /healthz and /metrics (its --port overrides it)",
+    )
     database_url: str = "sqlite+aiosqlite:///delegate.db"
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
@@ -631,6 +641,7 @@ _ENV_NAMES = {
         "openai_base_url",
     )
 } | {"audit_key": "DELEGATE_AUDIT_KEY",
+     "worker_port": "DELEGATE_WORKER_PORT",
      "log_level": "DELEGATE_LOG_LEVEL", "log_format": "DELEGATE_LOG_FORMAT"}  # fmt: skip
 
 

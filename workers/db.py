@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -37,11 +38,46 @@ def redact_url(url: str) -> str:
         return "<an unparsable database URL>"
 
 
-def redact_error(exc: BaseException, url: str) -> str:
-    """`type: message` of a database error, with the URL's password removed wherever it shows."""
+def root_cause(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrappers."""
     cause: BaseException = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's
     while cause.__cause__ is not None:  # ...and its asyncpg adapter wraps asyncpg's
         cause = cause.__cause__
+    return cause
+
+
+def permanent_problem(exc: BaseException, url: str) -> str | None:
+    """What is wrong, if no amount of waiting fixes it: the database does not exist, or the
+    server refuses the user or password. None for a server that is down or still starting."""
+    cause = root_cause(exc)
+    where = redact_url(url)
+    if isinstance(cause, asyncpg.InvalidCatalogNameError):
+        name = make_url(url).database
+        return (
+            f"the database {name!r} does not exist at {where}; "
+            f"create it (e.g. `createdb {name}`) or fix the database name in DATABASE_URL"
+        )
+    if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
+        return (
+            f"the server at {where} refuses the login ({redact_error(exc, url)}); "
+            "fix the user or password in DATABASE_URL"
+        )
+    return None
+
+
+def missing_sqlite_directory(url: str) -> Path | None:
+    """The directory a SQLite file would go in, if it does not exist: SQLite creates the file
+    but not the directory, and no waiting makes one appear."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    directory = Path(parsed.database or "").parent
+    return None if directory.exists() else directory
+
+
+def redact_error(exc: BaseException, url: str) -> str:
+    """`type: message` of a database error, with the URL's password removed wherever it shows."""
+    cause = root_cause(exc)
     detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     message = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
     try:

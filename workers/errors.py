@@ -15,6 +15,11 @@ class DatabaseUnavailable(DelegateError):
     """The database could not be reached; the message says where (password hidden) and why."""
 
 
+class SetupError(DelegateError):
+    """Something no retry fixes stops the process (a refused token, a missing key): one line per
+    problem, each naming the variable to change and how."""
+
+
 class IllegalTransition(DelegateError):
     """A work order was asked to move to a state its current state does not lead to."""
 

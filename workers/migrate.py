@@ -17,7 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workers.db import DATABASE_ERRORS, redact_error, redact_url
+from workers.db import (
+    DATABASE_ERRORS,
+    missing_sqlite_directory,
+    permanent_problem,
+    redact_error,
+    redact_url,
+)
 from workers.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,15 @@ async def upgrade_when_reachable(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """Migrate, waiting up to `wait_s` for a database that is still starting (as in a compose
-    file where the bot and the database start together); then a clear DatabaseUnavailable."""
+    file where the bot and the database start together); then a clear DatabaseUnavailable. What
+    waiting cannot fix (no such database or directory, a refused login) raises it at once."""
     url = engine.url.render_as_string(hide_password=False)
+    directory = missing_sqlite_directory(url)
+    if directory is not None:
+        raise DatabaseUnavailable(
+            f"the directory {directory} for the SQLite database does not exist; "
+            "create it, or point DATABASE_URL at a file in an existing directory"
+        )
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:
@@ -67,6 +80,8 @@ async def upgrade_when_reachable(
             await upgrade(engine)
             return
         except DATABASE_ERRORS as exc:
+            if problem := permanent_problem(exc, url):
+                raise DatabaseUnavailable(problem) from None
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(
                     f"cannot reach the database at {redact_url(url)} after {wait_s:g} s "

@@ -115,6 +115,8 @@ class Worker:
         self.last_pass: float | None = None
         """When the claim loop last completed a pass (the worker's clock); for health checks."""
         self.last_error: str | None = None
+        self.paused = False
+        """The last pass claimed nothing new because Slack refuses the bot token."""
 
     # Lifecycle
 
@@ -187,7 +189,7 @@ class Worker:
                     next_reap = self.clock() + reap_every
                     await self._reap()
                 # Slack refuses the bot token: no new runs whose results nobody would see.
-                paused = await self.store.problem(SLACK) is not None
+                paused = self.paused = await self.store.problem(SLACK) is not None
                 while (
                     not paused
                     and len(self.running) < self.concurrency
@@ -217,6 +219,8 @@ class Worker:
             return True, "stopping"
         if self.last_pass is None:
             return self.last_error is None, f"starting{_error_note(self.last_error)}"
+        if self.paused:
+            return False, "paused: no new work is claimed while Slack refuses the bot token"
         quiet = self.clock() - self.last_pass
         if quiet > allowed:
             return False, f"stalled: no pass for {quiet:.0f} s{_error_note(self.last_error)}"

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
 from workers.secret_files import SECRET_VARIABLES
 
 DELEGATE = Path(sys.executable).with_name("delegate")
@@ -34,6 +36,7 @@ _SCRUB = (
     "DELEGATE_LOG_FORMAT",
     "DELEGATE_LOG_LEVEL",
     "PORT",
+    "DELEGATE_WORKER_PORT",
     "PGOPTIONS",
 )
 # ... and the files that hold secrets instead.
@@ -61,6 +64,28 @@ async def delegate(
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def provider_env(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI) -> dict[str, str]:
+    """Keys and URLs for both model providers' fakes: `delegate run` and `delegate worker`
+    refuse to start without a key for every routed provider."""
+    return {
+        "ANTHROPIC_API_KEY": fake_anthropic.api_key,
+        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+        "OPENAI_API_KEY": fake_openai.api_key,
+        "OPENAI_BASE_URL": fake_openai.base_url,
+    }
+
+
+async def spawn_delegate(
+    *args: str, env: dict[str, str], cwd: Path, log: Path
+) -> asyncio.subprocess.Process:
+    """Start `delegate ARGS` in the background, its output going to the file `log` (a pipe
+    nobody reads would fill up and stall it)."""
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            str(DELEGATE), *args, env=env, cwd=cwd, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import yaml
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
+from tests.support.cli import free_port
 from tests.support.databases import Database
 from tests.support.settings import FAST_ENGINE, POLICIES, ROUTING
 
@@ -74,6 +75,8 @@ async def spawn_worker(
         worker_id,
         "--concurrency",
         str(concurrency),
+        "--port",
+        str(free_port()),
         cwd=REPO,
         env=env,
         stdout=log,
