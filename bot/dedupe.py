@@ -7,7 +7,9 @@ the database under a unique key, so exactly one delivery wins whichever process 
 A process can die after the ack while it is still handling a delivery (Slack does not resend what
 was acknowledged). The deliveries Delegate acts on (mentions, messages) are therefore recorded
 with their body and count as unhandled until their listener has finished (`handled`); a sweep
-(`recover_unhandled`) replays those left unfinished for longer than any listener takes.
+(`recover_unhandled`) replays those left unfinished for longer than any listener takes. A replay
+is not signed by Slack, so the stored body carries a MAC under the audit key (checked by the
+store) and only event callbacks are replayed, never interactions.
 
 Slash commands and interactions have no event id and are never retried by Slack, but a captured
 request stays validly signed for Slack's 5-minute window. Its signature (an HMAC over the
@@ -102,22 +104,43 @@ async def handled(store: Store, body: dict[str, Any]) -> None:
         await store.event_handled(key)
 
 
+def replayable(body: dict[str, Any]) -> bool:
+    """Only event callbacks of the kinds kept for recovery are replayed: an interaction (a
+    button click, a modal, a shortcut, a slash command) acts for the user who sent it, so it is
+    never acted on again from storage, however it got there."""
+    event = body.get("event")
+    return (
+        body.get("type") == "event_callback"
+        and isinstance(event, dict)
+        and event.get("type") in RECOVERABLE
+    )
+
+
 async def recover_unhandled(
     app: AsyncApp, store: Store, *, older_than: timedelta = RECOVER_AFTER
 ) -> int:
     """Replay the deliveries a dead process left unhandled through the app's listeners; how
-    many. Safe on every process at once: each delivery is taken by one."""
+    many were replayed. Safe on every process at once: each delivery is taken by one."""
     taken = await store.claim_unhandled_events(
         started_before=utcnow() - older_than, max_attempts=MAX_ATTEMPTS
     )
+    replayed = 0
     for event_id, body in taken:
+        if not replayable(body):
+            # Only Delegate stores bodies, and only of events; anything else is not replayed.
+            log.warning(
+                "a stored Slack delivery is not an event: not replayed event_id=%s", event_id
+            )
+            await store.event_handled(event_id)
+            continue
         log.warning("replaying a Slack delivery left unhandled event_id=%s", event_id)
         # Socket Mode requests are not signature-checked: this one comes from our database.
         request = AsyncBoltRequest(
             body=json.dumps(body), mode="socket_mode", context={REPLAY: True}
         )
+        replayed += 1
         try:
             await app.async_dispatch(request)
         except Exception:
             log.exception("replaying event_id=%s failed", event_id)
-    return len(taken)
+    return replayed

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import insert
 from sqlmodel import select
 
 from bot.cards import CANCEL_ACTION
+from bot.dedupe import recover_unhandled
 from bot.ids import (
     APPROVE_ACTION,
     CHANGES_ACTION,
@@ -36,12 +38,13 @@ from tests.support.records import attempts as fetch_attempts
 from tests.support.records import llm_calls
 from tests.support.settings import FAST_ENGINE
 from tests.support.slack import state_from_view
-from tests.support.waiting import eventually
+from tests.support.waiting import bot_idle, eventually
 from workers.followup import FollowUps
 from workers.keys import status_key
-from workers.models import SlackMessage, utcnow
+from workers.models import SlackEventSeen, SlackMessage, utcnow
 from workers.review import decide
 from workers.store import Store
+from workers.store.slack import sealed_delivery
 from workers.workorder import Status
 
 CRITERIA = ["Covers Acme, Globex and Initech", "Every price cites a source URL", "Fits on one page"]
@@ -226,6 +229,48 @@ async def test_unauthorised_approver_is_refused(pipe: Pipeline) -> None:
     refusals = await pipe.slack.wait_for("chat.postEphemeral", count=3)
     assert all("Only the reviewer (<@U7>)" in r.args["text"] for r in refusals)
     assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+
+
+async def _plant_delivery(store: Store, event_id: str, body: dict[str, Any]) -> None:
+    """What someone with write access to the database, but not the audit key, can do: put a
+    delivery in the recovery queue as if a dead process had left it unhandled."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            insert(SlackEventSeen.__table__).values(  # type: ignore[attr-defined]
+                event_id=event_id,
+                kind="app_mention",
+                received_at=utcnow() - timedelta(hours=1),
+                body=body,
+                attempts=1,
+            )
+        )
+
+
+async def test_a_planted_approval_is_never_replayed(pipe: Pipeline) -> None:
+    """An Approve click written into the recovery queue does not approve the order: it has no
+    MAC under the audit key, and an interaction is never replayed even with one."""
+    assert pipe.bot.bolt is not None
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("| Acme | $10 |"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    approve = await pipe.click_payload(APPROVE_ACTION, order_id, "U7")
+    store = pipe.bot.store
+    await _plant_delivery(store, "sig:planted-raw", approve)
+    await _plant_delivery(
+        store, "sig:planted-mac", sealed_delivery(store.audit_key, "sig:planted-mac", approve)
+    )
+
+    taken = await recover_unhandled(pipe.bot.bolt, store, older_than=timedelta(0))
+    await bot_idle()
+    assert (await store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    trail = await store.audit_trail(order_id)
+    assert not [e for e in trail if e.actor == "U7" or e.data.get("to") == "approved"]
+    assert taken == 0
+    async with store._sessions() as s:
+        for event_id in ("sig:planted-raw", "sig:planted-mac"):
+            row = await s.get(SlackEventSeen, event_id)
+            assert row is not None and row.handled_at is not None, "given up, not retried"
+    assert await recover_unhandled(pipe.bot.bolt, store, older_than=timedelta(0)) == 0
 
 
 async def test_concurrent_approve_and_reject_make_one_decision(

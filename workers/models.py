@@ -275,7 +275,10 @@ class SlackEventSeen(SQLModel, table=True):
     body: dict[str, Any] | None = Field(
         default=None,
         sa_column=Column(JSON, nullable=True),
-        description="the delivery, kept until handled so a process dying mid-way can be made good",
+        description=(
+            "the delivery, kept until handled so a process dying mid-way can be made good: "
+            '{"delivery": body, "mac": its MAC under the audit key} (workers.store.slack)'
+        ),
     )
     handled_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)

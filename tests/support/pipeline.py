@@ -74,6 +74,14 @@ class Pipeline:
         """Click a button on the latest message that has it (or on `message`), as Slack would
         send it: with the button's own value (e.g. 'WO-1:v3') when the message has the button
         for the order `value` names, else `value`."""
+        payload = await self.click_payload(action_id, value, user, message=message)
+        status, _ = await self.bot.sender.action(payload)
+        assert status == 200
+
+    async def click_payload(
+        self, action_id: str, value: str, user: str, *, message: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The `block_actions` payload `click` sends (see there), without sending it."""
         if message is None:
 
             if action_id in REVIEW_ACTIONS:
@@ -107,8 +115,7 @@ class Pipeline:
         )
         if message is not None:
             payload["message"] = {**payload.get("message", {}), **message}
-        status, _ = await self.bot.sender.action(payload)
-        assert status == 200
+        return payload
 
     async def status_of(self, order_id: str, status: Status, within: float = DEADLINE_S) -> None:
         async def reached() -> bool:

@@ -3,6 +3,8 @@ the intake dialogue of each thread."""
 
 from __future__ import annotations
 
+import hmac
+import logging
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -10,15 +12,41 @@ from sqlalchemy import Table, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from workers.audit import AuditKey, canonical_json
 from workers.models import IntakeSession, SlackEventSeen, SlackMessage, ThreadMessage, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.outbox import insert_ignoring
+
+log = logging.getLogger(__name__)
 
 ClaimState = Literal["claimed", "retaken", "posted", "busy"]
 """claimed: post it; retaken: a claimer died, look for its post first; posted: done (ts);
 busy: another process is posting it right now."""
 
 _messages: Table = SlackMessage.__table__  # type: ignore[attr-defined]
+
+
+def delivery_mac(key: AuditKey, event_id: str, delivery: dict[str, Any]) -> str:
+    return key.mac(f"slack-delivery:{event_id}:{canonical_json(delivery)}")
+
+
+def sealed_delivery(key: AuditKey, event_id: str, delivery: dict[str, Any]) -> dict[str, Any]:
+    """How a delivery is kept for replay: with a MAC under the audit key, so that a body
+    written into the table by anyone without the key (a planted approval, say) is never
+    replayed as if Slack had sent it."""
+    return {"delivery": delivery, "mac": delivery_mac(key, event_id, delivery)}
+
+
+def _opened(key: AuditKey, event_id: str, stored: Any) -> dict[str, Any] | None:
+    """The delivery a stored body seals, if its MAC holds under `key`; else None."""
+    if not isinstance(stored, dict):
+        return None
+    delivery, mac = stored.get("delivery"), stored.get("mac")
+    if not isinstance(delivery, dict) or not isinstance(mac, str):
+        return None
+    if not hmac.compare_digest(delivery_mac(key, event_id, delivery), mac):
+        return None
+    return delivery
 
 
 class SlackStore(StoreBase):
@@ -30,9 +58,12 @@ class SlackStore(StoreBase):
         With `body`, the delivery counts as unhandled until `event_handled`: should this process
         die first, `claim_unhandled_events` hands it to another one later."""
         handled_at = None if body is not None else utcnow()
+        kept = None if body is None else sealed_delivery(self.audit_key, event_id, body)
         try:
             async with self.transaction() as s:
-                s.add(SlackEventSeen(event_id=event_id, kind=kind, body=body, handled_at=handled_at))
+                s.add(
+                    SlackEventSeen(event_id=event_id, kind=kind, body=kept, handled_at=handled_at)
+                )
         except IntegrityError:
             return False
         return True
@@ -55,7 +86,8 @@ class SlackStore(StoreBase):
         """Deliveries (id, body) whose handling started before `started_before` and never finished (the
         process died). Each is taken atomically (its start moved to now, one more attempt), so
         of several processes looking at once only one replays it; after `max_attempts` it is
-        given up (marked handled) rather than replayed for ever."""
+        given up (marked handled) rather than replayed for ever. A body whose MAC does not hold
+        under the audit key was not stored by Delegate: it is given up at once, never replayed."""
         query = (
             select(SlackEventSeen.event_id)
             .where(
@@ -73,7 +105,9 @@ class SlackStore(StoreBase):
                 row = await s.get(SlackEventSeen, event_id)
                 if row is None or row.handled_at is not None:
                     continue
-                body, attempts = row.body, row.attempts
+                attempts = row.attempts
+                body = _opened(self.audit_key, event_id, row.body)
+                forged = row.body is not None and body is None
                 gave_up = attempts >= max_attempts or body is None
                 result = await s.exec(
                     update(SlackEventSeen)
@@ -88,6 +122,14 @@ class SlackStore(StoreBase):
                         handled_at=utcnow() if gave_up else None,
                     )
                 )
+                if result.rowcount == 1 and forged:
+                    # Once (it is now marked handled), and without the body: it is not ours.
+                    log.warning(
+                        "a stored Slack delivery does not carry a valid MAC under the audit key "
+                        "(written into the database by someone without the key, or under "
+                        "another key): not replayed event_id=%.80r",
+                        event_id,
+                    )
                 if result.rowcount == 1 and body is not None and not gave_up:
                     taken.append((event_id, body))
         return taken
