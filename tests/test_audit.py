@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from tests.fakes.anthropic import Reply
@@ -207,3 +208,50 @@ async def test_delegate_audit_verify_names_the_first_broken_order_and_event(
     assert f"BROKEN chain {broken}: event #{trail[2].id} (seq 3) was altered after it was written" in out
     code, out, _ = await delegate("audit", "verify", env=env | {"DELEGATE_AUDIT_KEY": "k" * 32}, cwd=tmp_path)
     assert code == 1 and "WO-1" in out  # under the wrong key nothing verifies
+
+
+@pytest.mark.parametrize(
+    ("table", "edit", "kind", "altered"),
+    [
+        ("deliverables", "content = '| Acme | $1 |'", "deliverable", "content"),
+        ("tool_calls", "result_excerpt = 'nothing here'", "tool_call", "result"),
+        ("llm_calls", "output_tokens = output_tokens + 1000", "model_call", "output_tokens"),
+        ("llm_calls", "cost_micro_usd = 1", "model_call", "cost_micro_usd"),
+    ],
+)
+async def test_delegate_audit_verify_recomputes_what_the_chain_recorded_of_a_run(
+    harness: Harness,
+    database: Database,
+    tmp_path: Path,
+    table: str,
+    edit: str,
+    kind: str,
+    altered: str,
+) -> None:
+    """The chain holds a deliverable's digest, a tool result's digest and a model call's
+    figures: a row edited in the database after it was written no longer matches them."""
+    order = await harness.order()
+    harness.anthropic.script(
+        Reply.tool("read_thread", {}),
+        Reply.tool("submit_deliverable", {"content": "| Acme | $10 |", "summary": "done"}),
+    )
+    await harness.run_next()
+    env = cli_env(DATABASE_URL=database.url)
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "OK" in out, out
+
+    async with harness.store.engine.begin() as conn:
+        victim = (await conn.execute(text(f"SELECT min(id) FROM {table}"))).scalar_one()
+        await conn.execute(text(f"UPDATE {table} SET {edit} WHERE id = :id"), {"id": victim})
+    [event] = [
+        e
+        for e in await harness.store.audit_trail(order.id or "")
+        if e.kind == kind and e.data[kind] == victim
+    ]
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 1
+    what = kind.replace("_", " ")
+    assert (
+        f"BROKEN chain {order.id}: event #{event.id} (seq {event.seq}) names {what} {victim}, "
+        f"whose {altered} was altered"
+    ) in out, out

@@ -127,6 +127,29 @@ def model_call_facts(call: Any) -> dict[str, Any]:
     }
 
 
+def deliverable_facts(item: Any) -> dict[str, Any]:
+    """What the chain records of one deliverable (a `Deliverable` row)."""
+    return {
+        "deliverable": item.id,
+        "summary": item.summary,
+        "chars": len(item.content),
+        "sha256": sha256_text(item.content),
+    }
+
+
+def tool_call_facts(call: Any) -> dict[str, Any]:
+    """What the chain records of one tool call (a `ToolCall` row)."""
+    return {
+        "tool_call": call.id,
+        "name": call.name,
+        "arguments": bounded(call.arguments),
+        "allowed": call.allowed,
+        "outcome": call.outcome,
+        "error": call.error,
+        "result_sha256": sha256_text(call.result_excerpt or ""),
+    }
+
+
 def head_mac(key: AuditKey, chain: str, count: int, last_hash: str) -> str:
     return key.mac(f"head:{chain}:{count}:{last_hash}")
 
@@ -248,6 +271,40 @@ def _check_head(
         last = records[-1]
         return ChainBreak(chain, last.id, last.seq, "does not match the anchored head")
     return None
+
+
+RECORDED_ROWS = {
+    "deliverable": deliverable_facts,
+    "tool_call": tool_call_facts,
+    "model_call": model_call_facts,
+}
+"""Event kinds that name a row of their own kind (by id, under the kind as key): what the
+chain recorded of that row, recomputed from it, must still match."""
+
+_FIELD_NAMES = {"sha256": "content", "chars": "content", "result_sha256": "result"}
+
+
+def altered_row(rec: ChainRecord, row: Any | None) -> ChainBreak | None:
+    """The break if the row this event names no longer matches what the event recorded of it
+    (the chain holds only digests of a deliverable's content or a tool's result, so an edited
+    row verifies unless they are recomputed). Only the facts the event carries are compared:
+    events written before a fact was recorded stay valid."""
+    facts = RECORDED_ROWS.get(rec.kind)
+    ident = rec.data.get(rec.kind)
+    if facts is None or ident is None:
+        return None
+    what = f"{rec.kind.replace('_', ' ')} {ident}"
+    if row is None:
+        return ChainBreak(rec.chain, rec.id, rec.seq, f"names {what}, which was deleted")
+    now = json.loads(canonical_json(facts(row)))
+    altered = sorted(
+        {_FIELD_NAMES.get(k, k) for k in rec.data.keys() & now.keys() if rec.data[k] != now[k]}
+    )
+    if not altered:
+        return None
+    return ChainBreak(
+        rec.chain, rec.id, rec.seq, f"names {what}, whose {', '.join(altered)} was altered"
+    )
 
 
 def verify_total(

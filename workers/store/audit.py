@@ -8,14 +8,16 @@ from sqlmodel import col, select
 
 from workers.audit import (
     ALL_CHAINS,
+    RECORDED_ROWS,
     SYSTEM_CHAIN,
     ChainBreak,
     ChainHead,
     ChainRecord,
+    altered_row,
     verify_chain,
     verify_total,
 )
-from workers.models import AuditEvent, AuditHead, WorkOrderRow
+from workers.models import AuditEvent, AuditHead, Deliverable, LlmCall, ToolCall, WorkOrderRow
 from workers.store.base import StoreBase, _record
 from workers.workorder import format_order_id, parse_order_id
 
@@ -57,6 +59,8 @@ class AuditStore(StoreBase):
             records = await self.audit_trail(chain)
             checked += len(records)
             broken = verify_chain(records, key=self.audit_key, head=heads.get(chain))
+            if broken is None:
+                broken = await self._altered_rows(records)
             if broken:
                 breaks.append(broken)
         # Every order starts its chain when it is created: an order without one lost it.
@@ -70,6 +74,30 @@ class AuditStore(StoreBase):
         if problem:
             breaks.append(ChainBreak(ALL_CHAINS, None, 0, problem))
         return checked, breaks
+
+    async def _altered_rows(self, records: list[ChainRecord]) -> ChainBreak | None:
+        """The first event naming a deliverable, tool call or model call whose row no longer
+        matches what the event recorded of it."""
+        named = [r for r in records if r.kind in RECORDED_ROWS and r.data.get(r.kind) is not None]
+        rows: dict[tuple[str, Any], Any] = {}
+        async with self._sessions() as s:
+            for kind, table in _ROW_TABLES.items():
+                ids = {r.data[kind] for r in named if r.kind == kind}
+                if ids:
+                    found = await s.exec(select(table).where(col(table.id).in_(ids)))
+                    rows.update(((kind, row.id), row) for row in found.all())
+        for rec in named:
+            broken = altered_row(rec, rows.get((rec.kind, rec.data[rec.kind])))
+            if broken:
+                return broken
+        return None
+
+
+_ROW_TABLES: dict[str, type[Any]] = {
+    "deliverable": Deliverable,
+    "tool_call": ToolCall,
+    "model_call": LlmCall,
+}
 
 
 def _chain_sort_key(chain: str) -> tuple[int, int, str]:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from workers.audit import bounded, sha256_text
+from workers.audit import deliverable_facts, tool_call_facts
 from workers.errors import NotFound
 from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
 from workers.store.base import OrderRef, StoreBase, order_number
@@ -49,15 +49,7 @@ class RunsStore(StoreBase):
             await s.flush()
             await self._append_audit(
                 s, format_order_id(call.order_id), actor="engine", kind="tool_call",
-                data={
-                    "tool_call": call.id,
-                    "name": call.name,
-                    "arguments": bounded(call.arguments),
-                    "allowed": call.allowed,
-                    "outcome": call.outcome,
-                    "error": call.error,
-                    "result_sha256": sha256_text(call.result_excerpt or ""),
-                },
+                data=tool_call_facts(call),
             )  # fmt: skip
         return call
 
@@ -94,12 +86,7 @@ class RunsStore(StoreBase):
                     format_order_id(number),
                     actor=actor,
                     kind="deliverable",
-                    data={
-                        "deliverable": item.id,
-                        "summary": summary,
-                        "chars": len(content),
-                        "sha256": sha256_text(content),
-                    },
+                    data=deliverable_facts(item),
                 )
             return item
         except IntegrityError:
