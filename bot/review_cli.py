@@ -101,7 +101,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             f"({', '.join(decided.waiting_for)})."
         )
     elif decided.order.self_approved:
-        print(f"Approved {order_id} (self-approved: nobody else reviews it).")
+        print(f"Approved {order_id} (self-approved: you are its requester).")
     else:
         print(DONE[decision].format(id=order_id))
     return EXIT_OK

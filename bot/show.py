@@ -21,7 +21,7 @@ def local_time(at: datetime | None, tz: str) -> str:
 def _state(order: WorkOrder) -> str:
     state = order.status.value.replace("_", " ")
     if order.status is Status.APPROVED and order.self_approved:
-        return f"{state} (self-approved: by its requester, no other reviewer)"
+        return f"{state} (self-approved: by its requester)"
     return state
 
 

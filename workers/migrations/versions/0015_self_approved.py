@@ -34,11 +34,8 @@ _SUMMARIES = (
 )
 
 
-def upgrade() -> None:
-    with op.batch_alter_table("work_orders", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("self_approved", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+def _mark_self_approvals() -> None:
+    """Mark the approvals an order's own requester made, on the move and on the order."""
     op.execute(
         sa.text(
             "UPDATE transitions SET exception_kind = 'self_approved' "
@@ -53,6 +50,14 @@ def upgrade() -> None:
             "AND transitions.exception_kind = 'self_approved')"
         )
     )
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("work_orders", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("self_approved", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    _mark_self_approvals()
     for table in _SUMMARIES:
         op.execute(sa.text(f"DELETE FROM {table}"))
 
