@@ -173,3 +173,19 @@ async def test_the_requester_deciding_alone_is_self_approved_everywhere(pipe: Pi
     assert (week["json"]["finished_outcomes"], week["json"]["self_approved"]) == (1, 1)
     assert "1 of them self-approved" in week["blocks"]
     assert "Self-approved (of those finished)" in week["blocks"]
+
+
+async def test_an_admin_who_replaces_the_channels_reviewer_moves_the_floor(
+    pipe: Pipeline,
+) -> None:
+    """Once an admin has taken U7 off the order, the reviewer they put on decides: nobody waits
+    for an approval that no one on the order could give."""
+    order_id = await at_review(pipe, "competitor pricing table")
+    order = await pipe.bot.store.get_order(order_id)
+    await pipe.bot.store.update_order(
+        order_id,
+        actor="UADMIN",
+        verification=order.verification.model_copy(update={"reviewers": ["U8"]}),
+    )
+    await pipe.click(APPROVE_ACTION, order_id, "U8")
+    await pipe.status_of(order_id, Status.APPROVED)

@@ -48,12 +48,14 @@ def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
 
 
 def channel_reviewers(order: WorkOrder, settings: Settings) -> list[str]:
-    """The reviewers the order's channel configures, other than its requester: one of them must
-    approve (the floor), whoever else was named at intake."""
+    """The order's reviewers that its channel configures (its requester aside): one of them
+    must approve (the floor), whoever else was named at intake. Intake always includes them;
+    an admin who takes them off the order (Edit) lifts the floor with them, so that nobody
+    waits for an approval no one on the order can give."""
     return [
         user
         for user in settings.channel_defaults(order.channel).reviewers
-        if user != order.requester
+        if user != order.requester and user in order.verification.reviewers
     ]
 
 
