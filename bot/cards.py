@@ -36,9 +36,16 @@ STATE_LABELS: dict[Status, str] = {
 }
 
 
+def state_label(order: WorkOrder) -> str:
+    """The order's state for people: an approval by its own requester says so."""
+    if order.status is Status.APPROVED and order.self_approved:
+        return "Self-approved"
+    return STATE_LABELS[order.status]
+
+
 def card_text(order: WorkOrder) -> str:
     """Notification fallback text (parsed as mrkdwn: a drafted title is shown inert)."""
-    return f"{order.id or 'Draft'}: {untrusted(order.title)} ({STATE_LABELS[order.status]})"
+    return f"{order.id or 'Draft'}: {untrusted(order.title)} ({state_label(order)})"
 
 
 def render_card(
@@ -61,7 +68,7 @@ def render_card(
     blocks: list[Block] = [
         header(order.title),
         context(
-            f"*{order.id or 'Draft'}* · {STATE_LABELS[order.status]} · requested by {mention(order.requester)}"
+            f"*{order.id or 'Draft'}* · {state_label(order)} · requested by {mention(order.requester)}"
         ),
         *sections(f"*Goal*\n{untrusted(order.goal)}"),
         *sections(f"*Deliverable*\n{untrusted(order.deliverable)}"),

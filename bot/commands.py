@@ -9,7 +9,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.cards import STATE_LABELS
+from bot.cards import STATE_LABELS, state_label
 from bot.conversation import Conversations, Incoming
 from bot.messages import HELP, unknown_command
 from bot.mrkdwn import untrusted
@@ -65,7 +65,7 @@ class Commands:
         orders = await self.store.list_orders(requester=user, statuses=OPEN, limit=20)
         if not orders:
             return "You have no open work orders. Mention me or use `/delegate <request>` to start one."
-        lines = [f"• *{o.id}* · {untrusted(o.title)} · {STATE_LABELS[o.status]}" for o in orders]
+        lines = [f"• *{o.id}* · {untrusted(o.title)} · {state_label(o)}" for o in orders]
         return "*Your open work orders*\n" + "\n".join(lines)
 
     async def _on_order(self, verb: str, ref: str, user: str, channel: str) -> str:
@@ -96,7 +96,7 @@ class Commands:
         spend = await self.store.spend(order.id)
         return (
             f"*{order.id}* · {untrusted(order.title)}\n"
-            f"State: *{STATE_LABELS[order.status]}*\n"
+            f"State: *{state_label(order)}*\n"
             f"Spend: ${spend.spent_usd:.2f} of ${spend.max_usd:.2f} · "
             f"{spend.tool_calls} of {spend.max_tool_calls} tool calls · "
             f"{spend.tokens:,} of {spend.max_tokens:,} tokens"

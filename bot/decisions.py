@@ -31,7 +31,7 @@ from bot.ids import (
 from bot.modals import changes_modal, extend_modal, parse_extend
 from bot.mrkdwn import Mrkdwn
 from bot.reporter import SlackReporter
-from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
+from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
 from workers.config import Settings
 from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
@@ -109,6 +109,9 @@ class Decisions:
             return f"{order.id} has already been decided."
         except OutdatedDecision as outdated:
             return await self.outdated_refusal(order, outdated.current)
+        if decided.waiting_for:
+            await self._show_added_review(decided.order, user=user, waiting_for=decided.waiting_for)
+            return None
         await self._show_decision(
             decided.order, decision, user=user, feedback=feedback, message=message
         )
@@ -155,6 +158,21 @@ class Decisions:
             f"not counted. Decide on {where}."
         )
 
+    async def _show_added_review(
+        self, order: WorkOrder, *, user: str, waiting_for: tuple[str, ...]
+    ) -> None:
+        """An approval that did not decide: said in the thread, the prompt keeps its buttons."""
+        who = ", ".join(mention(u) for u in waiting_for)
+        text = f"{mention(user)} approved; waiting for one of the channel's reviewers: {who}"
+        if order.channel is None:
+            return
+        try:
+            await self.client.chat_postMessage(
+                channel=order.channel, thread_ts=order.thread_ts, text=text
+            )
+        except SlackApiError as exc:  # the review is recorded; the note is a courtesy
+            log.info("could not post the added review: %s", exc.response.get("error"))
+
     async def _show_decision(
         self,
         order: WorkOrder,
@@ -181,7 +199,8 @@ class Decisions:
                     verdicts=item.verdicts,
                     spend=await self.store.spend(order.id),
                 )
-                line = decision_line(DECISION_WORDS[decision], user, datetime.now(UTC), feedback)
+                word = decision_word(decision, self_approved=order.self_approved)
+                line = decision_line(word, user, datetime.now(UTC), feedback)
                 blocks = decided_blocks(review_blocks(order, result), line=line)
                 await _update_quietly(
                     self.client,
@@ -191,7 +210,7 @@ class Decisions:
                     blocks=blocks,
                 )
         step = {
-            "approve": "Approved",
+            "approve": "Self-approved" if order.self_approved else "Approved",
             "reject": "Rejected",
             "changes": "Reworking with the reviewer's feedback",
         }[decision]

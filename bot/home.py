@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import Block, button, cap_blocks, context, fields, header, plain, sections
-from bot.cards import STATE_LABELS, mention
+from bot.cards import mention, state_label
 from bot.ids import (
     APPROVE_ACTION,
     CHANGES_ACTION,
@@ -129,7 +129,7 @@ def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
         blocks.append(
             context(
                 f"{thread_link(team_url, order)} · {escape(order.title)} · "
-                f"{STATE_LABELS[order.status]} · {_spend(line)}"
+                f"{state_label(order)} · {_spend(line)}"
             )
         )
     return blocks + _more(orders, "(`/delegate list` shows the open ones)")

@@ -34,7 +34,7 @@ from bot.ids import (
     RETRY_ACTION,
 )
 from bot.mrkdwn import untrusted
-from bot.review_blocks import DECISION_WORDS, decided_blocks, decision_line, review_blocks
+from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
 from workers.delivery import replay
 from workers.errors import RetryLater
 from workers.keys import deliverable_of, review_key, status_key
@@ -127,7 +127,10 @@ class SlackReporter:
         decided = await decision_on(self.store, order.id, deliverable) if deliverable else None
         if decided is not None:  # decided (from App Home) before this prompt got out
             line = decision_line(
-                DECISION_WORDS[decided.decision], decided.actor, decided.at, decided.feedback
+                decision_word(decided.decision, self_approved=decided.self_approved),
+                decided.actor,
+                decided.at,
+                decided.feedback,
             )
             blocks = decided_blocks(blocks, line=line)
         await self.post_once(

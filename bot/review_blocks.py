@@ -16,6 +16,11 @@ from workers.workorder import WorkOrder
 DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Changes requested"}
 
 
+def decision_word(decision: str, *, self_approved: bool = False) -> str:
+    """How a decision reads on its prompt: an approval by the order's own requester says so."""
+    return "Self-approved" if decision == "approve" and self_approved else DECISION_WORDS[decision]
+
+
 def checklist(verdicts: list[dict[str, object]] | None, criteria: list[str]) -> str:
     """Criteria (drafted by a model) and the verifier's reasons, inert in mrkdwn."""
     if verdicts is None:

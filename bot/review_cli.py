@@ -77,7 +77,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             return _fail(_not_in_review(order_id, order.status))
         deliverables = await store.deliverables(order_id)
         try:
-            await decide(
+            decided = await decide(
                 store,
                 settings,
                 order_id,
@@ -95,7 +95,15 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             )
     finally:
         await store.close()
-    print(DONE[decision].format(id=order_id))
+    if decided.waiting_for:
+        print(
+            f"Recorded your approval of {order_id}; it waits for one of the channel's reviewers "
+            f"({', '.join(decided.waiting_for)})."
+        )
+    elif decided.order.self_approved:
+        print(f"Approved {order_id} (self-approved: you are its requester).")
+    else:
+        print(DONE[decision].format(id=order_id))
     return EXIT_OK
 
 

@@ -18,13 +18,20 @@ def local_time(at: datetime | None, tz: str) -> str:
     return f"{at.astimezone(ZoneInfo(tz)):%a %Y-%m-%d %H:%M} ({tz})"
 
 
+def _state(order: WorkOrder) -> str:
+    state = order.status.value.replace("_", " ")
+    if order.status is Status.APPROVED and order.self_approved:
+        return f"{state} (self-approved: by its requester)"
+    return state
+
+
 def render_order(
     order: WorkOrder, row: WorkOrderRow, deliverables: list[Deliverable], *, tz: str
 ) -> str:
     spend = Spend.of(row)
     lines = [
         f"{order.id}: {order.title}",
-        f"State:        {order.status.value.replace('_', ' ')}",
+        f"State:        {_state(order)}",
         f"Requested by: {order.requester}",
         f"Spend:        {spend.describe()}",
         f"Deadline:     {local_time(order.deadline, tz)}",

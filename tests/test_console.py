@@ -228,10 +228,11 @@ async def test_the_console_trial_ends_with_the_reviewers_decision(
         assert "Add the enterprise tier" in str(fake_anthropic.requests[-1]["messages"])
 
         code, out, err = await delegate("review", order_id, "approve", "--user", "U1", env=env)
-        assert code == 0 and out.strip() == f"Approved {order_id}.", err
+        assert code == 0, err
+        assert out.strip() == f"Approved {order_id} (self-approved: you are its requester)."
         assert (await store.get_order(order_id)).status is Status.APPROVED
         code, out, _ = await delegate("show", order_id, env=env)
-        assert "State:        approved" in out and "| Acme | $10 | $99 |" in out
+        assert "State:        approved (self-approved: by its requester)" in out and "| Acme | $10 | $99 |" in out
         code, _, err = await delegate("review", order_id, "reject", "--user", "U1", env=env)
         assert code == 1 and f"{order_id} has already been decided (approved)" in err
     finally:

@@ -299,3 +299,50 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
             assert (await conn.execute(query)).all() == written
     finally:
         await store.close()
+
+
+async def test_self_approvals_are_marked_and_the_migration_marks_earlier_ones(
+    database: Database,
+) -> None:
+    """An approval by the order's own requester is recorded as self-approved, on the order and
+    on its move into approved; migration 0015 marks the approvals made before it the same way."""
+    store = Store(database.engine())
+    try:
+        approvers = {}
+        for approver in ("U1", "U7"):  # the requester, and a reviewer
+            order = await store.create_order(make_order(), actor="U1")
+            assert order.id
+            for target in (
+                Status.AWAITING_CONFIRMATION,
+                Status.QUEUED,
+                Status.RUNNING,
+                Status.VERIFYING,
+                Status.AWAITING_REVIEW,
+            ):
+                await store.transition(order.id, target, actor="U1", reason="test")
+            decided = await store.decide_on(
+                order.id, Status.APPROVED, deliverable_id=None, actor=approver, reason="approved"
+            )
+            approvers[order.id] = (approver, decided.self_approved)
+        assert list(approvers.values()) == [("U1", True), ("U7", False)]
+        query = text(
+            "SELECT w.id, w.self_approved, t.exception_kind FROM work_orders w "
+            "JOIN transitions t ON t.order_id = w.id AND t.to_status = 'approved' ORDER BY w.id"
+        )
+        async with store.engine.connect() as conn:
+            written = [(i, bool(s), k) for i, s, k in (await conn.execute(query)).all()]
+        assert [(s, k) for _, s, k in written] == [(True, "self_approved"), (False, None)]
+
+        def mark(connection: Connection) -> None:
+            # As before the migration: no approval is marked.
+            connection.execute(text("UPDATE transitions SET exception_kind = NULL"))
+            connection.execute(text("UPDATE work_orders SET self_approved = FALSE"))
+            with Operations.context(MigrationContext.configure(connection)):
+                _migration("0015_self_approved")._mark_self_approvals()
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(mark)
+        async with store.engine.connect() as conn:
+            assert [(i, bool(s), k) for i, s, k in (await conn.execute(query)).all()] == written
+    finally:
+        await store.close()

@@ -165,6 +165,7 @@ def headlines(digest: Digest) -> list[str]:
     lines = [
         f"*{plural(now.finished_outcomes, 'finished outcome')}* "
         f"({_count_change(now.finished_outcomes, before.finished_outcomes)}), "
+        + (f"{now.self_approved} of them self-approved, " if now.self_approved else "")
         + (
             f"at *{money(now.cost_per_finished_outcome_micro_usd)} each* "
             f"({_money_change(now.cost_per_finished_outcome_micro_usd, before.cost_per_finished_outcome_micro_usd)})."
@@ -290,6 +291,7 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
 
     rows: list[tuple[str, Callable[[TeamMetrics], str]]] = [
         ("Finished outcomes", lambda m: str(m.finished_outcomes)),
+        ("Self-approved (of those finished)", lambda m: str(m.self_approved)),
         ("Cost per finished outcome", lambda m: money(m.cost_per_finished_outcome_micro_usd)),
         ("Total spend", lambda m: money(m.spend_micro_usd)),
         ("Spend not approved", lambda m: money(m.unapproved_spend_micro_usd)),
@@ -333,6 +335,7 @@ CSV_COLUMNS = (
     "requests_in_progress",
     "orders_confirmed",
     "finished_outcomes",
+    "self_approved",
     "first_pass_approval_rate",
     "rework_rate",
     "rejections",

@@ -16,6 +16,9 @@ Where the figures come from:
   0009 backfilled it from the audit trail). Confirmed is
   *awaiting confirmation → queued*; a cancellation counts only once the order had been confirmed
   (a proposed card that is cancelled is a declined draft, not cancelled work).
+- **self-approved**: the finished outcomes approved by their own requester (no other reviewer
+  was configured or named), counted apart: the transition into approved carries
+  `exception_kind` 'self_approved' (workers.store.transitions).
 - **first-pass approval rate**: orders approved without any *request changes*, over all orders
   the reviewer closed (approved or rejected) in the period. **Rework rate**: review decisions
   that asked for changes, over all review decisions in the period.
@@ -58,7 +61,7 @@ from sqlmodel import SQLModel
 import workers.models  # noqa: F401 (registers the tables)
 from workers import metric_days
 from workers.config import Settings
-from workers.states import IntakeKind
+from workers.states import SELF_APPROVED, IntakeKind
 from workers.workorder import Status
 
 ALL = metric_days.ALL
@@ -163,6 +166,8 @@ class TeamMetrics:
     requests_in_progress: int = 0
     orders_confirmed: int = 0
     finished_outcomes: int = 0
+    # Among the finished outcomes, those approved by their own requester (no other reviewer).
+    self_approved: int = 0
     first_pass_approvals: int = 0
     review_decisions: int = 0
     changes_requested: int = 0
@@ -236,6 +241,7 @@ class TeamMetrics:
             "delegation_ratio": _round(self.delegation_ratio),
             "orders_confirmed": self.orders_confirmed,
             "finished_outcomes": self.finished_outcomes,
+            "self_approved": self.self_approved,
             "first_pass_approval_rate": _round(self.first_pass_approval_rate),
             "rework_rate": _round(self.rework_rate),
             "review_decisions": self.review_decisions,
@@ -270,6 +276,7 @@ COMPARED = (
     "delegation_ratio",
     "orders_confirmed",
     "finished_outcomes",
+    "self_approved",
     "first_pass_approval_rate",
     "rework_rate",
     "rejections",
@@ -501,6 +508,8 @@ def _count_moves(m: TeamMetrics, part: metric_days.Summary) -> None:
         if dst == Status.APPROVED.value:
             m.finished_outcomes += count
             m.first_pass_approvals += first_pass
+            if kind == SELF_APPROVED:
+                m.self_approved += count
         if src == Status.AWAITING_REVIEW.value and dst in metric_days.DECISIONS:
             m.review_decisions += count
             if dst == Status.CHANGES_REQUESTED.value:

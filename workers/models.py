@@ -45,6 +45,8 @@ class WorkOrderRow(SQLModel, table=True):
     version: int = Field(default=1)
     priority: int = Field(default=1)
     rework_count: int = Field(default=0)
+    # Approved by its own requester (no channel reviewer to approve it): shown as such (0015).
+    self_approved: bool = Field(default=False)
     auto_revisions: int = Field(default=0, description="revisions asked for by automatic checks")
     attempts: int = Field(default=0)
     # Queue and lease.
@@ -337,7 +339,10 @@ class Transition(SQLModel, table=True):
         sa_column=Column(DateTime(timezone=True), nullable=True),
         description="when the order entered from_status (the previous transition's at)",
     )
-    exception_kind: str | None = Field(default=None, description="for a move into exception")
+    exception_kind: str | None = Field(
+        default=None,
+        description="for a move into exception; 'self_approved' for the requester's own approval",
+    )
     quota_wait_s: float | None = Field(
         default=None,
         sa_column=Column(Float, nullable=True),
@@ -544,7 +549,9 @@ class MetricDayMoves(SQLModel, table=True):
     team: str = Field(primary_key=True)
     from_status: str = Field(primary_key=True)
     to_status: str = Field(primary_key=True)
-    exception_kind: str = Field(primary_key=True, description="'' unless into exception")
+    exception_kind: str = Field(
+        primary_key=True, description="'' unless into exception, or 'self_approved' into approved"
+    )
     moves: int
     first_pass: int = Field(description="approvals of orders never sent back for changes")
 

@@ -47,6 +47,29 @@ def may_review(order: WorkOrder, user: str, settings: Settings) -> bool:
     return user in order.verification.reviewers
 
 
+def channel_reviewers(order: WorkOrder, settings: Settings) -> list[str]:
+    """The order's reviewers that its channel configures (its requester aside): one of them
+    must approve (the floor), whoever else was named at intake. Intake always includes them;
+    an admin who takes them off the order (Edit) lifts the floor with them, so that nobody
+    waits for an approval no one on the order can give."""
+    return [
+        user
+        for user in settings.channel_defaults(order.channel).reviewers
+        if user != order.requester and user in order.verification.reviewers
+    ]
+
+
+def completes_approval(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Whether an Approve by `user` (who may review) approves the order. When its channel
+    configures reviewers, only one of them or an admin completes it: a reviewer named at intake
+    adds a review, and the requester approves alone only under `review.requester_may_approve`.
+    Reject and Request changes need no such floor: anyone entitled to review may send work back."""
+    floor = channel_reviewers(order, settings)
+    if not floor or user in floor or user in settings.admins:
+        return True
+    return user == order.requester and settings.review.requester_may_approve
+
+
 def may_assign(user: str, settings: Settings) -> bool:
     """Change an order's reviewers or escalation contact once its card is posted: admins only."""
     return user in settings.admins

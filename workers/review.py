@@ -15,7 +15,12 @@ from typing import Literal
 from workers import queue
 from workers.config import Settings
 from workers.errors import NotPermitted
-from workers.permissions import may_exceed_class, raised_above_class
+from workers.permissions import (
+    channel_reviewers,
+    completes_approval,
+    may_exceed_class,
+    raised_above_class,
+)
 from workers.store import OrderRef, Store
 from workers.workorder import Budget, Status, WorkOrder
 
@@ -33,6 +38,8 @@ DECISION_TARGETS: dict[str, Status] = {
 class Decided:
     order: WorkOrder
     decision: Decision
+    # An approval that did not decide: the channel's reviewers, one of whom must still approve.
+    waiting_for: tuple[str, ...] = ()
 
 
 async def decide(
@@ -47,11 +54,21 @@ async def decide(
 ) -> Decided:
     """Record a reviewer's decision. Request changes sends the order back to the queue as rework
     with the feedback in the run's inbox; the run resumes from its checkpoint on what is left of
-    the budget. Raises IllegalTransition if the order was decided already, OutdatedDecision if
-    `deliverable_id` (the one the reviewer was shown) is no longer the latest."""
+    the budget. An Approve that does not complete the order (`completes_approval`: a reviewer
+    named at intake while the channel configures its own) is recorded as a review and the order
+    stays awaiting one of the channel's reviewers. Raises IllegalTransition if the order was
+    decided already, OutdatedDecision if `deliverable_id` (the one the reviewer was shown) is no
+    longer the latest."""
     reason = {"approve": "approved", "reject": "rejected", "changes": "changes requested"}[decision]
     if feedback:
         reason = f"{reason}: {feedback[:500]}"
+    if decision == "approve":
+        current = await store.get_order(ref)
+        if not completes_approval(current, actor, settings):
+            order = await store.add_review(
+                ref, deliverable_id=deliverable_id, actor=actor, feedback=feedback
+            )
+            return Decided(order, decision, tuple(channel_reviewers(current, settings)))
     if decision == "changes":
         current = await store.get_order(ref)
         order = await store.request_changes(
@@ -82,6 +99,7 @@ class RecordedDecision:
     actor: str
     at: datetime
     feedback: str
+    self_approved: bool = False
 
 
 async def decision_on(store: Store, order_id: str, deliverable_id: int) -> RecordedDecision | None:
@@ -96,7 +114,11 @@ async def decision_on(store: Store, order_id: str, deliverable_id: int) -> Recor
         if event.kind == "transition" and to in decisions:
             if event.data.get("deliverable") == deliverable_id:
                 return RecordedDecision(
-                    decisions[to], event.actor, event.at, str(event.data.get("feedback") or "")
+                    decisions[to],
+                    event.actor,
+                    event.at,
+                    str(event.data.get("feedback") or ""),
+                    bool(event.data.get("self_approved")),
                 )
     return None
 

@@ -12,6 +12,10 @@ from workers.workorder import Status
 
 S = Status
 
+# What a move into approved that the order's own requester made is marked with, in
+# `transitions.exception_kind` (the column qualifies a move; migration 0015).
+SELF_APPROVED = "self_approved"
+
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.DRAFTING: frozenset({S.AWAITING_CONFIRMATION, S.CANCELLED}),
     # Edit sends a proposed order back to drafting; Start queues it.

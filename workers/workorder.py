@@ -89,6 +89,9 @@ class WorkOrder(BaseModel):
     escalation_contact: str | None = Field(default=None, description="Slack user id.")
     deadline: datetime | None = None
     status: Status = Status.DRAFTING
+    self_approved: bool = Field(
+        default=False, description="Approved by its requester rather than another reviewer."
+    )
 
     @field_validator("acceptance_criteria")
     @classmethod

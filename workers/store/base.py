@@ -84,6 +84,7 @@ def row_to_order(row: WorkOrderRow) -> WorkOrder:
         escalation_contact=row.escalation_contact,
         deadline=as_utc(row.deadline),
         status=Status(row.status),
+        self_approved=bool(row.self_approved),
     )
 
 

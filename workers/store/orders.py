@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.errors import OutdatedDecision
+from workers.errors import IllegalTransition, OutdatedDecision
 from workers.models import AuditEvent, Deliverable, WorkOrderRow, utcnow
 from workers.store.base import OrderRef, StoreBase, as_utc, order_number, row_to_order
 from workers.workorder import Status, WorkOrder, format_order_id
@@ -73,7 +73,7 @@ class OrdersStore(StoreBase):
                 created.id or "",
                 actor=actor,
                 kind="created",
-                data={"order": created.model_dump(mode="json", exclude={"id"})},
+                data={"order": created.model_dump(mode="json", exclude={"id", "self_approved"})},
             )
         return created
 
@@ -170,11 +170,34 @@ class OrdersStore(StoreBase):
         that makes the decision, `deliverable_id` must still be the order's latest one, else
         OutdatedDecision (None skips the check). Raises IllegalTransition as `transition` does.
         The audit names the deliverable decided on, so a review prompt delivered late can still
-        show the decision."""
+        show the decision. An approval by the order's own requester is recorded as
+        self-approved, on the order and in the audit."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
             audit = await decision_audit(s, row, deliverable_id, feedback)
-            await self._move(s, row, target, actor=actor, reason=reason, audit=audit)
+            changes: dict[str, Any] = {}
+            if target is Status.APPROVED and actor == row.requester:
+                audit["self_approved"] = True
+                changes["self_approved"] = True
+            await self._move(s, row, target, actor=actor, reason=reason, audit=audit, **changes)
+            return row_to_order(row)
+
+    async def add_review(
+        self, ref: OrderRef, *, deliverable_id: int | None, actor: str, feedback: str = ""
+    ) -> WorkOrder:
+        """An approval that does not decide the order (a reviewer named at intake, while the
+        channel's reviewers must approve): audited as a `review` event on the deliverable shown,
+        the order stays awaiting review. Raises IllegalTransition if it is no longer awaiting
+        review, OutdatedDecision as `decide_on` does."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            order_id = format_order_id(row.id or 0)
+            if row.status != Status.AWAITING_REVIEW.value:
+                raise IllegalTransition(order_id, row.status, Status.APPROVED.value)
+            audit = await decision_audit(s, row, deliverable_id, feedback)
+            await self._append_audit(
+                s, order_id, actor=actor, kind="review", data={"decision": "approve", **audit}
+            )
             return row_to_order(row)
 
     async def orders_in(

@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.models import Transition, WorkOrderRow
+from workers.states import SELF_APPROVED
 from workers.workorder import Status
 
 # How the two places that hold an order back for quota word its wait_reason: the claim
@@ -56,7 +57,10 @@ async def record_transition(
     if source is Status.QUEUED and since is not None and waiting_for_quota(before["wait_reason"]):
         start = max(_utc(since), _utc(entered)) if entered is not None else _utc(since)
         quota_wait_s = max(0.0, (_utc(at) - start).total_seconds())
+    # The column qualifies a move: an exception's kind, or a self-approval (counted apart).
     kind = audit.get("kind") if target is Status.EXCEPTION else None
+    if target is Status.APPROVED and audit.get("self_approved"):
+        kind = SELF_APPROVED
     s.add(
         Transition(
             order_id=row.id,
