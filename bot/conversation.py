@@ -31,7 +31,7 @@ from workers.models import IntakeSession
 from workers.permissions import may_control
 from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
-from workers.workorder import WorkOrder
+from workers.workorder import WorkOrder, format_order_id
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,14 @@ class Conversations:
         )
         if order is not None:
             await self.show_card(order, open_points=draft.open_points)
+        elif session.order_id is not None:
+            # Started or cancelled since this message was read: the order keeps what it had.
+            await self._post(
+                msg.channel,
+                msg.thread_ts,
+                f"{format_order_id(session.order_id)} has already started or was cancelled, "
+                "so it can no longer be changed.",
+            )
 
     # Card
 

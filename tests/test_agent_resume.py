@@ -19,7 +19,9 @@ async def test_extend_after_a_budget_exception_resumes_where_it_stopped(harness:
     assert (row.status, row.exception_kind) == ("exception", "budget")
 
     extended = order.budget.model_copy(update={"max_tool_calls": 3})
-    await h.store.update_order(order.id or "", actor="U9", reason="extend", budget=extended)
+    await h.store.update_order(
+        order.id or "", actor="U9", expected={Status.EXCEPTION}, reason="extend", budget=extended
+    )
     await queue.enqueue(h.store, h.settings, order.id or "", actor="U9", reason="extended")
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     outcome = await h.run_next()

@@ -17,9 +17,10 @@ from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.records import llm_calls
 from workers.db import create_engine
-from workers.errors import IllegalTransition, NotFound
+from workers.errors import IllegalTransition, NotFound, OrderMoved
 from workers.migrate import current_revision, head_revision
 from workers.models import LlmCall, ToolCall
+from workers.states import EDITABLE
 from workers.store import Admission, Store
 from workers.workorder import Status, WorkloadClass
 
@@ -117,12 +118,13 @@ async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
 async def test_update_order_validates_and_audits_changes(store: Store) -> None:
     order = await store.create_order(make_order(), actor="U1")
     assert order.id
-    updated = await store.update_order(order.id, actor="U1", title="New title")
+    drafting = {Status.DRAFTING}
+    updated = await store.update_order(order.id, actor="U1", expected=drafting, title="New title")
     assert updated.title == "New title"
     with pytest.raises(ValueError):
-        await store.update_order(order.id, actor="U1", acceptance_criteria=[])
+        await store.update_order(order.id, actor="U1", expected=drafting, acceptance_criteria=[])
     with pytest.raises(ValueError, match="not editable"):
-        await store.update_order(order.id, actor="U1", status="approved")
+        await store.update_order(order.id, actor="U1", expected=drafting, status="approved")
     assert (await store.get_order(order.id)).title == "New title"
     edit = (await store.audit_trail(order.id))[-1]
     assert edit.kind == "edited"
@@ -299,3 +301,28 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
             assert (await conn.execute(query)).all() == written
     finally:
         await store.close()
+
+
+async def test_an_edit_that_expects_a_state_the_order_has_left_is_refused_and_changes_nothing(
+    store: Store,
+) -> None:
+    """Edit read the order waiting for Start; Start queued it before Edit wrote."""
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft")
+    read = await store.get_order(order.id)
+    await store.transition(order.id, Status.QUEUED, actor="U1", reason="started")
+    trail = [(e.seq, e.kind) for e in await store.audit_trail(order.id)]
+
+    with pytest.raises(OrderMoved) as refused:
+        await store.update_order(
+            order.id,
+            actor="U1",
+            expected=EDITABLE,
+            title="Changed",
+            budget=read.budget.model_copy(update={"max_usd": 9.0}),
+        )
+    assert (refused.value.order_id, refused.value.current) == (order.id, "queued")
+    after = await store.get_order(order.id)
+    assert (after.status, after.title, after.budget.max_usd) == (Status.QUEUED, read.title, 2.0)
+    assert [(e.seq, e.kind) for e in await store.audit_trail(order.id)] == trail
