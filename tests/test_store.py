@@ -11,17 +11,21 @@ from types import ModuleType
 import pytest
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, text, update
+from sqlmodel import col
 
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.records import llm_calls
 from workers.db import create_engine
-from workers.errors import IllegalTransition, NotFound, OrderMoved
+from workers.budget import Headroom, _stop_message
+from workers.errors import BudgetExceeded, IllegalTransition, NotFound, OrderMoved
 from workers.migrate import current_revision, head_revision
-from workers.models import LlmCall, ToolCall
-from workers.states import EDITABLE
+from workers.models import LlmCall, ToolCall, WorkOrderRow
+from workers.progress import HeldBack
+from workers.states import EDITABLE, WaitKind
 from workers.store import Admission, Store
+from workers.store.base import order_number
 from workers.workorder import Status, WorkloadClass
 
 
@@ -326,3 +330,38 @@ async def test_an_edit_that_expects_a_state_the_order_has_left_is_refused_and_ch
     after = await store.get_order(order.id)
     assert (after.status, after.title, after.budget.max_usd) == (Status.QUEUED, read.title, 2.0)
     assert [(e.seq, e.kind) for e in await store.audit_trail(order.id)] == trail
+
+
+async def test_orders_waiting_before_wait_kinds_existed_are_backfilled_by_their_wording(
+    database: Database,
+) -> None:
+    """Migration 0013 gives orders already waiting their kind from how each wait was worded
+    (the metrics read the kind, never the words)."""
+    claim = HeldBack.team_quota("growth", used_micro_usd=5, quota_micro_usd=5).describe()
+    run = str(BudgetExceeded("team_quota", _stop_message("team_quota", Headroom(0, 0, 0, 0), 10)))
+    slot = HeldBack.user_runs("U1", running=2, limit=2).describe()
+    provider = "waiting for the model provider: overloaded"
+    reasons = [claim, run, slot, provider, None]
+    store = Store(database.engine())
+    try:
+        ids = []
+        for reason in reasons:
+            order = await store.create_order(make_order(), actor="U1")
+            ids.append(order_number(order.id or ""))
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    update(WorkOrderRow)
+                    .where(col(WorkOrderRow.id) == ids[-1])
+                    .values(wait_reason=reason, wait_kind=None)
+                )
+
+        def backfill(connection: Connection) -> None:
+            with Operations.context(MigrationContext.configure(connection)):
+                _migration("0013_wait_kind")._backfill()
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(backfill)
+        kinds = [(await store.get_row(i)).wait_kind for i in ids]
+        assert kinds == [WaitKind.QUOTA, WaitKind.QUOTA, WaitKind.SLOT, WaitKind.PROVIDER, None]
+    finally:
+        await store.close()

@@ -62,6 +62,14 @@ EDITABLE: frozenset[Status] = frozenset({S.AWAITING_CONFIRMATION})
 TAKES_REPLIES: frozenset[Status] = frozenset({S.QUEUED, S.RUNNING, S.WAITING_FOR_REQUESTER})
 
 
+class WaitKind(StrEnum):
+    """Why a queued order is not starting (the order row's `wait_kind`; `wait_reason` words it)."""
+
+    QUOTA = "quota"  # the team's weekly quota cannot cover the next call
+    SLOT = "slot"  # the requester already has as many runs going as allowed
+    PROVIDER = "provider"  # the model provider asked us to wait
+
+
 class IntakeKind(StrEnum):
     """What an intake dialogue turned out to be."""
 

@@ -96,6 +96,7 @@ class QueueStore(SpendStore):
             lease_owner=None,
             lease_expires_at=None,
             wait_reason=None,
+            wait_kind=None,
             waiting_since=None,
             lost_leases=0,
             exception_kind=None,
@@ -264,13 +265,14 @@ class QueueStore(SpendStore):
                         exception_kind="quota",
                         exception_message=reason,
                         wait_reason=None,
+                        wait_kind=None,
                     )
                     claim.expired.append(row_to_order(row))
                 elif row.wait_reason != reason:
                     await s.exec(
                         update(WorkOrderRow)
                         .where(col(WorkOrderRow.id) == row.id)
-                        .values(wait_reason=reason, waiting_since=since)
+                        .values(wait_reason=reason, wait_kind=held.kind.value, waiting_since=since)
                     )
                     claim.waiting.append((row_to_order(row), reason))
         return claim
@@ -319,6 +321,7 @@ class QueueStore(SpendStore):
             lease_expires_at=now + timedelta(seconds=ttl_s),
             attempts=row.attempts + 1,
             wait_reason=None,
+            wait_kind=None,
             # An order that was waiting for quota keeps when it started waiting, so that a run
             # that finds the week still spent can tell how long it has been (max_quota_wait_s).
             waiting_since=row.waiting_since if row.wait_reason else None,
