@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,7 +25,7 @@ from workers.dialogue import (
     questions_text,
     session_order_id,
 )
-from workers.errors import IllegalTransition
+from workers.errors import IllegalTransition, OrderMoved
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
 from workers.models import IntakeSession
@@ -116,7 +117,10 @@ class Conversations:
             return
         order = await self.store.get_order(order_id)
         if order.status in TAKES_REPLIES:
-            await queue.resume_with_reply(self.store, order_id, msg.text, user=msg.user, ts=msg.ts)
+            with contextlib.suppress(OrderMoved):  # it finished since: nothing reads replies now
+                await queue.resume_with_reply(
+                    self.store, order_id, msg.text, user=msg.user, ts=msg.ts
+                )
 
     async def _advance(self, session: IntakeSession, msg: Incoming) -> None:
         await self._react(msg.channel, msg.ts, "eyes")

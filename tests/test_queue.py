@@ -13,9 +13,9 @@ from tests.support.engine import Harness
 from tests.support.records import attempts, llm_calls, team_spend
 from workers import queue, review
 from workers.budget import quota_week, usd_to_micro
-from workers.errors import IllegalTransition
+from workers.errors import IllegalTransition, OrderMoved
 from workers.models import LlmCall, utcnow
-from workers.states import WaitKind
+from workers.states import TAKES_REPLIES, WaitKind
 from workers.store import Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
@@ -198,9 +198,17 @@ async def test_cancel_and_reply_through_the_queue_api(harness: Harness) -> None:
     cancelled = await queue.cancel(h.store, order.id or "", actor="U1")
     assert cancelled.status == Status.CANCELLED
     other = await h.order()
-    item = await h.store.add_to_inbox(other.id or "", {"kind": "note", "text": "hi"}, actor="U1")
+    item = await h.store.add_to_inbox(
+        other.id or "", {"kind": "note", "text": "hi"}, actor="U1", expected=TAKES_REPLIES
+    )
     assert item.status == Status.QUEUED  # not waiting: left for the run
     assert (await h.store.get_row(other.id or "")).inbox == [{"kind": "note", "text": "hi"}]
+    # A reply read while the run was going, written after it was cancelled, is refused.
+    with pytest.raises(OrderMoved):
+        await h.store.add_to_inbox(
+            order.id or "", {"kind": "note", "text": "late"}, actor="U1", expected=TAKES_REPLIES
+        )
+    assert (await h.store.get_row(order.id or "")).inbox in (None, [])
 
 
 async def test_cancel_on_an_exception_does_not_cancel_a_retry_that_landed_first(

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.errors import LeaseLost
+from workers.errors import LeaseLost, OrderMoved
 from workers.models import IntakeSession, RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
 from workers.states import IntakeState, check_transition
@@ -593,12 +593,18 @@ class QueueStore(SpendStore):
         item: dict[str, Any],
         *,
         actor: str,
+        expected: Collection[Status],
         resume: bool = True,
         now: datetime | None = None,
     ) -> WorkOrder:
-        """Leave a message for the run; a run parked waiting for the requester is requeued."""
+        """Leave a message for the run; a run parked waiting for the requester is requeued.
+        OrderMoved (nothing left) if the order is no longer in one of the `expected` states,
+        checked under the row lock: a reply read while the run was going must not land on an
+        order that has finished since."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
+            if Status(row.status) not in expected:
+                raise OrderMoved(format_order_id(row.id or 0), row.status)
             inbox = [*list(row.inbox or []), item]
             if resume and row.status == Status.WAITING_FOR_REQUESTER.value:
                 await self._move(
