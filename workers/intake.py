@@ -29,8 +29,9 @@ MAX_QUESTION_CHARS = 300
 # What the intake model drafts reaches Slack (the card, the review prompt): each field has a
 # length limit, so that no draft can push a message past Slack's limits.
 MAX_TITLE_CHARS = 80
-MAX_GOAL_CHARS = 2_000
-MAX_CONTEXT_CHARS = 3_000
+# The goal and context are split over several sections of the card, so they may be long.
+MAX_GOAL_CHARS = 20_000
+MAX_CONTEXT_CHARS = 20_000
 MAX_DELIVERABLE_SPEC_CHARS = 1_000
 MAX_CRITERION_CHARS = 300
 MAX_OPEN_POINT_CHARS = 300
