@@ -44,11 +44,11 @@ from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
 from bot.slack_client import AUTH_ERRORS
 from workers.config import Settings
-from workers.errors import NotFound
+from workers.errors import NotFound, OrderMoved
 from workers.intake import Completer, IntakeEngine
 from workers.permissions import may_control
+from workers.states import EDITABLE
 from workers.store import Store
-from workers.workorder import Status
 
 log = logging.getLogger(__name__)
 
@@ -356,10 +356,10 @@ def create_app(
                 errors={"title": control_refusal(order, "edit")},
             )
             return
-        if order.status is not Status.AWAITING_CONFIRMATION:
+        if order.status not in EDITABLE:
             await ack(
                 response_action="errors",
-                errors={"title": f"{order.id} has already started; it can no longer be edited."},
+                errors={"title": _no_longer_editable(order.id or "")},
             )
             return
         result = parse_edit(
@@ -373,14 +373,28 @@ def create_app(
         if result.errors:
             await ack(response_action="errors", errors=result.errors)
             return
-        await ack()
         assert order.id
-        updated = await store.update_order(
-            order.id, actor=user, reason="edited in Slack", **result.changes
-        )
+        try:
+            # Written before the ack, so that a Start landing since the read above is refused
+            # in the modal itself (the write checks the state under the row lock).
+            updated = await store.update_order(
+                order.id,
+                actor=user,
+                expected=EDITABLE,
+                reason="edited in Slack",
+                **result.changes,
+            )
+        except OrderMoved:
+            await ack(response_action="errors", errors={"title": _no_longer_editable(order.id)})
+            return
+        await ack()
         await conversations.show_card(updated, note=f"Edited by <@{user}>.")
 
     return app
+
+
+def _no_longer_editable(order_id: str) -> str:
+    return f"{order_id} has already started; Edit is no longer possible."
 
 
 def strip_mention(text: str) -> str:

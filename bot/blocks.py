@@ -95,11 +95,25 @@ def button(
 
 
 def cap_blocks(blocks: list[Block], limit: int = MESSAGE_BLOCKS_MAX) -> list[Block]:
-    """Keep at most `limit` blocks; the last one says how much was left out."""
+    """Keep at most `limit` blocks. Content is cut, never the buttons: every `actions` block is
+    kept in its place, and a line where the cut content was says how much was left out."""
     if len(blocks) <= limit:
         return blocks
-    kept = blocks[: limit - 1]
-    return [*kept, context(f"_{len(blocks) - len(kept)} more blocks not shown (Slack's limit)._")]
+    controls = sum(1 for b in blocks if b.get("type") == "actions")
+    room = limit - 1 - controls  # one block for the line saying what was cut
+    kept: list[Block] = []
+    notice: Block | None = None
+    for block in blocks:
+        if block.get("type") == "actions" or room > 0:
+            room -= block.get("type") != "actions"
+            kept.append(block)
+        elif notice is None:
+            notice = context("")
+            kept.append(notice)
+    assert notice is not None
+    left_out = len(blocks) - len(kept) + 1
+    notice.update(context(f"_{left_out} more blocks not shown (Slack's limit)._"))
+    return kept[:limit]
 
 
 def modal_title(text: str) -> dict[str, Any]:

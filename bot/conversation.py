@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,14 +25,14 @@ from workers.dialogue import (
     questions_text,
     session_order_id,
 )
-from workers.errors import IllegalTransition
+from workers.errors import IllegalTransition, OrderMoved
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
 from workers.models import IntakeSession
 from workers.permissions import may_control
 from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
-from workers.workorder import WorkOrder
+from workers.workorder import WorkOrder, format_order_id
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ class Conversations:
             return
         order = await self.store.get_order(order_id)
         if order.status in TAKES_REPLIES:
-            await queue.resume_with_reply(self.store, order_id, msg.text, user=msg.user, ts=msg.ts)
+            with contextlib.suppress(OrderMoved):  # it finished since: nothing reads replies now
+                await queue.resume_with_reply(
+                    self.store, order_id, msg.text, user=msg.user, ts=msg.ts
+                )
 
     async def _advance(self, session: IntakeSession, msg: Incoming) -> None:
         await self._react(msg.channel, msg.ts, "eyes")
@@ -153,6 +157,14 @@ class Conversations:
         )
         if order is not None:
             await self.show_card(order, open_points=draft.open_points)
+        elif session.order_id is not None:
+            # Started or cancelled since this message was read: the order keeps what it had.
+            await self._post(
+                msg.channel,
+                msg.thread_ts,
+                f"{format_order_id(session.order_id)} has already started or was cancelled, "
+                "so it can no longer be changed.",
+            )
 
     # Card
 

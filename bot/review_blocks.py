@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.blocks import Block, button, context, sections, slack_date
+from bot.blocks import Block, button, context, sections, slack_date, truncate
 from bot.cards import mention
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
 from bot.mrkdwn import untrusted
@@ -13,6 +13,9 @@ from workers.permissions import reviewers_of
 from workers.progress import RunResult
 from workers.workorder import WorkOrder
 
+# The summary shares the prompt with its buttons; a longer one (stored before submit_deliverable
+# limited it) is cut here.
+SUMMARY_SHOWN_MAX = 1_000
 DECISION_WORDS = {"approve": "Approved", "reject": "Rejected", "changes": "Changes requested"}
 
 
@@ -47,7 +50,8 @@ def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
     value = review_value(order.id, deliverable_of(result.key))
     blocks: list[Block] = [
         *sections(
-            f"{reviewers} *{order.id}* is ready for your review: {untrusted(result.summary)}"
+            f"{reviewers} *{order.id}* is ready for your review: "
+            f"{untrusted(truncate(result.summary, SUMMARY_SHOWN_MAX, '…'))}"
             f"\n{headline}"
         ),
         *sections(f"*Acceptance criteria*\n{checklist(verdicts, order.acceptance_criteria)}"),

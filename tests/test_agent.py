@@ -10,6 +10,7 @@ from tests.support.engine import Harness
 from tests.support.records import llm_calls
 from workers.budget import call_cost_micro_usd
 from workers.providers import Usage
+from workers.states import WaitKind
 from workers.workorder import Status
 
 
@@ -150,7 +151,7 @@ async def test_a_long_rate_limit_puts_the_run_back_in_the_queue(harness: Harness
     assert outcome is not None and outcome.kind == "requeued"
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and row.lease_owner is None
-    assert "900" in (row.wait_reason or "")
+    assert "900" in (row.wait_reason or "") and row.wait_kind == WaitKind.PROVIDER
     assert row.available_at is not None
     assert await h.run_next() is None  # not before the provider's Retry-After
     [(oid, reason)] = h.reporter.waits

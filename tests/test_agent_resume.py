@@ -19,7 +19,9 @@ async def test_extend_after_a_budget_exception_resumes_where_it_stopped(harness:
     assert (row.status, row.exception_kind) == ("exception", "budget")
 
     extended = order.budget.model_copy(update={"max_tool_calls": 3})
-    await h.store.update_order(order.id or "", actor="U9", reason="extend", budget=extended)
+    await h.store.update_order(
+        order.id or "", actor="U9", expected={Status.EXCEPTION}, reason="extend", budget=extended
+    )
     await queue.enqueue(h.store, h.settings, order.id or "", actor="U9", reason="extended")
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     outcome = await h.run_next()
@@ -62,7 +64,10 @@ async def test_a_message_from_the_requester_reaches_the_next_step(harness: Harne
     h = harness
     order = await h.order()
     await h.store.add_to_inbox(
-        order.id or "", {"kind": "reply", "user": "U1", "text": "Also cover Initech"}, actor="U1"
+        order.id or "",
+        {"kind": "reply", "user": "U1", "text": "Also cover Initech"},
+        actor="U1",
+        expected={Status.QUEUED},
     )
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     await h.run_next()
@@ -118,6 +123,7 @@ async def test_changes_requested_continue_the_run_with_the_feedback(harness: Har
     await h.store.add_to_inbox(
         order.id or "",
         {"kind": "feedback", "user": "U2", "text": "Add a column for annual prices."},
+        expected={Status.CHANGES_REQUESTED},
         actor="U2",
         resume=False,
     )

@@ -13,6 +13,7 @@ from tests.support.records import llm_calls, team_spend
 from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.models import utcnow
+from workers.states import WaitKind
 from workers.workorder import Budget, Status
 
 
@@ -115,6 +116,7 @@ async def test_a_spent_team_quota_sends_the_run_back_to_wait(harness: Harness) -
     assert outcome is not None and outcome.kind == "requeued"
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and "weekly quota" in (row.wait_reason or "")
+    assert row.wait_kind == WaitKind.QUOTA
     spend = await team_spend(h.store, "default", week)
     assert spend is not None and spend.spent_micro_usd <= usd_to_micro(0.06)
     assert spend.reserved_micro_usd == 0

@@ -9,7 +9,20 @@ from typing import Any
 import pytest
 
 from workers.config import load_settings
-from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions, RequesterContext, Turn
+from workers.intake import (
+    MAX_CONTEXT_CHARS,
+    MAX_CRITERION_CHARS,
+    MAX_DELIVERABLE_SPEC_CHARS,
+    MAX_GOAL_CHARS,
+    MAX_OPEN_POINT_CHARS,
+    MAX_TITLE_CHARS,
+    ChatAnswer,
+    Draft,
+    IntakeEngine,
+    Questions,
+    RequesterContext,
+    Turn,
+)
 from workers.providers import ModelReply, ModelRequest, ToolUse, Usage
 
 NOW = datetime(2030, 5, 6, 12, 0, tzinfo=UTC)  # a Monday
@@ -82,6 +95,31 @@ async def test_draft_gets_defaults_from_configuration() -> None:
     assert order.escalation_contact == "U1"  # no channel default: the requester
     assert order.deadline == datetime(2030, 5, 10, 9, 0, tzinfo=UTC)  # 18:00 in Tokyo
     assert outcome.open_points == []
+
+
+async def test_every_drafted_field_that_reaches_slack_has_a_length_limit() -> None:
+    engine, _ = _engine(
+        _draft(
+            title="T" * 500,
+            goal="G" * 50_000,
+            context="C" * 50_000,
+            deliverable="D" * 50_000,
+            acceptance_criteria=["a" * 5_000, "b" * 5_000],
+            open_points=["p" * 5_000],
+        )
+    )
+    outcome = await engine.step(TURNS, CTX, rounds_so_far=0)
+    assert isinstance(outcome, Draft)
+    order = outcome.order
+    assert [len(order.title), len(order.goal), len(order.context), len(order.deliverable)] == [
+        MAX_TITLE_CHARS,
+        MAX_GOAL_CHARS,
+        MAX_CONTEXT_CHARS,
+        MAX_DELIVERABLE_SPEC_CHARS,
+    ]
+    assert [len(c) for c in order.acceptance_criteria] == [MAX_CRITERION_CHARS] * 2
+    assert [len(p) for p in outcome.open_points] == [MAX_OPEN_POINT_CHARS]
+    assert order.goal.endswith("…")
 
 
 async def test_a_budget_the_requester_names_is_kept_within_the_class() -> None:

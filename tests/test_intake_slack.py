@@ -22,6 +22,7 @@ from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import chat, draft, questions
 from tests.support.slack import state_from_view
 from tests.support.waiting import bot_idle, eventually
+from workers import queue
 from workers.audit import AuditKey
 from workers.models import SlackEventSeen
 from workers.states import IntakeKind, IntakeState
@@ -731,3 +732,88 @@ async def test_slack_rate_limits_and_outages_are_retried(
     )
     statuses = [c.status for c in fake_slack.calls_to("chat.postMessage")]
     assert statuses == [429, 503, 200]
+
+
+def _start_before_writing(bot: RunningBot, order_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make Start land between a writer's read of the order and its write, as a click on Start
+    from another person can: the store's next update_order first starts the order."""
+    write = bot.store.update_order
+
+    async def started_first(*args: Any, **kwargs: Any) -> Any:
+        await queue.enqueue(
+            bot.store,
+            bot.settings,
+            order_id,
+            actor="U1",
+            reason="started by requester",
+            intake=IntakeState.CONFIRMED,
+        )
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(bot.store, "update_order", started_first)
+
+
+async def _untouched_since_start(bot: RunningBot, order_id: str) -> None:
+    order = await bot.store.get_order(order_id)
+    assert order.status is Status.QUEUED
+    assert (order.title, order.budget.max_usd) == ("Competitor pricing one-pager", 2.0)
+    session = await bot.store.intake_for_order(order_id)
+    assert session is not None and session.state == IntakeState.CONFIRMED
+    assert "edited" not in [e.kind for e in await bot.store.audit_trail(order_id)]
+
+
+async def test_an_edit_submitted_as_the_order_starts_is_refused_and_changes_nothing(
+    bot: RunningBot,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    await bot.sender.action(
+        bot.sender.block_action(
+            EDIT_ACTION, order_id, user_id="U1", channel_id="C1", message_ts="1.1"
+        )
+    )
+    [opened] = await fake_slack.wait_for("views.open")
+    view = opened.args["view"]
+    _start_before_writing(bot, order_id, monkeypatch)
+
+    edit = bot.sender.view_submission(
+        EDIT_CALLBACK,
+        state_from_view(view, budget_usd="1.5", title="Pricing one-pager v2"),
+        user_id="U1",
+        private_metadata=view["private_metadata"],
+    )
+    status, body = await bot.sender.action(edit)
+    assert status == 200
+    response = json.loads(body)
+    assert response["response_action"] == "errors"
+    assert response["errors"]["title"] == (
+        f"{order_id} has already started; Edit is no longer possible."
+    )
+    await _untouched_since_start(bot, order_id)
+
+
+async def test_a_refinement_in_the_thread_as_the_order_starts_is_refused_and_changes_nothing(
+    bot: RunningBot,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order_id, card = await _proposed(bot, fake_slack, fake_anthropic)
+    _start_before_writing(bot, order_id, monkeypatch)
+    fake_anthropic.script(draft(title="Pricing one-pager, nine dollars"))
+    reply = bot.sender.direct_message(
+        "make it $9 and call it something else", channel="C1", thread_ts=card["thread_ts"]
+    )
+    reply["channel_type"] = "channel"
+    await bot.sender.event(reply)
+
+    def refused() -> bool:
+        return any(
+            "has already started or was cancelled" in (c.args.get("text") or "")
+            for c in fake_slack.calls_to("chat.postMessage")
+        )
+
+    await fake_slack.wait_until(refused)
+    await _untouched_since_start(bot, order_id)

@@ -15,7 +15,15 @@ import pytest
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
-from tests.support.cli import DELEGATE, cli_env, delegate, free_port, health, stop_delegate
+from tests.support.cli import (
+    DELEGATE,
+    cli_env,
+    delegate,
+    free_port,
+    health,
+    provider_env,
+    stop_delegate,
+)
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, stop_worker, worker_env
@@ -106,7 +114,7 @@ def test_text_lines_carry_the_bound_context(capsys: pytest.CaptureFixture[str]) 
 
 
 async def test_a_run_logs_its_start_digests_and_stop_once_without_scheduler_chatter(
-    fake_slack: FakeSlack, tmp_path: Path
+    fake_slack: FakeSlack, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     config = tmp_path / "delegate.yaml"
     # Every minute, so last week's digest is due as soon as the scheduler starts; an empty week
@@ -129,6 +137,7 @@ async def test_a_run_logs_its_start_digests_and_stop_once_without_scheduler_chat
         SLACK_BOT_TOKEN=fake_slack.token,
         SLACK_SIGNING_SECRET="0123456789abcdef0123456789abcdef",
         SLACK_API_URL=fake_slack.api_url,
+        **provider_env(fake_anthropic, fake_openai),
     )
     proc = await asyncio.create_subprocess_exec(
         str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,

@@ -11,14 +11,11 @@ from sqlmodel import select
 from tests.support.factories import make_order
 from tests.support.history import W47, Seed, at, history_settings, seed_history
 from workers import metrics
-from workers.budget import Headroom, _stop_message
-from workers.errors import BudgetExceeded
 from workers.metrics import ALL, Period, percentile
 from workers.models import Transition, WorkOrderRow, utcnow
-from workers.progress import HeldBack
 from workers.store import Admission, Store
 from workers.store.base import order_number
-from workers.store.transitions import waiting_for_quota
+from workers.states import WaitKind
 from workers.workorder import Status
 
 
@@ -187,6 +184,8 @@ async def test_time_waiting_for_quota_is_the_part_of_the_queue_wait_spent_on_quo
     reasons = {order.id: reason for order, reason in held.waiting}
     assert reasons[waiting].startswith("waiting for team quota")
     assert reasons[busy].startswith("waiting for a free slot")
+    assert (await store.get_row(waiting)).wait_kind == WaitKind.QUOTA
+    assert (await store.get_row(busy)).wait_kind == WaitKind.SLOT
     await _backdate(store, order_number(waiting), entered_queue_s=7200, waiting_s=3600)
     await _backdate(store, order_number(busy), entered_queue_s=1800, waiting_s=1800)
 
@@ -205,15 +204,6 @@ async def test_time_waiting_for_quota_is_the_part_of_the_queue_wait_spent_on_quo
     assert (others.quota_wait_total_s, others.quota_waits) == (0, 0)
     everyone = await metrics.team_metrics(store.engine, settings, ALL, week)
     assert everyone.as_dict()["quota_wait_total_s"] == pytest.approx(3600, abs=60)
-
-
-def test_both_ways_of_holding_an_order_back_for_quota_are_recognised() -> None:
-    claim = HeldBack.team_quota("growth", used_micro_usd=5, quota_micro_usd=5).describe()
-    run = str(BudgetExceeded("team_quota", _stop_message("team_quota", Headroom(0, 0, 0, 0), 10)))
-    slot = HeldBack.user_runs("U1", running=2, limit=2).describe()
-    assert waiting_for_quota(claim) and waiting_for_quota(run)
-    assert not waiting_for_quota(slot) and not waiting_for_quota(None)
-    assert not waiting_for_quota("waiting for the model provider: overloaded")
 
 
 async def test_intake_spend_counts_for_the_requesters_team(database: Any) -> None:

@@ -13,8 +13,9 @@ from tests.support.engine import Harness
 from tests.support.records import attempts, llm_calls, team_spend
 from workers import queue, review
 from workers.budget import quota_week, usd_to_micro
-from workers.errors import IllegalTransition
+from workers.errors import IllegalTransition, OrderMoved
 from workers.models import LlmCall, utcnow
+from workers.states import TAKES_REPLIES, WaitKind
 from workers.store import Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
@@ -64,13 +65,14 @@ async def test_an_order_beyond_quota_waits_until_a_lead_raises_it(harness: Harne
     assert waiting.id == order.id and "team quota" in reason and "$0.01" in reason
     row = await h.store.get_row(order.id or "")
     assert row.status == "queued" and row.wait_reason == reason and row.waiting_since is not None
+    assert row.wait_kind == WaitKind.QUOTA
     # Reported once, not on every poll.
     assert (await queue.claim(h.store, h.settings, "w1")).waiting == []
     await h.store.set_team_quota("default", week, quota_micro_usd=usd_to_micro(50), actor="lead")
     claim = await queue.claim(h.store, h.settings, "w1")
     assert claim.order is not None and claim.order.id == order.id
     row = await h.store.get_row(order.id or "")
-    assert row.wait_reason is None
+    assert row.wait_reason is None and row.wait_kind is None
     system = [e.kind for e in await h.store.audit_trail("system")]
     assert system.count("team_quota") == 2
 
@@ -196,9 +198,17 @@ async def test_cancel_and_reply_through_the_queue_api(harness: Harness) -> None:
     cancelled = await queue.cancel(h.store, order.id or "", actor="U1")
     assert cancelled.status == Status.CANCELLED
     other = await h.order()
-    item = await h.store.add_to_inbox(other.id or "", {"kind": "note", "text": "hi"}, actor="U1")
+    item = await h.store.add_to_inbox(
+        other.id or "", {"kind": "note", "text": "hi"}, actor="U1", expected=TAKES_REPLIES
+    )
     assert item.status == Status.QUEUED  # not waiting: left for the run
     assert (await h.store.get_row(other.id or "")).inbox == [{"kind": "note", "text": "hi"}]
+    # A reply read while the run was going, written after it was cancelled, is refused.
+    with pytest.raises(OrderMoved):
+        await h.store.add_to_inbox(
+            order.id or "", {"kind": "note", "text": "late"}, actor="U1", expected=TAKES_REPLIES
+        )
+    assert (await h.store.get_row(order.id or "")).inbox in (None, [])
 
 
 async def test_cancel_on_an_exception_does_not_cancel_a_retry_that_landed_first(

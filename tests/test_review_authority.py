@@ -30,6 +30,7 @@ from tests.support.pipeline import Pipeline, button_value, pipeline_for
 from tests.support.slack import state_from_view
 from tests.support.waiting import eventually
 from workers.keys import result_key, review_key
+from workers.states import EDITABLE
 from workers.store import Store
 from workers.workorder import Status
 
@@ -244,7 +245,10 @@ async def test_extend_above_the_class_needs_the_escalation_contact(pipe: Pipelin
     order_id = await proposed(pipe, "competitor pricing table")
     order = await pipe.bot.store.get_order(order_id)
     await pipe.bot.store.update_order(
-        order_id, actor="U1", budget=order.budget.model_copy(update={"max_tool_calls": 1})
+        order_id,
+        actor="U1",
+        expected=EDITABLE,
+        budget=order.budget.model_copy(update={"max_tool_calls": 1}),
     )
     # One read uses the only tool call; the submission after it is over the budget.
     pipe.anthropic.script(Reply.tool("read_thread", {}), submit("done after the extension"))

@@ -185,6 +185,7 @@ async def test_an_admin_who_replaces_the_channels_reviewer_moves_the_floor(
     await pipe.bot.store.update_order(
         order_id,
         actor="UADMIN",
+        expected={Status.AWAITING_REVIEW},
         verification=order.verification.model_copy(update={"reviewers": ["U8"]}),
     )
     await pipe.click(APPROVE_ACTION, order_id, "U8")

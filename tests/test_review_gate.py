@@ -405,6 +405,28 @@ async def test_long_deliverable_is_uploaded_as_a_file(pipe: Pipeline) -> None:
     await pipe.post(APPROVE_ACTION)
 
 
+async def test_a_200000_character_summary_keeps_the_review_buttons(pipe: Pipeline) -> None:
+    """The summary used to fill the prompt's 50 blocks, and the cut took the buttons with it."""
+    pipe.openai.script(verdicts(True, True, True))
+    summary = "Summary start. " + "Every price checked twice. " * 7_500
+    assert len(summary) > 200_000
+    order_id = await pipe.order_started(submit("| Acme | $10 (acme.com/pricing) |", summary))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+
+    prompt = await pipe.post("is ready for your review")
+    [controls] = [b for b in prompt["blocks"] if b["type"] == "actions"]
+    assert [e["text"]["text"] for e in controls["elements"]] == [
+        "Approve",
+        "Request changes",
+        "Reject",
+    ]
+    text = json.dumps(prompt["blocks"], ensure_ascii=False)
+    assert "Summary start." in text and "summary cut at 1,000 characters" in text
+    assert len(text) < 10_000, "the summary is shown short; the deliverable carries the work"
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+
+
 async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> None:
     pipe.openai.script(verdicts(True, True, True))
     # One read uses the only tool call; the stop comes before the next model call.
@@ -609,7 +631,9 @@ async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
     )
     await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
     deadline = datetime.now(UTC) + timedelta(hours=2)
-    await pipe.bot.store.update_order(order_id, actor="U1", deadline=deadline)
+    await pipe.bot.store.update_order(
+        order_id, actor="U1", expected={Status.WAITING_FOR_REQUESTER}, deadline=deadline
+    )
     clock = Clock()
     reporter = SlackReporter(
         store=pipe.bot.store, client=make_slack_client(pipe.bot.settings, backoff_factor_s=0.01)

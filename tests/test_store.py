@@ -11,16 +11,21 @@ from types import ModuleType
 import pytest
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, text, update
+from sqlmodel import col
 
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.records import llm_calls
+from workers.budget import Headroom, _stop_message
 from workers.db import create_engine
-from workers.errors import IllegalTransition, NotFound
+from workers.errors import BudgetExceeded, IllegalTransition, NotFound, OrderMoved
 from workers.migrate import current_revision, head_revision
-from workers.models import LlmCall, ToolCall
+from workers.models import LlmCall, ToolCall, WorkOrderRow
+from workers.progress import HeldBack
+from workers.states import EDITABLE, WaitKind
 from workers.store import Admission, Store
+from workers.store.base import order_number
 from workers.workorder import Status, WorkloadClass
 
 
@@ -117,12 +122,13 @@ async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
 async def test_update_order_validates_and_audits_changes(store: Store) -> None:
     order = await store.create_order(make_order(), actor="U1")
     assert order.id
-    updated = await store.update_order(order.id, actor="U1", title="New title")
+    drafting = {Status.DRAFTING}
+    updated = await store.update_order(order.id, actor="U1", expected=drafting, title="New title")
     assert updated.title == "New title"
     with pytest.raises(ValueError):
-        await store.update_order(order.id, actor="U1", acceptance_criteria=[])
+        await store.update_order(order.id, actor="U1", expected=drafting, acceptance_criteria=[])
     with pytest.raises(ValueError, match="not editable"):
-        await store.update_order(order.id, actor="U1", status="approved")
+        await store.update_order(order.id, actor="U1", expected=drafting, status="approved")
     assert (await store.get_order(order.id)).title == "New title"
     edit = (await store.audit_trail(order.id))[-1]
     assert edit.kind == "edited"
@@ -344,5 +350,65 @@ async def test_self_approvals_are_marked_and_the_migration_marks_earlier_ones(
             await conn.run_sync(mark)
         async with store.engine.connect() as conn:
             assert [(i, bool(s), k) for i, s, k in (await conn.execute(query)).all()] == written
+    finally:
+        await store.close()
+
+
+async def test_an_edit_that_expects_a_state_the_order_has_left_is_refused_and_changes_nothing(
+    store: Store,
+) -> None:
+    """Edit read the order waiting for Start; Start queued it before Edit wrote."""
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft")
+    read = await store.get_order(order.id)
+    await store.transition(order.id, Status.QUEUED, actor="U1", reason="started")
+    trail = [(e.seq, e.kind) for e in await store.audit_trail(order.id)]
+
+    with pytest.raises(OrderMoved) as refused:
+        await store.update_order(
+            order.id,
+            actor="U1",
+            expected=EDITABLE,
+            title="Changed",
+            budget=read.budget.model_copy(update={"max_usd": 9.0}),
+        )
+    assert (refused.value.order_id, refused.value.current) == (order.id, "queued")
+    after = await store.get_order(order.id)
+    assert (after.status, after.title, after.budget.max_usd) == (Status.QUEUED, read.title, 2.0)
+    assert [(e.seq, e.kind) for e in await store.audit_trail(order.id)] == trail
+
+
+async def test_orders_waiting_before_wait_kinds_existed_are_backfilled_by_their_wording(
+    database: Database,
+) -> None:
+    """Migration 0016 gives orders already waiting their kind from how each wait was worded
+    (the metrics read the kind, never the words)."""
+    claim = HeldBack.team_quota("growth", used_micro_usd=5, quota_micro_usd=5).describe()
+    run = str(BudgetExceeded("team_quota", _stop_message("team_quota", Headroom(0, 0, 0, 0), 10)))
+    slot = HeldBack.user_runs("U1", running=2, limit=2).describe()
+    provider = "waiting for the model provider: overloaded"
+    reasons = [claim, run, slot, provider, None]
+    store = Store(database.engine())
+    try:
+        ids = []
+        for reason in reasons:
+            order = await store.create_order(make_order(), actor="U1")
+            ids.append(order_number(order.id or ""))
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    update(WorkOrderRow)
+                    .where(col(WorkOrderRow.id) == ids[-1])
+                    .values(wait_reason=reason, wait_kind=None)
+                )
+
+        def backfill(connection: Connection) -> None:
+            with Operations.context(MigrationContext.configure(connection)):
+                _migration("0016_wait_kind")._backfill()
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(backfill)
+        kinds = [(await store.get_row(i)).wait_kind for i in ids]
+        assert kinds == [WaitKind.QUOTA, WaitKind.QUOTA, WaitKind.SLOT, WaitKind.PROVIDER, None]
     finally:
         await store.close()

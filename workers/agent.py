@@ -37,6 +37,7 @@ from workers.keys import exception_key, question_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
 from workers.progress import ExceptionKind, ProgressReporter, Spend
 from workers.providers import ModelRequest, ModelRouter, ToolUse
+from workers.states import WaitKind
 from workers.store import OutboxItem, Store, as_utc
 from workers.store.outbox import exception_notice
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
@@ -226,6 +227,7 @@ class Agent:
                     f"the model provider asked us to wait {exc.after_s:g} s",
                     after_s=exc.after_s,
                     wait_reason=f"waiting for the model provider: {exc}",
+                    wait_kind=WaitKind.PROVIDER,
                 ),
             )
         except _Stop as exc:
@@ -691,6 +693,7 @@ class Agent:
         *,
         after_s: float = 0.0,
         wait_reason: str | None = None,
+        wait_kind: WaitKind | None = None,
         waiting_since: datetime | None = None,
         notify: bool = True,
         quota_needed_micro_usd: int | None = None,
@@ -702,7 +705,11 @@ class Agent:
             "quota_needed_micro_usd": quota_needed_micro_usd,
         }
         if wait_reason is not None:
-            changes |= {"wait_reason": wait_reason, "waiting_since": waiting_since or utcnow()}
+            changes |= {
+                "wait_reason": wait_reason,
+                "wait_kind": wait_kind.value if wait_kind else None,
+                "waiting_since": waiting_since or utcnow(),
+            }
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
@@ -741,6 +748,7 @@ class Agent:
             reason,
             after_s=after_s,
             wait_reason=reason,
+            wait_kind=WaitKind.QUOTA,
             waiting_since=since or now,
             notify=since is None,
             quota_needed_micro_usd=needed_micro_usd,

@@ -15,6 +15,7 @@ from datetime import timedelta
 from workers import queue
 from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
+from workers.errors import OrderMoved
 from workers.intake import (
     ChatAnswer,
     Draft,
@@ -25,7 +26,7 @@ from workers.intake import (
     Turn,
 )
 from workers.models import IntakeSession, utcnow
-from workers.states import IntakeKind, IntakeState
+from workers.states import EDITABLE, IntakeKind, IntakeState
 from workers.store import EDITABLE_FIELDS, Store
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
@@ -33,6 +34,8 @@ from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 # the requester set by hand (context, escalation contact) nor the team, and not the reviewers:
 # once the card is posted, only an admin changes who reviews (Edit).
 REFINABLE_FIELDS = EDITABLE_FIELDS - {"context", "escalation_contact", "team", "verification"}
+# What proposing a draft changes in its dialogue.
+_PROPOSAL_FIELDS = ("kind", "state", "order_id", "draft", "transcript")
 
 
 @dataclass(frozen=True)
@@ -184,23 +187,33 @@ class IntakeDialogue:
             order = await self.store.transition(
                 order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
             )
-        else:
-            existing = await self.store.get_order(existing_id)
-            if existing.status is not Status.AWAITING_CONFIRMATION:
-                return None
-            order = await self.store.update_order(
+            self._proposed(session, order, draft)
+            await self.store.save_intake(session)
+            return order
+        # The refined order and its dialogue are written in one commit that checks the order
+        # still waits for Start: a Start landing in between leaves both as Start left them.
+        before = {name: getattr(session, name) for name in _PROPOSAL_FIELDS}
+        self._proposed(session, order.model_copy(update={"id": existing_id}), draft)
+        try:
+            return await self.store.update_order(
                 existing_id,
                 actor=actor,
+                expected=EDITABLE,
                 reason="refined in thread",
+                intake=session,
                 **order.model_dump(include=set(REFINABLE_FIELDS)),
             )
+        except OrderMoved:
+            for name, value in before.items():
+                setattr(session, name, value)
+            return None
+
+    def _proposed(self, session: IntakeSession, order: WorkOrder, draft: Draft) -> None:
         assert order.id
         session.kind, session.state = IntakeKind.DELEGATION, IntakeState.PROPOSED
         session.order_id = parse_order_id(order.id)
         session.draft = {"open_points": draft.open_points, "context": session_context(session)}
         self._record(session, "delegate", f"Drafted {order.id}: {draft_summary(order)}")
-        await self.store.save_intake(session)
-        return order
 
     async def present(self, session: IntakeSession, draft: Draft) -> None:
         """Record a draft shown for confirmation before it is proposed (the console asks

@@ -30,6 +30,16 @@ class IllegalTransition(DelegateError):
         super().__init__(f"{order_id}: cannot go from {current!r} to {target!r}")
 
 
+class OrderMoved(DelegateError):
+    """A write found the order in a state it does not accept: the order moved on (e.g. it was
+    started) between the writer's read and its write, so nothing was changed."""
+
+    def __init__(self, order_id: str, current: str) -> None:
+        self.order_id = order_id
+        self.current = current
+        super().__init__(f"{order_id} is {current}; the change was not made")
+
+
 class NotFound(DelegateError):
     """The requested record does not exist."""
 

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 DECISION_TOOL = "intake_decision"
 MIN_CRITERIA, MAX_CRITERIA = 2, 6
 MAX_QUESTION_CHARS = 300
+# What the intake model drafts reaches Slack (the card, the review prompt): each field has a
+# length limit, so that no draft can push a message past Slack's limits.
+MAX_TITLE_CHARS = 80
+# The goal and context are split over several sections of the card, so they may be long.
+MAX_GOAL_CHARS = 20_000
+MAX_CONTEXT_CHARS = 20_000
+MAX_DELIVERABLE_SPEC_CHARS = 1_000
+MAX_CRITERION_CHARS = 300
+MAX_OPEN_POINT_CHARS = 300
 _USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 
@@ -268,9 +277,13 @@ class IntakeEngine:
     ) -> Draft | None:
         settings = self.settings
         channel = settings.channel_defaults(ctx.channel)
-        open_points = [p for p in _strings(raw.get("open_points")) if p][:10]
+        open_points = [
+            _clip(p, MAX_OPEN_POINT_CHARS) for p in _strings(raw.get("open_points")) if p
+        ][:10]
 
-        criteria = [c for c in _strings(raw.get("acceptance_criteria")) if c]
+        criteria = [
+            _clip(c, MAX_CRITERION_CHARS) for c in _strings(raw.get("acceptance_criteria")) if c
+        ]
         if len(criteria) > MAX_CRITERIA:
             criteria = criteria[:MAX_CRITERIA]
         if not criteria:
@@ -315,18 +328,18 @@ class IntakeEngine:
             open_points.append(problem)
 
         first_request = next((t.text for t in turns if t.role == "requester"), "")
-        context = str(raw.get("context") or "").strip()
+        context = _cut(str(raw.get("context") or "").strip(), MAX_CONTEXT_CHARS)
         if ctx.context:
             context = (ctx.context + ("\n\n" + context if context else "")).strip()
         try:
             order = WorkOrder(
-                title=_clip(str(raw.get("title") or first_request), 80),
+                title=_clip(str(raw.get("title") or first_request), MAX_TITLE_CHARS),
                 requester=ctx.user_id,
                 team=settings.team_of(ctx.user_id),
                 channel=ctx.channel,
-                goal=str(raw.get("goal") or first_request).strip(),
+                goal=_cut(str(raw.get("goal") or first_request).strip(), MAX_GOAL_CHARS),
                 context=context,
-                deliverable=str(raw.get("deliverable") or "").strip(),
+                deliverable=_clip(str(raw.get("deliverable") or ""), MAX_DELIVERABLE_SPEC_CHARS),
                 acceptance_criteria=criteria,
                 budget=budget,
                 workload_class=workload,
@@ -437,5 +450,9 @@ def _clean_questions(value: Any, limit: int) -> list[str]:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
+    return _cut(" ".join(text.split()), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, its line breaks kept."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -79,6 +79,9 @@ class WorkOrderRow(SQLModel, table=True):
         description="requester replies and notes waiting to be read by the next run step",
     )
     wait_reason: str | None = Field(default=None, description="why a queued order is not starting")
+    wait_kind: str | None = Field(
+        default=None, description="the kind of that wait: a workers.states.WaitKind value"
+    )
     waiting_since: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )

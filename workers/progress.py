@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from workers.budget import micro_to_usd
 from workers.errors import RetryLater
 from workers.models import WorkOrderRow
+from workers.states import WaitKind
 from workers.workorder import Budget, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ class HeldBack:
     @classmethod
     def user_runs(cls, requester: str, *, running: int, limit: int) -> HeldBack:
         return cls("user_runs", requester=requester, running=running, limit=limit)
+
+    @property
+    def kind(self) -> WaitKind:
+        return WaitKind.QUOTA if self.reason == "team_quota" else WaitKind.SLOT
 
     def describe(self) -> str:
         if self.reason == "team_quota":

@@ -15,7 +15,7 @@ from typing import Any
 from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.models import utcnow
-from workers.states import OPEN, TERMINAL, IntakeState
+from workers.states import OPEN, TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Admission, Claim, OrderRef, Store
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
@@ -90,7 +90,7 @@ async def resume_with_reply(
     If the run is not waiting (it is still working), the message is left for its next step.
     """
     item = {"kind": "reply", "user": user, "text": text, "ts": ts}
-    return await store.add_to_inbox(ref, item, actor=user, resume=True)
+    return await store.add_to_inbox(ref, item, actor=user, expected=TAKES_REPLIES, resume=True)
 
 
 def is_finished(order: WorkOrder) -> bool:

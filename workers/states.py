@@ -60,8 +60,18 @@ IN_FLIGHT: frozenset[Status] = frozenset(
 )
 # Started and not finished: a missed deadline is worth telling people about.
 UNDER_WAY: frozenset[Status] = IN_FLIGHT | {S.AWAITING_REVIEW, S.CHANGES_REQUESTED, S.EXCEPTION}
+# Edit and refinement in the thread change an order only while it waits to be started.
+EDITABLE: frozenset[Status] = frozenset({S.AWAITING_CONFIRMATION})
 # A requester's reply in the thread reaches the run (and wakes it if it is waiting).
 TAKES_REPLIES: frozenset[Status] = frozenset({S.QUEUED, S.RUNNING, S.WAITING_FOR_REQUESTER})
+
+
+class WaitKind(StrEnum):
+    """Why a queued order is not starting (the order row's `wait_kind`; `wait_reason` words it)."""
+
+    QUOTA = "quota"  # the team's weekly quota cannot cover the next call
+    SLOT = "slot"  # the requester already has as many runs going as allowed
+    PROVIDER = "provider"  # the model provider asked us to wait
 
 
 class IntakeKind(StrEnum):

@@ -25,6 +25,7 @@ from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import DEADLINE_S, eventually
 from workers.config import Settings
 from workers.runtime import run_worker
+from workers.states import EDITABLE
 from workers.store import Store
 from workers.tools import ToolRegistry
 from workers.workorder import Status
@@ -62,7 +63,10 @@ class Pipeline:
         assert order.id
         if budget:
             await self.bot.store.update_order(
-                order.id, actor="U1", budget=order.budget.model_copy(update=budget)
+                order.id,
+                actor="U1",
+                expected=EDITABLE,
+                budget=order.budget.model_copy(update=budget),
             )
         self.anthropic.script(*execute)
         await self.click(START_ACTION, order.id, "U1")
@@ -83,7 +87,6 @@ class Pipeline:
     ) -> dict[str, Any]:
         """The `block_actions` payload `click` sends (see there), without sending it."""
         if message is None:
-
             if action_id in REVIEW_ACTIONS:
                 # A reviewer clicks the prompt for the latest deliverable, once it is posted
                 # (a moment after the state changes).

@@ -192,7 +192,7 @@ class StoreBase:
         order_id = format_order_id(row.id)
         source = Status(row.status)
         check_transition(order_id, source, target, actor=actor, reason=reason, expected=expected)
-        before = {"wait_reason": row.wait_reason, "waiting_since": row.waiting_since}
+        before = {"wait_kind": row.wait_kind, "waiting_since": row.waiting_since}
         result = await s.exec(
             update(WorkOrderRow)
             .where(col(WorkOrderRow.id) == row.id, col(WorkOrderRow.version) == row.version)

@@ -9,8 +9,8 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.errors import IllegalTransition, OutdatedDecision
-from workers.models import AuditEvent, Deliverable, WorkOrderRow, utcnow
+from workers.errors import IllegalTransition, OrderMoved, OutdatedDecision
+from workers.models import AuditEvent, Deliverable, IntakeSession, WorkOrderRow, utcnow
 from workers.store.base import OrderRef, StoreBase, as_utc, order_number, row_to_order
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -101,15 +101,33 @@ class OrdersStore(StoreBase):
             return [row_to_order(r) for r in (await s.exec(query)).all()]
 
     async def update_order(
-        self, ref: OrderRef, *, actor: str, reason: str = "edited", **fields: Any
+        self,
+        ref: OrderRef,
+        *,
+        actor: str,
+        expected: Collection[Status],
+        reason: str = "edited",
+        intake: IntakeSession | None = None,
+        **fields: Any,
     ) -> WorkOrder:
-        """Change editable fields, validating the result as a whole before anything is written."""
+        """Change editable fields, validating the result as a whole before anything is written.
+
+        `expected` are the states the writer accepts (workers.states.EDITABLE for Edit and
+        refinement), checked under the row lock as transitions are: an order started between
+        the writer's read and this write raises OrderMoved and nothing changes. `intake` is
+        the order's dialogue, saved in the same commit (so a refused refinement leaves it be).
+        """
         unknown = set(fields) - EDITABLE_FIELDS
         if unknown:
             raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
             current = row_to_order(row)
+            if current.status not in expected:
+                raise OrderMoved(current.id or "", current.status.value)
+            if intake is not None:
+                intake.updated_at = utcnow()
+                await s.merge(intake)
             updated = WorkOrder.model_validate({**current.model_dump(), **fields})
             before = current.model_dump(mode="json", include=set(fields))
             after = updated.model_dump(mode="json", include=set(fields))

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.errors import LeaseLost
+from workers.errors import LeaseLost, OrderMoved
 from workers.models import IntakeSession, RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
 from workers.states import IntakeState, check_transition
@@ -96,6 +96,7 @@ class QueueStore(SpendStore):
             lease_owner=None,
             lease_expires_at=None,
             wait_reason=None,
+            wait_kind=None,
             waiting_since=None,
             lost_leases=0,
             exception_kind=None,
@@ -264,13 +265,14 @@ class QueueStore(SpendStore):
                         exception_kind="quota",
                         exception_message=reason,
                         wait_reason=None,
+                        wait_kind=None,
                     )
                     claim.expired.append(row_to_order(row))
                 elif row.wait_reason != reason:
                     await s.exec(
                         update(WorkOrderRow)
                         .where(col(WorkOrderRow.id) == row.id)
-                        .values(wait_reason=reason, waiting_since=since)
+                        .values(wait_reason=reason, wait_kind=held.kind.value, waiting_since=since)
                     )
                     claim.waiting.append((row_to_order(row), reason))
         return claim
@@ -319,6 +321,7 @@ class QueueStore(SpendStore):
             lease_expires_at=now + timedelta(seconds=ttl_s),
             attempts=row.attempts + 1,
             wait_reason=None,
+            wait_kind=None,
             # An order that was waiting for quota keeps when it started waiting, so that a run
             # that finds the week still spent can tell how long it has been (max_quota_wait_s).
             waiting_since=row.waiting_since if row.wait_reason else None,
@@ -590,12 +593,18 @@ class QueueStore(SpendStore):
         item: dict[str, Any],
         *,
         actor: str,
+        expected: Collection[Status],
         resume: bool = True,
         now: datetime | None = None,
     ) -> WorkOrder:
-        """Leave a message for the run; a run parked waiting for the requester is requeued."""
+        """Leave a message for the run; a run parked waiting for the requester is requeued.
+        OrderMoved (nothing left) if the order is no longer in one of the `expected` states,
+        checked under the row lock: a reply read while the run was going must not land on an
+        order that has finished since."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
+            if Status(row.status) not in expected:
+                raise OrderMoved(format_order_id(row.id or 0), row.status)
             inbox = [*list(row.inbox or []), item]
             if resume and row.status == Status.WAITING_FOR_REQUESTER.value:
                 await self._move(

@@ -1,8 +1,8 @@
 """The `transitions` table: one narrow row per order state change, written by `Store._move`
 next to the change's audit event, and how long an order waited for its team's quota.
 
-A quota wait is known from the order row: `wait_reason` says the team's week is spent (set by
-the claim when it holds the order back, or by the agent when a run stops for quota) and
+A quota wait is known from the order row: `wait_kind` is quota (set by the claim when it holds
+the order back, or by the agent when a run stops for quota) and
 `waiting_since` when the waiting began. The wait ends when the order leaves the queue (started,
 cancelled, or in exception after waiting too long); that move's row carries the seconds waited
 since the later of `waiting_since` and the order's last entry into the queue (`waiting_since` is
@@ -17,16 +17,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.models import Transition, WorkOrderRow
-from workers.states import SELF_APPROVED
+from workers.states import SELF_APPROVED, WaitKind
 from workers.workorder import Status
-
-# How the two places that hold an order back for quota word its wait_reason: the claim
-# (workers.progress.HeldBack.describe) and a run stopped by the team's quota (workers.budget).
-QUOTA_WAIT_REASONS = ("waiting for team quota", "the team's weekly quota is spent")
-
-
-def waiting_for_quota(wait_reason: str | None) -> bool:
-    return wait_reason is not None and wait_reason.startswith(QUOTA_WAIT_REASONS)
 
 
 async def record_transition(
@@ -54,7 +46,7 @@ async def record_transition(
     ).first()
     quota_wait_s = None
     since = before.get("waiting_since")
-    if source is Status.QUEUED and since is not None and waiting_for_quota(before["wait_reason"]):
+    if source is Status.QUEUED and since is not None and before["wait_kind"] == WaitKind.QUOTA:
         start = max(_utc(since), _utc(entered)) if entered is not None else _utc(since)
         quota_wait_s = max(0.0, (_utc(at) - start).total_seconds())
     # The column qualifies a move: an exception's kind, or a self-approval (counted apart).

@@ -17,6 +17,9 @@ from workers.tools.base import (
 
 MAX_QUESTION_CHARS = 2_000
 MAX_DELIVERABLE_CHARS = 200_000
+# The summary is shown in the review prompt next to its buttons; the content carries the rest.
+MAX_SUMMARY_CHARS = 1_000
+SUMMARY_CUT_MARKER = f" … (summary cut at {MAX_SUMMARY_CHARS:,} characters)"
 MAX_THREAD_CHARS = 30_000
 
 
@@ -84,7 +87,8 @@ class SubmitDeliverable:
         description=(
             "Hand in the finished deliverable. `content` is the deliverable itself in the form "
             "the work order asks for (markdown is fine); `summary` says in one or two sentences "
-            "what it is and how it meets the acceptance criteria. This ends the run."
+            f"(at most {MAX_SUMMARY_CHARS} characters) what it is and how it meets the acceptance "
+            "criteria. This ends the run."
         ),
         input_schema=object_schema(
             {
@@ -109,8 +113,17 @@ class SubmitDeliverable:
             ctx.order.id,
             tool_use_id=ctx.tool_use_id,
             content=content,
-            summary=(summary or "").strip(),
+            summary=_summary(summary or ""),
             attempt_id=ctx.attempt_id,
             actor="agent",
         )
         return ToolResult("Deliverable submitted.", finish=True)
+
+
+def _summary(text: str) -> str:
+    """The model's summary within MAX_SUMMARY_CHARS: cut rather than refused, because the work
+    is done and a long summary is no reason to spend another model call."""
+    text = text.strip()
+    if len(text) <= MAX_SUMMARY_CHARS:
+        return text
+    return text[: MAX_SUMMARY_CHARS - len(SUMMARY_CUT_MARKER)].rstrip() + SUMMARY_CUT_MARKER
