@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -25,6 +26,7 @@ from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from bot.token_watch import SlackTokenWatch
 from workers import metric_days
+from workers.audit_checkpoint import append_checkpoint
 from workers.chart import render_chart
 from workers.config import Settings
 from workers.digest import DigestScheduler
@@ -52,6 +54,40 @@ def missing_slack_credentials(settings: Settings) -> str:
             "SLACK_SIGNING_SECRET is not set (needed in HTTP mode; or set SLACK_APP_TOKEN for Socket Mode)"
         )
     return "; ".join(missing)
+
+
+def add_audit_checkpoints(scheduler: AsyncIOScheduler, settings: Settings, store: Store) -> None:
+    """With `audit.checkpoint_path` set: a signed checkpoint of the audit trail at start, then
+    every `audit.checkpoint_interval_s`, so a rollback of the database shows against it."""
+    path = settings.audit.checkpoint_path
+    if path is None:
+        return
+    scheduler.add_job(
+        write_audit_checkpoint,
+        "interval",
+        args=(store, path),
+        seconds=settings.audit.checkpoint_interval_s,
+        id="audit-checkpoint",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+
+
+async def write_audit_checkpoint(store: Store, path: Path) -> None:
+    try:
+        checkpoint = await store.audit_checkpoint()
+        written = append_checkpoint(path, checkpoint)
+    except OSError as exc:
+        # Not fatal: the bot keeps serving; the next run tries again.
+        log.error("could not write the audit checkpoint to %s: %s", path, exc.strerror or exc)
+        return
+    log.info(
+        "audit checkpoint: %d chains, %d events, appended to %s",
+        checkpoint.chains,
+        checkpoint.events,
+        written,
+    )
 
 
 def _stop_event() -> asyncio.Event:
@@ -170,6 +206,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+    add_audit_checkpoints(scheduler, settings, store)
     if settings.digests:
         # Every minute, and once at start so that a digest missed while down is caught up.
         digests = DigestScheduler(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from workers.audit import (
     render_json,
     render_markdown,
 )
+from workers.config import Settings
 from workers.store import Store
 from workers.workorder import Status
 
@@ -255,3 +257,151 @@ async def test_delegate_audit_verify_recomputes_what_the_chain_recorded_of_a_run
         f"BROKEN chain {order.id}: event #{event.id} (seq {event.seq}) names {what} {victim}, "
         f"whose {altered} was altered"
     ) in out, out
+
+
+# Rollback: the heads and the total live in the database they protect, so whoever writes it can
+# put back rows saved earlier. A signed checkpoint kept outside the database fixes a floor.
+
+CHECKPOINT_KEY = "a-checkpoint-key-of-32-characters"
+
+
+async def _keyed_store(database: Database) -> Store:
+    return Store(database.engine(), audit_key=AuditKey(CHECKPOINT_KEY.encode()))
+
+
+async def _saved_row(store: Store, chain: str) -> dict[str, object]:
+    async with store.engine.begin() as conn:
+        row = (
+            await conn.execute(text("SELECT * FROM audit_heads WHERE chain = :c"), {"c": chain})
+        ).one()
+    return dict(row._mapping)
+
+
+async def _put_back(store: Store, row: dict[str, object]) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_heads WHERE chain = :chain"), row)
+        await conn.execute(
+            text(
+                "INSERT INTO audit_heads (chain, count, last_hash, mac) "
+                "VALUES (:chain, :count, :last_hash, :mac)"
+            ),
+            row,
+        )
+
+
+async def test_rolling_a_chain_back_to_an_old_head_is_caught_by_the_checkpoint(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    victim = await _order_with_history(store)
+    old_head = await _saved_row(store, victim)  # 4 events
+    await store.audit(victim, actor="worker-1", kind="note", data={"step": "paid the vendor"})
+    await store.audit(victim, actor="worker-1", kind="note", data={"step": "sent the money"})
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0 and "2 chains, 10 events" in out, out + err
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE chain = :c AND seq > 4"), {"c": victim})
+    await _put_back(store, old_head)
+    await store.close()
+
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "OK" in out, out  # the gap the checkpoint closes
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 1, out
+    assert f"BROKEN chain {victim}: seq 5 is missing: rolled back below the checkpoint of " in out
+    assert "which anchored 6 events" in out
+
+
+async def test_erasing_a_whole_order_with_the_old_total_is_caught_by_the_checkpoint(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    old_total = await _saved_row(store, "*")  # counts one chain
+    victim = await _order_with_history(store)
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE chain = :c"), {"c": victim})
+        await conn.execute(text("DELETE FROM audit_heads WHERE chain = :c"), {"c": victim})
+        await conn.execute(text("DELETE FROM transitions WHERE order_id = 2"))
+        await conn.execute(text("DELETE FROM work_orders WHERE id = 2"))
+    await _put_back(store, old_total)
+    await store.close()
+
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "OK" in out, out  # the gap the checkpoint closes
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 1, out
+    assert (
+        f"BROKEN chain {victim}: seq 1 is missing: the whole trail is gone, the checkpoint of "
+    ) in out and "anchored 4 events" in out
+    assert "fewer than the 8 the checkpoint of" in out
+
+
+async def test_a_checkpoint_edited_by_hand_is_refused(database: Database, tmp_path: Path) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    await store.close()
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+    doc = json.loads(checkpoints.read_text())
+    doc["events"] = 1
+    checkpoints.write_text(checkpoints.read_text() + json.dumps(doc) + "\n")
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 1
+    assert (
+        f"BROKEN checkpoint: the last checkpoint in {checkpoints} (line 2) was altered, or was not "
+        "signed with this audit key"
+    ) in out
+
+
+async def test_a_trail_that_grew_since_the_checkpoint_is_consistent_with_it(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    first = await _order_with_history(store)
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+    at = json.loads(checkpoints.read_text())["at"]
+    await store.audit(first, actor="worker-1", kind="note", data={"step": "more work"})
+    await _order_with_history(store)
+    await store.close()
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert f"OK: 2 chains, 9 events verified, consistent with checkpoint of {at}." in out
+
+
+async def test_delegate_run_writes_a_checkpoint_when_a_path_is_set(
+    database: Database, tmp_path: Path, settings_factory: Callable[..., Settings]
+) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from bot.runner import add_audit_checkpoints
+
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    add_audit_checkpoints(scheduler, settings_factory(), store)
+    assert scheduler.get_jobs() == []  # off unless configured
+    settings = settings_factory(audit={"checkpoint_path": str(tmp_path)})
+    add_audit_checkpoints(scheduler, settings, store)
+    [job] = scheduler.get_jobs()
+    assert job.trigger.interval.total_seconds() == 3600
+    await job.func(*job.args)
+    await store.close()
+    [line] = (tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()
+    assert json.loads(line)["events"] == 4
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 0 and "consistent with checkpoint of" in out, out
