@@ -411,7 +411,7 @@ async def _audit_verify(store: Store, checkpoint_path: Path | None) -> int:
     if breaks:
         for broken in breaks:
             print(f"BROKEN {broken}")
-        print(f"{len(breaks)} problems in {chains} chains ({checked} events checked).")
+        print(f"{len(breaks)} of {chains} chains broken ({checked} events checked).")
         return EXIT_FAILED
     consistent = "" if checkpoint is None else f", consistent with checkpoint of {checkpoint.at}"
     print(f"OK: {chains} chains, {checked} events verified{consistent}.")

@@ -405,3 +405,15 @@ async def test_delegate_run_writes_a_checkpoint_when_a_path_is_set(
     env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
     code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
     assert code == 0 and "consistent with checkpoint of" in out, out
+
+
+async def test_checkpoint_commands_explain_a_missing_path_or_file(tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}", DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    code, _, err = await delegate("audit", "checkpoint", env=env, cwd=tmp_path)
+    assert code == 2 and "--to PATH, or set audit.checkpoint_path" in err
+    missing = tmp_path / "nowhere.jsonl"
+    code, out, err = await delegate("audit", "verify", "--checkpoint", str(missing), env=env, cwd=tmp_path)
+    assert code == 1 and f"BROKEN checkpoint: cannot read {missing}" in out and "Traceback" not in err
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(tmp_path / "no" / "dir.jsonl"), env=env, cwd=tmp_path)
+    assert code == 1 and "cannot write" in err and "Traceback" not in err
