@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.fakes.anthropic import Reply
+from tests.fakes.slack import FakeSlack
 from tests.support.cli import cli_env, delegate
 from tests.support.databases import Database
 from tests.support.engine import Harness
@@ -382,20 +383,29 @@ async def test_a_trail_that_grew_since_the_checkpoint_is_consistent_with_it(
     assert f"OK: 2 chains, 9 events verified, consistent with checkpoint of {at}." in out
 
 
-async def test_delegate_run_writes_a_checkpoint_when_a_path_is_set(
-    database: Database, tmp_path: Path, settings_factory: Callable[..., Settings]
+async def test_delegate_run_writes_and_posts_a_checkpoint_when_configured(
+    database: Database,
+    tmp_path: Path,
+    settings_factory: Callable[..., Settings],
+    fake_slack: FakeSlack,
 ) -> None:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from bot.runner import add_audit_checkpoints
+    from bot.slack_client import make_slack_client
 
     store = await _keyed_store(database)
     await _order_with_history(store)
     scheduler = AsyncIOScheduler(timezone="UTC")
-    add_audit_checkpoints(scheduler, settings_factory(), store)
+    settings = settings_factory(slack_api_url=fake_slack.api_url)
+    client = make_slack_client(settings)
+    add_audit_checkpoints(scheduler, settings, store, client)
     assert scheduler.get_jobs() == []  # off unless configured
-    settings = settings_factory(audit={"checkpoint_path": str(tmp_path)})
-    add_audit_checkpoints(scheduler, settings, store)
+    settings = settings_factory(
+        slack_api_url=fake_slack.api_url,
+        audit={"checkpoint_path": str(tmp_path), "checkpoint_channel": "C0AUDIT"},
+    )
+    add_audit_checkpoints(scheduler, settings, store, client)
     [job] = scheduler.get_jobs()
     assert job.trigger.interval.total_seconds() == 3600
     await job.func(*job.args)
@@ -405,6 +415,10 @@ async def test_delegate_run_writes_a_checkpoint_when_a_path_is_set(
     env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
     code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
     assert code == 0 and "consistent with checkpoint of" in out, out
+    # The channel gets the same line, to be saved to a file and verified against.
+    posted = fake_slack.last_call("chat.postMessage").args
+    assert posted["channel"] == "C0AUDIT" and "1 chains, 4 events" in posted["text"]
+    assert posted["text"].split("```")[1] == line
 
 
 async def test_checkpoint_commands_explain_a_missing_path_or_file(tmp_path: Path) -> None:

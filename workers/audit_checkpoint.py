@@ -66,10 +66,9 @@ def checkpoint_file(path: Path) -> Path:
     return path / CHECKPOINT_FILE if path.is_dir() else path
 
 
-def append_checkpoint(path: Path, checkpoint: Checkpoint) -> Path:
-    """Append one JSON line to `path` (or to CHECKPOINT_FILE inside it); return the file."""
-    target = checkpoint_file(path)
-    line = canonical_json(
+def checkpoint_line(checkpoint: Checkpoint) -> str:
+    """The checkpoint as the one JSON line `latest_checkpoint` reads back."""
+    return canonical_json(
         {
             "at": checkpoint.at,
             "chains": checkpoint.chains,
@@ -80,8 +79,13 @@ def append_checkpoint(path: Path, checkpoint: Checkpoint) -> Path:
             "heads": {c: list(h) for c, h in checkpoint.heads.items()},
         }
     )
+
+
+def append_checkpoint(path: Path, checkpoint: Checkpoint) -> Path:
+    """Append one JSON line to `path` (or to CHECKPOINT_FILE inside it); return the file."""
+    target = checkpoint_file(path)
     with target.open("a", encoding="utf-8") as out:
-        out.write(line + "\n")
+        out.write(checkpoint_line(checkpoint) + "\n")
     return target
 
 

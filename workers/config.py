@@ -255,6 +255,10 @@ class AuditSettings(_Strict):
         description="where `delegate run` appends signed audit checkpoints (a file, or a "
         "directory for audit-checkpoints.jsonl); somewhere the database's writer cannot write",
     )
+    checkpoint_channel: str | None = Field(
+        default=None,
+        description="a Slack channel id `delegate run` also posts each checkpoint to",
+    )
     checkpoint_interval_s: float = Field(
         default=3600, gt=0, description="how often `delegate run` writes a checkpoint"
     )
