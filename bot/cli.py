@@ -12,13 +12,17 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from workers import logs
 from workers.config import Settings, load_settings
 from workers.db import DATABASE_ERRORS, redact_error, redact_url
 from workers.errors import ConfigError, DatabaseUnavailable, NotFound, SetupError
+
+if TYPE_CHECKING:
+    from workers.store import Store
 
 log = logging.getLogger("delegate")
 
@@ -92,15 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     audit = _command(
         sub,
         "audit",
-        "print an order's audit trail, or verify every chain",
+        "print an order's audit trail, verify every chain, or write a signed checkpoint",
         "`delegate audit WO-42 [--format md|json]` prints a trail; "
-        "`delegate audit verify` checks every chain and names the first broken event.",
+        "`delegate audit verify [--checkpoint PATH]` checks every chain and names the first "
+        "broken event (and, with a checkpoint, any chain rolled back below it); "
+        "`delegate audit checkpoint [--to PATH]` appends a signed checkpoint to PATH "
+        "(default: audit.checkpoint_path).",
     )
     audit.add_argument(
-        "target", metavar="WO-42|verify", help="an order (WO-42, wo-42 or 42), or `verify`"
+        "target",
+        metavar="WO-42|verify|checkpoint",
+        help="an order (WO-42, wo-42 or 42), `verify` or `checkpoint`",
     )
     audit.add_argument(
         "--format", choices=["md", "json"], default="md", help="Markdown or JSON (default md)"
+    )
+    audit.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="verify: also check the trail against the latest checkpoint in PATH",
+    )
+    audit.add_argument(
+        "--to",
+        type=Path,
+        metavar="PATH",
+        help="checkpoint: the file (or directory) to append to (default: audit.checkpoint_path)",
     )
 
     console = _command(
@@ -349,15 +370,9 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     store = Store.for_settings(settings)
     try:
         if args.target == "verify":
-            checked, breaks = await store.verify_audit()
-            chains = len(await store.audit_chains())
-            if breaks:
-                for broken in breaks:
-                    print(f"BROKEN {broken}")
-                print(f"{len(breaks)} of {chains} chains broken ({checked} events checked).")
-                return EXIT_FAILED
-            print(f"OK: {chains} chains, {checked} events verified.")
-            return EXIT_OK
+            return await _audit_verify(store, args.checkpoint)
+        if args.target == "checkpoint":
+            return await _audit_checkpoint(store, args.to or settings.audit.checkpoint_path)
         if args.target == SYSTEM_CHAIN:
             chain = SYSTEM_CHAIN
         else:
@@ -377,6 +392,55 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await store.close()
+
+
+async def _audit_verify(store: Store, checkpoint_path: Path | None) -> int:
+    from workers.audit_checkpoint import CheckpointError, latest_checkpoint
+
+    checkpoint = None
+    if checkpoint_path is not None:
+        try:
+            checkpoint = latest_checkpoint(checkpoint_path, key=store.audit_key)
+        except CheckpointError as exc:
+            print(f"BROKEN checkpoint: {exc}")
+            return EXIT_FAILED
+    checked, breaks = await store.verify_audit()
+    chains = len(await store.audit_chains())
+    if checkpoint is not None:
+        breaks += await store.below_checkpoint(checkpoint)
+    if breaks:
+        for broken in breaks:
+            print(f"BROKEN {broken}")
+        print(f"{len(breaks)} of {chains} chains broken ({checked} events checked).")
+        return EXIT_FAILED
+    consistent = "" if checkpoint is None else f", consistent with checkpoint of {checkpoint.at}"
+    print(f"OK: {chains} chains, {checked} events verified{consistent}.")
+    return EXIT_OK
+
+
+async def _audit_checkpoint(store: Store, path: Path | None) -> int:
+    from workers.audit_checkpoint import append_checkpoint
+
+    if path is None:
+        print("delegate: say where: --to PATH, or set audit.checkpoint_path", file=sys.stderr)
+        return EXIT_USAGE
+    checkpoint = await store.audit_checkpoint()
+    try:
+        written = append_checkpoint(path, checkpoint)
+    except OSError as exc:
+        print(f"delegate: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not checkpoint.keyed:
+        print(
+            "delegate: warning: no audit key (DELEGATE_AUDIT_KEY) is set, so anyone can forge "
+            "this checkpoint",
+            file=sys.stderr,
+        )
+    print(
+        f"Checkpoint of {checkpoint.at}: {checkpoint.chains} chains, {checkpoint.events} events, "
+        f"appended to {written}."
+    )
+    return EXIT_OK
 
 
 def _stdin_line_reader() -> Callable[[], Awaitable[str]]:

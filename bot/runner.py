@@ -7,10 +7,13 @@ import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import create_app
 from bot.dedupe import recover_unhandled
@@ -25,6 +28,7 @@ from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from bot.token_watch import SlackTokenWatch
 from workers import metric_days
+from workers.audit_checkpoint import append_checkpoint, checkpoint_line
 from workers.chart import render_chart
 from workers.config import Settings
 from workers.digest import DigestScheduler
@@ -52,6 +56,54 @@ def missing_slack_credentials(settings: Settings) -> str:
             "SLACK_SIGNING_SECRET is not set (needed in HTTP mode; or set SLACK_APP_TOKEN for Socket Mode)"
         )
     return "; ".join(missing)
+
+
+def add_audit_checkpoints(
+    scheduler: AsyncIOScheduler, settings: Settings, store: Store, client: AsyncWebClient
+) -> None:
+    """With `audit.checkpoint_path` or `audit.checkpoint_channel` set: a signed checkpoint of
+    the audit trail at start, then every `audit.checkpoint_interval_s`, so that a rollback of
+    the database shows against it."""
+    audit = settings.audit
+    if audit.checkpoint_path is None and audit.checkpoint_channel is None:
+        return
+    scheduler.add_job(
+        write_audit_checkpoint,
+        "interval",
+        args=(store, audit.checkpoint_path, client, audit.checkpoint_channel),
+        seconds=audit.checkpoint_interval_s,
+        id="audit-checkpoint",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+
+
+async def write_audit_checkpoint(
+    store: Store, path: Path | None, client: AsyncWebClient, channel: str | None
+) -> None:
+    # A failure is logged, not fatal: the bot keeps serving and the next run tries again.
+    checkpoint = await store.audit_checkpoint()
+    summary = f"{checkpoint.chains} chains, {checkpoint.events} events"
+    if path is not None:
+        try:
+            written = append_checkpoint(path, checkpoint)
+        except OSError as exc:
+            log.error("could not write the audit checkpoint to %s: %s", path, exc.strerror or exc)
+        else:
+            log.info("audit checkpoint: %s, appended to %s", summary, written)
+    if channel is not None:
+        try:
+            await client.chat_postMessage(
+                channel=channel,
+                text=f"Audit checkpoint of {checkpoint.at}: {summary}. To verify against it, "
+                "save the line below to a file and run `delegate audit verify --checkpoint "
+                f"FILE`.\n```{checkpoint_line(checkpoint)}```",
+            )
+        except SlackApiError as exc:
+            log.error(
+                "could not post the audit checkpoint to %s: %s", channel, exc.response.get("error")
+            )
 
 
 def _stop_event() -> asyncio.Event:
@@ -170,6 +222,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+    add_audit_checkpoints(scheduler, settings, store, client)
     if settings.digests:
         # Every minute, and once at start so that a digest missed while down is caught up.
         digests = DigestScheduler(

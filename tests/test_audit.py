@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from tests.fakes.anthropic import Reply
+from tests.fakes.slack import FakeSlack
 from tests.support.cli import cli_env, delegate
 from tests.support.databases import Database
 from tests.support.engine import Harness
@@ -24,6 +26,7 @@ from workers.audit import (
     render_json,
     render_markdown,
 )
+from workers.config import Settings
 from workers.store import Store
 from workers.workorder import Status
 
@@ -255,3 +258,176 @@ async def test_delegate_audit_verify_recomputes_what_the_chain_recorded_of_a_run
         f"BROKEN chain {order.id}: event #{event.id} (seq {event.seq}) names {what} {victim}, "
         f"whose {altered} was altered"
     ) in out, out
+
+
+# Rollback: the heads and the total live in the database they protect, so whoever writes it can
+# put back rows saved earlier. A signed checkpoint kept outside the database fixes a floor.
+
+CHECKPOINT_KEY = "a-checkpoint-key-of-32-characters"
+
+
+async def _keyed_store(database: Database) -> Store:
+    return Store(database.engine(), audit_key=AuditKey(CHECKPOINT_KEY.encode()))
+
+
+async def _saved_row(store: Store, chain: str) -> dict[str, object]:
+    async with store.engine.begin() as conn:
+        row = (
+            await conn.execute(text("SELECT * FROM audit_heads WHERE chain = :c"), {"c": chain})
+        ).one()
+    return dict(row._mapping)
+
+
+async def _put_back(store: Store, row: dict[str, object]) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_heads WHERE chain = :chain"), row)
+        await conn.execute(
+            text(
+                "INSERT INTO audit_heads (chain, count, last_hash, mac) "
+                "VALUES (:chain, :count, :last_hash, :mac)"
+            ),
+            row,
+        )
+
+
+async def test_rolling_a_chain_back_to_an_old_head_is_caught_by_the_checkpoint(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    victim = await _order_with_history(store)
+    old_head = await _saved_row(store, victim)  # 4 events
+    await store.audit(victim, actor="worker-1", kind="note", data={"step": "paid the vendor"})
+    await store.audit(victim, actor="worker-1", kind="note", data={"step": "sent the money"})
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0 and "2 chains, 10 events" in out, out + err
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE chain = :c AND seq > 4"), {"c": victim})
+    await _put_back(store, old_head)
+    await store.close()
+
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "OK" in out, out  # the gap the checkpoint closes
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 1, out
+    assert f"BROKEN chain {victim}: seq 5 is missing: rolled back below the checkpoint of " in out
+    assert "which anchored 6 events" in out
+
+
+async def test_erasing_a_whole_order_with_the_old_total_is_caught_by_the_checkpoint(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    old_total = await _saved_row(store, "*")  # counts one chain
+    victim = await _order_with_history(store)
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events WHERE chain = :c"), {"c": victim})
+        await conn.execute(text("DELETE FROM audit_heads WHERE chain = :c"), {"c": victim})
+        await conn.execute(text("DELETE FROM transitions WHERE order_id = 2"))
+        await conn.execute(text("DELETE FROM work_orders WHERE id = 2"))
+    await _put_back(store, old_total)
+    await store.close()
+
+    code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
+    assert code == 0 and "OK" in out, out  # the gap the checkpoint closes
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 1, out
+    assert (
+        f"BROKEN chain {victim}: seq 1 is missing: the whole trail is gone, the checkpoint of "
+    ) in out and "anchored 4 events" in out
+    assert "fewer than the 8 the checkpoint of" in out
+
+
+async def test_a_checkpoint_edited_by_hand_is_refused(database: Database, tmp_path: Path) -> None:
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    await store.close()
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+    doc = json.loads(checkpoints.read_text())
+    doc["events"] = 1
+    checkpoints.write_text(checkpoints.read_text() + json.dumps(doc) + "\n")
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 1
+    assert (
+        f"BROKEN checkpoint: the last checkpoint in {checkpoints} (line 2) was altered, or was not "
+        "signed with this audit key"
+    ) in out
+
+
+async def test_a_trail_that_grew_since_the_checkpoint_is_consistent_with_it(
+    database: Database, tmp_path: Path
+) -> None:
+    store = await _keyed_store(database)
+    first = await _order_with_history(store)
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    checkpoints = tmp_path / "checkpoints.jsonl"
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out + err
+    at = json.loads(checkpoints.read_text())["at"]
+    await store.audit(first, actor="worker-1", kind="note", data={"step": "more work"})
+    await _order_with_history(store)
+    await store.close()
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert f"OK: 2 chains, 9 events verified, consistent with checkpoint of {at}." in out
+
+
+async def test_delegate_run_writes_and_posts_a_checkpoint_when_configured(
+    database: Database,
+    tmp_path: Path,
+    settings_factory: Callable[..., Settings],
+    fake_slack: FakeSlack,
+) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from bot.runner import add_audit_checkpoints
+    from bot.slack_client import make_slack_client
+
+    store = await _keyed_store(database)
+    await _order_with_history(store)
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    settings = settings_factory(slack_api_url=fake_slack.api_url)
+    client = make_slack_client(settings)
+    add_audit_checkpoints(scheduler, settings, store, client)
+    assert scheduler.get_jobs() == []  # off unless configured
+    settings = settings_factory(
+        slack_api_url=fake_slack.api_url,
+        audit={"checkpoint_path": str(tmp_path), "checkpoint_channel": "C0AUDIT"},
+    )
+    add_audit_checkpoints(scheduler, settings, store, client)
+    [job] = scheduler.get_jobs()
+    assert job.trigger.interval.total_seconds() == 3600
+    await job.func(*job.args)
+    await store.close()
+    [line] = (tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()
+    assert json.loads(line)["events"] == 4
+    env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    code, out, _ = await delegate("audit", "verify", "--checkpoint", str(tmp_path), env=env, cwd=tmp_path)
+    assert code == 0 and "consistent with checkpoint of" in out, out
+    # The channel gets the same line, to be saved to a file and verified against.
+    posted = fake_slack.last_call("chat.postMessage").args
+    assert posted["channel"] == "C0AUDIT" and "1 chains, 4 events" in posted["text"]
+    assert posted["text"].split("```")[1] == line
+
+
+async def test_checkpoint_commands_explain_a_missing_path_or_file(tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}", DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
+    await delegate("db", "upgrade", env=env, cwd=tmp_path)
+    code, _, err = await delegate("audit", "checkpoint", env=env, cwd=tmp_path)
+    assert code == 2 and "--to PATH, or set audit.checkpoint_path" in err
+    missing = tmp_path / "nowhere.jsonl"
+    code, out, err = await delegate("audit", "verify", "--checkpoint", str(missing), env=env, cwd=tmp_path)
+    assert code == 1 and f"BROKEN checkpoint: cannot read {missing}" in out and "Traceback" not in err
+    code, out, err = await delegate("audit", "checkpoint", "--to", str(tmp_path / "no" / "dir.jsonl"), env=env, cwd=tmp_path)
+    assert code == 1 and "cannot write" in err and "Traceback" not in err

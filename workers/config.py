@@ -249,6 +249,21 @@ class ToolSettings(_Strict):
     web_fetch: WebFetchSettings = Field(default_factory=WebFetchSettings)
 
 
+class AuditSettings(_Strict):
+    checkpoint_path: Path | None = Field(
+        default=None,
+        description="where `delegate run` appends signed audit checkpoints (a file, or a "
+        "directory for audit-checkpoints.jsonl); somewhere the database's writer cannot write",
+    )
+    checkpoint_channel: str | None = Field(
+        default=None,
+        description="a Slack channel id `delegate run` also posts each checkpoint to",
+    )
+    checkpoint_interval_s: float = Field(
+        default=3600, gt=0, description="how often `delegate run` writes a checkpoint"
+    )
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Shipped defaults.yaml, with the file named by DELEGATE_CONFIG merged over it."""
 
@@ -368,6 +383,7 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

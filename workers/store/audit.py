@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from workers.audit import (
@@ -17,6 +18,7 @@ from workers.audit import (
     verify_chain,
     verify_total,
 )
+from workers.audit_checkpoint import Checkpoint, below_checkpoint, make_checkpoint
 from workers.models import AuditEvent, AuditHead, Deliverable, LlmCall, ToolCall, WorkOrderRow
 from workers.store.base import StoreBase, _record
 from workers.workorder import format_order_id, parse_order_id
@@ -74,6 +76,34 @@ class AuditStore(StoreBase):
         if problem:
             breaks.append(ChainBreak(ALL_CHAINS, None, 0, problem))
         return checked, breaks
+
+    async def audit_checkpoint(self) -> Checkpoint:
+        """A signed checkpoint of every chain's last event as the events table has it now."""
+        last = (
+            select(AuditEvent.chain, func.max(AuditEvent.seq).label("seq"))
+            .group_by(col(AuditEvent.chain))
+            .subquery()
+        )
+        query = select(AuditEvent.chain, AuditEvent.seq, AuditEvent.hash).join(
+            last, (col(AuditEvent.chain) == last.c.chain) & (col(AuditEvent.seq) == last.c.seq)
+        )
+        async with self._sessions() as s:
+            heads = {chain: (seq, digest) for chain, seq, digest in (await s.exec(query)).all()}
+            events = (await s.exec(select(func.count()).select_from(AuditEvent))).one()
+        return make_checkpoint(heads, events, key=self.audit_key)
+
+    async def below_checkpoint(self, checkpoint: Checkpoint) -> list[ChainBreak]:
+        """Each chain the checkpoint anchored that has since lost events or been rewritten,
+        and the whole trail if it holds fewer events than the checkpoint counted."""
+        trails: dict[str, dict[int, str]] = {}
+        async with self._sessions() as s:
+            for chain, (seq, _) in checkpoint.heads.items():
+                query = select(AuditEvent.seq, AuditEvent.hash).where(
+                    AuditEvent.chain == chain, col(AuditEvent.seq) <= seq
+                )
+                trails[chain] = dict((await s.exec(query)).all())
+            events = (await s.exec(select(func.count()).select_from(AuditEvent))).one()
+        return below_checkpoint(checkpoint, trails, events)
 
     async def _altered_rows(self, records: list[ChainRecord]) -> ChainBreak | None:
         """The first event naming a deliverable, tool call or model call whose row no longer
