@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The layers of `workers`, lowest first (keep in step with docs/ARCHITECTURE.md).
 LAYERS: dict[str, list[str]] = {
     "domain": [
-        "workorder", "errors", "states", "keys", "audit", "untrusted", "logs", "models",
+        "workorder", "errors", "states", "keys", "audit", "audit_checkpoint", "untrusted", "logs",
+        "models",
         "config", "secret_files", "db", "permissions", "budget", "progress", "providers.base",
     ],
     "storage": ["migrate", "store", "sweeps"],

@@ -266,7 +266,11 @@ async def test_slack_saying_the_app_lost_its_token_turns_red_with_one_error(
         fake_slack.tokens = set()  # as Slack does when it sends these events
         status, _ = await sender.event(event)
         assert status == 200
-        body = await _health_until(proc, port, lambda status, _: status == 503, log)
+        # The process flips its own token state, then records the refusal for every process:
+        # wait until /healthz shows both.
+        body = await _health_until(
+            proc, port, lambda status, body: status == 503 and body["slack"] != "ok", log
+        )
         assert body["slack_token"].startswith(f"refused ({event['type']})"), body
         assert body["slack"].startswith("token refused ("), body
         await _health_until(
