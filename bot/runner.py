@@ -70,7 +70,7 @@ def add_audit_checkpoints(
     scheduler.add_job(
         write_audit_checkpoint,
         "interval",
-        args=(store, audit.checkpoint_path, client, audit.checkpoint_channel),
+        args=(store, audit.checkpoint_path, client, audit.checkpoint_channel, {}),
         seconds=audit.checkpoint_interval_s,
         id="audit-checkpoint",
         max_instances=1,
@@ -80,10 +80,20 @@ def add_audit_checkpoints(
 
 
 async def write_audit_checkpoint(
-    store: Store, path: Path | None, client: AsyncWebClient, channel: str | None
+    store: Store,
+    path: Path | None,
+    client: AsyncWebClient,
+    channel: str | None,
+    last: dict[str, str],
 ) -> None:
+    """`last` remembers the heads' digest this process last wrote: an unchanged trail is not
+    written again, since every line lists every chain's head and a quiet install's file would
+    otherwise grow by all of them each hour for nothing."""
     # A failure is logged, not fatal: the bot keeps serving and the next run tries again.
     checkpoint = await store.audit_checkpoint()
+    if last.get("digest") == checkpoint.digest:
+        return
+    last["digest"] = checkpoint.digest
     summary = f"{checkpoint.chains} chains, {checkpoint.events} events"
     if path is not None:
         try:

@@ -419,6 +419,19 @@ async def test_delegate_run_writes_and_posts_a_checkpoint_when_configured(
     posted = fake_slack.last_call("chat.postMessage").args
     assert posted["channel"] == "C0AUDIT" and "1 chains, 4 events" in posted["text"]
     assert posted["text"].split("```")[1] == line
+    # An unchanged trail is not written or posted again; a grown one is.
+    posts = len(fake_slack.calls_to("chat.postMessage"))
+    store = await _keyed_store(database)
+    try:
+        await job.func(store, *job.args[1:])
+        assert len((tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()) == 1
+        assert len(fake_slack.calls_to("chat.postMessage")) == posts
+        await _order_with_history(store)
+        await job.func(store, *job.args[1:])
+        lines = (tmp_path / "audit-checkpoints.jsonl").read_text().splitlines()
+        assert [json.loads(x)["events"] for x in lines] == [4, 8]
+    finally:
+        await store.close()
 
 
 async def test_checkpoint_commands_explain_a_missing_path_or_file(tmp_path: Path) -> None:
