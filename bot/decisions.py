@@ -29,14 +29,13 @@ from bot.ids import (
     parse_review_value,
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
-from bot.mrkdwn import Mrkdwn
 from bot.reporter import SlackReporter
 from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
 from workers.config import Settings
 from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
-from workers.progress import Outbox, RunResult
+from workers.progress import RunResult
 from workers.review import (
     Decision,
     ExceptionAction,
@@ -69,9 +68,6 @@ class Decisions:
         self.client = client
         self.reporter = reporter
         self.conversations = conversations
-        # The decision is made and answered before its status shows: held up by Slack or by
-        # another process's post, the update is retried (the newest per order) until it lands.
-        self._statuses = Outbox(reporter, min_interval_s=0.0)
 
     # Reviewer decisions
 
@@ -209,12 +205,7 @@ class Decisions:
                     text=f"{order.id}: {line}",
                     blocks=blocks,
                 )
-        step = {
-            "approve": "Self-approved" if order.self_approved else "Approved",
-            "reject": "Rejected",
-            "changes": "Reworking with the reviewer's feedback",
-        }[decision]
-        await self._show_status(order, f"{step} (by {mention(user)})")
+        # The status message says it too: written with the decision, sent by the deliverer.
         await self.conversations.show_card(order)
 
     # Exceptions
@@ -248,16 +239,7 @@ class Decisions:
             "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
             "cancel": f"Cancelled by {mention(user)}.",
         }
-        await self._show_status(updated, words[action])
         return updated, words[action]
-
-    # The status message
-
-    async def _show_status(self, order: WorkOrder, step: str) -> None:
-        assert order.id
-        self._statuses.start()
-        # Composed here from validated ids and our own words: its mentions stay live.
-        await self._statuses.status(order, Mrkdwn(step), await self.store.spend(order.id))
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:

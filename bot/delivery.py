@@ -104,7 +104,10 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self, stop: asyncio.Event) -> asyncio.Task[None]:
+        # Whatever this process's transactions write goes out now, not at the next poll.
+        unsubscribe = self.store.on_outbox(self.kick)
         self._task = asyncio.create_task(self.run(stop), name="outbox-deliverer")
+        self._task.add_done_callback(lambda _: unsubscribe())
         return self._task
 
     def kick(self) -> None:
@@ -184,7 +187,7 @@ class Deliverer:
             log.warning("outbox delivery failed (%s); will retry", type(exc).__name__, extra=extra)
             await self._retry(message, f"{type(exc).__name__}: {exc}")
         else:
-            await self.store.outbox_sent(message.id)
+            await self.store.outbox_sent(message.id, self.owner)
 
     async def _retry(self, message: OutboxMessage, error: str, *, at_least_s: float = 0) -> None:
         assert message.id is not None

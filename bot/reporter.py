@@ -40,7 +40,14 @@ from workers.errors import RetryLater
 from workers.keys import deliverable_of, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
-from workers.progress import DomainRequest, ExceptionKind, RunResult, Spend
+from workers.progress import (
+    DomainRequest,
+    ExceptionKind,
+    RunResult,
+    Spend,
+    StatusStep,
+    render_step,
+)
 from workers.review import decision_on
 from workers.states import ACTIVE, IN_FLIGHT
 from workers.store import Store
@@ -90,8 +97,13 @@ class SlackReporter:
     # ProgressReporter
 
     async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
-        # A step can carry a model's choice ("Reading <host>") or a tool's error: inert.
-        await self._show_status(order, untrusted(step), spend.describe())
+        # A step can carry a model's choice ("Reading <host>") or a tool's error: inert. Only
+        # the ids the engine put beside it (who acted, whom it waits for) become mentions.
+        if isinstance(step, StatusStep):
+            shown = render_step(untrusted(step.text), by=step.by, person=step.person, mention=mention)
+        else:
+            shown = untrusted(step)
+        await self._show_status(order, shown, spend.describe())
 
     async def waiting(self, order: WorkOrder, reason: str) -> None:
         await self._show_status(order, f"Waiting: {untrusted(reason)}", "")
@@ -244,12 +256,7 @@ class SlackReporter:
             await self._put_status(order, status_key(order.id), text, blocks)
         except SlackApiError as exc:
             _raise_retry_later(exc)
-            # The status is shown again with the next update; the run must not wait for it.
-            log.warning(
-                "could not update the status message: %s",
-                exc.response.get("error"),
-                extra={"order": order.id},
-            )
+            raise  # the deliverer keeps the status row and tries again (no run waits for it)
         self._changed(order)
 
     async def _put_status(self, order: WorkOrder, key: str, text: str, blocks: list[Block]) -> None:

@@ -35,7 +35,6 @@ from workers.digest import DigestScheduler
 from workers.errors import SetupError
 from workers.followup import FollowUps
 from workers.migrate import upgrade_when_reachable
-from workers.progress import LoggingReporter, ProgressReporter
 from workers.providers import ModelRouter
 from workers.runtime import Worker, run_worker
 from workers.store import Store
@@ -252,7 +251,6 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         run_worker(
             settings,
             concurrency=concurrency,
-            reporter=reporter,
             store=store,
             router=router,
             stop=stop,
@@ -297,7 +295,6 @@ async def run_workers_only(
     pending = await preflight(settings, socket_mode=False)
     store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
-    reporter: ProgressReporter = LoggingReporter()
     homes: HomeRefresher | None = None
     stop = _stop_event()
     models = Recheck.providers(settings, pending)
@@ -321,9 +318,12 @@ async def run_workers_only(
         slack = SlackReporter(store=store, client=client, home=homes)
         # Sends what any process owes a thread, including what a dead process left unsent.
         tasks.append(Deliverer(store, slack).start(stop))
-        reporter = slack
     else:
-        log.warning("SLACK_BOT_TOKEN is not set: progress goes to the log, not to Slack threads")
+        # The outbox is left to a process that can post: marking it sent here would lose it.
+        log.warning(
+            "SLACK_BOT_TOKEN is not set: progress goes to the log, and messages to people "
+            "wait in the outbox for a process with a Slack token"
+        )
     web_runner: web.AppRunner | None = None
     try:
         web_runner = await start_site(
@@ -333,7 +333,6 @@ async def run_workers_only(
         await run_worker(
             settings,
             concurrency=concurrency,
-            reporter=reporter,
             store=store,
             worker_id=worker_id,
             stop=stop,

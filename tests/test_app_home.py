@@ -249,7 +249,6 @@ async def pipe(
             run_worker(
                 bot.settings,
                 concurrency=2,
-                reporter=reporter,
                 store=store,
                 stop=stop,
                 handle_signals=False,

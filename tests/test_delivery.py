@@ -30,7 +30,7 @@ from workers.config import load_settings
 from workers.errors import RetryLater
 from workers.followup import FollowUps
 from workers.keys import exception_key, result_key, review_key, status_key
-from workers.progress import LoggingReporter, Spend
+from workers.progress import Spend
 from workers.review import decide
 from workers.runtime import run_worker
 from workers.store import OutboxItem, Store
@@ -185,9 +185,7 @@ async def test_a_revoked_token_turns_healthz_red_and_stops_claiming_until_it_wor
     fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "done", "summary": "ok"}))
     stop = asyncio.Event()
     worker = asyncio.create_task(
-        run_worker(
-            settings, reporter=LoggingReporter(), store=store, stop=stop, handle_signals=False
-        )
+        run_worker(settings, store=store, stop=stop, handle_signals=False)
     )
     try:
 

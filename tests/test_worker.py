@@ -12,7 +12,6 @@ from tests.support.engine import Harness
 from tests.support.records import attempts, llm_calls
 from tests.support.waiting import eventually
 from workers import queue
-from workers.progress import Outbox
 from workers.runtime import Worker, run_worker
 from workers.tools import ToolRegistry
 from workers.tools.base import ToolContext, ToolResult
@@ -26,7 +25,6 @@ async def running(h: Harness, *, concurrency: int = 2, worker_id: str = "w1") ->
         h.settings,
         h.store,
         h.router,
-        h.reporter,
         concurrency=concurrency,
         worker_id=worker_id,
         tools=h.tools,
@@ -135,6 +133,10 @@ async def test_a_queueing_that_rolls_back_does_not_wake_the_worker(harness: Harn
     assert woken == ["queued"]
 
 
+async def _attempt_ended(h: Harness, order_id: str) -> bool:
+    return all(a.ended_at is not None for a in await attempts(h.store, order_id))
+
+
 async def _is(h: Harness, order_id: str | None, status: Status) -> bool:
     return await status_of(h, order_id or "") == status
 
@@ -147,7 +149,9 @@ async def test_cancel_stops_a_running_order_within_seconds(harness: Harness) -> 
         await eventually(lambda: len(h.anthropic.requests) == 2)
         await queue.cancel(h.store, order.id or "", actor="U1", reason="requester cancelled")
         # Well before the slow reply (30 s) would end the step: the call was interrupted.
-        await eventually(lambda: "Cancelled" in h.reporter.steps(order.id or ""), timeout_s=20)
+        await eventually(lambda: _attempt_ended(h, order.id or ""), timeout_s=20)
+    await h.deliver()
+    assert h.reporter.steps(order.id or "")[-1] == "Cancelled (by <@U1>)"
     row = await h.store.get_row(order.id or "")
     assert row.status == Status.CANCELLED.value and row.reserved_micro_usd == 0
     calls = await llm_calls(h.store, order.id or "")
@@ -167,6 +171,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
     async with running(h, concurrency=1) as worker:
         await eventually(lambda: _is(h, order.id, Status.WAITING_FOR_REQUESTER))
         await eventually(lambda: not worker.running)  # the slot is free while it waits
+        await h.deliver()  # the question went to the outbox with the park
         [(oid, question)] = h.reporter.questions.values()
         assert (oid, question) == (order.id, "Which three competitors?")
         row = await h.store.get_row(order.id or "")
@@ -175,6 +180,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
 
         await queue.resume_with_reply(h.store, order.id or "", "Acme, Globex and Initech", user="U1")
         await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
+    await h.deliver()
     resumed = h.anthropic.requests[1]["messages"]
     [answer] = [b for b in resumed[-1]["content"] if b.get("type") == "tool_result"]
     assert "Acme, Globex and Initech" in answer["content"]
@@ -187,7 +193,7 @@ async def test_shutdown_lets_the_step_finish_and_requeues_the_run(harness: Harne
     h = harness
     order = await h.order()
     h.anthropic.script(Reply.tool("read_thread", {}, delay=0.5), Reply.tool("read_thread", {}))
-    worker = Worker(h.settings, h.store, h.router, h.reporter, worker_id="w1", tools=h.tools)
+    worker = Worker(h.settings, h.store, h.router, worker_id="w1", tools=h.tools)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await eventually(lambda: len(h.anthropic.requests) == 1)
@@ -204,7 +210,7 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     h = harness
     order = await h.order()
     h.anthropic.script(Reply.tool("read_thread", {}), Reply(text="slow", delay=30))
-    worker = Worker(h.settings, h.store, h.router, h.reporter, worker_id="w1", tools=h.tools)
+    worker = Worker(h.settings, h.store, h.router, worker_id="w1", tools=h.tools)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await eventually(lambda: len(h.anthropic.requests) == 2)
@@ -222,7 +228,7 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     assert h.anthropic.requests[-1]["messages"][1]["content"][0]["name"] == "read_thread"
 
 
-async def test_run_worker_reports_through_an_outbox(harness: Harness) -> None:
+async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness) -> None:
     h = harness
     order = await h.order()
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
@@ -238,10 +244,12 @@ async def test_run_worker_reports_through_an_outbox(harness: Harness) -> None:
             handle_signals=False,
         )
     )
-    await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
-    await h.deliver()  # the result went to the durable outbox with the state change
+    # No deliverer of its own: the pool says what the run wrote to the outbox through the
+    # reporter it was given (a log-only `delegate worker` does the same with the log).
     await eventually(lambda: bool(h.reporter.results))
+    await eventually(
+        lambda: h.reporter.steps(order.id or "")[-1:] == ["Deliverable submitted; waiting for review"]
+    )
     stop.set()
     await asyncio.wait_for(task, 5)
-    assert h.reporter.steps(order.id or "")[-1] == "Deliverable submitted; waiting for review"
-    assert isinstance(Outbox(h.reporter), Outbox)
+    assert await h.store.undelivered() == []

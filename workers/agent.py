@@ -35,7 +35,7 @@ from workers.errors import (
 )
 from workers.keys import exception_key, question_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
-from workers.progress import ExceptionKind, ProgressReporter, Spend
+from workers.progress import ExceptionKind
 from workers.providers import ModelRequest, ModelRouter, ToolUse
 from workers.states import WaitKind
 from workers.store import OutboxItem, Store, as_utc
@@ -154,7 +154,6 @@ class Agent:
         store: Store,
         router: ModelRouter,
         tools: ToolRegistry,
-        reporter: ProgressReporter,
         worker_id: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,7 +161,6 @@ class Agent:
         self.store = store
         self.router = router
         self.tools = tools
-        self.reporter = reporter
         self.worker_id = worker_id
         self.clock = clock
 
@@ -418,7 +416,6 @@ class Agent:
             policy=policy,
             settings=self.settings,
             store=self.store,
-            reporter=self.reporter,
             tool_use_id=call.id,
             attempt_id=run.attempt_id,
         )
@@ -595,7 +592,6 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
-        await self._status(run, "Deliverable submitted; waiting for review", order=order)
         return Outcome("done")
 
     async def _verify(self, run: _Run, item: Deliverable) -> tuple[VerificationReport | None, str]:
@@ -642,9 +638,7 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
-        await self._status(
-            run, f"Revising: automatic checks found {failed} criteria not met", order=order
-        )
+        await self._status(run, f"Revising: automatic checks found {failed} criteria not met")
         return Outcome("requeued", "revising after automatic checks")
 
     async def _park(self, run: _Run) -> Outcome:
@@ -661,7 +655,6 @@ class Agent:
         )
         if order is None:
             return await self._lost(run)
-        await self._status(run, f"Waiting for <@{order.requester}> to answer", order=order)
         return Outcome("parked")
 
     async def _stop_for(self, run: _Run, kind: ExceptionKind, message: str) -> Outcome:
@@ -683,7 +676,6 @@ class Agent:
         if order is None:
             return await self._lost(run)
         telemetry.RUN_STOPS.labels(kind).inc()
-        await self._status(run, f"Stopped: {message}", order=order)
         return Outcome("exception", message)
 
     async def _requeue(
@@ -695,7 +687,6 @@ class Agent:
         wait_reason: str | None = None,
         wait_kind: WaitKind | None = None,
         waiting_since: datetime | None = None,
-        notify: bool = True,
         quota_needed_micro_usd: int | None = None,
     ) -> Outcome:
         assert run.order.id is not None
@@ -718,13 +709,12 @@ class Agent:
             attempt_id=run.attempt_id,
             outcome="requeued",
             elapsed_ms=run.elapsed_ms(),
+            # A wait shows its reason (the row's wait_reason); anything else says why it is back.
+            step=None if wait_reason is not None else f"Back in the queue: {reason}",
             **changes,
         )
         if order is None:
             return await self._lost(run)
-        if wait_reason is not None and notify:
-            await self._report(self.reporter.waiting(order, wait_reason))
-        await self._status(run, f"Back in the queue: {reason}", order=order)
         return Outcome("requeued", reason)
 
     async def _wait_for_quota(
@@ -750,7 +740,6 @@ class Agent:
             wait_reason=reason,
             wait_kind=WaitKind.QUOTA,
             waiting_since=since or now,
-            notify=since is None,
             quota_needed_micro_usd=needed_micro_usd,
         )
 
@@ -758,8 +747,6 @@ class Agent:
         assert run.order.id is not None
         await self.store.end_attempt(run.attempt_id, "cancelled")
         await self.store.settle_orphaned_calls(run.order.id)
-        order = await self.store.get_order(run.order.id)
-        await self._status(run, "Cancelled", order=order)
         return Outcome("cancelled")
 
     async def _lost(self, run: _Run) -> Outcome:
@@ -779,20 +766,15 @@ class Agent:
             consumed_inbox=consumed,
         )
 
-    async def _spend(self, run: _Run) -> Spend:
-        row = await self.store.get_row(run.number)
-        return Spend.of(row, elapsed_s=run.elapsed_ms() / 1000)
-
-    async def _status(self, run: _Run, step: str, *, order: WorkOrder | None = None) -> None:
-        spend = await self._spend(run)
-        await self._report(self.reporter.status(order or run.order, step, spend))
-
-    async def _report(self, call: Awaitable[None]) -> None:
-        """Reports never break a run; a reporter that must not lose messages queues them."""
+    async def _status(self, run: _Run, step: str) -> None:
+        """Show what the run is doing on its status message (through the outbox, at most one
+        update per `engine.status_update_interval_s`). Never breaks the run."""
         try:
-            await call
+            await self.store.report_status(
+                run.number, step, coalesce_s=self.settings.engine.status_update_interval_s
+            )
         except Exception:
-            log.exception("progress report failed")
+            log.exception("status update not written", extra={"order": run.order.id})
 
 
 def _questions(order: WorkOrder, messages: list[dict[str, Any]]) -> list[OutboxItem]:

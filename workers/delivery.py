@@ -8,10 +8,21 @@ without a Slack client of their own (engine tests, a local console).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import uuid
+from collections.abc import Callable
 
 from workers.models import OutboxMessage
-from workers.progress import ExceptionKind, ProgressReporter, RunResult, Spend
+from workers.progress import (
+    DomainRequest,
+    ExceptionKind,
+    ProgressReporter,
+    RunResult,
+    Spend,
+    StatusStep,
+)
 from workers.store import Store, row_to_order
 
 log = logging.getLogger(__name__)
@@ -21,7 +32,15 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
     """Say one outbox message: the reporter call the engine used to make itself."""
     row = await store.get_row(message.order_id)
     order, spend, payload = row_to_order(row), Spend.of(row), dict(message.payload)
-    if message.kind == "result":
+    if message.kind == "status":
+        step = str(payload.get("step", ""))
+        if payload.get("waiting"):
+            await reporter.waiting(order, step)
+        else:
+            await reporter.status(
+                order, StatusStep(step, by=payload.get("by"), person=payload.get("person")), spend
+            )
+    elif message.kind == "result":
         result = RunResult(
             content=str(payload.get("content", "")),
             summary=str(payload.get("summary", "")),
@@ -33,6 +52,14 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
         await reporter.result(order, result)
     elif message.kind == "question":
         await reporter.question(order, str(payload.get("text", "")), key=message.key)
+    elif message.kind == "domain":
+        request = DomainRequest(
+            approval_id=int(payload.get("approval_id", 0)),
+            host=str(payload.get("host", "")),
+            url=str(payload.get("url", "")),
+            reason=str(payload.get("reason", "")),
+        )
+        await reporter.domain_request(order, request, key=message.key)
     elif message.kind == "exception":
         kind: ExceptionKind = payload.get("kind", "crashed")
         await reporter.exception(
@@ -54,6 +81,53 @@ async def drain_outbox(store: Store, reporter: ProgressReporter, *, owner: str =
                 log.exception("outbox message not said", extra={"key": message.key})
                 await store.outbox_retry(message.id, after_s=60, error=str(exc))
                 continue
-            await store.outbox_sent(message.id)
+            await store.outbox_sent(message.id, owner)
             said += 1
     return said
+
+
+class LocalDelivery:
+    """Says the outbox through a reporter in this process, for a pool without a Slack front
+    door (a log-only worker, tests): as soon as a transaction writes a message, and every
+    `poll_s` for what falls due later (a coalesced status) or another process wrote."""
+
+    def __init__(self, store: Store, reporter: ProgressReporter, *, poll_s: float = 0.5) -> None:
+        self.store = store
+        self.reporter = reporter
+        self.poll_s = poll_s
+        self.owner = f"local:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closing = False
+
+    def start(self, stop: asyncio.Event) -> LocalDelivery:
+        self._unsubscribe = self.store.on_outbox(self._wake.set)
+        self._task = asyncio.create_task(self._run(stop), name="local-delivery")
+        return self
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        # Stopped between passes, never cancelled in one: on SQLite a cancelled query can keep
+        # the write lock in the driver's thread.
+        while not (stop.is_set() or self._closing):
+            self._wake.clear()
+            try:
+                await drain_outbox(self.store, self.reporter, owner=self.owner)
+            except Exception:
+                log.exception("local outbox delivery failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
+
+    async def close(self) -> None:
+        """Stop, after saying what the pool's last steps wrote."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await drain_outbox(self.store, self.reporter, owner=self.owner)
+        except Exception:
+            log.exception("local outbox delivery failed at shutdown")

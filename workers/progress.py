@@ -1,28 +1,20 @@
-"""How the engine tells the outside world what a run is doing.
+"""What the engine says to people, and how it is said.
 
-The engine reports through `ProgressReporter`; the Slack front door implements it (one status
-message per order updated in place, questions, results, exceptions in the thread). Every
-message that must not be posted twice carries an idempotency `key`: a resumed run reports the
-same key again, and the implementation posts once per key.
-
-`Outbox` sits in front of any reporter: it delivers the important messages (results, questions,
-exceptions) first and in order, and coalesces status updates to at most one per order per
-interval, so that under rate limiting progress updates never delay or displace what matters.
+The engine never talks to people directly: every message (status, waiting notices, questions,
+approval prompts, results, exceptions) is an outbox row written in the transaction that makes it
+necessary (workers.store.outbox), and one deliverer per process says it through a
+`ProgressReporter`. The Slack front door implements the reporter (one status message per order
+updated in place, the rest posted once per idempotency key).
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from workers.budget import micro_to_usd
-from workers.errors import RetryLater
 from workers.models import WorkOrderRow
 from workers.states import WaitKind
 from workers.workorder import Budget, WorkOrder
@@ -134,6 +126,38 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
+class StatusStep(str):
+    """A status step as the outbox keeps it: `text` (which may hold a model's or a page's
+    words), `person` (the user "{person}" in it names) and `by` (who made the change: "{by}" in
+    the text, else a "(by ...)" after it). As a plain string it reads with both as raw mentions;
+    the Slack reporter renders the parts itself so that only those two ids become live."""
+
+    text: str
+    by: str | None
+    person: str | None
+
+    def __new__(cls, text: str, *, by: str | None = None, person: str | None = None) -> StatusStep:
+        step = super().__new__(cls, render_step(text, by=by, person=person, mention=_raw))
+        step.text, step.by, step.person = text, by, person
+        return step
+
+
+def render_step(
+    text: str, *, by: str | None, person: str | None, mention: Callable[[str], str]
+) -> str:
+    """`text` with "{person}" and "{by}" replaced by `mention` of those ids (a `by` the text
+    does not place goes after it). Only those exact placeholders are touched."""
+    if person:
+        text = text.replace("{person}", mention(person))
+    if by:
+        text = text.replace("{by}", mention(by)) if "{by}" in text else f"{text} (by {mention(by)})"
+    return text
+
+
+def _raw(user: str) -> str:
+    return f"<@{user}>"
+
+
 @dataclass(frozen=True)
 class RunResult:
     """A submitted deliverable, as the run handed it in."""
@@ -188,229 +212,3 @@ class ProgressReporter(Protocol):
     ) -> None:
         """The run stopped and needs a person: what happened, in plain words."""
         ...
-
-
-class LoggingReporter:
-    """A reporter for workers without a Slack front door: it writes to the log."""
-
-    async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
-        log.info(
-            "%s %s: %s (%s)",
-            order.id,
-            order.status.value,
-            step,
-            spend.describe(),
-            extra={"order": order.id},
-        )
-
-    async def waiting(self, order: WorkOrder, reason: str) -> None:
-        log.info("%s waiting: %s", order.id, reason, extra={"order": order.id})
-
-    async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
-        log.info("%s asks the requester: %s", order.id, text, extra={"order": order.id})
-
-    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
-        log.info(
-            "%s asks to read %s (%s)",
-            order.id,
-            request.url,
-            request.reason,
-            extra={"order": order.id},
-        )
-
-    async def result(self, order: WorkOrder, result: RunResult) -> None:
-        log.info("%s submitted: %s", order.id, result.summary, extra={"order": order.id})
-
-    async def exception(
-        self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
-    ) -> None:
-        log.warning(
-            "%s exception (%s): %s", order.id, kind, message, extra={"order": order.id}
-        )
-
-
-# Delivery order: lower first. Status updates go last and are coalesced.
-_URGENT, _NORMAL, _STATUS = 0, 1, 2
-
-
-@dataclass
-class _Item:
-    priority: int
-    order_id: str
-    send: Callable[[], Awaitable[None]]
-    what: str
-    attempts: int = 0
-
-    def __lt__(self, other: _Item) -> bool:  # heap entries tie-break on a unique seq first
-        return False
-
-
-class Outbox:
-    """A `ProgressReporter` that queues in front of another one and delivers in priority order.
-
-    Results, questions and exceptions are delivered first, in the order they were reported, and
-    retried (honouring `RetryLater` from the inner reporter) until delivered or
-    `max_attempts` is reached. Waiting notices come next. Status updates come last: only the
-    latest per order is kept, and one order gets at most one every `min_interval_s`.
-    """
-
-    def __init__(
-        self,
-        inner: ProgressReporter,
-        *,
-        min_interval_s: float = 5.0,
-        max_attempts: int = 8,
-        retry_delay_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.inner = inner
-        self.min_interval_s = min_interval_s
-        self.max_attempts = max_attempts
-        self.retry_delay_s = retry_delay_s
-        self.clock = clock
-        self._queue: list[tuple[int, int, _Item]] = []
-        self._seq = itertools.count()
-        self._status: dict[str, _Item] = {}
-        self._status_sent_at: dict[str, float] = {}
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self.dropped: list[str] = []
-
-    # ProgressReporter
-
-    async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
-        key = order.id or ""
-        self._status[key] = _Item(
-            _STATUS, key, lambda: self.inner.status(order, step, spend), f"status {step}"
-        )
-        self._kick()
-
-    async def waiting(self, order: WorkOrder, reason: str) -> None:
-        self._push(_NORMAL, order, lambda: self.inner.waiting(order, reason), "waiting")
-
-    async def question(self, order: WorkOrder, text: str, *, key: str) -> None:
-        self._push(_URGENT, order, lambda: self.inner.question(order, text, key=key), key)
-
-    async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
-        self._push(_URGENT, order, lambda: self.inner.domain_request(order, request, key=key), key)
-
-    async def result(self, order: WorkOrder, result: RunResult) -> None:
-        self._push(_URGENT, order, lambda: self.inner.result(order, result), result.key)
-
-    async def exception(
-        self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
-    ) -> None:
-        self._push(
-            _URGENT,
-            order,
-            lambda: self.inner.exception(order, kind, message, spend, key=key),
-            key,
-        )
-
-    # Delivery
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._deliver_forever(), name="outbox")
-
-    async def drain(self, timeout_s: float | None = None) -> bool:
-        """Wait until everything queued is delivered (status updates included)."""
-        self.start()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self._queue or self._status:
-                    self._idle.clear()
-                    self._kick()
-                    await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def close(self, timeout_s: float = 5.0) -> None:
-        await self.drain(timeout_s)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    def _push(
-        self, priority: int, order: WorkOrder, send: Callable[[], Awaitable[None]], what: str
-    ) -> None:
-        item = _Item(priority, order.id or "", send, what)
-        heapq.heappush(self._queue, (priority, next(self._seq), item))
-        self._kick()
-
-    def _kick(self) -> None:
-        self._idle.clear()
-        self._wake.set()
-
-    def _next(self) -> tuple[_Item | None, float | None]:
-        """The item to send now, or how long until a status update falls due."""
-        if self._queue:
-            return self._queue[0][2], None
-        now = self.clock()
-        soonest: float | None = None
-        for key, item in self._status.items():
-            due = self._status_sent_at.get(key, -float("inf")) + self.min_interval_s
-            if due <= now:
-                return item, None
-            soonest = due - now if soonest is None else min(soonest, due - now)
-        return None, soonest
-
-    async def _deliver_forever(self) -> None:
-        while True:
-            item, wait_s = self._next()
-            if item is None:
-                if wait_s is None:
-                    self._idle.set()
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-                continue
-            await self._deliver(item)
-
-    async def _deliver(self, item: _Item) -> None:
-        is_status = item.priority == _STATUS
-        entry: tuple[int, int, _Item] | None = None
-        if is_status:
-            # Take it out now: a newer update reported while this one is in flight replaces it.
-            self._status.pop(item.order_id, None)
-            self._status_sent_at[item.order_id] = self.clock()
-        else:
-            entry = heapq.heappop(self._queue)
-        try:
-            await item.send()
-        except RetryLater as exc:
-            log.info(
-                "%s held up (%s); retrying in %g s",
-                item.what,
-                exc,
-                exc.after_s,
-                extra={"order": item.order_id},
-            )
-            await self._retry(item, entry, exc.after_s)
-        except Exception:
-            log.exception("progress delivery failed", extra={"order": item.order_id})
-            await self._retry(item, entry, self.retry_delay_s * 2**item.attempts)
-
-    async def _retry(
-        self, item: _Item, entry: tuple[int, int, _Item] | None, delay_s: float
-    ) -> None:
-        item.attempts += 1
-        if entry is None:
-            # A status update: a later one supersedes it; if none comes, retry after the delay.
-            self._status.setdefault(item.order_id, item)
-            self._status_sent_at[item.order_id] = self.clock() + delay_s - self.min_interval_s
-            return
-        if item.attempts >= self.max_attempts:
-            self.dropped.append(item.what)
-            log.error("progress message dropped after retries", extra={"order": item.order_id})
-            return
-        # Back in at its original place, ahead of anything reported since.
-        heapq.heappush(self._queue, entry)
-        await asyncio.sleep(delay_s)

@@ -1,7 +1,7 @@
 """The worker pool: claims orders, runs up to N at once under leases, recovers dead workers' runs,
 and stops gracefully.
 
-`run_worker(settings, concurrency=N, reporter=...)` is what `delegate worker` and `delegate run`
+`run_worker(settings, concurrency=N)` is what `delegate worker` and `delegate run`
 call; `delegate worker` is the one way to run a pool in a process of its own (the crash and
 multi-process tests start it too). SIGTERM (or SIGINT) stops claiming, lets each run finish
 its current step and checkpoint, puts it back in the queue and releases the lease; a step still
@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -28,14 +28,14 @@ from typing import Literal
 from workers import logs, queue, telemetry
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
-from workers.keys import exception_key
+from workers.delivery import LocalDelivery
 from workers.models import utcnow
-from workers.progress import LoggingReporter, Outbox, ProgressReporter, Spend
+from workers.progress import ProgressReporter
 from workers.providers import ModelRouter
 from workers.store import Claim, OrderRef, Store
 from workers.store.outbox import SLACK
 from workers.tools import ToolRegistry, load_tools
-from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
+from workers.workorder import WorkOrder, format_order_id, parse_order_id
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ class Worker:
         settings: Settings,
         store: Store,
         router: ModelRouter,
-        reporter: ProgressReporter,
         *,
         concurrency: int = 1,
         worker_id: str | None = None,
@@ -91,7 +90,6 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.settings = settings
         self.store = store
-        self.reporter = reporter
         self.concurrency = concurrency
         self.worker_id = worker_id or default_worker_id()
         self.clock = clock
@@ -101,7 +99,6 @@ class Worker:
             store=store,
             router=router,
             tools=tools or load_tools(settings),
-            reporter=reporter,
             worker_id=self.worker_id,
             clock=clock,
         )
@@ -198,7 +195,6 @@ class Worker:
                     claim = await queue.claim(
                         self.store, self.settings, self.worker_id, now=self.now()
                     )
-                    await self._report_queue(claim)
                     if claim.order is None:
                         break
                     self._start(claim)
@@ -227,30 +223,9 @@ class Worker:
         return True, "ok"
 
     async def _reap(self) -> None:
-        for order in await queue.reap(self.store, self.settings, actor=self.worker_id):
-            row = await self.store.get_row(order.id or 0)
-            spend = Spend.of(row)
-            if order.status == Status.EXCEPTION:
-                message = row.exception_message or "the run stopped responding"
-                key = exception_key(order.id or "", "crashed", row.attempts)
-                await self._report(
-                    self.reporter.exception(order, "crashed", message, spend, key=key)
-                )
-                await self._report(self.reporter.status(order, f"Stopped: {message}", spend))
-            else:
-                step = "Back in the queue: its worker stopped responding"
-                await self._report(self.reporter.status(order, step, spend))
-
-    async def _report_queue(self, claim: Claim) -> None:
-        for order, reason in claim.waiting:
-            await self._report(self.reporter.waiting(order, reason))
-        for order in claim.expired:
-            row = await self.store.get_row(order.id or 0)
-            message = f"it waited too long: {row.exception_message or 'quota'}"
-            key = exception_key(order.id or "", "quota", row.version)
-            await self._report(
-                self.reporter.exception(order, "quota", message, Spend.of(row), key=key)
-            )
+        # What the thread hears (back in the queue, or the crash notice) is written with the
+        # change itself (workers.store.queue.reap_expired) and sent by the deliverer.
+        await queue.reap(self.store, self.settings, actor=self.worker_id)
 
     def _start(self, claim: Claim) -> None:
         assert claim.order is not None and claim.attempt is not None and claim.order.id
@@ -337,12 +312,6 @@ class Worker:
         self.outcomes.append((name, outcome))
         del item
 
-    async def _report(self, call: Awaitable[None]) -> None:
-        try:
-            await call
-        except Exception:
-            log.exception("progress report failed")
-
 
 async def run_worker(
     settings: Settings,
@@ -354,41 +323,34 @@ async def run_worker(
     tools: ToolRegistry | None = None,
     worker_id: str | None = None,
     stop: asyncio.Event | None = None,
-    coalesce: bool = True,
     handle_signals: bool = True,
     on_start: Callable[[Worker], object] | None = None,
 ) -> None:
     """Run a worker pool until `stop` is set or SIGTERM/SIGINT arrives; `on_start` is handed
     the pool (for health checks).
 
-    `reporter` is how runs talk to people (the Slack front door's implementation); with
-    `coalesce` it is wrapped in an `Outbox` (priority order, status updates coalesced to one per
-    `engine.status_update_interval_s`). The store and router are created from the settings
-    unless given, and closed again if they were.
+    Runs talk to people only through the outbox (workers.store.outbox). A process with a Slack
+    front door runs its `Deliverer` beside the pool and passes no `reporter`; without one, the
+    pool says the outbox through `reporter` itself (`LocalDelivery`; tests, a log-only worker).
+    The store and router are created from the settings unless given, and closed again if they
+    were.
     """
     own_store = store is None
     store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
-    outbox: Outbox | None = None
-    if reporter is None:
-        reporter = LoggingReporter()
-    if coalesce:
-        outbox = Outbox(reporter, min_interval_s=settings.engine.status_update_interval_s)
-        outbox.start()
-        reporter = outbox
+    stop = stop or asyncio.Event()
+    local = LocalDelivery(store, reporter).start(stop) if reporter is not None else None
     worker = Worker(
         settings,
         store,
         router,
-        reporter,
         concurrency=concurrency,
         worker_id=worker_id,
         tools=tools,
     )
     if on_start is not None:
         on_start(worker)
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     for sig in signals:
@@ -399,8 +361,8 @@ async def run_worker(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        if outbox is not None:
-            await outbox.close(timeout_s=5.0)
+        if local is not None:
+            await local.close()
         if own_router:
             await router.close()
         if own_store:

@@ -60,6 +60,8 @@ IN_FLIGHT: frozenset[Status] = frozenset(
 )
 # Started and not finished: a missed deadline is worth telling people about.
 UNDER_WAY: frozenset[Status] = IN_FLIGHT | {S.AWAITING_REVIEW, S.CHANGES_REQUESTED, S.EXCEPTION}
+# Not started yet: the order has no status message (its card is the proposal).
+NOT_STARTED: frozenset[Status] = frozenset({S.DRAFTING, S.AWAITING_CONFIRMATION})
 # Edit and refinement in the thread change an order only while it waits to be started.
 EDITABLE: frozenset[Status] = frozenset({S.AWAITING_CONFIRMATION})
 # A requester's reply in the thread reaches the run (and wakes it if it is waiting).

@@ -107,7 +107,6 @@ class Harness:
             store=self.store,
             router=self.router,
             tools=self.tools,
-            reporter=self.reporter,
             worker_id=worker_id or self.worker_id,
         )
 
@@ -127,9 +126,8 @@ class Harness:
     ) -> Outcome | None:
         """Claim the next order and run it to the end of this attempt (no runtime around it)."""
         claim = await queue.claim(self.store, self.settings, worker_id or self.worker_id)
-        for order, reason in claim.waiting:
-            await self.reporter.waiting(order, reason)
         if claim.order is None or claim.attempt is None:
+            await self.deliver()  # what the claim wrote (waiting notices, quota exceptions)
             return None
         outcome = await self.agent(worker_id).run(
             claim.order, claim.attempt, elapsed_ms=claim.elapsed_ms, control=control

@@ -135,6 +135,14 @@ class Pipeline:
         await self.slack.wait_until(lambda: bool(self.updates_with(needle)), within=within)
         return self.updates_with(needle)[-1]
 
+    async def shown(self, needle: str, within: float = DEADLINE_S) -> dict[str, Any]:
+        """The latest message posted or edited to contain `needle` (a status message is
+        posted once and then edited in place), waiting for it."""
+        await self.slack.wait_until(
+            lambda: bool(self.posts_with(needle) or self.updates_with(needle)), within=within
+        )
+        return (self.updates_with(needle) or self.posts_with(needle))[-1]
+
     def posts_with(self, needle: str) -> list[dict[str, Any]]:
         return [
             c.args
@@ -187,7 +195,6 @@ async def pipeline_for(
             run_worker(
                 bot.settings,
                 concurrency=2,
-                reporter=reporter,
                 store=store,
                 tools=tools(bot.settings) if tools else None,
                 stop=stop,

@@ -14,8 +14,10 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from workers.errors import NotFound
+from workers.keys import domain_key
 from workers.models import DomainApproval, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number, row_to_order
+from workers.store.outbox import OutboxItem, write_outbox
 from workers.workorder import Status, WorkOrder, format_order_id
 
 DomainDecision = Literal["once", "order", "deny"]
@@ -62,6 +64,15 @@ class ApprovalsStore(StoreBase):
                 kind="domain_requested",
                 data={"approval": approval.id, "host": host, "url": url, "reason": reason},
             )
+            # The prompt is owed from the moment the request exists: a crash right after this
+            # commit must not leave an approval nobody was asked for.
+            assert approval.id is not None
+            prompt = OutboxItem(
+                "domain",
+                domain_key(format_order_id(number), approval.id),
+                {"approval_id": approval.id, "host": host, "url": url, "reason": reason},
+            )
+            await write_outbox(s, number, [prompt])
             await s.refresh(approval)
             return approval
 

@@ -38,7 +38,7 @@ from workers.config import Settings
 from workers.db import create_engine, is_sqlite, reading, session_factory
 from workers.errors import NotFound, StaleUpdate
 from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
-from workers.states import check_transition
+from workers.states import NOT_STARTED, check_transition
 from workers.store.transitions import record_transition
 from workers.workorder import (
     Budget,
@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 
 # Session.info key: what to call once the session's transaction has committed.
 _AFTER_COMMIT = "delegate_after_commit"
+# Session.info key: the transaction wrote outbox rows (`StoreBase.on_outbox`).
+OUTBOX_WRITTEN = "delegate_outbox_written"
 
 
 @event.listens_for(AsyncSession.sync_session_class, "after_commit")
@@ -119,6 +121,7 @@ class StoreBase:
         self.audit_key = audit_key or AuditKey.unkeyed()
         self._total_current = False  # the audit total counts chains (see _upgrade_total)
         self._queued_listeners: list[Callable[[], None]] = []
+        self._outbox_listeners: list[Callable[[], None]] = []
 
     def on_queued(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` each time a transaction of this store has queued an order, once it
@@ -126,6 +129,13 @@ class StoreBase:
         poll); returns what removes it. Other processes still find the order by polling."""
         self._queued_listeners.append(listener)
         return lambda: self._queued_listeners.remove(listener)
+
+    def on_outbox(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after each committed transaction of this store that wrote outbox
+        rows (so this process's deliverer sends them now); returns what removes it. Other
+        processes' deliverers find them by polling."""
+        self._outbox_listeners.append(listener)
+        return lambda: self._outbox_listeners.remove(listener)
 
     @classmethod
     def from_url(cls, url: str, *, audit_key: AuditKey | None = None) -> Self:
@@ -141,8 +151,15 @@ class StoreBase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._writing() as session, session.begin():
-            yield session
+        async with self._writing() as session:
+            async with session.begin():
+                yield session
+            if session.info.pop(OUTBOX_WRITTEN, False):
+                for listener in list(self._outbox_listeners):
+                    try:
+                        listener()
+                    except Exception:  # the commit stands
+                        log.exception("outbox listener failed")
 
     async def ping(self) -> None:
         async with self._sessions() as session:
@@ -184,10 +201,14 @@ class StoreBase:
         reason: str,
         expected: Collection[Status] | None = None,
         audit: dict[str, Any] | None = None,
+        step: str | None = None,
+        by: str | None = None,
         **changes: Any,
     ) -> None:
         """Change a locked row's state inside an open transaction: checked against the table
-        (and `expected`), compare-and-set on the version, audited, and copied to `transitions`."""
+        (and `expected`), compare-and-set on the version, audited, copied to `transitions`, and
+        shown on the order's status message (`step`, else the state's own words; `by`, the
+        person who made the change) through the outbox, in the same transaction."""
         assert row.id is not None
         order_id = format_order_id(row.id)
         source = Status(row.status)
@@ -217,6 +238,10 @@ class StoreBase:
             before=before,
         )
         await s.refresh(row)
+        if source not in NOT_STARTED or target is Status.QUEUED:
+            from workers.store.outbox import state_status
+
+            await state_status(s, row, actor=actor, reason=reason, step=step, by=by)
 
     async def _append_audit(
         self,

@@ -11,24 +11,26 @@ message's key makes the second send find the first instead of posting twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, delete, exists, func, insert, or_, update
+from sqlalchemy import Table, case, delete, exists, func, insert, or_, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.keys import exception_key
+from workers.keys import exception_key, status_key
 from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow, utcnow
-from workers.store.base import OrderRef, StoreBase, as_utc, order_number
-from workers.workorder import format_order_id
+from workers.states import IN_FLIGHT
+from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
+from workers.workorder import Budget, Status, format_order_id
 
-URGENT, NORMAL = 0, 1
+URGENT, NORMAL, STATUS = 0, 1, 2
 
 SLACK = "slack"
 """The `service_health` entry set while Slack refuses the bot token."""
@@ -38,10 +40,12 @@ SLACK = "slack"
 class OutboxItem:
     """A message to send once the transaction that writes it commits."""
 
-    kind: str  # result, question, exception, notice
+    kind: str  # result, question, exception, domain, decided, notice, status
     key: str
     payload: dict[str, Any] = field(default_factory=dict)
     priority: int = URGENT
+    coalesce_s: float = 0.0
+    """Status only: at most one send per this many seconds (a newer status replaces the row)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,93 @@ class Undelivered:
 def exception_notice(key: str, kind: str, message: str) -> OutboxItem:
     """The exception notice an order owes its thread (rendered with the spend at send time)."""
     return OutboxItem("exception", key, {"kind": kind, "message": message})
+
+
+def status_item(
+    order_id: str,
+    step: str,
+    *,
+    by: str | None = None,
+    person: str | None = None,
+    waiting: bool = False,
+    coalesce_s: float = 0.0,
+) -> OutboxItem:
+    """The order's status message as it should read now: one row per order, rewritten in place.
+
+    `step` is shown as untrusted text (it may carry a model's or a page's words); `by` is the
+    person whose action it reports and `person` the one "{person}" in `step` names (each shown
+    as a mention of that user id). Writers hold the order's row lock and
+    check its state (`OrdersStore.report_status`, `StoreBase._move`), so a step reported for a
+    state the order has left never replaces what it rests in."""
+    payload: dict[str, Any] = {"step": step}
+    if by:
+        payload["by"] = by
+    if person:
+        payload["person"] = person
+    if waiting:
+        payload["waiting"] = True
+    return OutboxItem("status", status_key(order_id), payload, STATUS, coalesce_s)
+
+
+STATE_STEPS: dict[Status, str] = {
+    Status.QUEUED: "In the queue",
+    Status.RUNNING: "Starting",
+    Status.WAITING_FOR_REQUESTER: "Waiting for the requester to answer",
+    Status.VERIFYING: "Checking the deliverable against its acceptance criteria",
+    Status.AWAITING_REVIEW: "Deliverable submitted; waiting for review",
+    Status.APPROVED: "Approved",
+    Status.REJECTED: "Rejected",
+    Status.CHANGES_REQUESTED: "Reworking with the reviewer's feedback",
+    Status.CANCELLED: "Cancelled",
+}
+
+
+async def state_status(
+    s: AsyncSession,
+    row: WorkOrderRow,
+    *,
+    actor: str,
+    reason: str,
+    step: str | None = None,
+    by: str | None = None,
+) -> None:
+    """The status a state change owes the thread, written in the change's transaction."""
+    assert row.id is not None
+    state = Status(row.status)
+    order_id = format_order_id(row.id)
+    if step is None and state is Status.QUEUED and row.wait_reason:
+        item = status_item(order_id, row.wait_reason, waiting=True)
+    elif step is None and state is Status.WAITING_FOR_REQUESTER:
+        item = status_item(order_id, "Waiting for {person} to answer", person=row.requester)
+    else:
+        step = step or _state_step(row, state, reason)
+        item = status_item(order_id, step, by=by or (actor if _PERSON.fullmatch(actor) else None))
+    await write_outbox(s, row.id, [item])
+
+
+# A Slack user id: changes people make are shown with who made them (engine actors are
+# worker ids, "verifier", "agent", ...).
+_PERSON = re.compile(r"[UW][A-Z0-9]+")
+
+# Requeues that people cause, by the reason the engine records for them.
+_REQUEUE_STEPS = {
+    "rework requested": "Reworking with the reviewer's feedback",
+    "retrying from the last checkpoint": "Retried by {by}; resuming from the last checkpoint",
+}
+
+
+def _state_step(row: WorkOrderRow, state: Status, reason: str) -> str:
+    if state is Status.EXCEPTION:
+        return f"Stopped: {row.exception_message or 'the run needs a person'}"
+    if state is Status.APPROVED and row.self_approved:
+        return "Self-approved"
+    if state is Status.QUEUED:
+        if reason == "budget extended; resuming":
+            budget = Budget.model_validate(row.budget).describe()
+            return f"Budget extended to {budget} by {{by}}; resuming from the last checkpoint"
+        if reason in _REQUEUE_STEPS:
+            return _REQUEUE_STEPS[reason]
+    return STATE_STEPS.get(state, state.value)
 
 
 def crashed_notice(row: WorkOrderRow, message: str) -> OutboxItem:
@@ -82,12 +173,22 @@ def insert_ignoring(s: AsyncSession, table: Table, values: Mapping[str, Any]) ->
 
 
 _outbox: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+_POSTGRES_NOW = text("SELECT statement_timestamp()")
 
 
-async def write_outbox(s: AsyncSession, ref: OrderRef, items: Iterable[OutboxItem]) -> None:
-    """Add messages inside an open transaction; a key written before is left as it was."""
-    now = utcnow()
+async def write_outbox(
+    s: AsyncSession, ref: OrderRef, items: Iterable[OutboxItem], *, now: datetime | None = None
+) -> None:
+    """Add messages inside an open transaction; a key written before is left as it was, but for
+    the status row, which the newest status rewrites (`write_status`). `now` is the database's
+    clock (the caller's transaction read it), so every process agrees on when a row is due."""
+    now = now or utcnow()
     for item in items:
+        s.info[OUTBOX_WRITTEN] = True
+        if item.kind == "status":
+            await write_status(s, ref, item, now=now)
+            continue
         values = {
             "order_id": order_number(ref),
             "key": item.key,
@@ -102,16 +203,99 @@ async def write_outbox(s: AsyncSession, ref: OrderRef, items: Iterable[OutboxIte
         await s.exec(insert_ignoring(s, _outbox, values))
 
 
+async def session_now(s: AsyncSession) -> datetime:
+    """The database's clock inside this transaction: hosts whose clocks disagree still agree
+    on when a message is due."""
+    assert s.bind is not None
+    sqlite = s.bind.dialect.name == "sqlite"
+    value = (await s.exec(_SQLITE_NOW if sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now: datetime) -> None:
+    """Insert the order's status row or rewrite it with `item`: unsent again, due after the
+    coalescing interval since its last send. A claim in flight keeps its `claimed_until`, so
+    nobody sends the new text before the old send has finished (`outbox_sent` then frees it)."""
+    number = order_number(ref)
+    query = select(OutboxMessage).where(col(OutboxMessage.key) == item.key).with_for_update()
+    row = (await s.exec(query)).first()
+    if row is None:
+        await s.exec(
+            insert_ignoring(
+                s,
+                _outbox,
+                {
+                    "order_id": number,
+                    "key": item.key,
+                    "kind": "status",
+                    "payload": item.payload,
+                    "priority": STATUS,
+                    "created_at": now,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "permanent": False,
+                },
+            )
+        )
+        return
+    last_sent = as_utc(row.sent_at)
+    due = now
+    if last_sent is not None and item.coalesce_s > 0:
+        due = max(now, last_sent + timedelta(seconds=item.coalesce_s))
+    elif row.sent_at is None and item.coalesce_s > 0:
+        due = max(now, as_utc(row.next_attempt_at) or now)
+    await s.exec(
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id) == row.id)
+        .values(
+            payload=item.payload,
+            sent_at=None,
+            claimed_by=None,
+            attempts=0,
+            error=None,
+            permanent=False,
+            next_attempt_at=due,
+        )
+    )
+
+
 class OutboxStore(StoreBase):
     async def add_to_outbox(self, ref: OrderRef, items: Iterable[OutboxItem]) -> None:
         async with self.transaction() as s:
             await write_outbox(s, ref, items)
 
+    async def report_status(
+        self,
+        ref: OrderRef,
+        step: str,
+        *,
+        states: Collection[Status] = IN_FLIGHT,
+        waiting: bool = False,
+        coalesce_s: float = 0.0,
+    ) -> bool:
+        """Show `step` on the order's status message if the order is still in one of `states`
+        (checked under its row lock, so a step of a run that has since ended never replaces
+        what the order rests in); False if it was not."""
+        async with self.transaction() as s:
+            row = await self._row(s, ref, for_update=True)
+            if Status(row.status) not in states:
+                return False
+            assert row.id is not None
+            item = status_item(
+                format_order_id(row.id), step, waiting=waiting, coalesce_s=coalesce_s
+            )
+            await write_outbox(s, row.id, [item])
+        return True
+
     async def claim_outbox(
         self, owner: str, *, limit: int = 20, claim_s: float = 60.0, now: datetime | None = None
     ) -> list[OutboxMessage]:
         """Due messages for `owner` to send: the oldest undelivered one of each order at most,
-        so an order's messages go out in the order they were written."""
+        so an order's messages go out in the order they were written. The status row stands
+        apart: it is edited in place, so it neither waits for nor holds up the others."""
         now = now or utcnow()
         earlier = aliased(OutboxMessage)
         waiting_behind = exists().where(
@@ -119,6 +303,7 @@ class OutboxStore(StoreBase):
             col(earlier.id) < col(OutboxMessage.id),
             col(earlier.sent_at).is_(None),
             col(earlier.permanent).is_(False),
+            col(earlier.kind) != "status",
         )
         query = (
             select(OutboxMessage)
@@ -130,7 +315,7 @@ class OutboxStore(StoreBase):
                     col(OutboxMessage.claimed_until).is_(None),
                     col(OutboxMessage.claimed_until) < now,
                 ),
-                ~waiting_behind,
+                or_(col(OutboxMessage.kind) == "status", ~waiting_behind),
             )
             .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
             .limit(limit)
@@ -145,13 +330,26 @@ class OutboxStore(StoreBase):
                 s.add(row)
         return rows
 
-    async def outbox_sent(self, message_id: int) -> None:
+    async def outbox_sent(self, message_id: int, owner: str | None = None) -> None:
+        """Mark a message `owner` claimed as sent. A status row rewritten while it was being
+        sent (its claim cleared by `write_status`) stays unsent and is freed for the next send."""
         async with self.transaction() as s:
-            await s.exec(
+            mine = [col(OutboxMessage.claimed_by) == owner] if owner is not None else []
+            result = await s.exec(
                 update(OutboxMessage)
-                .where(col(OutboxMessage.id) == message_id)
+                .where(col(OutboxMessage.id) == message_id, *mine)
                 .values(sent_at=utcnow(), claimed_by=None, claimed_until=None, error=None)
             )
+            if result.rowcount == 0:
+                await s.exec(
+                    update(OutboxMessage)
+                    .where(
+                        col(OutboxMessage.id) == message_id,
+                        col(OutboxMessage.claimed_by).is_(None),
+                        col(OutboxMessage.sent_at).is_(None),
+                    )
+                    .values(claimed_until=None)
+                )
 
     async def outbox_retry(self, message_id: int, *, after_s: float, error: str) -> None:
         """Try again after `after_s` (the row's own back-off; other orders are not held up)."""

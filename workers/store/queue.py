@@ -14,13 +14,20 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.errors import LeaseLost, OrderMoved
+from workers.keys import exception_key
 from workers.models import IntakeSession, RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
 from workers.states import IntakeState, check_transition
 from workers.store.base import OrderRef, as_utc, order_number, row_to_order
 from workers.store.leases import database_now, fenced_row
 from workers.store.orders import decision_audit
-from workers.store.outbox import OutboxItem, crashed_notice, write_outbox
+from workers.store.outbox import (
+    OutboxItem,
+    crashed_notice,
+    exception_notice,
+    status_item,
+    write_outbox,
+)
 from workers.store.spend import SpendStore
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -267,6 +274,9 @@ class QueueStore(SpendStore):
                         wait_reason=None,
                         wait_kind=None,
                     )
+                    key = exception_key(format_order_id(row.id), "quota", row.version)
+                    notice = exception_notice(key, "quota", f"it waited too long: {reason}")
+                    await write_outbox(s, row.id, [notice], now=clock)
                     claim.expired.append(row_to_order(row))
                 elif row.wait_reason != reason:
                     await s.exec(
@@ -274,6 +284,8 @@ class QueueStore(SpendStore):
                         .where(col(WorkOrderRow.id) == row.id)
                         .values(wait_reason=reason, wait_kind=held.kind.value, waiting_since=since)
                     )
+                    waiting = status_item(format_order_id(row.id), reason, waiting=True)
+                    await write_outbox(s, row.id, [waiting], now=clock)
                     claim.waiting.append((row_to_order(row), reason))
         return claim
 
@@ -397,6 +409,7 @@ class QueueStore(SpendStore):
         note: dict[str, Any] | None = None,
         then: tuple[Status, str, str] | None = None,
         outbox: Sequence[OutboxItem] = (),
+        step: str | None = None,
         **changes: Any,
     ) -> WorkOrder | None:
         """Leave the running state and give up the lease; None if the lease was no longer ours
@@ -436,6 +449,7 @@ class QueueStore(SpendStore):
                 actor=worker_id,
                 reason=reason,
                 audit=audit,
+                step=step,
                 lease_owner=None,
                 lease_expires_at=None,
                 **changes,
@@ -555,6 +569,7 @@ class QueueStore(SpendStore):
                         Status.QUEUED,
                         actor=actor,
                         reason=f"lease of {owner} expired; resuming from the last checkpoint",
+                        step="Back in the queue: its worker stopped responding",
                         available_at=None,
                         **common,
                     )

@@ -10,7 +10,6 @@ from workers.providers.base import ToolSpec
 from workers.workorder import WorkOrder
 
 if TYPE_CHECKING:
-    from workers.progress import ProgressReporter
     from workers.store import Store
 
 
@@ -50,7 +49,6 @@ class ToolContext:
     policy: AuthorityPolicy
     settings: Settings
     store: Store
-    reporter: ProgressReporter
     tool_use_id: str
     attempt_id: int | None = None
 

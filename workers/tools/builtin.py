@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.keys import question_key
 from workers.providers.base import ToolSpec
 from workers.tools.base import (
     Authority,
@@ -76,8 +75,7 @@ class AskRequester:
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         question = require_str(arguments, "question", max_chars=MAX_QUESTION_CHARS).strip()
-        key = question_key(ctx.order.id or "", ctx.tool_use_id)
-        await ctx.reporter.question(ctx.order, question, key=key)
+        # The question goes out with the park (the agent writes it to the outbox then).
         return ToolResult(f"Asked: {question}", park=True)
 
 

@@ -25,8 +25,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from workers.config import AuthorityPolicy, WebFetchSettings
-from workers.keys import domain_key
-from workers.progress import DomainRequest
 from workers.providers.base import ToolSpec
 from workers.tools.base import (
     Authority,
@@ -521,12 +519,7 @@ class WebFetch:
             )
         assert approval.id is not None
         if approval.decision is None:
-            await ctx.reporter.domain_request(
-                order,
-                DomainRequest(approval.id, approval.host, approval.url, approval.reason),
-                key=domain_key(order.id, approval.id),
-            )
-            return None
+            return None  # the prompt was written with the request (workers.store.approvals)
         if approval.decision == "deny":
             raise ToolInputError(
                 f"refused: <@{approval.decided_by}> denied reading {approval.host} for this "
