@@ -26,6 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from workers.keys import exception_key
 from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow, utcnow
 from workers.store.base import OrderRef, StoreBase, as_utc, order_number
+from workers.store.leases import database_now
 from workers.workorder import format_order_id
 
 URGENT, NORMAL = 0, 1
@@ -111,8 +112,18 @@ class OutboxStore(StoreBase):
         self, owner: str, *, limit: int = 20, claim_s: float = 60.0, now: datetime | None = None
     ) -> list[OutboxMessage]:
         """Due messages for `owner` to send: the oldest undelivered one of each order at most,
-        so an order's messages go out in the order they were written."""
-        now = now or utcnow()
+        so an order's messages go out in the order they were written.
+
+        Claim times are the database's (`now` only for tests): a host whose clock runs ahead
+        must not see a live claim of another process as expired, and send it a second time."""
+        async with self.transaction() as s:
+            return await self._claim_outbox(
+                s, owner, limit=limit, claim_s=claim_s, now=now or await database_now(self, s)
+            )
+
+    async def _claim_outbox(
+        self, s: AsyncSession, owner: str, *, limit: int, claim_s: float, now: datetime
+    ) -> list[OutboxMessage]:
         earlier = aliased(OutboxMessage)
         waiting_behind = exists().where(
             col(earlier.order_id) == col(OutboxMessage.order_id),
@@ -136,13 +147,12 @@ class OutboxStore(StoreBase):
             .limit(limit)
         )
         query = self._for_update(query, skip_locked=True)
-        async with self.transaction() as s:
-            rows = list((await s.exec(query)).all())
-            until = now + timedelta(seconds=claim_s)
-            for row in rows:
-                row.claimed_by, row.claimed_until = owner, until
-                row.attempts += 1
-                s.add(row)
+        rows = list((await s.exec(query)).all())
+        until = now + timedelta(seconds=claim_s)
+        for row in rows:
+            row.claimed_by, row.claimed_until = owner, until
+            row.attempts += 1
+            s.add(row)
         return rows
 
     async def outbox_sent(self, message_id: int) -> None:
@@ -150,7 +160,12 @@ class OutboxStore(StoreBase):
             await s.exec(
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message_id)
-                .values(sent_at=utcnow(), claimed_by=None, claimed_until=None, error=None)
+                .values(
+                    sent_at=await database_now(self, s),
+                    claimed_by=None,
+                    claimed_until=None,
+                    error=None,
+                )
             )
 
     async def outbox_retry(self, message_id: int, *, after_s: float, error: str) -> None:
@@ -160,7 +175,7 @@ class OutboxStore(StoreBase):
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message_id)
                 .values(
-                    next_attempt_at=utcnow() + timedelta(seconds=after_s),
+                    next_attempt_at=await database_now(self, s) + timedelta(seconds=after_s),
                     claimed_by=None,
                     claimed_until=None,
                     error=error[:500],
