@@ -134,7 +134,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     stop = _stop_event()
     store = Store.for_settings(settings)
     await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
-    client = make_slack_client(settings)
+    client = make_slack_client(settings, shared_holds=store)
     token = SlackTokenWatch(
         store,
         client,
@@ -305,7 +305,7 @@ async def run_workers_only(
     }
     tasks = [asyncio.create_task(models.run(stop), name="model-recheck")]
     if settings.slack_bot_token is not None:
-        client = make_slack_client(settings)
+        client = make_slack_client(settings, shared_holds=store)
         token = SlackTokenWatch(
             store,
             client,

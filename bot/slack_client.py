@@ -1,20 +1,23 @@
 """The one Slack Web API client every part of the bot uses.
 
-slack_sdk's retry handlers already do what we need: honour Retry-After on 429, back off on
-500/503 and on dropped connections. We configure them once here rather than hand-writing retries.
+slack_sdk's retry handlers already do most of what we need: back off on 500/503 and on dropped
+connections. We configure them once here rather than hand-writing retries. For 429s the handler
+goes through the process's rate gate (bot.rate_gate), so that a Retry-After holds the method for
+every caller (and, through the store, every process), not only the request that was refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
@@ -25,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.blocks import MESSAGE_TEXT_MAX, truncate
+from bot.rate_gate import DEFAULT_RETRY_AFTER_S, RateGate, SharedHolds
 from workers.config import Settings
 from workers.logs import scrub_secrets, secrets_to_scrub
 from workers.telemetry import SLACK_CALLS, SLACK_ERRORS, SLACK_RATE_LIMITED
@@ -63,8 +67,12 @@ class InstrumentedWebClient(AsyncWebClient):
     secrets: Sequence[str] = ()
     on_token_refused: Callable[[str], Awaitable[None]] | None = None
     """Told Slack's error whenever a call is refused for the bot token (bot.token_watch)."""
+    gate: RateGate | None = None
+    """Waited on before each call: methods held after a 429, and Slack's per-method budgets."""
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
+        if self.gate is not None:
+            await self.gate.before_call(api_method, _channel_of(kwargs))
         if self.secrets:
             for part in ("json", "params", "data"):
                 fields = kwargs.get(part)
@@ -101,8 +109,57 @@ class InstrumentedWebClient(AsyncWebClient):
         return response
 
 
-class _CountingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
-    """Slack's own 429 handling, counting each 429 it sits out."""
+def _channel_of(kwargs: dict[str, Any]) -> str | None:
+    """The channel a call is about, wherever the SDK put its arguments."""
+    for part in ("json", "data", "params"):
+        fields = kwargs.get(part)
+        if isinstance(fields, dict) and isinstance(fields.get("channel"), str):
+            return str(fields["channel"])
+    return None
+
+
+def _method_of(url: str) -> str | None:
+    """`chat.update` for .../api/chat.update; None for other URLs (file uploads)."""
+    _, found, method = urlsplit(url).path.partition("/api/")
+    return method if found and method and "/" not in method else None
+
+
+def _retry_after(response: HttpResponse) -> float | None:
+    for name, value in response.headers.items():
+        if name.lower() == "retry-after":
+            first = value[0] if isinstance(value, list | tuple) else value
+            try:
+                return float(first)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class _GatedRateLimitHandler(AsyncRetryHandler):
+    """Slack's 429 handling through the rate gate: every 429 holds its method for Retry-After
+    (counted for `/metrics`), and the refused request waits on the gate like any other call."""
+
+    def __init__(self, gate: RateGate, *, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.gate = gate
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        # Before the retry count is checked: the last 429 holds the method as much as the first.
+        if response is not None and response.status_code == 429:
+            method = _method_of(request.url)
+            SLACK_RATE_LIMITED.labels(method or urlsplit(request.url).path.rsplit("/", 1)[-1]).inc()
+            if method is not None:
+                await self.gate.rate_limited(method, _retry_after(response))
+        return await super().can_retry_async(
+            state=state, request=request, response=response, error=error
+        )
 
     async def _can_retry_async(
         self,
@@ -112,15 +169,36 @@ class _CountingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        if response is not None and response.status_code == 429:
-            SLACK_RATE_LIMITED.labels(urlsplit(request.url).path.rsplit("/", 1)[-1]).inc()
-        return await super()._can_retry_async(
-            state=state, request=request, response=response, error=error
-        )
+        return response is not None and response.status_code == 429
+
+    async def prepare_for_next_attempt_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        state.next_attempt_requested = True
+        method = _method_of(request.url)
+        if method is not None:
+            await self.gate.wait(method)
+        else:
+            wait = _retry_after(response) if response is not None else None
+            await asyncio.sleep(DEFAULT_RETRY_AFTER_S if wait is None else wait)
+        state.increment_current_attempt()
 
 
-def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> AsyncWebClient:
-    """A Web API client on `SLACK_API_URL` that survives rate limits and transient failures."""
+def make_slack_client(
+    settings: Settings,
+    *,
+    backoff_factor_s: float = 0.5,
+    shared_holds: SharedHolds | None = None,
+) -> InstrumentedWebClient:
+    """A Web API client on `SLACK_API_URL` that survives rate limits and transient failures.
+
+    `shared_holds` (the store) shares 429s with the other processes on the same database."""
+    gate = RateGate(shared=shared_holds, budget_scale=settings.slack.rate_budget_scale)
     backoff = BackoffRetryIntervalCalculator(backoff_factor=backoff_factor_s)
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     client = InstrumentedWebClient(
@@ -128,7 +206,7 @@ def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> A
         base_url=settings.slack_api_url,
         timeout=15,
         retry_handlers=[
-            _CountingRateLimitHandler(max_retry_count=RATE_LIMIT_RETRIES),
+            _GatedRateLimitHandler(gate, max_retry_count=RATE_LIMIT_RETRIES),
             AsyncServerErrorRetryHandler(
                 max_retry_count=TRANSIENT_RETRIES, interval_calculator=backoff
             ),
@@ -138,4 +216,5 @@ def make_slack_client(settings: Settings, *, backoff_factor_s: float = 0.5) -> A
         ],
     )
     client.secrets = secrets_to_scrub(settings.secret_values())
+    client.gate = gate
     return client

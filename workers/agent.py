@@ -25,6 +25,7 @@ from typing import Any, Literal
 from workers import telemetry
 from workers.budget import BudgetGuard
 from workers.config import Settings
+from workers.db import is_connection_error
 from workers.errors import (
     AuthorityDenied,
     BudgetExceeded,
@@ -63,6 +64,10 @@ MAX_NUDGES = 2
 QUOTA_BACKOFF_MIN_S = 5.0
 QUOTA_BACKOFF_MAX_S = 300.0
 RESULT_EXCERPT_CHARS = 500
+DATABASE_DROPPED = "requeued:database"
+"""How an attempt ended whose database connection failed (not counted as a crash)."""
+DATABASE_BACKOFF_S = 1.0  # doubled for each such attempt in a row
+DATABASE_RETRY_PAUSES_S: tuple[float | None, ...] = (0.2, 1.0, 3.0, None)
 
 NUDGE = (
     "Continue with the work order. When the deliverable is complete, hand it in with "
@@ -247,6 +252,8 @@ class Agent:
                 return await self._end(run, self._cancelled(run))
             return await self._end(run, self._lost(run))
         except Exception as exc:
+            if is_connection_error(exc):
+                return await self._end(run, self._database_dropped(run, exc))
             log.exception("run failed", extra={"order": order.id})
             message = f"the run failed unexpectedly ({type(exc).__name__}: {exc})"
             return await self._end(run, self._stop_for(run, "crashed", message))
@@ -678,11 +685,38 @@ class Agent:
         telemetry.RUN_STOPS.labels(kind).inc()
         return Outcome("exception", message)
 
+    async def _database_dropped(self, run: _Run, error: Exception) -> Outcome:
+        """The database connection failed mid-run (a restart, a fail-over, backends killed):
+        not the run's fault, so it goes back to the queue and resumes from its last checkpoint,
+        not counted as a crash. Only `engine.max_attempts` such runs in a row stop the order."""
+        assert run.order.id is not None
+        problem = f"the database connection failed ({type(error).__name__}: {error})"
+        for pause_s in DATABASE_RETRY_PAUSES_S:  # the pool reconnects; give it a moment
+            try:
+                in_a_row = 1 + await self.store.attempts_in_a_row(run.number, DATABASE_DROPPED)
+                if in_a_row >= self.settings.engine.max_attempts:
+                    log.error(problem, exc_info=error, extra={"order": run.order.id})
+                    message = f"{problem}, in {in_a_row} runs in a row"
+                    return await self._stop_for(run, "crashed", message)
+                log.warning("%s: back to the queue", problem, extra={"order": run.order.id})
+                return await self._requeue(
+                    run,
+                    "the database connection failed; resuming from the last checkpoint",
+                    after_s=DATABASE_BACKOFF_S * 2 ** (in_a_row - 1),
+                    outcome=DATABASE_DROPPED,
+                )
+            except Exception as again:
+                if not is_connection_error(again) or pause_s is None:
+                    raise
+                await asyncio.sleep(pause_s)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _requeue(
         self,
         run: _Run,
         reason: str,
         *,
+        outcome: str = "requeued",
         after_s: float = 0.0,
         wait_reason: str | None = None,
         wait_kind: WaitKind | None = None,
@@ -707,7 +741,7 @@ class Agent:
             Status.QUEUED,
             reason=reason,
             attempt_id=run.attempt_id,
-            outcome="requeued",
+            outcome=outcome,
             elapsed_ms=run.elapsed_ms(),
             # A wait shows its reason (the row's wait_reason); anything else says why it is back.
             step=None if wait_reason is not None else f"Back in the queue: {reason}",

@@ -148,6 +148,11 @@ class SlackSettings(_Strict):
     token_check_s: float = Field(
         default=60, gt=0, description="how often auth.test confirms the bot token still works"
     )
+    rate_budget_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="multiplies Slack's per-method rate budgets that calls are spaced to",
+    )
 
 
 class ReviewSettings(_Strict):

@@ -11,7 +11,13 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -87,6 +93,24 @@ def redact_error(exc: BaseException, url: str) -> str:
     if password:
         message = message.replace(str(password), "***")
     return message
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database connection failed rather than the
+    statement: dropped, reset, refused, invalidated, or (SQLite) busy. A new connection may
+    well succeed, so a run that hits one is retried rather than failed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DisconnectionError | OperationalError | InterfaceError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_sqlite(url: str) -> bool:

@@ -266,6 +266,15 @@ class ServiceHealth(SQLModel, table=True):
     )
 
 
+class SlackRateLimit(SQLModel, table=True):
+    """A Slack Web API method no process may call before `blocked_until` (after a 429)."""
+
+    __tablename__ = "slack_rate_limits"
+
+    method: str = Field(primary_key=True)
+    blocked_until: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class SlackEventSeen(SQLModel, table=True):
     """Dedupe record for inbound Slack deliveries; the primary key is the uniqueness guarantee."""
 

@@ -143,6 +143,8 @@ class FakeAnthropic(FakeServer):
         super().__init__()
         self.api_keys: set[str] = {api_key}
         self.requests: list[dict[str, Any]] = []
+        self.held: asyncio.Event | None = None
+        """While set to an unset event, /v1/messages answers wait until it is set."""
         self.headers: list[CIMultiDict[str]] = []
         self.credentials: list[str | None] = []
         self.count_requests: list[dict[str, Any]] = []
@@ -256,6 +258,8 @@ class FakeAnthropic(FakeServer):
             self.problem(invalid)
             return _error_response(Reply.error(400, invalid))
         reply = self._next_reply(body)
+        if self.held is not None:
+            await self.held.wait()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.is_error:

@@ -77,6 +77,10 @@ class Call:
     token: str | None = None
     status: int | None = None
     response: dict[str, Any] | None = None
+    at: float = field(default_factory=time.monotonic)
+    """When the call arrived (`time.monotonic`)."""
+    answered_at: float | None = None
+    """When its answer was decided (`time.monotonic`), e.g. a 429 with its Retry-After."""
 
 
 @dataclass
@@ -381,6 +385,7 @@ class FakeSlack(FakeServer):
             call.status, call.response = 504, {"ok": False, "error": "request_timeout"}
         else:  # no fault, or a timeout whose call was carried out before the answer got lost
             call.status, call.response = self._answer(call, headers)
+        call.answered_at = time.monotonic()
         self._activity.set()
         if fault is not None and fault.startswith("timeout") and self._flaky is not None:
             await asyncio.sleep(self._flaky.hang_s)

@@ -111,6 +111,8 @@ def settings_factory(
             "anthropic_base_url": fake_anthropic.base_url,
             "openai_api_key": fake_openai.api_key,
             "openai_base_url": fake_openai.base_url,
+            # The fake Slack has no budgets: tests are not spaced to Slack's (test_rate_gate is).
+            "slack": {"rate_budget_scale": 1000},
         }
         values.update(overrides)
         return load_settings(**values)

@@ -2,7 +2,8 @@
 transaction as the change itself, so the trail cannot miss a step that happened.
 
 `Store` is composed of one part per concern, over a shared base (workers.store.base): orders and
-transitions, runs, queue and leases, spend and quota, Slack bookkeeping, audit.
+transitions, runs, queue and leases, spend and quota, Slack bookkeeping and shared rate limits,
+audit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from workers.store.base import OrderRef, as_utc, row_to_order
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Admission, Claim, QueueStore
+from workers.store.rate_limits import RateLimitsStore
 from workers.store.runs import RunsStore
 from workers.store.slack import SlackStore
 
@@ -30,6 +32,13 @@ __all__ = [
 
 
 class Store(
-    OrdersStore, RunsStore, QueueStore, SlackStore, OutboxStore, AuditStore, ApprovalsStore
+    OrdersStore,
+    RunsStore,
+    QueueStore,
+    SlackStore,
+    OutboxStore,
+    AuditStore,
+    ApprovalsStore,
+    RateLimitsStore,
 ):
     """Async data access for work orders, runs, spend, Slack bookkeeping and the audit trail."""

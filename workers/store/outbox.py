@@ -28,6 +28,7 @@ from workers.keys import exception_key, status_key
 from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow, utcnow
 from workers.states import IN_FLIGHT
 from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
+from workers.store.leases import database_now
 from workers.workorder import Budget, Status, format_order_id
 
 URGENT, NORMAL, STATUS = 0, 1, 2
@@ -295,8 +296,18 @@ class OutboxStore(StoreBase):
     ) -> list[OutboxMessage]:
         """Due messages for `owner` to send: the oldest undelivered one of each order at most,
         so an order's messages go out in the order they were written. The status row stands
-        apart: it is edited in place, so it neither waits for nor holds up the others."""
-        now = now or utcnow()
+        apart: it is edited in place, so it neither waits for nor holds up the others.
+
+        Claim times are the database's (`now` only for tests): a host whose clock runs ahead
+        must not see a live claim of another process as expired, and send it a second time."""
+        async with self.transaction() as s:
+            return await self._claim_outbox(
+                s, owner, limit=limit, claim_s=claim_s, now=now or await database_now(self, s)
+            )
+
+    async def _claim_outbox(
+        self, s: AsyncSession, owner: str, *, limit: int, claim_s: float, now: datetime
+    ) -> list[OutboxMessage]:
         earlier = aliased(OutboxMessage)
         waiting_behind = exists().where(
             col(earlier.order_id) == col(OutboxMessage.order_id),
@@ -321,13 +332,12 @@ class OutboxStore(StoreBase):
             .limit(limit)
         )
         query = self._for_update(query, skip_locked=True)
-        async with self.transaction() as s:
-            rows = list((await s.exec(query)).all())
-            until = now + timedelta(seconds=claim_s)
-            for row in rows:
-                row.claimed_by, row.claimed_until = owner, until
-                row.attempts += 1
-                s.add(row)
+        rows = list((await s.exec(query)).all())
+        until = now + timedelta(seconds=claim_s)
+        for row in rows:
+            row.claimed_by, row.claimed_until = owner, until
+            row.attempts += 1
+            s.add(row)
         return rows
 
     async def outbox_sent(self, message_id: int, owner: str | None = None) -> None:
@@ -338,7 +348,12 @@ class OutboxStore(StoreBase):
             result = await s.exec(
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message_id, *mine)
-                .values(sent_at=utcnow(), claimed_by=None, claimed_until=None, error=None)
+                .values(
+                    sent_at=await database_now(self, s),
+                    claimed_by=None,
+                    claimed_until=None,
+                    error=None,
+                )
             )
             if result.rowcount == 0:
                 await s.exec(
@@ -358,7 +373,7 @@ class OutboxStore(StoreBase):
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message_id)
                 .values(
-                    next_attempt_at=utcnow() + timedelta(seconds=after_s),
+                    next_attempt_at=await database_now(self, s) + timedelta(seconds=after_s),
                     claimed_by=None,
                     claimed_until=None,
                     error=error[:500],

@@ -41,6 +41,26 @@ class RunsStore(StoreBase):
         async with self._sessions() as s:
             return (await s.exec(query)).first()
 
+    async def attempts_in_a_row(self, ref: OrderRef, outcome: str) -> int:
+        """How many of the order's latest ended attempts, in a row, ended with `outcome`."""
+        query = (
+            select(RunAttempt.outcome)
+            .where(
+                RunAttempt.order_id == order_number(ref),
+                col(RunAttempt.ended_at).is_not(None),
+            )
+            .order_by(col(RunAttempt.number).desc())
+            .limit(100)
+        )
+        async with self._sessions() as s:
+            outcomes = (await s.exec(query)).all()
+        count = 0
+        for ended in outcomes:
+            if ended != outcome:
+                break
+            count += 1
+        return count
+
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
             if call.attempt_id is not None:  # a run's tool call: fenced by its lease

@@ -11,10 +11,12 @@ from typing import Any, Literal
 from sqlalchemy import Table, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.audit import AuditKey, canonical_json
 from workers.models import IntakeSession, SlackEventSeen, SlackMessage, ThreadMessage, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number
+from workers.store.leases import database_now
 from workers.store.outbox import insert_ignoring
 
 log = logging.getLogger(__name__)
@@ -178,9 +180,29 @@ class SlackStore(StoreBase):
         claim_s: float = 60.0,
     ) -> tuple[ClaimState, SlackMessage]:
         """Claim the right to post `key`, atomically across processes: the first to insert the
-        key wins; a claim whose owner died is retaken once it has expired (`claim_s`)."""
-        now = utcnow()
-        until = now + timedelta(seconds=claim_s)
+        key wins; a claim whose owner died is retaken once it has expired (`claim_s`).
+
+        Claim times are the database's: a host whose clock runs ahead must not take a live
+        claim of another process for an expired one (and post the message twice)."""
+        async with self.transaction() as s:
+            now = await database_now(self, s)
+            return await self._claim_slack_message(
+                s, key=key, purpose=purpose, channel=channel, owner=owner, order=order,
+                until=now + timedelta(seconds=claim_s), now=now,
+            )  # fmt: skip
+
+    async def _claim_slack_message(
+        self,
+        s: AsyncSession,
+        *,
+        key: str,
+        purpose: str,
+        channel: str,
+        owner: str,
+        order: OrderRef | None,
+        until: datetime,
+        now: datetime,
+    ) -> tuple[ClaimState, SlackMessage]:
         values = {
             "key": key,
             "purpose": purpose,
@@ -193,34 +215,33 @@ class SlackStore(StoreBase):
             "claimed_until": until,
         }
         state: ClaimState
-        async with self.transaction() as s:
-            inserted = await s.exec(insert_ignoring(s, _messages, values))
-            by_key = select(SlackMessage).where(SlackMessage.key == key)
-            if inserted.rowcount == 1:
-                state = "claimed"
-            else:
-                existing = (await s.exec(by_key)).one()
-                if existing.ts:
-                    return "posted", existing
-                # Released after a failed post (claimed_by ''), or its claimer died.
-                released = existing.claimed_by == ""
-                taken = await s.exec(
-                    update(SlackMessage)
-                    .where(
-                        col(SlackMessage.key) == key,
-                        or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
-                        or_(
-                            col(SlackMessage.claimed_until).is_(None),
-                            col(SlackMessage.claimed_until) < now,
-                        ),
-                    )
-                    .values(claimed_by=owner, claimed_until=until, updated_at=now)
-                    .execution_options(synchronize_session=False)
+        inserted = await s.exec(insert_ignoring(s, _messages, values))
+        by_key = select(SlackMessage).where(SlackMessage.key == key)
+        if inserted.rowcount == 1:
+            state = "claimed"
+        else:
+            existing = (await s.exec(by_key)).one()
+            if existing.ts:
+                return "posted", existing
+            # Released after a failed post (claimed_by ''), or its claimer died.
+            released = existing.claimed_by == ""
+            taken = await s.exec(
+                update(SlackMessage)
+                .where(
+                    col(SlackMessage.key) == key,
+                    or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
+                    or_(
+                        col(SlackMessage.claimed_until).is_(None),
+                        col(SlackMessage.claimed_until) < now,
+                    ),
                 )
-                if taken.rowcount != 1:
-                    return "busy", existing
-                state = "claimed" if released else "retaken"
-            row = (await s.exec(by_key.execution_options(populate_existing=True))).one()
+                .values(claimed_by=owner, claimed_until=until, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount != 1:
+                return "busy", existing
+            state = "claimed" if released else "retaken"
+        row = (await s.exec(by_key.execution_options(populate_existing=True))).one()
         return state, row
 
     async def forget_slack_message(self, key: str, ts: str) -> None:
