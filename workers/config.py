@@ -86,6 +86,7 @@ class Price(_Strict):
 
 Approval = Literal["allow", "ask", "deny"]
 Approver = Literal["requester", "escalation", "reviewers"]
+DEFAULT_APPROVERS: tuple[Approver, ...] = ("requester", "escalation")
 
 
 class AuthorityPolicy(_Strict):
@@ -101,7 +102,7 @@ class AuthorityPolicy(_Strict):
         description="per tool ('server.tool', 'server.*' or a built-in name): allow, ask or deny",
     )
     approvers: list[Approver] = Field(
-        default_factory=lambda: ["requester", "escalation"],
+        default_factory=lambda: list(DEFAULT_APPROVERS),
         description="who may answer an 'ask' (admins always may)",
     )
 

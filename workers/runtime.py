@@ -370,6 +370,10 @@ async def run_worker(
     store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
+    own_tools = tools is None
+    tools = tools or load_tools(settings)
+    # MCP servers are started (and their tools listed) before the first claim.
+    await tools.start()
     outbox: Outbox | None = None
     if reporter is None:
         reporter = LoggingReporter()
@@ -403,6 +407,8 @@ async def run_worker(
             await outbox.close(timeout_s=5.0)
         if own_router:
             await router.close()
+        if own_tools:
+            await tools.close()
         if own_store:
             await store.close()
         log.info("worker %s stopped", worker.worker_id)

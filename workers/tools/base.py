@@ -53,6 +53,8 @@ class ToolContext:
     reporter: ProgressReporter
     tool_use_id: str
     attempt_id: int | None = None
+    remaining_s: float | None = None
+    """The order's wall-clock budget left when the call started: no tool waits longer."""
 
 
 class ToolInputError(ValueError):
