@@ -37,9 +37,7 @@ async def mcp_harness(
         fake_openai,
         policies={**POLICIES, "analytics": ANALYTICS, "lookup_only": LOOKUP_ONLY},
         mcp_servers={
-            "wh": stdio_server(
-                timeout_s=1, env={"MCP_TEST_MARKER": str(tmp_path / "dropped.txt")}
-            )
+            "wh": stdio_server(timeout_s=1, env={"MCP_TEST_MARKER": str(tmp_path / "dropped.txt")})
         },
     )
     store = Store(database.engine())
@@ -109,7 +107,8 @@ async def test_an_ungranted_tool_is_never_offered_and_a_forced_call_is_refused(
     assert result["is_error"] and "does not allow wh__drop_table" in text_of(result)
     assert not (tmp_path / "dropped.txt").exists()  # the server never saw the call
     calls = await h.store.tool_calls(order.id or "")
-    assert [(c.name, c.allowed, c.outcome) for c in calls][0] == ("wh__drop_table", False, "forbidden")
+    first = calls[0]
+    assert (first.name, first.allowed, first.outcome) == ("wh__drop_table", False, "forbidden")
 
 
 async def test_denied_and_ask_tools_are_refused_and_counted_as_forbidden(

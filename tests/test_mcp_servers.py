@@ -88,7 +88,7 @@ async def test_the_list_is_taken_again_when_the_server_says_it_changed(
             name = f"n{len(transport)}"
             assert f"wh__extra_{name}" not in tools
             await tools["wh__add_tool"].run({"name": name}, ctx())
-            await eventually(lambda n=name: f"wh__extra_{n}" in by_name(source))
+            await eventually(lambda n=name, s=source: f"wh__extra_{n}" in by_name(s))
             result = await by_name(source)[f"wh__extra_{name}"].run({}, ctx())
             assert result.content == f"extra {name}"
         finally:
@@ -174,7 +174,10 @@ async def test_results_are_scrubbed_capped_described_and_errors_fenced(
         leak = await tools["wh__leak"].run({"repeat": 5_000}, ctx())
         assert "the-servers-own-secret-42" not in leak.content
         assert leak.content.startswith("token=[redacted] xxx")
-        assert len(leak.content) <= 500 and "[truncated: the result was 5,017 characters" in leak.content
+        assert (
+            len(leak.content) <= 500
+            and "[truncated: the result was 5,017 characters" in leak.content
+        )
         picture = await tools["wh__picture"].run({}, ctx())
         assert picture.content == (
             "[image: image/png, 9 bytes, not shown]\n\n"
@@ -223,7 +226,9 @@ async def test_calls_errors_and_latency_are_counted_per_server_and_tool(
         return telemetry.REGISTRY.get_sample_value(name, labels) or 0.0
 
     calls = sample("delegate_mcp_tool_calls_total", server="metered", tool="lookup")
-    errors = sample("delegate_mcp_tool_errors_total", server="metered", tool="fail", kind="tool_error")
+    errors = sample(
+        "delegate_mcp_tool_errors_total", server="metered", tool="fail", kind="tool_error"
+    )
     source = servers(metered={"url": http_server_url})
     await source.start()
     try:
@@ -237,4 +242,7 @@ async def test_calls_errors_and_latency_are_counted_per_server_and_tool(
         sample("delegate_mcp_tool_errors_total", server="metered", tool="fail", kind="tool_error")
         == errors + 1
     )
-    assert sample("delegate_mcp_tool_call_duration_seconds_count", server="metered", tool="lookup") >= 1
+    assert (
+        sample("delegate_mcp_tool_call_duration_seconds_count", server="metered", tool="lookup")
+        >= 1
+    )

@@ -22,7 +22,11 @@ TOOLS: list[dict[str, Any]] = [
         "annotations": {"readOnlyHint": True},
     },
     {"name": "grow", "description": "Add a tool.", "inputSchema": {"type": "object"}},
-    {"name": "garble", "description": "Answer after a line of noise.", "inputSchema": {"type": "object"}},
+    {
+        "name": "garble",
+        "description": "Answer after a line of noise.",
+        "inputSchema": {"type": "object"},
+    },
 ]
 
 
