@@ -116,6 +116,7 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[Check]:
     checks.extend(await check_providers(settings))
     checks.append(_check_verifier_independence(settings))
     checks.append(_check_audit_key(settings))
+    checks.extend(await check_mcp_servers(settings))
     return checks
 
 
@@ -574,6 +575,56 @@ def _check_verifier_independence(settings: Settings) -> Check:
         "routing.verify.default: {primary: 'openai:gpt-5-mini'}",
         warning=True,
     )
+
+
+# ------------------------------------------------------------------------------- MCP servers
+
+
+async def check_mcp_servers(settings: Settings) -> list[Check]:
+    """Connect to every configured MCP server, list its tools and which policies grant each."""
+    if not settings.mcp_servers:
+        return []
+    from workers.tools.mcp import McpServers
+    from workers.tools.policy import decision, granted
+
+    source = McpServers(settings)
+    checks: list[Check] = []
+    try:
+        await source.start()
+        tools = source.tools()
+        for name, connection in source.connections.items():
+            if not connection.listed:
+                checks.append(
+                    Check(
+                        f"MCP server {name}",
+                        False,
+                        f"could not connect: {connection.last_error}",
+                        "check the command or URL, its credentials, and that it speaks MCP",
+                        transient=connection.settings.url is not None,
+                    )
+                )
+                continue
+            lines = []
+            for tool in (t for t in tools if t.origin.server == name):
+                grants = [
+                    f"{policy_name} ({decision(policy_name, policy, tool)})"
+                    for policy_name, policy in sorted(settings.policies.items())
+                    if granted(tool.spec.name, policy, tool)
+                ]
+                hints = ", ".join(k for k, v in tool.origin.hints().items() if v)
+                lines.append(
+                    f"{tool.grant_name}{f' [{hints}]' if hints else ''}: "
+                    f"{', '.join(grants) or 'granted by no policy'}"
+                )
+            trust = "trusted" if connection.settings.trusted else "not trusted"
+            detail = (
+                f"{len(lines)} tools, protocol {connection.protocol_version}, {trust}"
+                + "".join(f"\n       {line}" for line in lines)
+            )
+            checks.append(Check(f"MCP server {name}", True, detail))
+    finally:
+        await source.close()
+    return checks
 
 
 # ----------------------------------------------------------------------------------- audit

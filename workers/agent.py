@@ -425,6 +425,7 @@ class Agent:
             store=self.store,
             tool_use_id=call.id,
             attempt_id=run.attempt_id,
+            remaining_s=run.order.budget.max_wall_clock_s - run.elapsed_ms() / 1000,
         )
         try:
             async with asyncio.timeout(TOOL_TIMEOUT_S):

@@ -8,6 +8,7 @@ together, so a user's mistake is explained in one place.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -81,11 +84,34 @@ class Price(_Strict):
     cache_read: float = Field(ge=0)
 
 
+Approval = Literal["allow", "ask", "deny"]
+Approver = Literal["requester", "escalation", "reviewers"]
+DEFAULT_APPROVERS: tuple[Approver, ...] = ("requester", "escalation")
+
+
 class AuthorityPolicy(_Strict):
     description: str = ""
-    tools: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(
+        default_factory=list,
+        description="tool names, 'server.tool' or 'server.*' for an MCP server's tools",
+    )
     domains: list[str] = Field(default_factory=list)
     allow_private_network: bool = False
+    approvals: dict[str, Approval] = Field(
+        default_factory=dict,
+        description="per tool ('server.tool', 'server.*' or a built-in name): allow, ask or deny",
+    )
+    approvers: list[Approver] = Field(
+        default_factory=lambda: list(DEFAULT_APPROVERS),
+        description="who may answer an 'ask' (admins always may)",
+    )
+
+    @field_validator("approvals")
+    @classmethod
+    def _hand_in_stays_allowed(cls, value: dict[str, Approval]) -> dict[str, Approval]:
+        if value.get("submit_deliverable", "allow") != "allow":
+            raise ValueError("submit_deliverable is always allowed: a run must be able to hand in")
+        return value
 
 
 class ChannelDefaults(_Strict):
@@ -246,6 +272,110 @@ class WebFetchSettings(_Strict):
     user_agent: str = "DelegateBot/0.1 (+https://github.com/delegate-bot)"
 
 
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class McpServerSettings(_Strict):
+    """One MCP server: a command run over stdio, or a Streamable HTTP endpoint.
+
+    `${VAR}` in `command`, `env`, `url` and `headers` is replaced by that environment variable
+    when the configuration loads; the values so read are secrets (scrubbed from logs and from
+    what servers return)."""
+
+    command: list[str] | None = Field(
+        default=None, description="stdio: the program and its arguments"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="stdio: environment of the server (it inherits only HOME, PATH and the like)",
+    )
+    cwd: str | None = Field(default=None, description="stdio: working directory")
+    url: str | None = Field(default=None, description="Streamable HTTP endpoint")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP: request headers")
+    trusted: bool = Field(
+        default=False,
+        description="take the server's read-only annotations as facts (see docs/TOOLS.md)",
+    )
+    timeout_s: float = Field(
+        default=30,
+        gt=0,
+        le=120,  # the agent stops any tool call at 120 s
+        description="per tool call; never more than the order's remaining wall-clock budget",
+    )
+    connect_timeout_s: float = Field(
+        default=30, gt=0, le=300, description="starting the server and listing its tools"
+    )
+    max_result_chars: int = Field(
+        default=20_000, gt=0, le=200_000, description="text of one result handed to the model"
+    )
+    _secrets: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _expand_environment(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        found: list[str] = []
+        if isinstance(data, dict):
+            data = {
+                key: _expand(value, key, found)
+                if key in ("command", "env", "url", "headers", "cwd")
+                else value
+                for key, value in data.items()
+            }
+        model = handler(data)
+        model._secrets = found
+        return model
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                "give exactly one of `command` (a list: the program and its arguments, run over "
+                "stdio) or `url` (a Streamable HTTP endpoint)"
+            )
+        if self.command is not None:
+            if not self.command or not self.command[0].strip():
+                raise ValueError("`command` is empty; give the program and its arguments")
+            if self.headers:
+                raise ValueError("`headers` is for `url` servers; a `command` server takes `env`")
+        if self.url is not None:
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"`url` must be an http(s) URL, got {self.url!r}")
+            if self.env or self.cwd:
+                raise ValueError("`env` and `cwd` are for `command` servers; a `url` takes `headers`")
+        return self
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command is not None else "http"
+
+    @property
+    def secrets(self) -> list[str]:
+        """The values read from the environment through `${VAR}`."""
+        return list(self._secrets)
+
+
+def _expand(value: Any, where: str, found: list[str]) -> Any:
+    """`value` with every `${VAR}` replaced from the environment (strings, lists, dict values)."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(
+                    f"{where} refers to ${{{name}}}, which is not set in the environment"
+                )
+            found.append(os.environ[name])
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(v, where, found) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}", found) for k, v in value.items()}
+    return value
+
+
 class ToolSettings(_Strict):
     plugins: list[str] = Field(
         default_factory=list,
@@ -388,6 +518,9 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    mcp_servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict, description="MCP servers whose tools policies may grant, by name"
+    )
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
@@ -540,6 +673,7 @@ class Settings(BaseSettings):
                     f"channels.{name}.team: {channel.team!r} is not a team; expected one of "
                     f"{', '.join(sorted(self.teams))}"
                 )
+        problems += _mcp_problems(self)
         if problems:
             raise _Problems(problems)
         return self
@@ -577,7 +711,8 @@ class Settings(BaseSettings):
             self.openai_api_key,
             self.audit_key,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        secrets = [v.get_secret_value() for v in values if v is not None]
+        return secrets + [s for server in self.mcp_servers.values() for s in server.secrets]
 
     def audit_signing_key(self) -> AuditKey:
         """The key the audit trail is chained with (DELEGATE_AUDIT_KEY or DELEGATE_AUDIT_KEY_FILE),
@@ -585,6 +720,35 @@ class Settings(BaseSettings):
         if self.audit_key is None:
             return AuditKey.unkeyed()
         return AuditKey(self.audit_key.get_secret_value().encode())
+
+
+def _mcp_problems(settings: Settings) -> list[str]:
+    """Server names the tool names can be built from, and policies that name real servers."""
+    problems: list[str] = []
+    for name in settings.mcp_servers:
+        if not MCP_SERVER_NAME.match(name) or "__" in name:
+            problems.append(
+                f"mcp_servers.{name}: a server name is a letter followed by up to 31 letters, "
+                "digits, '_' or '-' (no '__'), e.g. 'warehouse'"
+            )
+    for policy_name, policy in settings.policies.items():
+        for section, names in (("tools", policy.tools), ("approvals", list(policy.approvals))):
+            for entry in names:
+                server, dot, tool = entry.partition(".")
+                if not dot:
+                    continue
+                if server not in settings.mcp_servers:
+                    known = ", ".join(sorted(settings.mcp_servers)) or "none are configured"
+                    problems.append(
+                        f"policies.{policy_name}.{section}: {entry!r} names the MCP server "
+                        f"{server!r}, which is not in mcp_servers ({known})"
+                    )
+                elif not tool:
+                    problems.append(
+                        f"policies.{policy_name}.{section}: {entry!r} names no tool; write "
+                        f"'{server}.<tool>' or '{server}.*'"
+                    )
+    return problems
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -670,4 +834,6 @@ def _is_secret_field(field: str) -> bool:
     # Case-blind: a value set from the environment is reported under its alias
     # (DELEGATE_AUDIT_KEY), not its field name.
     name = field.lower()
+    if name.startswith("mcp_servers"):
+        return True  # values there may hold what `${VAR}` read from the environment
     return any(word in name for word in ("token", "secret", "api_key", "audit_key", "password"))

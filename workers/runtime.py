@@ -339,6 +339,10 @@ async def run_worker(
     store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
+    own_tools = tools is None
+    tools = tools or load_tools(settings)
+    # MCP servers are started (and their tools listed) before the first claim.
+    await tools.start()
     stop = stop or asyncio.Event()
     local = LocalDelivery(store, reporter).start(stop) if reporter is not None else None
     worker = Worker(
@@ -365,6 +369,8 @@ async def run_worker(
             await local.close()
         if own_router:
             await router.close()
+        if own_tools:
+            await tools.close()
         if own_store:
             await store.close()
         log.info("worker %s stopped", worker.worker_id)

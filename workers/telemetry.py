@@ -115,6 +115,34 @@ SLACK_ERRORS = Counter(
     ["method", "error"],
     registry=REGISTRY,
 )
+MCP_CALLS = Counter(
+    "delegate_mcp_tool_calls_total",
+    "Calls to MCP servers' tools (every call that left for the server).",
+    ["server", "tool"],
+    registry=REGISTRY,
+)
+MCP_ERRORS = Counter(
+    "delegate_mcp_tool_errors_total",
+    "MCP tool calls that failed, by kind (timeout, unavailable, protocol, tool_error).",
+    ["server", "tool", "kind"],
+    registry=REGISTRY,
+)
+MCP_LATENCY = Histogram(
+    "delegate_mcp_tool_call_duration_seconds",
+    "MCP tool call latency, failed calls included.",
+    ["server", "tool"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+
+
+def record_mcp_call(*, server: str, tool: str, error: str | None, latency_s: float) -> None:
+    MCP_CALLS.labels(server, tool).inc()
+    MCP_LATENCY.labels(server, tool).observe(latency_s)
+    if error is not None:
+        MCP_ERRORS.labels(server, tool, error).inc()
+
+
 def record_model_call(
     *,
     provider: str,

@@ -1,8 +1,9 @@
 """Tools a run may call, and the authority each one needs.
 
 `base` defines the interface (a Tool declares its `Authority`), `policy` enforces the order's
-authority policy on every call, `builtin` and `web` are the built-in tools, and `registry` adds
-plug-ins from the `delegate.tools` entry point group and the `tools.plugins` configuration.
+authority policy on every call, `builtin` and `web` are the built-in tools, `mcp` makes the tools
+of the configured MCP servers available, and `registry` adds plug-ins from the `delegate.tools`
+entry point group and the `tools.plugins` configuration.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from workers.tools.base import (
     object_schema,
     require_str,
 )
-from workers.tools.policy import denial, granted, host_allowed
-from workers.tools.registry import ENTRY_POINT_GROUP, ToolRegistry, builtin_tools, load_tools
+from workers.tools.policy import decision, denial, granted, host_allowed
+from workers.tools.registry import (
+    ENTRY_POINT_GROUP,
+    ToolRegistry,
+    ToolSource,
+    builtin_tools,
+    load_tools,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -29,7 +36,9 @@ __all__ = [
     "ToolInputError",
     "ToolRegistry",
     "ToolResult",
+    "ToolSource",
     "builtin_tools",
+    "decision",
     "denial",
     "granted",
     "host_allowed",

@@ -51,6 +51,8 @@ class ToolContext:
     store: Store
     tool_use_id: str
     attempt_id: int | None = None
+    remaining_s: float | None = None
+    """The order's wall-clock budget left when the call started: no tool waits longer."""
 
 
 class ToolInputError(ValueError):

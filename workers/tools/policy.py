@@ -1,18 +1,63 @@
-"""Authority enforcement: checked in code on every call, whatever the model says."""
+"""Authority enforcement: checked in code on every call, whatever the model says.
+
+A tool is granted when the policy lists it by name (an MCP tool: `server.tool` or `server.*`);
+`decision` then says whether a granted call may go ahead, must be approved first, or is denied.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from workers.config import AuthorityPolicy
 from workers.tools.base import Tool
+from workers.tools.mcp.origin import McpOrigin
 
 # A run must always be able to hand in its work.
 ALWAYS_GRANTED = frozenset({"submit_deliverable"})
 
+Decision = Literal["allow", "ask", "deny"]
 
-def granted(name: str, policy: AuthorityPolicy) -> bool:
-    return name in ALWAYS_GRANTED or name in policy.tools
+
+def origin(tool: Tool | None) -> McpOrigin | None:
+    """The MCP server a tool comes from, or None for a built-in or plug-in tool."""
+    found = getattr(tool, "origin", None)
+    return found if isinstance(found, McpOrigin) else None
+
+
+def grant_keys(name: str, tool: Tool | None) -> tuple[str, ...]:
+    """The policy entries that cover this tool, most specific first."""
+    mcp = origin(tool)
+    if mcp is None:
+        return (name,)
+    return (mcp.grant_name, mcp.wildcard)
+
+
+def granted(name: str, policy: AuthorityPolicy, tool: Tool | None = None) -> bool:
+    if name in ALWAYS_GRANTED:
+        return True
+    return any(key in policy.tools for key in grant_keys(name, tool))
+
+
+def decision(policy_name: str, policy: AuthorityPolicy, tool: Tool) -> Decision:
+    """Whether a call to this (granted) tool may go ahead under the policy.
+
+    The policy's own entry wins (the exact tool before `server.*`). Otherwise an MCP server's
+    annotations pick the default, as hints: on a server not marked trusted, a tool not marked
+    read-only needs approval; a destructive or open-world tool needs approval on any server.
+    Every other tool is allowed.
+    """
+    for key in grant_keys(tool.spec.name, tool):
+        if key in policy.approvals:
+            return policy.approvals[key]
+    mcp = origin(tool)
+    if mcp is None:
+        return "allow"
+    if (mcp.destructive is True and mcp.read_only is not True) or mcp.open_world is True:
+        return "ask"
+    if not mcp.trusted and mcp.read_only is not True:
+        return "ask"
+    return "allow"
 
 
 def denial(
@@ -21,7 +66,7 @@ def denial(
     """Why the policy forbids this call, or None if it is allowed."""
     if tool is None:
         return f"there is no tool called {name!r}"
-    if not granted(name, policy):
+    if not granted(name, policy, tool):
         allowed = ", ".join(sorted(set(policy.tools) | ALWAYS_GRANTED))
         return (
             f"the '{policy_name}' authority policy does not allow {name}; "
@@ -29,7 +74,23 @@ def denial(
         )
     if tool.authority.network and not policy.domains:
         return f"the '{policy_name}' authority policy grants no web domains"
+    verdict = decision(policy_name, policy, tool)
+    if verdict == "deny":
+        return f"the '{policy_name}' authority policy denies {_shown(name, tool)}"
+    if verdict == "ask":
+        # Placeholder until the approval prompt exists: the delivery-road work parks the run
+        # here with a prompt to the approvers and resumes it with their answer.
+        return (
+            f"{_shown(name, tool)} needs approval under the '{policy_name}' authority policy, "
+            "and approvals cannot be asked for yet; do not call it again: work without it and "
+            "say in the deliverable what it would have done"
+        )
     return None
+
+
+def _shown(name: str, tool: Tool) -> str:
+    mcp = origin(tool)
+    return f"{name} ({mcp.grant_name} on an MCP server)" if mcp else name
 
 
 def host_allowed(host: str, policy: AuthorityPolicy) -> bool:

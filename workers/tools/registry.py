@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp.abc import AbstractResolver
 
@@ -21,20 +21,50 @@ from workers.errors import ConfigError
 from workers.providers.base import ToolSpec
 from workers.tools.base import Authority, Tool
 from workers.tools.builtin import AskRequester, ReadThread, SubmitDeliverable
-from workers.tools.policy import granted
+from workers.tools.policy import decision, granted
 from workers.tools.web import WebFetch
 
 ENTRY_POINT_GROUP = "delegate.tools"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class ToolRegistry:
-    """Tools by name."""
+class ToolSource(Protocol):
+    """Tools that come and go while Delegate runs (an MCP server's, as it lists them)."""
 
-    def __init__(self, tools: Iterable[Tool]) -> None:
+    def tools(self) -> Sequence[Tool]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ToolRegistry:
+    """Tools by name: fixed ones, and those of sources (MCP servers) as they list them now."""
+
+    def __init__(self, tools: Iterable[Tool], sources: Iterable[ToolSource] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._sources: list[ToolSource] = list(sources)
         for tool in tools:
             self.add(tool)
+
+    def add_source(self, source: ToolSource) -> None:
+        self._sources.append(source)
+
+    async def start(self) -> None:
+        """Connect the sources (MCP servers) and learn their tools."""
+        for source in self._sources:
+            await source.start()
+
+    async def close(self) -> None:
+        for source in self._sources:
+            await source.close()
+
+    def _all(self) -> dict[str, Tool]:
+        tools = dict(self._tools)
+        for source in self._sources:
+            for tool in source.tools():
+                tools.setdefault(tool.spec.name, tool)  # a source never shadows a fixed tool
+        return tools
 
     def add(self, tool: Tool, *, source: str = "") -> None:
         _validate(tool, source or type(tool).__name__)
@@ -47,18 +77,21 @@ class ToolRegistry:
         self._tools[name] = tool
 
     def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
+        return self._tools.get(name) or self._all().get(name)
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        return sorted(self._all())
 
-    def offered(self, policy: AuthorityPolicy) -> list[Tool]:
-        """The tools shown to the model under this policy (enforcement happens per call)."""
+    def offered(self, policy: AuthorityPolicy, *, policy_name: str = "") -> list[Tool]:
+        """The tools shown to the model under this policy: granted and not denied
+        (enforcement happens per call)."""
         return [
             tool
-            for name, tool in sorted(self._tools.items())
-            if granted(name, policy) and (policy.domains or not tool.authority.network)
+            for name, tool in sorted(self._all().items())
+            if granted(name, policy, tool)
+            and (policy.domains or not tool.authority.network)
+            and decision(policy_name, policy, tool) != "deny"
         ]
 
 
@@ -101,6 +134,10 @@ def load_tools(
             registry.add(tool, source=source)
     for tool in extra:
         registry.add(tool)
+    if settings.mcp_servers:
+        from workers.tools.mcp import McpServers
+
+        registry.add_source(McpServers(settings, reserved=registry.names))
     return registry
 
 
