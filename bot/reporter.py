@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -72,6 +73,13 @@ INLINE_DELIVERABLE_MAX = 6000
 POST_CLAIM_S = 60.0
 # Another process is posting the same key: look again after this long.
 BUSY_RETRY_S = 5.0
+
+
+class LookupFailed(Exception):
+    """Slack could not say whether an uncertain post was made; the deliverer retries later."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"could not look for {key} in its thread")
 
 
 class SlackReporter:
@@ -203,25 +211,43 @@ class SlackReporter:
             return
         if state == "busy":
             raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
+        filename = deliverable_filename(order.id, result.key)
+        if state == "retaken":  # an earlier upload's outcome is unknown: look before uploading
+            found = await self._look_for(order, result.key, lambda m: _has_file(m, filename))
+            if found is not None:
+                await self.store.save_slack_message(
+                    key=result.key, purpose="result", channel=order.channel, ts=found, order=order.id
+                )
+                return
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
                 thread_ts=order.thread_ts,
                 content=result.content,
-                filename=f"{order.id}-deliverable.md",
+                filename=filename,
                 title=f"{order.id}: {order.title}"[:250],
                 initial_comment=truncate(
                     f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000
                 ),
             )
-        except SlackApiError as exc:
-            await self.store.release_slack_message(result.key, self.owner)
-            _raise_retry_later(exc)
+        except BaseException as exc:
+            await self._after_failed_post(result.key, exc)
             raise
         file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
         await self.store.save_slack_message(
             key=result.key, purpose="result", channel=order.channel, ts=file_id, order=order.id
         )
+
+    async def _after_failed_post(self, key: str, exc: BaseException) -> None:
+        """Keep the key's claim honest: refused (Slack said no, or 429) means not posted; a
+        5xx, a timeout or a dropped connection means maybe, and the next try looks first."""
+        if isinstance(exc, SlackApiError) and not _maybe_done(exc):
+            await self.store.release_slack_message(key, self.owner)
+            _raise_retry_later(exc)
+            return
+        await self.store.uncertain_slack_message(key, self.owner)
+        if isinstance(exc, SlackApiError):
+            _raise_retry_later(exc)
 
     # Posting
 
@@ -321,8 +347,8 @@ class SlackReporter:
         if state == "busy":
             raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
-            # Its claimer died: it may have posted before it did.
-            found = await self._find_posted(order, key)
+            # Its claimer died, or Slack's answer to its post was lost: it may be there.
+            found = await self._look_for(order, key, lambda m: _has_key(m, key))
             if found:
                 await self.store.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
@@ -336,9 +362,8 @@ class SlackReporter:
                 blocks=cap_blocks(blocks),
                 metadata={"event_type": METADATA_EVENT, "event_payload": {"key": key}},
             )
-        except SlackApiError as exc:
-            await self.store.release_slack_message(key, self.owner)
-            _raise_retry_later(exc)
+        except BaseException as exc:
+            await self._after_failed_post(key, exc)
             raise
         ts = str(response["ts"])
         await self.store.save_slack_message(
@@ -346,25 +371,69 @@ class SlackReporter:
         )
         return str(response["channel"]), ts, True
 
-    async def _find_posted(self, order: WorkOrder, key: str) -> str | None:
+    async def _look_for(
+        self, order: WorkOrder, key: str, match: Callable[[dict[str, Any]], bool]
+    ) -> str | None:
+        """The ts (or file id) of the message in the order's thread that `match` recognises,
+        None when the whole thread was read and it is not there. A failed lookup leaves the key
+        uncertain and raises, so the deliverer tries again later: answering it by posting is
+        what makes duplicates."""
         if not order.thread_ts or not order.channel:
             return None
-        try:
-            response = await self.client.conversations_replies(
-                channel=order.channel, ts=order.thread_ts, include_all_metadata=True, limit=200
-            )
-        except SlackApiError as exc:
-            log.info("conversations.replies failed (%s); posting again", exc.response.get("error"))
-            return None
-        messages: list[dict[str, Any]] = response.get("messages", [])
-        for message in messages:
-            metadata: dict[str, Any] = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == METADATA_EVENT
-                and (metadata.get("event_payload") or {}).get("key") == key
-            ):
-                return str(message["ts"])
-        return None
+        cursor: str | None = None
+        while True:
+            try:
+                response = await self.client.conversations_replies(
+                    channel=order.channel,
+                    ts=order.thread_ts,
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") == "thread_not_found":
+                    return None
+                await self.store.uncertain_slack_message(key, self.owner)
+                raise LookupFailed(key) from exc
+            except Exception as exc:
+                await self.store.uncertain_slack_message(key, self.owner)
+                raise LookupFailed(key) from exc
+            messages: list[dict[str, Any]] = response.get("messages", [])
+            for message in messages:
+                if match(message):
+                    return _found_id(message)
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+
+
+def deliverable_filename(order_id: str, key: str) -> str:
+    """A deliverable's file name, unique per deliverable so that a lost upload can be found."""
+    number = deliverable_of(key)
+    suffix = f"-{number}" if number is not None else ""
+    return f"{order_id}-deliverable{suffix}.md"
+
+
+def _has_key(message: dict[str, Any], key: str) -> bool:
+    metadata: dict[str, Any] = message.get("metadata") or {}
+    return (
+        metadata.get("event_type") == METADATA_EVENT
+        and (metadata.get("event_payload") or {}).get("key") == key
+    )
+
+
+def _has_file(message: dict[str, Any], filename: str) -> bool:
+    return any(f.get("name") == filename for f in message.get("files") or [])
+
+
+def _found_id(message: dict[str, Any]) -> str:
+    files = message.get("files") or []
+    return str(files[0]["id"]) if files and files[0].get("id") else str(message["ts"])
+
+
+def _maybe_done(exc: SlackApiError) -> bool:
+    """A server error may come after Slack carried the call out."""
+    return exc.response.status_code >= 500
 
 
 def _raise_retry_later(exc: SlackApiError) -> None:
