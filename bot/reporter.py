@@ -38,12 +38,13 @@ from bot.mrkdwn import untrusted
 from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
 from workers.delivery import replay
 from workers.errors import RetryLater
-from workers.keys import deliverable_of, review_key, status_key
+from workers.keys import deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import (
     DomainRequest,
     ExceptionKind,
+    ReviewDecision,
     RunResult,
     Spend,
     StatusStep,
@@ -160,6 +161,42 @@ class SlackReporter:
             text=f"{order.id} is ready for review by {', '.join(mention(r) for r in reviewers_of(order))}",
             blocks=blocks,
         )
+        self._changed(order)
+
+    async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
+        """Replace the review prompt's buttons with who decided. A prompt not posted yet needs
+        nothing: `result` renders the decision when it goes out."""
+        assert order.id
+        key = result_key(order.id, decision.deliverable_id)
+        posted = await self.store.slack_message(review_key(key))
+        if posted is None or not posted.ts:
+            return
+        item = next(
+            (d for d in await self.store.deliverables(order.id) if d.id == decision.deliverable_id),
+            None,
+        )
+        if item is None:
+            return
+        result = RunResult(
+            content=item.content,
+            summary=item.summary,
+            key=key,
+            verdicts=item.verdicts,
+            spend=await self.store.spend(order.id),
+        )
+        word = decision_word(decision.decision, self_approved=decision.self_approved)
+        line = decision_line(word, decision.actor, decision.at, decision.feedback)
+        blocks = decided_blocks(review_blocks(order, result), line=line)
+        try:
+            await self.client.chat_update(
+                channel=posted.channel, ts=posted.ts, text=f"{order.id}: {line}", blocks=blocks
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
+                log.info("the review prompt is gone; the decision stands", extra={"order": order.id})
+                return
+            _raise_retry_later(exc)
+            raise
         self._changed(order)
 
     async def exception(

@@ -13,12 +13,14 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from workers.models import OutboxMessage
 from workers.progress import (
     DomainRequest,
     ExceptionKind,
     ProgressReporter,
+    ReviewDecision,
     RunResult,
     Spend,
     StatusStep,
@@ -60,6 +62,19 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             reason=str(payload.get("reason", "")),
         )
         await reporter.domain_request(order, request, key=message.key)
+    elif message.kind == "decided":
+        decision = ReviewDecision(
+            deliverable_id=int(payload["deliverable_id"]),
+            decision=str(payload.get("decision", "")),
+            actor=str(payload.get("actor", "")),
+            at=datetime.fromisoformat(str(payload["at"])),
+            feedback=str(payload.get("feedback", "")),
+            self_approved=bool(payload.get("self_approved")),
+        )
+        await reporter.decided(order, decision)
+    elif message.kind == "notice":
+        purpose = str(payload.get("purpose", "notice"))
+        await reporter.notice(order, str(payload.get("text", "")), key=message.key, purpose=purpose)
     elif message.kind == "exception":
         kind: ExceptionKind = payload.get("kind", "crashed")
         await reporter.exception(

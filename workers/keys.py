@@ -34,6 +34,11 @@ def review_key(result: str) -> str:
     return result.replace(":result:", ":review:")
 
 
+def decided_key(review: str) -> str:
+    """The edit that shows a decision on its review prompt: 'WO-42:review:7:decided'."""
+    return f"{review}:decided"
+
+
 def question_key(order_id: str, tool_use_id: str) -> str:
     """A question the run asked the requester: 'WO-42:question:<tool use id>'."""
     return f"{order_id}:question:{tool_use_id}"
