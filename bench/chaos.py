@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
 from bench._setup import read_then_submit, scratch_database
@@ -95,6 +97,19 @@ class ChaosConfig:
     heartbeat_s: float = 2.0
     max_attempts: int = 3
     deadline_s: float = 900.0
+    outage_at_s: float | None = None
+    """A sustained Slack outage this long after the start: every call times out with the call
+    carried out (the post exists, its answer is lost), then every call is carried out and
+    answered 500, each for half of `outage_s`."""
+    outage_s: float = 120.0
+    storm_at_s: float | None = None
+    """A 429 storm: most calls answered 429 (Retry-After 2 s) for `storm_s`."""
+    storm_s: float = 30.0
+    db_kill_every_s: float | None = None
+    """Terminate every database connection of the workers this often (pg_terminate_backend)."""
+    skewed_workers: int = 0
+    """How many worker slots run with their clock `skew_s` ahead (libfaketime)."""
+    skew_s: float = 120.0
 
 
 @dataclass
@@ -110,6 +125,11 @@ class KillSample:
 class ChaosReport:
     orders: int = 0
     workers: int = 0
+    outages: int = 0
+    storms: int = 0
+    db_kills: int = 0
+    connections_killed: int = 0
+    skewed: int = 0
     elapsed_s: float = 0.0
     rested_s: float | None = None
     """When every order had come to rest (its final message may still have been on its way)."""
@@ -165,6 +185,9 @@ class ChaosReport:
             f"not settled: {len(self.unsettled)}" + _some(self.unsettled),
             "exceptions: "
             + (", ".join(f"{v} x {k!r}" for k, v in self.exceptions.most_common()) or "none"),
+            f"faults on top: {self.outages} Slack outage(s), {self.storms} 429 storm(s), "
+            f"{self.db_kills} database drop(s) ({self.connections_killed} connections), "
+            f"{self.skewed} worker slot(s) with the clock ahead",
             f"kills: {self.kills} (SIGKILL), orders held at a kill: "
             f"{len(self.recovery_s) + self.unrecovered}",
             f"recovery time: p50 {s(self.percentile(0.5))}, p99 {s(self.percentile(0.99))}, "
@@ -283,19 +306,31 @@ async def run_chaos(
         )
         generation = itertools.count()
 
+        skewed_env = _skewed(env, config.skew_s) if config.skewed_workers else env
+
         async def spawn(slot: int) -> None:
             worker_id = f"w{slot}.{next(generation)}"
+            skewed = slot < config.skewed_workers
             process = await spawn_worker(
-                env, workdir, worker_id=worker_id, concurrency=config.concurrency
+                skewed_env if skewed else env,
+                workdir,
+                worker_id=worker_id + ("-skewed" if skewed else ""),
+                concurrency=config.concurrency,
             )
-            processes[slot] = (worker_id, process)
+            processes[slot] = (worker_id + ("-skewed" if skewed else ""), process)
 
         for slot in range(config.workers):
             await spawn(slot)
+        report.skewed = min(config.skewed_workers, config.workers)
         started = time.time()
         samples: list[KillSample] = []
 
         async def running() -> bool:
+            with contextlib.suppress(DBAPIError):  # our own connections are dropped too
+                return await _running()
+            return False
+
+        async def _running() -> bool:
             async with store.transaction() as s:
                 held = (
                     await s.exec(
@@ -314,21 +349,37 @@ async def run_chaos(
                 await kill_worker(process)
                 killed_at = time.time()
                 report.kills += 1
-                async with store.transaction() as s:
-                    held = (
-                        await s.exec(
-                            select(WorkOrderRow.id, WorkOrderRow.attempts).where(
-                                col(WorkOrderRow.lease_owner) == worker_id,
-                                col(WorkOrderRow.status).in_(HELD),
-                            )
-                        )
-                    ).all()
+                held = await _held_by(worker_id)
                 samples.extend(KillSample(n or 0, a, killed_at, worker_id) for n, a in held)
                 say(f"  kill {report.kills}: {worker_id} held {len(held)} run(s)")
                 await asyncio.sleep(rng.uniform(*config.restart_after_s))
                 await spawn(slot)
 
+        async def _held_by(worker_id: str) -> list[tuple[int | None, int]]:
+            for _ in range(5):
+                with contextlib.suppress(DBAPIError):
+                    return await _held_by_once(worker_id)
+            return []
+
+        async def _held_by_once(worker_id: str) -> list[tuple[int | None, int]]:
+            async with store.transaction() as s:
+                held = (
+                    await s.exec(
+                        select(WorkOrderRow.id, WorkOrderRow.attempts).where(
+                            col(WorkOrderRow.lease_owner) == worker_id,
+                            col(WorkOrderRow.status).in_(HELD),
+                        )
+                    )
+                ).all()
+            return list(held)
+
         async def settled() -> bool:
+            try:
+                return await _settled()
+            except DBAPIError:  # the connection killer dropped ours too: look again
+                return False
+
+        async def _settled() -> bool:
             await _recoveries(store, samples)
             async with store.transaction() as s:
                 rows = (await s.exec(select(WorkOrderRow.id, WorkOrderRow.status))).all()
@@ -346,22 +397,89 @@ async def run_chaos(
             # lost is found again by its key, not posted twice).
             return not [m for m in await store.undelivered() if not m.permanent]
 
+        async def faults() -> None:
+            """The timed faults: a Slack outage, a 429 storm, database connections dropped."""
+            timeline: list[tuple[float, Callable[[], Any]]] = []
+            normal = dict(
+                seed=config.seed,
+                weights=config.slack_fault_weights,
+                hang_s=config.slack_hang_s,
+                max_timeouts=config.max_slack_timeouts,
+            )
+            if config.outage_at_s is not None:
+                half = config.outage_s / 2
+
+                def outage_timeouts() -> None:
+                    report.outages += 1
+                    say("  Slack outage: timeouts, the calls carried out")
+                    fake_slack.flaky(
+                        1.0,
+                        seed=config.seed,
+                        weights={"timeout": 1.0},
+                        hang_s=config.slack_hang_s,
+                        processed_on_timeout=1.0,
+                    )
+
+                def outage_500s() -> None:
+                    say("  Slack outage: 500s after the calls were carried out")
+                    fake_slack.flaky(1.0, seed=config.seed, weights={"5xx-after-processing": 1.0})
+
+                def outage_over() -> None:
+                    say("  Slack outage over")
+                    fake_slack.flaky(config.slack_fault_rate, **normal)  # type: ignore[arg-type]
+
+                timeline += [
+                    (config.outage_at_s, outage_timeouts),
+                    (config.outage_at_s + half, outage_500s),
+                    (config.outage_at_s + config.outage_s, outage_over),
+                ]
+            if config.storm_at_s is not None:
+
+                def storm() -> None:
+                    report.storms += 1
+                    say("  429 storm")
+                    fake_slack.flaky(0.8, seed=config.seed, weights={"429": 1.0}, retry_after=2.0)
+
+                def storm_over() -> None:
+                    say("  429 storm over")
+                    fake_slack.flaky(config.slack_fault_rate, **normal)  # type: ignore[arg-type]
+
+                timeline += [
+                    (config.storm_at_s, storm),
+                    (config.storm_at_s + config.storm_s, storm_over),
+                ]
+            timeline.sort(key=lambda t: t[0])
+            db_kills = asyncio.create_task(_kill_connections(config, database, report, say))
+            try:
+                for at, action in timeline:
+                    await asyncio.sleep(max(0.0, started + at - time.time()))
+                    action()
+                await asyncio.Event().wait()  # keep the connection killer going
+            finally:
+                db_kills.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await db_kills
+
         chaos_task = asyncio.create_task(chaos(), name="chaos")
+        faults_task = asyncio.create_task(faults(), name="faults")
         try:
             deadline = started + config.deadline_s
             last_note = 0.0
             while not await settled() and time.time() < deadline:
-                if chaos_task.done():
-                    chaos_task.result()  # surface a crash of the chaos loop
+                for task in (chaos_task, faults_task):
+                    if task.done():
+                        task.result()  # surface a crash of the chaos or the fault loop
                 if time.time() - last_note > 30:
                     last_note = time.time()
-                    say(f"  {time.time() - started:.0f} s: {await _census(store)}")
+                    with contextlib.suppress(DBAPIError):
+                        say(f"  {time.time() - started:.0f} s: {await _census(store)}")
                 await asyncio.sleep(0.25)
             report.elapsed_s = time.time() - started
         finally:
-            chaos_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await chaos_task
+            for task in (chaos_task, faults_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Stop what is left gracefully: nothing is in flight any more, so nothing more is said.
         report.exit_codes = list(
             await asyncio.gather(
@@ -388,6 +506,50 @@ async def run_chaos(
             await fake.close()
         await store.close()
     return report
+
+
+def _skewed(env: dict[str, str], skew_s: float) -> dict[str, str]:
+    """The environment of a worker whose wall clock runs `skew_s` ahead (libfaketime; the
+    monotonic clock asyncio runs on is left alone)."""
+    library = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+    if not library.exists():
+        raise SystemExit(
+            "--skewed-workers needs libfaketime: apt-get install faketime (Debian/Ubuntu)"
+        )
+    return env | {
+        "LD_PRELOAD": str(library),
+        "FAKETIME": f"+{skew_s:g}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
+async def _kill_connections(
+    config: ChaosConfig, database: Database, report: ChaosReport, say: Callable[[str], None]
+) -> None:
+    """Every `db_kill_every_s`, terminate the scratch database's other connections: the
+    workers' pools lose every connection at once, mid-query for some."""
+    if config.db_kill_every_s is None:
+        return
+    admin = Store.from_url(database.url)
+    try:
+        while True:
+            await asyncio.sleep(config.db_kill_every_s)
+            async with admin.transaction() as s:
+                killed = (
+                    await s.exec(  # type: ignore[call-overload]
+                        text(
+                            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                            "FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid()"
+                        )
+                    )
+                ).one()[0]
+            report.db_kills += 1
+            report.connections_killed += int(killed or 0)
+            say(f"  database: {killed} connection(s) terminated")
+    finally:
+        await admin.close()
 
 
 def _final_posted(status: Status, number: int, posted: set[str]) -> bool:
@@ -544,7 +706,29 @@ async def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.15, help="Slack calls that fail")
     parser.add_argument("--deadline", type=float, default=900.0, help="give up after (s)")
     parser.add_argument("--logs", type=Path, default=None, help="keep worker logs in this folder")
+    parser.add_argument(
+        "--outage-at", type=float, default=None, help="a 2-minute Slack outage this many s in"
+    )
+    parser.add_argument("--outage", type=float, default=120.0, help="the outage's length (s)")
+    parser.add_argument("--storm-at", type=float, default=None, help="a 429 storm this many s in")
+    parser.add_argument(
+        "--db-kill-every", type=float, default=None, help="drop every DB connection this often (s)"
+    )
+    parser.add_argument(
+        "--skewed-workers", type=int, default=0, help="worker slots with a clock 120 s ahead"
+    )
+    parser.add_argument(
+        "--all-faults",
+        action="store_true",
+        help="outage at 20 s, 429 storm at 170 s, DB connections dropped every 25 s, one "
+        "worker 120 s ahead (on top of the kills and the random faults)",
+    )
     args = parser.parse_args()
+    if args.all_faults:
+        args.outage_at = 20.0 if args.outage_at is None else args.outage_at
+        args.storm_at = 170.0 if args.storm_at is None else args.storm_at
+        args.db_kill_every = args.db_kill_every or 25.0
+        args.skewed_workers = args.skewed_workers or 1
     config = ChaosConfig(
         orders=args.orders,
         workers=args.workers,
@@ -552,6 +736,11 @@ async def main() -> None:
         seed=args.seed,
         slack_fault_rate=args.fault_rate,
         deadline_s=args.deadline,
+        outage_at_s=args.outage_at,
+        outage_s=args.outage,
+        storm_at_s=args.storm_at,
+        db_kill_every_s=args.db_kill_every,
+        skewed_workers=args.skewed_workers,
     )
     load = os.getloadavg()
     print(

@@ -332,6 +332,7 @@ async def test_erasing_a_whole_order_with_the_old_total_is_caught_by_the_checkpo
         await conn.execute(text("DELETE FROM audit_events WHERE chain = :c"), {"c": victim})
         await conn.execute(text("DELETE FROM audit_heads WHERE chain = :c"), {"c": victim})
         await conn.execute(text("DELETE FROM transitions WHERE order_id = 2"))
+        await conn.execute(text("DELETE FROM outbox WHERE order_id = 2"))
         await conn.execute(text("DELETE FROM work_orders WHERE id = 2"))
     await _put_back(store, old_total)
     await store.close()

@@ -297,7 +297,8 @@ class FakeSlack(FakeServer):
         answer is held for `hang_s` seconds (longer than the client waits). A timeout is, with
         probability `processed_on_timeout`, one whose call was carried out before the answer got
         lost (a posted message stays posted) - the case an idempotency key has to handle.
-        `weights` splits faults between '429', '5xx' and 'timeout' (default 45/45/10);
+        `weights` splits faults between '429', '5xx', 'timeout' and '5xx-after-processing' (a
+        500 answered after the call was carried out) (default 45/45/10/0);
         `max_timeouts` caps the timeouts served; `methods` limits faults to those methods
         (default: every method but `auth.test`). `rate=0` turns the mode off. What was served
         is counted in `faults`.
@@ -385,6 +386,9 @@ class FakeSlack(FakeServer):
         fault = self._draw_fault(method)
         if fault in ("429", "5xx"):
             call.status, call.response = self._random_failure(fault, headers)
+        elif fault == "5xx-after-processing":  # carried out, then the answer is a server error
+            self._answer(call, headers)
+            call.status, call.response = 500, {"ok": False, "error": "internal_error"}
         elif fault == "timeout":  # lost on the way: Slack never carried it out
             call.status, call.response = 504, {"ok": False, "error": "request_timeout"}
         else:  # no fault, or a timeout whose call was carried out before the answer got lost
