@@ -576,6 +576,12 @@ class Agent:
                 "summary": item.summary,
                 "verdicts": [v.as_dict() for v in verification.verdicts] if verification else None,
                 "note": note,
+                # Named here, uploaded by the deliverer from the store (the bytes stay there).
+                "files": [
+                    {"id": f.id, "position": f.position, "name": f.name, "mimetype": f.mimetype,
+                     "size": f.size, "sha256": f.sha256}
+                    for f in await self.store.deliverable_files(item.id)
+                ],
             },
         )
         order = await self.store.finish_run(

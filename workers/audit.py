@@ -127,14 +127,21 @@ def model_call_facts(call: Any) -> dict[str, Any]:
     }
 
 
-def deliverable_facts(item: Any) -> dict[str, Any]:
-    """What the chain records of one deliverable (a `Deliverable` row)."""
-    return {
+def deliverable_facts(item: Any, files: Sequence[Any] = ()) -> dict[str, Any]:
+    """What the chain records of one deliverable (a `Deliverable` row) and its files
+    (`DeliverableFile` rows: name, type, size and sha256, never the bytes)."""
+    facts = {
         "deliverable": item.id,
         "summary": item.summary,
         "chars": len(item.content),
         "sha256": sha256_text(item.content),
     }
+    if files:
+        facts["files"] = [
+            {"name": f.name, "mimetype": f.mimetype, "size": f.size, "sha256": f.sha256}
+            for f in files
+        ]
+    return facts
 
 
 def tool_call_facts(call: Any) -> dict[str, Any]:
