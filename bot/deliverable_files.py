@@ -79,7 +79,9 @@ async def upload_files(reporter: SlackReporter, order: WorkOrder, result: RunRes
         )
 
 
-async def canvas_once(reporter: SlackReporter, order: WorkOrder, result: RunResult) -> Canvas | None:
+async def canvas_once(
+    reporter: SlackReporter, order: WorkOrder, result: RunResult
+) -> Canvas | None:
     """Put a long deliverable in a canvas shared with the thread's channel and post its link
     (once); None when the workspace does not allow the canvas, so the caller uploads a file."""
     assert order.id and order.channel

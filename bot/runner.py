@@ -16,8 +16,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import create_app
-from bot.dedupe import recover_unhandled
 from bot.attachments import SlackFiles
+from bot.dedupe import recover_unhandled
 from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher

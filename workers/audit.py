@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -280,7 +280,8 @@ def _check_head(
     return None
 
 
-RECORDED_ROWS = {
+RECORDED_ROWS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    # A deliverable's files are checked by their own hashes (`DeliverableFile.sha256`), not here.
     "deliverable": deliverable_facts,
     "tool_call": tool_call_facts,
     "model_call": model_call_facts,

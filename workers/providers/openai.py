@@ -15,7 +15,6 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from workers.untrusted import fence
 from workers.providers.base import (
     ModelReply,
     ModelRequest,
@@ -25,6 +24,7 @@ from workers.providers.base import (
     Usage,
     retry_after_s,
 )
+from workers.untrusted import fence
 
 _FINISH_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import replace
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from workers import logs, telemetry

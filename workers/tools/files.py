@@ -241,8 +241,7 @@ class ReadFile:
             return ToolResult(f"{about} is not a text file, so it cannot be read as text.")
         if found.content is None:
             return ToolResult(
-                f"{about} is larger than the {self.limits.read_max_bytes:,} bytes read_file "
-                "reads.",
+                f"{about} is larger than the {self.limits.read_max_bytes:,} bytes read_file reads.",
             )
         text = found.content.decode("utf-8", errors="replace")
         if len(text) > self.limits.read_max_chars:

@@ -38,9 +38,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("deliverable_id", "position"),
     )
-    op.create_index(
-        "ix_deliverable_files_deliverable_id", "deliverable_files", ["deliverable_id"]
-    )
+    op.create_index("ix_deliverable_files_deliverable_id", "deliverable_files", ["deliverable_id"])
     with op.batch_alter_table("thread_messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("files", sa.JSON(), nullable=True))
 
