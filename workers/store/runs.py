@@ -4,7 +4,7 @@ and their verdicts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -16,8 +16,24 @@ from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
 from workers.workorder import format_order_id
 
-if TYPE_CHECKING:
-    from workers.tools.files import HandedInFile
+
+class HandedInFile(Protocol):
+    """A checked file to store with its deliverable (workers.tools.files.HandedInFile)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mimetype(self) -> str: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 _PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
 
