@@ -456,4 +456,21 @@ async def _remember(store: Store, event: dict[str, Any]) -> None:
         text=event.get("text") or "",
         user=event.get("user"),
         bot_id=event.get("bot_id"),
+        files=_attached(event),
     )
+
+
+def _attached(event: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """What Slack says is attached to a message (ids, names, types, sizes; never the bytes):
+    a run granted read_file may read what its requester attached."""
+    files = [
+        {
+            "id": f["id"],
+            "name": str(f.get("name") or f.get("title") or f["id"])[:200],
+            "mimetype": str(f.get("mimetype") or ""),
+            "size": int(f.get("size") or 0),
+        }
+        for f in event.get("files") or []
+        if isinstance(f, dict) and isinstance(f.get("id"), str)
+    ]
+    return files or None

@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
+from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
 from bot.domain_blocks import domain_request_blocks, domain_request_text
 from bot.home_refresh import HomeRefresher
 from bot.ids import (
@@ -136,14 +137,19 @@ class SlackReporter:
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""
         assert order.id and order.channel
+        canvas: Canvas | None = None
         if len(result.content) <= INLINE_DELIVERABLE_MAX:
             body = f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n{untrusted(result.content)}"
             await self.post_once(
                 order, key=result.key, purpose="result", text=body, blocks=sections(body)
             )
         else:
-            await self._upload_once(order, result)
-        blocks = review_blocks(order, result)
+            # A canvas where the workspace allows one, else a file (bot.deliverable_files).
+            canvas = await canvas_once(self, order, result)
+            if canvas is None:
+                await self._upload_once(order, result)
+        await upload_files(self, order, result)
+        blocks = review_blocks(order, result, canvas_url=canvas.url if canvas else None)
         deliverable = deliverable_of(result.key)
         decided = await decision_on(self.store, order.id, deliverable) if deliverable else None
         if decided is not None:  # decided (from App Home) before this prompt got out
@@ -234,11 +240,27 @@ class SlackReporter:
         """A one-off message in the thread (reminders, escalations, quiet-order notes)."""
         await self.post_once(order, key=key, purpose=purpose, text=text, blocks=sections(text))
 
-    async def _upload_once(self, order: WorkOrder, result: RunResult) -> None:
+    async def _upload_once(
+        self,
+        order: WorkOrder,
+        result: RunResult,
+        *,
+        file: UploadFile | None = None,
+    ) -> None:
+        """Upload the deliverable as a file once (or, with `file`, one of its handed-in files)."""
         assert order.id and order.channel
+        if file is None:
+            file = UploadFile(
+                key=result.key,
+                purpose="result",
+                content=result.content,
+                filename=deliverable_filename(order.id, result.key),
+                title=f"{order.id}: {order.title}"[:250],
+                comment=truncate(f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000),
+            )
         state, _ = await self.store.claim_slack_message(
-            key=result.key,
-            purpose="result",
+            key=file.key,
+            purpose=file.purpose,
             channel=order.channel,
             owner=self.owner,
             order=order.id,
@@ -247,32 +269,30 @@ class SlackReporter:
         if state == "posted":
             return
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
-        filename = deliverable_filename(order.id, result.key)
+            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {file.key}")
         if state == "retaken":  # an earlier upload's outcome is unknown: look before uploading
-            found = await self._look_for(order, result.key, lambda m: _has_file(m, filename))
+            name = file.filename
+            found = await self._look_for(order, file.key, lambda m: _has_file(m, name))
             if found is not None:
                 await self.store.save_slack_message(
-                    key=result.key, purpose="result", channel=order.channel, ts=found, order=order.id
+                    key=file.key, purpose=file.purpose, channel=order.channel, ts=found, order=order.id
                 )
                 return
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
                 thread_ts=order.thread_ts,
-                content=result.content,
-                filename=filename,
-                title=f"{order.id}: {order.title}"[:250],
-                initial_comment=truncate(
-                    f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000
-                ),
+                content=file.content,
+                filename=file.filename,
+                title=file.title,
+                initial_comment=file.comment,
             )
         except BaseException as exc:
-            await self._after_failed_post(result.key, exc)
+            await self._after_failed_post(file.key, exc)
             raise
         file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
         await self.store.save_slack_message(
-            key=result.key, purpose="result", channel=order.channel, ts=file_id, order=order.id
+            key=file.key, purpose=file.purpose, channel=order.channel, ts=file_id, order=order.id
         )
 
     async def _after_failed_post(self, key: str, exc: BaseException) -> None:

@@ -35,7 +35,9 @@ def checklist(verdicts: list[dict[str, object]] | None, criteria: list[str]) -> 
     )
 
 
-def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
+def review_blocks(
+    order: WorkOrder, result: RunResult, *, canvas_url: str | None = None
+) -> list[Block]:
     assert order.id
     verdicts = result.verdicts
     failed = [v for v in verdicts or [] if not v.get("passed")]
@@ -56,6 +58,10 @@ def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
         ),
         *sections(f"*Acceptance criteria*\n{checklist(verdicts, order.acceptance_criteria)}"),
     ]
+    if canvas_url:
+        blocks.extend(sections(f"*Deliverable:* <{canvas_url}|open the canvas>"))
+    if result.files:
+        blocks.extend(sections(f"*Files handed in*\n{files_list(result.files)}"))
     if result.spend is not None:
         blocks.append(context(f"Spend and time: {result.spend.describe()}"))
     blocks.append(
@@ -70,6 +76,22 @@ def review_blocks(order: WorkOrder, result: RunResult) -> list[Block]:
         }
     )
     return blocks
+
+
+def files_list(files: list[dict[str, object]]) -> str:
+    """The handed-in files by name and size (names are the model's words: inert)."""
+    return "\n".join(
+        f"• {untrusted(str(f.get('name', '')))} ({human_size(int(str(f.get('size') or 0)))})"
+        for f in files
+    )
+
+
+def human_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    if size < 1_000_000:
+        return f"{size / 1000:.1f} kB"
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def decided_blocks(blocks: list[Block], *, line: str) -> list[Block]:

@@ -16,6 +16,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import create_app
+from bot.attachments import SlackFiles
 from bot.dedupe import recover_unhandled
 from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
@@ -256,6 +257,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             stop=stop,
             handle_signals=False,
             on_start=pools.append,
+            files=SlackFiles(client),
         ),
         name="worker-pool",
     )
@@ -304,8 +306,10 @@ async def run_workers_only(
         "models": models.status,
     }
     tasks = [asyncio.create_task(models.run(stop), name="model-recheck")]
+    files: SlackFiles | None = None
     if settings.slack_bot_token is not None:
         client = make_slack_client(settings, shared_holds=store)
+        files = SlackFiles(client)
         token = SlackTokenWatch(
             store,
             client,
@@ -338,6 +342,7 @@ async def run_workers_only(
             stop=stop,
             handle_signals=False,
             on_start=pools.append,
+            files=files,
         )
     finally:
         stop.set()

@@ -5,9 +5,11 @@ from __future__ import annotations
 BOT_SCOPES: frozenset[str] = frozenset(
     {
         "app_mentions:read",
+        "canvases:write",
         "channels:history",
         "chat:write",
         "commands",
+        "files:read",
         "files:write",
         "groups:history",
         "im:history",

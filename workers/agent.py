@@ -37,11 +37,12 @@ from workers.errors import (
 from workers.keys import exception_key, question_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
 from workers.progress import ExceptionKind
-from workers.providers import ModelRequest, ModelRouter, ToolUse
+from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse, WebSearchRequest
 from workers.states import WaitKind
 from workers.store import OutboxItem, Store, as_utc
 from workers.store.outbox import exception_notice
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
+from workers.tools.web_search import is_server_side
 from workers.transcript import (
     REVISE,
     assistant_message,
@@ -287,7 +288,9 @@ class Agent:
         else:
             await self._checkpoint(run)
         policy = self.settings.policies[run.order.authority_policy]
-        offered = [tool.spec for tool in self.tools.offered(policy)]
+        granted_tools = self.tools.offered(policy)
+        offered = [tool.spec for tool in granted_tools if not is_server_side(tool)]
+        searching = any(is_server_side(tool) for tool in granted_tools)
         system = system_prompt(run.order, self.settings)
         while True:
             if run.control.yield_requested:
@@ -304,6 +307,7 @@ class Agent:
                 messages=run.messages,
                 tools=offered,
                 max_output_tokens=self.settings.engine.max_output_tokens,
+                web_search=await self._web_search(run) if searching else None,
             )
             remaining_s = run.order.budget.max_wall_clock_s - run.elapsed_ms() / 1000
             reply = await self.router.complete(
@@ -317,6 +321,7 @@ class Agent:
             )
             run.messages.append(assistant_message(reply))
             run.step += 1
+            await self._count_searches(run, reply)
             if reply.stop_reason == "refusal":
                 await self._checkpoint(run)
                 said = f": {reply.text.strip()[:500]}" if reply.text.strip() else ""
@@ -455,6 +460,35 @@ class Agent:
         block = tool_result(call.id, content, is_error=result.is_error)
         return block, "finish" if result.finish else None
 
+    async def _web_search(self, run: _Run) -> WebSearchRequest | None:
+        """The provider's web search for the next call: within the policy's (and channel's)
+        domains, and at most as many searches as the order has tool calls left."""
+        row = await self.store.get_row(run.number)
+        left = run.order.budget.max_tool_calls - row.tool_calls
+        uses = min(self.settings.tools.web_search.max_uses, left)
+        if uses <= 0:
+            return None
+        policy = self.settings.policies[run.order.authority_policy]
+        extra = self.settings.channel_defaults(run.order.channel).extra_domains
+        domains = list(dict.fromkeys([*policy.domains, *extra]))
+        return WebSearchRequest(uses, None if "*" in domains else domains)
+
+    async def _count_searches(self, run: _Run, reply: ModelReply) -> None:
+        """The provider's searches in the reply: each a tool call, recorded and counted."""
+        for query in reply.searches:
+            await self.store.record_tool_call(
+                ToolCall(
+                    order_id=run.number,
+                    attempt_id=run.attempt_id,
+                    name="web_search",
+                    arguments={"query": query},
+                    allowed=True,
+                    outcome="ok",
+                    duration_ms=0,
+                )
+            )
+            await run.guard.charge_tool_call()
+
     def _count_forbidden(self, run: _Run, name: str, reason: str) -> None:
         run.forbidden += 1
         limit = self.settings.engine.max_forbidden_tool_calls
@@ -576,6 +610,12 @@ class Agent:
                 "summary": item.summary,
                 "verdicts": [v.as_dict() for v in verification.verdicts] if verification else None,
                 "note": note,
+                # Named here, uploaded by the deliverer from the store (the bytes stay there).
+                "files": [
+                    {"id": f.id, "position": f.position, "name": f.name, "mimetype": f.mimetype,
+                     "size": f.size, "sha256": f.sha256}
+                    for f in await self.store.deliverable_files(item.id)
+                ],
             },
         )
         order = await self.store.finish_run(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -127,14 +127,21 @@ def model_call_facts(call: Any) -> dict[str, Any]:
     }
 
 
-def deliverable_facts(item: Any) -> dict[str, Any]:
-    """What the chain records of one deliverable (a `Deliverable` row)."""
-    return {
+def deliverable_facts(item: Any, files: Sequence[Any] = ()) -> dict[str, Any]:
+    """What the chain records of one deliverable (a `Deliverable` row) and its files
+    (`DeliverableFile` rows: name, type, size and sha256, never the bytes)."""
+    facts = {
         "deliverable": item.id,
         "summary": item.summary,
         "chars": len(item.content),
         "sha256": sha256_text(item.content),
     }
+    if files:
+        facts["files"] = [
+            {"name": f.name, "mimetype": f.mimetype, "size": f.size, "sha256": f.sha256}
+            for f in files
+        ]
+    return facts
 
 
 def tool_call_facts(call: Any) -> dict[str, Any]:
@@ -273,7 +280,8 @@ def _check_head(
     return None
 
 
-RECORDED_ROWS = {
+RECORDED_ROWS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    # A deliverable's files are checked by their own hashes (`DeliverableFile.sha256`), not here.
     "deliverable": deliverable_facts,
     "tool_call": tool_call_facts,
     "model_call": model_call_facts,

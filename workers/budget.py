@@ -166,6 +166,8 @@ class CallPlan:
     max_output_tokens: int
     reserve_micro_usd: int
     reserve_tokens: int
+    searches: int = 0
+    """Web searches the call may make (each reserved at its price within reserve_micro_usd)."""
 
 
 def plan_call(
@@ -175,15 +177,24 @@ def plan_call(
     input_tokens: int,
     want_output_tokens: int,
     min_output_tokens: int,
+    searches: int = 0,
+    search_micro_usd: int = 0,
 ) -> CallPlan:
-    """Fit one call into the headroom, lowering max output tokens if needed.
+    """Fit one call into the headroom, lowering max output tokens if needed, and then as many
+    of the `searches` wanted (each at `search_micro_usd`) as the money left over covers.
 
     Raises BudgetExceeded naming the binding limit when not even `min_output_tokens` fit.
     """
     if headroom.model_calls <= 0:
         raise BudgetExceeded("model_calls", "the order has used all of its model calls")
     floor = max(1, min(min_output_tokens, want_output_tokens))
-    input_cost = math.ceil(input_tokens * worst_input_rate(price))
+    if searches and search_micro_usd:
+        spare = min(headroom.order_micro_usd, headroom.team_micro_usd) - math.ceil(
+            input_tokens * worst_input_rate(price) + floor * _rate(price.output)
+        )
+        searches = max(0, min(searches, spare // search_micro_usd))
+    fixed = searches * search_micro_usd
+    input_cost = math.ceil(input_tokens * worst_input_rate(price)) + fixed
     out_rate = _rate(price.output)
 
     def outputs_within(micro_left: int) -> int:
@@ -208,8 +219,9 @@ def plan_call(
     max_output = min(want_output_tokens, most)
     return CallPlan(
         max_output_tokens=max_output,
-        reserve_micro_usd=worst_case_micro_usd(price, input_tokens, max_output),
+        reserve_micro_usd=worst_case_micro_usd(price, input_tokens, max_output) + fixed,
         reserve_tokens=input_tokens + max_output,
+        searches=searches,
     )
 
 
@@ -233,6 +245,8 @@ class Reservation:
     reserved_micro_usd: int
     reserved_tokens: int
     price: Price
+    searches: int = 0
+    search_micro_usd: int = 0
 
 
 class SpendLedger(Protocol):
@@ -310,8 +324,12 @@ class BudgetGuard:
         model: str,
         input_tokens: int,
         want_output_tokens: int,
+        searches: int = 0,
+        search_micro_usd: int = 0,
     ) -> Reservation:
-        """Hold back the call's worst case atomically, or raise BudgetExceeded."""
+        """Hold back the call's worst case atomically, or raise BudgetExceeded. With `searches`,
+        also up to that many web searches at `search_micro_usd` each, as many as the budget
+        covers (`Reservation.searches`; the call must not make more)."""
         if self.overrun is not None:
             # The worst case was not the worst case: no further call is safe to make.
             cost, reserved = self.overrun
@@ -331,6 +349,8 @@ class BudgetGuard:
                 input_tokens=input_tokens,
                 want_output_tokens=want_output_tokens,
                 min_output_tokens=min_output,
+                searches=searches,
+                search_micro_usd=search_micro_usd,
             )
 
         call = LlmCall(
@@ -356,6 +376,8 @@ class BudgetGuard:
             reserved_micro_usd=chosen.reserve_micro_usd,
             reserved_tokens=chosen.reserve_tokens,
             price=price,
+            searches=chosen.searches,
+            search_micro_usd=search_micro_usd,
         )
 
     async def settle(
@@ -374,6 +396,7 @@ class BudgetGuard:
             cost, tokens = reservation.reserved_micro_usd, reservation.reserved_tokens
         else:
             cost, tokens = call_cost_micro_usd(reservation.price, usage), usage.total_tokens
+            cost += usage.web_search_requests * reservation.search_micro_usd
         await self.store.settle_spend(
             reservation.call_id,
             cost_micro_usd=cost,

@@ -376,12 +376,36 @@ def _expand(value: Any, where: str, found: list[str]) -> Any:
     return value
 
 
+class FileSettings(_Strict):
+    """Files a run hands in with its deliverable, and files a requester attached that it reads."""
+
+    max_file_bytes: int = Field(default=5_000_000, gt=0, description="per handed-in file")
+    max_total_bytes: int = Field(default=20_000_000, gt=0, description="all files of one hand-in")
+    max_files: int = Field(default=10, gt=0, description="files per hand-in")
+    read_max_bytes: int = Field(
+        default=1_000_000, gt=0, description="largest attached file read_file downloads"
+    )
+    read_max_chars: int = Field(default=50_000, gt=0, description="text read_file hands the model")
+
+
+class WebSearchSettings(_Strict):
+    """The model provider's own web search (a server-side tool), charged per search."""
+
+    max_uses: int = Field(default=5, gt=0, description="searches per model call at most")
+    price_per_1000_usd: dict[str, float] = Field(
+        default_factory=lambda: {"anthropic": 10.0, "openai": 10.0},
+        description="per provider: USD per 1,000 searches (a provider not listed cannot search)",
+    )
+
+
 class ToolSettings(_Strict):
     plugins: list[str] = Field(
         default_factory=list,
         description="extra tools as 'module:attribute' (a Tool, a list of them or a factory)",
     )
     web_fetch: WebFetchSettings = Field(default_factory=WebFetchSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
+    web_search: WebSearchSettings = Field(default_factory=WebSearchSettings)
 
 
 class AuditSettings(_Strict):

@@ -50,6 +50,7 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             verdicts=payload.get("verdicts"),
             note=str(payload.get("note", "")),
             spend=spend,
+            files=list(payload.get("files") or []),
         )
         await reporter.result(order, result)
     elif message.kind == "question":

@@ -39,6 +39,16 @@ def decided_key(review: str) -> str:
     return f"{review}:decided"
 
 
+def file_key(result: str, position: int) -> str:
+    """A file handed in with a deliverable: 'WO-42:result:7', 2 -> 'WO-42:file:7:2'."""
+    return f"{result.replace(':result:', ':file:')}:{position}"
+
+
+def canvas_key(result: str) -> str:
+    """The canvas a long deliverable is put in: 'WO-42:result:7' -> 'WO-42:canvas:7'."""
+    return result.replace(":result:", ":canvas:")
+
+
 def question_key(order_id: str, tool_use_id: str) -> str:
     """A question the run asked the requester: 'WO-42:question:<tool use id>'."""
     return f"{order_id}:question:{tool_use_id}"

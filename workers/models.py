@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Index, Integer, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 # Micro-dollars: 64-bit on PostgreSQL (INTEGER would cap at $2,147); SQLite integers are 64-bit.
@@ -390,6 +400,8 @@ class ThreadMessage(SQLModel, table=True):
     user: str | None = None
     bot_id: str | None = None
     text: str = ""
+    # Files attached to the message, as Slack described them: [{"id", "name", "mimetype", "size"}].
+    files: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     received_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -463,6 +475,23 @@ class Deliverable(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class DeliverableFile(SQLModel, table=True):
+    """A file a run handed in with its deliverable (CSV, Markdown, PNG, PDF), kept with it so the
+    delivery road can upload it (again, after a crash) and the audit chain can name its hash."""
+
+    __tablename__ = "deliverable_files"
+    __table_args__ = (UniqueConstraint("deliverable_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deliverable_id: int = Field(foreign_key="deliverables.id", index=True)
+    position: int = Field(description="1, 2, ... in the order the run listed them")
+    name: str
+    mimetype: str
+    size: int
+    sha256: str
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class DigestPost(SQLModel, table=True):

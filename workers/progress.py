@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -172,6 +172,8 @@ class RunResult:
     note: str = ""
     """Anything the reviewer should know about the checks (e.g. why they did not run)."""
     spend: Spend | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """Files handed in with it: {"id", "position", "name", "mimetype", "size", "sha256"}."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from workers.providers import ModelRouter
 from workers.store import Claim, OrderRef, Store
 from workers.store.outbox import SLACK
 from workers.tools import ToolRegistry, load_tools
+from workers.tools.files import FileSource
 from workers.workorder import WorkOrder, format_order_id, parse_order_id
 
 log = logging.getLogger(__name__)
@@ -325,9 +326,11 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     on_start: Callable[[Worker], object] | None = None,
+    files: FileSource | None = None,
 ) -> None:
     """Run a worker pool until `stop` is set or SIGTERM/SIGINT arrives; `on_start` is handed
-    the pool (for health checks).
+    the pool (for health checks); `files` is where read_file reads attached files (the Slack
+    front door's), when the tools are built here.
 
     Runs talk to people only through the outbox (workers.store.outbox). A process with a Slack
     front door runs its `Deliverer` beside the pool and passes no `reporter`; without one, the
@@ -340,7 +343,7 @@ async def run_worker(
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
     own_tools = tools is None
-    tools = tools or load_tools(settings)
+    tools = tools or load_tools(settings, files=files)
     # MCP servers are started (and their tools listed) before the first claim.
     await tools.start()
     stop = stop or asyncio.Event()

@@ -9,13 +9,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from . import SSE, FakeServer, StreamCut, chunk_json, chunk_text, estimate_tokens
 
-__all__ = ["FakeAnthropic", "Reply", "ScriptItem", "ToolUse"]
+__all__ = ["FakeAnthropic", "Reply", "ScriptItem", "Search", "ToolUse"]
 
 _ERROR_TYPES: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request."),
@@ -55,6 +56,17 @@ class ToolUse:
 
 
 @dataclass
+class Search:
+    """A web search the fake model runs with Anthropic's server tool, and the pages it finds
+    (title, url); the fake keeps to the request's `max_uses` and `allowed_domains` as the real
+    API does."""
+
+    query: str
+    pages: list[tuple[str, str]] = field(default_factory=list)
+    id: str = field(default_factory=lambda: _new_id("srvtoolu"))
+
+
+@dataclass
 class Reply:
     """One scripted answer: a message (text and/or tool uses) or an HTTP error.
 
@@ -78,6 +90,7 @@ class Reply:
     chunk_delay: float = 0.0
     cut_after: int | None = None
     error_event: str | None = None
+    searches: list[Search] = field(default_factory=list)
     undeclared_ok: bool = False
     """Call tools the request did not declare on purpose (a test of how the engine copes);
     otherwise such a script is reported as a problem, since the real model would not."""
@@ -272,7 +285,8 @@ class FakeAnthropic(FakeServer):
         return web.json_response(message, headers={**_ids(), **reply.headers})
 
     def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        content = reply.content()
+        searched, made = self._searches(body, reply)
+        content = searched + reply.content()
         prompt = {k: body.get(k) for k in ("system", "messages", "tools") if body.get(k)}
         usage: dict[str, Any] = {
             "input_tokens": estimate_tokens(prompt),
@@ -282,6 +296,8 @@ class FakeAnthropic(FakeServer):
             "service_tier": "standard",
         }
         usage.update(reply.usage)
+        if reply.searches:
+            usage["server_tool_use"] = {"web_search_requests": made}
         usage["cache_creation"] = {
             "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
             "ephemeral_1h_input_tokens": 0,
@@ -298,6 +314,52 @@ class FakeAnthropic(FakeServer):
             "stop_details": {"type": "refusal"} if stop_reason == "refusal" else None,
             "usage": usage,
         }
+
+    def _searches(self, body: dict[str, Any], reply: Reply) -> tuple[list[dict[str, Any]], int]:
+        """The server tool blocks of the reply's searches, and how many searches ran."""
+        if not reply.searches:
+            return [], 0
+        tool = next(
+            (t for t in body.get("tools") or [] if str(t.get("type", "")).startswith("web_search_")),
+            None,
+        )
+        if tool is None:
+            self.problem("scripted reply searches the web, but the request offered no web search")
+            return [], 0
+        allowed = tool.get("allowed_domains")
+        blocks: list[dict[str, Any]] = []
+        made = 0
+        for search in reply.searches:
+            blocks.append(
+                {
+                    "type": "server_tool_use",
+                    "id": search.id,
+                    "name": "web_search",
+                    "input": {"query": search.query},
+                }
+            )
+            if made >= int(tool.get("max_uses") or 1_000_000):
+                result: Any = {
+                    "type": "web_search_tool_result_error",
+                    "error_code": "max_uses_exceeded",
+                }
+            else:
+                made += 1
+                result = [
+                    {
+                        "type": "web_search_result",
+                        "title": title,
+                        "url": url,
+                        "encrypted_content": _new_id("enc"),
+                        "page_age": None,
+                    }
+                    for title, url in search.pages
+                    if allowed is None or _within(url, allowed)
+                ]
+            blocks.append(
+                {"type": "web_search_tool_result", "tool_use_id": search.id, "content": result}
+            )
+        return blocks, made
 
     async def _stream(
         self, request: web.Request, message: dict[str, Any], reply: Reply
@@ -364,6 +426,11 @@ class FakeAnthropic(FakeServer):
             event = {"type": "content_block_delta", "index": index, "delta": delta}
             await sse.send(event, "content_block_delta")
         await sse.send({"type": "content_block_stop", "index": index}, "content_block_stop")
+
+
+def _within(url: str, domains: list[str]) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == d.lower() or host.endswith("." + d.lower()) for d in domains)
 
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -46,6 +46,8 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "reactions:write",
     "channels:history",
     "groups:history",
+    "files:read",
+    "canvases:write",
 )
 
 # Arguments that slack_sdk form-encodes as JSON strings; the fake always decodes them.
@@ -178,6 +180,9 @@ class FakeSlack(FakeServer):
         self.views: dict[str, dict[str, Any]] = {}
         self.home_views: dict[str, dict[str, Any]] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        self.canvases: dict[str, dict[str, Any]] = {}
+        self.downloads: list[str] = []
+        """File ids downloaded from their `url_private` (with a valid token)."""
         self.statuses: dict[tuple[str, str], str] = {}
         self.reactions: list[tuple[str, str, str]] = []
         self.handlers: dict[str, Handler] = {
@@ -195,6 +200,9 @@ class FakeSlack(FakeServer):
             "views.publish": self._views_publish,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
+            "files.info": self._files_info,
+            "canvases.create": self._canvases_create,
+            "canvases.access.set": self._canvases_access_set,
             "assistant.threads.setStatus": self._assistant_set_status,
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
@@ -210,6 +218,7 @@ class FakeSlack(FakeServer):
         self._ids = _Ids()
         self.app.router.add_route("*", "/api/{method}", self._handle_api)
         self.app.router.add_post("/upload/{file_id}", self._handle_upload)
+        self.app.router.add_get("/files-pri/{team_file}/{name}", self._handle_download)
         self.app.router.add_post("/response_url/{key}", self._handle_response_url)
 
     # ------------------------------------------------------------------ public helpers
@@ -331,6 +340,25 @@ class FakeSlack(FakeServer):
         message: dict[str, Any] = {"type": "message", "user": user, "text": text}
         message.update(extra)
         return self._store(channel, message, ts=ts, thread_ts=thread_ts)
+
+    def add_file(
+        self, name: str, content: bytes, *, user: str = "U1", mimetype: str | None = None
+    ) -> dict[str, Any]:
+        """A file a person uploaded; returns its object as a message event's `files` carry it."""
+        file_id = self._ids.make("F")
+        mimetype = mimetype or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        self.files[file_id] = {
+            "id": file_id,
+            "created": int(time.time()),
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1] if "." in name else "binary",
+            "user": user,
+            "size": len(content),
+            "content": content,
+        }
+        return self._file_object(self.files[file_id])
 
     def messages_in(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
         """Stored messages of a channel, or of one thread (root first) when `thread_ts` is set."""
@@ -454,6 +482,20 @@ class FakeSlack(FakeServer):
         file["size"] = len(content)
         return web.Response(text=f"OK - {len(content)}", content_type="text/plain")
 
+    async def _handle_download(self, request: web.Request) -> web.Response:
+        """A file's `url_private`: served only with a token in the Authorization header."""
+        token = _bearer(request.headers.get("Authorization"))
+        team, _, file_id = request.match_info["team_file"].partition("-")
+        file = self.files.get(file_id)
+        if token not in self.tokens:
+            # Slack sends a browser to its sign-in page: HTML, not the file.
+            return web.Response(text="<html>sign in</html>", content_type="text/html")
+        if file is None or file.get("content") is None or team != self.team_id:
+            return web.Response(status=404, text="Not Found")
+        self.downloads.append(file_id)
+        self._activity.set()
+        return web.Response(body=file["content"], content_type=file["mimetype"])
+
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         raw = await request.read()
         body = json.loads(raw) if raw else {}
@@ -504,7 +546,11 @@ class FakeSlack(FakeServer):
 
     def _file_object(self, file: dict[str, Any]) -> dict[str, Any]:
         public = {k: v for k, v in file.items() if k != "content"}
-        public["permalink"] = f"https://test.slack.com/files/{self.bot_user_id}/{file['id']}"
+        public["permalink"] = (
+            f"https://test.slack.com/docs/{self.team_id}/{file['id']}"
+            if file.get("filetype") == "quip"
+            else f"https://test.slack.com/files/{self.bot_user_id}/{file['id']}"
+        )
         public["url_private"] = f"{self.url}/files-pri/{self.team_id}-{file['id']}/{file['name']}"
         return public
 
@@ -695,6 +741,46 @@ class FakeSlack(FakeServer):
             share = {**self._bot_message({"text": args.get("initial_comment")}), "files": done}
             self._store(channel, share, thread_ts=args.get("thread_ts"))
         return {"files": done}
+
+    def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        if "files:read" not in self.scopes:
+            raise SlackError("missing_scope")
+        file = self.files.get(_require(args, "file", error="file_not_found"))
+        if file is None:
+            raise SlackError("file_not_found")
+        return {"file": self._file_object(file), "comments": [], "response_metadata": {}}
+
+    def _canvases_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        if "canvases:write" not in self.scopes:
+            raise SlackError("missing_scope")
+        content = args.get("document_content") or {}
+        if content and (content.get("type") != "markdown" or "markdown" not in content):
+            raise SlackError("invalid_arguments", ["document_content must be markdown"])
+        canvas_id = self._ids.make("F")
+        markdown = str(content.get("markdown", ""))
+        self.canvases[canvas_id] = {"title": args.get("title") or "", "markdown": markdown}
+        self.files[canvas_id] = {
+            "id": canvas_id,
+            "created": int(time.time()),
+            "name": args.get("title") or "Untitled",
+            "title": args.get("title") or "Untitled",
+            "mimetype": "application/vnd.slack-docs",
+            "filetype": "quip",
+            "user": self.bot_user_id,
+            "size": len(markdown.encode()),
+            "content": markdown.encode(),
+        }
+        return {"canvas_id": canvas_id}
+
+    def _canvases_access_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        canvas = self.canvases.get(_require(args, "canvas_id", error="canvas_not_found"))
+        if canvas is None:
+            raise SlackError("canvas_not_found")
+        if args.get("access_level") not in ("read", "write", "owner"):
+            raise SlackError("invalid_arguments", ["access_level must be read, write or owner"])
+        channels = [c for c in str(args.get("channel_ids") or "").split(",") if c]
+        canvas.setdefault("channels", {}).update(dict.fromkeys(channels, args["access_level"]))
+        return {}
 
     def _assistant_set_status(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = _require(args, "channel_id", error="channel_not_found")

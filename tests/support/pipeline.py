@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from bot.attachments import SlackFiles
 from bot.cards import START_ACTION
 from bot.delivery import Deliverer
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
@@ -184,11 +185,15 @@ async def pipeline_for(
     fake_openai: FakeOpenAI,
     settings_factory: Callable[..., Any],
     tools: Callable[[Settings], ToolRegistry] | None = None,
+    tool_settings: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Pipeline]:
     """The bot serving Slack and a worker pool running orders, on one store and the fakes;
-    `tools` builds the worker's tool registry from the settings (default: the configured one)."""
+    `tools` builds the worker's tool registry from the settings (default: the configured one),
+    `tool_settings` is the settings' `tools` section."""
     overrides["engine"] = {**FAST_ENGINE, **overrides.get("engine", {})}
+    if tool_settings is not None:
+        overrides["tools"] = tool_settings
     settings = settings_factory(
         database_url=str(store.engine.url.render_as_string(hide_password=False)),
         **overrides,
@@ -207,6 +212,7 @@ async def pipeline_for(
                 tools=tools(bot.settings) if tools else None,
                 stop=stop,
                 handle_signals=False,
+                files=SlackFiles(make_slack_client(bot.settings, backoff_factor_s=0.01)),
             )
         )
         try:

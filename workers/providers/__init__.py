@@ -16,6 +16,7 @@ from workers.providers.base import (
     ToolSpec,
     ToolUse,
     Usage,
+    WebSearchRequest,
 )
 from workers.providers.router import ModelRouter
 
@@ -29,4 +30,5 @@ __all__ = [
     "ToolSpec",
     "ToolUse",
     "Usage",
+    "WebSearchRequest",
 ]

@@ -39,6 +39,7 @@ SPEND_LIMIT_CODES = frozenset(
     }
 )
 _CACHE = {"type": "ephemeral"}
+WEB_SEARCH_TOOL = "web_search_20250305"
 
 
 class _Halt(Exception):
@@ -133,6 +134,16 @@ class AnthropicProvider:
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema}
                 for t in request.tools
             ]
+        if request.web_search is not None:
+            # Anthropic's server tool: the search runs there, within max_uses and the domains.
+            search: dict[str, Any] = {
+                "type": WEB_SEARCH_TOOL,
+                "name": "web_search",
+                "max_uses": request.web_search.max_uses,
+            }
+            if request.web_search.allowed_domains is not None:
+                search["allowed_domains"] = request.web_search.allowed_domains
+            params.setdefault("tools", []).append(search)
         if request.tool_choice:
             params["tool_choice"] = {"type": "tool", "name": request.tool_choice}
         return params
@@ -159,12 +170,20 @@ class AnthropicProvider:
         latency_ms = int((time.monotonic() - started) * 1000)
         texts: list[str] = []
         calls: list[ToolUse] = []
+        server: list[dict[str, Any]] = []
+        searches: list[str] = []
         for block in message.content:
             if block.type == "text":
                 texts.append(block.text)
             elif block.type == "tool_use":
                 calls.append(_tool_use(block.id, block.name, block.input))
+            elif block.type in ("server_tool_use", "web_search_tool_result"):
+                # Sent back as they came in later turns (the results are encrypted).
+                server.append(block.model_dump(mode="json", exclude_none=True))
+                if block.type == "server_tool_use" and isinstance(block.input, dict):
+                    searches.append(str(block.input.get("query", "")))
         usage = message.usage
+        server_use = getattr(usage, "server_tool_use", None)
         return ModelReply(
             text="".join(texts),
             tool_calls=calls,
@@ -174,10 +193,13 @@ class AnthropicProvider:
                 output_tokens=usage.output_tokens,
                 cache_write_tokens=usage.cache_creation_input_tokens or 0,
                 cache_read_tokens=usage.cache_read_input_tokens or 0,
+                web_search_requests=(server_use.web_search_requests or 0) if server_use else 0,
             ),
             provider=self.name,
             model=message.model,
             latency_ms=latency_ms,
+            server_blocks=server,
+            searches=searches,
         )
 
 

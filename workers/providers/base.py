@@ -26,6 +26,15 @@ class ToolSpec:
     input_schema: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class WebSearchRequest:
+    """The provider's own web search offered in a call (the `web_search` tool)."""
+
+    max_uses: int
+    allowed_domains: list[str] | None = None
+    """None: any domain (the policy grants '*')."""
+
+
 @dataclass
 class ModelRequest:
     system: str
@@ -36,6 +45,7 @@ class ModelRequest:
     max_output_tokens: int = 1024
     cache_prefix: bool = True
     """Mark the stable prefix (tools, system prompt) and the conversation so far for caching."""
+    web_search: WebSearchRequest | None = None
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Usage:
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    web_search_requests: int = 0
+    """Searches the provider ran in the call (billed per search, not per token)."""
 
     @property
     def total_tokens(self) -> int:
@@ -79,6 +91,11 @@ class ModelReply:
     provider: str
     model: str
     latency_ms: int
+    server_blocks: list[dict[str, Any]] = field(default_factory=list)
+    """What the provider's own tools did in the call (web searches and their results), in the
+    neutral (Anthropic) shape, kept in the history so later turns see them."""
+    searches: list[str] = field(default_factory=list)
+    """The queries of the searches the provider ran, for the record of tool calls."""
 
 
 FailureKind = Literal["transient", "defer", "reject"]

@@ -24,6 +24,7 @@ from workers.providers.base import (
     Usage,
     retry_after_s,
 )
+from workers.untrusted import fence
 
 _FINISH_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
@@ -106,6 +107,8 @@ def to_wire_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[s
             continue
         texts = [b["text"] for b in content if b.get("type") == "text"]
         if message["role"] == "assistant":
+            # Another provider's web search results, seen here as the outside text they are.
+            texts = _search_results(content) + texts
             entry: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) or None}
             calls = [
                 {
@@ -130,6 +133,17 @@ def to_wire_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[s
         if texts:
             wire.append({"role": "user", "content": "\n".join(texts)})
     return wire
+
+
+def _search_results(content: list[dict[str, Any]]) -> list[str]:
+    found = [
+        f"- {r.get('title', '')}: {r.get('url', '')}"
+        for b in content
+        if b.get("type") == "web_search_tool_result" and isinstance(b.get("content"), list)
+        for r in b["content"]
+        if isinstance(r, dict) and r.get("type") == "web_search_result"
+    ]
+    return [fence("\n".join(found), "web search results")] if found else []
 
 
 def _result_text(content: object) -> str:
@@ -168,6 +182,10 @@ class OpenAIProvider:
             ]
         if request.tool_choice:
             params["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
+        if searches(request):
+            # Chat Completions searches on every call of a search model and takes no domain
+            # list, so it is only offered when the policy allows any domain.
+            params["web_search_options"] = {}
         return params
 
     async def complete(
@@ -211,6 +229,11 @@ class OpenAIProvider:
             prompt, completion_tokens = usage.prompt_tokens, usage.completion_tokens
             if usage.prompt_tokens_details is not None:
                 cached = usage.prompt_tokens_details.cached_tokens or 0
+        cited = [
+            a.url_citation.url
+            for a in message.annotations or []
+            if a.type == "url_citation" and a.url_citation is not None
+        ]
         return ModelReply(
             text=message.content or (message.refusal or ""),
             tool_calls=calls,
@@ -220,11 +243,21 @@ class OpenAIProvider:
                 output_tokens=completion_tokens,
                 cache_write_tokens=0,
                 cache_read_tokens=cached,
+                web_search_requests=1 if searches(request) else 0,
             ),
             provider=self.name,
             model=completion.model,
             latency_ms=latency_ms,
+            searches=[f"(search citing {', '.join(cited[:5]) or 'no pages'})"]
+            if searches(request)
+            else [],
         )
+
+
+def searches(request: ModelRequest) -> bool:
+    """Whether this call searches the web (an unrestricted web_search on Chat Completions)."""
+    search = request.web_search
+    return search is not None and search.max_uses > 0 and search.allowed_domains is None
 
 
 def _tool_use(id: str, name: str, raw: str) -> ToolUse:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from workers import logs, telemetry
@@ -15,6 +17,7 @@ from workers.budget import (
     call_cost_micro_usd,
     estimate_input_tokens,
     quota_week,
+    usd_to_micro,
     worst_case_micro_usd,
 )
 from workers.config import Role, Settings
@@ -244,6 +247,19 @@ class ModelRouter:
             cost_usd=cost / 1_000_000,
         )
 
+    def _searches(self, provider: ProviderClient, request: ModelRequest) -> tuple[int, int]:
+        """How many web searches this provider may run in the call, and the price of each
+        (micro-dollars): none when it has no price configured or cannot keep to the domains."""
+        search = request.web_search
+        price = self.settings.tools.web_search.price_per_1000_usd.get(provider.name)
+        if search is None or price is None or search.max_uses <= 0:
+            return 0, 0
+        uses = search.max_uses
+        if provider.name == "openai":
+            # Chat Completions: one search per call, and no way to keep it to some domains.
+            uses = 1 if search.allowed_domains is None else 0
+        return uses, math.ceil(usd_to_micro(price) / 1000)
+
     def _backoff_s(self, failure: ProviderFailure, attempt: int) -> float:
         """The provider's Retry-After when it gave a short one, else exponential backoff."""
         engine = self.settings.engine
@@ -264,6 +280,7 @@ class ModelRouter:
         timeout_s: float,
         requester: str | None = None,
     ) -> ModelReply:
+        searches, search_micro_usd = self._searches(provider, request)
         if budget is not None:
             input_tokens = budget.estimate_input_tokens(request, model)
             reservation: Reservation | None = await budget.reserve(
@@ -272,9 +289,12 @@ class ModelRouter:
                 model=model,
                 input_tokens=input_tokens,
                 want_output_tokens=request.max_output_tokens,
+                searches=searches,
+                search_micro_usd=search_micro_usd,
             )
             assert reservation is not None
             max_output = reservation.max_output_tokens
+            searches = reservation.searches
         else:
             input_tokens = estimate_input_tokens(request)
             reservation, max_output = None, request.max_output_tokens
@@ -323,6 +343,10 @@ class ModelRouter:
                 )
             )
 
+        if request.web_search is not None:
+            # Only the searches reserved (none: the budget covers none, so none is offered).
+            search = replace(request.web_search, max_uses=searches) if searches else None
+            request = replace(request, web_search=search)
         started = self.clock()
 
         def elapsed_ms() -> int:

@@ -3,17 +3,37 @@ and their verdicts."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from workers.audit import deliverable_facts, tool_call_facts
 from workers.errors import NotFound
-from workers.models import Deliverable, LlmCall, RunAttempt, ToolCall
+from workers.models import Deliverable, DeliverableFile, LlmCall, RunAttempt, ToolCall
 from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
 from workers.workorder import format_order_id
+
+
+class HandedInFile(Protocol):
+    """A checked file to store with its deliverable (workers.tools.files.HandedInFile)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mimetype(self) -> str: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 _PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
 
@@ -85,8 +105,10 @@ class RunsStore(StoreBase):
         summary: str,
         attempt_id: int | None,
         actor: str,
+        files: Sequence[HandedInFile] = (),
     ) -> Deliverable:
-        """Store a submission once per tool use: a resumed run re-submitting gets the same row."""
+        """Store a submission once per tool use: a resumed run re-submitting gets the same row.
+        Its files are stored with it, and their hashes go into the audit chain with it."""
         number = order_number(ref)
         try:
             async with self.transaction() as s:
@@ -101,12 +123,26 @@ class RunsStore(StoreBase):
                 )
                 s.add(item)
                 await s.flush()
+                assert item.id is not None
+                rows = [
+                    DeliverableFile(
+                        deliverable_id=item.id,
+                        position=position,
+                        name=file.name,
+                        mimetype=file.mimetype,
+                        size=file.size,
+                        sha256=file.sha256,
+                        content=file.content,
+                    )
+                    for position, file in enumerate(files, 1)
+                ]
+                s.add_all(rows)
                 await self._append_audit(
                     s,
                     format_order_id(number),
                     actor=actor,
                     kind="deliverable",
-                    data=deliverable_facts(item),
+                    data=deliverable_facts(item, rows),
                 )
             return item
         except IntegrityError:
@@ -118,6 +154,16 @@ class RunsStore(StoreBase):
 
     async def deliverables(self, ref: OrderRef) -> list[Deliverable]:
         return await self._of_order(Deliverable, ref, col(Deliverable.id))
+
+    async def deliverable_files(self, deliverable_id: int) -> list[DeliverableFile]:
+        """The files handed in with a deliverable, in the order the run listed them."""
+        query = (
+            select(DeliverableFile)
+            .where(DeliverableFile.deliverable_id == deliverable_id)
+            .order_by(col(DeliverableFile.position))
+        )
+        async with self._sessions() as s:
+            return list((await s.exec(query)).all())
 
     async def save_verdicts(
         self, deliverable_id: int, verdicts: list[dict[str, Any]], *, actor: str, passed: bool

@@ -290,8 +290,10 @@ class SlackStore(StoreBase):
         text: str,
         user: str | None = None,
         bot_id: str | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Remember a message seen in a thread; False if it was already stored."""
+        """Remember a message seen in a thread (with what is attached to it); False if it was
+        already stored."""
         try:
             async with self.transaction() as s:
                 s.add(
@@ -302,6 +304,7 @@ class SlackStore(StoreBase):
                         text=text,
                         user=user,
                         bot_id=bot_id,
+                        files=files,
                     )
                 )
         except IntegrityError:

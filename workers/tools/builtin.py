@@ -13,6 +13,7 @@ from workers.tools.base import (
     object_schema,
     require_str,
 )
+from workers.tools.files import FILES_SCHEMA, handed_in_files
 
 MAX_QUESTION_CHARS = 2_000
 MAX_DELIVERABLE_CHARS = 200_000
@@ -86,12 +87,13 @@ class SubmitDeliverable:
             "Hand in the finished deliverable. `content` is the deliverable itself in the form "
             "the work order asks for (markdown is fine); `summary` says in one or two sentences "
             f"(at most {MAX_SUMMARY_CHARS} characters) what it is and how it meets the acceptance "
-            "criteria. This ends the run."
+            "criteria. Tables, charts and documents can go with it as `files`. This ends the run."
         ),
         input_schema=object_schema(
             {
                 "content": {"type": "string", "description": "The deliverable."},
                 "summary": {"type": "string", "description": "One or two sentences."},
+                "files": FILES_SCHEMA,
             },
             ["content", "summary"],
         ),
@@ -106,6 +108,7 @@ class SubmitDeliverable:
         summary = arguments.get("summary")
         if summary is not None and not isinstance(summary, str):
             raise ToolInputError("'summary' must be a string")
+        files = handed_in_files(arguments.get("files"), ctx.settings.tools.files)
         assert ctx.order.id is not None
         await ctx.store.save_deliverable(
             ctx.order.id,
@@ -114,6 +117,7 @@ class SubmitDeliverable:
             summary=_summary(summary or ""),
             attempt_id=ctx.attempt_id,
             actor="agent",
+            files=files,
         )
         return ToolResult("Deliverable submitted.", finish=True)
 

@@ -21,8 +21,10 @@ from workers.errors import ConfigError
 from workers.providers.base import ToolSpec
 from workers.tools.base import Authority, Tool
 from workers.tools.builtin import AskRequester, ReadThread, SubmitDeliverable
+from workers.tools.files import FileSource, ReadFile
 from workers.tools.policy import decision, granted
 from workers.tools.web import WebFetch
+from workers.tools.web_search import WebSearch
 
 ENTRY_POINT_GROUP = "delegate.tools"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -100,12 +102,17 @@ def builtin_tools(
     *,
     resolver: AbstractResolver | None = None,
     also_allowed: frozenset[str] = frozenset(),
+    files: FileSource | None = None,
 ) -> list[Tool]:
+    """`files` reads what requesters attach (the Slack front door's; without it, read_file
+    says files cannot be read here)."""
     return [
         ReadThread(),
         AskRequester(),
         SubmitDeliverable(),
         WebFetch(settings.tools.web_fetch, resolver=resolver, also_allowed=also_allowed),
+        ReadFile(settings.tools.files, files),
+        WebSearch(),
     ]
 
 
@@ -116,9 +123,12 @@ def load_tools(
     extra: Iterable[Tool] = (),
     resolver: AbstractResolver | None = None,
     also_allowed: frozenset[str] = frozenset(),
+    files: FileSource | None = None,
 ) -> ToolRegistry:
     """The built-ins, the entry-point plug-ins, the configured plug-ins and `extra`."""
-    registry = ToolRegistry(builtin_tools(settings, resolver=resolver, also_allowed=also_allowed))
+    registry = ToolRegistry(
+        builtin_tools(settings, resolver=resolver, also_allowed=also_allowed, files=files)
+    )
     if use_entry_points:
         for point in entry_points(group=ENTRY_POINT_GROUP):
             source = f"entry point {point.name!r} ({point.value})"

@@ -1,0 +1,163 @@
+"""What goes with a deliverable into its thread besides the text: the files the run handed in,
+and the canvas a long deliverable is put in. Called by `SlackReporter.result` on the one
+delivery road; each piece is done once per key, like every other post.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from slack_sdk.errors import SlackApiError
+
+from bot.blocks import sections, truncate
+from bot.mrkdwn import untrusted
+from bot.slack_client import is_transient
+from workers.errors import RetryLater
+from workers.keys import canvas_key, deliverable_of, file_key
+from workers.progress import RunResult
+from workers.tools.files import delivered_name
+from workers.workorder import WorkOrder
+
+if TYPE_CHECKING:
+    from bot.reporter import SlackReporter
+
+log = logging.getLogger(__name__)
+
+NO_CANVAS = "-"
+"""Recorded against a canvas key when the workspace refused the canvas and a file went instead:
+a retry then keeps to the file rather than adding a canvas beside it."""
+# canvases.create's markdown is limited to 1 MiB (Slack's docs).
+CANVAS_MAX_CHARS = 1_000_000
+CLAIM_S = 60.0
+BUSY_RETRY_S = 5.0
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """One file to upload into an order's thread, once per `key`."""
+
+    key: str
+    purpose: str
+    content: str | bytes
+    filename: str
+    title: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Canvas:
+    id: str
+    url: str | None
+
+
+async def upload_files(reporter: SlackReporter, order: WorkOrder, result: RunResult) -> None:
+    """Upload each file handed in with the deliverable into the thread, once each. Its name is
+    unique to the deliverable and the file, so an upload of unknown outcome can be found again."""
+    assert order.id
+    deliverable = deliverable_of(result.key)
+    if not result.files or deliverable is None:
+        return
+    stored = {f.id: f for f in await reporter.store.deliverable_files(deliverable)}
+    for entry in result.files:
+        row = stored.get(int(entry.get("id") or 0))
+        if row is None:
+            log.warning("a handed-in file is missing from the store", extra={"order": order.id})
+            continue
+        name = delivered_name(order.id, deliverable, row.position, row.name)
+        await reporter._upload_once(
+            order,
+            result,
+            file=UploadFile(
+                key=file_key(result.key, row.position),
+                purpose="file",
+                content=row.content,
+                filename=name,
+                title=name,
+            ),
+        )
+
+
+async def canvas_once(
+    reporter: SlackReporter, order: WorkOrder, result: RunResult
+) -> Canvas | None:
+    """Put a long deliverable in a canvas shared with the thread's channel and post its link
+    (once); None when the workspace does not allow the canvas, so the caller uploads a file."""
+    assert order.id and order.channel
+    key = canvas_key(result.key)
+    store = reporter.store
+    state, existing = await store.claim_slack_message(
+        key=key,
+        purpose="canvas",
+        channel=order.channel,
+        owner=reporter.owner,
+        order=order.id,
+        claim_s=CLAIM_S,
+    )
+    if state == "busy":
+        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {key}")
+    if state == "posted":
+        canvas_id = existing.ts or ""
+        if canvas_id == NO_CANVAS:
+            return None
+    else:
+        try:
+            response = await reporter.client.canvases_create(
+                title=f"{order.id}: {order.title}"[:250],
+                document_content={
+                    "type": "markdown",
+                    "markdown": truncate(result.content, CANVAS_MAX_CHARS, "…"),
+                },
+            )
+        except SlackApiError as exc:
+            if is_transient(exc):
+                await store.release_slack_message(key, reporter.owner)
+                raise
+            # Canvases off for the workspace or the plan, or the scope not granted: a file.
+            log.info(
+                "no canvas (%s); uploading the deliverable as a file",
+                exc.response.get("error"),
+                extra={"order": order.id},
+            )
+            await store.save_slack_message(
+                key=key, purpose="canvas", channel=order.channel, ts=NO_CANVAS, order=order.id
+            )
+            return None
+        canvas_id = str(response["canvas_id"])
+        await store.save_slack_message(
+            key=key, purpose="canvas", channel=order.channel, ts=canvas_id, order=order.id
+        )
+    canvas = Canvas(canvas_id, await _shared_link(reporter, order, canvas_id))
+    link = f"<{canvas.url}|the canvas>" if canvas.url else f"canvas {canvas_id}"
+    body = (
+        f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n"
+        f"The deliverable is long, so it is in {link}."
+    )
+    await reporter.post_once(
+        order, key=result.key, purpose="result", text=body, blocks=sections(body)
+    )
+    return canvas
+
+
+async def _shared_link(reporter: SlackReporter, order: WorkOrder, canvas_id: str) -> str | None:
+    """Let the thread's channel read the canvas, and find its link (both best effort: the
+    canvas exists either way, and the thread says its id)."""
+    assert order.channel
+    try:
+        await reporter.client.canvases_access_set(
+            canvas_id=canvas_id, access_level="read", channel_ids=[order.channel]
+        )
+    except SlackApiError as exc:
+        if is_transient(exc):
+            raise
+        log.info("could not share the canvas: %s", exc.response.get("error"))
+    try:
+        response = await reporter.client.files_info(file=canvas_id)
+    except SlackApiError as exc:
+        if is_transient(exc):
+            raise
+        log.info("could not find the canvas's link: %s", exc.response.get("error"))
+        return None
+    permalink = (response.get("file") or {}).get("permalink")
+    return str(permalink) if permalink else None
