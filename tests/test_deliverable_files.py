@@ -146,7 +146,8 @@ async def test_without_canvases_a_long_deliverable_is_a_file(pipe: Pipeline) -> 
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     prompt = await pipe.post(APPROVE_ACTION)
     [upload] = pipe.slack.calls_to("files.getUploadURLExternal")
-    assert upload.args["filename"] == f"{order_id}-deliverable.md"
+    [item] = await pipe.bot.store.deliverables(order_id)
+    assert upload.args["filename"] == f"{order_id}-deliverable-{item.id}.md"  # one per version
     assert not pipe.slack.canvases and "canvas" not in json.dumps(prompt["blocks"])
 
 

@@ -250,6 +250,7 @@ async def test_a_lost_answer_to_an_upload_does_not_upload_the_deliverable_twice(
         reason="deliverable submitted",
         outbox=[OutboxItem("result", key, {"content": long, "summary": "done"})],
     )
+    fake_slack.fail_next("canvases.create", 200, error="canvas_disabled_user_team")  # a file
     fake_slack.fail_next("files.completeUploadExternal", 500, processed=True)
     deliverer = _deliverer(store, _client(fake_slack))
 
