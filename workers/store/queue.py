@@ -353,7 +353,11 @@ class QueueStore(SpendStore):
             await s.exec(select(func.max(RunAttempt.number)).where(RunAttempt.order_id == row.id))
         ).one()
         assert row.id is not None
-        attempt = RunAttempt(order_id=row.id, number=(last or 0) + 1, worker_id=worker_id)
+        # Started on the database's clock, like its lease: a worker whose clock runs ahead must
+        # not date the attempt in the future (recovery times, metrics).
+        attempt = RunAttempt(
+            order_id=row.id, number=(last or 0) + 1, worker_id=worker_id, started_at=now
+        )
         s.add(attempt)
         await s.flush()
         await self._append_audit(
