@@ -22,6 +22,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
 from bot.domain_blocks import domain_request_blocks, domain_request_text
@@ -41,6 +42,7 @@ from workers.keys import deliverable_of, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import (
+    ApprovalRequest,
     DomainRequest,
     ExceptionKind,
     RunResult,
@@ -100,7 +102,9 @@ class SlackReporter:
         # A step can carry a model's choice ("Reading <host>") or a tool's error: inert. Only
         # the ids the engine put beside it (who acted, whom it waits for) become mentions.
         if isinstance(step, StatusStep):
-            shown = render_step(untrusted(step.text), by=step.by, person=step.person, mention=mention)
+            shown = render_step(
+                untrusted(step.text), by=step.by, person=step.person, mention=mention
+            )
         else:
             shown = untrusted(step)
         await self._show_status(order, shown, spend.describe())
@@ -123,6 +127,51 @@ class SlackReporter:
             blocks=domain_request_blocks(order, request),
         )
         self._changed(order)
+
+    async def approval_request(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Ask the policy's approvers whether the run may make a tool call, with three buttons.
+        Arguments longer than the prompt shows are cut there, with the digest of all of them."""
+        assert order.id
+        approvers = list(request.approvers) or [order.requester]
+        await self.post_once(
+            order,
+            key=key,
+            purpose="approval",
+            text=approval_request_text(order, request, approvers),
+            blocks=approval_request_blocks(order, request, approvers),
+        )
+        self._changed(order)
+
+    async def approval_decided(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Show who answered on the prompt posted under `key`: its buttons give way to the answer."""
+        stored = await self.store.slack_message(key)
+        if stored is None or not stored.ts:
+            log.info("no prompt to show the answer on", extra={"order": order.id, "key": key})
+            return
+        line = decided_line(request)
+        if request.kind == "domain":
+            shown = DomainRequest(request.approval_id, request.host, request.url, request.reason)
+            blocks = domain_request_blocks(order, shown)
+        else:
+            asked = list(request.approvers) or [order.requester]
+            blocks = approval_request_blocks(order, request, asked)
+        try:
+            await self.client.chat_update(
+                channel=stored.channel,
+                ts=stored.ts,
+                text=line,
+                blocks=decided_blocks(blocks, line=line),
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") == "message_not_found":
+                log.info("the prompt was deleted; the answer stands", extra={"order": order.id})
+                return
+            _raise_retry_later(exc)
+            raise
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from workers.models import OutboxMessage
 from workers.progress import (
+    ApprovalRequest,
     DomainRequest,
     ExceptionKind,
     ProgressReporter,
@@ -60,6 +61,14 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             reason=str(payload.get("reason", "")),
         )
         await reporter.domain_request(order, request, key=message.key)
+    elif message.kind == "approval":
+        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        asked = [str(p) for p in payload.get("approvers") or []]
+        await reporter.approval_request(order, ApprovalRequest.of(approval, asked), key=message.key)
+    elif message.kind == "approval_decided":
+        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        shown = ApprovalRequest.of(approval)
+        await reporter.approval_decided(order, shown, key=str(payload.get("key", "")))
     elif message.kind == "exception":
         kind: ExceptionKind = payload.get("kind", "crashed")
         await reporter.exception(

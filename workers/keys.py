@@ -64,3 +64,13 @@ def quiet_key(order_id: str, last_change: int) -> str:
 def deadline_key(order_id: str, which: str) -> str:
     """'missed' or 'risk': 'WO-42:deadline-missed'."""
     return f"{order_id}:deadline-{which}"
+
+
+def approval_key(order_id: str, approval_id: int | None) -> str:
+    """A request to allow a tool call: 'WO-42:approval:3' (the approval's id)."""
+    return f"{order_id}:approval:{approval_id}"
+
+
+def decided_key(prompt: str) -> str:
+    """The edit that shows who answered a prompt: 'WO-42:approval:3' -> 'WO-42:approval:3:decided'."""
+    return f"{prompt}:decided"

@@ -64,12 +64,16 @@ class RunsStore(StoreBase):
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
             if call.attempt_id is not None:  # a run's tool call: fenced by its lease
-                await fenced_row(self, s, call.attempt_id)
+                row = await fenced_row(self, s, call.attempt_id)
+            else:
+                row = await self._row(s, call.order_id)
             s.add(call)
             await s.flush()
+            # Whom the call ran for: a downstream system's log that shows only a service
+            # account traces back, through this event, to a person.
             await self._append_audit(
                 s, format_order_id(call.order_id), actor="engine", kind="tool_call",
-                data=tool_call_facts(call),
+                data={**tool_call_facts(call), "requester": row.requester},
             )  # fmt: skip
         return call
 

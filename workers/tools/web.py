@@ -180,7 +180,12 @@ class GuardedConnector(aiohttp.TCPConnector):
         return socket.socket(family=family, type=kind, proto=proto)
 
     async def _wrap_create_connection(
-        self, *args: Any, addr_infos: list[Any], req: Any, timeout: Any, **kwargs: Any  # noqa: ASYNC109
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: Any,
+        **kwargs: Any,  # noqa: ASYNC109
     ) -> Any:
         # Mirrors TCPConnector._wrap_create_connection, with the peer checked in between.
         try:
@@ -479,7 +484,7 @@ class WebFetch:
         try:
             page = await self._fetch(url, policy, guard)
         except DomainNotAllowed as exc:
-            allowed = await self._ask(ctx, url, exc.host, reason)
+            allowed = await self._ask(ctx, url, exc.host, reason, arguments)
             if allowed is None:
                 return ToolResult(f"Asked the requester whether {exc.host} may be read.", park=True)
             page = await self._fetch(
@@ -497,7 +502,9 @@ class WebFetch:
         approved = await ctx.store.decided_domains(ctx.order.id, "order")
         return ctx.policy.model_copy(update={"domains": [*ctx.policy.domains, *extra, *approved]})
 
-    async def _ask(self, ctx: ToolContext, url: str, host: str, reason: str) -> str | None:
+    async def _ask(
+        self, ctx: ToolContext, url: str, host: str, reason: str, arguments: dict[str, Any]
+    ) -> str | None:
         """The host this call may now read, None while a person has yet to answer; a refusal
         the model can act on if the answer is no."""
         order = ctx.order
@@ -515,7 +522,12 @@ class WebFetch:
                     f"refused: reading {host} was denied for this order; do not ask again"
                 )
             approval = await ctx.store.request_domain_approval(
-                order.id, tool_use_id=ctx.tool_use_id, host=host, url=url, reason=reason
+                order.id,
+                tool_use_id=ctx.tool_use_id,
+                host=host,
+                url=url,
+                reason=reason,
+                arguments=arguments,
             )
         assert approval.id is not None
         if approval.decision is None:
