@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from bot.approval_blocks import approval_request_blocks, approval_request_text
 from bot.ids import APPROVAL_DENY_ACTION, APPROVAL_ONCE_ACTION, APPROVAL_ORDER_ACTION
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.support.databases import Database
 from tests.support.engine import Harness
+from tests.support.factories import make_order
 from tests.support.mcp import stdio_server
 from tests.support.pipeline import Pipeline, button_value, pipeline_for, verdicts
 from tests.support.settings import POLICIES, engine_settings
@@ -28,6 +30,7 @@ from workers import queue
 from workers.audit import canonical_json
 from workers.progress import ApprovalRequest
 from workers.store import Store
+from workers.store.approvals import MAX_ARGUMENTS_CHARS, CallArguments
 from workers.workorder import Status
 
 ANALYTICS = {
@@ -317,3 +320,26 @@ async def test_an_order_without_a_thread_is_refused_instead_of_asking(
         h.anthropic.requests[-1]["messages"]
     )
     assert dropped(marker) == [] and asked_of(h, order.id) == []
+
+
+def test_long_arguments_are_cut_in_the_prompt_with_the_digest_of_all_of_them() -> None:
+    arguments = {"sql": "INSERT INTO churn VALUES " + ", ".join(f"({i})" for i in range(3000))}
+    kept = CallArguments.of(arguments)
+    request = ApprovalRequest(
+        approval_id=1,
+        kind="tool",
+        tool="write_query",
+        server="wh",
+        arguments=kept.text,
+        arguments_sha256=kept.sha256,
+        arguments_chars=kept.chars,
+        reason="",
+    )
+    order = make_order(id="WO-5")
+    text = approval_request_text(order, request, ["U1"])
+    assert f"Truncated: 2,000 of {kept.chars:,} characters shown" in text
+    assert kept.sha256 == digest(arguments) and kept.sha256 in text
+    assert len(kept.text) == MAX_ARGUMENTS_CHARS < kept.chars
+    blocks = approval_request_blocks(order, request, ["U1"])
+    assert [b["type"] for b in blocks][-2:] == ["actions", "context"]
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")

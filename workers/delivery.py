@@ -59,6 +59,7 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             host=str(payload.get("host", "")),
             url=str(payload.get("url", "")),
             reason=str(payload.get("reason", "")),
+            approvers=tuple(str(p) for p in payload.get("approvers") or []),
         )
         await reporter.domain_request(order, request, key=message.key)
     elif message.kind == "approval":

@@ -181,6 +181,8 @@ class DomainRequest:
     host: str
     url: str
     reason: str
+    approvers: tuple[str, ...] = ()
+    """Whom the prompt asks (the policy's approvers when the request was made)."""
 
 
 @dataclass(frozen=True)

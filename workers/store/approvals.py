@@ -126,6 +126,7 @@ class ApprovalsStore(StoreBase):
         url: str,
         reason: str,
         arguments: Any = None,
+        approvers: Sequence[str] = (),
     ) -> ToolApproval:
         """web_fetch's request to read `host`, outside the order's domains."""
         return await self._request(
@@ -140,6 +141,7 @@ class ApprovalsStore(StoreBase):
                 reason=reason,
             ),
             CallArguments.of(arguments if arguments is not None else {"url": url}),
+            approvers=approvers,
         )
 
     async def _request(
@@ -181,6 +183,7 @@ class ApprovalsStore(StoreBase):
                     "host": approval.host,
                     "url": approval.url,
                     "reason": approval.reason,
+                    "approvers": list(approvers),
                 }
                 prompt = OutboxItem("domain", prompt_key(approval), payload)
             else:

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from workers.config import AuthorityPolicy, WebFetchSettings
+from workers.permissions import approvers_of
 from workers.providers.base import ToolSpec
 from workers.tools.base import (
     Authority,
@@ -528,6 +529,7 @@ class WebFetch:
                 url=url,
                 reason=reason,
                 arguments=arguments,
+                approvers=approvers_of(order, ctx.settings),
             )
         assert approval.id is not None
         if approval.decision is None:
