@@ -50,10 +50,13 @@ def where(request: ApprovalRequest) -> str:
 def approval_request_text(
     order: WorkOrder, request: ApprovalRequest, approvers: list[str] | None = None
 ) -> str:
-    people = " ".join(mention(p) for p in dict.fromkeys(approvers or [order.requester]))
+    """The question; `approvers` are mentioned (None: the requester; empty: nobody, as on
+    the answered prompt)."""
+    asked = [order.requester] if approvers is None else approvers
+    people = "".join(f"{mention(p)} " for p in dict.fromkeys(asked))
     why = f" ({untrusted(request.reason)})" if request.reason else ""
     return (
-        f"{people} *{order.id}* wants to call {where(request)}{why}. Allow it?\n"
+        f"{people}*{order.id}* wants to call {where(request)}{why}. Allow it?\n"
         f"*Arguments:*\n{shown_arguments(request)}"
     )
 

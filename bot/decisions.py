@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -30,12 +29,11 @@ from bot.ids import (
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
 from bot.reporter import SlackReporter
-from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
+from bot.review_blocks import decided_blocks
 from workers.config import Settings
 from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
 from workers.permissions import may_handle_exception, may_review, reviewers_of
-from workers.progress import RunResult
 from workers.review import (
     Decision,
     ExceptionAction,
@@ -105,8 +103,7 @@ class Decisions:
             return f"{order.id} has already been decided."
         except OutdatedDecision as outdated:
             return await self.outdated_refusal(order, outdated.current)
-        if decided.waiting_for:
-            await self._show_added_review(decided.order, user=user, waiting_for=decided.waiting_for)
+        if decided.waiting_for:  # the thread hears it through the outbox; the buttons stay
             return None
         await self._show_decision(
             decided.order, decision, user=user, feedback=feedback, message=message
@@ -154,21 +151,6 @@ class Decisions:
             f"not counted. Decide on {where}."
         )
 
-    async def _show_added_review(
-        self, order: WorkOrder, *, user: str, waiting_for: tuple[str, ...]
-    ) -> None:
-        """An approval that did not decide: said in the thread, the prompt keeps its buttons."""
-        who = ", ".join(mention(u) for u in waiting_for)
-        text = f"{mention(user)} approved; waiting for one of the channel's reviewers: {who}"
-        if order.channel is None:
-            return
-        try:
-            await self.client.chat_postMessage(
-                channel=order.channel, thread_ts=order.thread_ts, text=text
-            )
-        except SlackApiError as exc:  # the review is recorded; the note is a courtesy
-            log.info("could not post the added review: %s", exc.response.get("error"))
-
     async def _show_decision(
         self,
         order: WorkOrder,
@@ -178,34 +160,8 @@ class Decisions:
         feedback: str,
         message: tuple[str, str] | None,
     ) -> None:
-        """Show who decided on the review message (the one clicked, else the stored one)."""
-        assert order.id
-        deliverables = await self.store.deliverables(order.id)
-        if deliverables:
-            item = deliverables[-1]
-            key = review_key(result_key(order.id, item.id))
-            posted = await self.store.slack_message(key)
-            if message is None and posted is not None and posted.ts:
-                message = (posted.channel, posted.ts)
-            if message is not None:
-                result = RunResult(
-                    content=item.content,
-                    summary=item.summary,
-                    key=key,
-                    verdicts=item.verdicts,
-                    spend=await self.store.spend(order.id),
-                )
-                word = decision_word(decision, self_approved=order.self_approved)
-                line = decision_line(word, user, datetime.now(UTC), feedback)
-                blocks = decided_blocks(review_blocks(order, result), line=line)
-                await _update_quietly(
-                    self.client,
-                    channel=message[0],
-                    ts=message[1],
-                    text=f"{order.id}: {line}",
-                    blocks=blocks,
-                )
-        # The status message says it too: written with the decision, sent by the deliverer.
+        """The review prompt and the status message show the decision through the outbox
+        (written with the decision, sent by the deliverer); the card is redrawn here."""
         await self.conversations.show_card(order)
 
     # Exceptions

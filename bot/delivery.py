@@ -178,6 +178,7 @@ class Deliverer:
                     "message cannot be delivered (%s): %s", error, fix_for(error), extra=extra
                 )
                 await self.store.outbox_failed(message.id, error=error, actor="deliverer")
+                await self._tell_requester(message)
             else:
                 await self._retry(message, error)
         except NotFound as exc:
@@ -188,6 +189,15 @@ class Deliverer:
             await self._retry(message, f"{type(exc).__name__}: {exc}")
         else:
             await self.store.outbox_sent(message.id, self.owner)
+
+    async def _tell_requester(self, message: OutboxMessage) -> None:
+        """The requester's App Home lists what could not reach their thread."""
+        if self.reporter.home is None:
+            return
+        try:
+            self.reporter.home.order_changed(await self.store.get_order(message.order_id))
+        except Exception:  # the failure is recorded; the Home catches up when next opened
+            log.exception("could not refresh the requester's App Home")
 
     async def _retry(self, message: OutboxMessage, error: str, *, at_least_s: float = 0) -> None:
         assert message.id is not None

@@ -26,6 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import Block, button, cap_blocks, context, fields, header, plain, sections
 from bot.cards import mention, state_label
+from bot.delivery import fix_for
 from bot.ids import (
     APPROVE_ACTION,
     CHANGES_ACTION,
@@ -42,6 +43,7 @@ from workers.home_views import (
     HomeData,
     LeadFigures,
     Listing,
+    NotDelivered,
     OrderLine,
     home_data,
     team_timezone,
@@ -116,6 +118,19 @@ def _review_blocks(reviews: Listing, team_url: str | None) -> list[Block]:
     return blocks + _more(reviews, "awaiting your review")
 
 
+def _not_delivered_blocks(items: list[NotDelivered]) -> list[Block]:
+    """Messages Slack refused for good: said here, where the requester looks, with the fix."""
+    blocks: list[Block] = [{"type": "divider"}, *sections("*Not delivered to your threads*")]
+    for item in items:
+        blocks.append(
+            context(
+                f"{escape(item.order_id)} · its {escape(item.kind)} message · "
+                f"`{escape(item.error)}`: {escape(fix_for(item.error))}"
+            )
+        )
+    return blocks
+
+
 def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
     blocks: list[Block] = [{"type": "divider"}]
     if not orders.items:
@@ -188,6 +203,8 @@ def home_view(
             "elements": [button("New work order", NEW_ORDER_ACTION, "new", style="primary")],
         },
     ]
+    if data.not_delivered:
+        blocks += _not_delivered_blocks(data.not_delivered)
     if data.reviews.total:
         blocks += _review_blocks(data.reviews, team_url)
     blocks += _order_blocks(data.orders, team_url)

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -38,13 +39,14 @@ from bot.mrkdwn import untrusted
 from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
 from workers.delivery import replay
 from workers.errors import RetryLater
-from workers.keys import deliverable_of, review_key, status_key
+from workers.keys import deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import (
     ApprovalRequest,
     DomainRequest,
     ExceptionKind,
+    ReviewDecision,
     RunResult,
     Spend,
     StatusStep,
@@ -76,6 +78,13 @@ POST_CLAIM_S = 60.0
 BUSY_RETRY_S = 5.0
 
 
+class LookupFailed(Exception):
+    """Slack could not say whether an uncertain post was made; the deliverer retries later."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"could not look for {key} in its thread")
+
+
 class SlackReporter:
     """Posts an order's progress into its thread (and refreshes the App Homes that show it)."""
 
@@ -102,9 +111,7 @@ class SlackReporter:
         # A step can carry a model's choice ("Reading <host>") or a tool's error: inert. Only
         # the ids the engine put beside it (who acted, whom it waits for) become mentions.
         if isinstance(step, StatusStep):
-            shown = render_step(
-                untrusted(step.text), by=step.by, person=step.person, mention=mention
-            )
+            shown = render_step(untrusted(step.text), by=step.by, person=step.person, mention=mention)
         else:
             shown = untrusted(step)
         await self._show_status(order, shown, spend.describe())
@@ -132,46 +139,52 @@ class SlackReporter:
         self, order: WorkOrder, request: ApprovalRequest, *, key: str
     ) -> None:
         """Ask the policy's approvers whether the run may make a tool call, with three buttons.
-        Arguments longer than the prompt shows are cut there, with the digest of all of them."""
+        Arguments longer than the prompt shows are cut there, with the digest of all of them.
+        Answered before it went out, it goes out answered."""
         assert order.id
         approvers = list(request.approvers) or [order.requester]
+        blocks = approval_request_blocks(order, request, approvers)
+        if request.decision is not None:
+            blocks = decided_blocks(blocks, line=decided_line(request))
         await self.post_once(
             order,
             key=key,
             purpose="approval",
             text=approval_request_text(order, request, approvers),
-            blocks=approval_request_blocks(order, request, approvers),
+            blocks=blocks,
         )
         self._changed(order)
 
     async def approval_decided(
         self, order: WorkOrder, request: ApprovalRequest, *, key: str
     ) -> None:
-        """Show who answered on the prompt posted under `key`: its buttons give way to the answer."""
-        stored = await self.store.slack_message(key)
-        if stored is None or not stored.ts:
-            log.info("no prompt to show the answer on", extra={"order": order.id, "key": key})
+        """Show who answered on the prompt posted under `key` (a tool call's or a domain's): its
+        buttons give way to the answer. A prompt never posted needs nothing."""
+        posted = await self.store.slack_message(key)
+        if posted is None or not posted.ts:
             return
         line = decided_line(request)
         if request.kind == "domain":
             shown = DomainRequest(request.approval_id, request.host, request.url, request.reason)
             blocks = domain_request_blocks(order, shown)
-        else:
-            asked = list(request.approvers) or [order.requester]
-            blocks = approval_request_blocks(order, request, asked)
+        else:  # answered: nobody needs pinging again
+            blocks = approval_request_blocks(order, request, list(request.approvers))
         try:
             await self.client.chat_update(
-                channel=stored.channel,
-                ts=stored.ts,
+                channel=posted.channel,
+                ts=posted.ts,
                 text=line,
                 blocks=decided_blocks(blocks, line=line),
             )
         except SlackApiError as exc:
-            if exc.response.get("error") == "message_not_found":
-                log.info("the prompt was deleted; the answer stands", extra={"order": order.id})
+            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
+                log.info(
+                    "the approval prompt is gone; the answer stands", extra={"order": order.id}
+                )
                 return
             _raise_retry_later(exc)
             raise
+        self._changed(order)
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""
@@ -201,6 +214,42 @@ class SlackReporter:
             text=f"{order.id} is ready for review by {', '.join(mention(r) for r in reviewers_of(order))}",
             blocks=blocks,
         )
+        self._changed(order)
+
+    async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
+        """Replace the review prompt's buttons with who decided. A prompt not posted yet needs
+        nothing: `result` renders the decision when it goes out."""
+        assert order.id
+        key = result_key(order.id, decision.deliverable_id)
+        posted = await self.store.slack_message(review_key(key))
+        if posted is None or not posted.ts:
+            return
+        item = next(
+            (d for d in await self.store.deliverables(order.id) if d.id == decision.deliverable_id),
+            None,
+        )
+        if item is None:
+            return
+        result = RunResult(
+            content=item.content,
+            summary=item.summary,
+            key=key,
+            verdicts=item.verdicts,
+            spend=await self.store.spend(order.id),
+        )
+        word = decision_word(decision.decision, self_approved=decision.self_approved)
+        line = decision_line(word, decision.actor, decision.at, decision.feedback)
+        blocks = decided_blocks(review_blocks(order, result), line=line)
+        try:
+            await self.client.chat_update(
+                channel=posted.channel, ts=posted.ts, text=f"{order.id}: {line}", blocks=blocks
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
+                log.info("the review prompt is gone; the decision stands", extra={"order": order.id})
+                return
+            _raise_retry_later(exc)
+            raise
         self._changed(order)
 
     async def exception(
@@ -252,25 +301,43 @@ class SlackReporter:
             return
         if state == "busy":
             raise RetryLater(BUSY_RETRY_S, f"another process is uploading {result.key}")
+        filename = deliverable_filename(order.id, result.key)
+        if state == "retaken":  # an earlier upload's outcome is unknown: look before uploading
+            found = await self._look_for(order, result.key, lambda m: _has_file(m, filename))
+            if found is not None:
+                await self.store.save_slack_message(
+                    key=result.key, purpose="result", channel=order.channel, ts=found, order=order.id
+                )
+                return
         try:
             response = await self.client.files_upload_v2(
                 channel=order.channel,
                 thread_ts=order.thread_ts,
                 content=result.content,
-                filename=f"{order.id}-deliverable.md",
+                filename=filename,
                 title=f"{order.id}: {order.title}"[:250],
                 initial_comment=truncate(
                     f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000
                 ),
             )
-        except SlackApiError as exc:
-            await self.store.release_slack_message(result.key, self.owner)
-            _raise_retry_later(exc)
+        except BaseException as exc:
+            await self._after_failed_post(result.key, exc)
             raise
         file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
         await self.store.save_slack_message(
             key=result.key, purpose="result", channel=order.channel, ts=file_id, order=order.id
         )
+
+    async def _after_failed_post(self, key: str, exc: BaseException) -> None:
+        """Keep the key's claim honest: refused (Slack said no, or 429) means not posted; a
+        5xx, a timeout or a dropped connection means maybe, and the next try looks first."""
+        if isinstance(exc, SlackApiError) and not _maybe_done(exc):
+            await self.store.release_slack_message(key, self.owner)
+            _raise_retry_later(exc)
+            return
+        await self.store.uncertain_slack_message(key, self.owner)
+        if isinstance(exc, SlackApiError):
+            _raise_retry_later(exc)
 
     # Posting
 
@@ -370,8 +437,8 @@ class SlackReporter:
         if state == "busy":
             raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
-            # Its claimer died: it may have posted before it did.
-            found = await self._find_posted(order, key)
+            # Its claimer died, or Slack's answer to its post was lost: it may be there.
+            found = await self._look_for(order, key, lambda m: _has_key(m, key))
             if found:
                 await self.store.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
@@ -385,9 +452,8 @@ class SlackReporter:
                 blocks=cap_blocks(blocks),
                 metadata={"event_type": METADATA_EVENT, "event_payload": {"key": key}},
             )
-        except SlackApiError as exc:
-            await self.store.release_slack_message(key, self.owner)
-            _raise_retry_later(exc)
+        except BaseException as exc:
+            await self._after_failed_post(key, exc)
             raise
         ts = str(response["ts"])
         await self.store.save_slack_message(
@@ -395,25 +461,69 @@ class SlackReporter:
         )
         return str(response["channel"]), ts, True
 
-    async def _find_posted(self, order: WorkOrder, key: str) -> str | None:
+    async def _look_for(
+        self, order: WorkOrder, key: str, match: Callable[[dict[str, Any]], bool]
+    ) -> str | None:
+        """The ts (or file id) of the message in the order's thread that `match` recognises,
+        None when the whole thread was read and it is not there. A failed lookup leaves the key
+        uncertain and raises, so the deliverer tries again later: answering it by posting is
+        what makes duplicates."""
         if not order.thread_ts or not order.channel:
             return None
-        try:
-            response = await self.client.conversations_replies(
-                channel=order.channel, ts=order.thread_ts, include_all_metadata=True, limit=200
-            )
-        except SlackApiError as exc:
-            log.info("conversations.replies failed (%s); posting again", exc.response.get("error"))
-            return None
-        messages: list[dict[str, Any]] = response.get("messages", [])
-        for message in messages:
-            metadata: dict[str, Any] = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == METADATA_EVENT
-                and (metadata.get("event_payload") or {}).get("key") == key
-            ):
-                return str(message["ts"])
-        return None
+        cursor: str | None = None
+        while True:
+            try:
+                response = await self.client.conversations_replies(
+                    channel=order.channel,
+                    ts=order.thread_ts,
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") == "thread_not_found":
+                    return None
+                await self.store.uncertain_slack_message(key, self.owner)
+                raise LookupFailed(key) from exc
+            except Exception as exc:
+                await self.store.uncertain_slack_message(key, self.owner)
+                raise LookupFailed(key) from exc
+            messages: list[dict[str, Any]] = response.get("messages", [])
+            for message in messages:
+                if match(message):
+                    return _found_id(message)
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+
+
+def deliverable_filename(order_id: str, key: str) -> str:
+    """A deliverable's file name, unique per deliverable so that a lost upload can be found."""
+    number = deliverable_of(key)
+    suffix = f"-{number}" if number is not None else ""
+    return f"{order_id}-deliverable{suffix}.md"
+
+
+def _has_key(message: dict[str, Any], key: str) -> bool:
+    metadata: dict[str, Any] = message.get("metadata") or {}
+    return (
+        metadata.get("event_type") == METADATA_EVENT
+        and (metadata.get("event_payload") or {}).get("key") == key
+    )
+
+
+def _has_file(message: dict[str, Any], filename: str) -> bool:
+    return any(f.get("name") == filename for f in message.get("files") or [])
+
+
+def _found_id(message: dict[str, Any]) -> str:
+    files = message.get("files") or []
+    return str(files[0]["id"]) if files and files[0].get("id") else str(message["ts"])
+
+
+def _maybe_done(exc: SlackApiError) -> bool:
+    """A server error may come after Slack carried the call out."""
+    return exc.response.status_code >= 500
 
 
 def _raise_retry_later(exc: SlackApiError) -> None:

@@ -198,7 +198,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     ]
     reporter = SlackReporter(store=store, client=client, home=homes)
     deliverer = Deliverer(store, reporter).start(stop)
-    follow_ups = FollowUps(settings, store, reporter)
+    follow_ups = FollowUps(settings, store)
     scheduler = AsyncIOScheduler(timezone="UTC")
     scheduler.add_job(
         follow_ups.sweep,

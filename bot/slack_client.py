@@ -189,6 +189,39 @@ class _GatedRateLimitHandler(AsyncRetryHandler):
         state.increment_current_attempt()
 
 
+# Methods that create something: a 5xx or a dropped connection may come after Slack did it, so
+# a blind retry can post twice. The reporter looks for the first one before it tries again.
+NOT_REPEATABLE = frozenset(
+    {"chat.postMessage", "files.completeUploadExternal", "canvases.create", "chat.scheduleMessage"}
+)
+
+
+class _RepeatableOnly:
+    """Mixin: retry a transient failure only for methods that are safe to repeat."""
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if _method_of(request.url) in NOT_REPEATABLE:
+            return False
+        return await super().can_retry_async(  # type: ignore[misc]
+            state=state, request=request, response=response, error=error
+        )
+
+
+class _ServerErrorRetries(_RepeatableOnly, AsyncServerErrorRetryHandler):
+    pass
+
+
+class _ConnectionErrorRetries(_RepeatableOnly, AsyncConnectionErrorRetryHandler):
+    pass
+
+
 def make_slack_client(
     settings: Settings,
     *,
@@ -207,10 +240,8 @@ def make_slack_client(
         timeout=15,
         retry_handlers=[
             _GatedRateLimitHandler(gate, max_retry_count=RATE_LIMIT_RETRIES),
-            AsyncServerErrorRetryHandler(
-                max_retry_count=TRANSIENT_RETRIES, interval_calculator=backoff
-            ),
-            AsyncConnectionErrorRetryHandler(
+            _ServerErrorRetries(max_retry_count=TRANSIENT_RETRIES, interval_calculator=backoff),
+            _ConnectionErrorRetries(
                 max_retry_count=TRANSIENT_RETRIES, interval_calculator=backoff
             ),
         ],

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.delivery import Deliverer
+from bot.home import home_view
 from bot.reporter import SlackReporter
 from bot.server import build_web_app
 from tests.fakes.anthropic import FakeAnthropic, Reply
@@ -26,7 +27,9 @@ from tests.support.processes import spawn_worker, worker_env
 from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import eventually
 from workers import queue
-from workers.config import load_settings
+from workers.config import Settings, load_settings
+from workers.home_views import home_data
+from workers.models import utcnow
 from workers.errors import RetryLater
 from workers.followup import FollowUps
 from workers.keys import exception_key, result_key, review_key, status_key
@@ -141,6 +144,12 @@ async def test_one_order_s_undeliverable_message_does_not_hold_up_another_s(
     assert events and events[0].data["error"] == "not_in_channel"
     tries = [c for c in fake_slack.calls_to("chat.postMessage") if c.args["channel"] == "C-gone"]
     assert len(tries) == 1
+
+    # The requester sees it in App Home, with what to do about it.
+    data = await home_data(store.engine, Settings(), "U1", now=utcnow())
+    home = json.dumps(home_view(data)["blocks"], ensure_ascii=False)
+    assert "Not delivered to your threads" in home
+    assert f"{stuck.id} · its exception message" in home and "invite the bot" in home
 
     # The admin sees it in the health check's body (the service itself is healthy).
     async with TestClient(TestServer(build_web_app(store=store, bolt=None))) as http:
@@ -394,8 +403,7 @@ async def test_the_follow_up_sweep_runs_on_one_process_at_a_time(
     settings = settings_factory(
         database_url=str(store.engine.url.render_as_string(hide_password=False))
     )
-    reporter = SlackReporter(store=store, client=_client(fake_slack))
-    sweeps = FollowUps(settings, store, reporter)
+    sweeps = FollowUps(settings, store)
     postgres = store.engine.dialect.name == "postgresql"
     other = Store.from_url(str(store.engine.url.render_as_string(hide_password=False)))
     try:

@@ -28,8 +28,6 @@ from bot.ids import (
     REJECT_ACTION,
     RETRY_ACTION,
 )
-from bot.reporter import SlackReporter
-from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -550,22 +548,23 @@ async def test_reminder_and_escalation_fire_on_time_and_survive_a_restart(pipe: 
     clock = Clock()
 
     def follow_ups() -> FollowUps:  # a fresh instance is what a restarted process has
-        reporter = SlackReporter(
-            store=pipe.bot.store, client=make_slack_client(settings, backoff_factor_s=0.01)
-        )
-        return FollowUps(settings, pipe.bot.store, reporter, clock=clock)
+        return FollowUps(settings, pipe.bot.store, clock=clock)
 
     await follow_ups().sweep()
     assert not pipe.posts_with("a reminder")
     clock.now += timedelta(seconds=settings.review.reminder_after_s + 1)
     await follow_ups().sweep()
     await follow_ups().sweep()
+    await pipe.post("a reminder")
+    await pipe.drained()
     reminders = pipe.posts_with("a reminder")
     assert len(reminders) == 1 and "<@U7>" in reminders[0]["text"]
     clock.now += timedelta(seconds=settings.review.escalate_after_s)
     restarted = follow_ups()
     await restarted.sweep()
     await restarted.sweep()
+    await pipe.post("has waited")
+    await pipe.drained()
     escalations = pipe.posts_with("has waited")
     assert len(escalations) == 1 and escalations[0]["text"].startswith(
         "<@U1>"
@@ -580,11 +579,8 @@ async def test_quiet_order_gets_a_note_saying_why(pipe: Pipeline) -> None:
     await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
     clock = Clock()
     clock.now += timedelta(seconds=pipe.bot.settings.review.quiet_after_s + 5)
-    reporter = SlackReporter(
-        store=pipe.bot.store, client=make_slack_client(pipe.bot.settings, backoff_factor_s=0.01)
-    )
-    await FollowUps(pipe.bot.settings, pipe.bot.store, reporter, clock=clock).sweep()
-    [note] = pipe.posts_with("Still here")
+    await FollowUps(pipe.bot.settings, pipe.bot.store, clock=clock).sweep()
+    note = await pipe.post("Still here")
     assert "waiting for <@U1> to answer" in note["text"]
 
 
@@ -635,19 +631,18 @@ async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
         order_id, actor="U1", expected={Status.WAITING_FOR_REQUESTER}, deadline=deadline
     )
     clock = Clock()
-    reporter = SlackReporter(
-        store=pipe.bot.store, client=make_slack_client(pipe.bot.settings, backoff_factor_s=0.01)
-    )
-    follow_ups = FollowUps(pipe.bot.settings, pipe.bot.store, reporter, clock=clock)
+    follow_ups = FollowUps(pipe.bot.settings, pipe.bot.store, clock=clock)
     await follow_ups.sweep()
     assert not pipe.posts_with("deadline")
     clock.now = deadline - timedelta(minutes=30)
     await follow_ups.sweep()
     await follow_ups.sweep()
+    await pipe.post("at risk of missing its deadline")
+    await pipe.drained()
     assert len(pipe.posts_with("at risk of missing its deadline")) == 1
     clock.now = deadline + timedelta(minutes=1)
     await follow_ups.sweep()
-    [missed] = pipe.posts_with("has missed its deadline")
+    missed = await pipe.post("has missed its deadline")
     assert missed["text"].startswith("<@U1>")
 
 

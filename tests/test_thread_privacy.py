@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 
 from bot.cards import START_ACTION
-from bot.reporter import SlackReporter
-from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
@@ -90,14 +88,11 @@ async def test_deleted_messages_and_old_thread_text_are_not_kept(
     assert root in await stored(), "only the deleted message goes"
 
     # Retention: the sweep deletes stored thread text older than slack.thread_retention_days.
-    reporter = SlackReporter(
-        store=bot.store, client=make_slack_client(bot.settings, backoff_factor_s=0.01)
-    )
     soon = datetime.now(UTC) + timedelta(days=6)
-    await FollowUps(bot.settings, bot.store, reporter, clock=lambda: soon).sweep()
+    await FollowUps(bot.settings, bot.store, clock=lambda: soon).sweep()
     assert root in await stored()
     later = datetime.now(UTC) + timedelta(days=7, minutes=1)
-    await FollowUps(bot.settings, bot.store, reporter, clock=lambda: later).sweep()
+    await FollowUps(bot.settings, bot.store, clock=lambda: later).sweep()
     assert await stored() == []
 
 

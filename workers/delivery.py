@@ -13,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from workers.models import OutboxMessage
 from workers.progress import (
@@ -20,6 +21,7 @@ from workers.progress import (
     DomainRequest,
     ExceptionKind,
     ProgressReporter,
+    ReviewDecision,
     RunResult,
     Spend,
     StatusStep,
@@ -70,6 +72,19 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
         approval = await store.get_approval(int(payload.get("approval_id", 0)))
         shown = ApprovalRequest.of(approval)
         await reporter.approval_decided(order, shown, key=str(payload.get("key", "")))
+    elif message.kind == "decided":
+        decision = ReviewDecision(
+            deliverable_id=int(payload["deliverable_id"]),
+            decision=str(payload.get("decision", "")),
+            actor=str(payload.get("actor", "")),
+            at=datetime.fromisoformat(str(payload["at"])),
+            feedback=str(payload.get("feedback", "")),
+            self_approved=bool(payload.get("self_approved")),
+        )
+        await reporter.decided(order, decision)
+    elif message.kind == "notice":
+        purpose = str(payload.get("purpose", "notice"))
+        await reporter.notice(order, str(payload.get("text", "")), key=message.key, purpose=purpose)
     elif message.kind == "exception":
         kind: ExceptionKind = payload.get("kind", "crashed")
         await reporter.exception(

@@ -1,6 +1,8 @@
 """Follow-ups so that no order goes quiet: review reminders and escalations, notes on silent
 orders, deadline warnings, and recovery of checks interrupted by a crash.
 
+Notices are outbox rows like every other message to people (the deliverer sends them).
+
 Everything is derived from the database on each sweep, and every notice has an idempotency
 key, so a sweep after a restart neither forgets a due reminder nor repeats one. Of several
 `delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.sweeps).
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from workers import queue
 from workers.config import Settings
@@ -25,7 +26,7 @@ from workers.keys import (
 )
 from workers.permissions import reviewers_of
 from workers.states import IN_FLIGHT, UNDER_WAY
-from workers.store import Store, as_utc, row_to_order
+from workers.store import OutboxItem, Store, as_utc, row_to_order
 from workers.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
@@ -36,12 +37,6 @@ VERIFYING_STUCK_AFTER = timedelta(minutes=10)
 # Slack retries an unacknowledged event within minutes, and a signed request is valid for five:
 # a delivery's record is needed no longer than that (an hour, to be generous).
 SEEN_EVENTS_KEPT = timedelta(hours=1)
-
-
-class Notifier(Protocol):
-    async def notice(
-        self, order: WorkOrder, text: str, *, key: str, purpose: str = "notice"
-    ) -> None: ...
 
 
 def _at(user: str | None) -> str:
@@ -67,14 +62,19 @@ class FollowUps:
         self,
         settings: Settings,
         store: Store,
-        notifier: Notifier,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.store = store
-        self.notifier = notifier
         self.clock = clock
+
+    async def _notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:
+        """Owe the thread a notice (sent by the deliverer; its key keeps it to one)."""
+        assert order.id
+        await self.store.add_to_outbox(
+            order.id, [OutboxItem("notice", key, {"text": text, "purpose": purpose})]
+        )
 
     async def sweep(self) -> bool:
         """One round; False if another process is sweeping right now (this one skips it)."""
@@ -116,7 +116,7 @@ class FollowUps:
             round_key = int(since.timestamp())
             reviewers = " ".join(_at(r) for r in reviewers_of(order))
             if waited >= timedelta(seconds=review.escalate_after_s):
-                await self.notifier.notice(
+                await self._notice(
                     order,
                     f"{_at(order.escalation_contact)} {order.id} has waited {_hours(waited)} for a review "
                     f"decision from {reviewers}. Could you make sure someone decides?",
@@ -124,7 +124,7 @@ class FollowUps:
                     purpose="escalation",
                 )
             elif waited >= timedelta(seconds=review.reminder_after_s):
-                await self.notifier.notice(
+                await self._notice(
                     order,
                     f"{reviewers} a reminder: {order.id} is waiting for your review "
                     f"(ready {_hours(waited)} ago). The buttons are on the review message above.",
@@ -144,7 +144,7 @@ class FollowUps:
             last = max(m for m in moments if m is not None)
             if now - last < limit:
                 continue
-            await self.notifier.notice(
+            await self._notice(
                 order,
                 f"Still here: nothing has changed on {order.id} for {_hours(now - last)} because "
                 f"{quiet_reason(order, row.wait_reason)}.",
@@ -162,7 +162,7 @@ class FollowUps:
                 _at(p) for p in dict.fromkeys([order.escalation_contact, order.requester]) if p
             )
             if now >= order.deadline:
-                await self.notifier.notice(
+                await self._notice(
                     order,
                     f"{people} {order.id} has missed its deadline "
                     f"(<!date^{int(order.deadline.timestamp())}^{{date_short_pretty}} at {{time}}|{order.deadline:%Y-%m-%d %H:%M} UTC>) "
@@ -175,7 +175,7 @@ class FollowUps:
             span = order.deadline - created
             left = order.deadline - now
             if left <= max(timedelta(hours=1), span * 0.2):
-                await self.notifier.notice(
+                await self._notice(
                     order,
                     f"{people} {order.id} is at risk of missing its deadline: {_hours(left)} left "
                     f"and it is {order.status.value.replace('_', ' ')}.",

@@ -25,11 +25,11 @@ from workers.config import Settings
 from workers.db import session_factory
 from workers.digest import schedule_for
 from workers.metrics import Comparison, Period
-from workers.models import Deliverable, DigestPost, WorkOrderRow
+from workers.models import Deliverable, DigestPost, OutboxMessage, WorkOrderRow
 from workers.permissions import may_review, reviewers_of
 from workers.states import OPEN
 from workers.store import row_to_order
-from workers.workorder import Status, WorkOrder, parse_order_id
+from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
 LIST_LIMIT = 10
 TEAMS_LIMIT = 5
@@ -75,6 +75,16 @@ class LeadFigures:
     last_digest: DigestLink | None = None
 
 
+@dataclass(frozen=True)
+class NotDelivered:
+    """A message to one of the user's threads that Slack refused for good (archived channel,
+    bot removed...): shown until someone fixes the cause and retries or the order ends."""
+
+    order_id: str
+    kind: str
+    error: str
+
+
 @dataclass
 class HomeData:
     user: str
@@ -82,6 +92,7 @@ class HomeData:
     reviews: Listing
     teams: list[LeadFigures] = field(default_factory=list)
     more_teams: int = 0
+    not_delivered: list[NotDelivered] = field(default_factory=list)
 
 
 def teams_led_by(settings: Settings, user: str) -> list[str]:
@@ -121,6 +132,25 @@ async def requester_orders(session: AsyncSession, user: str, *, limit: int = LIS
         )
     ).one()
     return Listing([_line(r) for r in rows], int(total))
+
+
+async def not_delivered(
+    session: AsyncSession, user: str, *, limit: int = LIST_LIMIT
+) -> list[NotDelivered]:
+    """Messages to the threads of `user`'s orders that could not be delivered, newest first."""
+    query = (
+        select(OutboxMessage.order_id, OutboxMessage.kind, OutboxMessage.error)
+        .join(WorkOrderRow, col(WorkOrderRow.id) == col(OutboxMessage.order_id))
+        .where(
+            WorkOrderRow.requester == user,
+            col(OutboxMessage.permanent).is_(True),
+            col(OutboxMessage.sent_at).is_(None),
+        )
+        .order_by(col(OutboxMessage.id).desc())
+        .limit(limit)
+    )
+    rows = (await session.exec(query)).all()
+    return [NotDelivered(format_order_id(o), k, e or "refused") for o, k, e in rows]
 
 
 async def awaiting_review(
@@ -184,6 +214,7 @@ async def home_data(
     async with session_factory(engine)() as session:
         orders = await requester_orders(session, user)
         reviews = await awaiting_review(session, user, settings)
+        undelivered = await not_delivered(session, user)
     led = teams_led_by(settings, user)
     teams = [await lead_figures(engine, settings, t, now) for t in led[:TEAMS_LIMIT]]
-    return HomeData(user, orders, reviews, teams, max(0, len(led) - TEAMS_LIMIT))
+    return HomeData(user, orders, reviews, teams, max(0, len(led) - TEAMS_LIMIT), undelivered)

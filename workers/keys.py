@@ -34,6 +34,12 @@ def review_key(result: str) -> str:
     return result.replace(":result:", ":review:")
 
 
+def decided_key(review: str) -> str:
+    """The edit that shows the answer on a prompt: 'WO-42:review:7:decided' (a review),
+    'WO-42:approval:3:decided' (an approval request)."""
+    return f"{review}:decided"
+
+
 def question_key(order_id: str, tool_use_id: str) -> str:
     """A question the run asked the requester: 'WO-42:question:<tool use id>'."""
     return f"{order_id}:question:{tool_use_id}"
@@ -69,8 +75,3 @@ def deadline_key(order_id: str, which: str) -> str:
 def approval_key(order_id: str, approval_id: int | None) -> str:
     """A request to allow a tool call: 'WO-42:approval:3' (the approval's id)."""
     return f"{order_id}:approval:{approval_id}"
-
-
-def decided_key(prompt: str) -> str:
-    """The edit that shows who answered a prompt: 'WO-42:approval:3' -> 'WO-42:approval:3:decided'."""
-    return f"{prompt}:decided"

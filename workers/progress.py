@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from workers.budget import micro_to_usd
@@ -174,6 +175,18 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class ReviewDecision:
+    """A reviewer's decision on one deliverable, as its prompt shows it."""
+
+    deliverable_id: int
+    decision: str  # approve, reject, changes
+    actor: str
+    at: datetime
+    feedback: str = ""
+    self_approved: bool = False
+
+
+@dataclass(frozen=True)
 class DomainRequest:
     """A run wants to read a page outside its allowed domains (`reason` is the model's words)."""
 
@@ -267,6 +280,15 @@ class ProgressReporter(Protocol):
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         """The run submitted its deliverable."""
+        ...
+
+    async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
+        """A reviewer decided: show it on the review prompt (whose buttons go)."""
+        ...
+
+    async def notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:
+        """A one-off note in the thread (reminders, escalations, quiet orders, added reviews);
+        `text` is composed by Delegate from ids and its own words."""
         ...
 
     async def exception(

@@ -65,10 +65,15 @@ async def decide(
     if decision == "approve":
         current = await store.get_order(ref)
         if not completes_approval(current, actor, settings):
+            waiting_for = tuple(channel_reviewers(current, settings))
             order = await store.add_review(
-                ref, deliverable_id=deliverable_id, actor=actor, feedback=feedback
+                ref,
+                deliverable_id=deliverable_id,
+                actor=actor,
+                feedback=feedback,
+                waiting_for=waiting_for,
             )
-            return Decided(order, decision, tuple(channel_reviewers(current, settings)))
+            return Decided(order, decision, waiting_for)
     if decision == "changes":
         current = await store.get_order(ref)
         order = await store.request_changes(

@@ -96,6 +96,7 @@ class _Failure:
     status: int
     error: str
     retry_after: float | None
+    processed: bool = False
 
 
 @dataclass
@@ -262,17 +263,20 @@ class FakeSlack(FakeServer):
         retry_after: float | None = None,
         times: int = 1,
         error: str | None = None,
+        processed: bool = False,
     ) -> None:
         """Make the next `times` calls of `method` fail with `status` (200 + `error` also works).
 
-        A 429 carries `Retry-After` (default 1 second) and the error `ratelimited`.
+        A 429 carries `Retry-After` (default 1 second) and the error `ratelimited`. With
+        `processed`, Slack carries the call out first and only the answer is the failure (a
+        post made, then a 500): the case an idempotency key has to handle.
         """
         default_error = {429: "ratelimited", 503: "service_unavailable"}.get(
             status, "internal_error" if status >= 500 else "fatal_error"
         )
         if status == 429 and retry_after is None:
             retry_after = 1
-        failure = _Failure(status, error or default_error, retry_after)
+        failure = _Failure(status, error or default_error, retry_after, processed)
         self._failures.setdefault(method, deque()).extend([failure] * times)
 
     def flaky(
@@ -415,6 +419,8 @@ class FakeSlack(FakeServer):
         queue = self._failures.get(call.method)
         if queue:
             failure = queue.popleft()
+            if failure.processed and (handler := self.handlers.get(call.method)) is not None:
+                handler(call.args)
             if failure.retry_after is not None:
                 headers["Retry-After"] = f"{failure.retry_after:g}"
             return failure.status, {"ok": False, "error": failure.error}

@@ -20,7 +20,14 @@ from workers import queue
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
 from workers.delivery import drain_outbox
-from workers.progress import ApprovalRequest, DomainRequest, ExceptionKind, RunResult, Spend
+from workers.progress import (
+    ApprovalRequest,
+    DomainRequest,
+    ExceptionKind,
+    ReviewDecision,
+    RunResult,
+    Spend,
+)
 from workers.providers import ModelRouter
 from workers.store import Store
 from workers.tools import ToolRegistry, load_tools
@@ -39,6 +46,8 @@ class RecordingReporter:
     approvals_decided: dict[str, tuple[str, ApprovalRequest]] = field(default_factory=dict)
     results: dict[str, tuple[str, RunResult]] = field(default_factory=dict)
     exceptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    decisions: list[tuple[str, ReviewDecision]] = field(default_factory=list)
+    notices: dict[str, tuple[str, str]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
 
     async def status(self, order: WorkOrder, step: str, spend: Spend) -> None:
@@ -65,6 +74,12 @@ class RecordingReporter:
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         self._once(self.results, result.key, (order.id or "", result))
+
+    async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
+        self.decisions.append((order.id or "", decision))
+
+    async def notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:
+        self._once(self.notices, key, (order.id or "", text))
 
     async def exception(
         self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str

@@ -135,6 +135,14 @@ class Pipeline:
         await self.slack.wait_until(lambda: bool(self.updates_with(needle)), within=within)
         return self.updates_with(needle)[-1]
 
+    async def drained(self) -> None:
+        """Wait until the outbox holds nothing undelivered (every message owed has been sent)."""
+
+        async def empty() -> bool:
+            return not await self.bot.store.undelivered()
+
+        await eventually(empty, timeout_s=DEADLINE_S)
+
     async def shown(self, needle: str, within: float = DEADLINE_S) -> dict[str, Any]:
         """The latest message posted or edited to contain `needle` (a status message is
         posted once and then edited in place), waiting for it."""

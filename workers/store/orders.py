@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from workers.errors import IllegalTransition, OrderMoved, OutdatedDecision
 from workers.models import AuditEvent, Deliverable, IntakeSession, WorkOrderRow, utcnow
 from workers.store.base import OrderRef, StoreBase, as_utc, order_number, row_to_order
+from workers.store.outbox import OutboxItem, decided_item, write_outbox
 from workers.workorder import Status, WorkOrder, format_order_id
 
 EDITABLE_FIELDS = frozenset(
@@ -198,10 +199,19 @@ class OrdersStore(StoreBase):
                 audit["self_approved"] = True
                 changes["self_approved"] = True
             await self._move(s, row, target, actor=actor, reason=reason, audit=audit, **changes)
+            decision = "approve" if target is Status.APPROVED else "reject"
+            shown = decided_item(row, audit, decision=decision, actor=actor, at=utcnow())
+            await write_outbox(s, row.id or 0, shown)
             return row_to_order(row)
 
     async def add_review(
-        self, ref: OrderRef, *, deliverable_id: int | None, actor: str, feedback: str = ""
+        self,
+        ref: OrderRef,
+        *,
+        deliverable_id: int | None,
+        actor: str,
+        feedback: str = "",
+        waiting_for: Sequence[str] = (),
     ) -> WorkOrder:
         """An approval that does not decide the order (a reviewer named at intake, while the
         channel's reviewers must approve): audited as a `review` event on the deliverable shown,
@@ -213,9 +223,16 @@ class OrdersStore(StoreBase):
             if row.status != Status.AWAITING_REVIEW.value:
                 raise IllegalTransition(order_id, row.status, Status.APPROVED.value)
             audit = await decision_audit(s, row, deliverable_id, feedback)
-            await self._append_audit(
+            event = await self._append_audit(
                 s, order_id, actor=actor, kind="review", data={"decision": "approve", **audit}
             )
+            if waiting_for:  # the thread hears that this approval does not decide alone
+                who = ", ".join(f"<@{u}>" for u in waiting_for)
+                text = f"<@{actor}> approved; waiting for one of the channel's reviewers: {who}"
+                note = OutboxItem(
+                    "notice", f"{order_id}:review-added:{event.seq}", {"text": text, "purpose": "review"}
+                )
+                await write_outbox(s, row.id or 0, [note])
             return row_to_order(row)
 
     async def orders_in(

@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.keys import exception_key, status_key
+from workers.keys import decided_key, exception_key, result_key, review_key, status_key
 from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow, utcnow
 from workers.states import IN_FLIGHT
 from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
@@ -152,6 +152,26 @@ def _state_step(row: WorkOrderRow, state: Status, reason: str) -> str:
         if reason in _REQUEUE_STEPS:
             return _REQUEUE_STEPS[reason]
     return STATE_STEPS.get(state, state.value)
+
+
+def decided_item(
+    row: WorkOrderRow, audit: dict[str, Any], *, decision: str, actor: str, at: datetime
+) -> list[OutboxItem]:
+    """The edit of the review prompt that shows a reviewer's decision (its buttons go), owed
+    from the decision's own transaction; none when nothing was there to decide on."""
+    deliverable = audit.get("deliverable")
+    if deliverable is None or row.id is None:
+        return []
+    review = review_key(result_key(format_order_id(row.id), int(deliverable)))
+    payload = {
+        "deliverable_id": int(deliverable),
+        "decision": decision,
+        "actor": actor,
+        "feedback": str(audit.get("feedback", "")),
+        "at": at.isoformat(),
+        "self_approved": bool(audit.get("self_approved")),
+    }
+    return [OutboxItem("decided", decided_key(review), payload)]
 
 
 def crashed_notice(row: WorkOrderRow, message: str) -> OutboxItem:

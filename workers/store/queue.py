@@ -25,6 +25,7 @@ from workers.store.orders import decision_audit
 from workers.store.outbox import (
     OutboxItem,
     crashed_notice,
+    decided_item,
     exception_notice,
     status_item,
     write_outbox,
@@ -131,6 +132,8 @@ class QueueStore(SpendStore):
             await self._move(
                 s, row, Status.CHANGES_REQUESTED, actor=actor, reason=reason, audit=audit
             )
+            shown = decided_item(row, audit, decision="changes", actor=actor, at=utcnow())
+            await write_outbox(s, row.id or 0, shown)
             item = {"kind": "feedback", "user": actor, "text": feedback or "(no details given)"}
             await self._requeue(
                 s,

@@ -22,8 +22,10 @@ from workers.store.outbox import insert_ignoring
 log = logging.getLogger(__name__)
 
 ClaimState = Literal["claimed", "retaken", "posted", "busy"]
-"""claimed: post it; retaken: a claimer died, look for its post first; posted: done (ts);
-busy: another process is posting it right now."""
+"""claimed: post it; retaken: a claimer died or its post's outcome is unknown, look for the
+post first; posted: done (ts); busy: another process is posting it right now."""
+UNCERTAIN = "?uncertain"
+"""`claimed_by` of a post that may have been made: whoever claims it next looks first."""
 
 _messages: Table = SlackMessage.__table__  # type: ignore[attr-defined]
 
@@ -263,6 +265,20 @@ class SlackStore(StoreBase):
                     or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
                 )
                 .values(claimed_by="", claimed_until=None)
+            )
+
+    async def uncertain_slack_message(self, key: str, owner: str) -> None:
+        """A post whose outcome is unknown (timeout, dropped connection, 5xx): Slack may have
+        made it. The next claim is told "retaken", so it looks for the post before posting."""
+        async with self.transaction() as s:
+            await s.exec(
+                update(SlackMessage)
+                .where(
+                    col(SlackMessage.key) == key,
+                    col(SlackMessage.claimed_by) == owner,
+                    or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
+                )
+                .values(claimed_by=UNCERTAIN, claimed_until=None)
             )
 
     async def record_thread_message(
