@@ -21,15 +21,17 @@ def shown_arguments(request: ApprovalRequest) -> str:
     """The arguments as a code block people can read, never as markup: Slack's control
     characters escaped, no mention or link live, backticks that could close the block replaced,
     and a note with the digest when they are cut."""
-    text = request.arguments
-    whole = request.arguments_chars <= len(text)
-    if whole:
+    text = request.arguments  # canonical JSON, as the digest covers it (capped when stored)
+    cut = request.arguments_chars > SHOWN_ARGUMENTS_CHARS
+    if cut:
+        text = text[:SHOWN_ARGUMENTS_CHARS]
+    else:  # all of it fits: indented for reading, if that fits too
         try:
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            indented = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
         except ValueError:
-            pass
-    cut = len(text) > SHOWN_ARGUMENTS_CHARS or not whole
-    text = text[:SHOWN_ARGUMENTS_CHARS]
+            indented = text
+        if len(indented) <= SHOWN_ARGUMENTS_CHARS:
+            text = indented
     block = "```" + untrusted(text.replace("`", "'")) + ("\n…" if cut else "") + "```"
     digest = f"sha256 `{request.arguments_sha256}`"
     if cut:

@@ -41,6 +41,8 @@ ANALYTICS = {
     "approvers": ["requester", "escalation"],
 }
 
+ALLOWING = {**ANALYTICS, "approvals": {"wh.drop_table": "allow"}}
+
 
 @pytest.fixture
 def marker(tmp_path: Path) -> Path:
@@ -231,7 +233,7 @@ async def harness(
         database,
         fake_anthropic,
         fake_openai,
-        policies={**POLICIES, "analytics": ANALYTICS},
+        policies={**POLICIES, "analytics": ANALYTICS, "allowing": ALLOWING},
         mcp_servers={"wh": stdio_server(env={"MCP_TEST_MARKER": str(marker)})},
     )
     store = Store(database.engine())
@@ -343,3 +345,17 @@ def test_long_arguments_are_cut_in_the_prompt_with_the_digest_of_all_of_them() -
     blocks = approval_request_blocks(order, request, ["U1"])
     assert [b["type"] for b in blocks][-2:] == ["actions", "context"]
     assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
+
+
+async def test_a_destructive_tool_the_policy_allows_runs_without_asking(
+    harness: Harness, marker: Path
+) -> None:
+    h = harness
+    order = await h.order(authority_policy="allowing")
+    assert order.id is not None
+    h.anthropic.script(drop("tmp"), submit())
+    outcome = await h.run_next()
+    assert outcome is not None and outcome.kind == "done"
+    assert dropped(marker) == ["dropped tmp"] and asked_of(h, order.id) == []
+    [call, _] = await h.store.tool_calls(order.id)
+    assert (call.server, call.approver, call.outcome) == ("wh", None, "ok")
