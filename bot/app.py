@@ -128,7 +128,7 @@ def create_app(
         ),
     )
 
-    approvals.register(app, approvals.DomainApprovals(settings, store=store))
+    approvals.register(app, approvals.Approvals(settings, store=store))
 
     @app.event("app_mention")
     async def on_mention(

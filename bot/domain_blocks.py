@@ -28,9 +28,8 @@ def shown_url(url: str) -> str:
 
 
 def domain_request_text(order: WorkOrder, request: DomainRequest) -> str:
-    people = " ".join(
-        mention(p) for p in dict.fromkeys([order.requester, order.escalation_contact]) if p
-    )
+    asked = request.approvers or (order.requester, order.escalation_contact)
+    people = " ".join(mention(p) for p in dict.fromkeys(asked) if p)
     reason = untrusted(request.reason) if request.reason else "_no reason given_"
     host = untrusted(request.host)
     scope = (

@@ -31,6 +31,11 @@ DOMAIN_ONCE_ACTION = "domain_allow_once"
 DOMAIN_ORDER_ACTION = "domain_allow_order"
 DOMAIN_DENY_ACTION = "domain_deny"
 
+# A run's request to make a tool call its policy asks about; the value is the request's id
+APPROVAL_ONCE_ACTION = "approval_allow_once"
+APPROVAL_ORDER_ACTION = "approval_allow_order"
+APPROVAL_DENY_ACTION = "approval_deny"
+
 # Modals
 INTAKE_CALLBACK = "intake_modal"
 EDIT_CALLBACK = "edit_order_modal"

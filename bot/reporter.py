@@ -23,6 +23,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
 from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
@@ -43,6 +44,7 @@ from workers.keys import deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import (
+    ApprovalRequest,
     DomainRequest,
     ExceptionKind,
     ReviewDecision,
@@ -132,6 +134,57 @@ class SlackReporter:
             text=domain_request_text(order, request),
             blocks=domain_request_blocks(order, request),
         )
+        self._changed(order)
+
+    async def approval_request(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Ask the policy's approvers whether the run may make a tool call, with three buttons.
+        Arguments longer than the prompt shows are cut there, with the digest of all of them.
+        Answered before it went out, it goes out answered."""
+        assert order.id
+        approvers = list(request.approvers) or [order.requester]
+        blocks = approval_request_blocks(order, request, approvers)
+        if request.decision is not None:
+            blocks = decided_blocks(blocks, line=decided_line(request))
+        await self.post_once(
+            order,
+            key=key,
+            purpose="approval",
+            text=approval_request_text(order, request, approvers),
+            blocks=blocks,
+        )
+        self._changed(order)
+
+    async def approval_decided(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Show who answered on the prompt posted under `key` (a tool call's or a domain's): its
+        buttons give way to the answer. A prompt never posted needs nothing."""
+        posted = await self.store.slack_message(key)
+        if posted is None or not posted.ts:
+            return
+        line = decided_line(request)
+        if request.kind == "domain":
+            shown = DomainRequest(request.approval_id, request.host, request.url, request.reason)
+            blocks = domain_request_blocks(order, shown)
+        else:  # answered: nobody needs pinging again
+            blocks = approval_request_blocks(order, request, list(request.approvers))
+        try:
+            await self.client.chat_update(
+                channel=posted.channel,
+                ts=posted.ts,
+                text=line,
+                blocks=decided_blocks(blocks, line=line),
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
+                log.info(
+                    "the approval prompt is gone; the answer stands", extra={"order": order.id}
+                )
+                return
+            _raise_retry_later(exc)
+            raise
         self._changed(order)
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:

@@ -111,7 +111,7 @@ async def test_an_ungranted_tool_is_never_offered_and_a_forced_call_is_refused(
     assert (first.name, first.allowed, first.outcome) == ("wh__drop_table", False, "forbidden")
 
 
-async def test_denied_and_ask_tools_are_refused_and_counted_as_forbidden(
+async def test_a_denied_tool_is_refused_and_an_ask_tool_parks_the_run(
     mcp_harness: Harness, tmp_path: Path
 ) -> None:
     h = mcp_harness
@@ -119,20 +119,16 @@ async def test_denied_and_ask_tools_are_refused_and_counted_as_forbidden(
     h.anthropic.script(
         Reply.tool("wh__fail", {}, undeclared_ok=True),  # denied: not offered
         Reply.tool("wh__drop_table", {"table": "churn"}),  # destructive: approval needed
-        Reply.tool("submit_deliverable", {"content": "done", "summary": "ok"}),
     )
     outcome = await h.run_next()
-    assert outcome is not None and outcome.kind == "done"
+    assert outcome is not None and outcome.kind == "parked"
     denied = last_result(h.anthropic.requests[1])
     assert denied["is_error"] and "denies wh__fail" in text_of(denied)
-    ask = last_result(h.anthropic.requests[2])
-    assert ask["is_error"] and "needs approval" in text_of(ask)
-    assert not (tmp_path / "dropped.txt").exists()
+    [(_, asked)] = h.reporter.approval_requests.values()
+    assert (asked.tool, asked.server, asked.arguments) == ("drop_table", "wh", '{"table":"churn"}')
+    assert not (tmp_path / "dropped.txt").exists()  # nothing runs before a person allows it
     calls = await h.store.tool_calls(order.id or "")
-    assert [(c.name, c.allowed, c.outcome) for c in calls][:2] == [
-        ("wh__fail", False, "forbidden"),
-        ("wh__drop_table", False, "forbidden"),
-    ]
+    assert [(c.name, c.allowed, c.outcome) for c in calls] == [("wh__fail", False, "forbidden")]
 
 
 async def test_a_server_crashing_mid_call_is_a_tool_error_and_the_run_goes_on(

@@ -8,12 +8,14 @@ plain_text objects, and input values that must round-trip as the person typed th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
 from bot.cards import card_text, render_card
 from bot.digest_blocks import digest_blocks, digest_text
 from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
@@ -28,7 +30,7 @@ from workers.config import Settings
 from workers.digest import Digest
 from workers.home_views import HomeData, Listing, OrderLine
 from workers.metrics import Comparison, Period, PersonCount, TeamMetrics
-from workers.progress import DomainRequest, RunResult
+from workers.progress import ApprovalRequest, DomainRequest, RunResult
 from workers.workorder import Status, Verification, WorkOrder
 
 HOSTILE_TOKENS = [
@@ -88,6 +90,18 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
     order = hostile_order()
     review = hostile_order(status=Status.AWAITING_REVIEW)
     request = DomainRequest(approval_id=1, host=HOSTILE, url=f"http://{HOSTILE}/x", reason=HOSTILE)
+    call = ApprovalRequest(
+        approval_id=2,
+        kind="tool",
+        tool=HOSTILE,
+        server=HOSTILE,
+        arguments=json.dumps({"q": HOSTILE + "```" + HOSTILE}),
+        arguments_sha256="0" * 64,
+        arguments_chars=10_000,
+        reason=HOSTILE,
+        decision="deny",
+        decided_by=HOSTILE,
+    )
     at = datetime(2026, 12, 1, tzinfo=UTC)
     lines = Listing(items=[OrderLine(order, 0), OrderLine(review, 10)], total=2)
     return {
@@ -102,6 +116,9 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
         "domain request text": lambda: domain_request_text(order, request),
         "domain request blocks": lambda: domain_request_blocks(order, request),
         "domain answered": lambda: answered_line("order", HOSTILE, "U7"),
+        "approval request text": lambda: approval_request_text(order, call, [HOSTILE, "U1"]),
+        "approval request blocks": lambda: approval_request_blocks(order, call, [HOSTILE]),
+        "approval answered": lambda: decided_line(call),
         "digest text": lambda: digest_text(hostile_digest()),
         "digest blocks": lambda: digest_blocks(hostile_digest()),
         "home": lambda: home_view(HomeData(user="U1", orders=lines, reviews=lines)),

@@ -375,12 +375,13 @@ async def test_the_churn_one_pager_walk_through(
         f"- Revenue churn: {q3['revenue_pct']:.2f}% (${q3['churned_mrr']:,.0f} of "
         f"${q3['mrr']:,.0f} MRR)"
     ) in shown
-    # write_query is `ask`: without an approval it was refused, and the warehouse is unchanged.
+    # write_query is `ask`, and a console order has no thread to ask in: it was refused with
+    # the reason, never run, and the warehouse is unchanged.
     refused = _tool_messages(fake_openai.requests[-2])[1]
-    assert "needs approval" in refused
+    assert "needs a person's approval and this order has no thread to ask in" in refused
     assert [(c.name, c.allowed, c.outcome) for c in calls] == [
         ("warehouse__read_query", True, "ok"),
-        ("warehouse__write_query", False, "forbidden"),
+        ("warehouse__write_query", False, "denied"),
         ("submit_deliverable", True, "ok"),
     ]
     assert digest(churn_db) == before

@@ -36,12 +36,16 @@ from workers.errors import (
 )
 from workers.keys import exception_key, question_key, result_key
 from workers.models import Deliverable, RunAttempt, ToolCall, utcnow
+from workers.permissions import approvers_of
 from workers.progress import ExceptionKind
 from workers.providers import ModelReply, ModelRequest, ModelRouter, ToolUse, WebSearchRequest
 from workers.states import WaitKind
 from workers.store import OutboxItem, Store, as_utc
+from workers.store.approvals import CallArguments
 from workers.store.outbox import exception_notice
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
+from workers.tools.base import Tool
+from workers.tools.policy import decision, origin, why_ask
 from workers.tools.web_search import is_server_side
 from workers.transcript import (
     REVISE,
@@ -138,6 +142,8 @@ class _Run:
     nudges: int = 0
     pending_calls: list[ToolUse] = field(default_factory=list)
     pending_results: list[dict[str, Any]] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
+    """The tool calls the run parks for (a question, an approval), by tool-use id."""
     submitted: bool = False
     ending: asyncio.Future[Outcome] | None = None
 
@@ -148,6 +154,16 @@ class _Run:
     def attempt_id(self) -> int:
         assert self.attempt.id is not None
         return self.attempt.id
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What a call that needs approval may do: go ahead (allowed by `approver`), be refused
+    (`refusal`, told to the model), or wait for a person (`waiting`)."""
+
+    approver: str | None = None
+    refusal: str | None = None
+    waiting: bool = False
 
 
 class Agent:
@@ -365,6 +381,7 @@ class Agent:
             block, call_effect = await self._call_tool(run, call)
             if call_effect == "park":
                 asked = True
+                run.parked.append(call.id)
                 effect = effect or "park"
                 continue  # its result is the requester's reply, filled in on resume
             if block is not None:
@@ -384,6 +401,8 @@ class Agent:
         policy = self.settings.policies[policy_name]
         started = self.clock()
         arguments = call.arguments if call.arguments is not None else {"raw": call.raw_arguments}
+        mcp = origin(tool)
+        approver: str | None = None
 
         async def record(
             allowed: bool, outcome: str, *, error: str | None = None, text: str = ""
@@ -399,6 +418,8 @@ class Agent:
                     error=error,
                     result_excerpt=text[:RESULT_EXCERPT_CHARS] or None,
                     duration_ms=int((self.clock() - started) * 1000),
+                    server=mcp.server if mcp else None,
+                    approver=approver,
                 )
             )
 
@@ -420,6 +441,22 @@ class Agent:
                 ),
                 None,
             )
+        if decision(policy_name, policy, tool) == "ask":
+            check = getattr(tool, "check", None)
+            try:
+                if callable(check):
+                    check(call.arguments)  # never ask a person about a call that cannot run
+                gate = await self._approval(run, call, tool)
+            except ToolInputError as exc:
+                await record(True, "error", error=str(exc))
+                return tool_result(call.id, str(exc), is_error=True), None
+            if gate.waiting:
+                return None, "park"  # the prompt was written with the request
+            if gate.refusal is not None:
+                await record(False, "denied", error=gate.refusal)
+                self._count_forbidden(run, call.name, gate.refusal)
+                return tool_result(call.id, f"Not allowed: {gate.refusal}", is_error=True), None
+            approver = gate.approver
         await run.guard.charge_tool_call()
         await self._status(run, tool.describe(call.arguments))
         context = ToolContext(
@@ -488,6 +525,63 @@ class Agent:
                 )
             )
             await run.guard.charge_tool_call()
+
+    async def _approval(self, run: _Run, call: ToolUse, tool: Tool) -> _Gate:
+        """A call the policy says `ask` for: allowed (by whom), refused, or waiting for a person.
+
+        This call's own answer counts first (asked before and resumed: 'once' is spent here,
+        under the grant's own conditional update); then an 'Allow for this order' answer for the
+        same tool on this order; then a 'Deny' of the same call (same tool, same arguments)
+        stands without asking again. Otherwise the request is created, with its prompt."""
+        assert call.arguments is not None
+        mcp = origin(tool)
+        name, server = (mcp.tool, mcp.server) if mcp else (call.name, None)
+        shown = f"{server}.{name}" if server else name
+        found = await self.store.approval_for(run.number, call.id)
+        if found is None:
+            standing = await self.store.standing_approval(run.number, tool=name, server=server)
+            if standing is not None:
+                return _Gate(approver=standing.decided_by)
+            digest = CallArguments.of(call.arguments).sha256
+            denied = await self.store.denied_call(
+                run.number, tool=name, server=server, arguments_sha256=digest
+            )
+            if denied is not None:
+                return _Gate(
+                    refusal=f"<@{denied.decided_by}> denied this call of {shown} for this order; "
+                    "do not ask again: work without it and say in the deliverable what it "
+                    "would have done"
+                )
+            if not run.order.channel:
+                return _Gate(
+                    refusal=f"{shown} needs a person's approval and this order has no thread "
+                    "to ask in; work without it"
+                )
+            policy_name = run.order.authority_policy
+            found = await self.store.request_approval(
+                run.number,
+                tool_use_id=call.id,
+                tool=name,
+                server=server,
+                arguments=call.arguments,
+                reason=why_ask(policy_name, self.settings.policies[policy_name], tool),
+                approvers=approvers_of(run.order, self.settings),
+                attempt_id=run.attempt_id,
+            )
+        assert found.id is not None
+        if found.decision is None:
+            return _Gate(waiting=True)
+        if found.decision == "deny":
+            return _Gate(
+                refusal=f"denied by <@{found.decided_by}>; do not ask again: work without "
+                f"{shown} and say in the deliverable what it would have done"
+            )
+        if found.decision == "once" and not await self.store.use_one_time_grant(found.id):
+            return _Gate(
+                refusal=f"the permission to call {shown} once was used already (an "
+                "interrupted run may have made the call); call it again to ask anew"
+            )
+        return _Gate(approver=found.decided_by)
 
     def _count_forbidden(self, run: _Run, name: str, reason: str) -> None:
         run.forbidden += 1
@@ -691,15 +785,20 @@ class Agent:
 
     async def _park(self, run: _Run) -> Outcome:
         assert run.order.id is not None
+        questions = _questions(run.order, run.messages)
         order = await self.store.finish_run(
             run.order.id,
             self.worker_id,
             Status.WAITING_FOR_REQUESTER,
-            reason="asked the requester a question",
+            reason="asked the requester a question"
+            if questions
+            else "waiting for a person to allow a tool call",
             attempt_id=run.attempt_id,
             outcome="parked",
             elapsed_ms=run.elapsed_ms(),
-            outbox=_questions(run.order, run.messages),
+            outbox=questions,
+            # An answer that came in before the park (the order was still running) requeues.
+            awaiting=run.parked,
         )
         if order is None:
             return await self._lost(run)

@@ -149,7 +149,10 @@ def tool_call_facts(call: Any) -> dict[str, Any]:
     return {
         "tool_call": call.id,
         "name": call.name,
+        "server": call.server,
+        "approver": call.approver,
         "arguments": bounded(call.arguments),
+        "arguments_sha256": sha256_text(canonical_json(call.arguments)),
         "allowed": call.allowed,
         "outcome": call.outcome,
         "error": call.error,

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from workers.models import OutboxMessage
 from workers.progress import (
+    ApprovalRequest,
     DomainRequest,
     ExceptionKind,
     ProgressReporter,
@@ -61,8 +62,17 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             host=str(payload.get("host", "")),
             url=str(payload.get("url", "")),
             reason=str(payload.get("reason", "")),
+            approvers=tuple(str(p) for p in payload.get("approvers") or []),
         )
         await reporter.domain_request(order, request, key=message.key)
+    elif message.kind == "approval":
+        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        asked = [str(p) for p in payload.get("approvers") or []]
+        await reporter.approval_request(order, ApprovalRequest.of(approval, asked), key=message.key)
+    elif message.kind == "approval_decided":
+        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        shown = ApprovalRequest.of(approval)
+        await reporter.approval_decided(order, shown, key=str(payload.get("key", "")))
     elif message.kind == "decided":
         decision = ReviewDecision(
             deliverable_id=int(payload["deliverable_id"]),

@@ -35,7 +35,8 @@ def review_key(result: str) -> str:
 
 
 def decided_key(review: str) -> str:
-    """The edit that shows a decision on its review prompt: 'WO-42:review:7:decided'."""
+    """The edit that shows the answer on a prompt: 'WO-42:review:7:decided' (a review),
+    'WO-42:approval:3:decided' (an approval request)."""
     return f"{review}:decided"
 
 
@@ -79,3 +80,8 @@ def quiet_key(order_id: str, last_change: int) -> str:
 def deadline_key(order_id: str, which: str) -> str:
     """'missed' or 'risk': 'WO-42:deadline-missed'."""
     return f"{order_id}:deadline-{which}"
+
+
+def approval_key(order_id: str, approval_id: int | None) -> str:
+    """A request to allow a tool call: 'WO-42:approval:3' (the approval's id)."""
+    return f"{order_id}:approval:{approval_id}"

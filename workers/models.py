@@ -203,6 +203,10 @@ class ToolCall(SQLModel, table=True):
     error: str | None = None
     result_excerpt: str | None = None
     duration_ms: int = 0
+    server: str | None = None
+    """The MCP server the tool belongs to (None: a built-in or plug-in tool)."""
+    approver: str | None = None
+    """Who allowed the call when the policy said `ask`."""
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -520,22 +524,32 @@ class DigestPost(SQLModel, table=True):
     ts: str | None = None
 
 
-class DomainApproval(SQLModel, table=True):
-    """A run's request to read a domain outside its allowlist, and the person's answer.
+class ToolApproval(SQLModel, table=True):
+    """A run's request to make one tool call a person must allow first, and the answer.
 
-    One row per (order, tool call): the call that asked is re-run when the run resumes and finds
-    its answer here. `decision` is None while pending, then 'once', 'order' or 'deny'; a 'once'
-    grant is spent (`used_at`) by the one fetch it allows. 'order' rows are the order's approved
-    domains."""
+    Two kinds: 'tool' (the authority policy says `ask` for this tool) and 'domain' (web_fetch
+    wants a page outside the order's domains; `host` and `url` say which). One row per (order,
+    tool call): the call that asked is re-run when the run resumes and finds its answer here.
+    `decision` is None while pending, then 'once', 'order' or 'deny'; a 'once' grant is spent
+    (`used_at`) by the one call it allows. An 'order' row covers later calls of the same tool
+    (a domain: the same host) on the same order only. `arguments` is a capped copy of the
+    call's arguments as canonical JSON; `arguments_sha256` the digest of all of it."""
 
-    __tablename__ = "domain_approvals"
+    __tablename__ = "tool_approvals"
     __table_args__ = (UniqueConstraint("order_id", "tool_use_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="work_orders.id", index=True)
     tool_use_id: str
-    host: str
-    url: str
+    kind: str = "tool"
+    tool: str = ""
+    """The tool's own name: a built-in's, or the MCP tool's name on its server."""
+    server: str | None = None
+    arguments: str = ""
+    arguments_sha256: str = ""
+    arguments_chars: int = 0
+    host: str = ""
+    url: str = ""
     reason: str = ""
     decision: str | None = None
     decided_by: str | None = None
@@ -548,6 +562,10 @@ class DomainApproval(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+DomainApproval = ToolApproval
+"""The domain prompt is one kind of tool-call approval (kind 'domain')."""
 
 
 # Closed days of the leads' metrics, summarised once (workers.metric_days). `day` is a UTC date

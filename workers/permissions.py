@@ -6,7 +6,7 @@ one place. Admins are `settings.admins`.
 
 from __future__ import annotations
 
-from workers.config import Settings
+from workers.config import DEFAULT_APPROVERS, Settings
 from workers.workorder import Budget, WorkloadClass, WorkOrder
 
 # The ceilings an Edit or an Extend can raise, with how they are named to people.
@@ -80,10 +80,26 @@ def may_handle_exception(order: WorkOrder, user: str, settings: Settings) -> boo
     return user in {order.requester, order.escalation_contact} or user in settings.admins
 
 
-def may_decide_domain(order: WorkOrder, user: str, settings: Settings) -> bool:
-    """Answer a run's request to read a domain outside its allowlist: the requester, the
-    escalation contact, or an admin."""
-    return user in {order.requester, order.escalation_contact} or user in settings.admins
+def approvers_of(order: WorkOrder, settings: Settings) -> list[str]:
+    """Who may answer the order's requests to make a tool call (or read a domain outside its
+    allowlist), as its authority policy's `approvers` names them: the requester, the escalation
+    contact, the named reviewers. Admins may too (`may_approve`)."""
+    policy = settings.policies.get(order.authority_policy)
+    roles = policy.approvers if policy is not None else list(DEFAULT_APPROVERS)
+    people: list[str] = []
+    for role in roles:
+        if role == "requester":
+            people.append(order.requester)
+        elif role == "escalation" and order.escalation_contact:
+            people.append(order.escalation_contact)
+        elif role == "reviewers":
+            people.extend(order.verification.reviewers)
+    return list(dict.fromkeys(people))
+
+
+def may_approve(order: WorkOrder, user: str, settings: Settings) -> bool:
+    """Answer a run's request to make a tool call: one of the policy's approvers, or an admin."""
+    return user in approvers_of(order, settings) or user in settings.admins
 
 
 def may_view(order: WorkOrder, user: str, settings: Settings) -> bool:

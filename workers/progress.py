@@ -10,7 +10,7 @@ updated in place, the rest posted once per idempotency key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -196,6 +196,55 @@ class DomainRequest:
     host: str
     url: str
     reason: str
+    approvers: tuple[str, ...] = ()
+    """Whom the prompt asks (the policy's approvers when the request was made)."""
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A tool call waiting for a person's yes (or answered): what the prompt shows. `kind` is
+    'tool' (the policy says ask) or 'domain' (web_fetch outside the allowlist: `host`, `url`).
+    `arguments` is the call's canonical JSON, capped; the digest and length cover all of it;
+    every text here but the ids comes from the model or a server and is shown inert."""
+
+    approval_id: int
+    kind: str
+    tool: str
+    server: str | None
+    arguments: str
+    arguments_sha256: str
+    arguments_chars: int
+    reason: str
+    host: str = ""
+    url: str = ""
+    decision: str | None = None
+    decided_by: str | None = None
+    approvers: tuple[str, ...] = ()
+    """Whom the prompt asks (the policy's approvers when the request was made)."""
+
+    @property
+    def tool_name(self) -> str:
+        """As a policy names it: `server.tool`, or the built-in's name."""
+        return f"{self.server}.{self.tool}" if self.server else self.tool
+
+    @classmethod
+    def of(cls, approval: Any, approvers: Sequence[str] = ()) -> ApprovalRequest:
+        """From a stored `ToolApproval` row."""
+        return cls(
+            approvers=tuple(approvers),
+            approval_id=approval.id,
+            kind=approval.kind,
+            tool=approval.tool,
+            server=approval.server,
+            arguments=approval.arguments,
+            arguments_sha256=approval.arguments_sha256,
+            arguments_chars=approval.arguments_chars,
+            reason=approval.reason,
+            host=approval.host,
+            url=approval.url,
+            decision=approval.decision,
+            decided_by=approval.decided_by,
+        )
 
 
 class ProgressReporter(Protocol):
@@ -216,6 +265,19 @@ class ProgressReporter(Protocol):
     async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
         """Ask the requester (and escalation contact) whether the run may read a domain outside
         its allowlist: allow once, allow for the order, or deny. The answer resumes the run."""
+        ...
+
+    async def approval_request(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Ask the policy's approvers whether the run may make a tool call: allow once, allow
+        the tool for the order, or deny. The answer resumes the run."""
+        ...
+
+    async def approval_decided(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        """Show on the prompt posted under `key` (a tool call's or a domain's) who answered."""
         ...
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:

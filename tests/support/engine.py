@@ -20,7 +20,14 @@ from workers import queue
 from workers.agent import Agent, Outcome, RunControl
 from workers.config import Settings
 from workers.delivery import drain_outbox
-from workers.progress import DomainRequest, ExceptionKind, ReviewDecision, RunResult, Spend
+from workers.progress import (
+    ApprovalRequest,
+    DomainRequest,
+    ExceptionKind,
+    ReviewDecision,
+    RunResult,
+    Spend,
+)
 from workers.providers import ModelRouter
 from workers.store import Store
 from workers.tools import ToolRegistry, load_tools
@@ -35,6 +42,8 @@ class RecordingReporter:
     waits: list[tuple[str, str]] = field(default_factory=list)
     questions: dict[str, tuple[str, str]] = field(default_factory=dict)
     domain_requests: dict[str, tuple[str, DomainRequest]] = field(default_factory=dict)
+    approval_requests: dict[str, tuple[str, ApprovalRequest]] = field(default_factory=dict)
+    approvals_decided: dict[str, tuple[str, ApprovalRequest]] = field(default_factory=dict)
     results: dict[str, tuple[str, RunResult]] = field(default_factory=dict)
     exceptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     decisions: list[tuple[str, ReviewDecision]] = field(default_factory=list)
@@ -52,6 +61,16 @@ class RecordingReporter:
 
     async def domain_request(self, order: WorkOrder, request: DomainRequest, *, key: str) -> None:
         self._once(self.domain_requests, key, (order.id or "", request))
+
+    async def approval_request(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        self._once(self.approval_requests, key, (order.id or "", request))
+
+    async def approval_decided(
+        self, order: WorkOrder, request: ApprovalRequest, *, key: str
+    ) -> None:
+        self._once(self.approvals_decided, key, (order.id or "", request))
 
     async def result(self, order: WorkOrder, result: RunResult) -> None:
         self._once(self.results, result.key, (order.id or "", result))

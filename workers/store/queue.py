@@ -18,6 +18,7 @@ from workers.keys import exception_key
 from workers.models import IntakeSession, RunAttempt, TeamSpend, WorkOrderRow, utcnow
 from workers.progress import HeldBack, crashed_message
 from workers.states import IntakeState, check_transition
+from workers.store.approvals import answered_any
 from workers.store.base import OrderRef, as_utc, order_number, row_to_order
 from workers.store.leases import database_now, fenced_row
 from workers.store.orders import decision_audit
@@ -417,6 +418,7 @@ class QueueStore(SpendStore):
         then: tuple[Status, str, str] | None = None,
         outbox: Sequence[OutboxItem] = (),
         step: str | None = None,
+        awaiting: Collection[str] = (),
         **changes: Any,
     ) -> WorkOrder | None:
         """Leave the running state and give up the lease; None if the lease was no longer ours
@@ -425,7 +427,9 @@ class QueueStore(SpendStore):
         In the same transaction: `available_after_s` defers the order on the database's clock,
         `note` is left in its inbox (and counted as an automatic revision), and `then` (state,
         actor, reason) takes a second step, so that no crash can leave the order half-way
-        (e.g. in verifying, with nobody to finish the verification)."""
+        (e.g. in verifying, with nobody to finish the verification). A run parking for the
+        approval of the tool calls `awaiting` goes back to the queue instead if one of them was
+        answered before it got here (the answer found the order still running)."""
         async with self.transaction() as s:
             try:
                 if attempt_id is None:
@@ -438,6 +442,11 @@ class QueueStore(SpendStore):
                 if attempt_id is not None:
                     await self._end_attempt(s, attempt_id, outcome or "lost")
                 return None
+            if target is Status.WAITING_FOR_REQUESTER and await answered_any(
+                s, row.id or 0, awaiting
+            ):
+                target, reason = Status.QUEUED, "an approval was answered while the run parked"
+                available_after_s = 0.0
             if available_after_s is not None:
                 changes["available_at"] = await database_now(self, s) + timedelta(
                     seconds=available_after_s

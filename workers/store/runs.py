@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from workers.audit import deliverable_facts, tool_call_facts
 from workers.errors import NotFound
-from workers.models import Deliverable, DeliverableFile, LlmCall, RunAttempt, ToolCall
+from workers.models import Deliverable, DeliverableFile, LlmCall, RunAttempt, ToolCall, WorkOrderRow
 from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
 from workers.workorder import format_order_id
@@ -84,12 +84,16 @@ class RunsStore(StoreBase):
     async def record_tool_call(self, call: ToolCall) -> ToolCall:
         async with self.transaction() as s:
             if call.attempt_id is not None:  # a run's tool call: fenced by its lease
-                await fenced_row(self, s, call.attempt_id)
+                row: WorkOrderRow | None = await fenced_row(self, s, call.attempt_id)
+            else:
+                row = await s.get(WorkOrderRow, call.order_id)
             s.add(call)
             await s.flush()
+            # Whom the call ran for: a downstream system's log that shows only a service
+            # account traces back, through this event, to a person.
             await self._append_audit(
                 s, format_order_id(call.order_id), actor="engine", kind="tool_call",
-                data=tool_call_facts(call),
+                data={**tool_call_facts(call), "requester": row.requester if row else None},
             )  # fmt: skip
         return call
 

@@ -63,7 +63,8 @@ def decision(policy_name: str, policy: AuthorityPolicy, tool: Tool) -> Decision:
 def denial(
     name: str, tool: Tool | None, *, policy_name: str, policy: AuthorityPolicy
 ) -> str | None:
-    """Why the policy forbids this call, or None if it is allowed."""
+    """Why the policy forbids this call, or None if it may go ahead (perhaps only once a person
+    allows it: `decision` says `ask`, and the agent asks)."""
     if tool is None:
         return f"there is no tool called {name!r}"
     if not granted(name, policy, tool):
@@ -77,15 +78,20 @@ def denial(
     verdict = decision(policy_name, policy, tool)
     if verdict == "deny":
         return f"the '{policy_name}' authority policy denies {_shown(name, tool)}"
-    if verdict == "ask":
-        # Placeholder until the approval prompt exists: the delivery-road work parks the run
-        # here with a prompt to the approvers and resumes it with their answer.
-        return (
-            f"{_shown(name, tool)} needs approval under the '{policy_name}' authority policy, "
-            "and approvals cannot be asked for yet; do not call it again: work without it and "
-            "say in the deliverable what it would have done"
-        )
     return None
+
+
+def why_ask(policy_name: str, policy: AuthorityPolicy, tool: Tool) -> str:
+    """Why `decision` says `ask` for this tool, in words for the approval prompt."""
+    for key in grant_keys(tool.spec.name, tool):
+        if policy.approvals.get(key) == "ask":
+            return f"the '{policy_name}' authority policy asks first for {key}"
+    mcp = origin(tool)
+    if mcp is not None and mcp.destructive is True and mcp.read_only is not True:
+        return "its server marks it destructive"
+    if mcp is not None and mcp.open_world is True:
+        return "its server marks it as reaching outside systems"
+    return "its server is not trusted and does not mark it read-only"
 
 
 def _shown(name: str, tool: Tool) -> str:

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from workers.config import AuthorityPolicy, WebFetchSettings
+from workers.permissions import approvers_of
 from workers.providers.base import ToolSpec
 from workers.tools.base import (
     Authority,
@@ -479,7 +480,7 @@ class WebFetch:
         try:
             page = await self._fetch(url, policy, guard)
         except DomainNotAllowed as exc:
-            allowed = await self._ask(ctx, url, exc.host, reason)
+            allowed = await self._ask(ctx, url, exc.host, reason, arguments)
             if allowed is None:
                 return ToolResult(f"Asked the requester whether {exc.host} may be read.", park=True)
             page = await self._fetch(
@@ -497,7 +498,9 @@ class WebFetch:
         approved = await ctx.store.decided_domains(ctx.order.id, "order")
         return ctx.policy.model_copy(update={"domains": [*ctx.policy.domains, *extra, *approved]})
 
-    async def _ask(self, ctx: ToolContext, url: str, host: str, reason: str) -> str | None:
+    async def _ask(
+        self, ctx: ToolContext, url: str, host: str, reason: str, arguments: dict[str, Any]
+    ) -> str | None:
         """The host this call may now read, None while a person has yet to answer; a refusal
         the model can act on if the answer is no."""
         order = ctx.order
@@ -515,7 +518,13 @@ class WebFetch:
                     f"refused: reading {host} was denied for this order; do not ask again"
                 )
             approval = await ctx.store.request_domain_approval(
-                order.id, tool_use_id=ctx.tool_use_id, host=host, url=url, reason=reason
+                order.id,
+                tool_use_id=ctx.tool_use_id,
+                host=host,
+                url=url,
+                reason=reason,
+                arguments=arguments,
+                approvers=approvers_of(order, ctx.settings),
             )
         assert approval.id is not None
         if approval.decision is None:
