@@ -17,7 +17,7 @@ SHOWN_ARGUMENTS_CHARS = 2_000
 """The arguments shown in the prompt; the digest covers all of them."""
 
 
-def shown_arguments(request: ApprovalRequest) -> str:
+def shown_arguments(request: ApprovalRequest, order_id: str = "") -> str:
     """The arguments as a code block people can read, never as markup: Slack's control
     characters escaped, no mention or link live, backticks that could close the block replaced,
     and a note with the digest when they are cut."""
@@ -37,9 +37,15 @@ def shown_arguments(request: ApprovalRequest) -> str:
     if cut:
         return (
             f"{block}\n_Truncated: {len(text):,} of {request.arguments_chars:,} characters "
-            f"shown. The whole arguments have {digest}._"
+            f"shown; all of them are in the file `{arguments_filename(order_id, request)}` above, "
+            f"with {digest}._"
         )
     return f"{block}\n_Arguments {digest}._"
+
+
+def arguments_filename(order_id: str, request: ApprovalRequest) -> str:
+    """The file a long request's arguments are attached as (`SlackReporter.approval_request`)."""
+    return f"{order_id}-request-{request.approval_id}-arguments.json"
 
 
 def where(request: ApprovalRequest) -> str:
@@ -59,7 +65,7 @@ def approval_request_text(
     why = f" ({untrusted(request.reason)})" if request.reason else ""
     return (
         f"{people}*{order.id}* wants to call {where(request)}{why}. Allow it?\n"
-        f"*Arguments:*\n{shown_arguments(request)}"
+        f"*Arguments:*\n{shown_arguments(request, order.id or '')}"
     )
 
 

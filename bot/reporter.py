@@ -23,7 +23,13 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
+from bot.approval_blocks import (
+    SHOWN_ARGUMENTS_CHARS,
+    approval_request_blocks,
+    approval_request_text,
+    arguments_filename,
+    decided_line,
+)
 from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
 from bot.cards import STATE_LABELS, mention
 from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
@@ -143,6 +149,18 @@ class SlackReporter:
         Arguments longer than the prompt shows are cut there, with the digest of all of them.
         Answered before it went out, it goes out answered."""
         assert order.id
+        if request.decision is None and request.arguments_chars > SHOWN_ARGUMENTS_CHARS:
+            # The prompt shows the start; people deciding can read all of it, just above.
+            await self._upload_once(
+                order,
+                file=UploadFile(
+                    key=f"{key}:arguments",
+                    purpose="approval-arguments",
+                    content=request.arguments,
+                    filename=arguments_filename(order.id, request),
+                    title=f"{order.id}: the arguments of the call waiting for approval",
+                ),
+            )
         approvers = list(request.approvers) or [order.requester]
         blocks = approval_request_blocks(order, request, approvers)
         if request.decision is not None:
@@ -296,13 +314,15 @@ class SlackReporter:
     async def _upload_once(
         self,
         order: WorkOrder,
-        result: RunResult,
+        result: RunResult | None = None,
         *,
         file: UploadFile | None = None,
     ) -> None:
-        """Upload the deliverable as a file once (or, with `file`, one of its handed-in files)."""
+        """Upload the deliverable as a file once (or, with `file`, another file: one handed in
+        with it, the arguments of a long approval request)."""
         assert order.id and order.channel
         if file is None:
+            assert result is not None
             file = UploadFile(
                 key=result.key,
                 purpose="result",

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approval_blocks import approval_request_blocks, approval_request_text
+from bot.delivery import Deliverer
 from bot.ids import APPROVAL_DENY_ACTION, APPROVAL_ONCE_ACTION, APPROVAL_ORDER_ACTION
+from bot.reporter import SlackReporter
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -340,8 +343,9 @@ def test_long_arguments_are_cut_in_the_prompt_with_the_digest_of_all_of_them() -
     order = make_order(id="WO-5")
     text = approval_request_text(order, request, ["U1"])
     assert f"Truncated: 2,000 of {kept.chars:,} characters shown" in text
+    assert "in the file `WO-5-request-1-arguments.json` above" in text
     assert kept.sha256 == digest(arguments) and kept.sha256 in text
-    assert len(kept.text) == MAX_ARGUMENTS_CHARS < kept.chars
+    assert kept.text == canonical_json(arguments) and kept.chars <= MAX_ARGUMENTS_CHARS
     blocks = approval_request_blocks(order, request, ["U1"])
     assert [b["type"] for b in blocks][-2:] == ["actions", "context"]
     assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
@@ -359,3 +363,36 @@ async def test_a_destructive_tool_the_policy_allows_runs_without_asking(
     assert dropped(marker) == ["dropped tmp"] and asked_of(h, order.id) == []
     [call, _] = await h.store.tool_calls(order.id)
     assert (call.server, call.approver, call.outcome) == ("wh", None, "ok")
+
+
+async def test_long_arguments_go_to_the_thread_as_a_file_above_the_prompt(
+    store: Store, fake_slack: FakeSlack
+) -> None:
+    """The prompt shows the start of long arguments; the approvers can read all of them in a
+    file posted with it, once, whatever the deliverer retries."""
+    order = await store.create_order(
+        make_order(status=Status.AWAITING_CONFIRMATION), actor="U1"
+    )
+    assert order.id is not None
+    arguments = {"sql": "INSERT INTO churn VALUES " + ", ".join(f"({i})" for i in range(3000))}
+    approval = await store.request_approval(
+        order.id, tool_use_id="toolu_1", tool="write_query", server="wh", arguments=arguments
+    )
+    reporter = SlackReporter(
+        store=store, client=AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
+    )
+    deliverer = Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
+    fake_slack.fail_next("chat.postMessage", 503)  # the prompt fails once after the file is up
+
+    async def delivered() -> bool:
+        await deliverer.deliver_due()
+        return not await store.undelivered()
+
+    await eventually(delivered, interval_s=0.02)
+    name = f"{order.id}-request-{approval.id}-arguments.json"
+    [upload] = fake_slack.calls_to("files.getUploadURLExternal")
+    assert upload.args["filename"] == name
+    [file] = [f for f in fake_slack.files.values() if f["name"] == name]
+    assert json.loads(file["content"]) == arguments  # all of it, not the 2,000 shown
+    [prompt] = [c for c in fake_slack.calls_to("chat.postMessage") if c.response["ok"]]
+    assert f"in the file `{name}` above" in prompt.args["text"]

@@ -932,23 +932,36 @@ class Agent:
 
     async def _checkpoint(self, run: _Run) -> None:
         consumed, run.inbox_to_consume = run.inbox_to_consume, 0
-        await self.store.save_run_checkpoint(
-            run.attempt_id,
-            messages=run.messages,
-            step=run.step,
-            elapsed_ms=run.elapsed_ms(),
-            consumed_inbox=consumed,
+        await _uncut(
+            self.store.save_run_checkpoint(
+                run.attempt_id,
+                messages=run.messages,
+                step=run.step,
+                elapsed_ms=run.elapsed_ms(),
+                consumed_inbox=consumed,
+            )
         )
 
     async def _status(self, run: _Run, step: str) -> None:
         """Show what the run is doing on its status message (through the outbox, at most one
         update per `engine.status_update_interval_s`). Never breaks the run."""
         try:
-            await self.store.report_status(
-                run.number, step, coalesce_s=self.settings.engine.status_update_interval_s
+            await _uncut(
+                self.store.report_status(
+                    run.number, step, coalesce_s=self.settings.engine.status_update_interval_s
+                )
             )
         except Exception:
             log.exception("status update not written", extra={"order": run.order.id})
+
+
+async def _uncut(write: Awaitable[Any]) -> Any:
+    """Let a write the run makes between steps finish even if the run is cancelled meanwhile
+    (Cancel, shutdown, a lost lease): the run still stops at once, but the transaction ends by
+    commit or rollback. On SQLite a transaction cut off mid-way (BEGIN IMMEDIATE waiting for
+    the lock) can leave the driver's thread holding the write lock, and every other writer of
+    the database waits behind it."""
+    return await asyncio.shield(asyncio.ensure_future(write))
 
 
 def _questions(order: WorkOrder, messages: list[dict[str, Any]]) -> list[OutboxItem]:

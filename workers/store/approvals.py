@@ -34,8 +34,9 @@ DECISIONS: tuple[Decision, ...] = ("once", "order", "deny")
 DomainDecision = Decision
 DOMAIN_DECISIONS = DECISIONS
 
-MAX_ARGUMENTS_CHARS = 8_000
-"""The copy of a call's arguments kept with its approval (the digest covers all of them)."""
+MAX_ARGUMENTS_CHARS = 1_000_000
+"""The copy of a call's arguments kept with its approval, and attached to a long prompt as a
+file (the digest covers all of them)."""
 
 
 @dataclass(frozen=True)
