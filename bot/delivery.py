@@ -29,7 +29,7 @@ from collections.abc import Callable
 from slack_sdk.errors import SlackApiError
 
 from bot.reporter import POST_CLAIM_S, SlackReporter
-from bot.slack_client import AUTH_ERRORS
+from bot.slack_client import AUTH_ERRORS, looking_before_repeating
 from bot.token_watch import slack_problem
 from workers.errors import NotFound, RetryLater
 from workers.models import OutboxMessage
@@ -163,7 +163,8 @@ class Deliverer:
         assert message.id is not None
         extra = {"order": f"WO-{message.order_id}", "key": message.key}
         try:
-            await self.reporter.deliver(message)
+            with looking_before_repeating():
+                await self.reporter.deliver(message)
         except RetryLater as exc:
             await self._retry(message, str(exc), at_least_s=exc.after_s)
         except SlackApiError as exc:

@@ -70,7 +70,8 @@ BUDGETS: Mapping[str, Budget] = {
     "reactions.remove": TIER_2,
     "assistant.threads.setStatus": TIER_3,
     "auth.test": TIER_4,
-    "apps.connections.open": TIER_1,
+    # apps.connections.open (tier 1) is not spaced: a lost Socket Mode connection must be
+    # replaced at once, and reconnects are rare; a 429 on it still holds it.
 }
 """Slack's published limit for each method Delegate calls (tiers 1-4: 1, 20, 50, 100 a minute);
 a method not listed is held after a 429 but not spaced beforehand."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -190,14 +192,29 @@ class _GatedRateLimitHandler(AsyncRetryHandler):
 
 
 # Methods that create something: a 5xx or a dropped connection may come after Slack did it, so
-# a blind retry can post twice. The reporter looks for the first one before it tries again.
+# a blind retry can post twice.
 NOT_REPEATABLE = frozenset(
     {"chat.postMessage", "files.completeUploadExternal", "canvases.create", "chat.scheduleMessage"}
 )
 
+LOOKS_BEFORE_REPEATING: ContextVar[bool] = ContextVar("looks_before_repeating", default=False)
+"""Set by the outbox's sender around its posts: it marks a post whose outcome is unknown and
+looks for it before trying again, so the client must not repeat it blindly meanwhile. Replies
+outside the outbox (the intake dialogue's) keep the client's retries."""
+
+
+@contextmanager
+def looking_before_repeating() -> Iterator[None]:
+    token = LOOKS_BEFORE_REPEATING.set(True)
+    try:
+        yield
+    finally:
+        LOOKS_BEFORE_REPEATING.reset(token)
+
 
 class _RepeatableOnly:
-    """Mixin: retry a transient failure only for methods that are safe to repeat."""
+    """Mixin: under `looking_before_repeating`, no transient failure of a method that creates
+    something is retried by the client."""
 
     async def can_retry_async(
         self,
@@ -207,7 +224,7 @@ class _RepeatableOnly:
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        if _method_of(request.url) in NOT_REPEATABLE:
+        if LOOKS_BEFORE_REPEATING.get() and _method_of(request.url) in NOT_REPEATABLE:
             return False
         return await super().can_retry_async(  # type: ignore[misc]
             state=state, request=request, response=response, error=error

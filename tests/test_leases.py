@@ -25,7 +25,7 @@ from workers.workorder import Status
 
 def _worker(h: Harness, worker_id: str, now: Callable[[], datetime] = utcnow) -> Worker:
     return Worker(
-        h.settings, h.store, h.router, h.reporter, worker_id=worker_id, tools=h.tools, now=now
+        h.settings, h.store, h.router, worker_id=worker_id, tools=h.tools, now=now
     )
 
 
@@ -179,7 +179,6 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lea
         settings,
         h.store,
         h.router,
-        h.reporter,
         worker_id="cut-off",
         tools=h.tools,
         clock=lambda: elapsed[0],
@@ -219,7 +218,7 @@ async def test_one_query_checks_the_leases_of_all_of_a_workers_runs(harness: Har
     orders = [await h.order(requester=f"U{i}") for i in range(6)]
     h.anthropic.script(*[Reply(text="(slow)", delay=60)] * 6)
     worker = Worker(
-        h.settings, h.store, h.router, h.reporter, worker_id="busy", tools=h.tools, concurrency=6
+        h.settings, h.store, h.router, worker_id="busy", tools=h.tools, concurrency=6
     )
     checked: list[list[int]] = []
     check = h.store.check_leases

@@ -4,6 +4,8 @@ prompt and the verifier's reasons reach the thread inert. End to end through the
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -129,15 +131,21 @@ async def test_a_model_chosen_url_and_drafted_title_are_inert_everywhere(pipe: P
     text carries the drafted title, `/delegate list` and `status` repeat it: none of them ping."""
     title = "Urgent <!channel> <!subteam^S1|@eng>"
     pipe.openai.script(verdicts(True, True, True))
-    order_id = await pipe.order_started(
-        Reply.tool("web_fetch", {"url": "http://<!channel>/x"}),
+    # Each step stays on the status line until the test has seen it (a newer status replaces
+    # an unsent older one, so a fast run could show only its last step).
+    second, third = (
         Reply.tool("web_fetch", {"url": "http://<!here>@<!everyone>/x"}),
         Reply.tool("submit_deliverable", {"content": "done", "summary": "Done."}),
-        title=title,
     )
+    second.hold, third.hold = asyncio.Event(), asyncio.Event()
+    order_id = await pipe.order_started(
+        Reply.tool("web_fetch", {"url": "http://<!channel>/x"}), second, third, title=title
+    )
+    await pipe.shown("Reading @\u200bchannel")
+    second.hold.set()
+    await pipe.shown("Reading @\u200beveryone")
+    third.hold.set()
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
-    await pipe.update("Reading @\u200bchannel")
-    await pipe.update("Reading @\u200beveryone")
     for call in pipe.slack.calls_to("chat.postMessage") + pipe.slack.calls_to("chat.update"):
         assert not list(live_fields(call.args)), call.args
     assert any("Urgent @\u200bchannel" in c.args.get("text", "") for c in pipe.slack.calls)

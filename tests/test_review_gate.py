@@ -388,8 +388,11 @@ async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline)
     await eventually(recorded)
 
 
-async def test_long_deliverable_is_uploaded_as_a_file(pipe: Pipeline) -> None:
+async def test_long_deliverable_is_uploaded_as_a_file_where_canvases_are_off(
+    pipe: Pipeline,
+) -> None:
     pipe.openai.script(verdicts(True, True, True))
+    pipe.slack.fail_next("canvases.create", status=200, error="canvas_disabled_user_team")
     long_text = "# Report\n" + "\n".join(
         f"Row {i}: Acme $10, Globex $12, Initech $9" for i in range(800)
     )

@@ -91,6 +91,8 @@ class Reply:
     cut_after: int | None = None
     error_event: str | None = None
     searches: list[Search] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """Answer only once the test sets this: the run waits at this model call meanwhile."""
     undeclared_ok: bool = False
     """Call tools the request did not declare on purpose (a test of how the engine copes);
     otherwise such a script is reported as a problem, since the real model would not."""
@@ -273,6 +275,8 @@ class FakeAnthropic(FakeServer):
         reply = self._next_reply(body)
         if self.held is not None:
             await self.held.wait()
+        if reply.hold is not None:
+            await reply.hold.wait()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.is_error:

@@ -114,7 +114,8 @@ def settings_factory(
             # The fake Slack has no budgets: tests are not spaced to Slack's (test_rate_gate is).
             "slack": {"rate_budget_scale": 1000},
         }
-        values.update(overrides)
+        slack = {**values["slack"], **overrides.pop("slack", {})}  # type: ignore[dict-item]
+        values.update(overrides, slack=slack)
         return load_settings(**values)
 
     return make
