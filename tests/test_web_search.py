@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic, Reply, Search, ToolUse
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
@@ -106,3 +107,76 @@ async def test_searches_beyond_the_budget_are_refused(pipe: Pipeline) -> None:
     [call] = [c for c in await llm_calls(pipe.bot.store, order_id) if c.role == "execute"]
     assert 2_000_000 < call.cost_micro_usd < 3_000_000  # one search charged
     assert [c.name for c in await pipe.bot.store.tool_calls(order_id)].count("web_search") == 2
+
+
+OPENAI_ROUTE = {"primary": "openai:gpt-5-mini", "fallback": None}
+ANYWHERE = {
+    "anywhere": {"tools": ["read_thread", "submit_deliverable", "web_search"], "domains": ["*"]},
+    **POLICIES,
+}
+
+
+@pytest.fixture
+async def openai_pipe(
+    store: Any,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+) -> AsyncIterator[Pipeline]:
+    """Runs on OpenAI's Chat Completions, whose search takes no domain list."""
+    async with pipeline_for(
+        store,
+        fake_slack,
+        fake_anthropic,
+        fake_openai,
+        settings_factory,
+        policies=ANYWHERE,
+        channels={"default": {"policy": "default", "allowed_policies": ["research", "anywhere"]}},
+        routing={"execute": {k: OPENAI_ROUTE for k in ("quick", "standard", "deep")}},
+        tool_settings={"web_search": {"max_uses": 3, "price_per_1000_usd": {"openai": 2000.0}}},
+    ) as p:
+        yield p
+
+
+def _searching(body: dict[str, Any]) -> bool:
+    return "web_search_options" in body
+
+
+async def test_openai_offers_no_search_to_a_policy_with_a_domain_list(
+    openai_pipe: Pipeline,
+) -> None:
+    """Chat Completions cannot keep a search to a list of domains: a policy that lists them
+    gets no search on this provider at all."""
+    pipe = openai_pipe
+    submit = OpenAIReply.tool("submit_deliverable", {"content": "Acme: $10", "summary": "Done."})
+    pipe.openai.script(submit, verdicts(True, True, True))
+    order_id = await pipe.order_started(authority_policy="research", budget={"max_usd": 10.0})
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    [execute] = [r for r in pipe.openai.requests if "submit_deliverable" in str(r.get("tools"))]
+    assert not _searching(execute)
+    assert all(t["function"]["name"] != "web_search" for t in execute.get("tools") or [])
+    assert [c.name for c in await pipe.bot.store.tool_calls(order_id)] == ["submit_deliverable"]
+
+
+async def test_openai_searches_where_any_domain_may_be_read_and_charges_the_call(
+    openai_pipe: Pipeline,
+) -> None:
+    """A policy that may read anywhere gets the search model's search: the searching call is a
+    tool call on the record (with the pages it cited) and is charged at the configured price."""
+    pipe = openai_pipe
+    cited = OpenAIReply.tool(
+        "submit_deliverable",
+        {"content": "Acme: $10 (acme.example.com/pricing)", "summary": "Done."},
+        citations=["https://acme.example.com/pricing"],
+    )
+    pipe.openai.script(cited, verdicts(True, True, True))
+    order_id = await pipe.order_started(authority_policy="anywhere", budget={"max_usd": 10.0})
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    searched = [r for r in pipe.openai.requests if _searching(r)]
+    assert len(searched) == 1 and searched[0]["web_search_options"] == {}
+    calls = await pipe.bot.store.tool_calls(order_id)
+    [search] = [c for c in calls if c.name == "web_search"]
+    assert "acme.example.com/pricing" in str(search.arguments)
+    [call] = [c for c in await llm_calls(pipe.bot.store, order_id) if c.role == "execute"]
+    assert 2_000_000 < call.cost_micro_usd < 2_100_000  # one $2 search on top of the tokens

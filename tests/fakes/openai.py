@@ -84,6 +84,8 @@ class Reply:
     error_message: str | None = None
     error_param: str | None = None
     retry_after: float | None = None
+    citations: list[str] = field(default_factory=list)
+    """Chat Completions only: pages a search model cites (`url_citation` annotations)."""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     chunk_delay: float = 0.0
@@ -425,7 +427,13 @@ def _chat_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "role": "assistant",
         "content": content,
         "refusal": reply.refusal,
-        "annotations": [],
+        "annotations": [
+            {
+                "type": "url_citation",
+                "url_citation": {"url": url, "title": url, "start_index": 0, "end_index": 0},
+            }
+            for url in reply.citations
+        ],
     }
     if reply.tool_calls:
         message["tool_calls"] = [
