@@ -71,6 +71,9 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
 
         await eventually(delivered, timeout_s=30)
         await eventually(lambda: f"{order_id}:result" in " ".join(_posts(fake_slack)), timeout_s=10)
+        # The status message is edited in place to the final state (its own outbox row, sent
+        # beside the result).
+        await eventually(lambda: bool(fake_slack.calls_to("chat.update")), timeout_s=10)
     finally:
         assert await stop_worker(second) == 0
 
