@@ -262,3 +262,22 @@ async def test_a_lost_answer_to_an_upload_does_not_upload_the_deliverable_twice(
     await eventually(all_sent, timeout_s=30, interval_s=0.02)
     assert _files_in_thread(fake_slack) == [f"{order.id}-deliverable-{deliverable.id}.md"]
     assert len(fake_slack.calls_to("files.completeUploadExternal")) == 1
+
+
+async def test_a_status_rewritten_while_it_is_being_sent_goes_out_again(store: Store) -> None:
+    """The deliverer is sending "one" when the run reports "two": marking "one" sent must not
+    mark "two" sent with it; "two" is due again as soon as the first send has finished."""
+    order = await _order(store)
+    assert order.id
+    await queue.enqueue(store, Settings(), order.id, actor="U1")
+    assert await store.report_status(order.id, "one")
+    [claimed] = [m for m in await store.claim_outbox("deliverer-a") if m.kind == "status"]
+    assert claimed.payload["step"] == "one"
+    assert await store.report_status(order.id, "two")  # while "one" is in flight
+    assert [m for m in await store.claim_outbox("deliverer-b") if m.kind == "status"] == []
+    assert claimed.id is not None
+    await store.outbox_sent(claimed.id, "deliverer-a")
+    [again] = [m for m in await store.claim_outbox("deliverer-b") if m.kind == "status"]
+    assert again.id == claimed.id and again.payload["step"] == "two"
+    await store.outbox_sent(again.id, "deliverer-b")
+    assert await store.undelivered() == []
