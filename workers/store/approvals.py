@@ -214,44 +214,39 @@ class ApprovalsStore(StoreBase):
     ) -> ToolApproval | None:
         """The first 'Allow for this order' answer for this tool on this order (the order's
         own: an answer never reaches another order)."""
-        async with self._sessions() as s:
-            return (
-                await s.exec(
-                    select(ToolApproval)
-                    .where(
-                        ToolApproval.order_id == order_number(ref),
-                        ToolApproval.kind == "tool",
-                        ToolApproval.tool == tool,
-                        col(ToolApproval.server).is_(None)
-                        if server is None
-                        else col(ToolApproval.server) == server,
-                        ToolApproval.decision == "order",
-                    )
-                    .order_by(col(ToolApproval.id))
-                )
-            ).first()
+        return await self._answered(ref, tool=tool, server=server, decision="order")
 
     async def denied_call(
         self, ref: OrderRef, *, tool: str, server: str | None, arguments_sha256: str
     ) -> ToolApproval | None:
         """A 'Deny' answer on this order for the same tool with the same arguments."""
+        return await self._answered(
+            ref, tool=tool, server=server, decision="deny", arguments_sha256=arguments_sha256
+        )
+
+    async def _answered(
+        self,
+        ref: OrderRef,
+        *,
+        tool: str,
+        server: str | None,
+        decision: Decision,
+        arguments_sha256: str | None = None,
+    ) -> ToolApproval | None:
+        """The first request for this tool on this order answered with `decision` (and these
+        exact arguments, when given)."""
+        conditions: list[Any] = [
+            ToolApproval.order_id == order_number(ref),
+            ToolApproval.kind == "tool",
+            ToolApproval.tool == tool,
+            col(ToolApproval.server).is_(None) if server is None else col(ToolApproval.server) == server,
+            ToolApproval.decision == decision,
+        ]
+        if arguments_sha256 is not None:
+            conditions.append(ToolApproval.arguments_sha256 == arguments_sha256)
         async with self._sessions() as s:
-            return (
-                await s.exec(
-                    select(ToolApproval)
-                    .where(
-                        ToolApproval.order_id == order_number(ref),
-                        ToolApproval.kind == "tool",
-                        ToolApproval.tool == tool,
-                        col(ToolApproval.server).is_(None)
-                        if server is None
-                        else col(ToolApproval.server) == server,
-                        ToolApproval.arguments_sha256 == arguments_sha256,
-                        ToolApproval.decision == "deny",
-                    )
-                    .order_by(col(ToolApproval.id))
-                )
-            ).first()
+            query = select(ToolApproval).where(*conditions).order_by(col(ToolApproval.id))
+            return (await s.exec(query)).first()
 
     async def decided_domains(self, ref: OrderRef, decision: Decision) -> list[str]:
         """Hosts answered with `decision` for this order ('order': its approved domains)."""

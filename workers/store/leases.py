@@ -26,9 +26,12 @@ _SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
 _POSTGRES_NOW = text("SELECT statement_timestamp()")
 
 
-async def database_now(store: StoreBase, s: AsyncSession) -> datetime:
-    """The database server's current time (UTC), read inside the session's transaction."""
-    value = (await s.exec(_SQLITE_NOW if store._sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
+async def database_now(store: StoreBase | None, s: AsyncSession) -> datetime:
+    """The database server's current time (UTC), read inside the session's transaction (the
+    backend is the session's; `store` is kept for the callers that pass it)."""
+    assert s.bind is not None
+    sqlite = s.bind.dialect.name == "sqlite"
+    value = (await s.exec(_SQLITE_NOW if sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
     if isinstance(value, str):  # SQLite
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)

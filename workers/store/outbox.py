@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, delete, exists, func, insert, or_, text, update
+from sqlalchemy import Table, case, delete, exists, func, insert, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -194,8 +194,6 @@ def insert_ignoring(s: AsyncSession, table: Table, values: Mapping[str, Any]) ->
 
 
 _outbox: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
-_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
-_POSTGRES_NOW = text("SELECT statement_timestamp()")
 
 
 async def write_outbox(
@@ -222,18 +220,6 @@ async def write_outbox(
             "permanent": False,
         }
         await s.exec(insert_ignoring(s, _outbox, values))
-
-
-async def session_now(s: AsyncSession) -> datetime:
-    """The database's clock inside this transaction: hosts whose clocks disagree still agree
-    on when a message is due."""
-    assert s.bind is not None
-    sqlite = s.bind.dialect.name == "sqlite"
-    value = (await s.exec(_SQLITE_NOW if sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now: datetime) -> None:
