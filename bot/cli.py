@@ -524,13 +524,12 @@ async def _review(settings: Settings, args: argparse.Namespace) -> int:
 async def _console(settings: Settings, args: argparse.Namespace) -> int:
     from bot.console import Console
     from workers.intake import IntakeEngine
-    from workers.migrate import upgrade
     from workers.providers import ModelRouter
     from workers.store import Store
 
     store = Store.for_settings(settings)
     try:
-        await upgrade(store.engine)
+        await store.upgrade()
         engine = IntakeEngine(settings, ModelRouter.from_settings(settings, store))
         # Bytes that are not UTF-8 become U+FFFD instead of a UnicodeDecodeError.
         sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]

@@ -70,7 +70,7 @@ def build_web_app(
 
     async def metrics(_request: web.Request) -> web.Response:
         try:
-            await telemetry.refresh_from_database(store.engine)
+            telemetry.refresh(await store.reporting.gauges())
         except Exception as exc:  # still serve what this process counted itself
             log.warning("metrics: database figures unavailable (%s)", type(exc).__name__)
         return web.Response(

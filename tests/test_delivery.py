@@ -28,17 +28,17 @@ from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import eventually
 from workers import queue
 from workers.config import Settings, load_settings
-from workers.home_views import home_data
-from workers.models import utcnow
 from workers.errors import RetryLater
 from workers.followup import FollowUps
 from workers.keys import exception_key, result_key, review_key, status_key
+from workers.models import utcnow
 from workers.progress import Spend
 from workers.review import decide
 from workers.runtime import run_worker
 from workers.store import OutboxItem, Store
 from workers.store.outbox import SLACK, exception_notice
-from workers.sweeps import single_runner
+from workers.store.reporting.home import home_data
+from workers.store.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
 

@@ -16,9 +16,9 @@ from tests.fakes.slack import FakeSlack
 from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers import queue
+from workers.budget import quota_week
 from workers.config import Settings
 from workers.keys import domain_key, exception_key, result_key, review_key, status_key
-from workers.budget import quota_week
 from workers.models import OutboxMessage, utcnow
 from workers.store import OutboxItem, Store
 from workers.workorder import Status, WorkOrder

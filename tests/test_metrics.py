@@ -1,4 +1,4 @@
-"""workers.metrics over a small seeded history whose every figure is worked out by hand below."""
+"""workers.store.reporting.metrics over a small seeded history whose every figure is worked out by hand below."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlmodel import select
 
 from tests.support.factories import make_order
 from tests.support.history import W47, Seed, at, history_settings, seed_history
-from workers import metrics
-from workers.metrics import ALL, Period, percentile
 from workers.models import Transition, WorkOrderRow, utcnow
+from workers.states import WaitKind
 from workers.store import Admission, Store
 from workers.store.base import order_number
-from workers.states import WaitKind
+from workers.store.reporting import metrics
+from workers.store.reporting.metrics import ALL, Period, percentile
 from workers.workorder import Status
 
 

@@ -27,8 +27,8 @@ from tests.fakes.slack import FakeSlack
 from tests.support.intake import draft
 from tests.support.pipeline import Pipeline, pipeline_for
 from workers.digest import build_digest, digest_json
-from workers.metrics import ALL, Period
 from workers.store import Store
+from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
 CHANNEL = {
@@ -85,7 +85,7 @@ async def at_review(pipe: Pipeline, text: str, *, channel: str = "C1", **fields:
 
 async def this_week(pipe: Pipeline) -> dict[str, Any]:
     week = Period.week_of(datetime.now(UTC))
-    digest = await build_digest(pipe.bot.store.engine, pipe.bot.settings, ALL, week)
+    digest = await build_digest(pipe.bot.store.reporting, pipe.bot.settings, ALL, week)
     return {"json": digest_json(digest), "blocks": json.dumps(digest_blocks(digest))}
 
 

@@ -5,7 +5,7 @@ Notices are outbox rows like every other message to people (the deliverer sends 
 
 Everything is derived from the database on each sweep, and every notice has an idempotency
 key, so a sweep after a restart neither forgets a due reminder nor repeats one. Of several
-`delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.sweeps).
+`delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.store.sweeps).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from workers.keys import (
 from workers.permissions import reviewers_of
 from workers.states import IN_FLIGHT, UNDER_WAY
 from workers.store import OutboxItem, Store, as_utc, row_to_order
-from workers.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class FollowUps:
 
     async def sweep(self) -> bool:
         """One round; False if another process is sweeping right now (this one skips it)."""
-        async with single_runner(self.store.engine, "follow-ups") as mine:
+        async with self.store.single_runner("follow-ups") as mine:
             if not mine:
                 return False
             now = self.clock()

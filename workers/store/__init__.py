@@ -3,11 +3,14 @@ transaction as the change itself, so the trail cannot miss a step that happened.
 
 `Store` is composed of one part per concern, over a shared base (workers.store.base): orders and
 transitions, runs, queue and leases, spend and quota, Slack bookkeeping and shared rate limits,
-audit.
+audit; `Store.reporting` (workers.store.reporting) reads for people.
 """
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.audit import AuditKey
 from workers.store.approvals import ApprovalsStore
 from workers.store.audit import AuditStore
 from workers.store.base import OrderRef, as_utc, row_to_order
@@ -15,6 +18,7 @@ from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Admission, Claim, QueueStore
 from workers.store.rate_limits import RateLimitsStore
+from workers.store.reporting import Reporting
 from workers.store.runs import RunsStore
 from workers.store.slack import SlackStore
 
@@ -41,4 +45,9 @@ class Store(
     ApprovalsStore,
     RateLimitsStore,
 ):
-    """Async data access for work orders, runs, spend, Slack bookkeeping and the audit trail."""
+    """Async data access for work orders, runs, spend, Slack bookkeeping and the audit trail;
+    `reporting` holds the queries that read for people (figures, digest, App Home, gauges)."""
+
+    def __init__(self, engine: AsyncEngine, *, audit_key: AuditKey | None = None) -> None:
+        super().__init__(engine, audit_key=audit_key)
+        self.reporting = Reporting(engine)

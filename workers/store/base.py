@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
@@ -39,6 +39,7 @@ from workers.db import create_engine, is_sqlite, reading, session_factory
 from workers.errors import NotFound, StaleUpdate
 from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
 from workers.states import NOT_STARTED, check_transition
+from workers.store.sweeps import single_runner
 from workers.store.transitions import record_transition
 from workers.workorder import (
     Budget,
@@ -148,6 +149,17 @@ class StoreBase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def upgrade(self, *, wait_s: float = 0.0) -> None:
+        """Migrate the schema to the latest revision, waiting up to `wait_s` for a database that
+        is still starting (workers.migrate.upgrade_when_reachable)."""
+        from workers.migrate import upgrade_when_reachable  # Alembic only where it migrates
+
+        await upgrade_when_reachable(self.engine, wait_s=wait_s)
+
+    def single_runner(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """True inside for the one process that runs the sweep `name` now (PostgreSQL)."""
+        return single_runner(self.engine, name)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
