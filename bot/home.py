@@ -242,12 +242,12 @@ class HomePublisher:
 
     async def opened(self, user: str) -> None:
         """Remember that `user` has a Home tab, so that changes to their orders refresh it."""
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=HOME_KEY.format(user=user), purpose="home", channel=user, ts="opened"
         )
 
     async def has_home(self, user: str) -> bool:
-        return await self.store.slack_message(HOME_KEY.format(user=user)) is not None
+        return await self.store.slack.slack_message(HOME_KEY.format(user=user)) is not None
 
     async def refresh(self, user: str) -> None:
         """Republish `user`'s home if they have ever opened it (views.publish is rate limited)."""
@@ -293,7 +293,7 @@ class HomePublisher:
         title = f"Finished outcomes and cost per outcome, {CHART_WEEKS} weeks to {week.label}"
         key = CHART_KEY.format(team=team, week=week.label)
         async with self._chart_locks.setdefault(key, asyncio.Lock()):
-            saved = await self.store.slack_message(key)
+            saved = await self.store.slack.slack_message(key)
             if saved is not None and saved.ts:
                 return saved.ts, title
             try:
@@ -310,7 +310,7 @@ class HomePublisher:
             file_id = str((response.get("files") or [{}])[0].get("id") or "")
             if not file_id:
                 return None
-            await self.store.save_slack_message(
+            await self.store.slack.save_slack_message(
                 key=key, purpose="home_chart", channel="", ts=file_id
             )
             return file_id, title

@@ -89,7 +89,7 @@ async def write_audit_checkpoint(
     written again, since every line lists every chain's head and a quiet install's file would
     otherwise grow by all of them each hour for nothing."""
     # A failure is logged, not fatal: the bot keeps serving and the next run tries again.
-    checkpoint = await store.audit_checkpoint()
+    checkpoint = await store.audit.audit_checkpoint()
     if last.get("digest") == checkpoint.digest:
         return
     last["digest"] = checkpoint.digest
@@ -134,7 +134,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     stop = _stop_event()
     store = Store.for_settings(settings)
     await store.upgrade(wait_s=settings.engine.startup_database_wait_s)
-    client = make_slack_client(settings, shared_holds=store)
+    client = make_slack_client(settings, shared_holds=store.rate_limits)
     token = SlackTokenWatch(
         store,
         client,
@@ -306,7 +306,7 @@ async def run_workers_only(
     tasks = [asyncio.create_task(models.run(stop), name="model-recheck")]
     files: SlackFiles | None = None
     if settings.slack_bot_token is not None:
-        client = make_slack_client(settings, shared_holds=store)
+        client = make_slack_client(settings, shared_holds=store.rate_limits)
         files = SlackFiles(client)
         token = SlackTokenWatch(
             store,

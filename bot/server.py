@@ -49,8 +49,8 @@ def build_web_app(
             healthy = healthy and ok
         try:
             await store.ping()
-            slack_problem = await store.problem(SLACK)
-            outbox = outbox_health(await store.undelivered())
+            slack_problem = await store.outbox.problem(SLACK)
+            outbox = outbox_health(await store.outbox.undelivered())
         except Exception as exc:  # any failure means "not healthy"; say which
             log.warning("health check failed: database unreachable (%s)", type(exc).__name__)
             body = {"status": "unhealthy", "database": "unreachable", **parts}
