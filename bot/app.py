@@ -43,6 +43,7 @@ from bot.mrkdwn import untrusted
 from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
 from bot.slack_client import AUTH_ERRORS
+from bot.unfurls import OrderLinks, only_order_refs, order_numbers
 from workers.config import Settings
 from workers.errors import NotFound, OrderMoved
 from workers.intake import Completer, IntakeEngine
@@ -115,6 +116,7 @@ def create_app(
         settings, store=store, engine=IntakeEngine(settings, completer), client=client
     )
     publisher = home.HomePublisher(settings, store=store, client=client)
+    links = OrderLinks(settings, store=store, client=client)
     homes = homes or HomeRefresher(publisher.refresh)
     commands = Commands(settings, store=store, conversations=conversations, client=client)
     decisions.register(
@@ -142,6 +144,9 @@ def create_app(
             text = strip_mention(event.get("text") or "")
             if not text:
                 await say(text=HELP, thread_ts=root)
+                return
+            if only_order_refs(text):  # "@Delegate WO-42": show it, do not start an intake
+                await links.answer_mentions(event)
                 return
             await conversations.handle(
                 Incoming(
@@ -188,6 +193,9 @@ def create_app(
                 # on; other chatter costs one read and no write.
                 thread_ts = event.get("thread_ts")
                 if not thread_ts or await store.slack.intake_session(event["channel"], thread_ts) is None:
+                    if order_numbers(text) and await first_delivery(store, body):
+                        recorded = True
+                        await links.answer_mentions(event)
                     return
                 if not await first_delivery(store, body):
                     return
@@ -195,6 +203,9 @@ def create_app(
             await _remember(store, event)
             if not is_dm and _addresses(event, context.bot_user_id):
                 return  # the app_mention listener handles it
+            if is_dm and not event.get("thread_ts") and only_order_refs(text):
+                await links.answer_mentions(event)
+                return
             await conversations.handle(
                 Incoming(
                     channel=event["channel"],
@@ -208,6 +219,10 @@ def create_app(
         finally:
             if recorded:
                 await handled(store, body)
+
+    @app.event("link_shared")
+    async def on_link_shared(event: dict[str, Any]) -> None:
+        await links.unfurl(event)
 
     @app.event("app_uninstalled")
     async def on_uninstalled(event: dict[str, Any]) -> None:

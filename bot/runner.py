@@ -28,6 +28,7 @@ from bot.server import HealthCheck, build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from bot.token_watch import SlackTokenWatch
+from bot.unfurls import OrderLinks
 from workers.audit_checkpoint import append_checkpoint, checkpoint_line
 from workers.chart import render_chart
 from workers.config import Settings
@@ -172,6 +173,9 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
             bolt=None if socket_mode else bolt,
             signing_secret=_secret(settings.slack_signing_secret),
             checks=checks,
+            order_thread=OrderLinks(settings, store=store, client=client).thread_of
+            if settings.slack.order_links
+            else None,
         ),
         host=host,
         port=settings.port,

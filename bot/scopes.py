@@ -15,11 +15,20 @@ BOT_SCOPES: frozenset[str] = frozenset(
         "im:history",
         "im:read",
         "im:write",
+        "links:read",
+        "links:write",
         "reactions:write",
         "users:read",
     }
 )
 
 BOT_EVENTS: frozenset[str] = frozenset(
-    {"app_mention", "message.im", "app_home_opened", "message.channels", "message.groups"}
+    {
+        "app_mention",
+        "message.im",
+        "app_home_opened",
+        "message.channels",
+        "message.groups",
+        "link_shared",
+    }
 )

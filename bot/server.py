@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
+ORDERS_PATH = "/orders/"
 
 
 HealthCheck = Callable[[], Awaitable[tuple[bool, str]]]
@@ -33,9 +34,11 @@ def build_web_app(
     bolt: AsyncApp | None,
     signing_secret: str | None = None,
     checks: Mapping[str, HealthCheck] | None = None,
+    order_thread: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> web.Application:
     """`bolt` is None in Socket Mode, where Slack does not call us over HTTP. `checks` adds the
-    process's own parts to /healthz (the Socket Mode connection, the worker loop)."""
+    process's own parts to /healthz (the Socket Mode connection, the worker loop).
+    `order_thread` resolves an order link (`/orders/WO-42`) to its Slack thread."""
     app = web.Application(client_max_size=1024 * 1024)
 
     async def health(_request: web.Request) -> web.Response:
@@ -78,6 +81,18 @@ def build_web_app(
         )
 
     app.router.add_get(METRICS_PATH, metrics)
+
+    if order_thread is not None:
+        resolve = order_thread
+
+        async def order_page(request: web.Request) -> web.Response:
+            # Only the thread's address is given: Slack decides who may read the thread.
+            url = await resolve(request.match_info["ref"])
+            if url is None:
+                return web.Response(status=404, text="No such work order, or it has no thread.")
+            raise web.HTTPFound(url)
+
+        app.router.add_get(ORDERS_PATH + "{ref}", order_page)
 
     if bolt is not None:
         if not signing_secret:

@@ -70,6 +70,8 @@ def _event_for(bot: RunningBot, name: str) -> dict[str, Any]:
             "tab": "home",
             "event_ts": "1.1",
         }
+    if name == "link_shared":
+        return sender.link_shared("https://delegate.example.com/orders/WO-1")
     message = sender.direct_message("hi")
     message["channel_type"] = {
         "message.im": "im",

@@ -179,6 +179,21 @@ class SlackSettings(_Strict):
         gt=0,
         description="multiplies Slack's per-method rate budgets that calls are spaced to",
     )
+    order_links: str | None = Field(
+        default=None,
+        description="base URL of order links (e.g. https://delegate.example.com/orders/): "
+        "links under it unfurl as work orders and lead to their threads",
+    )
+    docs_url: str | None = Field(
+        default=None, description="where App Home's getting-started section links for more"
+    )
+
+    @field_validator("order_links", "docs_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
 
 
 class ReviewSettings(_Strict):

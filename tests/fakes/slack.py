@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
@@ -48,10 +48,23 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "groups:history",
     "files:read",
     "canvases:write",
+    "links:read",
+    "links:write",
+)
+
+# Work Object entity types chat.unfurl's `metadata` accepts (docs.slack.dev/messaging/work-objects).
+_ENTITY_TYPES = frozenset(
+    {
+        "slack#/entities/task",
+        "slack#/entities/file",
+        "slack#/entities/item",
+        "slack#/entities/incident",
+        "slack#/entities/content_item",
+    }
 )
 
 # Arguments that slack_sdk form-encodes as JSON strings; the fake always decodes them.
-_JSON_ARGS = frozenset({"blocks", "attachments", "view", "files", "metadata"})
+_JSON_ARGS = frozenset({"blocks", "attachments", "view", "files", "metadata", "unfurls"})
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -185,6 +198,10 @@ class FakeSlack(FakeServer):
         """File ids downloaded from their `url_private` (with a valid token)."""
         self.statuses: dict[tuple[str, str], str] = {}
         self.reactions: list[tuple[str, str, str]] = []
+        self.unfurls: list[dict[str, Any]] = []
+        """Accepted chat.unfurl calls: where (channel+ts or unfurl_id+source), unfurls, metadata."""
+        self.work_objects = True
+        """False: the app has no Work Object previews enabled, and entity metadata is refused."""
         self.handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -192,6 +209,7 @@ class FakeSlack(FakeServer):
             "chat.delete": self._chat_delete,
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
+            "chat.unfurl": self._chat_unfurl,
             "conversations.replies": self._conversations_replies,
             "users.info": self._users_info,
             "views.open": self._views_open,
@@ -618,6 +636,55 @@ class FakeSlack(FakeServer):
             "channel": channel,
             "permalink": f"https://test.slack.com/archives/{channel}/p{ts.replace('.', '')}",
         }
+
+    def _chat_unfurl(self, args: dict[str, Any]) -> dict[str, Any]:
+        # Either channel+ts or unfurl_id+source; either unfurls or metadata (chat.unfurl docs).
+        if "links:write" not in self.scopes:
+            raise SlackError("missing_scope")
+        by_message = bool(args.get("channel")) and bool(args.get("ts"))
+        by_unfurl_id = bool(args.get("unfurl_id")) and bool(args.get("source"))
+        if by_message == by_unfurl_id:
+            raise SlackError("invalid_arguments", ["pass channel and ts, or unfurl_id and source"])
+        if by_unfurl_id and args["source"] not in ("composer", "conversations_history"):
+            raise SlackError("invalid_source")
+        unfurls, metadata = args.get("unfurls"), args.get("metadata")
+        if not unfurls and not metadata:
+            raise SlackError("invalid_arguments", ["unfurls or metadata is required"])
+        for url, unfurl in (unfurls or {}).items():
+            if not isinstance(unfurl, dict):
+                raise SlackError("invalid_unfurls_format", [f"{url}: not an object"])
+            if "blocks" in unfurl:
+                errors = _block_errors(unfurl["blocks"], 50, f"unfurls[{url}].blocks")
+                if errors:
+                    raise SlackError("invalid_blocks", errors)
+        warning: dict[str, Any] = {}
+        if metadata and not self.work_objects:
+            # As Slack does: the entities are dropped with a warning, the unfurls still shown.
+            metadata, warning = None, {"warning": "work_objects_not_enabled"}
+            args = {k: v for k, v in args.items() if k != "metadata"}
+        if metadata:
+            for i, entity in enumerate(metadata.get("entities") or []):
+                where = f"metadata.entities[{i}]"
+                missing = [
+                    key
+                    for key in ("entity_type", "entity_payload", "external_ref", "url", "app_unfurl_url")
+                    if not entity.get(key)
+                ]
+                if missing:
+                    raise SlackError("invalid_metadata", [f"{where}: missing {missing}"])
+                if entity["entity_type"] not in _ENTITY_TYPES:
+                    raise SlackError("invalid_metadata", [f"{where}: unknown entity_type"])
+                title = (entity["entity_payload"].get("attributes") or {}).get("title") or {}
+                if not title.get("text"):
+                    raise SlackError("invalid_metadata", [f"{where}: attributes.title.text missing"])
+        self.unfurls.append(
+            {
+                key: args[key]
+                for key in ("channel", "ts", "unfurl_id", "source", "unfurls", "metadata")
+                if key in args
+            }
+        )
+        return warning
 
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = _require(args, "channel", error="channel_not_found")
@@ -1141,6 +1208,33 @@ class SlackSender:
         """Build a `message` event in a DM (`channel_type` "im")."""
         event = self._message_like("message", text, user, channel, ts, thread_ts)
         event["channel_type"] = "im"
+        return event
+
+    def link_shared(
+        self,
+        *urls: str,
+        user: str = "U1",
+        channel: str = "C1",
+        message_ts: str | None = None,
+        thread_ts: str | None = None,
+        composer: bool = False,
+    ) -> dict[str, Any]:
+        """Build a `link_shared` event (as docs.slack.dev shows it): posted in a conversation,
+        or (`composer`) still in the message composer, where it carries an unfurl_id."""
+        ts = message_ts or self._ids.ts()
+        event: dict[str, Any] = {
+            "type": "link_shared",
+            "channel": channel,
+            "is_bot_user_member": True,
+            "user": user,
+            "message_ts": f"{user}-{uuid.uuid4()}" if composer else ts,
+            "unfurl_id": f"{channel}.{ts}.{uuid.uuid4().hex}",
+            "source": "composer" if composer else "conversations_history",
+            "links": [{"domain": urlsplit(u).hostname or "", "url": u} for u in urls],
+            "event_ts": ts,
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
         return event
 
     def _message_like(
