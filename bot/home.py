@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,6 +131,58 @@ def _not_delivered_blocks(items: list[NotDelivered]) -> list[Block]:
     return blocks
 
 
+@dataclass(frozen=True)
+class Guide:
+    """What the getting-started section names: who to ask, and where to read more."""
+
+    admins: tuple[str, ...] = ()
+    docs_url: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Guide:
+        return cls(tuple(settings.admins), settings.slack.docs_url)
+
+
+EXAMPLE_REQUESTS = (
+    "pull last quarter's churn numbers into a one-pager",
+    "compare the pricing pages of our three main competitors, with sources",
+    "draft release notes from the merged changes in this thread",
+)
+
+
+def getting_started(guide: Guide) -> list[Block]:
+    """For someone who has never delegated: what to ask, what happens, who decides, who helps."""
+    examples = "\n".join(f"• _@Delegate {e}_" for e in EXAMPLE_REQUESTS)
+    admins = (
+        ", ".join(mention(a) for a in guide.admins)
+        if guide.admins
+        else "none are configured yet: ask whoever installed Delegate"
+    )
+    more = (
+        f"<{guide.docs_url}|Read the guide> · " if guide.docs_url else ""
+    ) + "`/delegate help` lists the commands."
+    return [
+        {"type": "divider"},
+        *sections("*Getting started*"),
+        *sections(
+            "*What to ask.* Anything you would hand to a colleague, with what \"done\" looks "
+            f"like. Mention me in a channel, DM me, or press *New work order*:\n{examples}"
+        ),
+        *sections(
+            "*What happens.* I ask what I need to know, then show you a work order: the goal, "
+            "the deliverable, how it will be checked, a budget and what it may touch. Nothing "
+            "runs until you press *Start*. You can cancel at any time."
+        ),
+        *sections(
+            "*How approval works.* The result comes back to the thread, checked against its "
+            "criteria, and its reviewer (you, unless you name someone, or the channel's "
+            "reviewers) approves it, sends it back with changes, or rejects it. A step that "
+            "needs permission (a new website, a tool that changes things) asks in the thread first."
+        ),
+        context(f"Admins: {admins}. {more}"),
+    ]
+
+
 def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
     blocks: list[Block] = [{"type": "divider"}]
     if not orders.items:
@@ -190,8 +243,10 @@ def home_view(
     *,
     team_url: str | None = None,
     charts: dict[str, tuple[str, str]] | None = None,
+    guide: Guide | None = None,
 ) -> dict[str, Any]:
-    """The whole Home tab for `data.user`; `charts` maps a team to (file id, title)."""
+    """The whole Home tab for `data.user`; `charts` maps a team to (file id, title). Someone
+    with no orders and nothing to review is shown how to begin (`guide`)."""
     blocks: list[Block] = [
         header("Delegate"),
         *sections(
@@ -206,7 +261,10 @@ def home_view(
         blocks += _not_delivered_blocks(data.not_delivered)
     if data.reviews.total:
         blocks += _review_blocks(data.reviews, team_url)
-    blocks += _order_blocks(data.orders, team_url)
+    if not data.orders.total and not data.reviews.total:
+        blocks += getting_started(guide or Guide())
+    else:
+        blocks += _order_blocks(data.orders, team_url)
     for figures in data.teams:
         blocks += _team_blocks(figures, team_url, (charts or {}).get(figures.team))
     if data.more_teams:
@@ -264,7 +322,8 @@ class HomePublisher:
                 charts[figures.team] = chart
         try:
             await self.client.views_publish(
-                user_id=user, view=home_view(data, team_url=team_url, charts=charts)
+                user_id=user,
+                view=home_view(data, team_url=team_url, charts=charts, guide=Guide.of(self.settings)),
             )
         except SlackApiError as exc:
             if not charts or exc.response.get("error") not in (
@@ -274,7 +333,9 @@ class HomePublisher:
                 raise
             # A chart Slack will not show (not processed yet, or not visible): go without it.
             log.warning("App Home refused the chart (%s); publishing without it", exc.response)
-            await self.client.views_publish(user_id=user, view=home_view(data, team_url=team_url))
+            await self.client.views_publish(
+                user_id=user, view=home_view(data, team_url=team_url, guide=Guide.of(self.settings))
+            )
 
     async def team_url(self) -> str | None:
         """The workspace URL (auth.test, once), for links to threads."""

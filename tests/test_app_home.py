@@ -180,6 +180,31 @@ async def test_refreshes_are_coalesced_per_person_and_spaced_on_a_controllable_c
 # ----------------------------------------------------------------------------- requester
 
 
+async def test_someone_who_never_delegated_is_shown_how_to_begin_until_they_have(
+    store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
+) -> None:
+    settings = settings_factory(
+        admins=["UADMIN", "UOPS"], slack={"docs_url": "https://wiki.example.com/delegate"}
+    )
+    async with bot_with_homes(settings, store=store, fake_slack=fake_slack) as (bot, homes, _):
+        await open_home(bot, "UNEW")
+        await fake_slack.wait_until(lambda: bool(home_of(fake_slack, "UNEW")))
+        await homes.drain()
+        first = text_of(home_of(fake_slack, "UNEW")[-1])
+        # What to ask, what happens, how approval works, who the admins are, where to read on.
+        assert "Getting started" in first and "_@Delegate pull last quarter" in first
+        assert "*Start*" in first and "How approval works" in first
+        assert "<@UADMIN>, <@UOPS>" in first
+        assert "<https://wiki.example.com/delegate|Read the guide>" in first
+        assert "home_new_order" in first
+        await seed_order(store, requester="UNEW", title="My first order")
+        await open_home(bot, "UNEW")
+        await fake_slack.wait_until(lambda: "My first order" in text_of(home_of(fake_slack, "UNEW")[-1]))
+        await homes.drain()
+    later = text_of(home_of(fake_slack, "UNEW")[-1])
+    assert "Getting started" not in later
+
+
 async def test_requester_sees_open_and_recent_orders_with_state_spend_and_thread_link(
     store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
 ) -> None:
