@@ -19,7 +19,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
         "review", "followup", "metric_days", "metrics", "digest", "chart", "home_views",
-        "telemetry", "delivery", "transcript",
+        "telemetry", "delivery", "transcript", "evals",
     ],
 }  # fmt: skip
 RANK = {module: rank for rank, names in enumerate(LAYERS.values()) for module in names}

@@ -1,0 +1,366 @@
+"""`delegate eval`: scoring checked against hand-computed values, and the command run for real
+against the fake Anthropic and OpenAI servers with scripted answers, so every score is known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import Reply as AnthropicReply
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Reply as OpenAIReply
+from tests.support.cli import cli_env, delegate, provider_env
+from workers.evals.cases import SuiteError, load_suite, parse_suite
+from workers.evals.fields import field_of
+from workers.evals.redact import redact
+from workers.evals.scoring import Run, cohen_kappa, f1, intake_scores, verify_scores
+
+USAGE = {"input_tokens": 1000, "output_tokens": 100}
+# claude-haiku-4-5: $1 in, $5 out per million tokens: 1000 * 1 + 100 * 5 = 1500 micro-dollars.
+HAIKU_CALL = 1500
+# gpt-5-mini: $0.25 in, $2 out: 1000 * 0.25 + 100 * 2 = 450 micro-dollars.
+MINI_CALL = 450
+
+
+# ------------------------------------------------------------------ scoring by hand
+
+
+def test_kappa_f1_and_rates_match_hand_computed_values() -> None:
+    # 10 criteria: 6 met, 4 not. The verifier passes 5 of the met and 1 of the not met.
+    # agreement po = (5 + 3) / 10 = 0.8; P(label met) = 0.6, P(passed) = 6/10 = 0.6;
+    # chance pe = 0.6 * 0.6 + 0.4 * 0.4 = 0.52; kappa = (0.8 - 0.52) / (1 - 0.52) = 0.58333…
+    pairs = [(True, True)] * 5 + [(True, False)] + [(False, True)] + [(False, False)] * 3
+    assert cohen_kappa(pairs) == pytest.approx(0.28 / 0.48)
+    # Perfect agreement on a balanced set: po = 1, pe = 0.5, kappa = 1.
+    assert cohen_kappa([(True, True), (False, False)]) == pytest.approx(1.0)
+    # Both sides always "met": chance agreement is certain and kappa is undefined.
+    assert cohen_kappa([(True, True)] * 3) is None
+    # TP 3, FP 1, FN 2: precision 3/4, recall 3/5, F1 = 2*3 / (2*3 + 1 + 2) = 6/9.
+    assert f1(3, 1, 2) == pytest.approx(2 / 3)
+    assert f1(0, 0, 0) is None
+
+
+def _verify_suite(text: str) -> Any:
+    return parse_suite("v", text, source="test")
+
+
+def test_verify_scores_per_criterion_and_per_case() -> None:
+    suite = _verify_suite(
+        "\n".join(
+            json.dumps(c)
+            for c in [
+                {"id": "a", "title": "t", "goal": "g", "deliverable": "d",
+                 "criteria": [{"text": "x", "met": True}, {"text": "y", "met": False}]},
+                {"id": "b", "title": "t", "goal": "g", "deliverable": "d", "met": False,
+                 "criteria": [{"text": "x"}, {"text": "y"}, {"text": "z"}]},
+            ]
+        )
+    )  # fmt: skip
+    a, b = suite.cases
+    # a: (met, passed), (not met, passed): one false accept. b, labelled as a whole (not met):
+    # every criterion passed, so the case passed: a second false accept, one unit.
+    scores = verify_scores(
+        [(a, {"passed": [True, True]}, Run(1000, 200)), (b, {"passed": [True, True, True]}, Run(3000, 400))]
+    )
+    assert scores["units"] == 3
+    assert scores["accuracy"] == pytest.approx(1 / 3)
+    assert scores["false_accept"] == 1.0  # 2 of the 2 not-met units passed
+    assert scores["false_reject"] == 0.0
+    # labels met 1/3, verdicts passed 3/3: pe = 1/3 * 1 + 2/3 * 0 = 1/3, po = 1/3, kappa 0.
+    assert scores["kappa"] == pytest.approx(0.0)
+    assert scores["cost_usd_total"] == 0.004 and scores["cost_usd_per_case"] == 0.002
+    assert scores["latency_s_per_case"] == 0.3
+
+
+def test_questions_map_to_the_fields_they_ask_about() -> None:
+    assert field_of("By when do you need this?") == "deadline"
+    assert field_of("Who is the audience for the email?") == "audience"
+    assert field_of("Which data source should I use for churn?") == "sources"
+    assert field_of("What format should it be in: slides or a doc?") == "deliverable"
+    assert field_of("What would success look like for this?") == "criteria"
+    assert field_of("Which regions should it cover?") == "scope"
+    assert field_of("Hello?") == "other"
+
+
+def test_a_verify_case_is_labelled_per_criterion_or_as_a_whole_never_half() -> None:
+    half = {"id": "h", "title": "t", "goal": "g", "deliverable": "d",
+            "criteria": [{"text": "x", "met": True}, {"text": "y"}]}  # fmt: skip
+    with pytest.raises(SuiteError, match="line 1: .*label every criterion"):
+        _verify_suite(json.dumps(half))
+    with pytest.raises(SuiteError, match="no label"):
+        _verify_suite(json.dumps({**half, "criteria": [{"text": "x"}]}))
+
+
+def test_the_shipped_suites_have_enough_cases_of_every_kind() -> None:
+    intake = load_suite("intake")
+    verify = load_suite("verify")
+    assert intake.kind == "intake" and len(intake.cases) >= 60
+    assert verify.kind == "verify" and len(verify.cases) >= 60
+    decisions = {c.expect.decision for c in intake.cases}  # type: ignore[union-attr]
+    assert decisions == {"chat", "ask", "draft"}
+    labels = [c.met for case in verify.cases for c in case.criteria]  # type: ignore[union-attr]
+    assert labels.count(False) >= 30 and labels.count(True) >= 60
+    for tag in ("numbers", "skipped", "unsourced"):
+        assert sum(tag in c.tags for c in verify.cases) >= 5, tag
+
+
+def test_redaction_replaces_people_addresses_and_secrets_and_keeps_amounts() -> None:
+    text = (
+        "Ask <@U0123ABCD> or ann@acme.com, see <https://acme.com/q3|the sheet> in <#C0999XYZ1|fin>;"
+        " key sk-ant-abcdef1234567890, card 4111 1111 1111 1111. Revenue $1,204,330 in 2025."
+    )
+    assert redact(text, ["not-in-text-secret"]) == (
+        "Ask [person] or [email], see [url] in [channel]; key [secret], card [number]. "
+        "Revenue $1,204,330 in 2025."
+    )
+
+
+# ------------------------------------------------------------------ end to end, against the fakes
+
+
+def _messages(body: dict[str, Any]) -> str:
+    return json.dumps(body.get("messages") or body.get("input"))
+
+
+def _intake_answer(body: dict[str, Any]) -> AnthropicReply:
+    text = _messages(body)
+
+    def decide(decision: dict[str, Any]) -> AnthropicReply:
+        return AnthropicReply.tool("intake_decision", decision, usage=USAGE)
+
+    if "ARR stand for" in text:
+        return decide({"kind": "chat", "answer": "Annual recurring revenue."})
+    if "launch email" in text and "Customers; by Friday" not in text:
+        return decide(
+            {"kind": "questions",
+             "questions": ["Who is the audience for the email?", "What format should it be in?"]}
+        )  # fmt: skip
+    if "launch email" in text:
+        return decide(_draft("quick", "An email to customers", ["Mentions the launch date", "Under 200 words"]))
+    if "Q3 churn" in text:
+        return decide({"kind": "questions", "questions": ["Which quarter?"]})
+    assert "competitors" in text
+    return decide(_draft("deep", "A markdown table", ["Every price cites a source URL", "Covers all three competitors"]))
+
+
+def _draft(workload: str, deliverable: str, criteria: list[str]) -> dict[str, Any]:
+    return {
+        "kind": "draft",
+        "draft": {
+            "title": "T",
+            "goal": "G",
+            "deliverable": deliverable,
+            "acceptance_criteria": criteria,
+            "workload_class": workload,
+            "authority_policy": "default",
+        },
+    }
+
+
+INTAKE_CASES = [
+    {"id": "i1", "request": "What does ARR stand for?", "expect": {"decision": "chat"}},
+    {"id": "i2", "request": "Write the launch email", "answers": ["Customers; by Friday"],
+     "expect": {"decision": "ask", "missing": ["audience", "deadline"], "workload_class": "quick",
+                "deliverable": ["email"]}},
+    {"id": "i3", "request": "Summarise Q3 churn from the attached CSV into a one-page memo for the "
+     "exec team by Thursday",
+     "expect": {"decision": "draft", "workload_class": "standard", "deliverable": ["memo"],
+                "criteria": [["churn"], ["one page", "one-page"]]}},
+    {"id": "i4", "request": "Compare the pricing of our three competitors in a table, with sources",
+     "expect": {"decision": "draft", "workload_class": "standard", "deliverable": ["table"],
+                "criteria": [["source"], ["three", "all"]]}},
+]  # fmt: skip
+
+VERIFY_CASES = [
+    {"id": "v1", "title": "Case v1", "goal": "g", "deliverable": "the work",
+     "criteria": [{"text": "a", "met": True}, {"text": "b", "met": True}, {"text": "c", "met": False}]},
+    {"id": "v2", "title": "Case v2", "goal": "g", "deliverable": "the work",
+     "criteria": [{"text": "a", "met": False}, {"text": "b", "met": True}]},
+    {"id": "v3", "title": "Case v3", "goal": "g", "deliverable": "the work", "met": False,
+     "criteria": [{"text": "a"}, {"text": "b"}]},
+]  # fmt: skip
+
+# What each verifier says, per case: Haiku misses v1's third criterion; GPT-5 mini fails v1's
+# second, passes v2's first and passes the whole of v3.
+VERDICTS = {
+    "anthropic": {"v1": [True, True, True], "v2": [False, True], "v3": [True, False]},
+    "openai": {"v1": [True, False, False], "v2": [True, True], "v3": [True, True]},
+}
+
+
+def _verdicts(provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    case = next(c for c in VERDICTS[provider] if f"Case {c}" in _messages(body))
+    return {
+        "verdicts": [
+            {"index": i, "passed": p, "reason": "checked"}
+            for i, p in enumerate(VERDICTS[provider][case], 1)
+        ]
+    }
+
+
+def _suites(tmp_path: Path) -> tuple[Path, Path]:
+    intake = tmp_path / "intake-small.jsonl"
+    intake.write_text("".join(json.dumps(c) + "\n" for c in INTAKE_CASES))
+    verify = tmp_path / "verify-small.jsonl"
+    verify.write_text("".join(json.dumps(c) + "\n" for c in VERIFY_CASES))
+    return intake, verify
+
+
+def _script(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, *, intake: int, verify: int) -> None:
+    """Answers that depend on the request, not on the order requests arrive in (cases run
+    concurrently)."""
+    fake_anthropic.script(
+        *[_intake_answer] * intake,
+        *[lambda body: AnthropicReply.tool("record_verdicts", _verdicts("anthropic", body), usage=USAGE)] * verify,
+    )
+    fake_openai.script(
+        *[lambda body: OpenAIReply.tool("record_verdicts", _verdicts("openai", body), usage=USAGE)] * verify
+    )
+
+
+ROUTES = (
+    "--route", "intake=anthropic:claude-haiku-4-5",
+    "--route", "verify=anthropic:claude-haiku-4-5",
+    "--route", "verify=openai:gpt-5-mini",
+)  # fmt: skip
+
+
+def _env(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI) -> dict[str, str]:
+    return cli_env(**provider_env(fake_anthropic, fake_openai))
+
+
+def _anthropic_calls(fake: FakeAnthropic, tool: str) -> int:
+    return sum(any(t.get("name") == tool for t in r.get("tools") or []) for r in fake.requests)
+
+
+async def test_eval_scores_intake_and_a_side_by_side_of_verifiers_exactly(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    intake, verify = _suites(tmp_path)
+    _script(fake_anthropic, fake_openai, intake=5, verify=3)
+    out = tmp_path / "run"
+    code, stdout, stderr = await delegate(
+        "eval", "--suite", str(intake), "--suite", str(verify), *ROUTES, "--yes",
+        "--max-usd", "1", "--out", str(out), "--min", "verify-small.kappa=0.6",
+        "--max", "verify-small.false_accept=0.7",
+        env=_env(fake_anthropic, fake_openai), cwd=tmp_path,
+    )  # fmt: skip
+    assert fake_anthropic.pending == 0 and fake_openai.pending == 0
+    report = json.loads((out / "report.json").read_text())
+    [intake_route] = report["suites"][0]["routes"]
+    assert intake_route["route"] == "anthropic:claude-haiku-4-5"
+    assert intake_route["scores"] == {
+        "cases": 4,
+        "decision_accuracy": 0.75,  # i1 chat, i2 ask, i4 draft right; i3 asked instead
+        "ask_f1": 0.5,  # i2 asked audience (TP) and format (FP), not the deadline (FN): 2/4
+        "over_asking": 0.5,  # of i3 and i4 (complete), i3 asked
+        "workload_accuracy": pytest.approx(1 / 3),  # i2 quick; i3 no draft; i4 deep, not standard
+        "deliverable_match": pytest.approx(2 / 3),  # email, table; i3 has no draft
+        "criteria_recall": 0.5,  # i4's two groups found, i3's two not
+        "rounds_per_case": 0.5,  # i2 and i3 asked once
+        "cost_usd_total": 5 * HAIKU_CALL / 1e6,  # 5 calls: i2 took two
+        "cost_usd_per_case": 5 * HAIKU_CALL / 4 / 1e6,
+        "latency_s_per_case": intake_route["scores"]["latency_s_per_case"],
+        "latency_s_p95": intake_route["scores"]["latency_s_p95"],
+    }
+    haiku, mini = report["suites"][1]["routes"]
+    # Haiku: units (label, verdict) v1 (T,T)(T,T)(F,T), v2 (F,F)(T,T), v3 as a whole (F,F):
+    # 5 of 6 agree; 1 of 3 not-met passed; 0 of 3 met failed; P(met) 1/2, P(passed) 4/6,
+    # pe = 1/2 * 4/6 + 1/2 * 2/6 = 1/2, kappa = (5/6 - 1/2) / (1/2) = 2/3.
+    assert {k: haiku["scores"][k] for k in ("units", "accuracy", "false_accept", "false_reject", "kappa", "cost_usd_total")} == {
+        "units": 6, "accuracy": pytest.approx(5 / 6), "false_accept": pytest.approx(1 / 3),
+        "false_reject": 0.0, "kappa": pytest.approx(2 / 3, abs=1e-6), "cost_usd_total": 3 * HAIKU_CALL / 1e6,
+    }  # fmt: skip
+    # GPT-5 mini: v1 (T,T)(T,F)(F,F), v2 (F,T)(T,T), v3 (F,T): 3 of 6 agree; 2 of 3 not-met
+    # passed; 1 of 3 met failed; P(met) 1/2, P(passed) 1/2, pe = 1/2, kappa = 0.
+    assert {k: mini["scores"][k] for k in ("accuracy", "false_accept", "false_reject", "kappa", "cost_usd_total")} == {
+        "accuracy": 0.5, "false_accept": pytest.approx(2 / 3), "false_reject": pytest.approx(1 / 3),
+        "kappa": 0.0, "cost_usd_total": 3 * MINI_CALL / 1e6,
+    }  # fmt: skip
+    assert report["spent_usd"] == pytest.approx((8 * HAIKU_CALL + 3 * MINI_CALL) / 1e6)
+    # The side-by-side in Markdown, and its chart.
+    markdown = (out / "report.md").read_text()
+    assert "| kappa | 0.667 | 0.000 |" in markdown
+    assert "v1: #3 labelled not met, verifier passed" in markdown
+    assert (out / "chart.png").read_bytes().startswith(b"\x89PNG")
+    # The gate: GPT-5 mini's kappa is below the minimum; both false-accept rates are under 0.7.
+    assert code == 1, stderr
+    assert (
+        "threshold crossed: verify-small.kappa on openai:gpt-5-mini is 0, below the minimum 0.6"
+        in stderr
+    )
+    assert "false_accept" not in stderr
+    assert stdout.startswith("# Delegate eval")
+
+    # Run again into the same directory: nothing is sent, the scores are the same, and with a
+    # threshold every route meets the command succeeds.
+    requests = len(fake_anthropic.requests), len(fake_openai.requests)
+    code, _, stderr = await delegate(
+        "eval", "--suite", str(intake), "--suite", str(verify), *ROUTES, "--yes",
+        "--out", str(out), "--min", "verify-small.accuracy=0.5",
+        env=_env(fake_anthropic, fake_openai), cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert (len(fake_anthropic.requests), len(fake_openai.requests)) == requests
+    assert "10 cases were finished" in stderr
+    again = json.loads((out / "report.json").read_text())
+    assert again["suites"][1]["routes"][1]["scores"]["kappa"] == 0.0
+    assert again["spent_usd"] == report["spent_usd"]
+
+
+async def test_nothing_is_sent_without_yes_or_a_configured_budget(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    intake, verify = _suites(tmp_path)
+    code, stdout, stderr = await delegate(
+        "eval", "--suite", str(intake), "--suite", str(verify), *ROUTES, "--out",
+        str(tmp_path / "run"), env=_env(fake_anthropic, fake_openai), cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 2
+    # 4 intake cases on one route, 3 verify cases on two.
+    assert stderr == (
+        "delegate: not sending 10 eval cases to model providers without --yes (or a configured "
+        "budget, evals.max_usd); they cost money\n"
+    )
+    assert stdout == ""
+    assert fake_anthropic.requests == [] and fake_openai.requests == []
+    assert not (tmp_path / "run").exists()
+
+
+async def test_a_configured_budget_stands_for_yes_and_a_spent_budget_stops_the_run(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    _, verify = _suites(tmp_path)
+    config = tmp_path / "delegate.yaml"
+    config.write_text("evals: {max_usd: 0.01, concurrency: 1}\n")
+    env = {**_env(fake_anthropic, fake_openai), "DELEGATE_CONFIG": str(config)}
+    fake_anthropic.script(
+        *[lambda body: AnthropicReply.tool("record_verdicts", _verdicts("anthropic", body), usage={"input_tokens": 5000, "output_tokens": 100})] * 3
+    )
+    out = tmp_path / "run"
+    args = ("eval", "--suite", str(verify), "--route", "verify=anthropic:claude-haiku-4-5", "--out", str(out))
+    code, _, stderr = await delegate(*args, env=env, cwd=tmp_path)
+    # Each call reserves its worst case first (its input's bound, about 2,800 tokens, at Haiku's
+    # dearest input rate, $1.25 per million, and its full output allowance at $5) and costs
+    # 5000 * $1 + 100 * $5 per million = $0.0055: the first case fits in $0.01; the second's
+    # reservation (over $0.005) does not fit in the $0.0045 left.
+    sent = len(fake_anthropic.requests)
+    assert sent == 1
+    assert code == 1
+    assert "the budget of $0.01 is spent ($0.0055 charged" in stderr and "2 cases did not run" in stderr
+    report = json.loads((out / "report.json").read_text())
+    [route] = report["suites"][0]["routes"]
+    assert route["done"] == 1 and len(route["not_run"]) == 2 and report["budget_stopped"]
+    assert report["spent_usd"] <= 0.01
+
+    # A larger budget over the same directory runs only the two left.
+    code, _, stderr = await delegate(*args, "--max-usd", "1", env=env, cwd=tmp_path)
+    assert code == 0, stderr
+    assert len(fake_anthropic.requests) == 3 and fake_anthropic.pending == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["suites"][0]["routes"][0]["done"] == 3
+    assert report["spent_usd"] == pytest.approx(3 * 5500 / 1e6)
