@@ -14,10 +14,16 @@ from tests.fakes.anthropic import Reply as AnthropicReply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.support.cli import cli_env, delegate, provider_env
+from tests.support.databases import Database
+from tests.support.factories import make_order
+from workers import queue, review
+from workers.config import Settings
 from workers.evals.cases import SuiteError, load_suite, parse_suite
 from workers.evals.fields import field_of
 from workers.evals.redact import redact
-from workers.evals.scoring import Run, cohen_kappa, f1, intake_scores, verify_scores
+from workers.evals.scoring import Run, cohen_kappa, f1, verify_scores
+from workers.store import Store
+from workers.workorder import Status, Verification
 
 USAGE = {"input_tokens": 1000, "output_tokens": 100}
 # claude-haiku-4-5: $1 in, $5 out per million tokens: 1000 * 1 + 100 * 5 = 1500 micro-dollars.
@@ -364,3 +370,105 @@ async def test_a_configured_budget_stands_for_yes_and_a_spent_budget_stops_the_r
     report = json.loads((out / "report.json").read_text())
     assert report["suites"][0]["routes"][0]["done"] == 3
     assert report["spent_usd"] == pytest.approx(3 * 5500 / 1e6)
+
+
+# ------------------------------------------------------------------ reviewers' decisions as a suite
+
+
+async def _deliver(store: Store, settings: Settings, order_id: str, content: str, n: int) -> int:
+    """The order claimed, a deliverable submitted, and the order awaiting review."""
+    claim = await queue.claim(store, settings, "w1")
+    assert claim.order is not None and claim.order.id == order_id
+    item = await store.save_deliverable(
+        order_id, tool_use_id=f"t{n}", content=content, summary="done", attempt_id=None, actor="w1"
+    )
+    await store.finish_run(order_id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted")
+    assert item.id is not None
+    return item.id
+
+
+async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
+    database: Database,
+    tmp_path: Path,
+    settings_factory: Any,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+) -> None:
+    settings = settings_factory()
+    store = Store(database.engine())
+    criteria = ["Covers Acme, Globex and Initech", "Every price cites its source URL"]
+    reviewed = Verification(automatic_checks=False, reviewers=["U2"])
+    pricing = await store.create_order(
+        make_order(status=Status.AWAITING_CONFIRMATION, acceptance_criteria=criteria,
+                   verification=reviewed), actor="U1",
+    )  # fmt: skip
+    assert pricing.id
+    await queue.enqueue(store, settings, pricing.id, actor="U1")
+    first = await _deliver(
+        store, settings, pricing.id,
+        "First draft: Acme $10 (https://acme.example/pricing), Globex $12. Ask ann@acme.com or "
+        "<@U0123ABCD>; token sk-ant-abcdef1234567890.", 1,
+    )  # fmt: skip
+    await review.decide(store, settings, pricing.id, "changes", actor="U2", feedback="Initech?")
+    second = await _deliver(
+        store, settings, pricing.id, "Second draft: Acme $10, Globex $12, Initech $9, sourced.", 2
+    )
+    await review.decide(store, settings, pricing.id, "approve", actor="U2", deliverable_id=second)
+    memo = await store.create_order(
+        make_order(status=Status.AWAITING_CONFIRMATION, title="Churn memo", verification=reviewed),
+        actor="U1",
+    )
+    assert memo.id
+    await queue.enqueue(store, settings, memo.id, actor="U1")
+    rejected = await _deliver(store, settings, memo.id, "Rejected work: churn fell 3 %.", 3)
+    await review.decide(store, settings, memo.id, "reject", actor="U2", deliverable_id=rejected)
+    # The requester approving their own work is no independent label: left out.
+    own = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    assert own.id
+    await queue.enqueue(store, settings, own.id, actor="U1")
+    mine = await _deliver(store, settings, own.id, "My own work.", 4)
+    await review.decide(store, settings, own.id, "approve", actor="U1", deliverable_id=mine)
+    await store.close()
+
+    suite = tmp_path / "private" / "decided.jsonl"
+    env = cli_env(DATABASE_URL=database.url, **provider_env(fake_anthropic, fake_openai))
+    code, out, err = await delegate(
+        "eval", "export", "--since", "2026-11-01", "--redact", "--out", str(suite),
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"Exported 3 decisions since 2026-11-01 to {suite} (redacted); 1 self-approvals left out" in out
+    cases = [json.loads(line) for line in suite.read_text().splitlines()]
+    assert [(c["id"], c["met"], c["tags"]) for c in cases] == [
+        (f"{pricing.id}-d{first}", False, ["changes"]),
+        (f"{pricing.id}-d{second}", True, ["approve"]),
+        (f"{memo.id}-d{rejected}", False, ["reject"]),
+    ]
+    assert [c["text"] for c in cases[0]["criteria"]] == criteria
+    assert cases[0]["deliverable"] == (
+        "First draft: Acme $10 ([url]), Globex $12. Ask [email] or [person]; token [secret]."
+    )
+
+    # The verifier passes the first draft (the reviewer sent it back), fails the rejected memo
+    # and passes the approved second draft.
+    def answer(body: dict[str, Any]) -> OpenAIReply:
+        text = _messages(body)
+        passed = "Rejected work" not in text
+        verdicts = [{"index": i, "passed": passed, "reason": "r"} for i in (1, 2)]
+        return OpenAIReply.tool("record_verdicts", {"verdicts": verdicts}, usage=USAGE)
+
+    fake_openai.script(*[answer] * 3)
+    run = tmp_path / "run"
+    code, _, err = await delegate(
+        "eval", "--suite", str(suite), "--route", "verify=openai:gpt-5-mini", "--yes",
+        "--out", str(run), "--max", "decided.false_accept=0.5", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    [route] = json.loads((run / "report.json").read_text())["suites"][0]["routes"]
+    # Units, one per case: (not met, passed), (met, passed), (not met, failed). Accuracy 2/3;
+    # false accept 1/2; false reject 0/1; P(met) 1/3, P(passed) 2/3, pe = 1/3 * 2/3 + 2/3 * 1/3
+    # = 4/9, po = 6/9, kappa = (6/9 - 4/9) / (5/9) = 2/5.
+    assert {k: route["scores"][k] for k in ("units", "accuracy", "false_accept", "false_reject", "kappa")} == {
+        "units": 3, "accuracy": pytest.approx(2 / 3), "false_accept": 0.5, "false_reject": 0.0,
+        "kappa": pytest.approx(0.4),
+    }  # fmt: skip

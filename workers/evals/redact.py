@@ -8,7 +8,11 @@ from collections.abc import Sequence
 
 from workers.logs import scrub_secrets, scrub_token_shapes, secrets_to_scrub
 
-_URL = re.compile(r"<?\bhttps?://[^\s<>|]+(?:\|[^>]*)?>?|<?\bwww\.[^\s<>|]+>?", re.IGNORECASE)
+# Slack's <https://…|label> form whole; a bare URL without the punctuation that ends its sentence.
+_URL = re.compile(
+    r"<https?://[^>]*>|\b(?:https?://|www\.)[^\s<>|]*[^\s<>|.,;:!?)\]}'\"]",
+    re.IGNORECASE,
+)
 _EMAIL = re.compile(r"(?:<mailto:)?\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b(?:\|[^>]*>|>)?")
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>|(?<![\w@])@[UW][A-Z0-9]{6,}\b")
 _CHANNEL = re.compile(r"<#[CG][A-Z0-9]+(?:\|[^>]*)?>|<!(?:here|channel|everyone)[^>]*>|<!subteam\^[^>]+>")
