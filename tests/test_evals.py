@@ -95,7 +95,7 @@ def test_questions_map_to_the_fields_they_ask_about() -> None:
 def test_a_verify_case_is_labelled_per_criterion_or_as_a_whole_never_half() -> None:
     half = {"id": "h", "title": "t", "goal": "g", "deliverable": "d",
             "criteria": [{"text": "x", "met": True}, {"text": "y"}]}  # fmt: skip
-    with pytest.raises(SuiteError, match="line 1: .*label every criterion"):
+    with pytest.raises(SuiteError, match=r"line 1: .*label every criterion"):
         _verify_suite(json.dumps(half))
     with pytest.raises(SuiteError, match="no label"):
         _verify_suite(json.dumps({**half, "criteria": [{"text": "x"}]}))
