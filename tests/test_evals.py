@@ -89,6 +89,13 @@ def test_questions_map_to_the_fields_they_ask_about() -> None:
     assert field_of("What format should it be in: slides or a doc?") == "deliverable"
     assert field_of("What would success look like for this?") == "criteria"
     assert field_of("Which regions should it cover?") == "scope"
+    assert field_of("What should the blog post be about?") == "scope"
+    # Order decides between fields a question touches: the topic of a deck is scope, the
+    # choice between slides and a doc is the deliverable, an unnamed document is a source.
+    assert field_of("What topics should the deck cover?") == "scope"
+    assert field_of("Should it be slides or a written doc?") == "deliverable"
+    assert field_of("Which doc do you mean? Can you paste a link?") == "sources"
+    assert field_of("Is this for internal use or for customers?") == "audience"
     assert field_of("Hello?") == "other"
 
 
