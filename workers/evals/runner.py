@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from workers.intake import (
 from workers.providers import ModelReply, ModelRequest, ModelRouter
 from workers.verify import verify
 from workers.workorder import WorkloadClass, WorkOrder
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 EVAL_USER = "UEVAL"
@@ -229,9 +232,11 @@ async def run(
     ]
     pending = [j for j in jobs if _status(state, j.key) != "done"]
     ledger = EvalLedger(max_micro_usd, spent_before_micro_usd=state.spent_micro_usd)
+    kinds = {suite.kind for suite in suites}
     routers = {
         (v.role, v.label): router_factory(eval_settings(v.settings))
-        for vs in variants.values()
+        for role, vs in variants.items()
+        if role in kinds
         for v in vs
     }
     gate = asyncio.Semaphore(concurrency)
@@ -300,6 +305,10 @@ async def _run_job(job: Job, number: int, router: ModelRouter, ledger: EvalLedge
             status, error = "error", _reason(exc.__cause__ or exc)
     except (ProviderRejected, ProviderUnavailable, RetryLater) as exc:
         status, error = "error", _reason(exc)
+    except Exception as exc:
+        # One broken case (a bug, an unexpected answer) is reported; the others still run.
+        log.exception("eval case %s failed", job.case.id)
+        status, error = "error", f"{type(exc).__name__}: {_reason(exc)}"
     latency_ms = int((time.monotonic() - started) * 1000)
     return Record(
         *job.key,
