@@ -479,3 +479,81 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
         "units": 3, "accuracy": pytest.approx(2 / 3), "false_accept": 0.5, "false_reject": 0.0,
         "kappa": pytest.approx(0.4),
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------ the shipped suites, end to end
+
+ORACLE_QUESTIONS = {
+    "deadline": "By when do you need this?",
+    "audience": "Who is the audience?",
+    "sources": "Which data source should I use?",
+    "criteria": "What would success look like?",
+    "deliverable": "What format should it be in?",
+    "scope": "Which regions should it cover?",
+}
+
+
+def _escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+async def test_an_oracle_scores_perfectly_on_every_shipped_case(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    """A scripted model that answers each case as labelled scores 1 (and 0 where lower is
+    better) on both shipped suites: every case goes through the real engine and verifier, and
+    the labels, the field map and the scoring agree with each other."""
+    intake, verify = load_suite("intake"), load_suite("verify")
+
+    def intake_oracle(body: dict[str, Any]) -> AnthropicReply:
+        text = _messages(body)
+        [case] = [c for c in intake.cases if _escaped(c.request) in text]  # type: ignore[union-attr]
+        expect = case.expect  # type: ignore[union-attr]
+        answered = any(_escaped(a) in text for a in case.answers)  # type: ignore[union-attr]
+        if expect.decision == "chat":
+            decision: dict[str, Any] = {"kind": "chat", "answer": "An answer."}
+        elif expect.decision == "ask" and not answered:
+            decision = {"kind": "questions", "questions": [ORACLE_QUESTIONS[f] for f in expect.missing]}
+        else:
+            deliverable = (expect.deliverable or ["A written answer"])[0]
+            criteria = [group[0] for group in expect.criteria] + ["States its assumptions"]
+            decision = _draft(expect.workload_class or "standard", deliverable, criteria)
+        return AnthropicReply.tool("intake_decision", decision, usage=USAGE)
+
+    def verify_oracle(body: dict[str, Any]) -> OpenAIReply:
+        text = _messages(body)
+        [case] = [c for c in verify.cases if _escaped(c.deliverable) in text]  # type: ignore[union-attr]
+        verdicts = [
+            {"index": i, "passed": bool(c.met), "reason": c.why or "ok"}
+            for i, c in enumerate(case.criteria, 1)  # type: ignore[union-attr]
+        ]
+        return OpenAIReply.tool("record_verdicts", {"verdicts": verdicts}, usage=USAGE)
+
+    calls = len(intake.cases) + sum(
+        1 for c in intake.cases if c.expect.decision == "ask" and c.answers  # type: ignore[union-attr]
+    )
+    fake_anthropic.script(*[intake_oracle] * calls)
+    fake_openai.script(*[verify_oracle] * len(verify.cases))
+    out = tmp_path / "run"
+    code, _, stderr = await delegate(
+        "eval", "--yes", "--concurrency", "8", "--route", "intake=anthropic:claude-haiku-4-5",
+        "--route", "verify=openai:gpt-5-mini", "--out", str(out),
+        "--min", "intake.decision_accuracy=1", "--min", "verify.kappa=1",
+        env=_env(fake_anthropic, fake_openai), cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert fake_anthropic.pending == 0 and fake_openai.pending == 0
+    report = json.loads((out / "report.json").read_text())
+    intake_scores = report["suites"][0]["routes"][0]["scores"]
+    assert {k: intake_scores[k] for k in (
+        "cases", "decision_accuracy", "ask_f1", "over_asking", "workload_accuracy",
+        "deliverable_match", "criteria_recall",
+    )} == {
+        "cases": len(intake.cases), "decision_accuracy": 1.0, "ask_f1": 1.0, "over_asking": 0.0,
+        "workload_accuracy": 1.0, "deliverable_match": 1.0, "criteria_recall": 1.0,
+    }  # fmt: skip
+    verify_scores_ = report["suites"][1]["routes"][0]["scores"]
+    assert {k: verify_scores_[k] for k in ("accuracy", "false_accept", "false_reject", "kappa")} == {
+        "accuracy": 1.0, "false_accept": 0.0, "false_reject": 0.0, "kappa": 1.0,
+    }  # fmt: skip
+    assert verify_scores_["units"] == sum(len(c.criteria) for c in verify.cases)  # type: ignore[union-attr]
