@@ -344,6 +344,31 @@ async def test_nothing_is_sent_without_yes_or_a_configured_budget(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--min", "verify-small.kapa=0.6"), "verify-small has no metric 'kapa'; one of accuracy,"),
+        (("--max", "nosuch.kappa=1"), "no suite 'nosuch' in this run"),
+        (("--route", "execute=openai:gpt-5"), "expected ROLE=PROVIDER:MODEL with ROLE one of intake, verify"),
+        (("--route", "verify=openai:gpt-9"), "'gpt-9' has no entry in prices"),
+    ],
+)
+async def test_usage_mistakes_are_refused_before_anything_is_sent(
+    tmp_path: Path,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    args: tuple[str, ...],
+    message: str,
+) -> None:
+    _, verify = _suites(tmp_path)
+    code, _, stderr = await delegate(
+        "eval", "--suite", str(verify), "--yes", *args, env=_env(fake_anthropic, fake_openai),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 2 and message in stderr, stderr
+    assert fake_anthropic.requests == [] and fake_openai.requests == []
+
+
 async def test_a_configured_budget_stands_for_yes_and_a_spent_budget_stops_the_run(
     tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
 ) -> None:

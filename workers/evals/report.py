@@ -249,7 +249,7 @@ def render_chart(report: dict[str, Any]) -> bytes:
             )
         labels = [n + (" ↓" if n in LOWER_IS_BETTER else "") for n in names]
         axes.set_xticks(range(len(names)), labels, fontsize="small")
-        axes.set_ylim(min(0, *(r["scores"].get("kappa") or 0 for r in routes)), 1.15)
+        axes.set_ylim(min(0, *(r["scores"].get("kappa") or 0 for r in routes)), 1.3)
         axes.set_title(f"{suite['name']} ({suite['cases']} cases)", fontsize="medium")
         axes.legend(loc="upper right", frameon=False, fontsize="x-small")
         axes.spines[["top", "right"]].set_visible(False)
