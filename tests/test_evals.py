@@ -582,3 +582,33 @@ async def test_an_oracle_scores_perfectly_on_every_shipped_case(
         "accuracy": 1.0, "false_accept": 0.0, "false_reject": 0.0, "kappa": 1.0,
     }  # fmt: skip
     assert verify_scores_["units"] == sum(len(c.criteria) for c in verify.cases)  # type: ignore[union-attr]
+
+
+async def test_a_case_the_provider_refuses_is_reported_and_retried_by_the_next_run(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    _, verify = _suites(tmp_path)
+
+    def verdicts(body: dict[str, Any]) -> AnthropicReply:
+        return AnthropicReply.tool("record_verdicts", _verdicts("anthropic", body), usage=USAGE)
+
+    fake_anthropic.script(AnthropicReply.error(400, "prompt is too long"), verdicts, verdicts)
+    out = tmp_path / "run"
+    args = (
+        "eval", "--suite", str(verify), "--route", "verify=anthropic:claude-haiku-4-5", "--yes",
+        "--concurrency", "1", "--out", str(out),
+    )  # fmt: skip
+    code, _, stderr = await delegate(*args, env=_env(fake_anthropic, fake_openai), cwd=tmp_path)
+    assert code == 1
+    assert "1 cases failed at the provider (see report.md)" in stderr
+    [route] = json.loads((out / "report.json").read_text())["suites"][0]["routes"]
+    assert [e["case"] for e in route["errors"]] == ["v1"] and route["done"] == 2
+    assert "prompt is too long" in route["errors"][0]["error"]
+    assert "v1: " in (out / "report.md").read_text()
+
+    fake_anthropic.script(verdicts)
+    code, _, stderr = await delegate(*args, env=_env(fake_anthropic, fake_openai), cwd=tmp_path)
+    assert code == 0, stderr
+    assert len(fake_anthropic.requests) == 4 and "Case v1" in _messages(fake_anthropic.requests[-1])
+    [route] = json.loads((out / "report.json").read_text())["suites"][0]["routes"]
+    assert route["errors"] == [] and route["done"] == 3
