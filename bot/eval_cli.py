@@ -67,7 +67,10 @@ def add_parser(sub: Any) -> None:
         help="budget over the run directory (default: evals.max_usd, else 5)",
     )
     evals.add_argument(
-        "--concurrency", type=_at_least_one, default=None, help="cases at once (default 4)"
+        "--concurrency",
+        type=_at_least_one,
+        default=None,
+        help="cases at once (default: evals.concurrency, 4)",
     )
     evals.add_argument(
         "--out", type=Path, default=None, help="run directory (default: eval-runs/<UTC time>)"
@@ -86,7 +89,7 @@ def add_parser(sub: Any) -> None:
         metavar="SUITE.METRIC=N",
         help="fail (exit 1) when a route scores above N, e.g. verify.false_accept=0.1",
     )
-    actions = evals.add_subparsers(dest="eval_command", metavar="ACTION")
+    actions = evals.add_subparsers(dest="eval_command", metavar="[export]")
     export = _command(
         actions,
         "export",
