@@ -411,10 +411,10 @@ async def _deliver(store: Store, settings: Settings, order_id: str, content: str
     """The order claimed, a deliverable submitted, and the order awaiting review."""
     claim = await queue.claim(store, settings, "w1")
     assert claim.order is not None and claim.order.id == order_id
-    item = await store.save_deliverable(
+    item = await store.runs.save_deliverable(
         order_id, tool_use_id=f"t{n}", content=content, summary="done", attempt_id=None, actor="w1"
     )
-    await store.finish_run(order_id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted")
+    await store.queue.finish_run(order_id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted")
     assert item.id is not None
     return item.id
 
@@ -430,7 +430,7 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
     store = Store(database.engine())
     criteria = ["Covers Acme, Globex and Initech", "Every price cites its source URL"]
     reviewed = Verification(automatic_checks=False, reviewers=["U2"])
-    pricing = await store.create_order(
+    pricing = await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION, acceptance_criteria=criteria,
                    verification=reviewed), actor="U1",
     )  # fmt: skip
@@ -446,7 +446,7 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
         store, settings, pricing.id, "Second draft: Acme $10, Globex $12, Initech $9, sourced.", 2
     )
     await review.decide(store, settings, pricing.id, "approve", actor="U2", deliverable_id=second)
-    memo = await store.create_order(
+    memo = await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION, title="Churn memo", verification=reviewed),
         actor="U1",
     )
@@ -455,7 +455,7 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
     rejected = await _deliver(store, settings, memo.id, "Rejected work: churn fell 3 %.", 3)
     await review.decide(store, settings, memo.id, "reject", actor="U2", deliverable_id=rejected)
     # The requester approving their own work is no independent label: left out.
-    own = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    own = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert own.id
     await queue.enqueue(store, settings, own.id, actor="U1")
     mine = await _deliver(store, settings, own.id, "My own work.", 4)

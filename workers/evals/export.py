@@ -13,15 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlmodel import SQLModel, select
-
-import workers.models  # noqa: F401 (registers the tables)
 from workers.evals.cases import Criterion, VerifyCase
 from workers.evals.redact import redact
 from workers.store import Store
 from workers.workorder import Status, WorkOrder, format_order_id
 
-_moves = SQLModel.metadata.tables["transitions"]
 LABELS = {
     Status.APPROVED.value: ("approve", True),
     Status.REJECTED.value: ("reject", False),
@@ -41,19 +37,13 @@ async def export_decisions(
 ) -> Export:
     """The decisions made at or after `since`, oldest first. With `redact_with` (the
     deployment's secrets, possibly none), every text is redacted (workers.evals.redact)."""
-    query = (
-        select(_moves.c.order_id)
-        .where(_moves.c.to_status.in_(list(LABELS)), _moves.c.at >= since)
-        .distinct()
-    )
-    async with store.engine.connect() as conn:
-        order_ids = sorted(row[0] for row in (await conn.execute(query)).all())
+    order_ids = await store.reporting.decided_orders(since, LABELS)
     self_approved = missing = 0
     decided: list[tuple[datetime, VerifyCase]] = []
     for number in order_ids:
-        order = await store.get_order(number)
-        contents = {d.id: d.content for d in await store.deliverables(number)}
-        for event in await store.audit_trail(format_order_id(number)):
+        order = await store.orders.get_order(number)
+        contents = {d.id: d.content for d in await store.runs.deliverables(number)}
+        for event in await store.audit.audit_trail(format_order_id(number)):
             to = event.data.get("to")
             if event.kind != "transition" or to not in LABELS or event.at < since:
                 continue
