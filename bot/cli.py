@@ -135,10 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
 
     from bot.digest_cli import add_parser as add_digest_parser
+    from bot.eval_cli import add_parser as add_eval_parser
     from bot.review_cli import add_parser as add_review_parser
 
     add_digest_parser(sub)
     add_review_parser(sub)
+    add_eval_parser(sub)
 
     show = _command(
         sub,
@@ -253,6 +255,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "show": _show,
         "digest": _digest,
         "review": _review,
+        "eval": _eval,
     }
     try:
         return asyncio.run(handlers[args.command](settings, args))
@@ -518,6 +521,16 @@ async def _review(settings: Settings, args: argparse.Namespace) -> int:
 
     if not await _has_delegate_database(settings):
         return EXIT_FAILED
+    return await run(settings, args)
+
+
+async def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.eval_cli import export, run
+
+    if args.eval_command == "export":
+        if not await _has_delegate_database(settings):
+            return EXIT_FAILED
+        return await export(settings, args)
     return await run(settings, args)
 
 

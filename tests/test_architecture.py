@@ -19,6 +19,7 @@ LAYERS: dict[str, list[str]] = {
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
         "review", "followup", "digest", "chart", "telemetry", "delivery", "transcript",
+        "evals",
     ],
 }  # fmt: skip
 RANK = {module: rank for rank, names in enumerate(LAYERS.values()) for module in names}

@@ -438,6 +438,16 @@ class AuditSettings(_Strict):
     )
 
 
+class EvalSettings(_Strict):
+    max_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_BUDGET_USD,
+        description="`delegate eval`'s budget per run directory; set, it also stands for --yes",
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="eval cases run at once")
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Shipped defaults.yaml, with the file named by DELEGATE_CONFIG merged over it."""
 
@@ -561,6 +571,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="MCP servers whose tools policies may grant, by name"
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -80,6 +80,11 @@ def scrub_secrets(value: Any, secrets: Sequence[str]) -> Any:
     return value
 
 
+def scrub_token_shapes(text: str) -> str:
+    """`text` with every known token and key shape (Slack, Anthropic, OpenAI) replaced."""
+    return _SECRET_SHAPES.sub(REDACTED, text)
+
+
 class _Enrich(logging.Filter):
     """Attach the bound context, drop known noise, and scrub secrets from the message."""
 

@@ -5,14 +5,14 @@ repository the front door and the digest use for them; the modules beside it hol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workers.config import Settings
-from workers.store.reporting import digest_posts, gauges, home, metric_days, metrics
+from workers.store.reporting import decisions, digest_posts, gauges, home, metric_days, metrics
 from workers.store.reporting.digest_posts import Claim
 from workers.store.reporting.gauges import Gauges
 from workers.store.reporting.home import HomeData
@@ -87,6 +87,11 @@ class Reporting:
 
     async def release_digest(self, claimed: Claim) -> None:
         await digest_posts.release(self._engine, claimed)
+
+    # reviewers' decisions, for `delegate eval export`
+    async def decided_orders(self, since: datetime, to: Collection[str]) -> list[int]:
+        """Orders that moved into a state of `to` (a reviewer's decision) since `since`."""
+        return await decisions.decided_orders(self._engine, since, to)
 
     def single_runner(self, name: str) -> AbstractAsyncContextManager[bool]:
         """True inside for the one process that runs the sweep `name` now (PostgreSQL)."""
