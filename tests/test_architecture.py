@@ -115,6 +115,6 @@ def test_the_front_door_never_reaches_the_database_engine() -> None:
         f"{path.relative_to(REPO)} imports {name}"
         for path in _modules("bot")
         for name in _imports(path)
-        if name == "sqlmodel" or name.startswith("sqlalchemy") and name != "sqlalchemy.engine"
+        if name == "sqlmodel" or (name.startswith("sqlalchemy") and name != "sqlalchemy.engine")
     ]
     assert offenders == [] and sql == []
