@@ -479,6 +479,7 @@ def _settle(future: asyncio.Future[str], line: str | None, error: Exception | No
 
 async def _show(settings: Settings, args: argparse.Namespace) -> int:
     from bot.show import render_order
+    from workers.calibration import order_feedback
     from workers.store import Store
     from workers.workorder import format_order_id
 
@@ -499,9 +500,15 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         row = await store.get_row(number)
         deliverables = await store.deliverables(number)
+        rated = await order_feedback(store.engine, [format_order_id(number)])
     finally:
         await store.close()
-    print(render_order(order, row, deliverables, tz=args.tz))
+    feedback = rated.get(format_order_id(number))
+    print(
+        render_order(
+            order, row, deliverables, tz=args.tz, feedback=feedback.tally if feedback else None
+        )
+    )
     return EXIT_OK
 
 

@@ -18,7 +18,8 @@ LAYERS: dict[str, list[str]] = {
     "storage": ["migrate", "store", "sweeps"],
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
-        "review", "followup", "metric_days", "metrics", "digest", "chart", "home_views",
+        "review", "followup", "metric_days", "metrics", "calibration", "digest", "chart",
+        "home_views",
         "telemetry", "delivery", "transcript",
     ],
 }  # fmt: skip

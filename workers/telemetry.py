@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
+from workers import calibration
 from workers.models import WorkOrderRow
 from workers.store.outbox import outbox_figures_query
 from workers.workorder import Status
@@ -135,6 +136,22 @@ MCP_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# Read from the database at scrape time (workers.calibration), over all time: rates are the
+# ratios of these, and their increase over a range is that range's figures.
+VERIFIER_DECISIONS = Gauge(
+    "delegate_verifier_decisions",
+    "Review decisions on verified deliverables, by the verifier's route, workload class and "
+    "how the verifier stood (agreed; false_accept: passed but sent back; false_reject).",
+    ["route", "workload_class", "outcome"],
+    registry=REGISTRY,
+)
+FEEDBACK = Gauge(
+    "delegate_feedback",
+    "Standing feedback presses on deliverables and chat answers, by class, route and rating.",
+    ["workload_class", "route", "rating"],
+    registry=REGISTRY,
+)
+
 
 def record_mcp_call(*, server: str, tool: str, error: str | None, latency_s: float) -> None:
     MCP_CALLS.labels(server, tool).inc()
@@ -189,6 +206,19 @@ async def refresh_from_database(engine: AsyncEngine, *, now: datetime | None = N
     for state in Status:
         ORDERS.labels(state.value).set(counts.get(state.value, 0))
     QUEUE_DEPTH.set(counts.get(Status.QUEUED.value, 0))
+    found = await calibration.lifetime(engine, now)
+    VERIFIER_DECISIONS.clear()  # a route no longer configured stops being reported
+    for r in found.verifier.by_route:
+        for outcome, count in (
+            ("agreed", r.agreed),
+            ("false_accept", r.false_accepts),
+            ("false_reject", r.false_rejects),
+        ):
+            VERIFIER_DECISIONS.labels(r.route, r.workload_class, outcome).set(count)
+    FEEDBACK.clear()
+    for f in found.feedback:
+        FEEDBACK.labels(f.workload_class, f.route, "up").set(f.up)
+        FEEDBACK.labels(f.workload_class, f.route, "down").set(f.down)
     if oldest is None:
         QUEUE_OLDEST_AGE.set(0)
     else:

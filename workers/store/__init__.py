@@ -11,6 +11,7 @@ from __future__ import annotations
 from workers.store.approvals import ApprovalsStore
 from workers.store.audit import AuditStore
 from workers.store.base import OrderRef, as_utc, row_to_order
+from workers.store.feedback import FeedbackStore, Pressed
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Admission, Claim, QueueStore
@@ -24,6 +25,7 @@ __all__ = [
     "Claim",
     "OrderRef",
     "OutboxItem",
+    "Pressed",
     "Store",
     "Undelivered",
     "as_utc",
@@ -40,5 +42,6 @@ class Store(
     AuditStore,
     ApprovalsStore,
     RateLimitsStore,
+    FeedbackStore,
 ):
     """Async data access for work orders, runs, spend, Slack bookkeeping and the audit trail."""
