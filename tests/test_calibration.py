@@ -18,13 +18,16 @@ from bot.ids import APPROVE_ACTION, CHANGES_ACTION, CHANGES_CALLBACK, REJECT_ACT
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
+from tests.support.engine import Harness
 from tests.support.intake import draft, questions
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
 from tests.test_feedback import digest_json, open_home
+from workers.calibration import calibration
 from workers.digest import build_digest
 from workers.metrics import ALL, Period
 from workers.models import utcnow
+from workers.review import decide
 from workers.store import Store
 from workers.workorder import Status
 
@@ -170,3 +173,49 @@ async def test_verifier_agreement_and_clarification_payoff(pipe: Pipeline) -> No
     for outcome, count in (("agreed", 1.0), ("false_accept", 2.0), ("false_reject", 0.0)):
         key = ("delegate_verifier_decisions", frozenset({**labels, "outcome": outcome}.items()))
         assert samples[key] == count
+
+
+def anthropic_verdicts(*passed: bool) -> Reply:
+    """The verifier's answer where every role is routed to Anthropic first (the harness)."""
+    return Reply.tool(
+        "record_verdicts",
+        {
+            "verdicts": [
+                {"index": i, "passed": p, "reason": "ok" if p else "no source"}
+                for i, p in enumerate(passed, 1)
+            ]
+        },
+    )
+
+
+async def test_false_rejects_and_unchecked_deliverables(harness: Harness) -> None:
+    """A reviewer approving what the verifier failed (after its automatic revision) is a false
+    reject; a decision on an order whose automatic checks are off is not the verifier's."""
+    h = harness
+    checked = await h.order(verification={"automatic_checks": True, "reviewers": ["U2"]})
+    h.anthropic.script(
+        submit("v1"), anthropic_verdicts(True, False), submit("v2"), anthropic_verdicts(True, False)
+    )
+    await h.run_next()
+    await h.run_next()
+    assert (await h.store.get_order(checked.id or "")).status is Status.AWAITING_REVIEW
+    unchecked = await h.order(verification={"automatic_checks": False, "reviewers": ["U2"]})
+    h.anthropic.script(submit("v1 unchecked"))
+    await h.run_next()
+    for order, decision in ((checked, "approve"), (unchecked, "reject")):
+        [*_, latest] = await h.store.deliverables(order.id or "")
+        await decide(
+            h.store, h.settings, order.id or "", decision, actor="U2", deliverable_id=latest.id
+        )
+
+    found = await calibration(h.store.engine, h.settings, ALL, Period.week_of(utcnow()))
+    verifier = found.verifier
+    assert (verifier.decisions, verifier.agreed, verifier.false_accepts) == (1, 0, 0)
+    assert verifier.false_rejects == 1 and verifier.agreement == 0.0
+    [route] = verifier.by_route
+    assert route.route.startswith("anthropic:") and route.false_rejects == 1
+    # Neither order came from an intake dialogue: no clarification figures.
+    assert (found.clarification.asked_decisions, found.clarification.direct_decisions) == (0, 0)
+    # Last week knows nothing of them.
+    before = await calibration(h.store.engine, h.settings, ALL, Period.week_of(utcnow()).previous())
+    assert before.verifier.decisions == 0

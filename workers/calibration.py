@@ -53,6 +53,8 @@ _intake = SQLModel.metadata.tables["intake_sessions"]
 _feedback = SQLModel.metadata.tables["feedback"]
 
 CHAT = "chat"
+# Ids per IN list: far below PostgreSQL's 32,767 bind parameters, for `/metrics`' all-time read.
+_IN_BATCH = 5000
 UNKNOWN_ROUTE = "unknown"
 _SENT_BACK = (Status.REJECTED.value, Status.CHANGES_REQUESTED.value)
 # How long before a chat answer its intake call may have been made (the dialogue's start).
@@ -278,11 +280,14 @@ async def _verifier(conn: AsyncConnection, decisions: list[_Decision]) -> Verifi
     if not shown:
         return VerifierCalibration()
     passed: dict[int, bool] = {}
-    for item, verdicts in await conn.execute(
-        select(_deliverables.c.id, _deliverables.c.verdicts).where(_deliverables.c.id.in_(shown))
-    ):
-        if verdicts:  # None (never checked) or empty: nothing to compare
-            passed[int(item)] = all(bool(v.get("passed")) for v in verdicts)
+    for batch in _batches(shown):
+        for item, verdicts in await conn.execute(
+            select(_deliverables.c.id, _deliverables.c.verdicts).where(
+                _deliverables.c.id.in_(batch)
+            )
+        ):
+            if verdicts:  # None (never checked) or empty: nothing to compare
+                passed[int(item)] = all(bool(v.get("passed")) for v in verdicts)
     routes = await _latest_calls(conn, "verify", {d.order_id for d in decisions})
     tally: dict[tuple[str, str], list[int]] = {}
     total = VerifierCalibration()
@@ -322,21 +327,21 @@ async def _latest_calls(
     conn: AsyncConnection, role: str, order_ids: Collection[int]
 ) -> dict[int, list[tuple[datetime, str]]]:
     """Each order's successful calls of `role`: (when, 'provider:model'), oldest first."""
-    if not order_ids:
-        return {}
-    query = (
-        select(_calls.c.order_id, _calls.c.created_at, _calls.c.provider, _calls.c.model)
-        .where(
-            _calls.c.role == role,
-            _calls.c.outcome == "ok",
-            _calls.c.order_id.in_(list(order_ids)),
-        )
-        .order_by(_calls.c.created_at, _calls.c.id)
-    )
     calls: dict[int, list[tuple[datetime, str]]] = {}
-    for order_id, at, provider, model in await conn.execute(query):
-        calls.setdefault(int(order_id), []).append((as_utc(at) or at, f"{provider}:{model}"))
+    for batch in _batches(order_ids):
+        query = (
+            select(_calls.c.order_id, _calls.c.created_at, _calls.c.provider, _calls.c.model)
+            .where(_calls.c.role == role, _calls.c.outcome == "ok", _calls.c.order_id.in_(batch))
+            .order_by(_calls.c.created_at, _calls.c.id)
+        )
+        for order_id, at, provider, model in await conn.execute(query):
+            calls.setdefault(int(order_id), []).append((as_utc(at) or at, f"{provider}:{model}"))
     return calls
+
+
+def _batches(ids: Iterable[int]) -> list[list[int]]:
+    ordered = sorted(set(ids))
+    return [ordered[i : i + _IN_BATCH] for i in range(0, len(ordered), _IN_BATCH)]
 
 
 def _route_at(calls: dict[int, list[tuple[datetime, str]]], order_id: int, at: datetime) -> str:
@@ -394,21 +399,28 @@ async def _intake_routes(
     conn: AsyncConnection, chats: Iterable[Any]
 ) -> dict[str, list[tuple[datetime, str]]]:
     """The successful intake calls of the people whose chat answers were rated."""
-    people = {str(c[0]) for c in chats}
-    if not people:
-        return {}
-    query = (
-        select(_calls.c.requester, _calls.c.created_at, _calls.c.provider, _calls.c.model)
-        .where(
-            _calls.c.role == "intake",
-            _calls.c.outcome == "ok",
-            _calls.c.requester.in_(people),
-        )
-        .order_by(_calls.c.created_at, _calls.c.id)
-    )
+    chats = list(chats)
+    people = sorted({str(c[0]) for c in chats})
     calls: dict[str, list[tuple[datetime, str]]] = {}
-    for requester, at, provider, model in await conn.execute(query):
-        calls.setdefault(str(requester), []).append((as_utc(at) or at, f"{provider}:{model}"))
+    if not people:
+        return calls
+    # Only the calls of the rated dialogues' span of time.
+    earliest = min(as_utc(c[1]) or c[1] for c in chats) - _CHAT_CALL_SLACK
+    latest = max(as_utc(c[2]) or c[2] for c in chats)
+    for start in range(0, len(people), _IN_BATCH):
+        query = (
+            select(_calls.c.requester, _calls.c.created_at, _calls.c.provider, _calls.c.model)
+            .where(
+                _calls.c.role == "intake",
+                _calls.c.outcome == "ok",
+                _calls.c.requester.in_(people[start : start + _IN_BATCH]),
+                _calls.c.created_at >= earliest,
+                _calls.c.created_at <= latest,
+            )
+            .order_by(_calls.c.created_at, _calls.c.id)
+        )
+        for requester, at, provider, model in await conn.execute(query):
+            calls.setdefault(str(requester), []).append((as_utc(at) or at, f"{provider}:{model}"))
     return calls
 
 
@@ -430,18 +442,18 @@ async def order_feedback(
         _feedback.c.deliverable_id,
         _feedback.c.updated_at,
     ).where(_feedback.c.order_id.is_not(None))
-    if order_ids is not None:
-        numbers = [parse_order_id(o) for o in order_ids]
-        if not numbers:
-            return {}
-        query = query.where(_feedback.c.order_id.in_(numbers))
     if since is not None:
         query = query.where(_feedback.c.updated_at >= since)
     query = query.order_by(_feedback.c.order_id, _feedback.c.updated_at, _feedback.c.id)
+    queries = [query]
+    if order_ids is not None:
+        numbers = [parse_order_id(o) for o in order_ids]
+        queries = [query.where(_feedback.c.order_id.in_(batch)) for batch in _batches(numbers)]
     ratings: dict[str, list[Rating]] = {}
     async with metric_days.reading_figures(engine) as conn:
-        for number, user, rating, deliverable, at in await conn.execute(query):
-            ratings.setdefault(format_order_id(int(number)), []).append(
-                Rating(str(user), str(rating), deliverable, as_utc(at) or at)
-            )
+        for each in queries:
+            for number, user, rating, deliverable, at in await conn.execute(each):
+                ratings.setdefault(format_order_id(int(number)), []).append(
+                    Rating(str(user), str(rating), deliverable, as_utc(at) or at)
+                )
     return {order: OrderFeedback(order, tuple(items)) for order, items in ratings.items()}
