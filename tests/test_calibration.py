@@ -24,7 +24,7 @@ from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
 from tests.test_feedback import digest_json, open_home
 from workers.calibration import calibration
-from workers.digest import build_digest
+from workers.digest import build_digest, render_markdown
 from workers.metrics import ALL, Period
 from workers.models import utcnow
 from workers.review import decide
@@ -161,6 +161,9 @@ async def test_verifier_agreement_and_clarification_payoff(pipe: Pipeline) -> No
     assert "Verifier agreed with reviewers*\\n33 % of 3" in posted
     assert "Rework: intake asked / drafted at once*\\n50 % / 0 %" in posted
     assert f"standard x {route} 33 % of 3, 2 passed but sent back" in posted
+    markdown = render_markdown(digest)
+    assert "## Verifier against reviewers (class x route)" in markdown
+    assert f"- standard x {route}: agreed on 33 % of 3 decisions, 2 passed but sent back" in markdown
 
     # The lead's App Home shows this week's calibration.
     home = await open_home(bot, pipe.slack, "ULEAD")
