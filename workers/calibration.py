@@ -18,8 +18,8 @@ workers.metrics and workers.metric_days), read from the rows themselves:
   decisions, as workers.metrics counts it) of orders whose intake dialogue asked questions
   (`intake_sessions.rounds` > 0) against orders drafted at once. Orders that came from no
   dialogue (the modal, the console's direct form) are in neither.
-- **Feedback.** Presses standing at the end of the period whose latest press fell in it, per
-  workload class and route: an order's deliverable under its execute route (the order's latest
+- **Feedback.** Each person's standing press on a subject, counted in the period of their
+  latest press (a changed mind moves it), per workload class and route: an order's deliverable under its execute route (the order's latest
   successful execute call), a chat answer under class `chat` and the intake route that answered.
 
 `order_feedback` is what `delegate show`, App Home and an eval exporter read per order.
@@ -266,7 +266,7 @@ async def _decisions(conn: AsyncConnection, team: str, period: Period) -> list[_
             _Decision(
                 int(order_id),
                 str(to_status),
-                as_utc(at) or at,
+                _utc(at),
                 str(workload),
                 shown if isinstance(shown, int) else None,
                 None if rounds is None else rounds > 0,
@@ -335,8 +335,12 @@ async def _latest_calls(
             .order_by(_calls.c.created_at, _calls.c.id)
         )
         for order_id, at, provider, model in await conn.execute(query):
-            calls.setdefault(int(order_id), []).append((as_utc(at) or at, f"{provider}:{model}"))
+            calls.setdefault(int(order_id), []).append((_utc(at), f"{provider}:{model}"))
     return calls
+
+
+def _utc(value: datetime) -> datetime:
+    return as_utc(value) or value
 
 
 def _batches(ids: Iterable[int]) -> list[list[int]]:
@@ -388,7 +392,7 @@ async def _feedback_counts(
     for requester, created, updated, rating in chats:
         route = UNKNOWN_ROUTE
         for when, name in answered.get(requester, []):
-            if as_utc(created) - _CHAT_CALL_SLACK <= when <= as_utc(updated):  # type: ignore[operator]
+            if _utc(created) - _CHAT_CALL_SLACK <= when <= _utc(updated):
                 route = name
         counts = tally.setdefault((CHAT, route), [0, 0])
         counts[0 if rating == "up" else 1] += 1
@@ -405,8 +409,8 @@ async def _intake_routes(
     if not people:
         return calls
     # Only the calls of the rated dialogues' span of time.
-    earliest = min(as_utc(c[1]) or c[1] for c in chats) - _CHAT_CALL_SLACK
-    latest = max(as_utc(c[2]) or c[2] for c in chats)
+    earliest = min(_utc(c[1]) for c in chats) - _CHAT_CALL_SLACK
+    latest = max(_utc(c[2]) for c in chats)
     for start in range(0, len(people), _IN_BATCH):
         query = (
             select(_calls.c.requester, _calls.c.created_at, _calls.c.provider, _calls.c.model)
@@ -420,7 +424,7 @@ async def _intake_routes(
             .order_by(_calls.c.created_at, _calls.c.id)
         )
         for requester, at, provider, model in await conn.execute(query):
-            calls.setdefault(str(requester), []).append((as_utc(at) or at, f"{provider}:{model}"))
+            calls.setdefault(str(requester), []).append((_utc(at), f"{provider}:{model}"))
     return calls
 
 
@@ -454,6 +458,6 @@ async def order_feedback(
         for each in queries:
             for number, user, rating, deliverable, at in await conn.execute(each):
                 ratings.setdefault(format_order_id(int(number)), []).append(
-                    Rating(str(user), str(rating), deliverable, as_utc(at) or at)
+                    Rating(str(user), str(rating), deliverable, _utc(at))
                 )
     return {order: OrderFeedback(order, tuple(items)) for order, items in ratings.items()}
