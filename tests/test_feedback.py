@@ -23,6 +23,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
+from tests.support.factories import make_order
 from tests.support.intake import chat
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
@@ -270,3 +271,26 @@ async def test_the_fake_slack_checks_feedback_buttons_as_slack_does(
         assert info.value.response["error"] == "invalid_blocks"
         assert detail in " ".join(info.value.response["response_metadata"]["messages"])
     fake_slack.problems.clear()
+
+
+async def test_presses_at_once_by_one_person_leave_one_rating(store: Store) -> None:
+    """Two first presses by the same person racing (a double click, two devices) take turns:
+    one row, the later press standing, never a unique-key error."""
+    order = await store.create_order(make_order(), actor="U1")
+    assert order.id
+    # Two processes' stores on one database, as two `delegate run` would be.
+    other = Store.from_url(store.engine.url.render_as_string(hide_password=False))
+    try:
+        pressed = await asyncio.gather(
+            *(
+                (store, other)[i % 2].record_order_feedback(
+                    order.id, user="U5", rating="up" if i % 3 else "down"
+                )
+                for i in range(20)
+            )
+        )
+    finally:
+        await other.close()
+    assert sum(p.previous is None for p in pressed) == 1
+    found = (await order_feedback(store.engine, [order.id]))[order.id]
+    assert [r.user for r in found.ratings] == ["U5"]
