@@ -19,6 +19,7 @@ from bot.approval_blocks import approval_request_blocks, approval_request_text, 
 from bot.cards import card_text, render_card
 from bot.digest_blocks import digest_blocks, digest_text
 from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
+from bot.feedback import feedback_block
 from bot.home import home_view
 from bot.messages import HELP
 from bot.modals import changes_modal, edit_modal, extend_modal, intake_modal
@@ -26,6 +27,7 @@ from bot.mrkdwn import mention, untrusted
 from bot.review_blocks import decided_blocks, decision_line, review_blocks
 from tests.support.factories import make_order
 from tests.support.inert import live_fields
+from workers.calibration import Calibration, FeedbackCount, RouteAgreement, VerifierCalibration
 from workers.config import Settings
 from workers.digest import Digest
 from workers.home_views import HomeData, Listing, OrderLine
@@ -86,6 +88,19 @@ def hostile_digest() -> Digest:
     return Digest(HOSTILE, Comparison(current, TeamMetrics(team=HOSTILE, period=period)))
 
 
+def hostile_calibrated_digest() -> Digest:
+    """The calibration lines name routes and classes (config and provider names, but shown as
+    outside text all the same)."""
+    digest = hostile_digest()
+    found = Calibration(
+        HOSTILE,
+        digest.week,
+        VerifierCalibration(2, 1, 1, 0, [RouteAgreement(HOSTILE, HOSTILE, 2, 1, 1, 0)]),
+        feedback=[FeedbackCount(HOSTILE, HOSTILE, 1, 1)],
+    )
+    return Digest(digest.team, digest.comparison, calibration=found, previous_calibration=found)
+
+
 def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
     order = hostile_order()
     review = hostile_order(status=Status.AWAITING_REVIEW)
@@ -121,6 +136,8 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
         "approval answered": lambda: decided_line(call),
         "digest text": lambda: digest_text(hostile_digest()),
         "digest blocks": lambda: digest_blocks(hostile_digest()),
+        "digest blocks with calibration": lambda: digest_blocks(hostile_calibrated_digest()),
+        "feedback buttons": lambda: feedback_block("WO-7"),
         "home": lambda: home_view(HomeData(user="U1", orders=lines, reviews=lines)),
         "edit modal": lambda: edit_modal(order, settings, metadata={"order_id": "WO-7"}),
         "edit modal for an admin": lambda: edit_modal(
