@@ -76,17 +76,17 @@ class FeedbackPresses:
                 number = subject.removeprefix(CHAT_SUBJECT)
                 if not (number.isascii() and number.isdigit() and len(number) <= 18):
                     return REFUSED
-                session = await self.store.intake_session_by_id(int(number))
+                session = await self.store.feedback.intake_session_by_id(int(number))
                 if session is None or (channel != session.channel and user != session.requester):
                     return REFUSED
-                await self.store.record_chat_feedback(int(number), user=user, rating=rating)
+                await self.store.feedback.record_chat_feedback(int(number), user=user, rating=rating)
                 return None
-            order = await self.store.get_order(subject)
+            order = await self.store.orders.get_order(subject)
         except (NotFound, ValueError):
             return REFUSED
         if channel != order.channel and not may_view(order, user, self.settings):
             return REFUSED
-        await self.store.record_order_feedback(subject, user=user, rating=rating)
+        await self.store.feedback.record_order_feedback(subject, user=user, rating=rating)
         return None
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from workers.calibration import FeedbackTally
 from workers.models import Deliverable, WorkOrderRow
 from workers.permissions import reviewers_of
 from workers.progress import Spend
+from workers.store.reporting.calibration import FeedbackTally
 from workers.workorder import Status, WorkOrder
 
 

@@ -23,12 +23,11 @@ from tests.support.intake import draft, questions
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
 from tests.test_feedback import digest_json, open_home
-from workers.calibration import calibration
 from workers.digest import build_digest, render_markdown
-from workers.metrics import ALL, Period
 from workers.models import utcnow
 from workers.review import decide
 from workers.store import Store
+from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
 
@@ -156,7 +155,7 @@ async def test_verifier_agreement_and_clarification_payoff(pipe: Pipeline) -> No
     assert data["previous"]["verifier_decisions"] == 0
 
     # The digest as posted in Slack: the figure rows and the per-route line.
-    digest = await build_digest(bot.store.engine, bot.settings, ALL, Period.week_of(utcnow()))
+    digest = await build_digest(bot.store.reporting, bot.settings, ALL, Period.week_of(utcnow()))
     posted = json.dumps(digest_blocks(digest), ensure_ascii=False)
     assert "Verifier agreed with reviewers*\\n33 % of 3" in posted
     assert "Rework: intake asked / drafted at once*\\n50 % / 0 %" in posted
@@ -201,17 +200,17 @@ async def test_false_rejects_and_unchecked_deliverables(harness: Harness) -> Non
     )
     await h.run_next()
     await h.run_next()
-    assert (await h.store.get_order(checked.id or "")).status is Status.AWAITING_REVIEW
+    assert (await h.store.orders.get_order(checked.id or "")).status is Status.AWAITING_REVIEW
     unchecked = await h.order(verification={"automatic_checks": False, "reviewers": ["U2"]})
     h.anthropic.script(submit("v1 unchecked"))
     await h.run_next()
     for order, decision in ((checked, "approve"), (unchecked, "reject")):
-        [*_, latest] = await h.store.deliverables(order.id or "")
+        [*_, latest] = await h.store.runs.deliverables(order.id or "")
         await decide(
             h.store, h.settings, order.id or "", decision, actor="U2", deliverable_id=latest.id
         )
 
-    found = await calibration(h.store.engine, h.settings, ALL, Period.week_of(utcnow()))
+    found = await h.store.reporting.calibration(h.settings, ALL, Period.week_of(utcnow()))
     verifier = found.verifier
     assert (verifier.decisions, verifier.agreed, verifier.false_accepts) == (1, 0, 0)
     assert verifier.false_rejects == 1 and verifier.agreement == 0.0
@@ -220,5 +219,6 @@ async def test_false_rejects_and_unchecked_deliverables(harness: Harness) -> Non
     # Neither order came from an intake dialogue: no clarification figures.
     assert (found.clarification.asked_decisions, found.clarification.direct_decisions) == (0, 0)
     # Last week knows nothing of them.
-    before = await calibration(h.store.engine, h.settings, ALL, Period.week_of(utcnow()).previous())
+    last_week = Period.week_of(utcnow()).previous()
+    before = await h.store.reporting.calibration(h.settings, ALL, last_week)
     assert before.verifier.decisions == 0

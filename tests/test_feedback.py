@@ -28,10 +28,10 @@ from tests.support.intake import chat
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
 from tests.support.waiting import eventually
-from workers.calibration import OrderFeedback, order_feedback
-from workers.metrics import Period
 from workers.models import utcnow
 from workers.store import Store
+from workers.store.reporting.calibration import OrderFeedback
+from workers.store.reporting.metrics import Period
 from workers.workorder import Status
 
 DELEGATE = Path(sys.executable).with_name("delegate")
@@ -84,7 +84,7 @@ async def press(
 
 
 async def ratings(store: Store, order_id: str) -> dict[str, str]:
-    found = (await order_feedback(store.engine, [order_id])).get(order_id)
+    found = (await store.reporting.order_feedback([order_id])).get(order_id)
     return {r.user: r.rating for r in (found or OrderFeedback(order_id)).ratings}
 
 
@@ -145,9 +145,9 @@ async def test_presses_are_stored_replaced_refused_and_shown(pipe: Pipeline) -> 
     await until_rated(store, order_id, {"U5": "down"})
     await press(bot, f"{order_id}:up", "U6")
     await until_rated(store, order_id, {"U5": "down", "U6": "up"})
-    rated = (await order_feedback(store.engine, [order_id]))[order_id]
+    rated = (await store.reporting.order_feedback([order_id]))[order_id]
     assert rated.tally.label == "👍 1 · 👎 1"
-    [latest] = (await store.deliverables(order_id))[-1:]
+    [latest] = (await store.runs.deliverables(order_id))[-1:]
     assert {r.deliverable_id for r in rated.ratings} == {latest.id}, "the version they saw"
 
     # Someone elsewhere, not on the order, pressing a forged value: refused, to them only.
@@ -220,7 +220,7 @@ async def test_a_chat_answer_carries_feedback_counted_under_chat(
     mention = bot.sender.app_mention("<@UBOT> what is EBITDA?", channel="C1")
     assert (await bot.sender.event(mention))[0] == 200
     [answer] = await fake_slack.wait_for("chat.postMessage")
-    session = await bot.store.intake_session("C1", mention["ts"])
+    session = await bot.store.slack.intake_session("C1", mention["ts"])
     assert session is not None and session.id is not None
     subject = f"chat-{session.id}"
     assert feedback_values(answer.args) == [f"{subject}:up", f"{subject}:down"]
@@ -276,14 +276,14 @@ async def test_the_fake_slack_checks_feedback_buttons_as_slack_does(
 async def test_presses_at_once_by_one_person_leave_one_rating(store: Store) -> None:
     """Two first presses by the same person racing (a double click, two devices) take turns:
     one row, the later press standing, never a unique-key error."""
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
     # Two processes' stores on one database, as two `delegate run` would be.
     other = Store.from_url(store.engine.url.render_as_string(hide_password=False))
     try:
         pressed = await asyncio.gather(
             *(
-                (store, other)[i % 2].record_order_feedback(
+                (store, other)[i % 2].feedback.record_order_feedback(
                     order.id, user="U5", rating="up" if i % 3 else "down"
                 )
                 for i in range(20)
@@ -292,5 +292,5 @@ async def test_presses_at_once_by_one_person_leave_one_rating(store: Store) -> N
     finally:
         await other.close()
     assert sum(p.previous is None for p in pressed) == 1
-    found = (await order_feedback(store.engine, [order.id]))[order.id]
+    found = (await store.reporting.order_feedback([order.id]))[order.id]
     assert [r.user for r in found.ratings] == ["U5"]

@@ -27,12 +27,17 @@ from bot.mrkdwn import mention, untrusted
 from bot.review_blocks import decided_blocks, decision_line, review_blocks
 from tests.support.factories import make_order
 from tests.support.inert import live_fields
-from workers.calibration import Calibration, FeedbackCount, RouteAgreement, VerifierCalibration
 from workers.config import Settings
 from workers.digest import Digest
-from workers.home_views import HomeData, Listing, OrderLine
-from workers.metrics import Comparison, Period, PersonCount, TeamMetrics
 from workers.progress import ApprovalRequest, DomainRequest, RunResult
+from workers.store.reporting.calibration import (
+    Calibration,
+    FeedbackCount,
+    RouteAgreement,
+    VerifierCalibration,
+)
+from workers.store.reporting.home import HomeData, Listing, OrderLine
+from workers.store.reporting.metrics import Comparison, Period, PersonCount, TeamMetrics
 from workers.workorder import Status, Verification, WorkOrder
 
 HOSTILE_TOKENS = [

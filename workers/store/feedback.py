@@ -1,5 +1,5 @@
 """Feedback presses (Slack's thumbs up / down): one row per person and subject, the latest press
-standing. Reading them for reports is workers.calibration's job."""
+standing. Reading them for reports is workers.store.reporting.calibration's job."""
 
 from __future__ import annotations
 

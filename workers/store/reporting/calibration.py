@@ -2,7 +2,7 @@
 feedback people give with Slack's thumbs.
 
 Every reporting query of these figures is in this one module (the leads' other figures are in
-workers.metrics and workers.metric_days), read from the rows themselves:
+`metrics` and `metric_days` beside it), read from the rows themselves:
 
 - **Verifier agreement.** Every review decision of the period (a transition out of *awaiting
   review* into approved, rejected or changes requested) is matched with the verifier's verdicts
@@ -38,10 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel
 
 import workers.models  # noqa: F401 (registers the tables)
-from workers import metric_days
 from workers.config import Settings
-from workers.metrics import ALL, Period, _intake_filter
-from workers.store import as_utc
+from workers.store.base import as_utc
+from workers.store.reporting import metric_days
+from workers.store.reporting.metrics import ALL, Period, _intake_filter
 from workers.workorder import Status, format_order_id, parse_order_id
 
 _moves = SQLModel.metadata.tables["transitions"]
