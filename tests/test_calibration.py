@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from bot.cards import START_ACTION
 from bot.digest_blocks import digest_blocks
@@ -19,6 +20,7 @@ from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.support.engine import Harness
+from tests.support.factories import make_order
 from tests.support.intake import draft, questions
 from tests.support.pipeline import Pipeline, pipeline_for, verdicts
 from tests.support.records import llm_calls
@@ -222,3 +224,14 @@ async def test_false_rejects_and_unchecked_deliverables(harness: Harness) -> Non
     last_week = Period.week_of(utcnow()).previous()
     before = await h.store.reporting.calibration(h.settings, ALL, last_week)
     assert before.verifier.decisions == 0
+
+
+async def test_unreadable_calibration_leaves_the_operational_gauges(store: Store) -> None:
+    """/metrics reads the all-time calibration with the queue and outbox gauges: if it cannot
+    be read (here: its table is gone), those still are, and the calibration is left out."""
+    await store.orders.create_order(make_order(), actor="U1")
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE feedback"))
+    gauges = await store.reporting.gauges()
+    assert gauges.calibration is None
+    assert sum(gauges.orders_by_state.values()) == 1
