@@ -22,7 +22,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import approvals, decisions, home
+from bot import approvals, decisions, feedback, home
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import REPLAY, dedupe_middleware, first_delivery, handled
@@ -131,6 +131,7 @@ def create_app(
     )
 
     approvals.register(app, approvals.Approvals(settings, store=store))
+    feedback.register(app, feedback.FeedbackPresses(settings, store=store))
 
     @app.event("app_mention")
     async def on_mention(

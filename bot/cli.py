@@ -502,9 +502,15 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         row = await store.orders.get_row(number)
         deliverables = await store.runs.deliverables(number)
+        rated = await store.reporting.order_feedback([format_order_id(number)])
     finally:
         await store.close()
-    print(render_order(order, row, deliverables, tz=args.tz))
+    feedback = rated.get(format_order_id(number))
+    print(
+        render_order(
+            order, row, deliverables, tz=args.tz, feedback=feedback.tally if feedback else None
+        )
+    )
     return EXIT_OK
 
 

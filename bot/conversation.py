@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
+from bot.blocks import (
+    MESSAGE_BLOCKS_MAX,
+    MESSAGE_TEXT_MAX,
+    Block,
+    cap_blocks,
+    sections,
+    truncate,
+)
 from bot.cards import card_text, render_card
+from bot.feedback import chat_subject, feedback_block
 from bot.mrkdwn import untrusted
 from workers import queue
 from workers.config import Settings
@@ -141,7 +149,13 @@ class Conversations:
                 "Reply in this thread to try again.",
             )
         elif isinstance(outcome, ChatAnswer):
-            await self._post(msg.channel, msg.thread_ts, untrusted(outcome.text))
+            assert session.id is not None
+            await self._post(
+                msg.channel,
+                msg.thread_ts,
+                untrusted(outcome.text),
+                extra=[feedback_block(chat_subject(session.id))],
+            )
         elif isinstance(outcome, Questions):
             await self._post(
                 msg.channel,
@@ -248,12 +262,16 @@ class Conversations:
         self._tz[user] = (tz, time.monotonic() + TZ_CACHE_S)
         return tz
 
-    async def _post(self, channel: str, thread_ts: str, text: str) -> None:
+    async def _post(
+        self, channel: str, thread_ts: str, text: str, *, extra: list[Block] | None = None
+    ) -> None:
+        extra = extra or []
+        blocks = cap_blocks(sections(text), MESSAGE_BLOCKS_MAX - len(extra)) + extra
         await self.client.chat_postMessage(
             channel=channel,
             thread_ts=thread_ts,
             text=truncate(text, MESSAGE_TEXT_MAX),
-            blocks=cap_blocks(sections(text)),
+            blocks=blocks,
         )
 
     async def _react(self, channel: str, ts: str, name: str) -> None:

@@ -11,7 +11,16 @@ from collections.abc import Mapping
 
 from bot.blocks import Block, cap_blocks, context, fields, header, sections
 from bot.mrkdwn import escape
-from workers.digest import Digest, figure_rows, headlines, money, plural, ranked, route_label
+from workers.digest import (
+    Digest,
+    figure_rows,
+    headlines,
+    money,
+    percent,
+    plural,
+    ranked,
+    route_label,
+)
 
 # Spend lines show the largest few; the rest are summed up in "and N more".
 SPEND_LINES_MAX = 5
@@ -26,6 +35,36 @@ def _spend_line(title: str, items: list[tuple[str, str]]) -> str:
     if len(items) > SPEND_LINES_MAX:
         shown += f" and {len(items) - SPEND_LINES_MAX} more"
     return f"{escape(title)}: {shown}"
+
+
+def _calibration_lines(digest: Digest) -> list[str]:
+    """The verifier against reviewers, and feedback, per workload class and route."""
+    found = digest.calibration
+    if found is None:
+        return []
+    lines = []
+    if found.verifier.by_route:
+        lines.append(
+            _spend_line(
+                "Verifier agreed with reviewers (class x route)",
+                [
+                    (
+                        f"{r.workload_class} x {r.route}",
+                        f"{percent(r.agreement)} of {r.decisions}"
+                        + (f", {r.false_accepts} passed but sent back" if r.false_accepts else ""),
+                    )
+                    for r in found.verifier.by_route
+                ],
+            )
+        )
+    if found.feedback:
+        lines.append(
+            _spend_line(
+                "Feedback (class x route)",
+                [(f"{f.workload_class} x {f.route}", f"👍 {f.up} · 👎 {f.down}") for f in found.feedback],
+            )
+        )
+    return lines
 
 
 def digest_text(digest: Digest) -> str:
@@ -58,6 +97,8 @@ def digest_blocks(digest: Digest, names: Mapping[str, str] | None = None) -> lis
         ]
         if now.spend_micro_usd:
             blocks.append(context("\n".join(spend)))
+        if calibrated := _calibration_lines(digest):
+            blocks.append(context("\n".join(calibrated)))
         people = []
         if now.top_requesters:
             people.append(

@@ -79,6 +79,10 @@ def _spend(line: OrderLine) -> str:
     return f"spent {money(line.spent_micro_usd)} of ${line.order.budget.max_usd:,.2f}"
 
 
+def _feedback(line: OrderLine) -> str:
+    return f" · {line.feedback.label}" if line.feedback is not None else ""
+
+
 def _more(listing: Listing, what: str) -> list[Block]:
     return [context(f"_…and {listing.more} more {what}._")] if listing.more else []
 
@@ -102,7 +106,7 @@ def _review_blocks(reviews: Listing, team_url: str | None) -> list[Block]:
                 shown += "\n" + checklist(item.verdicts, order.acceptance_criteria)
         blocks += sections(
             f"{thread_link(team_url, order)} · {escape(order.title)}\n"
-            f"Requested by {mention(order.requester)} · {_spend(line)}{shown}"
+            f"Requested by {mention(order.requester)} · {_spend(line)}{_feedback(line)}{shown}"
         )
         blocks.append(
             {
@@ -196,7 +200,7 @@ def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
         blocks.append(
             context(
                 f"{thread_link(team_url, order)} · {escape(order.title)} · "
-                f"{state_label(order)} · {_spend(line)}"
+                f"{state_label(order)} · {_spend(line)}{_feedback(line)}"
             )
         )
     return blocks + _more(orders, "(`/delegate list` shows the open ones)")
@@ -205,7 +209,12 @@ def _order_blocks(orders: Listing, team_url: str | None) -> list[Block]:
 def _team_blocks(
     figures: LeadFigures, team_url: str | None, chart: tuple[str, str] | None
 ) -> list[Block]:
-    digest = Digest(figures.team, figures.comparison)
+    digest = Digest(
+        figures.team,
+        figures.comparison,
+        calibration=figures.calibration,
+        previous_calibration=figures.previous_calibration,
+    )
     who = "the whole workspace" if figures.team == metrics.ALL else f"team {figures.team}"
     blocks: list[Block] = [
         {"type": "divider"},

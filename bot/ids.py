@@ -36,6 +36,10 @@ APPROVAL_ONCE_ACTION = "approval_allow_once"
 APPROVAL_ORDER_ACTION = "approval_allow_order"
 APPROVAL_DENY_ACTION = "approval_deny"
 
+# Slack's feedback buttons (👍 / 👎) on deliverables and chat answers; the value names the
+# subject and the rating, `feedback_value(...)`
+FEEDBACK_ACTION = "feedback"
+
 # Modals
 INTAKE_CALLBACK = "intake_modal"
 EDIT_CALLBACK = "edit_order_modal"
@@ -56,3 +60,18 @@ def parse_review_value(value: str) -> tuple[str, int | None]:
     if sep and version.isascii() and version.isdigit() and len(version) <= 18:
         return order_id, int(version)
     return (value, None) if not sep else (order_id, -1)
+
+
+CHAT_SUBJECT = "chat-"
+
+
+def feedback_value(subject: str, rating: str) -> str:
+    """A feedback button's value: 'WO-12:up', or for a chat answer 'chat-7:down' (7 is the
+    intake session that answered)."""
+    return f"{subject}:{rating}"
+
+
+def parse_feedback_value(value: str) -> tuple[str, str] | None:
+    """'WO-12:up' -> ('WO-12', 'up'); None for anything else."""
+    subject, _, rating = value.rpartition(":")
+    return (subject, rating) if subject and rating in ("up", "down") else None

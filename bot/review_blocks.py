@@ -6,6 +6,7 @@ from datetime import datetime
 
 from bot.blocks import Block, button, context, sections, slack_date, truncate
 from bot.cards import mention
+from bot.feedback import feedback_block
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
 from bot.mrkdwn import untrusted
 from workers.keys import deliverable_of
@@ -75,6 +76,8 @@ def review_blocks(
             ],
         }
     )
+    # Anyone who sees the deliverable may rate it; the buttons stay once it is decided.
+    blocks.append(feedback_block(order.id))
     return blocks
 
 

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from workers.models import Deliverable, WorkOrderRow
 from workers.permissions import reviewers_of
 from workers.progress import Spend
+from workers.store.reporting.calibration import FeedbackTally
 from workers.workorder import Status, WorkOrder
 
 
@@ -26,7 +27,12 @@ def _state(order: WorkOrder) -> str:
 
 
 def render_order(
-    order: WorkOrder, row: WorkOrderRow, deliverables: list[Deliverable], *, tz: str
+    order: WorkOrder,
+    row: WorkOrderRow,
+    deliverables: list[Deliverable],
+    *,
+    tz: str,
+    feedback: FeedbackTally | None = None,
 ) -> str:
     spend = Spend.of(row)
     lines = [
@@ -36,6 +42,8 @@ def render_order(
         f"Spend:        {spend.describe()}",
         f"Deadline:     {local_time(order.deadline, tz)}",
     ]
+    if feedback is not None:
+        lines.append(f"Feedback:     {feedback.label}")
     if row.exception_message:
         lines.append(f"Stopped:      {row.exception_kind}: {row.exception_message}")
     if not deliverables:

@@ -19,6 +19,7 @@ from bot.approval_blocks import approval_request_blocks, approval_request_text, 
 from bot.cards import card_text, render_card
 from bot.digest_blocks import digest_blocks, digest_text
 from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
+from bot.feedback import feedback_block
 from bot.home import home_view
 from bot.messages import HELP
 from bot.modals import changes_modal, edit_modal, extend_modal, intake_modal
@@ -29,6 +30,12 @@ from tests.support.inert import live_fields
 from workers.config import Settings
 from workers.digest import Digest
 from workers.progress import ApprovalRequest, DomainRequest, RunResult
+from workers.store.reporting.calibration import (
+    Calibration,
+    FeedbackCount,
+    RouteAgreement,
+    VerifierCalibration,
+)
 from workers.store.reporting.home import HomeData, Listing, OrderLine
 from workers.store.reporting.metrics import Comparison, Period, PersonCount, TeamMetrics
 from workers.workorder import Status, Verification, WorkOrder
@@ -86,6 +93,19 @@ def hostile_digest() -> Digest:
     return Digest(HOSTILE, Comparison(current, TeamMetrics(team=HOSTILE, period=period)))
 
 
+def hostile_calibrated_digest() -> Digest:
+    """The calibration lines name routes and classes (config and provider names, but shown as
+    outside text all the same)."""
+    digest = hostile_digest()
+    found = Calibration(
+        HOSTILE,
+        digest.week,
+        VerifierCalibration(2, 1, 1, 0, [RouteAgreement(HOSTILE, HOSTILE, 2, 1, 1, 0)]),
+        feedback=[FeedbackCount(HOSTILE, HOSTILE, 1, 1)],
+    )
+    return Digest(digest.team, digest.comparison, calibration=found, previous_calibration=found)
+
+
 def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
     order = hostile_order()
     review = hostile_order(status=Status.AWAITING_REVIEW)
@@ -121,6 +141,8 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
         "approval answered": lambda: decided_line(call),
         "digest text": lambda: digest_text(hostile_digest()),
         "digest blocks": lambda: digest_blocks(hostile_digest()),
+        "digest blocks with calibration": lambda: digest_blocks(hostile_calibrated_digest()),
+        "feedback buttons": lambda: feedback_block("WO-7"),
         "home": lambda: home_view(HomeData(user="U1", orders=lines, reviews=lines)),
         "edit modal": lambda: edit_modal(order, settings, metadata={"order_id": "WO-7"}),
         "edit modal for an admin": lambda: edit_modal(

@@ -39,6 +39,7 @@ from apscheduler.triggers.cron import CronTrigger
 from workers.config import DigestSchedule, Settings, schedule_teams
 from workers.models import utcnow
 from workers.store.reporting import Claim, Reporting
+from workers.store.reporting.calibration import Calibration
 from workers.store.reporting.metrics import (
     ALL,
     Comparison,
@@ -62,6 +63,10 @@ class Digest:
     team: str
     comparison: Comparison
     series: list[WeekPoint] = field(default_factory=list)
+    # The verifier against reviewers, clarification's payoff and feedback (workers.store.reporting.calibration),
+    # this week and the week before.
+    calibration: Calibration | None = None
+    previous_calibration: Calibration | None = None
 
     @property
     def week(self) -> Period:
@@ -91,7 +96,9 @@ async def build_digest(
 ) -> Digest:
     comparison = await reporting.compare(settings, team, week)
     series = await reporting.weekly_series(team, week.weeks_back(weeks))
-    return Digest(team, comparison, series)
+    now = await reporting.calibration(settings, team, week)
+    before = await reporting.calibration(settings, team, week.previous())
+    return Digest(team, comparison, series, now, before)
 
 
 def money(micro: int | None) -> str:
@@ -199,6 +206,7 @@ def headlines(digest: Digest) -> list[str]:
             f"{duration(now.cycle_time_p50_s)} (median, p90 {duration(now.cycle_time_p90_s)}); "
             f"reviews answered in {duration(now.review_latency_p50_s)} (median)."
         )
+    lines += calibration_lines(digest.calibration)
     trouble = []
     if now.exceptions:
         by_kind = ranked(now.exceptions)
@@ -215,12 +223,68 @@ def headlines(digest: Digest) -> list[str]:
     return lines
 
 
+def calibration_lines(found: Calibration | None) -> list[str]:
+    """What the verifier's record against reviewers, clarification and feedback say."""
+    if found is None:
+        return []
+    lines = []
+    v, c = found.verifier, found.clarification
+    if v.decisions:
+        line = (
+            f"The verifier agreed with reviewers on {percent(v.agreement)} of "
+            f"{plural(v.decisions, 'decision')}"
+        )
+        if v.false_accepts:
+            line += (
+                f"; it passed {plural(v.false_accepts, 'deliverable')} reviewers sent back"
+            )
+        lines.append(line + ".")
+    if c.asked_decisions and c.direct_decisions:
+        lines.append(
+            f"Rework {percent(c.asked_rework_rate)} on orders whose intake asked questions, "
+            f"{percent(c.direct_rework_rate)} on orders drafted at once."
+        )
+    total = found.feedback_total
+    if total.up or total.down:
+        lines.append(f"Feedback on answers and deliverables: {total.label}.")
+    return lines
+
+
+def calibration_rows(now: Calibration | None, before: Calibration | None) -> list[tuple[str, str, str]]:
+    """(label, this week, last week) for the calibration figures."""
+    if now is None:
+        return []
+
+    def both(fmt: Callable[[Calibration], str]) -> tuple[str, str]:
+        return fmt(now), fmt(before) if before is not None else "n/a"
+
+    rows: list[tuple[str, Callable[[Calibration], str]]] = [
+        (
+            "Verifier agreed with reviewers",
+            lambda c: f"{percent(c.verifier.agreement)} of {c.verifier.decisions}",
+        ),
+        ("Verifier passed, reviewer sent back", lambda c: str(c.verifier.false_accepts)),
+        (
+            "Rework: intake asked / drafted at once",
+            lambda c: f"{percent(c.clarification.asked_rework_rate)} / "
+            f"{percent(c.clarification.direct_rework_rate)}",
+        ),
+        ("Feedback", lambda c: c.feedback_total.label),
+    ]
+    return [(label, *both(fmt)) for label, fmt in rows]
+
+
 def digest_json(digest: Digest) -> dict[str, Any]:
     current = digest.current.as_dict()
+    calibrated = digest.calibration.as_dict() if digest.calibration else {}
     return {
         **current,
+        **calibrated,
         "headlines": headlines(digest),
-        "previous": digest.previous.as_dict(),
+        "previous": {
+            **digest.previous.as_dict(),
+            **(digest.previous_calibration.as_dict() if digest.previous_calibration else {}),
+        },
         "changes": {
             name: (round(value, 6) if isinstance(value, float) else value)
             for name, value in digest.comparison.changes().items()
@@ -254,6 +318,18 @@ def render_markdown(digest: Digest) -> str:
         out += ["", "## Spend by route (role x class -> model)", ""]
         for r in now.spend_by_route:
             out.append(f"- {route_label(r)}: {money(r.micro_usd)} ({plural(r.calls, 'call')})")
+    if digest.calibration and digest.calibration.verifier.by_route:
+        out += ["", "## Verifier against reviewers (class x route)", ""]
+        for agreed in digest.calibration.verifier.by_route:
+            out.append(
+                f"- {agreed.workload_class} x {agreed.route}: agreed on "
+                f"{percent(agreed.agreement)} of {plural(agreed.decisions, 'decision')}, "
+                f"{agreed.false_accepts} passed but sent back"
+            )
+    if digest.calibration and digest.calibration.feedback:
+        out += ["", "## Feedback (class x route)", ""]
+        for f in digest.calibration.feedback:
+            out.append(f"- {f.workload_class} x {f.route}: 👍 {f.up} · 👎 {f.down}")
     if now.exceptions:
         out += ["", "## Exceptions by kind", ""]
         out += [f"- {kind}: {n}" for kind, n in ranked(now.exceptions)]
@@ -314,7 +390,10 @@ def _table_rows(digest: Digest) -> list[tuple[str, str, str]]:
         ),
         ("Time waiting for quota (total)", lambda m: duration(m.quota_wait_total_s)),
     ]
-    return [(label, *both(fmt)) for label, fmt in rows]
+    return [
+        *((label, *both(fmt)) for label, fmt in rows),
+        *calibration_rows(digest.calibration, digest.previous_calibration),
+    ]
 
 
 def figure_rows(digest: Digest) -> list[tuple[str, str, str]]:

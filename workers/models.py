@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -496,6 +497,37 @@ class DeliverableFile(SQLModel, table=True):
     size: int
     sha256: str
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Feedback(SQLModel, table=True):
+    """One person's thumbs up or down (Slack's feedback buttons) on an order's deliverable or
+    on a chat answer (the intake session that answered). One row per person and subject: a
+    second press replaces the first (workers.store.feedback)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("order_id", "user", name="uq_feedback_order_user"),
+        UniqueConstraint("intake_session_id", "user", name="uq_feedback_session_user"),
+        CheckConstraint(
+            "(order_id IS NULL) <> (intake_session_id IS NULL)", name="ck_feedback_one_subject"
+        ),
+        Index("ix_feedback_updated_at", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id")
+    intake_session_id: int | None = Field(default=None, foreign_key="intake_sessions.id")
+    deliverable_id: int | None = Field(
+        default=None, foreign_key="deliverables.id", description="the version the person rated"
+    )
+    user: str
+    rating: str = Field(description="'up' or 'down'")
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
 
 
 class DigestPost(SQLModel, table=True):

@@ -131,6 +131,22 @@ MCP_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# Read from the database at scrape time (workers.store.reporting.calibration), over all time: rates are the
+# ratios of these, and their increase over a range is that range's figures.
+VERIFIER_DECISIONS = Gauge(
+    "delegate_verifier_decisions",
+    "Review decisions on verified deliverables, by the verifier's route, workload class and "
+    "how the verifier stood (agreed; false_accept: passed but sent back; false_reject).",
+    ["route", "workload_class", "outcome"],
+    registry=REGISTRY,
+)
+FEEDBACK = Gauge(
+    "delegate_feedback",
+    "Standing feedback presses on deliverables and chat answers, by class, route and rating.",
+    ["workload_class", "route", "rating"],
+    registry=REGISTRY,
+)
+
 
 def record_mcp_call(*, server: str, tool: str, error: str | None, latency_s: float) -> None:
     MCP_CALLS.labels(server, tool).inc()
@@ -169,6 +185,21 @@ def refresh(gauges: Gauges, *, now: datetime | None = None) -> None:
         ORDERS.labels(state.value).set(gauges.orders_by_state.get(state.value, 0))
     QUEUE_DEPTH.set(gauges.orders_by_state.get(Status.QUEUED.value, 0))
     QUEUE_OLDEST_AGE.set(_age(now, gauges.oldest_queued_at))
+    found = gauges.calibration
+    if found is None:
+        return
+    VERIFIER_DECISIONS.clear()  # a route no longer configured stops being reported
+    for r in found.verifier.by_route:
+        for outcome, count in (
+            ("agreed", r.agreed),
+            ("false_accept", r.false_accepts),
+            ("false_reject", r.false_rejects),
+        ):
+            VERIFIER_DECISIONS.labels(r.route, r.workload_class, outcome).set(count)
+    FEEDBACK.clear()
+    for f in found.feedback:
+        FEEDBACK.labels(f.workload_class, f.route, "up").set(f.up)
+        FEEDBACK.labels(f.workload_class, f.route, "down").set(f.down)
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -964,6 +964,40 @@ def _element_errors(element: object, where: str) -> list[str]:
     return errors
 
 
+def _context_action_errors(element: object, where: str) -> list[str]:
+    """A context_actions element as Slack checks it: the feedback buttons element (both
+    buttons required; plain_text text up to 75, value up to 2000, accessibility_label up to 75)
+    or an icon button."""
+    if not isinstance(element, dict):
+        return [f"[ERROR] must be an object [json-pointer:{where}]"]
+    errors: list[str] = []
+    _too_long(errors, element.get("action_id"), 255, f"{where}/action_id")
+    kind = element.get("type")
+    if kind == "feedback_buttons":
+        for side in ("positive_button", "negative_button"):
+            button = element.get(side)
+            if not isinstance(button, dict):
+                errors.append(f"[ERROR] missing required field: {side} [json-pointer:{where}]")
+                continue
+            errors += _text_errors(button.get("text"), 75, f"{where}/{side}/text", plain_only=True)
+            value = button.get("value")
+            if not isinstance(value, str) or not value:
+                errors.append(f"[ERROR] missing required field: value [json-pointer:{where}/{side}]")
+            _too_long(errors, value, 2000, f"{where}/{side}/value")
+            _too_long(errors, button.get("accessibility_label"), 75, f"{where}/{side}/accessibility_label")
+    elif kind == "icon_button":
+        errors += _text_errors(element.get("text"), 75, f"{where}/text", plain_only=True)
+        if not isinstance(element.get("icon"), str):
+            errors.append(f"[ERROR] missing required field: icon [json-pointer:{where}]")
+        _too_long(errors, element.get("value"), 2000, f"{where}/value")
+    else:
+        errors.append(
+            f"[ERROR] must be feedback_buttons or icon_button, not {kind!r} "
+            f"[json-pointer:{where}/type]"
+        )
+    return errors
+
+
 def _block_errors(blocks: object, limit: int, where: str) -> list[str]:
     if not isinstance(blocks, list):
         return [f"[ERROR] must be an array [json-pointer:{where}]"]
@@ -1010,6 +1044,14 @@ def _block_errors(blocks: object, limit: int, where: str) -> list[str]:
             for k, element in enumerate(elements):
                 if isinstance(element, dict) and element.get("type") in ("plain_text", "mrkdwn"):
                     errors += _text_errors(element, 3000, f"{at}/elements/{k}")
+        elif kind == "context_actions":
+            # docs.slack.dev/reference/block-kit/blocks/context-actions-block: 1 to 5 elements,
+            # each feedback_buttons or icon_button.
+            elements = block.get("elements") or []
+            if not elements or len(elements) > 5:
+                errors.append(f"[ERROR] must hold 1 to 5 items [json-pointer:{at}/elements]")
+            for k, element in enumerate(elements):
+                errors += _context_action_errors(element, f"{at}/elements/{k}")
         elif kind == "input":
             errors += _text_errors(block.get("label"), 2000, f"{at}/label", plain_only=True)
             if "hint" in block:
@@ -1319,8 +1361,12 @@ class SlackSender:
         message: dict[str, Any] | None = None,
         response_url: str | None = None,
         thread_ts: str | None = None,
+        action_type: str = "button",
+        text: str | None = None,
     ) -> dict[str, Any]:
-        """Build a `block_actions` payload for a button click on a bot message."""
+        """Build a `block_actions` payload for a button click on a bot message (`action_type`
+        'feedback_buttons' for a press of Slack's feedback buttons: the pressed side's value and
+        text, as bolt's FeedbackButtonsAction has them)."""
         message_ts = message_ts or self._ids.ts()
         msg = message or {
             "type": "message",
@@ -1356,9 +1402,9 @@ class SlackSender:
                 {
                     "action_id": action_id,
                     "block_id": block_id,
-                    "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                    "text": {"type": "plain_text", "text": text or action_id, "emoji": True},
                     "value": value,
-                    "type": "button",
+                    "type": action_type,
                     "action_ts": self._ids.ts(),
                 }
             ],

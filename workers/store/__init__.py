@@ -4,8 +4,8 @@ transaction as the change itself, so the trail cannot miss a step that happened.
 A `Store` is the composition root of the repositories, one per concern, over one shared
 `Database` (workers.store.base): `orders` (and their transitions), `runs`, `queue` (claims and
 leases), `ledger` (spend and quota), `slack` (Slack bookkeeping), `outbox`, `approvals`,
-`audit`, `rate_limits` and `reporting` (what people read). Callers name the repository they
-use (`store.orders.get_order(...)`), so what a piece of code touches is visible at the call.
+`audit`, `rate_limits`, `feedback` (Slack's 👍 / 👎 presses) and `reporting` (what people
+read). Callers name the repository they use (`store.orders.get_order(...)`), so what a piece of code touches is visible at the call.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from workers.db import create_engine
 from workers.store.approvals import ApprovalsStore
 from workers.store.audit import AuditStore
 from workers.store.base import Database, OrderRef, as_utc, row_to_order
+from workers.store.feedback import FeedbackStore, Pressed
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Admission, Claim, QueueStore
@@ -40,6 +41,7 @@ __all__ = [
     "Claim",
     "OrderRef",
     "OutboxItem",
+    "Pressed",
     "Store",
     "Undelivered",
     "as_utc",
@@ -61,6 +63,7 @@ class Store:
         self.approvals = ApprovalsStore(self.db)
         self.audit = AuditStore(self.db)
         self.rate_limits = RateLimitsStore(self.db)
+        self.feedback = FeedbackStore(self.db)
         self.reporting = Reporting(engine)
 
     @classmethod

@@ -12,7 +12,16 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workers.config import Settings
-from workers.store.reporting import decisions, digest_posts, gauges, home, metric_days, metrics
+from workers.store.reporting import (
+    calibration,
+    decisions,
+    digest_posts,
+    gauges,
+    home,
+    metric_days,
+    metrics,
+)
+from workers.store.reporting.calibration import Calibration, OrderFeedback
 from workers.store.reporting.digest_posts import Claim
 from workers.store.reporting.gauges import Gauges
 from workers.store.reporting.home import HomeData
@@ -47,6 +56,17 @@ class Reporting:
     async def summarise_closed_days(self) -> None:
         """Summarise every closed day not yet summarised (one process at a time)."""
         await metric_days.sweep(self._engine)
+
+    # calibration from production: the verifier against reviewers, clarification, feedback
+    async def calibration(self, settings: Settings, team: str, period: Period) -> Calibration:
+        return await calibration.calibration(self._engine, settings, team, period)
+
+    async def order_feedback(
+        self, order_ids: Collection[str] | None = None, *, since: datetime | None = None
+    ) -> dict[str, OrderFeedback]:
+        """People's standing 👍 / 👎 per order ('WO-42'): for `delegate show`, App Home and
+        eval exporters (calibration.order_feedback)."""
+        return await calibration.order_feedback(self._engine, order_ids, since=since)
 
     # App Home and /metrics
     async def home(self, settings: Settings, user: str, *, now: datetime) -> HomeData:

@@ -3,17 +3,22 @@ queue, the outbox), so that every process reports the same numbers."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from workers.models import WorkOrderRow
 from workers.store.base import as_utc
 from workers.store.outbox import outbox_figures_query
+from workers.store.reporting import calibration
 from workers.workorder import Status
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class Gauges:
     outbox_pending: int
     outbox_oldest_pending_at: datetime | None
     outbox_failed: int
+    calibration: calibration.Calibration | None = None
+    """The verifier against reviewers and feedback, all time (reporting.calibration); None
+    when it could not be read, which leaves the operational gauges above standing."""
 
 
 async def read_gauges(engine: AsyncEngine) -> Gauges:
@@ -50,4 +58,13 @@ async def read_gauges(engine: AsyncEngine) -> Gauges:
         int(pending or 0),
         as_utc(oldest_pending),
         int(failed or 0),
+        await _calibration(engine),
     )
+
+
+async def _calibration(engine: AsyncEngine) -> calibration.Calibration | None:
+    try:
+        return await calibration.lifetime(engine, datetime.now(UTC))
+    except SQLAlchemyError as exc:
+        log.warning("metrics: calibration figures unavailable (%s)", type(exc).__name__)
+        return None

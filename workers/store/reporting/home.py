@@ -26,7 +26,8 @@ from workers.models import Deliverable, DigestPost, OutboxMessage, WorkOrderRow
 from workers.permissions import may_review, reviewers_of
 from workers.states import OPEN
 from workers.store.base import row_to_order
-from workers.store.reporting import metrics
+from workers.store.reporting import calibration, metrics
+from workers.store.reporting.calibration import Calibration, FeedbackTally
 from workers.store.reporting.metrics import Comparison, Period
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
@@ -46,6 +47,8 @@ class OrderLine:
     spent_micro_usd: int
     deliverable: Deliverable | None = None
     """For an order awaiting review: the latest deliverable, the one a decision is about."""
+    feedback: FeedbackTally | None = None
+    """People's thumbs up and down on it (None: nobody has pressed one)."""
 
 
 @dataclass
@@ -72,6 +75,8 @@ class LeadFigures:
     team: str
     comparison: Comparison
     last_digest: DigestLink | None = None
+    calibration: Calibration | None = None
+    previous_calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -202,9 +207,24 @@ async def lead_figures(
 ) -> LeadFigures:
     week = Period.week_of(now, team_timezone(settings, team))
     comparison = await metrics.compare(engine, settings, team, week)
+    now_calibrated = await calibration.calibration(engine, settings, team, week)
+    before = await calibration.calibration(engine, settings, team, week.previous())
     async with session_factory(engine)() as session:
         link = await last_digest(session, team)
-    return LeadFigures(team, comparison, link)
+    return LeadFigures(team, comparison, link, now_calibrated, before)
+
+
+async def with_feedback(engine: AsyncEngine, listing: Listing) -> Listing:
+    """The listing with each order's feedback tally."""
+    ids = [line.order.id for line in listing.items if line.order.id]
+    if not ids:
+        return listing
+    found = await calibration.order_feedback(engine, ids)
+    items = [
+        replace(line, feedback=found[line.order.id].tally) if line.order.id in found else line
+        for line in listing.items
+    ]
+    return Listing(items, listing.total)
 
 
 async def home_data(
@@ -214,6 +234,8 @@ async def home_data(
         orders = await requester_orders(session, user)
         reviews = await awaiting_review(session, user, settings)
         undelivered = await not_delivered(session, user)
+    orders = await with_feedback(engine, orders)
+    reviews = await with_feedback(engine, reviews)
     led = teams_led_by(settings, user)
     teams = [await lead_figures(engine, settings, t, now) for t in led[:TEAMS_LIMIT]]
     return HomeData(user, orders, reviews, teams, max(0, len(led) - TEAMS_LIMIT), undelivered)
