@@ -131,18 +131,20 @@ MCP_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
-# Read from the database at scrape time (workers.store.reporting.calibration), over all time: rates are the
-# ratios of these, and their increase over a range is that range's figures.
+# Read from the database at scrape time (store.reporting.calibration) over the last 30 days, so
+# a scrape's cost stays bounded; rates are the ratios of these.
 VERIFIER_DECISIONS = Gauge(
     "delegate_verifier_decisions",
-    "Review decisions on verified deliverables, by the verifier's route, workload class and "
+    "Review decisions on verified deliverables in the last 30 days, by the verifier's route, "
+    "workload class and "
     "how the verifier stood (agreed; false_accept: passed but sent back; false_reject).",
     ["route", "workload_class", "outcome"],
     registry=REGISTRY,
 )
 FEEDBACK = Gauge(
     "delegate_feedback",
-    "Standing feedback presses on deliverables and chat answers, by class, route and rating.",
+    "Feedback presses on deliverables and chat answers in the last 30 days, by class, route "
+    "and rating.",
     ["workload_class", "route", "rating"],
     registry=REGISTRY,
 )

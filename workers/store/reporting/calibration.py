@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, literal, select
@@ -221,10 +221,13 @@ async def read(
     )
 
 
-async def lifetime(engine: AsyncEngine, now: datetime) -> Calibration:
-    """Everything so far, for `/metrics` (counted from the rows at each scrape)."""
-    start = datetime(2000, 1, 1, tzinfo=UTC)
-    return await calibration(engine, None, ALL, Period("all", start, now + timedelta(days=1)))
+METRICS_WINDOW = timedelta(days=30)
+
+
+async def recent(engine: AsyncEngine, now: datetime) -> Calibration:
+    """The last `METRICS_WINDOW`, for `/metrics`: counted from the rows at each scrape, so the
+    window keeps a scrape's cost bounded however long the history grows."""
+    return await calibration(engine, None, ALL, Period("30d", now - METRICS_WINDOW, now))
 
 
 @dataclass(frozen=True)

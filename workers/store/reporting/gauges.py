@@ -29,7 +29,7 @@ class Gauges:
     outbox_oldest_pending_at: datetime | None
     outbox_failed: int
     calibration: calibration.Calibration | None = None
-    """The verifier against reviewers and feedback, all time (reporting.calibration); None
+    """The verifier against reviewers and feedback, over the last 30 days (reporting.calibration); None
     when it could not be read, which leaves the operational gauges above standing."""
 
 
@@ -64,7 +64,7 @@ async def read_gauges(engine: AsyncEngine) -> Gauges:
 
 async def _calibration(engine: AsyncEngine) -> calibration.Calibration | None:
     try:
-        return await calibration.lifetime(engine, datetime.now(UTC))
+        return await calibration.recent(engine, datetime.now(UTC))
     except SQLAlchemyError as exc:
         log.warning("metrics: calibration figures unavailable (%s)", type(exc).__name__)
         return None
