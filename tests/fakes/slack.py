@@ -23,6 +23,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from slack_sdk.signature import SignatureVerifier
 
+from tests.support.waiting import DEADLINE_S
+
 from . import FakeServer
 
 __all__ = [
@@ -262,7 +264,7 @@ class FakeSlack(FakeServer):
         assert calls, f"no {method} call; saw {[c.method for c in self.calls]}"
         return calls[-1]
 
-    async def wait_for(self, method: str, count: int = 1, *, within: float = 5.0) -> list[Call]:
+    async def wait_for(self, method: str, count: int = 1, *, within: float = DEADLINE_S) -> list[Call]:
         """Wait up to `within` seconds until `count` calls of `method` were answered."""
 
         def answered() -> int:
@@ -271,7 +273,7 @@ class FakeSlack(FakeServer):
         await self.wait_until(lambda: answered() >= count, within=within)
         return self.calls_to(method)
 
-    async def wait_until(self, predicate: Callable[[], bool], *, within: float = 5.0) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], *, within: float = DEADLINE_S) -> None:
         """Wait up to `within` seconds until `predicate()` holds, re-checking on every request."""
         try:
             async with asyncio.timeout(within):

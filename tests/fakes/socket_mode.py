@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 from tests.fakes import FakeServer
 from tests.fakes.slack import FakeSlack
+from tests.support.waiting import DEADLINE_S
 
 APP_TOKEN = "xapp-1-test"
 
@@ -62,7 +63,7 @@ class FakeSocketMode(FakeServer):
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_until(self, predicate: Any, *, within: float = 5.0) -> None:
+    async def wait_until(self, predicate: Any, *, within: float = DEADLINE_S) -> None:
         async with asyncio.timeout(within):
             while not predicate():
                 await self._changed.wait()
