@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import MESSAGE_TEXT_MAX, cap_blocks, sections, truncate
+from bot.blocks import (
+    MARKDOWN_TEXT_MAX,
+    MESSAGE_TEXT_MAX,
+    cap_blocks,
+    markdown_blocks,
+    sections,
+    truncate,
+)
 from bot.cards import card_text, render_card
-from bot.mrkdwn import untrusted
+from bot.mrkdwn import untrusted, untrusted_markdown
 from workers import queue
 from workers.config import Settings
 from workers.dialogue import (
@@ -141,7 +148,7 @@ class Conversations:
                 "Reply in this thread to try again.",
             )
         elif isinstance(outcome, ChatAnswer):
-            await self._post(msg.channel, msg.thread_ts, untrusted(outcome.text))
+            await self._answer(msg.channel, msg.thread_ts, outcome.text)
         elif isinstance(outcome, Questions):
             await self._post(
                 msg.channel,
@@ -254,6 +261,20 @@ class Conversations:
             thread_ts=thread_ts,
             text=truncate(text, MESSAGE_TEXT_MAX),
             blocks=cap_blocks(sections(text)),
+        )
+
+    async def _answer(self, channel: str, thread_ts: str, text: str) -> None:
+        """A chat answer as Markdown, which Slack renders (lists, tables, code); one too long
+        for a markdown block goes as mrkdwn sections, in full."""
+        shown = untrusted_markdown(text)
+        if len(shown) > MARKDOWN_TEXT_MAX:
+            await self._post(channel, thread_ts, untrusted(text))
+            return
+        await self.client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread_ts,
+            text=truncate(untrusted(text), MESSAGE_TEXT_MAX),
+            blocks=markdown_blocks(shown),
         )
 
     async def _react(self, channel: str, ts: str, name: str) -> None:

@@ -32,7 +32,17 @@ from bot.approval_blocks import (
     arguments_filename,
     decided_line,
 )
-from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
+from bot.blocks import (
+    MARKDOWN_TEXT_MAX,
+    MESSAGE_TEXT_MAX,
+    Block,
+    button,
+    cap_blocks,
+    context,
+    markdown_blocks,
+    sections,
+    truncate,
+)
 from bot.cards import STATE_LABELS, mention
 from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
 from bot.domain_blocks import domain_request_blocks, domain_request_text
@@ -46,7 +56,7 @@ from bot.ids import (
     review_value,
 )
 from bot.live_plan import LivePlan
-from bot.mrkdwn import untrusted
+from bot.mrkdwn import untrusted, untrusted_markdown
 from bot.review_blocks import (
     decided_blocks,
     decision_line,
@@ -229,10 +239,16 @@ class SlackReporter:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""
         assert order.id and order.channel
         canvas: Canvas | None = None
-        if len(result.content) <= INLINE_DELIVERABLE_MAX:
-            body = f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n{untrusted(result.content)}"
+        shown = untrusted_markdown(result.content)
+        if len(result.content) <= INLINE_DELIVERABLE_MAX and len(shown) <= MARKDOWN_TEXT_MAX:
+            # The deliverable as Markdown, which Slack renders (a table arrives as a table).
+            head = f"*{order.id} deliverable:* {untrusted(result.summary)}"
             await self.post_once(
-                order, key=result.key, purpose="result", text=body, blocks=sections(body)
+                order,
+                key=result.key,
+                purpose="result",
+                text=truncate(f"{head}\n\n{untrusted(result.content)}", MESSAGE_TEXT_MAX),
+                blocks=[*sections(head), *markdown_blocks(shown)],
             )
         else:
             # A canvas where the workspace allows one, else a file (bot.deliverable_files).

@@ -814,6 +814,32 @@ class FakeSlack(FakeServer):
         if not declared and "assistant:write" in self.scopes:
             self.scopes.remove("assistant:write")
 
+    def stop_pressed(self, channel: str, thread_ts: str, user: str) -> dict[str, Any]:
+        """Someone pressed the session's stop button: Slack stops the app's live streams in the
+        thread and sends this `agent_session_stopped` event (the session status stays as it is:
+        the app sets it)."""
+        stopped = []
+        for message in self.messages.get(channel, []):
+            if message.get("streaming") and message.get("thread_ts") == thread_ts:
+                message["streaming"] = False
+                stopped.append(message["ts"])
+        return {
+            "type": "agent_session_stopped",
+            "channel": channel,
+            "thread_ts": thread_ts,
+            "user": user,
+            "streaming_message_ts": stopped,
+            "event_ts": self._ids.ts(),
+        }
+
+    def streams_in(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The streamed messages of a thread (live or stopped), oldest first."""
+        return [
+            m
+            for m in self.messages.get(channel, [])
+            if "task_display_mode" in m and m.get("thread_ts") == thread_ts
+        ]
+
     def _need(self, *scopes: str) -> None:
         if not set(scopes) <= set(self.scopes):
             raise SlackError("missing_scope")

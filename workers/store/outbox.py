@@ -81,6 +81,7 @@ def status_item(
     phase: str = REST,
     task: str | None = None,
     task_status: str = "in_progress",
+    state_task: bool = False,
 ) -> OutboxItem:
     """The order's status message as it should read now: one row per order, rewritten in place.
 
@@ -99,6 +100,8 @@ def status_item(
     payload["phase"] = phase
     if task:
         payload["task"] = {"title": task[:TASK_TITLE_MAX], "status": task_status}
+        if state_task:
+            payload["task"]["state"] = True
     return OutboxItem("status", status_key(order_id), payload, STATUS, coalesce_s)
 
 
@@ -125,7 +128,11 @@ def merge_plan(old: Mapping[str, Any] | None, new: dict[str, Any]) -> dict[str, 
     if new.get("phase") == RUN and old.get("phase") != RUN:
         stream, plan = stream + 1, []
     task = new.pop("task", None)
-    if task is not None and plan and plan[-1]["title"] == task["title"]:
+    if task is not None and plan and plan[-1]["title"] == task["title"] and (
+        task.get("state") or plan[-1].get("state")
+    ):
+        # A state change and the run's own step that say the same (verifying): one task.
+        # Two tool calls alike stay two tasks.
         plan[-1]["status"] = task["status"]
     elif task is not None:
         ending = "error" if task["status"] == "error" else "complete"
@@ -181,6 +188,7 @@ async def state_status(
         phase=phase,
         task=task,
         task_status=task_status,
+        state_task=True,
     )
     await write_outbox(s, row.id, [item])
 
@@ -192,7 +200,7 @@ STREAMED = frozenset({Status.RUNNING, Status.VERIFYING})
 def _state_task(state: Status, reason: str) -> tuple[str | None, str]:
     """The plan task a state change adds, and its status."""
     if state is Status.RUNNING:
-        return "Reading the thread", "in_progress"
+        return "Reading the request and its thread", "in_progress"
     if state is Status.VERIFYING:
         return STATE_STEPS[Status.VERIFYING], "in_progress"
     if state is Status.WAITING_FOR_REQUESTER:
