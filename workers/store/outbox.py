@@ -213,7 +213,7 @@ def _state_task(state: Status, reason: str) -> tuple[str | None, str]:
     if state is Status.CANCELLED:
         return "Cancelled", "error"
     if state is Status.QUEUED:
-        return "Back in the queue", "pending"
+        return "In the queue", "pending"
     return None, "complete"
 
 
