@@ -11,6 +11,8 @@ status message edited in place). The session status rides on the order's status 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -51,26 +53,48 @@ REFUSALS = frozenset(
 
 SESSIONS, STREAMS = "sessions", "streams"
 
-# Per process: what each workspace (its API URL and token) refused, and each thread's session
-# status as last set, so a status delivery that does not change it costs no call.
-_REFUSED: dict[tuple[str, str], set[str]] = {}
-_SHOWN: dict[tuple[str, str, str, str], str] = {}
+@dataclass
+class Surface:
+    """What this process knows of one Slack client's workspace (kept as long as the client)."""
+
+    refused: set[str] = field(default_factory=set)
+    confirmed: bool = False
+    """A session status was accepted: only then does a run stream its plan (an app not
+    declared an agent keeps its status message, even while Slack cannot be asked)."""
+    shown: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Each thread's session status as last set, so a delivery that does not change it costs
+    no call."""
+    sent: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each stream's task statuses as sent (bot.live_plan), so an append carries what changed."""
+    team_id: str | None = None
+
+
+_SURFACES: WeakKeyDictionary[AsyncWebClient, Surface] = WeakKeyDictionary()
 _SHOWN_MAX = 10_000
 
 
-def _workspace(client: AsyncWebClient) -> tuple[str, str]:
-    return (str(client.base_url), str(client.token or ""))
+def surface(client: AsyncWebClient) -> Surface:
+    """Per process and client (a process keeps its clients): what Slack refused and accepted."""
+    known = _SURFACES.get(client)
+    if known is None:
+        known = _SURFACES[client] = Surface()
+    return known
 
 
 def offered(client: AsyncWebClient, feature: str) -> bool:
-    """Whether Slack has not refused `feature` (SESSIONS, STREAMS) to this process yet."""
-    return feature not in _REFUSED.get(_workspace(client), set())
+    """Whether Slack has not refused `feature` (SESSIONS, STREAMS) to this client yet."""
+    return feature not in surface(client).refused
+
+
+def confirmed(client: AsyncWebClient) -> bool:
+    """Whether this workspace has accepted a session status from this client."""
+    return surface(client).confirmed and offered(client, SESSIONS)
 
 
 def refused(client: AsyncWebClient, feature: str, error: str) -> None:
     if offered(client, feature):
         log.info("Slack refused the agent %s (%s): the thread keeps its status message", feature, error)
-    _REFUSED.setdefault(_workspace(client), set()).add(feature)
+    surface(client).refused.add(feature)
 
 
 def is_refusal(exc: SlackApiError) -> bool:
@@ -90,21 +114,24 @@ def retry_later(exc: SlackApiError) -> RetryLater | None:
 
 def remember(client: AsyncWebClient, order: WorkOrder, status: str) -> None:
     """`status` is the session's status now (set by chat.stopStream's `session_status`)."""
-    if len(_SHOWN) > _SHOWN_MAX:
-        _SHOWN.clear()
-    _SHOWN[(*_workspace(client), order.channel or "", order.thread_ts or "")] = status
+    known = surface(client)
+    known.confirmed = True
+    if len(known.shown) > _SHOWN_MAX:
+        known.shown.clear()
+    known.shown[(order.channel or "", order.thread_ts or "")] = status
 
 
 async def set_session(
     client: AsyncWebClient, order: WorkOrder, status: str, *, force: bool = False
-) -> bool:
+) -> bool | None:
     """Set the order's thread's session to `status` (creating it, titled with the order's
-    title); False when Slack does not offer sessions here. `force` sets it even if this process
-    set the same status last (a stop button press Slack does not undo by itself)."""
+    title): True when it is set, False when Slack does not offer sessions here, None when
+    Slack could not be asked just now (a 429, a 5xx, a timeout: the caller tries again later,
+    after showing the rest). `force` sets it even if this process set the same status last (a
+    stop button press, which Slack does not undo by itself)."""
     if not (order.channel and order.thread_ts) or not offered(client, SESSIONS):
         return False
-    key = (*_workspace(client), order.channel, order.thread_ts)
-    if not force and _SHOWN.get(key) == status:
+    if not force and surface(client).shown.get((order.channel, order.thread_ts)) == status:
         return True
     try:
         await client.agents_sessions_setStatus(
@@ -118,12 +145,14 @@ async def set_session(
         if is_refusal(exc):
             refused(client, SESSIONS, str(exc.response.get("error")))
             return False
-        later = retry_later(exc)
-        if later is not None:
-            raise later from exc
-        # Anything else (a thread Slack does not know as a session): the thread keeps its
+        if retry_later(exc) is not None:
+            return None
+        # Anything else (a thread Slack does not take as a session): the thread keeps its
         # status message; the next status tries again.
         log.warning("agents.sessions.setStatus failed: %s", exc.response.get("error"))
         return False
+    except Exception as exc:  # timeouts, dropped connections: not this status's business
+        log.info("agents.sessions.setStatus did not answer (%s)", type(exc).__name__)
+        return None
     remember(client, order, status)
     return True

@@ -29,11 +29,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.agent_session import (
     SESSIONS,
     STREAMS,
+    confirmed,
     is_refusal,
     offered,
     refused,
     remember,
     retry_later,
+    surface,
 )
 from bot.blocks import Block, sections
 from bot.mrkdwn import untrusted
@@ -50,10 +52,6 @@ LOST = "-"
 CLAIM_S = 60.0
 BUSY_RETRY_S = 5.0
 
-# Per process: the task statuses each stream (by workspace and ts) was sent, so an append
-# carries only what changed. Lost with the process: a restart sends the whole plan once.
-_SENT: dict[tuple[str, str], dict[str, str]] = {}
-_TEAMS: dict[str, str] = {}
 
 
 def stream_key(order_id: str, stream: int) -> str:
@@ -81,7 +79,9 @@ class LivePlan:
         self.owner = owner
 
     def _sent(self, ts: str) -> dict[str, str]:
-        return _SENT.setdefault((str(self.client.base_url), ts), {})
+        """What this process sent the stream `ts` (lost with the process: a restart sends the
+        whole plan once; a task_update with a known id only updates that task)."""
+        return surface(self.client).sent.setdefault(ts, {})
 
     async def show(
         self,
@@ -94,7 +94,7 @@ class LivePlan:
         """Show the plan in the run's stream; False when the status message should show it
         instead (no run streamed yet, streaming refused, the stream lost or already stopped)."""
         stream = int(plan.get("stream") or 0)
-        if not (offered(self.client, SESSIONS) and offered(self.client, STREAMS)):
+        if not (confirmed(self.client) and offered(self.client, STREAMS)):
             return False
         if stream == 0 or not (order.id and order.channel and order.thread_ts):
             return False
@@ -278,8 +278,8 @@ class LivePlan:
         )
 
     async def _team(self) -> str:
-        workspace = str(self.client.base_url)
-        if workspace not in _TEAMS:
+        known = surface(self.client)
+        if known.team_id is None:
             response = await self.client.auth_test()
-            _TEAMS[workspace] = str(response.get("team_id") or "")
-        return _TEAMS[workspace]
+            known.team_id = str(response.get("team_id") or "")
+        return known.team_id

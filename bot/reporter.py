@@ -447,22 +447,25 @@ class SlackReporter:
         # The thread's agent session says where the order stands (nothing where Slack does
         # not offer sessions); a run's steps stream as a live plan where Slack streams.
         session = SESSION_OF.get(order.status)
-        if session is not None:
-            await set_session(self.client, order, session)
+        session_set = await set_session(self.client, order, session) if session else False
         plan = _PLAN.get()
+        shown = False
         if plan is not None and session is not None:
             final = blocks
             if plan.get("phase") != RUN and order.status is Status.AWAITING_REVIEW:
                 final = [*blocks, *await self._review_actions(order)]
-            if await self.live.show(order, plan, blocks=final, session_status=session):
-                self._changed(order)
-                return
-        try:
-            await self._put_status(order, status_key(order.id), text, blocks)
-        except SlackApiError as exc:
-            _raise_retry_later(exc)
-            raise  # the deliverer keeps the status row and tries again (no run waits for it)
+            shown = await self.live.show(order, plan, blocks=final, session_status=session)
+        if not shown:
+            try:
+                await self._put_status(order, status_key(order.id), text, blocks)
+            except SlackApiError as exc:
+                _raise_retry_later(exc)
+                raise  # the deliverer keeps the status row and tries again (no run waits for it)
         self._changed(order)
+        if session_set is None:
+            # Shown, but the session is still to be set: the row goes round again (what it
+            # shows is edited in place, so the thread sees nothing twice).
+            raise RetryLater(5.0, "the agent session status is still to be set")
 
     async def _review_actions(self, order: WorkOrder) -> list[Block]:
         """The review buttons of the latest deliverable, for the end of a run's live plan."""

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import agent_session, live_plan
 from bot.delivery import Deliverer
 from bot.reporter import SlackReporter
 from tests.fakes.slack import FakeSlack
@@ -24,11 +23,8 @@ from workers.workorder import Status, WorkOrder
 
 
 def _deliverer(store: Store, fake_slack: FakeSlack) -> Deliverer:
-    """A new process's deliverer: nothing remembered of what an earlier one sent (a client
-    without retry handlers, so every failure reaches the deliverer at once)."""
-    live_plan._SENT.clear()
-    agent_session._SHOWN.clear()
-    agent_session._REFUSED.clear()
+    """A new process's deliverer: a client of its own, so nothing is remembered of what an
+    earlier one sent (without retry handlers: every failure reaches the deliverer at once)."""
     client = AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
     reporter = SlackReporter(store=store, client=client)
     return Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
