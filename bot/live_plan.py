@@ -37,7 +37,7 @@ from bot.agent_session import (
     retry_later,
     surface,
 )
-from bot.blocks import Block, sections
+from bot.blocks import Block, cap_blocks, sections
 from bot.mrkdwn import untrusted
 from workers.errors import RetryLater
 from workers.keys import status_key
@@ -216,7 +216,7 @@ class LivePlan:
                 channel=order.channel,
                 ts=ts,
                 chunks=task_chunks(tasks),
-                blocks=blocks,
+                blocks=cap_blocks(blocks),  # whatever is cut, never the buttons
                 **extra,
             )
         except SlackApiError as exc:
