@@ -187,7 +187,7 @@ async def queue_orders(
             extra: dict[str, Any] = {"team": team(n)}
             if budget is not None:
                 extra["budget"] = budget(n)
-            created = await store.create_order(
+            created = await store.orders.create_order(
                 make_order(
                     title=f"Bench order {n}",
                     requester=user,

@@ -216,7 +216,7 @@ async def main() -> None:
                 for n in range(args.starts):
                     thread_ts = f"1600000000.{n + 1:06d}"
                     slack.add_message("C2", f"please do task {n}", user="U1", ts=thread_ts)
-                    order = await store.create_order(
+                    order = await store.orders.create_order(
                         make_order(
                             title=f"Bench order {n}",
                             requester="U1",

@@ -270,7 +270,7 @@ async def run_chaos(
         for n in range(config.orders):
             thread_ts = f"1600000000.{n + 1:06d}"  # never one the fake hands out itself
             fake_slack.add_message("C1", f"please do task {n}", user=f"U{n % 7}", ts=thread_ts)
-            created = await store.create_order(
+            created = await store.orders.create_order(
                 make_order(
                     title=f"Chaos order {n}",
                     requester=f"U{n % 7}",
@@ -395,7 +395,7 @@ async def run_chaos(
                 return False
             # ...and the engine knows it: no message is still owed (a post whose answer was
             # lost is found again by its key, not posted twice).
-            return not [m for m in await store.undelivered() if not m.permanent]
+            return not [m for m in await store.outbox.undelivered() if not m.permanent]
 
         async def faults() -> None:
             """The timed faults: a Slack outage, a 429 storm, database connections dropped."""
@@ -566,7 +566,7 @@ def _final_posted(status: Status, number: int, posted: set[str]) -> bool:
 async def _census(store: Store) -> str:
     async with store.transaction() as s:
         rows = (await s.exec(select(WorkOrderRow.status))).all()
-    owed = await store.undelivered()
+    owed = await store.outbox.undelivered()
     states = ", ".join(f"{k} {v}" for k, v in sorted(Counter(rows).items()))
     return f"{states}; messages owed: {len(owed)}" + _some(
         [f"{m.key} (tries {m.attempts}: {m.error})" for m in owed], 3
@@ -648,7 +648,7 @@ async def _check(
             report.unsettled.append(f"{name} {status.value}")
         elif not _final_posted(status, row.id or 0, posted):
             report.lost_finals.append(f"{name} {status.value}")
-        deliverables = await store.deliverables(name)
+        deliverables = await store.runs.deliverables(name)
         if len(deliverables) > 1:
             report.extra_deliverables.append(f"{name} x{len(deliverables)}")
         own = sum(c.cost_micro_usd for c in calls if c.order_id == row.id)
@@ -657,7 +657,7 @@ async def _check(
                 f"{name} spent {row.spent_micro_usd} vs ledger {own}"
             )
         report.reserved_left_micro_usd += row.reserved_micro_usd
-    report.undelivered = len(await store.undelivered())
+    report.undelivered = len(await store.outbox.undelivered())
 
     # Spend: each ok ledger row pays for exactly one response the fake served.
     served = models.served

@@ -35,13 +35,13 @@ from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-from workers import metrics
 from workers.config import load_settings
 from workers.db import create_engine, is_sqlite
 from workers.digest import CHART_WEEKS, build_digest
-from workers.metric_days import summarise_closed_days
-from workers.metrics import ALL, Period
 from workers.migrate import upgrade
+from workers.store.reporting import Reporting, metrics
+from workers.store.reporting.metric_days import summarise_closed_days
+from workers.store.reporting.metrics import ALL, Period
 
 TEAMS = ("growth", "ops", "finance", "default")
 CLASSES = ("quick", "standard", "standard", "deep")
@@ -288,7 +288,7 @@ async def main() -> None:
         year = Period("2025-12-01..2026-11-30", YEAR_START, YEAR_START + timedelta(days=365))
 
         async def digest(team: str) -> None:
-            await build_digest(engine, settings, team, week, weeks=CHART_WEEKS)
+            await build_digest(Reporting(engine), settings, team, week, weeks=CHART_WEEKS)
 
         async def figures() -> None:
             await _timed(

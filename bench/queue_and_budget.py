@@ -93,7 +93,7 @@ class _Statements:
 async def bench_claims(url: str, settings: Settings, *, orders: int, claimers: int) -> None:
     store = Store.from_url(url)
     for n in range(orders):
-        created = await store.create_order(_order(n), actor="bench")
+        created = await store.orders.create_order(_order(n), actor="bench")
         await queue.enqueue(store, settings, created.id or "", actor="bench")
     stores = [Store.from_url(url) for _ in range(claimers)]
     statements = _Statements()
@@ -120,15 +120,15 @@ async def bench_claims(url: str, settings: Settings, *, orders: int, claimers: i
 
 async def bench_reservations(url: str, settings: Settings, *, runs: int, calls: int) -> None:
     store = Store.from_url(url)
-    await store.set_team_quota(
+    await store.ledger.set_team_quota(
         "default", quota_week(utcnow()), quota_micro_usd=usd_to_micro(1_000_000), actor="bench"
     )
     guards = []
     for n in range(runs):
-        created = await store.create_order(_order(n), actor="bench")
+        created = await store.orders.create_order(_order(n), actor="bench")
         guards.append(
             BudgetGuard(
-                store,
+                store.ledger,
                 settings,
                 order_number=int((created.id or "")[3:]),
                 team="default",

@@ -62,7 +62,7 @@ async def _child(out: Path, concurrency: int) -> None:
     from bot.runner import run_workers_only
     from workers import agent, logs, runtime
     from workers.config import load_settings
-    from workers.store import Store
+    from workers.store.queue import QueueStore
 
     settings = load_settings()
     logs.configure(level="WARNING", format="text", secrets=settings.secret_values())
@@ -75,7 +75,7 @@ async def _child(out: Path, concurrency: int) -> None:
     stops: Counter[str] = Counter()
     peak = {"in_flight": 0, "first_claim": 0.0}
 
-    original_check = Store.check_leases
+    original_check = QueueStore.check_leases
     original_start = runtime.Worker._start
     original_finished = runtime.Worker._finished
     original_stop = agent.RunControl.stop
@@ -107,7 +107,7 @@ async def _child(out: Path, concurrency: int) -> None:
         stops[reason] += 1
         original_stop(self, reason)
 
-    Store.check_leases = check  # type: ignore[method-assign]
+    QueueStore.check_leases = check  # type: ignore[method-assign]
     runtime.Worker._start = start  # type: ignore[method-assign]
     runtime.Worker._finished = finished  # type: ignore[method-assign]
     agent.RunControl.stop = stop  # type: ignore[method-assign]

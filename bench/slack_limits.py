@@ -188,7 +188,7 @@ async def main() -> None:
                     )
                     # Then until the engine owes no thread anything (or a minute more).
                     for _ in range(240):
-                        if not [m for m in await store.undelivered() if not m.permanent]:
+                        if not [m for m in await store.outbox.undelivered() if not m.permanent]:
                             break
                         await asyncio.sleep(0.25)
                     delivered = time.monotonic() - started

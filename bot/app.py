@@ -137,7 +137,7 @@ def create_app(
     ) -> None:
         try:
             root = event.get("thread_ts") or event["ts"]
-            if root != event["ts"] and not await store.thread_messages(event["channel"], root):
+            if root != event["ts"] and not await store.slack.thread_messages(event["channel"], root):
                 await _backfill(store, client, event["channel"], root)
             await _remember(store, event)
             text = strip_mention(event.get("text") or "")
@@ -167,14 +167,14 @@ def create_app(
             if event.get("subtype") == "message_deleted":
                 # Deleted in Slack: the stored copy goes too (a no-op for a message never kept).
                 if event.get("channel") and event.get("deleted_ts"):
-                    await store.forget_thread_message(event["channel"], event["deleted_ts"])
+                    await store.slack.forget_thread_message(event["channel"], event["deleted_ts"])
                 return
             if event.get("subtype") == "message_changed":
                 # Edited in Slack: a run reading its thread must see the words as they are now.
                 changed = event.get("message")
                 if event.get("channel") and isinstance(changed, dict) and changed.get("ts"):
                     text = changed.get("text")
-                    await store.edit_thread_message(
+                    await store.slack.edit_thread_message(
                         event["channel"], str(changed["ts"]), text if isinstance(text, str) else ""
                     )
                 return
@@ -188,7 +188,7 @@ def create_app(
                 # Only threads Delegate takes part in (an intake dialogue) are kept and acted
                 # on; other chatter costs one read and no write.
                 thread_ts = event.get("thread_ts")
-                if not thread_ts or await store.intake_session(event["channel"], thread_ts) is None:
+                if not thread_ts or await store.slack.intake_session(event["channel"], thread_ts) is None:
                     return
                 if not await first_delivery(store, body):
                     return
@@ -325,7 +325,7 @@ def create_app(
     ) -> None:
         await ack()
         user = body["user"]["id"]
-        order = await store.get_order(action["value"])
+        order = await store.orders.get_order(action["value"])
         if not may_control(order, user, settings):
             await client.chat_postEphemeral(
                 channel=_channel_of(body),
@@ -345,7 +345,7 @@ def create_app(
         user = body["user"]["id"]
         metadata = json.loads(view.get("private_metadata") or "{}")
         try:
-            order = await store.get_order(str(metadata.get("order_id", "")))
+            order = await store.orders.get_order(str(metadata.get("order_id", "")))
         except (NotFound, ValueError):
             await ack(
                 response_action="errors", errors={"title": "This work order no longer exists."}
@@ -378,7 +378,7 @@ def create_app(
         try:
             # Written before the ack, so that a Start landing since the read above is refused
             # in the modal itself (the write checks the state under the row lock).
-            updated = await store.update_order(
+            updated = await store.orders.update_order(
                 order.id,
                 actor=user,
                 expected=EDITABLE,
@@ -450,7 +450,7 @@ async def _remember(store: Store, event: dict[str, Any]) -> None:
     channel = event.get("channel")
     if not ts or not channel:
         return
-    await store.record_thread_message(
+    await store.slack.record_thread_message(
         channel=channel,
         thread_ts=event.get("thread_ts") or ts,
         ts=ts,

@@ -51,10 +51,10 @@ class Approvals:
         if not value.isascii() or not value.isdigit() or len(value) > 18:
             return False, "That is not a request I know.", None
         try:
-            approval = await self.store.get_approval(int(value))
+            approval = await self.store.approvals.get_approval(int(value))
         except NotFound:
             return False, "That is not a request I know.", None
-        order = await self.store.get_order(approval.order_id)
+        order = await self.store.orders.get_order(approval.order_id)
         if not may_approve(order, user, self.settings):
             return False, self.refusal(order, ApprovalRequest.of(approval)), None
         if approval.kind == "domain" and decision == "order" and is_public_suffix(approval.host):
@@ -63,7 +63,7 @@ class Approvals:
             return False, f"`{host}` is a public suffix: it can only be allowed once.", None
         if approval.decision is None and order.status in TERMINAL:
             return False, f"{order.id} is {STATE_LABELS[order.status].lower()} already.", None
-        decided = await self.store.decide_approval(approval.id or 0, decision, actor=user)
+        decided = await self.store.approvals.decide_approval(approval.id or 0, decision, actor=user)
         line = decided_line(ApprovalRequest.of(decided.approval))
         if not decided.recorded:
             return False, f"Already answered: {line}.", decided.order

@@ -382,11 +382,11 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
                 print(exc, file=sys.stderr)
                 return EXIT_USAGE
         try:
-            await store.get_order(chain) if chain != SYSTEM_CHAIN else None
+            await store.orders.get_order(chain) if chain != SYSTEM_CHAIN else None
         except NotFound as exc:
             print(exc, file=sys.stderr)
             return EXIT_FAILED
-        records = await store.audit_trail(chain)
+        records = await store.audit.audit_trail(chain)
         render = render_json if args.format == "json" else render_markdown
         print(render(chain, records))
         return EXIT_OK
@@ -404,10 +404,10 @@ async def _audit_verify(store: Store, checkpoint_path: Path | None) -> int:
         except CheckpointError as exc:
             print(f"BROKEN checkpoint: {exc}")
             return EXIT_FAILED
-    checked, breaks = await store.verify_audit()
-    chains = len(await store.audit_chains())
+    checked, breaks = await store.audit.verify_audit()
+    chains = len(await store.audit.audit_chains())
     if checkpoint is not None:
-        breaks += await store.below_checkpoint(checkpoint)
+        breaks += await store.audit.below_checkpoint(checkpoint)
     if breaks:
         for broken in breaks:
             print(f"BROKEN {broken}")
@@ -424,7 +424,7 @@ async def _audit_checkpoint(store: Store, path: Path | None) -> int:
     if path is None:
         print("delegate: say where: --to PATH, or set audit.checkpoint_path", file=sys.stderr)
         return EXIT_USAGE
-    checkpoint = await store.audit_checkpoint()
+    checkpoint = await store.audit.audit_checkpoint()
     try:
         written = append_checkpoint(path, checkpoint)
     except OSError as exc:
@@ -493,12 +493,12 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:
     store = Store.for_settings(settings)
     try:
         try:
-            order = await store.get_order(number)
+            order = await store.orders.get_order(number)
         except NotFound:
             print(f"delegate: there is no work order {format_order_id(number)}", file=sys.stderr)
             return EXIT_FAILED
-        row = await store.get_row(number)
-        deliverables = await store.deliverables(number)
+        row = await store.orders.get_row(number)
+        deliverables = await store.runs.deliverables(number)
     finally:
         await store.close()
     print(render_order(order, row, deliverables, tz=args.tz))
@@ -524,13 +524,12 @@ async def _review(settings: Settings, args: argparse.Namespace) -> int:
 async def _console(settings: Settings, args: argparse.Namespace) -> int:
     from bot.console import Console
     from workers.intake import IntakeEngine
-    from workers.migrate import upgrade
     from workers.providers import ModelRouter
     from workers.store import Store
 
     store = Store.for_settings(settings)
     try:
-        await upgrade(store.engine)
+        await store.upgrade()
         engine = IntakeEngine(settings, ModelRouter.from_settings(settings, store))
         # Bytes that are not UTF-8 become U+FFFD instead of a UnicodeDecodeError.
         sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]

@@ -62,7 +62,7 @@ class Commands:
             await self._new_request(text, user=user, channel=channel, respond=respond)
 
     async def _list(self, user: str) -> str:
-        orders = await self.store.list_orders(requester=user, statuses=OPEN, limit=20)
+        orders = await self.store.orders.list_orders(requester=user, statuses=OPEN, limit=20)
         if not orders:
             return "You have no open work orders. Mention me or use `/delegate <request>` to start one."
         lines = [f"• *{o.id}* · {untrusted(o.title)} · {state_label(o)}" for o in orders]
@@ -78,7 +78,7 @@ class Commands:
         # Someone else's order reads like a missing one: no state, no requester.
         unknown = f"{order_id} was not found, or is not yours."
         try:
-            order = await self.store.get_order(order_id)
+            order = await self.store.orders.get_order(order_id)
         except NotFound:
             return unknown
         may = may_control if verb == "cancel" else may_view
@@ -93,7 +93,7 @@ class Commands:
 
     async def _status_text(self, order: WorkOrder) -> str:
         assert order.id
-        spend = await self.store.spend(order.id)
+        spend = await self.store.ledger.spend(order.id)
         return (
             f"*{order.id}* · {untrusted(order.title)}\n"
             f"State: *{state_label(order)}*\n"

@@ -122,7 +122,7 @@ class Conversations:
         if normalise_reply(msg.text) in CANCEL_WORDS:
             await self.cancel(order_id, user=msg.user, channel=msg.channel)
             return
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if order.status in TAKES_REPLIES:
             with contextlib.suppress(OrderMoved):  # it finished since: nothing reads replies now
                 await queue.resume_with_reply(
@@ -184,7 +184,7 @@ class Conversations:
             open_points = await self.dialogue.open_points(order.id)
         blocks = render_card(order, self.settings, open_points=open_points, note=note)
         key = card_key(order.id)
-        posted = await self.store.slack_message(key)
+        posted = await self.store.slack.slack_message(key)
         if posted is not None and posted.ts:
             await self.client.chat_update(
                 channel=posted.channel, ts=posted.ts, text=card_text(order), blocks=blocks
@@ -193,7 +193,7 @@ class Conversations:
         response = await self.client.chat_postMessage(
             channel=order.channel, thread_ts=order.thread_ts, text=card_text(order), blocks=blocks
         )
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=key,
             purpose="card",
             channel=str(response["channel"]),
@@ -204,7 +204,7 @@ class Conversations:
     # Controls (buttons, slash commands and thread replies all end up here)
 
     async def start(self, order_id: str, *, user: str, channel: str) -> WorkOrder | None:
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if not await self._authorised(order, user, channel, "start"):
             return None
         try:
@@ -217,7 +217,7 @@ class Conversations:
         return order
 
     async def cancel(self, order_id: str, *, user: str, channel: str) -> WorkOrder | None:
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if not await self._authorised(order, user, channel, "cancel"):
             return None
         if order.status in TERMINAL:

@@ -84,7 +84,7 @@ class Decisions:
         or App Home) showed. A click on a prompt for an earlier deliverable, or one that names
         none, is refused (checked under the lock that decides)."""
         order_id, shown = parse_review_value(value)
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if not may_review(order, user, self.settings):
             return reviewer_refusal(order)
         if shown is None:
@@ -114,7 +114,7 @@ class Decisions:
         """The cheap part of `decide` (reads only), to answer in a modal before its ack: why
         `user` cannot decide on this prompt, or None. `decide` checks again under the lock."""
         order_id, _ = parse_review_value(value)
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if not may_review(order, user, self.settings):
             return reviewer_refusal(order)
         return await self.check_current(value)
@@ -123,18 +123,18 @@ class Decisions:
         """None if `value` names the order's latest deliverable, else the refusal (before a
         modal opens; the decision itself checks again under the lock)."""
         order_id, shown = parse_review_value(value)
-        deliverables = await self.store.deliverables(order_id)
+        deliverables = await self.store.runs.deliverables(order_id)
         current = deliverables[-1].id if deliverables else None
         if shown == current:
             return None
-        return await self.outdated_refusal(await self.store.get_order(order_id), current)
+        return await self.outdated_refusal(await self.store.orders.get_order(order_id), current)
 
     async def outdated_refusal(self, order: WorkOrder, current: int | None) -> str:
         """The prompt clicked shows an earlier deliverable: say so, and link the current one."""
         assert order.id
         where = "the latest review prompt in the thread"
         posted = (
-            await self.store.slack_message(review_key(result_key(order.id, current)))
+            await self.store.slack.slack_message(review_key(result_key(order.id, current)))
             if current is not None
             else None
         )
@@ -176,7 +176,7 @@ class Decisions:
         minutes: int | None = None,
     ) -> tuple[WorkOrder | None, str]:
         """Extend, Retry or Cancel; returns the order (None if refused) and a line describing it."""
-        order = await self.store.get_order(order_id)
+        order = await self.store.orders.get_order(order_id)
         if not may_handle_exception(order, user, self.settings):
             return (
                 None,
@@ -237,7 +237,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         client: AsyncWebClient, body: dict[str, Any], action: dict[str, Any], may: Any, refusal: Any
     ) -> WorkOrder | None:
         """The clicked order if the user may act on it; otherwise say why not."""
-        order = await decisions.store.get_order(parse_review_value(action["value"])[0])
+        order = await decisions.store.orders.get_order(parse_review_value(action["value"])[0])
         if may(order, body["user"]["id"], settings):
             return order
         await refuse(client, body, refusal(order))
@@ -353,7 +353,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], client: AsyncWebClient
     ) -> None:
         metadata = json.loads(view.get("private_metadata") or "{}")
-        order = await decisions.store.get_order(str(metadata.get("order_id")))
+        order = await decisions.store.orders.get_order(str(metadata.get("order_id")))
         values = view["state"]["values"]
         usd, minutes, errors = parse_extend(values, order, max_usd=settings.max_order_usd)
         if errors:

@@ -62,7 +62,7 @@ async def first_delivery(store: Store, body: dict[str, Any]) -> bool:
     """Record an Events API delivery now (for events the middleware was told to `defer`); False
     if it was seen before and must be dropped."""
     key = delivery_key(body, {})
-    if key is None or await store.mark_event_seen(key, kind="message", body=body):
+    if key is None or await store.slack.mark_event_seen(key, kind="message", body=body):
         return True
     log.info("duplicate delivery dropped event_id=%s kind=message", key)
     return False
@@ -89,7 +89,7 @@ def dedupe_middleware(
             event = req.body.get("event")
             kind = str(event.get("type", "")) if isinstance(event, dict) else "request"
             keep = req.body if kind in RECOVERABLE else None
-            if not await store.mark_event_seen(key, kind=kind, body=keep):
+            if not await store.slack.mark_event_seen(key, kind=kind, body=keep):
                 log.info("duplicate delivery dropped event_id=%s kind=%s", key, kind)
                 return BoltResponse(status=200, body="")
         return await next()
@@ -101,7 +101,7 @@ async def handled(store: Store, body: dict[str, Any]) -> None:
     """The listener is done with this delivery (however it ended, short of the process dying)."""
     key = delivery_key(body, {})
     if key is not None:
-        await store.event_handled(key)
+        await store.slack.event_handled(key)
 
 
 def replayable(body: dict[str, Any]) -> bool:
@@ -121,7 +121,7 @@ async def recover_unhandled(
 ) -> int:
     """Replay the deliveries a dead process left unhandled through the app's listeners; how
     many were replayed. Safe on every process at once: each delivery is taken by one."""
-    taken = await store.claim_unhandled_events(
+    taken = await store.slack.claim_unhandled_events(
         started_before=utcnow() - older_than, max_attempts=MAX_ATTEMPTS
     )
     replayed = 0
@@ -131,7 +131,7 @@ async def recover_unhandled(
             log.warning(
                 "a stored Slack delivery is not an event: not replayed event_id=%s", event_id
             )
-            await store.event_handled(event_id)
+            await store.slack.event_handled(event_id)
             continue
         log.warning("replaying a Slack delivery left unhandled event_id=%s", event_id)
         # Socket Mode requests are not signature-checked: this one comes from our database.

@@ -59,7 +59,7 @@ async def upload_files(reporter: SlackReporter, order: WorkOrder, result: RunRes
     deliverable = deliverable_of(result.key)
     if not result.files or deliverable is None:
         return
-    stored = {f.id: f for f in await reporter.store.deliverable_files(deliverable)}
+    stored = {f.id: f for f in await reporter.store.runs.deliverable_files(deliverable)}
     for entry in result.files:
         row = stored.get(int(entry.get("id") or 0))
         if row is None:
@@ -87,7 +87,7 @@ async def canvas_once(
     assert order.id and order.channel
     key = canvas_key(result.key)
     store = reporter.store
-    state, existing = await store.claim_slack_message(
+    state, existing = await store.slack.claim_slack_message(
         key=key,
         purpose="canvas",
         channel=order.channel,
@@ -112,7 +112,7 @@ async def canvas_once(
             )
         except SlackApiError as exc:
             if is_transient(exc):
-                await store.release_slack_message(key, reporter.owner)
+                await store.slack.release_slack_message(key, reporter.owner)
                 raise
             # Canvases off for the workspace or the plan, or the scope not granted: a file.
             log.info(
@@ -120,12 +120,12 @@ async def canvas_once(
                 exc.response.get("error"),
                 extra={"order": order.id},
             )
-            await store.save_slack_message(
+            await store.slack.save_slack_message(
                 key=key, purpose="canvas", channel=order.channel, ts=NO_CANVAS, order=order.id
             )
             return None
         canvas_id = str(response["canvas_id"])
-        await store.save_slack_message(
+        await store.slack.save_slack_message(
             key=key, purpose="canvas", channel=order.channel, ts=canvas_id, order=order.id
         )
     canvas = Canvas(canvas_id, await _shared_link(reporter, order, canvas_id))

@@ -119,7 +119,7 @@ class Deliverer:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
-                if await self.store.problem(SLACK) is not None:
+                if await self.store.outbox.problem(SLACK) is not None:
                     if loop.time() >= next_auth_check:
                         next_auth_check = loop.time() + self.auth_recheck_s
                         await self.check_token()
@@ -140,21 +140,21 @@ class Deliverer:
         except SlackApiError as exc:
             error = str(exc.response.get("error") or "")
             if error in AUTH_ERRORS:
-                await self.store.report_problem(SLACK, slack_problem(error))
+                await self.store.outbox.report_problem(SLACK, slack_problem(error))
                 return False
             log.warning("auth.test failed (%s); will check again", error)
             return False
         except Exception as exc:  # Slack unreachable: says nothing about the token
             log.warning("auth.test failed (%s); will check again", type(exc).__name__)
             return False
-        if await self.store.problem(SLACK) is not None:
+        if await self.store.outbox.problem(SLACK) is not None:
             log.info("Slack accepts the bot token again: resuming delivery and claiming")
-            await self.store.clear_problem(SLACK)
+            await self.store.outbox.clear_problem(SLACK)
         return True
 
     async def deliver_due(self) -> int:
         """Claim and send what is due now, each order's message concurrently; how many."""
-        messages = await self.store.claim_outbox(self.owner, limit=self.batch, claim_s=self.claim_s)
+        messages = await self.store.outbox.claim_outbox(self.owner, limit=self.batch, claim_s=self.claim_s)
         if messages:
             await asyncio.gather(*(self._send(m) for m in messages))
         return len(messages)
@@ -172,38 +172,38 @@ class Deliverer:
             if error in AUTH_ERRORS:
                 # The ERROR line is bot.token_watch's, once per process, not once per message.
                 log.info("kept until Slack accepts the bot token again (%s)", error, extra=extra)
-                await self.store.report_problem(SLACK, slack_problem(error))
-                await self.store.outbox_retry(message.id, after_s=0, error=error)
+                await self.store.outbox.report_problem(SLACK, slack_problem(error))
+                await self.store.outbox.outbox_retry(message.id, after_s=0, error=error)
             elif error in PERMANENT_ERRORS:
                 log.error(
                     "message cannot be delivered (%s): %s", error, fix_for(error), extra=extra
                 )
-                await self.store.outbox_failed(message.id, error=error, actor="deliverer")
+                await self.store.outbox.outbox_failed(message.id, error=error, actor="deliverer")
                 await self._tell_requester(message)
             else:
                 await self._retry(message, error)
         except NotFound as exc:
             log.error("message cannot be delivered: %s", exc, extra=extra)
-            await self.store.outbox_failed(message.id, error=str(exc), actor="deliverer")
+            await self.store.outbox.outbox_failed(message.id, error=str(exc), actor="deliverer")
         except Exception as exc:  # timeouts, connection errors: try again later
             log.warning("outbox delivery failed (%s); will retry", type(exc).__name__, extra=extra)
             await self._retry(message, f"{type(exc).__name__}: {exc}")
         else:
-            await self.store.outbox_sent(message.id, self.owner)
+            await self.store.outbox.outbox_sent(message.id, self.owner)
 
     async def _tell_requester(self, message: OutboxMessage) -> None:
         """The requester's App Home lists what could not reach their thread."""
         if self.reporter.home is None:
             return
         try:
-            self.reporter.home.order_changed(await self.store.get_order(message.order_id))
+            self.reporter.home.order_changed(await self.store.orders.get_order(message.order_id))
         except Exception:  # the failure is recorded; the Home catches up when next opened
             log.exception("could not refresh the requester's App Home")
 
     async def _retry(self, message: OutboxMessage, error: str, *, at_least_s: float = 0) -> None:
         assert message.id is not None
         backoff = min(self.max_backoff_s, self.backoff_s * 2 ** max(0, message.attempts - 1))
-        await self.store.outbox_retry(message.id, after_s=max(backoff, at_least_s), error=error)
+        await self.store.outbox.outbox_retry(message.id, after_s=max(backoff, at_least_s), error=error)
 
 
 async def _first(*waits: Callable[[], object]) -> None:

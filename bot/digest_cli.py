@@ -8,21 +8,19 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workers import metric_days
-from workers.config import DigestSchedule, Settings
-from workers.db import create_engine
+from workers.config import DigestSchedule, Settings, schedule_for
 from workers.digest import (
     DigestScheduler,
     build_digest,
     digest_json,
     render_markdown,
-    schedule_for,
     series_csv,
 )
-from workers.metrics import ALL, Period, series_metrics
 from workers.models import utcnow
+from workers.store import Store
+from workers.store.reporting import Reporting
+from workers.store.reporting.metrics import ALL, Period
 
 if TYPE_CHECKING:
     from bot.digest_post import SlackDigestPublisher
@@ -74,27 +72,27 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.weeks < 1:
         print("delegate digest: --weeks must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    engine = create_engine(settings.database_url)
+    store = Store.for_settings(settings)
     try:
         if args.format == "csv":
-            rows = await series_metrics(engine, settings, team, week.weeks_back(args.weeks))
+            rows = await store.reporting.series_metrics(settings, team, week.weeks_back(args.weeks))
             sys.stdout.write(series_csv(rows))
             return EXIT_OK
-        digest = await build_digest(engine, settings, team, week)
+        digest = await build_digest(store.reporting, settings, team, week)
         if args.format == "json":
             print(json.dumps(digest_json(digest), indent=2))
         else:
             print(render_markdown(digest), end="")
         if args.post:
-            return await _post(settings, engine, team, args.channel, schedule, week)
+            return await _post(settings, store.reporting, team, args.channel, schedule, week)
         return EXIT_OK
     finally:
-        await engine.dispose()
+        await store.close()
 
 
 async def _post(
     settings: Settings,
-    engine: AsyncEngine,
+    reporting: Reporting,
     team: str,
     channel: str | None,
     schedule: DigestSchedule | None,
@@ -113,7 +111,7 @@ async def _post(
         return EXIT_USAGE
     from workers.chart import render_chart
 
-    scheduler = DigestScheduler(settings, engine, publisher, render_chart=render_chart)
+    scheduler = DigestScheduler(settings, reporting, publisher, render_chart=render_chart)
     try:
         posted = await scheduler.post(team, channel, week)
     except SlackApiError as exc:
@@ -152,15 +150,15 @@ async def _due(settings: Settings) -> int:
         return EXIT_USAGE
     from workers.chart import render_chart
 
-    engine = create_engine(settings.database_url)
+    store = Store.for_settings(settings)
     try:
         # Closed days first, as `delegate run` summarises them hourly: a crontab that runs only
         # this keeps a long history as quick to read.
-        await metric_days.sweep(engine)
-        scheduler = DigestScheduler(settings, engine, publisher, render_chart=render_chart)
+        await store.reporting.summarise_closed_days()
+        scheduler = DigestScheduler(settings, store.reporting, publisher, render_chart=render_chart)
         posted = await scheduler.sweep()
     finally:
-        await engine.dispose()
+        await store.close()
     for claim in posted:
         print(f"posted {claim.team} {claim.week} in {claim.channel}")
     if not posted:

@@ -153,8 +153,8 @@ async def _check_delivery(settings: Settings) -> list[Check]:
     store = Store.from_url(settings.database_url)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            undelivered = await store.undelivered()
-            problem = await store.problem(SLACK)
+            undelivered = await store.outbox.undelivered()
+            problem = await store.outbox.problem(SLACK)
     except Exception as exc:
         return [Check("thread messages", True, f"could not be read ({type(exc).__name__})")]
     finally:

@@ -1,4 +1,4 @@
-"""App Home: the bot's tab in Slack, one view per person, built from `workers.home_views`.
+"""App Home: the bot's tab in Slack, one view per person, built from `workers.store.reporting.home`.
 
 - Everyone: a button to start a work order, and their own orders (open first, then recent) with
   state, spend and a link to each thread.
@@ -36,20 +36,19 @@ from bot.ids import (
 )
 from bot.mrkdwn import escape, untrusted
 from bot.review_blocks import checklist
-from workers import metrics
 from workers.config import Settings
 from workers.digest import CHART_WEEKS, Digest, figure_rows, headlines, money, plural
-from workers.home_views import (
+from workers.store import Store
+from workers.store.reporting import metrics
+from workers.store.reporting.home import (
     HomeData,
     LeadFigures,
     Listing,
     NotDelivered,
     OrderLine,
-    home_data,
     team_timezone,
 )
-from workers.metrics import Period, WeekPoint
-from workers.store import Store
+from workers.store.reporting.metrics import Period, WeekPoint
 from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
@@ -243,12 +242,12 @@ class HomePublisher:
 
     async def opened(self, user: str) -> None:
         """Remember that `user` has a Home tab, so that changes to their orders refresh it."""
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=HOME_KEY.format(user=user), purpose="home", channel=user, ts="opened"
         )
 
     async def has_home(self, user: str) -> bool:
-        return await self.store.slack_message(HOME_KEY.format(user=user)) is not None
+        return await self.store.slack.slack_message(HOME_KEY.format(user=user)) is not None
 
     async def refresh(self, user: str) -> None:
         """Republish `user`'s home if they have ever opened it (views.publish is rate limited)."""
@@ -256,7 +255,7 @@ class HomePublisher:
             await self.publish(user)
 
     async def publish(self, user: str) -> None:
-        data = await home_data(self.store.engine, self.settings, user, now=self.clock())
+        data = await self.store.reporting.home(self.settings, user, now=self.clock())
         team_url = await self.team_url()
         charts: dict[str, tuple[str, str]] = {}
         for figures in data.teams:
@@ -294,12 +293,12 @@ class HomePublisher:
         title = f"Finished outcomes and cost per outcome, {CHART_WEEKS} weeks to {week.label}"
         key = CHART_KEY.format(team=team, week=week.label)
         async with self._chart_locks.setdefault(key, asyncio.Lock()):
-            saved = await self.store.slack_message(key)
+            saved = await self.store.slack.slack_message(key)
             if saved is not None and saved.ts:
                 return saved.ts, title
             try:
-                series = await metrics.weekly_series(
-                    self.store.engine, team, week.weeks_back(CHART_WEEKS)
+                series = await self.store.reporting.weekly_series(
+                    team, week.weeks_back(CHART_WEEKS)
                 )
                 png = await asyncio.to_thread(self.render_chart, series, title)
                 response = await self.client.files_upload_v2(
@@ -311,7 +310,7 @@ class HomePublisher:
             file_id = str((response.get("files") or [{}])[0].get("id") or "")
             if not file_id:
                 return None
-            await self.store.save_slack_message(
+            await self.store.slack.save_slack_message(
                 key=key, purpose="home_chart", channel="", ts=file_id
             )
             return file_id, title

@@ -1,6 +1,6 @@
 """When to republish App Home: coalesced per person, within Slack's rate limit for views.publish.
 
-A change to an order asks for the homes of the people it is shown to (`workers.home_views.
+A change to an order asks for the homes of the people it is shown to (`workers.store.reporting.home.
 watchers`). Requests for one person while a publish is pending are folded into it; the publish
 builds the view when it runs, so the latest state wins. A person's home is published at most once
 every `interval_s`, and publishes for everyone are spaced `spacing_s` apart (views.publish is a
@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from workers.home_views import watchers
+from workers.store.reporting.home import watchers
 from workers.workorder import WorkOrder
 
 log = logging.getLogger(__name__)

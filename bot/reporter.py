@@ -209,7 +209,7 @@ class SlackReporter:
     ) -> None:
         """Show who answered on the prompt posted under `key` (a tool call's or a domain's): its
         buttons give way to the answer. A prompt never posted needs nothing."""
-        posted = await self.store.slack_message(key)
+        posted = await self.store.slack.slack_message(key)
         if posted is None or not posted.ts:
             return
         line = decided_line(request)
@@ -281,11 +281,11 @@ class SlackReporter:
         nothing: `result` renders the decision when it goes out."""
         assert order.id
         key = result_key(order.id, decision.deliverable_id)
-        posted = await self.store.slack_message(review_key(key))
+        posted = await self.store.slack.slack_message(review_key(key))
         if posted is None or not posted.ts:
             return
         item = next(
-            (d for d in await self.store.deliverables(order.id) if d.id == decision.deliverable_id),
+            (d for d in await self.store.runs.deliverables(order.id) if d.id == decision.deliverable_id),
             None,
         )
         if item is None:
@@ -295,7 +295,7 @@ class SlackReporter:
             summary=item.summary,
             key=key,
             verdicts=item.verdicts,
-            spend=await self.store.spend(order.id),
+            spend=await self.store.ledger.spend(order.id),
         )
         word = decision_word(decision.decision, self_approved=decision.self_approved)
         line = decision_line(word, decision.actor, decision.at, decision.feedback)
@@ -367,7 +367,7 @@ class SlackReporter:
                 title=f"{order.id}: {order.title}"[:250],
                 comment=truncate(f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000),
             )
-        state, _ = await self.store.claim_slack_message(
+        state, _ = await self.store.slack.claim_slack_message(
             key=file.key,
             purpose=file.purpose,
             channel=order.channel,
@@ -383,7 +383,7 @@ class SlackReporter:
             name = file.filename
             found = await self._look_for(order, file.key, lambda m: _has_file(m, name))
             if found is not None:
-                await self.store.save_slack_message(
+                await self.store.slack.save_slack_message(
                     key=file.key, purpose=file.purpose, channel=order.channel, ts=found, order=order.id
                 )
                 return
@@ -400,7 +400,7 @@ class SlackReporter:
             await self._after_failed_post(file.key, exc)
             raise
         file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=file.key, purpose=file.purpose, channel=order.channel, ts=file_id, order=order.id
         )
 
@@ -408,10 +408,10 @@ class SlackReporter:
         """Keep the key's claim honest: refused (Slack said no, or 429) means not posted; a
         5xx, a timeout or a dropped connection means maybe, and the next try looks first."""
         if isinstance(exc, SlackApiError) and not _maybe_done(exc):
-            await self.store.release_slack_message(key, self.owner)
+            await self.store.slack.release_slack_message(key, self.owner)
             _raise_retry_later(exc)
             return
-        await self.store.uncertain_slack_message(key, self.owner)
+        await self.store.slack.uncertain_slack_message(key, self.owner)
         if isinstance(exc, SlackApiError):
             _raise_retry_later(exc)
 
@@ -419,7 +419,7 @@ class SlackReporter:
 
     async def _show_status(self, order: WorkOrder, step: str, spend: str) -> None:
         assert order.id and order.channel
-        current = Status((await self.store.get_row(order.id)).status)
+        current = Status((await self.store.orders.get_row(order.id)).status)
         if current is not order.status and current not in IN_FLIGHT:
             # Built from an older state (a late retry) while the order rests in a newer one
             # (awaiting review, approved, exception...): what came after it stays on show. While
@@ -478,7 +478,7 @@ class SlackReporter:
     async def _put_status(self, order: WorkOrder, key: str, text: str, blocks: list[Block]) -> None:
         """Edit the order's status message in place: post it first if there is none yet, and
         again if it was deleted in Slack (workspace admins can delete the bot's messages)."""
-        stored = await self.store.slack_message(key)
+        stored = await self.store.slack.slack_message(key)
         posted = (stored.channel, stored.ts) if stored is not None and stored.ts else None
         for _ in range(2):
             if posted is None:
@@ -497,11 +497,11 @@ class SlackReporter:
                 log.info(
                     "the status message was deleted; posting it again", extra={"order": order.id}
                 )
-                await self.store.forget_slack_message(key, ts)
+                await self.store.slack.forget_slack_message(key, ts)
                 posted = None
                 continue
             # Touch the record: the sweep reads it as the order's last sign of life.
-            await self.store.save_slack_message(
+            await self.store.slack.save_slack_message(
                 key=key, purpose="status", channel=channel, ts=ts, order=order.id
             )
             return
@@ -524,7 +524,7 @@ class SlackReporter:
         """`post_once`'s message as (channel, ts, whether this call posted `text`): False when
         it was posted before, as the claim's own fresh read of the record says."""
         assert order.id and order.channel
-        state, existing = await self.store.claim_slack_message(
+        state, existing = await self.store.slack.claim_slack_message(
             key=key,
             purpose=purpose,
             channel=order.channel,
@@ -540,7 +540,7 @@ class SlackReporter:
             # Its claimer died, or Slack's answer to its post was lost: it may be there.
             found = await self._look_for(order, key, lambda m: _has_key(m, key))
             if found:
-                await self.store.save_slack_message(
+                await self.store.slack.save_slack_message(
                     key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
                 )
                 return order.channel, found, False
@@ -556,7 +556,7 @@ class SlackReporter:
             await self._after_failed_post(key, exc)
             raise
         ts = str(response["ts"])
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=order.id
         )
         return str(response["channel"]), ts, True
@@ -583,10 +583,10 @@ class SlackReporter:
             except SlackApiError as exc:
                 if exc.response.get("error") == "thread_not_found":
                     return None
-                await self.store.uncertain_slack_message(key, self.owner)
+                await self.store.slack.uncertain_slack_message(key, self.owner)
                 raise LookupFailed(key) from exc
             except Exception as exc:
-                await self.store.uncertain_slack_message(key, self.owner)
+                await self.store.slack.uncertain_slack_message(key, self.owner)
                 raise LookupFailed(key) from exc
             messages: list[dict[str, Any]] = response.get("messages", [])
             for message in messages:

@@ -61,7 +61,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     store = Store.for_settings(settings)
     try:
         try:
-            order = await store.get_order(order_id)
+            order = await store.orders.get_order(order_id)
         except NotFound:
             return _fail(f"there is no work order {order_id}")
         if order.channel is not None:
@@ -75,7 +75,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             )
         if order.status is not Status.AWAITING_REVIEW:
             return _fail(_not_in_review(order_id, order.status))
-        deliverables = await store.deliverables(order_id)
+        deliverables = await store.runs.deliverables(order_id)
         try:
             decided = await decide(
                 store,
@@ -87,7 +87,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 deliverable_id=deliverables[-1].id if deliverables else None,
             )
         except IllegalTransition:
-            return _fail(_not_in_review(order_id, (await store.get_order(order_id)).status))
+            return _fail(_not_in_review(order_id, (await store.orders.get_order(order_id)).status))
         except OutdatedDecision:
             return _fail(
                 f"{order_id} has a newer deliverable than a moment ago; "

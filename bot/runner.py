@@ -28,17 +28,16 @@ from bot.server import HealthCheck, build_web_app, start_site
 from bot.slack_client import make_slack_client
 from bot.socket import SocketModeRunner
 from bot.token_watch import SlackTokenWatch
-from workers import metric_days
 from workers.audit_checkpoint import append_checkpoint, checkpoint_line
 from workers.chart import render_chart
 from workers.config import Settings
 from workers.digest import DigestScheduler
 from workers.errors import SetupError
 from workers.followup import FollowUps
-from workers.migrate import upgrade_when_reachable
 from workers.providers import ModelRouter
 from workers.runtime import Worker, run_worker
 from workers.store import Store
+from workers.store.reporting.metric_days import SWEEP_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ async def write_audit_checkpoint(
     written again, since every line lists every chain's head and a quiet install's file would
     otherwise grow by all of them each hour for nothing."""
     # A failure is logged, not fatal: the bot keeps serving and the next run tries again.
-    checkpoint = await store.audit_checkpoint()
+    checkpoint = await store.audit.audit_checkpoint()
     if last.get("digest") == checkpoint.digest:
         return
     last["digest"] = checkpoint.digest
@@ -134,8 +133,8 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     pending = await preflight(settings, socket_mode=socket_mode)
     stop = _stop_event()
     store = Store.for_settings(settings)
-    await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
-    client = make_slack_client(settings, shared_holds=store)
+    await store.upgrade(wait_s=settings.engine.startup_database_wait_s)
+    client = make_slack_client(settings, shared_holds=store.rate_limits)
     token = SlackTokenWatch(
         store,
         client,
@@ -223,10 +222,9 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     # Closed days of the leads' metrics, summarised once: at start (every past day, the first
     # time), then hourly.
     scheduler.add_job(
-        metric_days.sweep,
+        store.reporting.summarise_closed_days,
         "interval",
-        args=(store.engine,),
-        seconds=metric_days.SWEEP_INTERVAL_S,
+        seconds=SWEEP_INTERVAL_S,
         id="metric-days",
         max_instances=1,
         coalesce=True,
@@ -236,7 +234,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     if settings.digests:
         # Every minute, and once at start so that a digest missed while down is caught up.
         digests = DigestScheduler(
-            settings, store.engine, SlackDigestPublisher(client), render_chart=render_chart
+            settings, store.reporting, SlackDigestPublisher(client), render_chart=render_chart
         )
         scheduler.add_job(
             digests.sweep,
@@ -296,7 +294,7 @@ async def run_workers_only(
     /healthz and /metrics of its own on `port`."""
     pending = await preflight(settings, socket_mode=False)
     store = Store.for_settings(settings)
-    await upgrade_when_reachable(store.engine, wait_s=settings.engine.startup_database_wait_s)
+    await store.upgrade(wait_s=settings.engine.startup_database_wait_s)
     homes: HomeRefresher | None = None
     stop = _stop_event()
     models = Recheck.providers(settings, pending)
@@ -308,7 +306,7 @@ async def run_workers_only(
     tasks = [asyncio.create_task(models.run(stop), name="model-recheck")]
     files: SlackFiles | None = None
     if settings.slack_bot_token is not None:
-        client = make_slack_client(settings, shared_holds=store)
+        client = make_slack_client(settings, shared_holds=store.rate_limits)
         files = SlackFiles(client)
         token = SlackTokenWatch(
             store,

@@ -49,8 +49,8 @@ def build_web_app(
             healthy = healthy and ok
         try:
             await store.ping()
-            slack_problem = await store.problem(SLACK)
-            outbox = outbox_health(await store.undelivered())
+            slack_problem = await store.outbox.problem(SLACK)
+            outbox = outbox_health(await store.outbox.undelivered())
         except Exception as exc:  # any failure means "not healthy"; say which
             log.warning("health check failed: database unreachable (%s)", type(exc).__name__)
             body = {"status": "unhealthy", "database": "unreachable", **parts}
@@ -70,7 +70,7 @@ def build_web_app(
 
     async def metrics(_request: web.Request) -> web.Response:
         try:
-            await telemetry.refresh_from_database(store.engine)
+            telemetry.refresh(await store.reporting.gauges())
         except Exception as exc:  # still serve what this process counted itself
             log.warning("metrics: database figures unavailable (%s)", type(exc).__name__)
         return web.Response(

@@ -66,7 +66,7 @@ class SlackTokenWatch:
         if self.state != "refused":
             self.state, self.detail = "refused", error
             log.error(TOKEN_REFUSED, error)
-        await self.store.report_problem(SLACK, slack_problem(error))
+        await self.store.outbox.report_problem(SLACK, slack_problem(error))
 
     async def status(self) -> tuple[bool, str]:
         if self.state == "ok":
@@ -91,8 +91,8 @@ class SlackTokenWatch:
             return
         if self.state != "ok":
             log.info("Slack accepts the bot token again")
-        if self.state == "refused" or await self.store.problem(SLACK) is not None:
-            await self.store.clear_problem(SLACK)
+        if self.state == "refused" or await self.store.outbox.problem(SLACK) is not None:
+            await self.store.outbox.clear_problem(SLACK)
         self.state, self.detail = "ok", ""
 
     def _unreachable(self, reason: str) -> None:

@@ -121,7 +121,7 @@ def home_click(bot: RunningBot, action_id: str, value: str, user: str) -> dict[s
 
 
 async def seed_order(store: Store, **fields: Any) -> str:
-    order = await store.create_order(make_order(**fields), actor=fields.get("requester", "U1"))
+    order = await store.orders.create_order(make_order(**fields), actor=fields.get("requester", "U1"))
     assert order.id
     return order.id
 
@@ -185,11 +185,11 @@ async def test_requester_sees_open_and_recent_orders_with_state_spend_and_thread
 ) -> None:
     finished = [await seed_order(store, title=f"Old report {i}") for i in range(12)]
     for order_id in finished:
-        await store.transition(order_id, Status.CANCELLED, actor="U1", reason="not needed")
+        await store.orders.transition(order_id, Status.CANCELLED, actor="U1", reason="not needed")
     running = await seed_order(
         store, title="Competitor *pricing* <table>", status=Status.AWAITING_CONFIRMATION
     )
-    await store.transition(running, Status.QUEUED, actor="U1", reason="confirmed")
+    await store.orders.transition(running, Status.QUEUED, actor="U1", reason="confirmed")
     await set_spend(store, running, 420_000)
     await seed_order(store, requester="U2", title="Someone else's order")
 
@@ -310,7 +310,7 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
     )
     refusal = [c for c in fake_slack.calls_to("chat.postMessage") if c.args["channel"] == "U8"]
     assert refusal[-1].args["text"] == f"Only the reviewer (<@U7>) can decide {order_id}."
-    assert (await p.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await p.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     # Request changes from Home opens the thread's modal.
     await p.bot.sender.action(home_click(p.bot, CHANGES_ACTION, shown, "U7"))
@@ -327,7 +327,7 @@ async def test_reviewer_decides_from_app_home_and_an_outsider_is_refused(
         lambda: APPROVE_ACTION not in text_of(home_of(fake_slack, "U7")[-1])
     )
     await homes.drain()
-    trail = await p.bot.store.audit_trail(order_id)
+    trail = await p.bot.store.audit.audit_trail(order_id)
     assert (trail[-1].actor, trail[-1].data["to"]) == ("U7", "approved")
 
 
@@ -383,7 +383,7 @@ async def test_a_home_published_before_a_rework_cannot_approve_the_new_version(
             for c in fake_slack.calls_to("chat.postMessage")[before:]
         )
     )
-    assert (await p.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await p.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     # The Home published now shows version 2, with its own checks, and decides on it.
     await fake_slack.wait_until(lambda: "Second draft." in text_of(home_of(fake_slack, "U7")[-1]))

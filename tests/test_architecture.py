@@ -15,11 +15,10 @@ LAYERS: dict[str, list[str]] = {
         "models",
         "config", "secret_files", "db", "permissions", "budget", "progress", "providers.base",
     ],
-    "storage": ["migrate", "store", "sweeps"],
+    "storage": ["migrate", "store"],
     "engine": [
         "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
-        "review", "followup", "metric_days", "metrics", "digest", "chart", "home_views",
-        "telemetry", "delivery", "transcript",
+        "review", "followup", "digest", "chart", "telemetry", "delivery", "transcript",
     ],
 }  # fmt: skip
 RANK = {module: rank for rank, names in enumerate(LAYERS.values()) for module in names}
@@ -92,3 +91,29 @@ def test_the_architecture_document_names_every_layer_and_module() -> None:
     doc = (REPO / "docs" / "ARCHITECTURE.md").read_text()
     missing = [m for names in LAYERS.values() for m in names if f"`{m}" not in doc]
     assert missing == []
+
+
+def _engine_reads(path: Path) -> list[str]:
+    """`x.store.engine`, `store.engine`: reaching past the store's repositories to its engine."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "engine":
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name == "store":
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_the_front_door_never_reaches_the_database_engine() -> None:
+    """SQL stays under workers/store: the front door asks the store's repositories (orders,
+    outbox, `store.reporting` for figures and App Home), never runs queries of its own."""
+    offenders = [hit for path in _modules("bot") for hit in _engine_reads(path)]
+    sql = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in _modules("bot")
+        for name in _imports(path)
+        if name == "sqlmodel" or name.startswith("sqlalchemy") and name != "sqlalchemy.engine"
+    ]
+    assert offenders == [] and sql == []

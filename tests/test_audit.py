@@ -32,25 +32,25 @@ from workers.workorder import Status
 
 
 async def _order_with_history(store: Store) -> str:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
-    await store.transition(order.id, Status.QUEUED, actor="U1", reason="started")
-    await store.audit(order.id, actor="worker-1", kind="note", data={"step": "reading thread"})
+    await store.orders.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
+    await store.orders.transition(order.id, Status.QUEUED, actor="U1", reason="started")
+    await store.audit.audit(order.id, actor="worker-1", kind="note", data={"step": "reading thread"})
     return order.id
 
 
 async def test_intact_chains_verify(store: Store) -> None:
     await _order_with_history(store)
     await _order_with_history(store)
-    await store.audit("system", actor="admin", kind="config_loaded", data={})
-    checked, breaks = await store.verify_audit()
+    await store.audit.audit("system", actor="admin", kind="config_loaded", data={})
+    checked, breaks = await store.audit.verify_audit()
     assert checked == 9 and breaks == []
 
 
 async def test_each_event_links_to_the_previous_hash(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     assert trail[0].prev_hash == "0" * 64
     for before, after in itertools.pairwise(trail):
         assert after.prev_hash == before.hash
@@ -59,13 +59,13 @@ async def test_each_event_links_to_the_previous_hash(store: Store) -> None:
 
 async def test_edited_row_is_detected_and_named(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     victim = trail[2]
     async with store.engine.begin() as conn:
         await conn.execute(
             text("UPDATE audit_events SET actor = 'mallory' WHERE id = :id"), {"id": victim.id}
         )
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert len(breaks) == 1
     assert breaks[0].event_id == victim.id and breaks[0].chain == order_id
     assert "altered" in str(breaks[0]) and f"#{victim.id}" in str(breaks[0])
@@ -73,37 +73,37 @@ async def test_edited_row_is_detected_and_named(store: Store) -> None:
 
 async def test_deleted_row_is_detected(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     async with store.engine.begin() as conn:
         await conn.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": trail[1].id})
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert [b.event_id for b in breaks] == [trail[2].id]
 
 
 async def test_a_forgery_rehashed_without_the_key_is_caught_where_it_was_made(store: Store) -> None:
     """Recomputing a tampered event's digest, and every digest after it, needs the key."""
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     await _rewrite_from(store, trail, 1, actor="mallory", key=AuditKey(b"a-key-that-is-not-the-right-one"))
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert [(b.chain, b.event_id) for b in breaks] == [(order_id, trail[1].id)]
     assert "altered" in str(breaks[0])
 
 
 async def test_downgrading_to_the_old_unkeyed_hash_is_caught(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     await _rewrite_from(store, trail, 1, actor="mallory", key=None)  # plain SHA-256, as before
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert [(b.chain, b.event_id) for b in breaks] == [(order_id, trail[1].id)]
 
 
 async def test_dropping_the_last_events_is_caught(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     async with store.engine.begin() as conn:
         await conn.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": trail[-1].id})
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert len(breaks) == 1 and breaks[0].chain == order_id
     assert f"events 4 to 4 were deleted after event #{trail[-2].id}" in str(breaks[0])
 
@@ -113,13 +113,13 @@ async def test_deleting_a_whole_chain_is_caught_even_with_its_head(store: Store)
     gone = await _order_with_history(store)
     async with store.engine.begin() as conn:
         await conn.execute(text("DELETE FROM audit_events WHERE chain = :c"), {"c": gone})
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert [b.chain for b in breaks] == [gone]
     assert "all 4 of its events were deleted" in str(breaks[0])
     # Removing the head too, and even the order itself, still shows in the anchored total.
     async with store.engine.begin() as conn:
         await conn.execute(text("DELETE FROM audit_heads WHERE chain = :c"), {"c": gone})
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     assert [b.chain for b in breaks] == [gone, "*"]
     assert "the order exists, its trail does not" in str(breaks[0])
     assert "a whole chain was deleted" in str(breaks[1])
@@ -130,10 +130,10 @@ async def test_a_keyed_trail_does_not_verify_under_another_key(database: Databas
     key = AuditKey(b"k" * 32)
     writer = Store(database.engine(), audit_key=key)
     order_id = await _order_with_history(writer)
-    assert (await writer.verify_audit())[1] == []
+    assert (await writer.audit.verify_audit())[1] == []
     await writer.close()
     outsider = Store(database.engine(), audit_key=AuditKey(b"x" * 32))
-    _, breaks = await outsider.verify_audit()
+    _, breaks = await outsider.audit.verify_audit()
     await outsider.close()
     assert breaks and breaks[0].chain == order_id and breaks[0].seq == 1
 
@@ -165,7 +165,7 @@ async def _rewrite_from(
 
 async def test_renderings(store: Store) -> None:
     order_id = await _order_with_history(store)
-    trail = await store.audit_trail(order_id)
+    trail = await store.audit.audit_trail(order_id)
     md = render_markdown(order_id, trail)
     assert md.startswith(f"# Audit trail for {order_id}")
     assert "| 3 |" in md and "started" in md and trail[-1].hash in md
@@ -183,7 +183,7 @@ async def test_a_run_chains_its_model_calls_tool_calls_and_deliverable(harness: 
         Reply.tool("submit_deliverable", {"content": content, "summary": "done"}),
     )
     await h.run_next()
-    trail = await h.store.audit_trail(order.id or "")
+    trail = await h.store.audit.audit_trail(order.id or "")
     kinds = [e.kind for e in trail]
     assert kinds.count("model_call") == 2
     tool_calls = [e.data for e in trail if e.kind == "tool_call"]
@@ -192,7 +192,7 @@ async def test_a_run_chains_its_model_calls_tool_calls_and_deliverable(harness: 
     assert delivered["sha256"] == hashlib.sha256(content.encode()).hexdigest()
     model_call = next(e.data for e in trail if e.kind == "model_call")
     assert model_call["provider"] == "anthropic" and model_call["cost_micro_usd"] > 0
-    assert (await h.store.verify_audit())[1] == []
+    assert (await h.store.audit.verify_audit())[1] == []
 
 
 async def test_delegate_audit_verify_names_the_first_broken_order_and_event(
@@ -202,7 +202,7 @@ async def test_delegate_audit_verify_names_the_first_broken_order_and_event(
     store = Store(database.engine(), audit_key=AuditKey(key.encode()))
     await _order_with_history(store)
     broken = await _order_with_history(store)
-    trail = await store.audit_trail(broken)
+    trail = await store.audit.audit_trail(broken)
     await _rewrite_from(store, trail, 2, actor="mallory", key=AuditKey(b"guessed-key-guessed-key-guessed"))
     await store.close()
     env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=key)
@@ -248,7 +248,7 @@ async def test_delegate_audit_verify_recomputes_what_the_chain_recorded_of_a_run
         await conn.execute(text(f"UPDATE {table} SET {edit} WHERE id = :id"), {"id": victim})
     [event] = [
         e
-        for e in await harness.store.audit_trail(order.id or "")
+        for e in await harness.store.audit.audit_trail(order.id or "")
         if e.kind == kind and e.data[kind] == victim
     ]
     code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
@@ -297,8 +297,8 @@ async def test_rolling_a_chain_back_to_an_old_head_is_caught_by_the_checkpoint(
     await _order_with_history(store)
     victim = await _order_with_history(store)
     old_head = await _saved_row(store, victim)  # 4 events
-    await store.audit(victim, actor="worker-1", kind="note", data={"step": "paid the vendor"})
-    await store.audit(victim, actor="worker-1", kind="note", data={"step": "sent the money"})
+    await store.audit.audit(victim, actor="worker-1", kind="note", data={"step": "paid the vendor"})
+    await store.audit.audit(victim, actor="worker-1", kind="note", data={"step": "sent the money"})
     env = cli_env(DATABASE_URL=database.url, DELEGATE_AUDIT_KEY=CHECKPOINT_KEY)
     checkpoints = tmp_path / "checkpoints.jsonl"
     code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
@@ -376,7 +376,7 @@ async def test_a_trail_that_grew_since_the_checkpoint_is_consistent_with_it(
     code, out, err = await delegate("audit", "checkpoint", "--to", str(checkpoints), env=env, cwd=tmp_path)
     assert code == 0, out + err
     at = json.loads(checkpoints.read_text())["at"]
-    await store.audit(first, actor="worker-1", kind="note", data={"step": "more work"})
+    await store.audit.audit(first, actor="worker-1", kind="note", data={"step": "more work"})
     await _order_with_history(store)
     await store.close()
     code, out, _ = await delegate("audit", "verify", "--checkpoint", str(checkpoints), env=env, cwd=tmp_path)

@@ -23,7 +23,7 @@ def greedy(name: str = "read_thread") -> Any:
 
 
 async def _stopped(h: Harness, order_id: str, limit_phrase: str) -> Any:
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert row.status == Status.EXCEPTION.value, row.status
     assert row.exception_kind == "budget"
     assert limit_phrase in (row.exception_message or ""), row.exception_message
@@ -109,12 +109,12 @@ async def test_the_wall_clock_ceiling_cuts_off_a_slow_call(harness: Harness) -> 
 async def test_a_spent_team_quota_sends_the_run_back_to_wait(harness: Harness) -> None:
     h = harness
     week = quota_week(utcnow())
-    await h.store.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.06), actor="lead")
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.06), actor="lead")
     order = await h.order()
     h.anthropic.script(*[greedy()] * 50)
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "requeued"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and "weekly quota" in (row.wait_reason or "")
     assert row.wait_kind == WaitKind.QUOTA
     spend = await team_spend(h.store, "default", week)
@@ -136,14 +136,14 @@ async def test_a_call_that_costs_more_than_its_reservation_stops_the_run(harness
     )
     await h.run_next()
     assert len(h.anthropic.requests) == 1  # stopped before the next call
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "budget")
     assert "more than the" in (row.exception_message or "") and "reserved" in (
         row.exception_message or ""
     )
     [(_, kind, message)] = h.reporter.exceptions.values()
     assert kind == "budget" and "stopped before the next call" in message
-    trail = await h.store.audit_trail(order.id or "")
+    trail = await h.store.audit.audit_trail(order.id or "")
     [overrun] = [e.data for e in trail if e.kind == "reservation_overrun"]
     [call] = await llm_calls(h.store, order.id or "")
     assert overrun == {
@@ -167,12 +167,12 @@ async def test_an_order_waiting_for_quota_is_claimed_only_when_its_next_call_fit
     )
     h.settings = h.settings.model_copy(update={"engine": engine})
     week = quota_week(utcnow())
-    await h.store.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.2), actor="lead")
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=usd_to_micro(0.2), actor="lead")
     order = await h.order()
     h.anthropic.script(*[greedy()] * 50)
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "requeued"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     needed = row.quota_needed_micro_usd
     assert needed is not None and needed > usd_to_micro(h.settings.engine.quota_headroom_usd)
     spend = await team_spend(h.store, "default", week)
@@ -181,17 +181,17 @@ async def test_an_order_waiting_for_quota_is_claimed_only_when_its_next_call_fit
     later = utcnow() + timedelta(hours=1)  # past the back-off
 
     # More than the headroom is free, not enough for the next call: nothing starts.
-    await h.store.set_team_quota("default", week, quota_micro_usd=used + needed - 1, actor="lead")
-    claim = await h.store.claim(
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=used + needed - 1, actor="lead")
+    claim = await h.store.queue.claim(
         "w2", lease_ttl_s=60, admission=queue.admission(h.settings), now=later
     )
     assert claim.order is None
     assert len(await fetch_attempts(h.store, order.id or "")) == 1
-    assert (await h.store.get_row(order.id or "")).status == Status.QUEUED.value
+    assert (await h.store.orders.get_row(order.id or "")).status == Status.QUEUED.value
 
     # Enough for the call: it starts.
-    await h.store.set_team_quota("default", week, quota_micro_usd=used + needed, actor="lead")
-    claim = await h.store.claim(
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=used + needed, actor="lead")
+    claim = await h.store.queue.claim(
         "w2", lease_ttl_s=60, admission=queue.admission(h.settings), now=later
     )
     assert claim.order is not None and claim.order.id == order.id

@@ -106,7 +106,7 @@ async def test_spend_never_exceeds_the_ceilings_or_the_team_quota(
     chaos = Chaos(rng)
     week = quota_week(utcnow())
     quota = usd_to_micro(TEAM_QUOTA_USD)
-    await h.store.set_team_quota("default", week, quota_micro_usd=quota, actor="lead")
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=quota, actor="lead")
     teams = {"default": {"weekly_usd": 100.0, "max_concurrent_runs_per_user": 1000, "members": []}}
     h.settings = h.settings.model_copy(
         update={"teams": h.settings.model_validate({**h.settings.model_dump(), "teams": teams}).teams}
@@ -132,12 +132,12 @@ async def test_spend_never_exceeds_the_ceilings_or_the_team_quota(
     assert sum(outcomes.values()) >= total // 2, outcomes
     assert outcomes.get("done", 0) > 10 and outcomes.get("exception", 0) > 10, outcomes
     for order_id in order_ids:
-        row = await h.store.get_row(order_id)
+        row = await h.store.orders.get_row(order_id)
         if row.status == "queued":
             assert "quota" in (row.wait_reason or ""), row.wait_reason
     team_total = 0
     for order_id in order_ids:
-        row = await h.store.get_row(order_id)
+        row = await h.store.orders.get_row(order_id)
         budget = Budget.model_validate(row.budget)
         context = json.dumps({"order": order_id, "budget": budget.model_dump(), "status": row.status})
         assert row.spent_micro_usd <= usd_to_micro(budget.max_usd), context

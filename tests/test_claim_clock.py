@@ -35,7 +35,7 @@ def host_clock_ahead(monkeypatch: pytest.MonkeyPatch, skew: timedelta) -> Iterat
 
 
 async def _order_id(store: Store) -> str:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
     return order.id
 
@@ -46,24 +46,24 @@ async def test_a_host_clock_ahead_does_not_take_a_live_outbox_claim(
     right, skewed = Store(database.engine()), Store(database.engine())
     try:
         order_id = await _order_id(right)
-        await right.add_to_outbox(order_id, [OutboxItem("question", f"{order_id}:question:1")])
-        [claimed] = await right.claim_outbox("right", claim_s=60)  # sending it now
+        await right.outbox.add_to_outbox(order_id, [OutboxItem("question", f"{order_id}:question:1")])
+        [claimed] = await right.outbox.claim_outbox("right", claim_s=60)  # sending it now
 
         with host_clock_ahead(monkeypatch, SKEW):
-            taken = await skewed.claim_outbox("skewed", claim_s=60)
+            taken = await skewed.outbox.claim_outbox("skewed", claim_s=60)
 
         assert [m.key for m in taken] == []  # would be sent a second time
-        [row] = await right.outbox(order_id)
+        [row] = await right.outbox.outbox(order_id)
         assert (row.claimed_by, row.attempts) == ("right", 1)
         # Once the message is sent and a later one is retried, a clock ahead still waits.
         assert claimed.id is not None
-        await right.outbox_sent(claimed.id)
-        await right.add_to_outbox(order_id, [OutboxItem("question", f"{order_id}:question:2")])
-        [second] = await right.claim_outbox("right", claim_s=60)
+        await right.outbox.outbox_sent(claimed.id)
+        await right.outbox.add_to_outbox(order_id, [OutboxItem("question", f"{order_id}:question:2")])
+        [second] = await right.outbox.claim_outbox("right", claim_s=60)
         assert second.id is not None
         with host_clock_ahead(monkeypatch, -SKEW):  # a clock behind backs off as long
-            await skewed.outbox_retry(second.id, after_s=60, error="slack is down")
-        assert await right.claim_outbox("right") == []
+            await skewed.outbox.outbox_retry(second.id, after_s=60, error="slack is down")
+        assert await right.outbox.claim_outbox("right") == []
     finally:
         await right.close()
         await skewed.close()
@@ -76,13 +76,13 @@ async def test_a_host_clock_ahead_does_not_take_a_live_post_claim(
     try:
         order_id = await _order_id(right)
         key = f"{order_id}:result:1"
-        state, _ = await right.claim_slack_message(
+        state, _ = await right.slack.claim_slack_message(
             key=key, purpose="result", channel="C1", owner="right", order=order_id, claim_s=60
         )
         assert state == "claimed"  # posting it now
 
         with host_clock_ahead(monkeypatch, SKEW):
-            state, row = await skewed.claim_slack_message(
+            state, row = await skewed.slack.claim_slack_message(
                 key=key, purpose="result", channel="C1", owner="skewed", order=order_id, claim_s=60
             )
 

@@ -57,9 +57,9 @@ async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
 
 async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> None:
     store = Store(database.engine())
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
+    await store.orders.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="drafted")
     env = cli_env(**database.env())
 
     code, out, _ = await delegate("audit", order.id, env=env, cwd=tmp_path)
@@ -71,7 +71,7 @@ async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> 
     code, out, _ = await delegate("audit", "verify", env=env, cwd=tmp_path)
     assert code == 0 and "2 events verified" in out
 
-    trail = await store.audit_trail(order.id)
+    trail = await store.audit.audit_trail(order.id)
     async with store.engine.begin() as conn:
         await conn.execute(
             text("UPDATE audit_events SET kind = 'forged' WHERE id = :id"), {"id": trail[1].id}

@@ -102,7 +102,7 @@ async def test_reading_where_there_is_no_database(tmp_path: Path, command: tuple
 async def test_output_piped_into_head_ends_quietly(database: Database, tmp_path: Path) -> None:
     store = Store(database.engine())
     for n in range(600):
-        await store.audit("system", actor="test", kind="note", data={"n": n, "pad": "x" * 200})
+        await store.audit.audit("system", actor="test", kind="note", data={"n": n, "pad": "x" * 200})
     await store.close()
     env = cli_env(DATABASE_URL=database.url)
     proc = await asyncio.create_subprocess_shell(

@@ -72,7 +72,7 @@ async def test_console_dialogue_ends_with_the_confirmed_order_id(
 
     store = Store.from_url(settings.database_url)
     try:
-        order = await store.get_order(last.removeprefix("Confirmed "))
+        order = await store.orders.get_order(last.removeprefix("Confirmed "))
         assert order.status is Status.QUEUED and order.requester == "U1"
         assert "Acme, Globex and Initech" in str(fake_anthropic.requests[1]["messages"])
     finally:
@@ -107,7 +107,7 @@ async def test_console_confirmed_orders_queue_with_their_workload_priority(
             code, out, err = await _console(settings, "pricing table\nyes\n", "--user", "U1")
             assert code == 0, err
             order_id = out.strip().splitlines()[-1].removeprefix("Confirmed ")
-            row = await store.get_row(order_id)
+            row = await store.orders.get_row(order_id)
             assert row.status == "queued"
             assert row.priority == queue.priority_of(settings, workload)
             assert row.priority == settings.priorities[WorkloadClass(workload)]
@@ -167,7 +167,7 @@ async def test_a_follow_up_at_the_confirmation_refines_the_draft(
 
     store = Store.from_url(settings.database_url)
     try:
-        order = await store.get_order(out.strip().splitlines()[-1].removeprefix("Confirmed "))
+        order = await store.orders.get_order(out.strip().splitlines()[-1].removeprefix("Confirmed "))
         assert order.budget.max_usd == 5 and order.workload_class is WorkloadClass.DEEP
     finally:
         await store.close()
@@ -205,7 +205,7 @@ async def test_the_console_trial_ends_with_the_reviewers_decision(
     try:
 
         async def in_review() -> bool:
-            return (await store.get_order(order_id)).status is Status.AWAITING_REVIEW
+            return (await store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
         await eventually(in_review)
         code, out, _ = await delegate("show", order_id, env=env)
@@ -230,7 +230,7 @@ async def test_the_console_trial_ends_with_the_reviewers_decision(
         code, out, err = await delegate("review", order_id, "approve", "--user", "U1", env=env)
         assert code == 0, err
         assert out.strip() == f"Approved {order_id} (self-approved: you are its requester)."
-        assert (await store.get_order(order_id)).status is Status.APPROVED
+        assert (await store.orders.get_order(order_id)).status is Status.APPROVED
         code, out, _ = await delegate("show", order_id, env=env)
         assert "State:        approved (self-approved: by its requester)" in out and "| Acme | $10 | $99 |" in out
         code, _, err = await delegate("review", order_id, "reject", "--user", "U1", env=env)
@@ -249,7 +249,7 @@ async def test_review_refuses_slack_orders_and_bad_ids(
     store = Store.from_url(settings.database_url)
     try:
         await upgrade(store.engine)
-        created = await store.create_order(
+        created = await store.orders.create_order(
             make_order(status=Status.AWAITING_REVIEW, verification={"reviewers": ["U7"]}),
             actor="U1",
         )

@@ -43,7 +43,7 @@ def _drop_once(h: Harness) -> list[int]:
     """SQLite has no server to lose: the next checkpoint write fails as a dropped connection
     does (OperationalError, connection invalidated)."""
     dropped: list[int] = []
-    save = h.store.save_run_checkpoint
+    save = h.store.queue.save_run_checkpoint
 
     async def failing(*args: Any, **kwargs: Any) -> Any:
         if not dropped:
@@ -53,7 +53,7 @@ def _drop_once(h: Harness) -> list[int]:
             )
         return await save(*args, **kwargs)
 
-    h.store.save_run_checkpoint = failing  # type: ignore[method-assign]
+    h.store.queue.save_run_checkpoint = failing  # type: ignore[method-assign]
     return dropped
 
 
@@ -76,7 +76,7 @@ async def test_a_run_whose_database_connections_are_killed_is_resumed_not_crashe
 
     # The first attempt went back to the queue; the next one resumes and finishes the work.
     await eventually(lambda: _run_again(h, order_id))
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert row.status in DONE, (row.status, row.exception_kind, row.exception_message)
     assert row.exception_kind is None and row.lost_leases == 0 and row.reserved_micro_usd == 0
     outcomes = [a.outcome for a in await fetch_attempts(h.store, order_id)]
@@ -89,7 +89,7 @@ async def test_a_run_whose_database_connections_are_killed_is_resumed_not_crashe
 async def _run_again(h: Harness, order_id: str) -> bool:
     """Claim and run the order once its back-off has passed; whether it has left the queue."""
     await h.run_next()
-    return (await h.store.get_row(order_id)).status != Status.QUEUED.value
+    return (await h.store.orders.get_row(order_id)).status != Status.QUEUED.value
 
 
 async def test_a_database_that_keeps_failing_runs_ends_in_exception(harness: Harness) -> None:
@@ -102,10 +102,10 @@ async def test_a_database_that_keeps_failing_runs_ends_in_exception(harness: Har
     async def failing(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("UPDATE run_attempts", {}, Exception("server closed the connection"))
 
-    h.store.save_run_checkpoint = failing  # type: ignore[method-assign]
+    h.store.queue.save_run_checkpoint = failing  # type: ignore[method-assign]
     await eventually(lambda: _run_again(h, order_id), timeout_s=60)
 
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "crashed")
     assert "database connection failed" in (row.exception_message or "")
     outcomes = [a.outcome for a in await fetch_attempts(h.store, order_id)]

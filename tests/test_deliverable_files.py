@@ -64,7 +64,7 @@ async def test_files_handed_in_are_uploaded_once_each_hashed_and_listed(pipe: Pi
     prompt = await pipe.post(APPROVE_ACTION)
 
     # Uploaded through Slack's external upload, each once, into the order's thread.
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     uploads = pipe.slack.calls_to("files.getUploadURLExternal")
     names = sorted(c.args["filename"] for c in uploads)
     assert names == [f"{order_id}-d1-1-prices.csv", f"{order_id}-d1-2-chart.png"]
@@ -80,7 +80,7 @@ async def test_files_handed_in_are_uploaded_once_each_hashed_and_listed(pipe: Pi
     assert "prices.csv" in shown and "chart.png" in shown and f"{len(CSV)} bytes" in shown
 
     # The audit chain names each file by its hash.
-    entries = await pipe.bot.store.audit_trail(order_id)
+    entries = await pipe.bot.store.audit.audit_trail(order_id)
     [handed_in] = [e for e in entries if e.kind == "deliverable"]
     hashes = {f["name"]: f["sha256"] for f in handed_in.data["files"]}
     assert hashes == {
@@ -116,8 +116,8 @@ async def test_a_bad_or_oversize_file_is_a_tool_error_the_model_sees(pipe: Pipel
     assert any("chart.png: the content is not a PNG file" in e for e in errors)
     assert any("run.exe: this type of file cannot be handed in" in e for e in errors)
     assert any("big.csv: 2,000 bytes is over the limit of 1,000 bytes" in e for e in errors)
-    [deliverable] = await pipe.bot.store.deliverables(order_id)
-    assert [f.name for f in await pipe.bot.store.deliverable_files(deliverable.id or 0)] == [
+    [deliverable] = await pipe.bot.store.runs.deliverables(order_id)
+    assert [f.name for f in await pipe.bot.store.runs.deliverable_files(deliverable.id or 0)] == [
         "prices.csv"
     ]
     await pipe.slack.wait_for("files.completeUploadExternal")
@@ -146,7 +146,7 @@ async def test_without_canvases_a_long_deliverable_is_a_file(pipe: Pipeline) -> 
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     prompt = await pipe.post(APPROVE_ACTION)
     [upload] = pipe.slack.calls_to("files.getUploadURLExternal")
-    [item] = await pipe.bot.store.deliverables(order_id)
+    [item] = await pipe.bot.store.runs.deliverables(order_id)
     assert upload.args["filename"] == f"{order_id}-deliverable-{item.id}.md"  # one per version
     assert not pipe.slack.canvases and "canvas" not in json.dumps(prompt["blocks"])
 
@@ -173,7 +173,7 @@ async def test_an_attached_file_is_read_by_a_granted_run_only(pipe: Pipeline) ->
     stray["files"] = [other]
     await pipe.bot.sender.event(stray)
     await pipe.slack.wait_until(lambda: bool(pipe.posts_with("Start")))
-    [order] = await pipe.bot.store.list_orders()
+    [order] = await pipe.bot.store.orders.list_orders()
     assert order.id
     pipe.openai.script(verdicts(True, True, True))
     pipe.anthropic.script(

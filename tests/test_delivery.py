@@ -28,17 +28,17 @@ from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import eventually
 from workers import queue
 from workers.config import Settings, load_settings
-from workers.home_views import home_data
-from workers.models import utcnow
 from workers.errors import RetryLater
 from workers.followup import FollowUps
 from workers.keys import exception_key, result_key, review_key, status_key
+from workers.models import utcnow
 from workers.progress import Spend
 from workers.review import decide
 from workers.runtime import run_worker
 from workers.store import OutboxItem, Store
 from workers.store.outbox import SLACK, exception_notice
-from workers.sweeps import single_runner
+from workers.store.reporting.home import home_data
+from workers.store.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
 
@@ -58,7 +58,7 @@ def _posted(fake_slack: FakeSlack) -> list[str]:
 
 
 async def _order(store: Store, **fields: Any) -> WorkOrder:
-    return await store.create_order(
+    return await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION, **fields), actor="U1"
     )
 
@@ -69,7 +69,7 @@ async def _awaiting_review(store: Store, settings: Any, **fields: Any) -> WorkOr
     await queue.enqueue(store, settings, order.id, actor="U1")
     claim = await queue.claim(store, settings, "w1")
     assert claim.order is not None and claim.order.id == order.id
-    finished = await store.finish_run(
+    finished = await store.queue.finish_run(
         order.id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted"
     )
     assert finished is not None
@@ -98,14 +98,14 @@ async def test_a_slack_outage_longer_than_the_retries_is_delivered_once_when_sla
     order = await _order(store)
     assert order.id
     key = exception_key(order.id, 1)
-    await store.add_to_outbox(order.id, [exception_notice(key, "budget", "the budget ran out")])
+    await store.outbox.add_to_outbox(order.id, [exception_notice(key, "budget", "the budget ran out")])
     fake_slack.fail_next("chat.postMessage", 503, times=12)  # the old outbox gave up after 8
     deliverer = _deliverer(store, fake_slack)
 
     await _deliver_until(deliverer, lambda: key in _posted(fake_slack))
 
     assert _posted(fake_slack) == [key]
-    [message] = await store.outbox(order.id)
+    [message] = await store.outbox.outbox(order.id)
     assert message.sent_at is not None and message.attempts == 13
     assert await deliverer.deliver_due() == 0  # nothing left; nothing posted again
     assert _posted(fake_slack) == [key]
@@ -117,10 +117,10 @@ async def test_one_order_s_undeliverable_message_does_not_hold_up_another_s(
     stuck = await _order(store, channel="C-gone")
     fine = await _order(store, channel="C1")
     assert stuck.id and fine.id
-    await store.add_to_outbox(
+    await store.outbox.add_to_outbox(
         stuck.id, [exception_notice(exception_key(stuck.id, 1), "budget", "out of budget")]
     )
-    await store.add_to_outbox(
+    await store.outbox.add_to_outbox(
         fine.id, [exception_notice(exception_key(fine.id, 1), "budget", "out of budget")]
     )
     # Slack refuses every post into the channel the bot was removed from.
@@ -138,9 +138,9 @@ async def test_one_order_s_undeliverable_message_does_not_hold_up_another_s(
     await deliverer.deliver_due()
 
     # Tried once, recognised as permanent, flagged on the order; not retried.
-    [failed] = await store.outbox(stuck.id)
+    [failed] = await store.outbox.outbox(stuck.id)
     assert failed.permanent and failed.error == "not_in_channel" and failed.attempts == 1
-    events = [e for e in await store.audit_trail(stuck.id) if e.kind == "delivery_failed"]
+    events = [e for e in await store.audit.audit_trail(stuck.id) if e.kind == "delivery_failed"]
     assert events and events[0].data["error"] == "not_in_channel"
     tries = [c for c in fake_slack.calls_to("chat.postMessage") if c.args["channel"] == "C-gone"]
     assert len(tries) == 1
@@ -170,15 +170,15 @@ async def test_a_revoked_token_turns_healthz_red_and_stops_claiming_until_it_wor
     )
     first = await _order(store)
     assert first.id
-    await store.add_to_outbox(
+    await store.outbox.add_to_outbox(
         first.id, [exception_notice(exception_key(first.id, 1), "budget", "out of budget")]
     )
     deliverer = _deliverer(store, fake_slack)
     fake_slack.tokens = {"xoxb-rotated"}  # the bot's token was revoked
     await deliverer.deliver_due()
 
-    assert await store.problem(SLACK) == "token refused (invalid_auth)"
-    [message] = await store.outbox(first.id)
+    assert await store.outbox.problem(SLACK) == "token refused (invalid_auth)"
+    [message] = await store.outbox.outbox(first.id)
     assert message.sent_at is None and not message.permanent  # kept for when it works again
     async with TestClient(TestServer(build_web_app(store=store, bolt=None))) as http:
         response = await http.get("/healthz")
@@ -199,14 +199,14 @@ async def test_a_revoked_token_turns_healthz_red_and_stops_claiming_until_it_wor
     try:
 
         async def claimed() -> bool:
-            return (await store.get_order(queued.id or "")).status is not Status.QUEUED
+            return (await store.orders.get_order(queued.id or "")).status is not Status.QUEUED
 
         with pytest.raises(TimeoutError):  # several poll intervals pass without a claim
             await eventually(claimed, timeout_s=1.0)
 
         fake_slack.tokens.add("xoxb-test")  # reinstalled
         assert await deliverer.check_token()
-        assert await store.problem(SLACK) is None
+        assert await store.outbox.problem(SLACK) is None
         await eventually(claimed)
         await _deliver_until(
             deliverer, lambda: exception_key(first.id or "", 1) in _posted(fake_slack)
@@ -241,9 +241,9 @@ async def test_the_review_prompt_is_posted_once_after_its_worker_is_killed(
     try:
 
         async def committed_and_tried() -> bool:
-            if (await store.get_order(order_id)).status is not Status.AWAITING_REVIEW:
+            if (await store.orders.get_order(order_id)).status is not Status.AWAITING_REVIEW:
                 return False
-            messages = await store.outbox(order_id)
+            messages = await store.outbox.outbox(order_id)
             # Tried and failed, released for a later attempt (not mid-send).
             return bool(messages) and all(
                 m.attempts >= 1 and m.claimed_by is None and m.sent_at is None for m in messages
@@ -257,7 +257,7 @@ async def test_the_review_prompt_is_posted_once_after_its_worker_is_killed(
 
     fake_slack._failures.clear()  # Slack is back
     deliverer = _deliverer(store, fake_slack)
-    [item] = await store.deliverables(order_id)
+    [item] = await store.runs.deliverables(order_id)
     review = review_key(result_key(order_id, item.id))
     await _deliver_until(deliverer, lambda: review in _posted(fake_slack))
     await deliverer.deliver_due()
@@ -282,7 +282,7 @@ async def test_a_review_prompt_delivered_after_a_decision_from_home_shows_the_de
     claim = await queue.claim(store, settings, "w1")
     assert claim.attempt is not None and claim.attempt.id is not None
     attempt = claim.attempt.id
-    item = await store.save_deliverable(
+    item = await store.runs.save_deliverable(
         order.id,
         tool_use_id="t1",
         content="the table",
@@ -291,7 +291,7 @@ async def test_a_review_prompt_delivered_after_a_decision_from_home_shows_the_de
         actor="w1",
     )
     key = result_key(order.id, item.id)
-    await store.finish_run(
+    await store.queue.finish_run(
         order.id,
         "w1",
         Status.AWAITING_REVIEW,
@@ -329,7 +329,7 @@ async def test_a_stale_status_update_never_overwrites_approved(
     awaiting = await _awaiting_review(store, settings)
     assert awaiting.id
     await reporter.status(awaiting, "Deliverable submitted; waiting for review", spend)
-    approved = await store.transition(
+    approved = await store.orders.transition(
         awaiting.id, Status.APPROVED, actor="U7", reason="approved by the reviewer"
     )
     await reporter.status(approved, "Approved by <@U7>", spend)
@@ -341,7 +341,7 @@ async def test_a_stale_status_update_never_overwrites_approved(
     shown = json.dumps(message["blocks"])
     assert "Approved by" in shown and "Cancel" not in shown
     assert "waiting for review" not in json.dumps(fake_slack.last_call("chat.update").args)
-    posted = await store.slack_message(status_key(awaiting.id))
+    posted = await store.slack.slack_message(status_key(awaiting.id))
     assert posted is not None and posted.ts == message["ts"]
 
 
@@ -383,15 +383,15 @@ async def test_a_claim_left_by_a_dead_poster_is_taken_over_after_it_expires(
     order = await _order(store)
     assert order.id
     key = f"{order.id}:notice:2"
-    state, _ = await store.claim_slack_message(
+    state, _ = await store.slack.claim_slack_message(
         key=key, purpose="notice", channel="C1", owner="dead", order=order.id, claim_s=-1
     )
     assert state == "claimed"
-    state, _ = await store.claim_slack_message(
+    state, _ = await store.slack.claim_slack_message(
         key=key, purpose="notice", channel="C1", owner="alive", order=order.id
     )
     assert state == "retaken"  # it may have posted before it died: the reporter looks first
-    state, _ = await store.claim_slack_message(
+    state, _ = await store.slack.claim_slack_message(
         key=key, purpose="notice", channel="C1", owner="third", order=order.id
     )
     assert state == "busy"
@@ -420,6 +420,6 @@ async def test_outbox_items_written_twice_under_one_key_are_kept_once(store: Sto
     order = await _order(store)
     assert order.id
     item = OutboxItem("question", f"{order.id}:question:t1", {"text": "Which currency?"})
-    await store.add_to_outbox(order.id, [item])
-    await store.add_to_outbox(order.id, [item])  # a resumed run writes it again
-    assert [m.key for m in await store.outbox(order.id)] == [item.key]
+    await store.outbox.add_to_outbox(order.id, [item])
+    await store.outbox.add_to_outbox(order.id, [item])  # a resumed run writes it again
+    assert [m.key for m in await store.outbox.outbox(order.id)] == [item.key]

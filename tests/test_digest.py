@@ -32,8 +32,9 @@ from workers.digest import (
     headlines,
     render_markdown,
 )
-from workers.metrics import Period, WeekPoint
 from workers.models import DigestPost, Installation, MetricDay
+from workers.store.reporting import Reporting
+from workers.store.reporting.metrics import Period, WeekPoint
 
 DELEGATE = Path(sys.executable).with_name("delegate")
 REPO = Path(__file__).resolve().parents[1]
@@ -83,9 +84,9 @@ async def test_a_busy_week_and_an_empty_one_read_well_and_fit_slack(database: An
     engine = database.engine()
     try:
         await seed_history(engine)
-        busy = await build_digest(engine, history_settings(), "growth", W47)
+        busy = await build_digest(Reporting(engine), history_settings(), "growth", W47)
         empty = await build_digest(
-            engine, history_settings(), "growth", Period.iso_week("2026-W30")
+            Reporting(engine), history_settings(), "growth", Period.iso_week("2026-W30")
         )
     finally:
         await engine.dispose()
@@ -116,7 +117,7 @@ async def test_a_busy_week_and_an_empty_one_read_well_and_fit_slack(database: An
 
 def test_blocks_stay_within_limits_however_many_exceptions() -> None:
     from workers.digest import Digest
-    from workers.metrics import Comparison, PersonCount, TeamMetrics
+    from workers.store.reporting.metrics import Comparison, PersonCount, TeamMetrics
 
     week = Period.iso_week("2026-W47")
     now = TeamMetrics(
@@ -145,7 +146,7 @@ async def test_the_posted_digest_names_people_without_pinging_and_shows_where_mo
     fake_slack.users["UREV2"] = None  # Slack will not describe this one: shown by id
     try:
         await seed_history(engine)
-        busy = await build_digest(engine, history_settings(), "growth", W47)
+        busy = await build_digest(Reporting(engine), history_settings(), "growth", W47)
         await SlackDigestPublisher(client).publish("C0LEADS", busy, None)
     finally:
         await engine.dispose()
@@ -220,7 +221,7 @@ async def test_digest_posts_at_local_nine_across_daylight_saving_exactly_once(
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     scheduler = DigestScheduler(
         digest_settings(post_empty=True),
-        engine,
+        Reporting(engine),
         SlackDigestPublisher(client),
         clock=clock,
         render_chart=render_chart,
@@ -258,9 +259,13 @@ async def test_a_missed_digest_is_caught_up_once_after_restart(
     settings = digest_settings(post_empty=True)
     try:
         await installed_on(engine, LONG_AGO)
-        first = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=wednesday)
+        first = DigestScheduler(
+            settings, Reporting(engine), SlackDigestPublisher(client), clock=wednesday
+        )
         assert [c.week for c in await first.sweep()] == ["2026-W12"]
-        restarted = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=wednesday)
+        restarted = DigestScheduler(
+            settings, Reporting(engine), SlackDigestPublisher(client), clock=wednesday
+        )
         assert await restarted.sweep() == []
         wednesday.now = datetime(2026, 3, 29, 21, 0, tzinfo=UTC)  # still the same week
         assert await restarted.sweep() == []
@@ -274,7 +279,7 @@ async def test_a_failed_post_is_retried_by_the_next_sweep(database: Any, fake_sl
     client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.api_url)
     monday = Clock(datetime(2026, 3, 23, 9, 0, tzinfo=UTC))
     scheduler = DigestScheduler(
-        digest_settings(post_empty=True), engine, SlackDigestPublisher(client), clock=monday
+        digest_settings(post_empty=True), Reporting(engine), SlackDigestPublisher(client), clock=monday
     )
     try:
         await installed_on(engine, LONG_AGO)
@@ -295,7 +300,7 @@ async def test_concurrent_schedulers_on_one_database_post_once(
     settings = digest_settings(teams=["growth", "default", "all"], post_empty=True)
     await installed_on(engines[0], LONG_AGO)
     schedulers = [
-        DigestScheduler(settings, e, SlackDigestPublisher(client), clock=monday, owner=f"p{i}")
+        DigestScheduler(settings, Reporting(e), SlackDigestPublisher(client), clock=monday, owner=f"p{i}")
         for i, e in enumerate(engines)
     ]
     try:
@@ -316,7 +321,9 @@ async def test_a_fresh_install_posts_nothing_about_the_weeks_before_it(
     installed = datetime(2026, 3, 25, 12, 0, tzinfo=UTC)  # a Wednesday of 2026-W13
     clock = Clock(installed)
     settings = load_settings(digests=[EVERY_MINUTE | {"post_empty": True}])
-    scheduler = DigestScheduler(settings, engine, SlackDigestPublisher(client), clock=clock)
+    scheduler = DigestScheduler(
+        settings, Reporting(engine), SlackDigestPublisher(client), clock=clock
+    )
     try:
         await installed_on(engine, installed)
         assert await scheduler.sweep() == [], "2026-W12 ended before Delegate was installed"
@@ -333,7 +340,7 @@ async def test_an_empty_week_is_not_posted_unless_asked_for(database: Any, fake_
     monday = Clock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
     quiet = DigestScheduler(
         load_settings(teams=history_settings().teams, digests=[EVERY_MINUTE]),
-        engine,
+        Reporting(engine),
         SlackDigestPublisher(client),
         clock=monday,
     )

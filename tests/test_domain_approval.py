@@ -126,7 +126,7 @@ def message_of(pipe: Pipeline, post: dict[str, Any]) -> dict[str, Any]:
 
 
 async def decisions(pipe: Pipeline, order_id: str) -> list[tuple[str, str, str]]:
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     return [
         (e.actor, e.data["host"], e.data["decision"]) for e in trail if e.kind == "domain_decision"
     ]
@@ -150,7 +150,7 @@ async def test_allow_once_reads_the_page_once_and_a_denial_reaches_the_model(
     assert f"{order_id}* wants to read `{HOST}:{site.port}/pricing`" in text
     assert "Acme's current list prices" in text and "<@U1>" in text
     assert DOMAIN_ORDER_ACTION in text and DOMAIN_DENY_ACTION in text
-    row = await pipe.bot.store.get_row(order_id)
+    row = await pipe.bot.store.orders.get_row(order_id)
     assert row.lease_owner is None, "a parked run holds no worker slot"
     assert site.hits == [], "nothing is fetched before a person allows it"
 
@@ -160,7 +160,7 @@ async def test_allow_once_reads_the_page_once_and_a_denial_reaches_the_model(
     await pipe.click(DOMAIN_ONCE_ACTION, approval, "U9", message=first)
     await pipe.slack.wait_until(lambda: any(e["recipient"] == "U9" for e in pipe.slack.ephemerals))
     assert "or an admin can allow" in pipe.slack.ephemerals[-1]["text"]
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.WAITING_FOR_REQUESTER
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.WAITING_FOR_REQUESTER
 
     # The requester allows it once: the run resumes and the page is read, exactly once.
     await pipe.click(DOMAIN_ONCE_ACTION, approval, "U1", message=first)
@@ -191,7 +191,7 @@ async def test_allow_once_reads_the_page_once_and_a_denial_reaches_the_model(
     assert f"<@UADMIN> denied reading {HOST}" in refusal
 
     assert await decisions(pipe, order_id) == [("U1", HOST, "once"), ("UADMIN", HOST, "deny")]
-    kinds = [e.kind for e in await pipe.bot.store.audit_trail(order_id)]
+    kinds = [e.kind for e in await pipe.bot.store.audit.audit_trail(order_id)]
     assert kinds.count("domain_requested") == 2 and kinds.count("domain_grant_used") == 1
 
 

@@ -16,9 +16,9 @@ from tests.fakes.slack import FakeSlack
 from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers import queue
+from workers.budget import quota_week
 from workers.config import Settings
 from workers.keys import domain_key, exception_key, result_key, review_key, status_key
-from workers.budget import quota_week
 from workers.models import OutboxMessage, utcnow
 from workers.store import OutboxItem, Store
 from workers.workorder import Status, WorkOrder
@@ -58,14 +58,14 @@ def _files_in_thread(fake_slack: FakeSlack) -> list[str]:
 
 
 async def _order(store: Store, **fields: Any) -> WorkOrder:
-    return await store.create_order(
+    return await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION, **fields), actor="U1"
     )
 
 
 async def _owed(store: Store, order: WorkOrder, key: str, kind: str = "exception") -> None:
     assert order.id
-    await store.add_to_outbox(order.id, [OutboxItem(kind, key, {"kind": "budget", "message": "m"})])
+    await store.outbox.add_to_outbox(order.id, [OutboxItem(kind, key, {"kind": "budget", "message": "m"})])
 
 
 # ------------------------------------------------------------ 1. written with the change
@@ -77,19 +77,19 @@ async def test_a_quota_wait_that_ends_in_exception_owes_the_thread_its_notice(
     """The claim that moves an order to exception writes its notice and its status in the same
     transaction: no process has to survive to say it (lost 2 of 2 under SIGKILL before)."""
     settings: Settings = settings_factory(engine={"max_quota_wait_s": 60})
-    await store.set_team_quota("default", quota_week(utcnow()), quota_micro_usd=0, actor="lead")
+    await store.ledger.set_team_quota("default", quota_week(utcnow()), quota_micro_usd=0, actor="lead")
     order = await _order(store)
     assert order.id
     await queue.enqueue(store, settings, order.id, actor="U1")
-    first = await store.claim("w1", lease_ttl_s=5, admission=queue.admission(settings))
+    first = await store.queue.claim("w1", lease_ttl_s=5, admission=queue.admission(settings))
     assert first.waiting  # held back for quota: its status says so, from the same transaction
-    [waiting] = await store.outbox(order.id)
+    [waiting] = await store.outbox.outbox(order.id)
     assert waiting.kind == "status" and waiting.payload["waiting"] is True
     later = utcnow() + timedelta(seconds=120)
-    await store.claim("w1", lease_ttl_s=5, admission=queue.admission(settings, later), now=later)
-    assert (await store.get_order(order.id)).status is Status.EXCEPTION
+    await store.queue.claim("w1", lease_ttl_s=5, admission=queue.admission(settings, later), now=later)
+    assert (await store.orders.get_order(order.id)).status is Status.EXCEPTION
 
-    by_kind = {m.kind: m for m in await store.outbox(order.id)}
+    by_kind = {m.kind: m for m in await store.outbox.outbox(order.id)}
     assert by_kind["exception"].payload["kind"] == "quota"
     assert by_kind["exception"].key.startswith(exception_key(order.id, "quota"))
     assert by_kind["status"].payload["step"].startswith("Stopped: ")
@@ -100,10 +100,10 @@ async def test_a_domain_request_owes_the_thread_its_prompt_from_the_moment_it_ex
 ) -> None:
     order = await _order(store)
     assert order.id
-    approval = await store.request_domain_approval(
+    approval = await store.approvals.request_domain_approval(
         order.id, tool_use_id="toolu_1", host="example.org", url="https://example.org/x", reason="r"
     )
-    [prompt] = [m for m in await store.outbox(order.id) if m.kind == "domain"]
+    [prompt] = [m for m in await store.outbox.outbox(order.id) if m.kind == "domain"]
     assert prompt.key == domain_key(order.id, approval.id)
     assert prompt.payload["host"] == "example.org" and prompt.sent_at is None
 
@@ -116,13 +116,13 @@ async def test_a_late_step_never_replaces_the_state_an_order_rests_in(store: Sto
     settings = Settings()
     await queue.enqueue(store, settings, order.id, actor="U1")
     for step in ("one", "two", "three"):
-        assert await store.report_status(order.id, step)
-    [status] = [m for m in await store.outbox(order.id) if m.kind == "status"]
+        assert await store.outbox.report_status(order.id, step)
+    [status] = [m for m in await store.outbox.outbox(order.id) if m.kind == "status"]
     assert status.payload["step"] == "three" and status.key == status_key(order.id)
 
     await queue.cancel(store, order.id, actor="U1", reason="not needed")
-    assert not await store.report_status(order.id, "Reading example.org")
-    [status] = [m for m in await store.outbox(order.id) if m.kind == "status"]
+    assert not await store.outbox.report_status(order.id, "Reading example.org")
+    [status] = [m for m in await store.outbox.outbox(order.id) if m.kind == "status"]
     assert status.payload["step"] == "Cancelled" and status.payload["by"] == "U1"
 
 
@@ -141,7 +141,7 @@ async def test_a_post_made_before_its_500_is_not_posted_again(
 
     async def sent() -> bool:
         await deliverer.deliver_due()
-        [message] = await store.outbox(order.id or "")
+        [message] = await store.outbox.outbox(order.id or "")
         return message.sent_at is not None
 
     await eventually(sent, timeout_s=30, interval_s=0.02)
@@ -167,7 +167,7 @@ async def test_a_failed_lookup_is_retried_later_never_answered_by_posting(
     await _deliver_until(deliverer, lambda: True)
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
     assert len(_in_thread(fake_slack, key)) == 1
-    [message] = await store.outbox(order.id or "")
+    [message] = await store.outbox.outbox(order.id or "")
     assert message.sent_at is not None
 
 
@@ -186,7 +186,7 @@ async def test_the_client_never_repeats_a_post_on_its_own(
 
     async def sent() -> bool:
         await deliverer.deliver_due()
-        return all(m.sent_at is not None for m in await store.outbox(order.id or ""))
+        return all(m.sent_at is not None for m in await store.outbox.outbox(order.id or ""))
 
     await eventually(sent, timeout_s=30, interval_s=0.02)
     assert len(_in_thread(fake_slack, key)) == 1
@@ -202,11 +202,11 @@ async def test_a_review_prompt_and_its_result_survive_a_sustained_outage_once_ea
     await queue.enqueue(store, settings, order.id, actor="U1")
     claim = await queue.claim(store, settings, "w1")
     assert claim.order is not None
-    deliverable = await store.save_deliverable(
+    deliverable = await store.runs.save_deliverable(
         order.id, tool_use_id="t1", content="the table", summary="done", attempt_id=None, actor="w1"
     )
     key = result_key(order.id, deliverable.id)
-    finished = await store.finish_run(
+    finished = await store.queue.finish_run(
         order.id,
         "w1",
         Status.AWAITING_REVIEW,
@@ -219,7 +219,7 @@ async def test_a_review_prompt_and_its_result_survive_a_sustained_outage_once_ea
 
     async def all_sent() -> bool:
         await deliverer.deliver_due()
-        return all(m.sent_at is not None for m in await store.outbox(order.id or ""))
+        return all(m.sent_at is not None for m in await store.outbox.outbox(order.id or ""))
 
     await eventually(all_sent, timeout_s=60, interval_s=0.02)
     assert len(_in_thread(fake_slack, key)) == 1
@@ -239,11 +239,11 @@ async def test_a_lost_answer_to_an_upload_does_not_upload_the_deliverable_twice(
     await queue.enqueue(store, settings, order.id, actor="U1")
     await queue.claim(store, settings, "w1")
     long = "# Report\n" + "x" * 20_000  # too long to post inline: uploaded as a file
-    deliverable = await store.save_deliverable(
+    deliverable = await store.runs.save_deliverable(
         order.id, tool_use_id="t1", content=long, summary="done", attempt_id=None, actor="w1"
     )
     key = result_key(order.id, deliverable.id)
-    await store.finish_run(
+    await store.queue.finish_run(
         order.id,
         "w1",
         Status.AWAITING_REVIEW,
@@ -256,7 +256,7 @@ async def test_a_lost_answer_to_an_upload_does_not_upload_the_deliverable_twice(
 
     async def all_sent() -> bool:
         await deliverer.deliver_due()
-        rows: list[OutboxMessage] = await store.outbox(order.id or "")
+        rows: list[OutboxMessage] = await store.outbox.outbox(order.id or "")
         return all(m.sent_at is not None for m in rows)
 
     await eventually(all_sent, timeout_s=30, interval_s=0.02)
@@ -270,14 +270,14 @@ async def test_a_status_rewritten_while_it_is_being_sent_goes_out_again(store: S
     order = await _order(store)
     assert order.id
     await queue.enqueue(store, Settings(), order.id, actor="U1")
-    assert await store.report_status(order.id, "one")
-    [claimed] = [m for m in await store.claim_outbox("deliverer-a") if m.kind == "status"]
+    assert await store.outbox.report_status(order.id, "one")
+    [claimed] = [m for m in await store.outbox.claim_outbox("deliverer-a") if m.kind == "status"]
     assert claimed.payload["step"] == "one"
-    assert await store.report_status(order.id, "two")  # while "one" is in flight
-    assert [m for m in await store.claim_outbox("deliverer-b") if m.kind == "status"] == []
+    assert await store.outbox.report_status(order.id, "two")  # while "one" is in flight
+    assert [m for m in await store.outbox.claim_outbox("deliverer-b") if m.kind == "status"] == []
     assert claimed.id is not None
-    await store.outbox_sent(claimed.id, "deliverer-a")
-    [again] = [m for m in await store.claim_outbox("deliverer-b") if m.kind == "status"]
+    await store.outbox.outbox_sent(claimed.id, "deliverer-a")
+    [again] = [m for m in await store.outbox.claim_outbox("deliverer-b") if m.kind == "status"]
     assert again.id == claimed.id and again.payload["step"] == "two"
-    await store.outbox_sent(again.id, "deliverer-b")
-    assert await store.undelivered() == []
+    await store.outbox.outbox_sent(again.id, "deliverer-b")
+    assert await store.outbox.undelivered() == []

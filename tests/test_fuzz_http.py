@@ -322,7 +322,7 @@ async def test_fuzzed_interactions_never_fail(
 ) -> None:
     caplog.clear()
     caplog.set_level(logging.INFO)
-    if not await bot.store.list_orders():
+    if not await bot.store.orders.list_orders():
         await _seed_order(bot, fake_slack)
     payload = data.draw(
         st.one_of(block_actions(bot.sender), view_submissions(bot.sender), shortcuts(bot.sender))
@@ -346,7 +346,7 @@ async def _seed_order(bot: RunningBot, fake_slack: FakeSlack) -> None:
     )
     assert status == 200
     await bot_idle()
-    assert await bot.store.list_orders()
+    assert await bot.store.orders.list_orders()
 
 
 # ---------------------------------------------------------------- slash commands

@@ -109,8 +109,8 @@ async def test_no_secret_leaves_and_no_forbidden_tool_runs(
     logged = [r.getMessage() for r in caplog.records]
     audit = [
         json.dumps(e.data, ensure_ascii=False, default=str) + e.actor
-        for chain in await pipe.bot.store.audit_chains()
-        for e in await pipe.bot.store.audit_trail(chain)
+        for chain in await pipe.bot.store.audit.audit_chains()
+        for e in await pipe.bot.store.audit.audit_trail(chain)
     ]
     for secret in every:
         for where, texts in (("Slack", sent), ("the logs", logged), ("the audit trail", audit)):
@@ -119,7 +119,7 @@ async def test_no_secret_leaves_and_no_forbidden_tool_runs(
     assert any("Done. [redacted]" in t for t in sent)
 
     granted = set(POLICIES["default"]["tools"])
-    calls = await pipe.bot.store.tool_calls(order_id)
+    calls = await pipe.bot.store.runs.tool_calls(order_id)
     assert {c.name for c in calls} >= {"read_thread", "web_fetch", "submit_deliverable"}
     ran = {c.name for c in calls if c.allowed}
     assert ran <= granted, f"forbidden tools ran: {ran - granted}"

@@ -73,13 +73,13 @@ async def test_intake_is_charged_to_the_team_and_stops_at_its_quota(
     fake_anthropic.script(chat("EBITDA is earnings before interest..."))
     await _ask(bot, "UPOOR", "what is EBITDA?")
     week = quota_week(utcnow())
-    spent = await bot.store.team_week_used("tiny", week)
+    spent = await bot.store.ledger.team_week_used("tiny", week)
     assert spent > 0  # the intake call was charged to the requester's team
     ts = await _ask(bot, "UPOOR", "and what is a KPI?")
     assert len(fake_anthropic.requests) == 1
     [told] = _replies_to(fake_slack, ts)
     assert "Team tiny has used its" in told and "Monday" in told
-    assert await bot.store.team_week_used("default", week) == 0
+    assert await bot.store.ledger.team_week_used("default", week) == 0
 
 
 async def test_concurrent_requests_cannot_overrun_the_hourly_limit(

@@ -98,7 +98,7 @@ async def test_vague_request_questions_answers_card_start_queued(
     # The second model call saw the whole conversation, answers included.
     assert "Acme, Globex, Initech" in json.dumps(fake_anthropic.requests[1]["messages"])
 
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert order.status is Status.AWAITING_CONFIRMATION and order.thread_ts == mention["ts"]
     assert _buttons(card["blocks"])[START_ACTION] == order.id
 
@@ -112,8 +112,8 @@ async def test_vague_request_questions_answers_card_start_queued(
         update.args["blocks"]
     )
     assert START_ACTION not in _blocks_text(update.args["blocks"])
-    assert (await bot.store.get_order(order.id)).status is Status.QUEUED
-    trail = await bot.store.audit_trail(order.id)
+    assert (await bot.store.orders.get_order(order.id)).status is Status.QUEUED
+    trail = await bot.store.audit.audit_trail(order.id)
     assert trail[-1].actor == "U1" and trail[-1].data["to"] == "queued"
 
 
@@ -129,7 +129,7 @@ async def test_clear_request_goes_straight_to_a_card(
     await bot.sender.event(event)
     card = await _card_for(fake_slack)
     assert len(fake_slack.calls_to("chat.postMessage")) == 1, "no questions for a clear request"
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     # 17:00 in Berlin (CET in March) is 16:00 UTC.
     assert order.deadline == datetime(2031, 3, 7, 16, 0, tzinfo=UTC)
     assert order.verification.reviewers == ["U7"]
@@ -143,7 +143,7 @@ async def test_model_cannot_invent_reviewers(
     fake_anthropic.script(draft(reviewers=["UEVIL"]))
     await bot.sender.event(bot.sender.app_mention("<@UBOT> pricing table please", channel="C1"))
     await _card_for(fake_slack)
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert order.verification.reviewers == []
 
 
@@ -160,8 +160,8 @@ async def test_plain_question_is_answered_as_chat(
         answer.args["thread_ts"] == event["ts"]
         and "earnings before interest" in answer.args["text"]
     )
-    assert await bot.store.list_orders() == []
-    session = await bot.store.intake_session("C1", event["ts"])
+    assert await bot.store.orders.list_orders() == []
+    session = await bot.store.slack.intake_session("C1", event["ts"])
     assert session is not None and session.kind == IntakeKind.CHAT and session.order_id is None
 
 
@@ -204,7 +204,7 @@ async def test_two_bot_instances_receiving_one_event_make_one_order(
             assert [s for s, _ in results] == [200, 200]
             await _card_for(fake_slack)
             await bot_idle()
-        assert len(await store.list_orders()) == 1
+        assert len(await store.orders.list_orders()) == 1
         assert len(fake_slack.calls_to("chat.postMessage")) == 1
     finally:
         await other_store.close()
@@ -245,7 +245,7 @@ async def test_a_mention_left_unhandled_by_a_dead_process_is_answered_later_once
         "authorizations": [{"team_id": bot.sender.team_id, "user_id": "UBOT", "is_bot": True}],
     }
     # What the dying process left: the delivery recorded with its body, never marked handled.
-    assert await bot.store.mark_event_seen("EvDIED0001", kind="app_mention", body=envelope)
+    assert await bot.store.slack.mark_event_seen("EvDIED0001", kind="app_mention", body=envelope)
 
     assert await recover_unhandled(bot.bolt, bot.store) == 0  # maybe still being handled
     fake_anthropic.script(questions("Which competitors?"))
@@ -254,7 +254,7 @@ async def test_a_mention_left_unhandled_by_a_dead_process_is_answered_later_once
     assert asked.args["thread_ts"] == mention["ts"] and "Which competitors?" in asked.args["text"]
 
     async def marked_handled() -> bool:
-        async with bot.store._sessions() as s:
+        async with bot.store.db.sessions() as s:
             row = await s.get(SlackEventSeen, "EvDIED0001", populate_existing=True)
         return row is not None and row.handled_at is not None and row.body is None
 
@@ -307,7 +307,7 @@ async def test_a_planted_mention_without_the_audit_keys_mac_is_not_replayed(
         assert await recover_unhandled(bot.bolt, bot.store, older_than=timedelta(0)) == 0
     await bot_idle()
     assert fake_slack.calls_to("chat.postMessage") == [] and fake_anthropic.requests == []
-    assert await bot.store.list_orders() == []
+    assert await bot.store.orders.list_orders() == []
     warned = [r.getMessage() for r in caplog.records if r.name == "workers.store.slack"]
     assert len(warned) == 2 and all("not replayed" in w for w in warned)
     assert {"EvPLANTED01", "EvPLANTED02"} == {w.split("event_id=")[1].strip("'") for w in warned}
@@ -322,12 +322,12 @@ async def test_a_handled_mention_keeps_no_body_and_is_pruned_after_the_retry_win
     assert (await bot.sender.event(mention, event_id="EvKEPT0001"))[0] == 200
     await fake_slack.wait_for("chat.postMessage", within=10)
     await bot_idle()
-    async with bot.store._sessions() as s:
+    async with bot.store.db.sessions() as s:
         row = await s.get(SlackEventSeen, "EvKEPT0001")
     assert row is not None and row.handled_at is not None and row.body is None
-    assert await bot.store.prune_seen_events(datetime.now(UTC) - timedelta(hours=1)) == 0
-    assert await bot.store.prune_seen_events(datetime.now(UTC) + timedelta(seconds=1)) >= 1
-    async with bot.store._sessions() as s:
+    assert await bot.store.slack.prune_seen_events(datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert await bot.store.slack.prune_seen_events(datetime.now(UTC) + timedelta(seconds=1)) >= 1
+    async with bot.store.db.sessions() as s:
         assert await s.get(SlackEventSeen, "EvKEPT0001") is None
 
 
@@ -338,12 +338,12 @@ async def _proposed(
     event = bot.sender.app_mention("<@UBOT> competitor pricing table", channel="C1")
     await bot.sender.event(event)
     card = await _card_for(fake_slack)
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert order.id
 
     # A person cannot click before the card exists; wait until the bot has recorded it too.
     async def recorded() -> bool:
-        saved = await bot.store.slack_message(f"{order.id}:card")
+        saved = await bot.store.slack.slack_message(f"{order.id}:card")
         return bool(saved and saved.ts)
 
     await eventually(recorded)
@@ -361,7 +361,7 @@ async def test_only_the_requester_may_start(
         assert (await bot.sender.action(click))[0] == 200
     ephemerals = await fake_slack.wait_for("chat.postEphemeral", count=3)
     assert all(e.args["user"] == "U2" and "Only <@U1>" in e.args["text"] for e in ephemerals)
-    assert (await bot.store.get_order(order_id)).status is Status.AWAITING_CONFIRMATION
+    assert (await bot.store.orders.get_order(order_id)).status is Status.AWAITING_CONFIRMATION
     assert fake_slack.calls_to("chat.update") == [] and fake_slack.calls_to("views.open") == []
     # An admin may.
     click = bot.sender.block_action(
@@ -369,7 +369,7 @@ async def test_only_the_requester_may_start(
     )
     await bot.sender.action(click)
     await fake_slack.wait_for("chat.update")
-    assert (await bot.store.get_order(order_id)).status is Status.QUEUED
+    assert (await bot.store.orders.get_order(order_id)).status is Status.QUEUED
 
 
 async def test_double_click_starts_once(
@@ -384,7 +384,7 @@ async def test_double_click_starts_once(
     await bot_idle()
     assert len(fake_slack.calls_to("chat.update")) == 1
     kinds = [
-        e.data.get("to") for e in await bot.store.audit_trail(order_id) if e.kind == "transition"
+        e.data.get("to") for e in await bot.store.audit.audit_trail(order_id) if e.kind == "transition"
     ]
     assert kinds.count("queued") == 1
 
@@ -398,7 +398,7 @@ async def test_an_order_is_never_queued_while_its_dialogue_still_reads_as_a_draf
     seen: list[str] = []
 
     async def look() -> None:
-        session = await bot.store.intake_for_order(order_id)
+        session = await bot.store.slack.intake_for_order(order_id)
         seen.append(session.state if session else "none")
 
     looking: list[asyncio.Task[None]] = []
@@ -420,14 +420,14 @@ async def test_go_in_the_thread_starts_and_cancel_cancels(
     other["channel_type"] = "channel"
     await bot.sender.event(other)
     await bot_idle()
-    assert (await bot.store.get_order(order_id)).status is Status.AWAITING_CONFIRMATION, (
+    assert (await bot.store.orders.get_order(order_id)).status is Status.AWAITING_CONFIRMATION, (
         "only the requester's go counts"
     )
     go = bot.sender.direct_message("Go!", channel="C1", thread_ts=card["thread_ts"])
     go["channel_type"] = "channel"
     await bot.sender.event(go)
     await fake_slack.wait_for("chat.update")
-    assert (await bot.store.get_order(order_id)).status is Status.QUEUED
+    assert (await bot.store.orders.get_order(order_id)).status is Status.QUEUED
 
 
 async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
@@ -458,7 +458,7 @@ async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
     assert response["response_action"] == "errors"
     assert "greater than 0" in response["errors"]["budget_usd"]
     assert "1 to 6 criteria" in response["errors"]["criteria"]
-    assert (await bot.store.get_order(order_id)).budget.max_usd == 2.0
+    assert (await bot.store.orders.get_order(order_id)).budget.max_usd == 2.0
 
     # Above the standard class's $2.00: the requester alone may not raise it that far.
     above = bot.sender.view_submission(
@@ -469,7 +469,7 @@ async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
     )
     _, body = await bot.sender.action(above)
     assert "Above the standard class" in json.loads(body)["errors"]["budget_usd"]
-    assert (await bot.store.get_order(order_id)).budget.max_usd == 2.0
+    assert (await bot.store.orders.get_order(order_id)).budget.max_usd == 2.0
 
     good = bot.sender.view_submission(
         EDIT_CALLBACK,
@@ -486,7 +486,7 @@ async def test_edit_modal_prefilled_and_bad_budget_shown_on_the_field(
     status, body = await bot.sender.action(good)
     assert status == 200 and "errors" not in body
     await fake_slack.wait_for("chat.update")
-    order = await bot.store.get_order(order_id)
+    order = await bot.store.orders.get_order(order_id)
     assert order.budget.max_usd == 1.5 and order.title == "Pricing one-pager v2"
     # 09:30 in the requester's zone (fake default America/New_York, EST in January) is 14:30 UTC.
     assert order.deadline == datetime(2031, 1, 10, 14, 30, tzinfo=UTC)
@@ -518,7 +518,7 @@ async def test_slash_commands(
     )
     card = await _card_for(fake_slack)
     assert card["thread_ts"] == root.response["ts"]
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert order.id
 
     await bot.sender.command(text="list", response_url=fake_slack.response_url("list"))
@@ -550,7 +550,7 @@ async def test_slash_commands(
     assert by_key["refused"] == f"{order.id} was not found, or is not yours."
     assert not fake_slack.calls_to("chat.postEphemeral"), "nothing else tells U3 whose it is"
     assert f"Cancelled {order.id}" in by_key["cancel"]
-    assert (await bot.store.get_order(order.id)).status is Status.CANCELLED
+    assert (await bot.store.orders.get_order(order.id)).status is Status.CANCELLED
 
 
 async def test_a_single_unknown_word_gets_private_help_not_a_public_thread(
@@ -566,7 +566,7 @@ async def test_a_single_unknown_word_gets_private_help_not_a_public_thread(
     assert "/delegate list" in answer.body["text"]  # the help follows
     await bot_idle()
     assert not fake_slack.calls_to("chat.postMessage"), "nothing was posted in the channel"
-    assert not fake_anthropic.requests and not await bot.store.list_orders(requester="U1")
+    assert not fake_anthropic.requests and not await bot.store.orders.list_orders(requester="U1")
 
 
 async def test_slash_request_in_a_channel_without_the_bot_moves_to_dm(
@@ -612,7 +612,7 @@ async def test_message_shortcut_opens_intake_with_the_message_as_context(
     card = await _card_for(fake_slack)
     assert card["channel"] == "C5"
     permalink = fake_slack.calls_to("chat.getPermalink")[0].response["permalink"]
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert permalink in order.context and "compare our pricing" in order.context
     assert permalink in json.dumps(fake_anthropic.requests[0]["messages"])
 
@@ -639,7 +639,7 @@ async def test_message_shortcut_on_a_long_non_ascii_message_keeps_valid_metadata
     )
     assert (await bot.sender.action(submit))[0] == 200
     await _card_for(fake_slack)
-    [order] = await bot.store.list_orders(requester="U1")
+    [order] = await bot.store.orders.list_orders(requester="U1")
     assert "Größenvergleich für Müller & Söhne — 価格を比較してください 🙏" in order.context
 
 
@@ -677,7 +677,7 @@ async def test_model_outage_is_reported_in_the_thread(
     await bot.sender.event(bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1"))
     [post] = await fake_slack.wait_for("chat.postMessage", within=15)
     assert "couldn't reach the language model" in post.args["text"]
-    assert await bot.store.list_orders() == []
+    assert await bot.store.orders.list_orders() == []
 
 
 async def test_long_content_stays_within_slack_limits(
@@ -699,7 +699,7 @@ async def test_long_content_stays_within_slack_limits(
             assert len(block["text"]["text"]) <= 3000
         if block["type"] == "header":
             assert len(block["text"]["text"]) <= 150
-    [order] = await bot.store.list_orders()
+    [order] = await bot.store.orders.list_orders()
     assert len(order.acceptance_criteria) == 6
     assert order.goal.strip() == long_goal.strip(), (
         "the order keeps the full goal; only the card splits it"
@@ -737,7 +737,7 @@ async def test_slack_rate_limits_and_outages_are_retried(
 def _start_before_writing(bot: RunningBot, order_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make Start land between a writer's read of the order and its write, as a click on Start
     from another person can: the store's next update_order first starts the order."""
-    write = bot.store.update_order
+    write = bot.store.orders.update_order
 
     async def started_first(*args: Any, **kwargs: Any) -> Any:
         await queue.enqueue(
@@ -750,16 +750,16 @@ def _start_before_writing(bot: RunningBot, order_id: str, monkeypatch: pytest.Mo
         )
         return await write(*args, **kwargs)
 
-    monkeypatch.setattr(bot.store, "update_order", started_first)
+    monkeypatch.setattr(bot.store.orders, "update_order", started_first)
 
 
 async def _untouched_since_start(bot: RunningBot, order_id: str) -> None:
-    order = await bot.store.get_order(order_id)
+    order = await bot.store.orders.get_order(order_id)
     assert order.status is Status.QUEUED
     assert (order.title, order.budget.max_usd) == ("Competitor pricing one-pager", 2.0)
-    session = await bot.store.intake_for_order(order_id)
+    session = await bot.store.slack.intake_for_order(order_id)
     assert session is not None and session.state == IntakeState.CONFIRMED
-    assert "edited" not in [e.kind for e in await bot.store.audit_trail(order_id)]
+    assert "edited" not in [e.kind for e in await bot.store.audit.audit_trail(order_id)]
 
 
 async def test_an_edit_submitted_as_the_order_starts_is_refused_and_changes_nothing(

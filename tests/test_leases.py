@@ -32,7 +32,7 @@ def _worker(h: Harness, worker_id: str, now: Callable[[], datetime] = utcnow) ->
 async def _take_over(h: Harness, order_id: str, worker_id: str) -> int:
     """The lease of `order_id`'s run expires and `worker_id` claims the order: the first worker
     is now a zombie. Returns the new attempt's id."""
-    reaped = await h.store.reap_expired(max_lost=9, now=utcnow() + timedelta(minutes=10))
+    reaped = await h.store.queue.reap_expired(max_lost=9, now=utcnow() + timedelta(minutes=10))
     assert [o.id for o in reaped] == [order_id]
     claim = await queue.claim(h.store, h.settings, worker_id)
     assert claim.order is not None and claim.attempt is not None and claim.attempt.id
@@ -54,13 +54,13 @@ async def test_a_zombie_run_writes_nothing_and_posts_nothing(harness: Harness) -
     assert outcome.kind == "lost"
     assert h.anthropic.requests == []  # no model call, so nothing reserved or spent
     assert h.reporter.results == {} and h.reporter.exceptions == {}
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert (row.status, row.lease_owner) == (Status.RUNNING.value, "rescuer")
     assert (row.reserved_micro_usd, row.spent_micro_usd, row.model_calls) == (0, 0, 0)
     attempts = {a.id: a for a in await fetch_attempts(h.store, order_id)}
     assert attempts[zombie.attempt.id].checkpoint_at is None  # it saved no checkpoint
     assert attempts[live_attempt].outcome is None
-    assert await h.store.deliverables(order_id) == []
+    assert await h.store.runs.deliverables(order_id) == []
 
 
 async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Harness) -> None:
@@ -74,9 +74,9 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
     await _take_over(h, order_id, "rescuer")
 
     with pytest.raises(LeaseLost):
-        await h.store.save_run_checkpoint(stale, messages=[], step=3, elapsed_ms=10)
+        await h.store.queue.save_run_checkpoint(stale, messages=[], step=3, elapsed_ms=10)
     guard = BudgetGuard(
-        h.store, h.settings, order_number=number, team="default", budget=order.budget,
+        h.store.ledger, h.settings, order_number=number, team="default", budget=order.budget,
         attempt_id=stale,
     )  # fmt: skip
     with pytest.raises(LeaseLost):
@@ -87,25 +87,25 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
     with pytest.raises(LeaseLost):
         await guard.charge_tool_call()
     with pytest.raises(LeaseLost):
-        await h.store.record_tool_call(
+        await h.store.runs.record_tool_call(
             ToolCall(order_id=number, attempt_id=stale, name="read_thread", outcome="ok")
         )
     with pytest.raises(LeaseLost):
-        await h.store.save_deliverable(
+        await h.store.runs.save_deliverable(
             order_id, tool_use_id="t1", content="x", summary="x", attempt_id=stale, actor="zombie"
         )
     # The same worker claiming the order again does not revive its old attempt.
     assert (
-        await h.store.finish_run(
+        await h.store.queue.finish_run(
             order_id, "zombie", Status.AWAITING_REVIEW, reason="zombie", attempt_id=stale
         )
         is None
     )
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert (row.status, row.lease_owner, row.tool_calls, row.model_calls) == (
         Status.RUNNING.value, "rescuer", 0, 0,
     )  # fmt: skip
-    assert await llm_calls(h.store, order_id) == [] and await h.store.tool_calls(order_id) == []
+    assert await llm_calls(h.store, order_id) == [] and await h.store.runs.tool_calls(order_id) == []
 
 
 async def test_an_attempt_reclaimed_by_the_same_worker_fences_the_old_attempt(
@@ -117,11 +117,11 @@ async def test_an_attempt_reclaimed_by_the_same_worker_fences_the_old_attempt(
     assert first.attempt is not None and first.attempt.id
     await _take_over(h, order.id or "", "w1")
     with pytest.raises(LeaseLost):
-        await h.store.save_run_checkpoint(first.attempt.id, messages=[], step=1, elapsed_ms=0)
+        await h.store.queue.save_run_checkpoint(first.attempt.id, messages=[], step=1, elapsed_ms=0)
     call = LlmCall(order_id=int((order.id or "")[3:]), attempt_id=first.attempt.id, role="execute",
                    provider="anthropic", model="m")  # fmt: skip
     with pytest.raises(LeaseLost):
-        await h.store.reserve_spend(
+        await h.store.ledger.reserve_spend(
             order.id or "", team="default", week="2026-01-05", quota_micro_usd=10**9,
             plan=lambda _: __import__("workers.budget").budget.CallPlan(1, 1, 1), call=call,
         )  # fmt: skip
@@ -150,10 +150,10 @@ async def test_a_worker_whose_clock_is_off_by_two_minutes_reaps_no_live_run(
         for worker in (skewed, right):
             await worker._reap()
         for order in (first, second):
-            row = await h.store.get_row(order.id or "")
+            row = await h.store.orders.get_row(order.id or "")
             assert row.status == Status.RUNNING.value, row.status
             assert row.lost_leases == 0
-        owners = {(await h.store.get_row(o.id or "")).lease_owner for o in (first, second)}
+        owners = {(await h.store.orders.get_row(o.id or "")).lease_owner for o in (first, second)}
         assert owners == {"skewed", "right"}
         for order in (first, second):  # no run was ever written by two workers
             assert len(await fetch_attempts(h.store, order.id or "")) == 1
@@ -193,7 +193,7 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lea
 
     try:
         await eventually(lambda: len(h.anthropic.requests) == 1)
-        h.store.check_leases = unreachable  # type: ignore[method-assign]
+        h.store.queue.check_leases = unreachable  # type: ignore[method-assign]
 
         elapsed[0] = 30.0  # two heartbeats missed: the lease still has half its time
         seen = checks[0]
@@ -202,7 +202,7 @@ async def test_a_worker_that_cannot_renew_its_lease_stops_the_run_before_the_lea
 
         elapsed[0] = 50.0  # ten seconds before the lease expires
         await eventually(lambda: not worker.running)
-        row = await h.store.get_row(order.id or "")
+        row = await h.store.orders.get_row(order.id or "")
         assert row.lease_owner == "cut-off" and row.status == Status.RUNNING.value
         assert row.lease_expires_at is not None
         assert row.lease_expires_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None)
@@ -221,13 +221,13 @@ async def test_one_query_checks_the_leases_of_all_of_a_workers_runs(harness: Har
         h.settings, h.store, h.router, worker_id="busy", tools=h.tools, concurrency=6
     )
     checked: list[list[int]] = []
-    check = h.store.check_leases
+    check = h.store.queue.check_leases
 
     async def counting(numbers: Any, worker_id: str, **kwargs: Any) -> Any:
         checked.append(sorted(numbers))
         return await check(numbers, worker_id, **kwargs)
 
-    h.store.check_leases = counting  # type: ignore[method-assign]
+    h.store.queue.check_leases = counting  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

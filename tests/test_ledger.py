@@ -20,7 +20,7 @@ from workers.store import Store
 
 
 async def _order(store: Store) -> int:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     return int((order.id or "")[3:])
 
 
@@ -30,15 +30,15 @@ def _call(number: int) -> LlmCall:
 
 async def test_the_total_moves_when_a_chain_starts_not_on_every_append(store: Store) -> None:
     first = await _order(store)
-    total = (await store.audit_heads())[ALL_CHAINS]
+    total = (await store.audit.audit_heads())[ALL_CHAINS]
     assert total.last_hash == TOTAL_COUNTS_CHAINS
     for n in range(3):
-        await store.audit(f"WO-{first}", actor="worker", kind="note", data={"n": n})
-    assert (await store.audit_heads())[ALL_CHAINS] == total
+        await store.audit.audit(f"WO-{first}", actor="worker", kind="note", data={"n": n})
+    assert (await store.audit.audit_heads())[ALL_CHAINS] == total
     await _order(store)
-    heads = await store.audit_heads()
+    heads = await store.audit.audit_heads()
     assert heads[ALL_CHAINS].count == total.count + 1 == len(heads) - 1
-    assert (await store.verify_audit())[1] == []
+    assert (await store.audit.verify_audit())[1] == []
 
 
 async def test_a_total_that_counted_events_is_converted_and_still_catches_a_lost_chain(
@@ -47,7 +47,7 @@ async def test_a_total_that_counted_events_is_converted_and_still_catches_a_lost
     key = AuditKey(b"k" * 32)
     writer = Store(database.engine(), audit_key=key)
     keep, gone = await _order(writer), await _order(writer)
-    await writer.audit(f"WO-{keep}", actor="worker", kind="note", data={})
+    await writer.audit.audit(f"WO-{keep}", actor="worker", kind="note", data={})
     await writer.close()
     # The trail as the previous release left it: a total counting events.
     async with database.engine().begin() as conn:
@@ -59,15 +59,15 @@ async def test_a_total_that_counted_events_is_converted_and_still_catches_a_lost
             {"n": int(events), "m": head_mac(key, ALL_CHAINS, int(events), "")},
         )
     store = Store(database.engine(), audit_key=key)
-    assert (await store.verify_audit())[1] == []  # the old total verifies as it is
-    await store.audit(f"WO-{keep}", actor="worker", kind="note", data={})  # converts it
-    assert (await store.audit_heads())[ALL_CHAINS].last_hash == TOTAL_COUNTS_CHAINS
-    assert (await store.verify_audit())[1] == []
+    assert (await store.audit.verify_audit())[1] == []  # the old total verifies as it is
+    await store.audit.audit(f"WO-{keep}", actor="worker", kind="note", data={})  # converts it
+    assert (await store.audit.audit_heads())[ALL_CHAINS].last_hash == TOTAL_COUNTS_CHAINS
+    assert (await store.audit.verify_audit())[1] == []
     async with database.engine().begin() as conn:
         for table in ("audit_events", "audit_heads"):
             await conn.execute(text(f"DELETE FROM {table} WHERE chain = :c"), {"c": f"WO-{gone}"})
         await conn.execute(text("DELETE FROM work_orders WHERE id = :i"), {"i": gone})
-    _, breaks = await store.verify_audit()
+    _, breaks = await store.audit.verify_audit()
     await store.close()
     assert [b.chain for b in breaks] == [ALL_CHAINS]
     assert "a whole chain was deleted" in str(breaks[0])
@@ -79,13 +79,13 @@ async def test_a_reservation_that_does_not_fit_the_team_is_refused_not_charged(
     number = await _order(store)
     week = quota_week(utcnow())
     with pytest.raises(BudgetExceeded) as refused:
-        await store.reserve_spend(
+        await store.ledger.reserve_spend(
             number, team="default", week=week, quota_micro_usd=1_000,
             plan=lambda headroom: CallPlan(100, 1_001, 10), call=_call(number),
         )  # fmt: skip
     assert refused.value.limit == "team_quota"
-    assert await store.team_week_used("default", week) == 0
-    assert (await store.spend(number)).model_calls == 0  # the order was not charged either
+    assert await store.ledger.team_week_used("default", week) == 0
+    assert (await store.ledger.spend(number)).model_calls == 0  # the order was not charged either
 
 
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)
@@ -107,7 +107,7 @@ async def test_concurrent_reservations_hold_back_exactly_what_fits_the_team(
         got = 0
         for _ in range(5):
             try:
-                await store.reserve_spend(
+                await store.ledger.reserve_spend(
                     number, team="default", week=week, quota_micro_usd=1_000, plan=plan,
                     call=_call(number),
                 )  # fmt: skip
@@ -118,6 +118,6 @@ async def test_concurrent_reservations_hold_back_exactly_what_fits_the_team(
 
     got = await asyncio.gather(*(worker(s, n) for s, n in zip(stores, numbers, strict=True)))
     assert sum(got) == 10
-    assert await stores[0].team_week_used("default", week) == 1_000
+    assert await stores[0].ledger.team_week_used("default", week) == 1_000
     for s in stores:
         await s.close()

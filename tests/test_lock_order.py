@@ -32,7 +32,7 @@ async def _running_with_call(h: Harness, worker: str, *, pending_call: bool) -> 
     assert claim.order is not None and claim.order.id == order.id
     if pending_call:
         number = int((order.id or "")[3:])
-        await h.store.reserve_spend(
+        await h.store.ledger.reserve_spend(
             number,
             team="default",
             week=quota_week(utcnow()),
@@ -76,12 +76,12 @@ async def test_the_reaper_charges_before_it_audits_so_a_settling_worker_cannot_d
             ).bindparams(week=week)
         )
         reaping = asyncio.create_task(
-            h.store.reap_expired(max_lost=3, now=utcnow() + timedelta(minutes=5))
+            h.store.queue.reap_expired(max_lost=3, now=utcnow() + timedelta(minutes=5))
         )
         await eventually(lambda: _lock_waiters(database), timeout_s=30)  # the reaper waits
         # Before the fix the reaper held the audit lock here (it had audited the first order)
         # while waiting for the team row: PostgreSQL aborted one of the two as a deadlock.
-        await settler._serialise(s, "*")
+        await settler.ledger._serialise(s, "*")
     reaped = await asyncio.wait_for(reaping, 30)
     await settler.close()
 
@@ -106,11 +106,11 @@ async def test_cancel_charges_before_it_audits(database: Database, harness: Harn
         )
         cancelling = asyncio.create_task(queue.cancel(h.store, order.id or "", actor="U1"))
         await eventually(lambda: _lock_waiters(database), timeout_s=30)
-        await settler._serialise(s, "*")
+        await settler.ledger._serialise(s, "*")
     cancelled = await asyncio.wait_for(cancelling, 30)
     await settler.close()
     assert cancelled.status == Status.CANCELLED
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.reserved_micro_usd == 0 and row.spent_micro_usd == 1000
 
 
@@ -121,10 +121,10 @@ async def test_a_run_that_ends_with_a_call_still_pending_is_charged_its_reservat
     in exception: the call is charged its worst case when the run ends, not held forever."""
     h = harness
     order = await _running_with_call(h, "w1", pending_call=True)
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.reserved_micro_usd == 1000
 
-    finished = await h.store.finish_run(
+    finished = await h.store.queue.finish_run(
         order.id or "",
         "w1",
         Status.EXCEPTION,
@@ -134,7 +134,7 @@ async def test_a_run_that_ends_with_a_call_still_pending_is_charged_its_reservat
     )
     assert finished is not None and finished.status == Status.EXCEPTION
 
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.reserved_micro_usd == 0 and row.spent_micro_usd == 1000
     assert [c.outcome for c in await llm_calls(h.store, order.id or "")] == ["interrupted"]
     spend = await team_spend(h.store, "default", quota_week(utcnow()))

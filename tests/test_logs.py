@@ -39,7 +39,7 @@ async def test_json_lines_follow_one_order_across_the_worker(
 ) -> None:
     store = Store(database.engine())
     settings = load_settings(database_url=database.url)
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     await queue.enqueue(store, settings, order.id or "", actor="U1")
     # Anthropic is down for the first step, so the router logs a failover with its role.
     down = Reply.error(529, headers={"retry-after-ms": "1"})
@@ -52,7 +52,7 @@ async def test_json_lines_follow_one_order_across_the_worker(
     try:
 
         async def delivered() -> bool:
-            return (await store.get_order(order.id or "")).status == Status.AWAITING_REVIEW
+            return (await store.orders.get_order(order.id or "")).status == Status.AWAITING_REVIEW
 
         await eventually(delivered, timeout_s=30)
     finally:

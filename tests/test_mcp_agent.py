@@ -85,9 +85,9 @@ async def test_a_granted_read_only_tool_runs_and_its_result_reaches_the_delivera
     result = last_result(second)
     assert not result.get("is_error")
     assert text_of(result).startswith('<untrusted source="MCP server wh, tool lookup">')
-    [deliverable] = await h.store.deliverables(order.id or "")
+    [deliverable] = await h.store.runs.deliverables(order.id or "")
     assert deliverable.content == "Q3 churn was 3.2%"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.tool_calls == 2  # the MCP call and the hand-in both count
 
 
@@ -106,7 +106,7 @@ async def test_an_ungranted_tool_is_never_offered_and_a_forced_call_is_refused(
     result = last_result(h.anthropic.requests[1])
     assert result["is_error"] and "does not allow wh__drop_table" in text_of(result)
     assert not (tmp_path / "dropped.txt").exists()  # the server never saw the call
-    calls = await h.store.tool_calls(order.id or "")
+    calls = await h.store.runs.tool_calls(order.id or "")
     first = calls[0]
     assert (first.name, first.allowed, first.outcome) == ("wh__drop_table", False, "forbidden")
 
@@ -127,7 +127,7 @@ async def test_a_denied_tool_is_refused_and_an_ask_tool_parks_the_run(
     [(_, asked)] = h.reporter.approval_requests.values()
     assert (asked.tool, asked.server, asked.arguments) == ("drop_table", "wh", '{"table":"churn"}')
     assert not (tmp_path / "dropped.txt").exists()  # nothing runs before a person allows it
-    calls = await h.store.tool_calls(order.id or "")
+    calls = await h.store.runs.tool_calls(order.id or "")
     assert [(c.name, c.allowed, c.outcome) for c in calls] == [("wh__fail", False, "forbidden")]
 
 
@@ -147,7 +147,7 @@ async def test_a_server_crashing_mid_call_is_a_tool_error_and_the_run_goes_on(
     assert crashed["is_error"] and "unavailable" in text_of(crashed)
     again = last_result(h.anthropic.requests[2])
     assert not again.get("is_error") and "churn in 2026Q1: 4.1%" in text_of(again)
-    calls = await h.store.tool_calls(order.id or "")
+    calls = await h.store.runs.tool_calls(order.id or "")
     assert [(c.name, c.outcome) for c in calls] == [
         ("wh__crash", "error"),
         ("wh__lookup", "ok"),

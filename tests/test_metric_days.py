@@ -1,4 +1,4 @@
-"""Closed days summarised once (workers.metric_days): the figures are the same whichever way a
+"""Closed days summarised once (workers.store.reporting.metric_days): the figures are the same whichever way a
 day is read, a day is summarised only once it is over and its calls are settled, and each day
 exactly once however many processes try."""
 
@@ -18,10 +18,10 @@ from tests.fakes.slack import FakeSlack
 from tests.support.cli import DELEGATE, cli_env, free_port, provider_env, stop_delegate
 from tests.support.history import W47, Seed, at, history_settings, seed_history
 from tests.support.waiting import eventually
-from workers import metrics
-from workers.metric_days import summarise_closed_days
-from workers.metrics import ALL, Period
 from workers.models import LlmCall, MetricDay, MetricDaySpend, WorkOrderRow
+from workers.store.reporting import metrics
+from workers.store.reporting.metric_days import summarise_closed_days
+from workers.store.reporting.metrics import ALL, Period
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 SETTINGS = history_settings()
@@ -171,7 +171,7 @@ async def test_an_empty_database_has_nothing_to_summarise(database: Any) -> None
 
 
 def test_whole_days_of_a_span() -> None:
-    from workers.metric_days import _gaps, _runs, _whole_days
+    from workers.store.reporting.metric_days import _gaps, _runs, _whole_days
 
     start, end = at(10, 9), at(13, 0)
     assert _whole_days(start, end) == (date(2026, 11, 11), date(2026, 11, 13))

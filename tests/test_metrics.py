@@ -1,4 +1,4 @@
-"""workers.metrics over a small seeded history whose every figure is worked out by hand below."""
+"""workers.store.reporting.metrics over a small seeded history whose every figure is worked out by hand below."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlmodel import select
 
 from tests.support.factories import make_order
 from tests.support.history import W47, Seed, at, history_settings, seed_history
-from workers import metrics
-from workers.metrics import ALL, Period, percentile
 from workers.models import Transition, WorkOrderRow, utcnow
+from workers.states import WaitKind
 from workers.store import Admission, Store
 from workers.store.base import order_number
-from workers.states import WaitKind
+from workers.store.reporting import metrics
+from workers.store.reporting.metrics import ALL, Period, percentile
 from workers.workorder import Status
 
 
@@ -169,30 +169,30 @@ async def test_time_waiting_for_quota_is_the_part_of_the_queue_wait_spent_on_quo
     )
 
     async def queued(requester: str, team: str) -> str:
-        order = await store.create_order(make_order(requester=requester, team=team), actor="U1")
+        order = await store.orders.create_order(make_order(requester=requester, team=team), actor="U1")
         assert order.id
-        await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="-")
-        await store.transition(order.id, Status.QUEUED, actor=requester, reason="Start clicked")
+        await store.orders.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="-")
+        await store.orders.transition(order.id, Status.QUEUED, actor=requester, reason="Start clicked")
         return order.id
 
     running = await queued("U2", "default")
-    claimed = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    claimed = await store.queue.claim("w1", lease_ttl_s=60, admission=gate)
     assert claimed.order is not None and claimed.order.id == running
     waiting, busy = await queued("U1", "growth"), await queued("U2", "default")
-    held = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    held = await store.queue.claim("w1", lease_ttl_s=60, admission=gate)
     assert held.order is None
     reasons = {order.id: reason for order, reason in held.waiting}
     assert reasons[waiting].startswith("waiting for team quota")
     assert reasons[busy].startswith("waiting for a free slot")
-    assert (await store.get_row(waiting)).wait_kind == WaitKind.QUOTA
-    assert (await store.get_row(busy)).wait_kind == WaitKind.SLOT
+    assert (await store.orders.get_row(waiting)).wait_kind == WaitKind.QUOTA
+    assert (await store.orders.get_row(busy)).wait_kind == WaitKind.SLOT
     await _backdate(store, order_number(waiting), entered_queue_s=7200, waiting_s=3600)
     await _backdate(store, order_number(busy), entered_queue_s=1800, waiting_s=1800)
 
     quota["growth"] = 10**9  # a lead raises the quota; the order starts
-    started = await store.claim("w1", lease_ttl_s=60, admission=gate)
+    started = await store.queue.claim("w1", lease_ttl_s=60, admission=gate)
     assert started.order is not None and started.order.id == waiting
-    await store.cancel_order(busy, actor="U2", reason="no longer needed")
+    await store.queue.cancel_order(busy, actor="U2", reason="no longer needed")
 
     week = Period.week_of(utcnow())
     settings = history_settings()

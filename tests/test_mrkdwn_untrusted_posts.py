@@ -5,7 +5,6 @@ prompt and the verifier's reasons reach the thread inert. End to end through the
 from __future__ import annotations
 
 import asyncio
-
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any

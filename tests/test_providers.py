@@ -293,7 +293,7 @@ async def test_the_budget_lowers_max_tokens_to_fit(harness: Harness) -> None:
         budget={"max_usd": 0.05, "max_tokens": 100_000, "max_wall_clock_s": 60, "max_tool_calls": 5}
     )
     guard = BudgetGuard(
-        h.store, h.settings, order_number=int(order.id[3:]), team="default", budget=order.budget  # type: ignore[index]
+        h.store.ledger, h.settings, order_number=int(order.id[3:]), team="default", budget=order.budget  # type: ignore[index]
     )
     big = ModelRequest(system="s", messages=[{"role": "user", "content": "x"}], max_output_tokens=8000)
     h.anthropic.script(Reply(text="ok", usage={"input_tokens": 50, "output_tokens": 5}))
@@ -301,7 +301,7 @@ async def test_the_budget_lowers_max_tokens_to_fit(harness: Harness) -> None:
     sent = h.anthropic.last_request["max_tokens"]
     # $0.05 at $15/M output leaves room for ~3,000 output tokens after the input's worst case.
     assert 16 <= sent < 8000
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.reserved_micro_usd == 0 and row.spent_micro_usd == 50 * 3 + 5 * 15
 
 
@@ -309,7 +309,7 @@ async def test_a_cancelled_call_is_charged_its_worst_case(harness: Harness) -> N
     h = harness
     order = await h.order()
     guard = BudgetGuard(
-        h.store, h.settings, order_number=int(order.id[3:]), team="default", budget=order.budget  # type: ignore[index]
+        h.store.ledger, h.settings, order_number=int(order.id[3:]), team="default", budget=order.budget  # type: ignore[index]
     )
     h.anthropic.script(Reply(text="slow", delay=60))
     task = asyncio.create_task(
@@ -322,7 +322,7 @@ async def test_a_cancelled_call_is_charged_its_worst_case(harness: Harness) -> N
         await task
     [call] = await llm_calls(h.store, order.id or "")
     assert call.outcome == "interrupted" and call.cost_micro_usd == call.reserved_micro_usd > 0
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.reserved_micro_usd == 0 and row.spent_micro_usd == call.cost_micro_usd
 
 

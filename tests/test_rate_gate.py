@@ -29,7 +29,7 @@ def _client(
     settings = settings_factory(
         slack_api_url=fake_slack.api_url, slack={"rate_budget_scale": 1000, **slack}
     )
-    return make_slack_client(settings, backoff_factor_s=0.01, shared_holds=store)
+    return make_slack_client(settings, backoff_factor_s=0.01, shared_holds=store.rate_limits if store else None)
 
 
 def _refused(fake_slack: FakeSlack, method: str) -> Call:
@@ -97,16 +97,16 @@ async def test_a_429_seen_by_one_process_holds_the_method_for_the_others(
 
 
 async def _has_hold(store: Store, method: str) -> bool:
-    return method in await store.slack_method_holds()
+    return method in await store.rate_limits.slack_method_holds()
 
 
 async def test_a_hold_is_kept_by_the_database_clock_and_never_shortened(store: Store) -> None:
-    await store.hold_slack_method("chat.update", 30)
-    await store.hold_slack_method("chat.update", 1)  # a shorter Retry-After seen later
-    holds = await store.slack_method_holds()
+    await store.rate_limits.hold_slack_method("chat.update", 30)
+    await store.rate_limits.hold_slack_method("chat.update", 1)  # a shorter Retry-After seen later
+    holds = await store.rate_limits.slack_method_holds()
     assert set(holds) == {"chat.update"} and 25 < holds["chat.update"] <= 30
-    await store.hold_slack_method("chat.delete", 0)
-    assert "chat.delete" not in await store.slack_method_holds()
+    await store.rate_limits.hold_slack_method("chat.delete", 0)
+    assert "chat.delete" not in await store.rate_limits.slack_method_holds()
 
 
 async def test_posts_to_one_channel_are_spaced_to_about_one_a_second(

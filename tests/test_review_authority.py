@@ -79,7 +79,7 @@ async def proposed(pipe: Pipeline, text: str, **draft_fields: Any) -> str:
     pipe.anthropic.script(draft(**draft_fields))
     await pipe.bot.sender.event(pipe.bot.sender.app_mention(f"<@UBOT> {text}", channel="C1"))
     await pipe.post(START_ACTION)
-    [order] = await pipe.bot.store.list_orders()
+    [order] = await pipe.bot.store.orders.list_orders()
     assert order.id
     return order.id
 
@@ -123,7 +123,7 @@ async def prompts(pipe: Pipeline, count: int) -> list[dict[str, Any]]:
 
 async def test_requester_cannot_clear_the_channel_reviewers_in_edit(pipe: Pipeline) -> None:
     order_id = await proposed(pipe, "competitor pricing table")
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.verification.reviewers == ["U7"] and order.escalation_contact == "U9"
 
     view = await edit_view(pipe, order_id, "U1")
@@ -137,7 +137,7 @@ async def test_requester_cannot_clear_the_channel_reviewers_in_edit(pipe: Pipeli
     status, body = await submit_edit(pipe, view, "U1", values)
     assert status == 200 and "errors" not in body
     await pipe.update("Edited by <@U1>")
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.title == "Pricing v2", "the rest of the edit is saved"
     assert order.verification.reviewers == ["U7"] and order.escalation_contact == "U9"
 
@@ -145,11 +145,11 @@ async def test_requester_cannot_clear_the_channel_reviewers_in_edit(pipe: Pipeli
     await pipe.click(APPROVE_ACTION, order_id, "U1")
     [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
     assert refusal.args["user"] == "U1" and "Only the reviewer (<@U7>)" in refusal.args["text"]
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
     await pipe.status_of(order_id, Status.APPROVED)
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     assert (trail[-1].actor, trail[-1].data["to"]) == ("U7", "approved")
 
 
@@ -157,7 +157,7 @@ async def test_requester_naming_themselves_reviewer_does_not_make_them_one(
     pipe: Pipeline,
 ) -> None:
     order_id = await proposed(pipe, "competitor pricing table, <@U1> will review", reviewers=["U1"])
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.verification.reviewers == ["U7"], "the channel's reviewer stays; U1 is not added"
     assert await pipe.post("You cannot review your own order: the reviewer shown on the card will.")
 
@@ -169,7 +169,7 @@ async def test_requester_naming_themselves_reviewer_does_not_make_them_one(
     refusals = await pipe.slack.wait_for("chat.postEphemeral", count=3)
     assert all("Only the reviewer (<@U7>)" in r.args["text"] for r in refusals)
     assert not pipe.slack.calls_to("views.open"), "no feedback modal for the requester"
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
     await pipe.status_of(order_id, Status.APPROVED)
@@ -183,7 +183,7 @@ async def test_only_an_admin_changes_reviewers_and_escalation_contact(pipe: Pipe
     status, body = await submit_edit(pipe, view, "UADMIN", values)
     assert status == 200 and "errors" not in body
     await pipe.update("Edited by <@UADMIN>")
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.verification.reviewers == ["U7", "U8"] and order.escalation_contact == "UADMIN"
 
 
@@ -210,11 +210,11 @@ async def test_a_click_on_an_outdated_review_prompt_is_refused(pipe: Pipeline) -
     _, second = await prompts(pipe, 2)
     assert button_value(second, APPROVE_ACTION) != button_value(first, APPROVE_ACTION)
     # The deliverer records the prompt's ts just after Slack answers; the refusal links it.
-    current = (await pipe.bot.store.deliverables(order_id))[-1].id
+    current = (await pipe.bot.store.runs.deliverables(order_id))[-1].id
     key = review_key(result_key(order_id, current))
 
     async def recorded() -> bool:
-        posted = await pipe.bot.store.slack_message(key)
+        posted = await pipe.bot.store.slack.slack_message(key)
         return posted is not None and posted.ts == second["ts"]
 
     await eventually(recorded)
@@ -228,23 +228,23 @@ async def test_a_click_on_an_outdated_review_prompt_is_refused(pipe: Pipeline) -
         assert "earlier version" in text and "the current review prompt" in text
         assert "https://" in text, "a permalink to the current prompt"
     assert len(pipe.slack.calls_to("views.open")) == 1, "no modal for the outdated prompt"
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")  # the current prompt
     await pipe.status_of(order_id, Status.APPROVED)
     [approved] = [
         e
-        for e in await pipe.bot.store.audit_trail(order_id)
+        for e in await pipe.bot.store.audit.audit_trail(order_id)
         if e.kind == "transition" and e.data["to"] == "approved"
     ]
-    deliverables = await pipe.bot.store.deliverables(order_id)
+    deliverables = await pipe.bot.store.runs.deliverables(order_id)
     assert approved.data["deliverable"] == deliverables[-1].id != deliverables[0].id
 
 
 async def test_extend_above_the_class_needs_the_escalation_contact(pipe: Pipeline) -> None:
     order_id = await proposed(pipe, "competitor pricing table")
-    order = await pipe.bot.store.get_order(order_id)
-    await pipe.bot.store.update_order(
+    order = await pipe.bot.store.orders.get_order(order_id)
+    await pipe.bot.store.orders.update_order(
         order_id,
         actor="U1",
         expected=EDITABLE,
@@ -261,13 +261,13 @@ async def test_extend_above_the_class_needs_the_escalation_contact(pipe: Pipelin
     [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
     assert "above the standard class" in refusal.args["text"]
     assert "<@U9> (the escalation contact) or an admin" in refusal.args["text"]
-    assert (await pipe.bot.store.get_order(order_id)).budget.max_usd == 2.0
+    assert (await pipe.bot.store.orders.get_order(order_id)).budget.max_usd == 2.0
 
     pipe.openai.script(all_met())
     await pipe.click(EXTEND_ACTION, order_id, "U9")
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
-    assert (await pipe.bot.store.get_order(order_id)).budget.max_usd == 3.0
-    extended = [e for e in await pipe.bot.store.audit_trail(order_id) if e.kind == "edited"]
+    assert (await pipe.bot.store.orders.get_order(order_id)).budget.max_usd == 3.0
+    extended = [e for e in await pipe.bot.store.audit.audit_trail(order_id) if e.kind == "edited"]
     assert extended[-1].actor == "U9"
 
 
@@ -280,7 +280,7 @@ async def test_a_class_hop_cannot_carry_a_deep_budget_into_quick(pipe: Pipeline)
     status, body = await submit_edit(pipe, view, "UADMIN", state_from_view(view, **deep))
     assert status == 200 and "errors" not in body, body
     await pipe.update("Edited by <@UADMIN>")
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.workload_class.value == "deep" and order.budget.max_usd == 10.0
 
     # The requester moves it to quick, keeping the deep budget: refused on both counts.
@@ -289,7 +289,7 @@ async def test_a_class_hop_cannot_carry_a_deep_budget_into_quick(pipe: Pipeline)
     errors = json.loads(body)["errors"]
     assert "needs an admin or the escalation contact" in errors["workload"]
     assert "Above the quick class" in errors["budget_usd"]
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.workload_class.value == "deep" and order.budget.max_usd == 10.0
 
     # Within the class it already has, the requester still edits what they own.

@@ -27,8 +27,8 @@ from tests.fakes.slack import FakeSlack
 from tests.support.intake import draft
 from tests.support.pipeline import Pipeline, pipeline_for
 from workers.digest import build_digest, digest_json
-from workers.metrics import ALL, Period
 from workers.store import Store
+from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
 CHANNEL = {
@@ -73,7 +73,7 @@ async def at_review(pipe: Pipeline, text: str, *, channel: str = "C1", **fields:
     pipe.anthropic.script(draft(**fields))
     await pipe.bot.sender.event(pipe.bot.sender.app_mention(f"<@UBOT> {text}", channel=channel))
     await pipe.post(START_ACTION)
-    [order] = await pipe.bot.store.list_orders()
+    [order] = await pipe.bot.store.orders.list_orders()
     assert order.id
     pipe.anthropic.script(Reply.tool("submit_deliverable", {"content": "v1", "summary": "Done."}))
     pipe.openai.script(all_met())
@@ -85,7 +85,7 @@ async def at_review(pipe: Pipeline, text: str, *, channel: str = "C1", **fields:
 
 async def this_week(pipe: Pipeline) -> dict[str, Any]:
     week = Period.week_of(datetime.now(UTC))
-    digest = await build_digest(pipe.bot.store.engine, pipe.bot.settings, ALL, week)
+    digest = await build_digest(pipe.bot.store.reporting, pipe.bot.settings, ALL, week)
     return {"json": digest_json(digest), "blocks": json.dumps(digest_blocks(digest))}
 
 
@@ -93,7 +93,7 @@ async def test_a_reviewer_named_at_intake_cannot_replace_the_channels(pipe: Pipe
     order_id = await at_review(
         pipe, "competitor pricing table, <@UFRIEND> will review", reviewers=["UFRIEND"]
     )
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.verification.reviewers == ["U7", "UFRIEND"]
 
     await pipe.click(APPROVE_ACTION, order_id, "UFRIEND")
@@ -102,9 +102,9 @@ async def test_a_reviewer_named_at_intake_cannot_replace_the_channels(pipe: Pipe
         "<@UFRIEND> approved; waiting for one of the channel's reviewers: <@U7>"
     )
     assert note["thread_ts"] == order.thread_ts
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.status is Status.AWAITING_REVIEW, "the friend's approval does not approve"
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     assert (trail[-1].kind, trail[-1].actor, trail[-1].data["decision"]) == (
         "review",
         "UFRIEND",
@@ -116,7 +116,7 @@ async def test_a_reviewer_named_at_intake_cannot_replace_the_channels(pipe: Pipe
     await pipe.status_of(order_id, Status.APPROVED)
     line = await pipe.update("*Approved* by <@U7>")
     assert "Self-approved" not in json.dumps(line)
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert not order.self_approved
     figures = (await this_week(pipe))["json"]
     assert (figures["finished_outcomes"], figures["self_approved"]) == (1, 0)
@@ -140,7 +140,7 @@ async def test_an_admin_named_at_intake_completes_the_review(pipe: Pipeline) -> 
 
 async def test_the_requester_deciding_alone_is_self_approved_everywhere(pipe: Pipeline) -> None:
     order_id = await at_review(pipe, "competitor pricing table", channel="C2", reviewers=[])
-    assert (await pipe.bot.store.get_order(order_id)).verification.reviewers == []
+    assert (await pipe.bot.store.orders.get_order(order_id)).verification.reviewers == []
 
     await pipe.click(APPROVE_ACTION, order_id, "U1")
     await pipe.status_of(order_id, Status.APPROVED)
@@ -149,7 +149,7 @@ async def test_the_requester_deciding_alone_is_self_approved_everywhere(pipe: Pi
     assert "*Approved*" not in json.dumps(prompt["blocks"])
     card = await pipe.update("Self-approved · requested by <@U1>")
     assert "(Self-approved)" in card["text"]
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     assert (trail[-1].data["to"], trail[-1].data["self_approved"]) == ("approved", True)
 
     # App Home lists it as self-approved (published as the bot publishes it).
@@ -159,11 +159,11 @@ async def test_the_requester_deciding_alone_is_self_approved_everywhere(pipe: Pi
     assert "Self-approved ·" in json.dumps(home["blocks"], ensure_ascii=False)
 
     # `delegate show` says so.
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     shown = render_order(
         order,
-        await pipe.bot.store.get_row(order_id),
-        await pipe.bot.store.deliverables(order_id),
+        await pipe.bot.store.orders.get_row(order_id),
+        await pipe.bot.store.runs.deliverables(order_id),
         tz="UTC",
     )
     assert "State:        approved (self-approved" in shown
@@ -181,8 +181,8 @@ async def test_an_admin_who_replaces_the_channels_reviewer_moves_the_floor(
     """Once an admin has taken U7 off the order, the reviewer they put on decides: nobody waits
     for an approval that no one on the order could give."""
     order_id = await at_review(pipe, "competitor pricing table")
-    order = await pipe.bot.store.get_order(order_id)
-    await pipe.bot.store.update_order(
+    order = await pipe.bot.store.orders.get_order(order_id)
+    await pipe.bot.store.orders.update_order(
         order_id,
         actor="UADMIN",
         expected={Status.AWAITING_REVIEW},

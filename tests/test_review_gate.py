@@ -74,7 +74,7 @@ async def test_mention_to_approved(pipe: Pipeline) -> None:
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
 
     deliverable = await pipe.post("| Acme | $10")
-    assert deliverable["thread_ts"] == (await pipe.bot.store.get_order(order_id)).thread_ts
+    assert deliverable["thread_ts"] == (await pipe.bot.store.orders.get_order(order_id)).thread_ts
     prompt = await pipe.post(APPROVE_ACTION)
     text = json.dumps(prompt["blocks"], ensure_ascii=False)
     assert "<@U7>" in text and "all 3 criteria met" in text
@@ -82,7 +82,7 @@ async def test_mention_to_approved(pipe: Pipeline) -> None:
     # The verifier ran on the verify route (OpenAI), its cost on the order.
     calls = await llm_calls(pipe.bot.store, order_id)
     assert [c.role for c in calls] == ["execute", "verify"]
-    row = await pipe.bot.store.get_row(order_id)
+    row = await pipe.bot.store.orders.get_row(order_id)
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
@@ -91,7 +91,7 @@ async def test_mention_to_approved(pipe: Pipeline) -> None:
     assert APPROVE_ACTION not in json.dumps(decided["blocks"]), "the buttons disappear"
     await pipe.update("Approved (by <@U7>)")  # the status message shows the final state
     await pipe.update("· Approved ·")
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     assert (trail[-1].actor, trail[-1].data["to"]) == ("U7", "approved")
 
 
@@ -107,7 +107,7 @@ async def test_failing_criterion_gets_one_automatic_revision(pipe: Pipeline) -> 
         "a failed first draft is not shown to the reviewer"
     )
     await pipe.post("v2 with sources for everyone")
-    row = await pipe.bot.store.get_row(order_id)
+    row = await pipe.bot.store.orders.get_row(order_id)
     assert row.auto_revisions == 1
     prompt = await pipe.post(APPROVE_ACTION)
     assert "all 3 criteria met" in json.dumps(prompt["blocks"], ensure_ascii=False)
@@ -151,7 +151,7 @@ async def test_request_changes_rework_then_approve(pipe: Pipeline) -> None:
     await pipe.slack.wait_until(lambda: bool(pipe.posts_with("v2 with annual prices")), within=20)
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     assert "Add annual prices." in json.dumps(pipe.anthropic.requests[-1]["messages"])
-    row = await pipe.bot.store.get_row(order_id)
+    row = await pipe.bot.store.orders.get_row(order_id)
     assert row.rework_count == 1
     decided = await pipe.update("Changes requested* by <@U7>")
     assert "Add annual prices." in json.dumps(decided["blocks"])
@@ -195,20 +195,20 @@ async def test_request_changes_is_one_transaction(pipe: Pipeline) -> None:
     order_id = await pipe.order_started(submit("v1"))
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     store = pipe.bot.store
-    requeue = store._requeue
+    requeue = store.queue._requeue
 
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("the database went away mid-decision")
 
-    store._requeue = broken  # type: ignore[method-assign]
+    store.queue._requeue = broken  # type: ignore[method-assign]
     try:
         with pytest.raises(ConnectionError):
             await decide(
                 store, pipe.bot.settings, order_id, "changes", actor="U7", feedback="More."
             )
     finally:
-        store._requeue = requeue  # type: ignore[method-assign]
-    row = await store.get_row(order_id)
+        store.queue._requeue = requeue  # type: ignore[method-assign]
+    row = await store.orders.get_row(order_id)
     assert (row.status, row.rework_count, row.inbox or []) == (Status.AWAITING_REVIEW.value, 0, [])
     await pipe.click(APPROVE_ACTION, order_id, "U7")  # and it can still be decided
     await pipe.status_of(order_id, Status.APPROVED)
@@ -226,7 +226,7 @@ async def test_unauthorised_approver_is_refused(pipe: Pipeline) -> None:
         await pipe.click(APPROVE_ACTION, order_id, user)
     refusals = await pipe.slack.wait_for("chat.postEphemeral", count=3)
     assert all("Only the reviewer (<@U7>)" in r.args["text"] for r in refusals)
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.AWAITING_REVIEW
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
 
 async def _plant_delivery(store: Store, event_id: str, body: dict[str, Any]) -> None:
@@ -260,11 +260,11 @@ async def test_a_planted_approval_is_never_replayed(pipe: Pipeline) -> None:
 
     taken = await recover_unhandled(pipe.bot.bolt, store, older_than=timedelta(0))
     await bot_idle()
-    assert (await store.get_order(order_id)).status is Status.AWAITING_REVIEW
-    trail = await store.audit_trail(order_id)
+    assert (await store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
+    trail = await store.audit.audit_trail(order_id)
     assert not [e for e in trail if e.actor == "U7" or e.data.get("to") == "approved"]
     assert taken == 0
-    async with store._sessions() as s:
+    async with store.db.sessions() as s:
         for event_id in ("sig:planted-raw", "sig:planted-mac"):
             row = await s.get(SlackEventSeen, event_id)
             assert row is not None and row.handled_at is not None, "given up, not retried"
@@ -285,11 +285,11 @@ async def test_concurrent_approve_and_reject_make_one_decision(
     await fake_slack.wait_until(
         lambda: len(fake_slack.calls_to("chat.postEphemeral")) >= 2, within=10
     )
-    final = (await pipe.bot.store.get_order(order_id)).status
+    final = (await pipe.bot.store.orders.get_order(order_id)).status
     assert final in (Status.APPROVED, Status.REJECTED)
     decisions = [
         e
-        for e in await pipe.bot.store.audit_trail(order_id)
+        for e in await pipe.bot.store.audit.audit_trail(order_id)
         if e.kind == "transition" and e.data["to"] in ("approved", "rejected")
     ]
     assert len(decisions) == 1
@@ -303,7 +303,7 @@ async def posted_status(store: Store, order_id: str) -> SlackMessage:
     so the first can still be on its way when the review prompt is out)."""
 
     async def posted() -> SlackMessage | None:
-        message = await store.slack_message(status_key(order_id))
+        message = await store.slack.slack_message(status_key(order_id))
         return message if message is not None and message.ts else None
 
     await eventually(posted)
@@ -339,8 +339,8 @@ async def test_a_decision_reaches_the_status_while_another_process_posts_it(
     await pipe.click(APPROVE_ACTION, order_id, "U7")
     await pipe.status_of(order_id, Status.APPROVED)
     # The other process's post lands: the status then shows the decision, not its older text.
-    channel = (await store.get_order(order_id)).channel or ""
-    await store.save_slack_message(
+    channel = (await store.orders.get_order(order_id)).channel or ""
+    await store.slack.save_slack_message(
         key=status_key(order_id), purpose="status", channel=channel, ts=ts, order=order_id
     )
     shown = await pipe.update("Approved (by <@U7>)")
@@ -379,10 +379,10 @@ async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline)
 
     await pipe.click(APPROVE_ACTION, order_id, "U7")
     again = await pipe.post("Approved (by <@U7>)")
-    assert again["thread_ts"] == (await pipe.bot.store.get_order(order_id)).thread_ts
+    assert again["thread_ts"] == (await pipe.bot.store.orders.get_order(order_id)).thread_ts
 
     async def recorded() -> bool:  # later updates edit the new message
-        stored = await pipe.bot.store.slack_message(status_key(order_id))
+        stored = await pipe.bot.store.slack.slack_message(status_key(order_id))
         return stored is not None and stored.ts not in ("", deleted.ts)
 
     await eventually(recorded)
@@ -451,11 +451,11 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     [_, above] = await pipe.slack.wait_for("chat.postEphemeral", count=2)
     assert "above the standard class" in above.args["text"]
     assert "only an admin can do that" in above.args["text"]
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.EXCEPTION
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.EXCEPTION
 
     await pipe.click(EXTEND_ACTION, order_id, "UADMIN")
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.budget.max_tool_calls == 2
     await pipe.post("v1 after extension")
     await pipe.update("Budget extended to")
@@ -463,7 +463,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     assert len(attempts) == 2, "Extend resumed the run as a new attempt"
     edits = [
         e
-        for e in await pipe.bot.store.audit_trail(order_id)
+        for e in await pipe.bot.store.audit.audit_trail(order_id)
         if e.kind == "edited" and e.actor == "UADMIN"
     ]
     assert edits and edits[-1].data["reason"] == "budget extended"
@@ -505,7 +505,7 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
     )
     assert (await pipe.bot.sender.action(ok))[0] == 200
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
-    assert (await pipe.bot.store.get_order(order_id)).budget.max_usd == 5.0
+    assert (await pipe.bot.store.orders.get_order(order_id)).budget.max_usd == 5.0
 
 
 @pytest.mark.parametrize(
@@ -630,7 +630,7 @@ async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
     )
     await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
     deadline = datetime.now(UTC) + timedelta(hours=2)
-    await pipe.bot.store.update_order(
+    await pipe.bot.store.orders.update_order(
         order_id, actor="U1", expected={Status.WAITING_FOR_REQUESTER}, deadline=deadline
     )
     clock = Clock()
@@ -676,7 +676,7 @@ async def test_cancel_reply_in_the_thread_stops_a_waiting_order(pipe: Pipeline) 
     await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
     question = await pipe.post("Which currency?")
     assert question["text"].startswith("<@U1>")
-    thread = (await pipe.bot.store.get_order(order_id)).thread_ts
+    thread = (await pipe.bot.store.orders.get_order(order_id)).thread_ts
     reply = pipe.bot.sender.direct_message("cancel", channel="C1", thread_ts=thread)
     reply["channel_type"] = "channel"
     await pipe.bot.sender.event(reply)
@@ -690,7 +690,7 @@ async def test_requester_reply_resumes_a_parked_run(pipe: Pipeline) -> None:
     )
     await pipe.status_of(order_id, Status.WAITING_FOR_REQUESTER)
     pipe.anthropic.script(submit("Prices in EUR"))
-    thread = (await pipe.bot.store.get_order(order_id)).thread_ts
+    thread = (await pipe.bot.store.orders.get_order(order_id)).thread_ts
     reply = pipe.bot.sender.direct_message("EUR please", channel="C1", thread_ts=thread)
     reply["channel_type"] = "channel"
     await pipe.bot.sender.event(reply)

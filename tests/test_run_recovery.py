@@ -39,7 +39,7 @@ async def test_cancelling_an_order_whose_worker_died_releases_its_reservation_an
     claim = await queue.claim(h.store, h.settings, "dead-worker")
     assert claim.attempt is not None
     # The worker died with a model call in flight: its reservation is still held.
-    await h.store.reserve_spend(
+    await h.store.ledger.reserve_spend(
         number, team="default", week=week, quota_micro_usd=usd_to_micro(100),
         plan=lambda _: CallPlan(100, 5000, 600),
         call=LlmCall(order_id=number, attempt_id=claim.attempt.id, role="execute",
@@ -48,7 +48,7 @@ async def test_cancelling_an_order_whose_worker_died_releases_its_reservation_an
 
     await queue.cancel(h.store, order.id or "", actor="U1")
 
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.CANCELLED.value
     assert (row.lease_owner, row.lease_expires_at) == (None, None)
     assert (row.reserved_micro_usd, row.reserved_tokens) == (0, 0)
@@ -68,16 +68,16 @@ async def test_retry_of_a_stalled_order_gets_a_fresh_step_allowance(harness: Har
     h.anthropic.script(Reply.tool("read_thread", {}), Reply.tool("read_thread", {}))
     first = await h.run_next()
     assert first is not None and first.kind == "exception"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.exception_kind == "stalled"
 
-    await h.store.resume_from_exception(order.id or "", priority=1, actor="U1", reason="Retry")
+    await h.store.queue.resume_from_exception(order.id or "", priority=1, actor="U1", reason="Retry")
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "done", "summary": "done"}))
     second = await h.run_next()
 
     assert second is not None and second.kind == "done", second
     assert len(h.anthropic.requests) == 3  # the retry asked the model again
-    assert (await h.store.get_order(order.id or "")).status == Status.AWAITING_REVIEW
+    assert (await h.store.orders.get_order(order.id or "")).status == Status.AWAITING_REVIEW
 
 
 async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) -> None:
@@ -85,13 +85,13 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
     _engine(h, quota_headroom_usd=0, max_quota_wait_s=600)
     week = quota_week(utcnow())
     # Enough left to pass the claim's gate, not enough for one call's worst case.
-    await h.store.set_team_quota("default", week, quota_micro_usd=10, actor="lead")
+    await h.store.ledger.set_team_quota("default", week, quota_micro_usd=10, actor="lead")
     order = await h.order()
     order_id = order.id or ""
 
     bounced = await h.run_next()
     assert bounced is not None and bounced.kind == "requeued"
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     first_wait = as_utc(row.waiting_since)
     assert row.status == Status.QUEUED.value and first_wait is not None
     available = as_utc(row.available_at)
@@ -102,14 +102,14 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
     # could only bounce (its next call does not fit), and it is still waiting since the first
     # time; no new notice is posted to the thread.
     later = utcnow() + timedelta(minutes=5)  # within max_quota_wait_s
-    claim = await h.store.claim(
+    claim = await h.store.queue.claim(
         "w2", lease_ttl_s=5, admission=queue.admission(h.settings), now=later
     )
     assert claim.order is None
     # The claim words the wait itself (the status message is updated in place, not reposted).
     [(waiting, reason)] = claim.waiting
     assert waiting.id == order_id and "waiting for team quota" in reason
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert row.status == Status.QUEUED.value and row.attempts == 1
     assert as_utc(row.waiting_since) == first_wait
     assert [oid for oid, _ in h.reporter.waits] == [order_id]
@@ -123,11 +123,11 @@ async def test_a_team_at_its_quota_backs_off_and_is_told_once(harness: Harness) 
             .values(waiting_since=utcnow() - timedelta(seconds=700))
         )
     later = utcnow() + timedelta(hours=1)
-    claim = await h.store.claim(
+    claim = await h.store.queue.claim(
         "w3", lease_ttl_s=5, admission=queue.admission(h.settings), now=later
     )
     assert claim.order is None and [o.id for o in claim.expired] == [order_id]
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "quota")
     assert row.attempts == 1 and h.anthropic.requests == []
 
@@ -147,7 +147,7 @@ async def test_a_crash_between_verifying_and_review_is_finished_not_sent_back(
         Reply.tool("submit_deliverable", {"content": "the table", "summary": "t"}),
         Reply.tool("record_verdicts", passed),  # the verifier
     )
-    real_move = h.store._move
+    real_move = h.store.queue._move
     crashed = False
 
     async def dies_on_review(s, row, target, **kw):  # type: ignore[no-untyped-def]
@@ -157,19 +157,19 @@ async def test_a_crash_between_verifying_and_review_is_finished_not_sent_back(
             raise _Killed  # the process dies here, mid-transaction
         return await real_move(s, row, target, **kw)
 
-    h.store._move = dies_on_review  # type: ignore[method-assign]
+    h.store.queue._move = dies_on_review  # type: ignore[method-assign]
     try:
         await h.run_next()
     except _Killed:
         pass
     finally:
-        h.store._move = real_move  # type: ignore[method-assign]
+        h.store.queue._move = real_move  # type: ignore[method-assign]
     assert crashed
-    row = await h.store.get_row(order_id)
+    row = await h.store.orders.get_row(order_id)
     assert row.status != Status.VERIFYING.value, "left in verifying, with nobody to finish it"
     # Its lease expires; the next attempt finishes the verification.
-    await h.store.reap_expired(max_lost=9, now=utcnow() + timedelta(minutes=10))
+    await h.store.queue.reap_expired(max_lost=9, now=utcnow() + timedelta(minutes=10))
     requests = len(h.anthropic.requests)
     await h.run_next()
-    assert (await h.store.get_order(order_id)).status == Status.AWAITING_REVIEW
+    assert (await h.store.orders.get_order(order_id)).status == Status.AWAITING_REVIEW
     assert len(h.anthropic.requests) == requests  # the model was not asked to revise

@@ -30,9 +30,9 @@ from tests.support.factories import make_order
 from tests.support.inert import live_fields
 from workers.config import Settings
 from workers.digest import Digest
-from workers.home_views import HomeData, Listing, OrderLine
-from workers.metrics import Comparison, Period, PersonCount, TeamMetrics
 from workers.progress import ApprovalRequest, DomainRequest, RunResult
+from workers.store.reporting.home import HomeData, Listing, OrderLine
+from workers.store.reporting.metrics import Comparison, Period, PersonCount, TeamMetrics
 from workers.workorder import Status, Verification, WorkOrder
 
 HOSTILE_TOKENS = [

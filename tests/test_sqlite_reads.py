@@ -18,12 +18,12 @@ async def test_a_read_during_a_long_write_does_not_wait_for_the_lock(tmp_path: P
     engine = create_engine(url)
     await upgrade(engine)
     store = Store(engine)
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     writing, read_done = asyncio.Event(), asyncio.Event()
 
     async def long_write() -> None:
         async with store.transaction() as s:  # holds SQLite's write lock until it commits
-            row = await store._row(s, order.id or "", for_update=True)
+            row = await store.orders._row(s, order.id or "", for_update=True)
             row.title = "renamed while a read happens"
             s.add(row)
             await s.flush()
@@ -35,11 +35,11 @@ async def test_a_read_during_a_long_write_does_not_wait_for_the_lock(tmp_path: P
         await writing.wait()
         # Behind a writer a read that asked for the write lock would wait out the busy timeout
         # and fail with "database is locked"; a plain read sees the last committed state.
-        seen = await store.get_order(order.id or "")
+        seen = await store.orders.get_order(order.id or "")
         assert seen.title == order.title
-        assert [o.id for o in await store.list_orders(requester="U1")] == [order.id]
+        assert [o.id for o in await store.orders.list_orders(requester="U1")] == [order.id]
     finally:
         read_done.set()
         await writer
-    assert (await store.get_order(order.id or "")).title == "renamed while a read happens"
+    assert (await store.orders.get_order(order.id or "")).title == "renamed while a read happens"
     await store.close()

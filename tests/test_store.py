@@ -64,38 +64,38 @@ async def test_order_round_trip_keeps_every_field(store: Store) -> None:
         context="From #marketing",
         verification={"automatic_checks": False, "reviewers": ["U2", "U3"]},
     )
-    created = await store.create_order(draft, actor="U1")
+    created = await store.orders.create_order(draft, actor="U1")
     assert created.id is not None and created.id.startswith("WO-")
-    loaded = await store.get_order(created.id)
+    loaded = await store.orders.get_order(created.id)
     assert loaded == created
     assert loaded.model_dump(exclude={"id"}) == draft.model_dump(exclude={"id"})
     assert loaded.deadline == deadline
 
 
 async def test_order_ids_are_sequential(store: Store) -> None:
-    first = await store.create_order(make_order(), actor="U1")
-    second = await store.create_order(make_order(), actor="U1")
+    first = await store.orders.create_order(make_order(), actor="U1")
+    second = await store.orders.create_order(make_order(), actor="U1")
     assert int(second.id[3:]) == int(first.id[3:]) + 1  # type: ignore[index]
 
 
 async def test_missing_order_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound, match="WO-999"):
-        await store.get_order("WO-999")
+        await store.orders.get_order("WO-999")
 
 
 async def test_transitions_are_applied_and_audited(store: Store) -> None:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    await store.transition(
+    await store.orders.transition(
         order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft ready"
     )
-    queued = await store.transition(order.id, Status.QUEUED, actor="U1", reason="Start clicked")
+    queued = await store.orders.transition(order.id, Status.QUEUED, actor="U1", reason="Start clicked")
     assert queued.status is Status.QUEUED
     with pytest.raises(IllegalTransition):
-        await store.transition(order.id, Status.APPROVED, actor="U2", reason="skip ahead")
-    assert (await store.get_order(order.id)).status is Status.QUEUED
+        await store.orders.transition(order.id, Status.APPROVED, actor="U2", reason="skip ahead")
+    assert (await store.orders.get_order(order.id)).status is Status.QUEUED
 
-    trail = await store.audit_trail(order.id)
+    trail = await store.audit.audit_trail(order.id)
     assert [e.kind for e in trail] == ["created", "transition", "transition"]
     assert trail[2].actor == "U1"
     assert trail[2].data == {
@@ -107,66 +107,66 @@ async def test_transitions_are_applied_and_audited(store: Store) -> None:
 
 async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
     """Two processes racing to start the same order: exactly one succeeds."""
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert order.id
     other = Store(store.engine)  # a second manager over the same database
     results = await asyncio.gather(
-        store.transition(order.id, Status.QUEUED, actor="U1", reason="click 1"),
-        other.transition(order.id, Status.QUEUED, actor="U1", reason="click 2"),
+        store.orders.transition(order.id, Status.QUEUED, actor="U1", reason="click 1"),
+        other.orders.transition(order.id, Status.QUEUED, actor="U1", reason="click 2"),
         return_exceptions=True,
     )
     assert sum(isinstance(r, IllegalTransition) for r in results) == 1
-    assert [e.kind for e in await store.audit_trail(order.id)].count("transition") == 1
+    assert [e.kind for e in await store.audit.audit_trail(order.id)].count("transition") == 1
 
 
 async def test_update_order_validates_and_audits_changes(store: Store) -> None:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
     drafting = {Status.DRAFTING}
-    updated = await store.update_order(order.id, actor="U1", expected=drafting, title="New title")
+    updated = await store.orders.update_order(order.id, actor="U1", expected=drafting, title="New title")
     assert updated.title == "New title"
     with pytest.raises(ValueError):
-        await store.update_order(order.id, actor="U1", expected=drafting, acceptance_criteria=[])
+        await store.orders.update_order(order.id, actor="U1", expected=drafting, acceptance_criteria=[])
     with pytest.raises(ValueError, match="not editable"):
-        await store.update_order(order.id, actor="U1", expected=drafting, status="approved")
-    assert (await store.get_order(order.id)).title == "New title"
-    edit = (await store.audit_trail(order.id))[-1]
+        await store.orders.update_order(order.id, actor="U1", expected=drafting, status="approved")
+    assert (await store.orders.get_order(order.id)).title == "New title"
+    edit = (await store.audit.audit_trail(order.id))[-1]
     assert edit.kind == "edited"
     assert edit.data["changes"]["title"]["to"] == "New title"
 
 
 async def test_list_orders_filters_by_requester_and_status(store: Store) -> None:
-    mine = await store.create_order(make_order(requester="U1"), actor="U1")
-    await store.create_order(make_order(requester="U2"), actor="U2")
-    assert [o.id for o in await store.list_orders(requester="U1")] == [mine.id]
-    assert await store.list_orders(statuses=[Status.QUEUED]) == []
+    mine = await store.orders.create_order(make_order(requester="U1"), actor="U1")
+    await store.orders.create_order(make_order(requester="U2"), actor="U2")
+    assert [o.id for o in await store.orders.list_orders(requester="U1")] == [mine.id]
+    assert await store.orders.list_orders(statuses=[Status.QUEUED]) == []
 
 
 async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert order.id
     gate = Admission(
         week="2026-11-16", quota_micro_usd=lambda _: 10**9, max_runs_per_user=lambda _: 9
     )
-    await store.enqueue(order.id, priority=1, actor="U1", reason="started")
-    first = (await store.claim("w1", lease_ttl_s=60, admission=gate)).attempt
+    await store.queue.enqueue(order.id, priority=1, actor="U1", reason="started")
+    first = (await store.queue.claim("w1", lease_ttl_s=60, admission=gate)).attempt
     assert first is not None and first.id is not None
     history = [
         {"role": "user", "content": "go"},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
     ]
-    await store.save_run_checkpoint(first.id, messages=history, step=2, elapsed_ms=0)
-    await store.finish_run(
+    await store.queue.save_run_checkpoint(first.id, messages=history, step=2, elapsed_ms=0)
+    await store.queue.finish_run(
         order.id, "w1", Status.QUEUED, reason="asked to wait", attempt_id=first.id
     )
-    second = (await store.claim("w2", lease_ttl_s=60, admission=gate)).attempt
+    second = (await store.queue.claim("w2", lease_ttl_s=60, admission=gate)).attempt
     assert second is not None and (first.number, second.number) == (1, 2)
 
-    resumed = await store.latest_checkpoint(order.id)
+    resumed = await store.runs.latest_checkpoint(order.id)
     assert resumed is not None and resumed.checkpoint == history and resumed.step == 2
 
     number = int(order.id[3:])
-    await store.record_llm_call(
+    await store.ledger.record_llm_call(
         LlmCall(
             order_id=number,
             attempt_id=first.id,
@@ -181,7 +181,7 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
             latency_ms=850,
         )
     )
-    await store.record_tool_call(
+    await store.runs.record_tool_call(
         ToolCall(
             order_id=number,
             attempt_id=second.id,  # a run's records are fenced by its live attempt
@@ -198,30 +198,30 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
         1000,
         12_345,
     )
-    [tool] = await store.tool_calls(order.id)
+    [tool] = await store.runs.tool_calls(order.id)
     assert tool.allowed is False and tool.arguments == {"url": "http://169.254.169.254/"}
 
 
 async def test_event_dedupe_is_unique_across_managers(store: Store) -> None:
     other = Store(store.engine)
     results = await asyncio.gather(
-        *(s.mark_event_seen("Ev123", kind="app_mention") for s in [store, other, store, other])
+        *(s.slack.mark_event_seen("Ev123", kind="app_mention") for s in [store, other, store, other])
     )
     assert sorted(results) == [False, False, False, True]
-    assert await store.mark_event_seen("Ev124") is True
+    assert await store.slack.mark_event_seen("Ev124") is True
 
 
 async def test_slack_message_bookkeeping_is_keyed(store: Store) -> None:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    assert await store.slack_message(f"{order.id}:status") is None
-    await store.save_slack_message(
+    assert await store.slack.slack_message(f"{order.id}:status") is None
+    await store.slack.save_slack_message(
         key=f"{order.id}:status", purpose="status", channel="C1", ts="1.1", order=order.id
     )
-    await store.save_slack_message(
+    await store.slack.save_slack_message(
         key=f"{order.id}:status", purpose="status", channel="C1", ts="1.2", order=order.id
     )
-    saved = await store.slack_message(f"{order.id}:status")
+    saved = await store.slack.slack_message(f"{order.id}:status")
     assert saved is not None and saved.ts == "1.2"
 
 
@@ -240,27 +240,27 @@ async def test_foreign_keys_are_enforced(store: Store) -> None:
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError):
-        await store.record_tool_call(ToolCall(order_id=424242, name="read_thread"))
+        await store.runs.record_tool_call(ToolCall(order_id=424242, name="read_thread"))
 
 
 async def test_timestamps_come_back_in_utc(store: Store) -> None:
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    [created] = await store.audit_trail(order.id)
+    [created] = await store.audit.audit_trail(order.id)
     assert created.at.tzinfo is not None
     assert abs(created.at - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 async def test_thread_messages_are_stored_once_in_order(store: Store) -> None:
     for ts, text_ in [("1.3", "third"), ("1.1", "root"), ("1.2", "second")]:
-        assert await store.record_thread_message(
+        assert await store.slack.record_thread_message(
             channel="C1", thread_ts="1.1", ts=ts, text=text_, user="U1"
         )
-    assert not await store.record_thread_message(
+    assert not await store.slack.record_thread_message(
         channel="C1", thread_ts="1.1", ts="1.2", text="again"
     )
-    await store.record_thread_message(channel="C2", thread_ts="1.1", ts="1.4", text="elsewhere")
-    assert [m.text for m in await store.thread_messages("C1", "1.1")] == ["root", "second", "third"]
+    await store.slack.record_thread_message(channel="C2", thread_ts="1.1", ts="1.4", text="elsewhere")
+    assert [m.text for m in await store.slack.thread_messages("C1", "1.1")] == ["root", "second", "third"]
 
 
 async def test_state_changes_are_copied_to_transitions_and_the_migration_backfills_them(
@@ -270,7 +270,7 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
     same rows from the audit trail of a database that had none."""
     store = Store(database.engine())
     try:
-        order = await store.create_order(make_order(), actor="U1")
+        order = await store.orders.create_order(make_order(), actor="U1")
         assert order.id
         for target, actor in [
             (Status.AWAITING_CONFIRMATION, "intake"),
@@ -279,15 +279,15 @@ async def test_state_changes_are_copied_to_transitions_and_the_migration_backfil
             (Status.EXCEPTION, "w1"),
         ]:
             audit = {"kind": "budget"} if target is Status.EXCEPTION else None
-            await store.transition(order.id, target, actor=actor, reason="test", audit=audit)
-        await store.audit("system", actor="U1", kind="note")  # not an order's chain
+            await store.orders.transition(order.id, target, actor=actor, reason="test", audit=audit)
+        await store.audit.audit("system", actor="U1", kind="note")  # not an order's chain
         query = text(
             "SELECT order_id, seq, at, actor, from_status, to_status, entered_at, exception_kind"
             " FROM transitions ORDER BY order_id, seq"
         )
         async with store.engine.connect() as conn:
             written = (await conn.execute(query)).all()
-        trail = [e for e in await store.audit_trail(order.id) if e.kind == "transition"]
+        trail = [e for e in await store.audit.audit_trail(order.id) if e.kind == "transition"]
         assert [(r.seq, r.actor, r.from_status, r.to_status) for r in written] == [
             (e.seq, e.actor, e.data["from"], e.data["to"]) for e in trail
         ]
@@ -316,7 +316,7 @@ async def test_self_approvals_are_marked_and_the_migration_marks_earlier_ones(
     try:
         approvers = {}
         for approver in ("U1", "U7"):  # the requester, and a reviewer
-            order = await store.create_order(make_order(), actor="U1")
+            order = await store.orders.create_order(make_order(), actor="U1")
             assert order.id
             for target in (
                 Status.AWAITING_CONFIRMATION,
@@ -325,8 +325,8 @@ async def test_self_approvals_are_marked_and_the_migration_marks_earlier_ones(
                 Status.VERIFYING,
                 Status.AWAITING_REVIEW,
             ):
-                await store.transition(order.id, target, actor="U1", reason="test")
-            decided = await store.decide_on(
+                await store.orders.transition(order.id, target, actor="U1", reason="test")
+            decided = await store.orders.decide_on(
                 order.id, Status.APPROVED, deliverable_id=None, actor=approver, reason="approved"
             )
             approvers[order.id] = (approver, decided.self_approved)
@@ -358,15 +358,15 @@ async def test_an_edit_that_expects_a_state_the_order_has_left_is_refused_and_ch
     store: Store,
 ) -> None:
     """Edit read the order waiting for Start; Start queued it before Edit wrote."""
-    order = await store.create_order(make_order(), actor="U1")
+    order = await store.orders.create_order(make_order(), actor="U1")
     assert order.id
-    await store.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft")
-    read = await store.get_order(order.id)
-    await store.transition(order.id, Status.QUEUED, actor="U1", reason="started")
-    trail = [(e.seq, e.kind) for e in await store.audit_trail(order.id)]
+    await store.orders.transition(order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft")
+    read = await store.orders.get_order(order.id)
+    await store.orders.transition(order.id, Status.QUEUED, actor="U1", reason="started")
+    trail = [(e.seq, e.kind) for e in await store.audit.audit_trail(order.id)]
 
     with pytest.raises(OrderMoved) as refused:
-        await store.update_order(
+        await store.orders.update_order(
             order.id,
             actor="U1",
             expected=EDITABLE,
@@ -374,9 +374,9 @@ async def test_an_edit_that_expects_a_state_the_order_has_left_is_refused_and_ch
             budget=read.budget.model_copy(update={"max_usd": 9.0}),
         )
     assert (refused.value.order_id, refused.value.current) == (order.id, "queued")
-    after = await store.get_order(order.id)
+    after = await store.orders.get_order(order.id)
     assert (after.status, after.title, after.budget.max_usd) == (Status.QUEUED, read.title, 2.0)
-    assert [(e.seq, e.kind) for e in await store.audit_trail(order.id)] == trail
+    assert [(e.seq, e.kind) for e in await store.audit.audit_trail(order.id)] == trail
 
 
 async def test_orders_waiting_before_wait_kinds_existed_are_backfilled_by_their_wording(
@@ -393,7 +393,7 @@ async def test_orders_waiting_before_wait_kinds_existed_are_backfilled_by_their_
     try:
         ids = []
         for reason in reasons:
-            order = await store.create_order(make_order(), actor="U1")
+            order = await store.orders.create_order(make_order(), actor="U1")
             ids.append(order_number(order.id or ""))
             async with store.engine.begin() as conn:
                 await conn.execute(
@@ -408,7 +408,7 @@ async def test_orders_waiting_before_wait_kinds_existed_are_backfilled_by_their_
 
         async with store.engine.begin() as conn:
             await conn.run_sync(backfill)
-        kinds = [(await store.get_row(i)).wait_kind for i in ids]
+        kinds = [(await store.orders.get_row(i)).wait_kind for i in ids]
         assert kinds == [WaitKind.QUOTA, WaitKind.QUOTA, WaitKind.SLOT, WaitKind.PROVIDER, None]
     finally:
         await store.close()

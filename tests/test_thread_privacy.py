@@ -52,7 +52,7 @@ async def test_deleted_messages_and_old_thread_text_are_not_kept(
     await bot.sender.event(reply)
 
     async def stored() -> list[str]:
-        return [m.ts for m in await bot.store.thread_messages("C1", root)]
+        return [m.ts for m in await bot.store.slack.thread_messages("C1", root)]
 
     async def reply_stored() -> bool:
         return reply["ts"] in await stored()
@@ -64,7 +64,7 @@ async def test_deleted_messages_and_old_thread_text_are_not_kept(
     elsewhere["channel_type"] = "channel"
     await bot.sender.event(elsewhere)
     await bot_idle()
-    assert await bot.store.thread_messages("C1", elsewhere["ts"]) == []
+    assert await bot.store.slack.thread_messages("C1", elsewhere["ts"]) == []
 
     # Deleted in Slack: deleted here.
     deleted = {
@@ -109,7 +109,7 @@ async def test_an_edited_message_is_stored_as_edited(
     await bot.sender.event(reply)
 
     async def texts() -> dict[str, str]:
-        return {m.ts: m.text for m in await bot.store.thread_messages("C1", root)}
+        return {m.ts: m.text for m in await bot.store.slack.thread_messages("C1", root)}
 
     async def reply_stored() -> bool:
         return reply["ts"] in await texts()
@@ -153,4 +153,4 @@ async def test_an_edited_message_is_stored_as_edited(
     elsewhere = {**edited, "message": {**edited["message"], "ts": "1.000001", "thread_ts": "1.0"}}
     await bot.sender.event({**elsewhere, "ts": bot.sender._ids.ts()})
     await bot_idle()
-    assert await bot.store.thread_messages("C1", "1.0") == []
+    assert await bot.store.slack.thread_messages("C1", "1.0") == []

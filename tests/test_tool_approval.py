@@ -130,14 +130,14 @@ async def test_an_ask_tool_parks_with_a_prompt_and_deny_never_reaches_the_server
     assert '"table": "churn"' in prompt["text"] and digest({"table": "churn"}) in prompt["text"]
     assert APPROVAL_ORDER_ACTION in shown and APPROVAL_DENY_ACTION in shown
     assert "<@U1>" in prompt["text"]
-    assert (await pipe.bot.store.get_row(order_id)).lease_owner is None
+    assert (await pipe.bot.store.orders.get_row(order_id)).lease_owner is None
     assert dropped(marker) == []
 
     # A bystander's click is refused, privately, and changes nothing.
     await answer(pipe, prompt, APPROVAL_DENY_ACTION, "U9")
     await pipe.slack.wait_until(lambda: any(e["recipient"] == "U9" for e in pipe.slack.ephemerals))
     assert "Only <@U1> or an admin can answer" in pipe.slack.ephemerals[-1]["text"]
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.WAITING_FOR_REQUESTER
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.WAITING_FOR_REQUESTER
 
     # The requester denies: the prompt shows it, the model is told, the run goes on.
     await answer(pipe, prompt, APPROVAL_DENY_ACTION, "U1")
@@ -148,7 +148,7 @@ async def test_an_ask_tool_parks_with_a_prompt_and_deny_never_reaches_the_server
     assert "denied by <@U1>; do not ask again" in tool_results(pipe)
     assert dropped(marker) == [], "the server never saw the call"
 
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     asked = [e.data for e in trail if e.kind == "approval_requested"]
     decided = [(e.actor, e.data) for e in trail if e.kind == "approval_decision"]
     assert [(a["tool"], a["server"], a["arguments_sha256"]) for a in asked] == [
@@ -160,7 +160,7 @@ async def test_an_ask_tool_parks_with_a_prompt_and_deny_never_reaches_the_server
         "deny",
         digest({"table": "churn"}),
     )
-    calls = await pipe.bot.store.tool_calls(order_id)
+    calls = await pipe.bot.store.runs.tool_calls(order_id)
     first = calls[0]
     assert (first.name, first.server, first.allowed, first.outcome) == (
         "wh__drop_table",
@@ -196,7 +196,7 @@ async def test_allow_once_runs_the_call_once_and_the_next_call_asks_again(
     assert dropped(marker) == ["dropped tmp_a"], "the once-allowed call ran exactly once"
 
     # The audit says whom each call ran for, who allowed it, and where.
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     ran = [e.data for e in trail if e.kind == "tool_call" and e.data["name"] == "wh__drop_table"]
     assert [(d["requester"], d["approver"], d["server"], d["allowed"]) for d in ran] == [
         ("U1", "U1", "wh", True),
@@ -218,7 +218,7 @@ async def test_allow_for_this_order_lets_later_calls_of_the_tool_through(
     assert dropped(marker) == ["dropped tmp_a", "dropped tmp_b"]
     assert len(prompts(pipe)) == 1, "the second call needed no question"
     await pipe.update("Allowed for this order")
-    calls = [c for c in await pipe.bot.store.tool_calls(order_id) if c.server == "wh"]
+    calls = [c for c in await pipe.bot.store.runs.tool_calls(order_id) if c.server == "wh"]
     assert [(c.approver, c.outcome) for c in calls] == [("U1", "ok"), ("U1", "ok")]
 
 
@@ -260,8 +260,8 @@ async def test_an_answer_on_one_order_never_grants_another(harness: Harness, mar
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "parked"
     [request] = asked_of(h, a.id)
-    await h.store.decide_approval(request.approval_id, "order", actor="U1")
-    assert (await h.store.get_order(a.id)).status is Status.QUEUED
+    await h.store.approvals.decide_approval(request.approval_id, "order", actor="U1")
+    assert (await h.store.orders.get_order(a.id)).status is Status.QUEUED
 
     h.anthropic.script(drop("a2"), submit())
     outcome = await h.run_next()
@@ -287,7 +287,7 @@ async def test_an_answer_that_beats_the_park_requeues_the_run(harness: Harness) 
     assert order.id is not None
     claim = await queue.claim(h.store, h.settings, h.worker_id)
     assert claim.attempt is not None and claim.attempt.id is not None
-    approval = await h.store.request_approval(
+    approval = await h.store.approvals.request_approval(
         order.id,
         tool_use_id="toolu_1",
         tool="drop_table",
@@ -296,9 +296,9 @@ async def test_an_answer_that_beats_the_park_requeues_the_run(harness: Harness) 
         attempt_id=claim.attempt.id,
     )
     assert approval.id is not None
-    decided = await h.store.decide_approval(approval.id, "once", actor="U1")
+    decided = await h.store.approvals.decide_approval(approval.id, "once", actor="U1")
     assert decided.recorded and decided.order.status is Status.RUNNING
-    parked = await h.store.finish_run(
+    parked = await h.store.queue.finish_run(
         order.id,
         h.worker_id,
         Status.WAITING_FOR_REQUESTER,
@@ -308,8 +308,8 @@ async def test_an_answer_that_beats_the_park_requeues_the_run(harness: Harness) 
     )
     assert parked is not None and parked.status is Status.QUEUED
     # The 'once' grant is spent by one call only.
-    assert await h.store.use_one_time_grant(approval.id)
-    assert not await h.store.use_one_time_grant(approval.id)
+    assert await h.store.approvals.use_one_time_grant(approval.id)
+    assert not await h.store.approvals.use_one_time_grant(approval.id)
 
 
 async def test_an_order_without_a_thread_is_refused_instead_of_asking(
@@ -361,7 +361,7 @@ async def test_a_destructive_tool_the_policy_allows_runs_without_asking(
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "done"
     assert dropped(marker) == ["dropped tmp"] and asked_of(h, order.id) == []
-    [call, _] = await h.store.tool_calls(order.id)
+    [call, _] = await h.store.runs.tool_calls(order.id)
     assert (call.server, call.approver, call.outcome) == ("wh", None, "ok")
 
 
@@ -370,12 +370,12 @@ async def test_long_arguments_go_to_the_thread_as_a_file_above_the_prompt(
 ) -> None:
     """The prompt shows the start of long arguments; the approvers can read all of them in a
     file posted with it, once, whatever the deliverer retries."""
-    order = await store.create_order(
+    order = await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION), actor="U1"
     )
     assert order.id is not None
     arguments = {"sql": "INSERT INTO churn VALUES " + ", ".join(f"({i})" for i in range(3000))}
-    approval = await store.request_approval(
+    approval = await store.approvals.request_approval(
         order.id, tool_use_id="toolu_1", tool="write_query", server="wh", arguments=arguments
     )
     reporter = SlackReporter(
@@ -386,7 +386,7 @@ async def test_long_arguments_go_to_the_thread_as_a_file_above_the_prompt(
 
     async def delivered() -> bool:
         await deliverer.deliver_due()
-        return not await store.undelivered()
+        return not await store.outbox.undelivered()
 
     await eventually(delivered, interval_s=0.02)
     name = f"{order.id}-request-{approval.id}-arguments.json"

@@ -56,12 +56,12 @@ async def test_a_forbidden_tool_is_refused_and_the_run_goes_on(harness: Harness)
     assert "web_fetch" not in {t["name"] for t in h.anthropic.requests[0]["tools"]}
     [result] = h.anthropic.requests[1]["messages"][-1]["content"]
     assert result["is_error"] and "does not allow web_fetch" in result["content"]
-    calls = await h.store.tool_calls(order.id or "")
+    calls = await h.store.runs.tool_calls(order.id or "")
     assert [(c.name, c.allowed, c.outcome) for c in calls] == [
         ("web_fetch", False, "forbidden"),
         ("submit_deliverable", True, "ok"),
     ]
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.tool_calls == 1  # refused calls do not use the tool budget
 
 
@@ -77,13 +77,13 @@ async def test_repeated_forbidden_calls_end_the_run_in_authority_exception(harne
     )
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "exception"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert (row.status, row.exception_kind) == (Status.EXCEPTION.value, "authority")
     assert "3 times" in (row.exception_message or "")
     [(oid, kind, message)] = h.reporter.exceptions.values()
     assert (oid, kind) == (order.id, "authority")
     assert h.anthropic.pending == 1  # it never got to submit
-    audit = [e for e in await h.store.audit_trail(order.id or "") if e.kind == "transition"]
+    audit = [e for e in await h.store.audit.audit_trail(order.id or "") if e.kind == "transition"]
     assert audit[-1].data["kind"] == "authority"
 
 

@@ -212,9 +212,9 @@ async def test_ssrf_attempts_in_a_run_are_refused_and_count_as_forbidden(harness
     )
     outcome = await h.run_next()
     assert outcome is not None and outcome.kind == "exception"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.EXCEPTION.value and row.exception_kind == "authority"
-    calls = await h.store.tool_calls(order.id or "")
+    calls = await h.store.runs.tool_calls(order.id or "")
     assert [(c.name, c.allowed, c.outcome) for c in calls] == [("web_fetch", False, "forbidden")] * 3
     second = h.anthropic.requests[1]["messages"][-1]["content"][0]
     assert second["is_error"] and "link-local" in second["content"]

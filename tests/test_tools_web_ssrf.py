@@ -194,5 +194,5 @@ async def test_the_model_is_told_why_and_can_carry_on(harness: Harness, canary: 
     assert refusal["is_error"]
     assert "127.0.0.1" in refusal["content"] and "loopback" in refusal["content"]
     assert "only public web pages" in refusal["content"]
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status != Status.EXCEPTION.value

@@ -340,12 +340,12 @@ async def test_the_churn_one_pager_walk_through(
 
         async def in_review() -> bool:
             assert worker.returncode is None, (tmp_path / "walk.log").read_text()
-            return (await store.get_order(order_id)).status is Status.AWAITING_REVIEW
+            return (await store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
         await eventually(in_review)
         code, shown, _ = await delegate("show", order_id, env=env)
         assert code == 0 and "State:        awaiting review" in shown
-        calls = await store.tool_calls(order_id)
+        calls = await store.runs.tool_calls(order_id)
     finally:
         await stop_worker(worker)
         await store.close()

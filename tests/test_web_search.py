@@ -71,11 +71,11 @@ async def test_granted_search_is_kept_to_the_domains_counted_and_charged(pipe: P
         "allowed_domains": ["example.com"],
     }
     # The search is a tool call of the order's, on the record.
-    calls = await pipe.bot.store.tool_calls(order_id)
+    calls = await pipe.bot.store.runs.tool_calls(order_id)
     assert [(c.name, c.arguments) for c in calls if c.name == "web_search"] == [
         ("web_search", {"query": "acme pricing"})
     ]
-    assert (await pipe.bot.store.get_row(order_id)).tool_calls == 2  # the search and the hand-in
+    assert (await pipe.bot.store.orders.get_row(order_id)).tool_calls == 2  # the search and the hand-in
     # Charged at its price on top of the tokens.
     [call] = [c for c in await llm_calls(pipe.bot.store, order_id) if c.role == "execute"]
     tokens = call.cost_micro_usd - 2_000_000
@@ -106,7 +106,7 @@ async def test_searches_beyond_the_budget_are_refused(pipe: Pipeline) -> None:
     assert web_search_tool(execute)["max_uses"] == 1  # type: ignore[index]
     [call] = [c for c in await llm_calls(pipe.bot.store, order_id) if c.role == "execute"]
     assert 2_000_000 < call.cost_micro_usd < 3_000_000  # one search charged
-    assert [c.name for c in await pipe.bot.store.tool_calls(order_id)].count("web_search") == 2
+    assert [c.name for c in await pipe.bot.store.runs.tool_calls(order_id)].count("web_search") == 2
 
 
 OPENAI_ROUTE = {"primary": "openai:gpt-5-mini", "fallback": None}
@@ -156,7 +156,7 @@ async def test_openai_offers_no_search_to_a_policy_with_a_domain_list(
     [execute] = [r for r in pipe.openai.requests if "submit_deliverable" in str(r.get("tools"))]
     assert not _searching(execute)
     assert all(t["function"]["name"] != "web_search" for t in execute.get("tools") or [])
-    assert [c.name for c in await pipe.bot.store.tool_calls(order_id)] == ["submit_deliverable"]
+    assert [c.name for c in await pipe.bot.store.runs.tool_calls(order_id)] == ["submit_deliverable"]
 
 
 async def test_openai_searches_where_any_domain_may_be_read_and_charges_the_call(
@@ -175,7 +175,7 @@ async def test_openai_searches_where_any_domain_may_be_read_and_charges_the_call
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     searched = [r for r in pipe.openai.requests if _searching(r)]
     assert len(searched) == 1 and searched[0]["web_search_options"] == {}
-    calls = await pipe.bot.store.tool_calls(order_id)
+    calls = await pipe.bot.store.runs.tool_calls(order_id)
     [search] = [c for c in calls if c.name == "web_search"]
     assert "acme.example.com/pricing" in str(search.arguments)
     [call] = [c for c in await llm_calls(pipe.bot.store, order_id) if c.role == "execute"]

@@ -39,7 +39,7 @@ async def running(h: Harness, *, concurrency: int = 2, worker_id: str = "w1") ->
 
 
 async def status_of(h: Harness, order_id: str) -> Status:
-    return (await h.store.get_order(order_id)).status
+    return (await h.store.orders.get_order(order_id)).status
 
 
 class HeldReadThread:
@@ -112,8 +112,8 @@ async def test_a_queueing_that_rolls_back_does_not_wake_the_worker(harness: Harn
     created = await h.order(start=False)
     try:
         async with h.store.transaction() as s:
-            row = await h.store._row(s, created.id or "", for_update=True)
-            await h.store._move(s, row, Status.QUEUED, actor="U1", reason="test")
+            row = await h.store.orders._row(s, created.id or "", for_update=True)
+            await h.store.orders._move(s, row, Status.QUEUED, actor="U1", reason="test")
             assert woken == []  # not before the commit
             raise RuntimeError("rolled back")
     except RuntimeError:
@@ -152,7 +152,7 @@ async def test_cancel_stops_a_running_order_within_seconds(harness: Harness) -> 
         await eventually(lambda: _attempt_ended(h, order.id or ""), timeout_s=20)
     await h.deliver()
     assert h.reporter.steps(order.id or "")[-1] == "Cancelled (by <@U1>)"
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.CANCELLED.value and row.reserved_micro_usd == 0
     calls = await llm_calls(h.store, order.id or "")
     assert [c.outcome for c in calls] == ["ok", "interrupted"]
@@ -174,7 +174,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
         await h.deliver()  # the question went to the outbox with the park
         [(oid, question)] = h.reporter.questions.values()
         assert (oid, question) == (order.id, "Which three competitors?")
-        row = await h.store.get_row(order.id or "")
+        row = await h.store.orders.get_row(order.id or "")
         assert row.lease_owner is None
         assert len(h.anthropic.requests) == 1
 
@@ -186,7 +186,7 @@ async def test_ask_requester_parks_the_run_and_the_reply_resumes_it(harness: Har
     assert "Acme, Globex and Initech" in answer["content"]
     assert [a.outcome for a in await attempts(h.store, order.id or "")] == ["parked", "submitted"]
     assert len(h.reporter.questions) == 1 and h.reporter.duplicates == []
-    assert (await h.store.get_row(order.id or "")).inbox == []
+    assert (await h.store.orders.get_row(order.id or "")).inbox == []
 
 
 async def test_shutdown_lets_the_step_finish_and_requeues_the_run(harness: Harness) -> None:
@@ -199,10 +199,10 @@ async def test_shutdown_lets_the_step_finish_and_requeues_the_run(harness: Harne
     await eventually(lambda: len(h.anthropic.requests) == 1)
     stop.set()
     await asyncio.wait_for(task, 5)
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and row.lease_owner is None
     assert len(h.anthropic.requests) == 1  # the step in flight finished; no new one started
-    attempt = await h.store.latest_checkpoint(order.id or "")
+    attempt = await h.store.runs.latest_checkpoint(order.id or "")
     assert attempt is not None and attempt.step == 1 and attempt.outcome == "requeued"
 
 
@@ -216,7 +216,7 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     await eventually(lambda: len(h.anthropic.requests) == 2)
     stop.set()
     await asyncio.wait_for(task, h.settings.engine.shutdown_grace_s + 3)
-    row = await h.store.get_row(order.id or "")
+    row = await h.store.orders.get_row(order.id or "")
     assert row.status == Status.QUEUED.value and row.lease_owner is None
     assert row.reserved_micro_usd == 0
     calls = await llm_calls(h.store, order.id or "")
@@ -252,4 +252,4 @@ async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness)
     )
     stop.set()
     await asyncio.wait_for(task, 5)
-    assert await h.store.undelivered() == []
+    assert await h.store.outbox.undelivered() == []

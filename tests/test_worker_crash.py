@@ -43,7 +43,7 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     store = Store(database.engine())
     settings = load_settings(database_url=database.url)
     draft = make_order(status=Status.AWAITING_CONFIRMATION)
-    order = await store.create_order(draft, actor="U1")
+    order = await store.orders.create_order(draft, actor="U1")
     order_id = order.id or ""
     await queue.enqueue(store, settings, order_id, actor="U1")
     fake_anthropic.script(
@@ -59,7 +59,7 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     finally:
         first.send_signal(signal.SIGKILL)
         await first.wait()
-    row = await store.get_row(order_id)
+    row = await store.orders.get_row(order_id)
     assert row.status == Status.RUNNING.value and row.lease_owner == "doomed"
     assert row.reserved_micro_usd > 0  # the call it died in was still reserved
 
@@ -67,7 +67,7 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     second = await spawn_worker(env, tmp_path, worker_id="rescuer")
     try:
         async def delivered() -> bool:
-            return (await store.get_order(order_id)).status == Status.AWAITING_REVIEW
+            return (await store.orders.get_order(order_id)).status == Status.AWAITING_REVIEW
 
         await eventually(delivered, timeout_s=30)
         await eventually(lambda: f"{order_id}:result" in " ".join(_posts(fake_slack)), timeout_s=10)
@@ -98,10 +98,10 @@ async def test_a_killed_worker_s_run_is_finished_by_another_worker(
     calls = await llm_calls(store, order_id)
     assert [c.outcome for c in calls] == ["ok", "interrupted", "ok"]
     assert calls[1].cost_micro_usd == calls[1].reserved_micro_usd  # charged the worst case
-    row = await store.get_row(order_id)
+    row = await store.orders.get_row(order_id)
     assert row.reserved_micro_usd == 0 and row.lost_leases == 1
     assert row.spent_micro_usd == sum(c.cost_micro_usd for c in calls)
-    assert len(await store.deliverables(order_id)) == 1
+    assert len(await store.runs.deliverables(order_id)) == 1
     await store.close()
 
 
@@ -111,7 +111,7 @@ async def test_delegate_worker_runs_and_stops_on_sigterm(
 ) -> None:
     store = Store(database.engine())
     settings = load_settings(database_url=database.url)
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     await queue.enqueue(store, settings, order.id or "", actor="U1")
     fake_anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     env = worker_env(database, fake_anthropic, fake_openai, tmp_path)
@@ -119,7 +119,7 @@ async def test_delegate_worker_runs_and_stops_on_sigterm(
     try:
 
         async def delivered() -> bool:
-            return (await store.get_order(order.id or "")).status == Status.AWAITING_REVIEW
+            return (await store.orders.get_order(order.id or "")).status == Status.AWAITING_REVIEW
 
         await eventually(delivered, timeout_s=30)
     finally:

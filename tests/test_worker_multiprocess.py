@@ -51,7 +51,7 @@ async def test_many_workers_run_every_order_exactly_once(
     )
     ids = []
     for n in range(ORDERS):
-        created = await store.create_order(
+        created = await store.orders.create_order(
             make_order(requester=f"U{n % 7}", status=Status.AWAITING_CONFIRMATION), actor="U1"
         )
         await queue.enqueue(store, settings, created.id or "", actor="U1")
@@ -98,7 +98,7 @@ async def test_many_workers_run_every_order_exactly_once(
         attempts = await fetch_attempts(store, order_id)
         assert [a.outcome for a in attempts] == ["submitted"], (order_id, attempts)
         by_worker[attempts[0].worker_id] = by_worker.get(attempts[0].worker_id, 0) + 1
-        assert len(await store.deliverables(order_id)) == 1
+        assert len(await store.runs.deliverables(order_id)) == 1
         assert len(await llm_calls(store, order_id)) == 2
     # Which process claimed what depends on scheduling; on a loaded machine one process may
     # even claim nothing. Every claim came from one of them, and every order was claimed once.
@@ -113,5 +113,5 @@ async def test_many_workers_run_every_order_exactly_once(
             )
         ).all()
     assert len(claims) == ORDERS and all(count == 1 for _, count in claims)
-    assert (await store.verify_audit())[1] == []
+    assert (await store.audit.verify_audit())[1] == []
     await store.close()

@@ -202,7 +202,7 @@ class Agent:
             number=number,
             attempt=attempt,
             guard=BudgetGuard(
-                self.store,
+                self.store.ledger,
                 self.settings,
                 order_number=number,
                 team=order.team,
@@ -407,7 +407,7 @@ class Agent:
         async def record(
             allowed: bool, outcome: str, *, error: str | None = None, text: str = ""
         ) -> None:
-            await self.store.record_tool_call(
+            await self.store.runs.record_tool_call(
                 ToolCall(
                     order_id=run.number,
                     attempt_id=run.attempt_id,
@@ -500,7 +500,7 @@ class Agent:
     async def _web_search(self, run: _Run) -> WebSearchRequest | None:
         """The provider's web search for the next call: within the policy's (and channel's)
         domains, and at most as many searches as the order has tool calls left."""
-        row = await self.store.get_row(run.number)
+        row = await self.store.orders.get_row(run.number)
         left = run.order.budget.max_tool_calls - row.tool_calls
         uses = min(self.settings.tools.web_search.max_uses, left)
         if uses <= 0:
@@ -513,7 +513,7 @@ class Agent:
     async def _count_searches(self, run: _Run, reply: ModelReply) -> None:
         """The provider's searches in the reply: each a tool call, recorded and counted."""
         for query in reply.searches:
-            await self.store.record_tool_call(
+            await self.store.runs.record_tool_call(
                 ToolCall(
                     order_id=run.number,
                     attempt_id=run.attempt_id,
@@ -537,13 +537,13 @@ class Agent:
         mcp = origin(tool)
         name, server = (mcp.tool, mcp.server) if mcp else (call.name, None)
         shown = f"{server}.{name}" if server else name
-        found = await self.store.approval_for(run.number, call.id)
+        found = await self.store.approvals.approval_for(run.number, call.id)
         if found is None:
-            standing = await self.store.standing_approval(run.number, tool=name, server=server)
+            standing = await self.store.approvals.standing_approval(run.number, tool=name, server=server)
             if standing is not None:
                 return _Gate(approver=standing.decided_by)
             digest = CallArguments.of(call.arguments).sha256
-            denied = await self.store.denied_call(
+            denied = await self.store.approvals.denied_call(
                 run.number, tool=name, server=server, arguments_sha256=digest
             )
             if denied is not None:
@@ -558,7 +558,7 @@ class Agent:
                     "to ask in; work without it"
                 )
             policy_name = run.order.authority_policy
-            found = await self.store.request_approval(
+            found = await self.store.approvals.request_approval(
                 run.number,
                 tool_use_id=call.id,
                 tool=name,
@@ -576,7 +576,7 @@ class Agent:
                 refusal=f"denied by <@{found.decided_by}>; do not ask again: work without "
                 f"{shown} and say in the deliverable what it would have done"
             )
-        if found.decision == "once" and not await self.store.use_one_time_grant(found.id):
+        if found.decision == "once" and not await self.store.approvals.use_one_time_grant(found.id):
             return _Gate(
                 refusal=f"the permission to call {shown} once was used already (an "
                 "interrupted run may have made the call); call it again to ask anew"
@@ -598,16 +598,16 @@ class Agent:
     async def _restore(self, run: _Run) -> None:
         """Rebuild the history from the last checkpoint and settle the interrupted turn."""
         assert run.order.id is not None
-        latest = await self.store.latest_checkpoint(run.order.id)
+        latest = await self.store.runs.latest_checkpoint(run.order.id)
         if latest is not None and latest.checkpoint:
             run.messages = [dict(m) for m in json.loads(json.dumps(latest.checkpoint))]
             run.step = run.first_step = latest.step
         else:
             run.messages = [first_message(run.order)]
         run.forbidden = sum(
-            1 for call in await self.store.tool_calls(run.order.id) if not call.allowed
+            1 for call in await self.store.runs.tool_calls(run.order.id) if not call.allowed
         )
-        row = await self.store.get_row(run.order.id)
+        row = await self.store.orders.get_row(run.order.id)
         inbox = list(row.inbox or [])
         run.inbox_to_consume = len(inbox)
         notes = [inbox_note(item) for item in inbox]
@@ -670,7 +670,7 @@ class Agent:
         if run.inbox_to_consume:
             return
         assert run.order.id is not None
-        row = await self.store.get_row(run.order.id)
+        row = await self.store.orders.get_row(run.order.id)
         inbox = list(row.inbox or [])
         if not inbox:
             return
@@ -686,12 +686,12 @@ class Agent:
     async def _complete(self, run: _Run) -> Outcome:
         """The run handed in its deliverable: check it, then send it to review or back to work."""
         assert run.order.id is not None
-        item = (await self.store.deliverables(run.order.id))[-1]
+        item = (await self.store.runs.deliverables(run.order.id))[-1]
         assert item.id is not None
         checks = run.order.verification.automatic_checks
         verification, note = await self._verify(run, item) if checks else (None, "")
         if verification is not None and not verification.passed:
-            row = await self.store.get_row(run.order.id)
+            row = await self.store.orders.get_row(run.order.id)
             if row.auto_revisions < run.order.verification.max_auto_revisions:
                 return await self._revise(run, verification)
         # The deliverable and its review prompt are owed to the thread from the moment the
@@ -708,11 +708,11 @@ class Agent:
                 "files": [
                     {"id": f.id, "position": f.position, "name": f.name, "mimetype": f.mimetype,
                      "size": f.size, "sha256": f.sha256}
-                    for f in await self.store.deliverable_files(item.id)
+                    for f in await self.store.runs.deliverable_files(item.id)
                 ],
             },
         )
-        order = await self.store.finish_run(
+        order = await self.store.queue.finish_run(
             run.order.id,
             self.worker_id,
             Status.VERIFYING if checks else Status.AWAITING_REVIEW,
@@ -750,7 +750,7 @@ class Agent:
             return None, f"Not checked automatically: the budget did not cover the check ({exc})."
         except (ProviderRejected, ProviderUnavailable) as exc:
             return None, f"Not checked automatically: the verifier model was unavailable ({exc})."
-        await self.store.save_verdicts(
+        await self.store.runs.save_verdicts(
             item.id,
             [v.as_dict() for v in verification.verdicts],
             actor="verifier",
@@ -763,7 +763,7 @@ class Agent:
         assert run.order.id is not None
         failed = len(verification.failures)
         # The findings, the revision count and both moves in one transaction, fenced by the lease.
-        order = await self.store.finish_run(
+        order = await self.store.queue.finish_run(
             run.order.id,
             self.worker_id,
             Status.VERIFYING,
@@ -786,7 +786,7 @@ class Agent:
     async def _park(self, run: _Run) -> Outcome:
         assert run.order.id is not None
         questions = _questions(run.order, run.messages)
-        order = await self.store.finish_run(
+        order = await self.store.queue.finish_run(
             run.order.id,
             self.worker_id,
             Status.WAITING_FOR_REQUESTER,
@@ -807,7 +807,7 @@ class Agent:
     async def _stop_for(self, run: _Run, kind: ExceptionKind, message: str) -> Outcome:
         assert run.order.id is not None
         key = exception_key(run.order.id, run.attempt.number)
-        order = await self.store.finish_run(
+        order = await self.store.queue.finish_run(
             run.order.id,
             self.worker_id,
             Status.EXCEPTION,
@@ -833,7 +833,7 @@ class Agent:
         problem = f"the database connection failed ({type(error).__name__}: {error})"
         for pause_s in DATABASE_RETRY_PAUSES_S:  # the pool reconnects; give it a moment
             try:
-                in_a_row = 1 + await self.store.attempts_in_a_row(run.number, DATABASE_DROPPED)
+                in_a_row = 1 + await self.store.runs.attempts_in_a_row(run.number, DATABASE_DROPPED)
                 if in_a_row >= self.settings.engine.max_attempts:
                     log.error(problem, exc_info=error, extra={"order": run.order.id})
                     message = f"{problem}, in {in_a_row} runs in a row"
@@ -875,7 +875,7 @@ class Agent:
                 "wait_kind": wait_kind.value if wait_kind else None,
                 "waiting_since": waiting_since or utcnow(),
             }
-        order = await self.store.finish_run(
+        order = await self.store.queue.finish_run(
             run.order.id,
             self.worker_id,
             Status.QUEUED,
@@ -898,7 +898,7 @@ class Agent:
         been waiting (so `engine.max_quota_wait_s` can fire) and what its next call needs (so
         it is claimed again only once that fits), and tell the thread once."""
         assert run.order.id is not None
-        row = await self.store.get_row(run.order.id)
+        row = await self.store.orders.get_row(run.order.id)
         since = as_utc(row.waiting_since)  # kept by the claim while the order was waiting
         now = utcnow()
         waited = (now - since).total_seconds() if since is not None else 0.0
@@ -919,13 +919,13 @@ class Agent:
 
     async def _cancelled(self, run: _Run) -> Outcome:
         assert run.order.id is not None
-        await self.store.end_attempt(run.attempt_id, "cancelled")
-        await self.store.settle_orphaned_calls(run.order.id)
+        await self.store.queue.end_attempt(run.attempt_id, "cancelled")
+        await self.store.ledger.settle_orphaned_calls(run.order.id)
         return Outcome("cancelled")
 
     async def _lost(self, run: _Run) -> Outcome:
         telemetry.LEASES_LOST.inc()
-        await self.store.end_attempt(run.attempt_id, "lost")
+        await self.store.queue.end_attempt(run.attempt_id, "lost")
         return Outcome("lost")
 
     # Checkpoints and reports
@@ -933,7 +933,7 @@ class Agent:
     async def _checkpoint(self, run: _Run) -> None:
         consumed, run.inbox_to_consume = run.inbox_to_consume, 0
         await _uncut(
-            self.store.save_run_checkpoint(
+            self.store.queue.save_run_checkpoint(
                 run.attempt_id,
                 messages=run.messages,
                 step=run.step,
@@ -947,7 +947,7 @@ class Agent:
         update per `engine.status_update_interval_s`). Never breaks the run."""
         try:
             await _uncut(
-                self.store.report_status(
+                self.store.outbox.report_status(
                     run.number, step, coalesce_s=self.settings.engine.status_update_interval_s
                 )
             )

@@ -10,7 +10,7 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from workers.metrics import WeekPoint
+from workers.store.reporting.metrics import WeekPoint
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -861,3 +861,16 @@ def _is_secret_field(field: str) -> bool:
     if name.startswith("mcp_servers"):
         return True  # values there may hold what `${VAR}` read from the environment
     return any(word in name for word in ("token", "secret", "api_key", "audit_key", "password"))
+
+
+def schedule_teams(schedule: DigestSchedule, settings: Settings) -> list[str]:
+    """The teams a `digests:` entry reports on: those listed, or every configured team."""
+    return list(schedule.teams) or sorted(settings.teams)
+
+
+def schedule_for(settings: Settings, team: str) -> DigestSchedule | None:
+    """The first `digests:` entry that reports on `team` (its channel and time zone)."""
+    for schedule in settings.digests:
+        if team in schedule_teams(schedule, settings):
+            return schedule
+    return None

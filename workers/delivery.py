@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessage) -> None:
     """Say one outbox message: the reporter call the engine used to make itself."""
-    row = await store.get_row(message.order_id)
+    row = await store.orders.get_row(message.order_id)
     order, spend, payload = row_to_order(row), Spend.of(row), dict(message.payload)
     if message.kind == "status":
         step = str(payload.get("step", ""))
@@ -66,11 +66,11 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
         )
         await reporter.domain_request(order, request, key=message.key)
     elif message.kind == "approval":
-        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        approval = await store.approvals.get_approval(int(payload.get("approval_id", 0)))
         asked = [str(p) for p in payload.get("approvers") or []]
         await reporter.approval_request(order, ApprovalRequest.of(approval, asked), key=message.key)
     elif message.kind == "approval_decided":
-        approval = await store.get_approval(int(payload.get("approval_id", 0)))
+        approval = await store.approvals.get_approval(int(payload.get("approval_id", 0)))
         shown = ApprovalRequest.of(approval)
         await reporter.approval_decided(order, shown, key=str(payload.get("key", "")))
     elif message.kind == "decided":
@@ -98,16 +98,16 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
 async def drain_outbox(store: Store, reporter: ProgressReporter, *, owner: str = "local") -> int:
     """Say everything due through `reporter` and mark it sent; how many were said."""
     said = 0
-    while messages := await store.claim_outbox(owner):
+    while messages := await store.outbox.claim_outbox(owner):
         for message in messages:
             assert message.id is not None
             try:
                 await replay(store, reporter, message)
             except Exception as exc:
                 log.exception("outbox message not said", extra={"key": message.key})
-                await store.outbox_retry(message.id, after_s=60, error=str(exc))
+                await store.outbox.outbox_retry(message.id, after_s=60, error=str(exc))
                 continue
-            await store.outbox_sent(message.id, owner)
+            await store.outbox.outbox_sent(message.id, owner)
             said += 1
     return said
 

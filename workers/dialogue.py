@@ -92,13 +92,13 @@ class IntakeDialogue:
     async def open(
         self, *, channel: str, thread_ts: str, requester: str, surface: str = "slack"
     ) -> IntakeSession:
-        session, _ = await self.store.open_intake(
+        session, _ = await self.store.slack.open_intake(
             channel=channel, thread_ts=thread_ts, requester=requester, surface=surface
         )
         return session
 
     async def session(self, channel: str, thread_ts: str) -> IntakeSession | None:
-        return await self.store.intake_session(channel, thread_ts)
+        return await self.store.slack.intake_session(channel, thread_ts)
 
     async def step(
         self,
@@ -130,16 +130,16 @@ class IntakeDialogue:
         try:
             outcome = await self.engine.step(turns, ctx, rounds_so_far=session.rounds)
         except IntakeUnavailable as exc:
-            await self.store.save_intake(session)
+            await self.store.slack.save_intake(session)
             return Unavailable(str(exc))
         if isinstance(outcome, ChatAnswer):
             session.kind, session.state = IntakeKind.CHAT, IntakeState.CLOSED
             self._record(session, "delegate", outcome.text)
-            await self.store.save_intake(session)
+            await self.store.slack.save_intake(session)
         elif isinstance(outcome, Questions):
             session.rounds += 1
             self._record(session, "delegate", questions_text(outcome.questions))
-            await self.store.save_intake(session)
+            await self.store.slack.save_intake(session)
         return outcome
 
     async def _limit(self, requester: str) -> Limited | None:
@@ -150,14 +150,14 @@ class IntakeDialogue:
         limit = self.settings.intake.max_requests_per_user_per_hour
         team = self.settings.team_of(requester)
         quota = usd_to_micro(self.settings.teams[team].weekly_usd)
-        if await self.store.team_week_used(team, quota_week(now)) >= quota:
+        if await self.store.ledger.team_week_used(team, quota_week(now)) >= quota:
             return Limited(
                 f"Team {team} has used its ${self.settings.teams[team].weekly_usd:.2f} for this "
                 "week, so I can't take new requests until Monday (00:00 UTC). A lead or an admin "
                 "can raise the quota."
             )
         # Taken last, so a request refused for quota does not use up one of the hour's slots.
-        if not await self.store.take_intake_slot(
+        if not await self.store.ledger.take_intake_slot(
             requester, since=now - timedelta(hours=1), limit=limit, now=now
         ):
             return Limited(
@@ -182,20 +182,20 @@ class IntakeDialogue:
         order = draft.order.model_copy(update={"channel": channel, "thread_ts": thread_ts})
         existing_id = session_order_id(session)
         if existing_id is None:
-            order = await self.store.create_order(order, actor=actor)
+            order = await self.store.orders.create_order(order, actor=actor)
             assert order.id
-            order = await self.store.transition(
+            order = await self.store.orders.transition(
                 order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
             )
             self._proposed(session, order, draft)
-            await self.store.save_intake(session)
+            await self.store.slack.save_intake(session)
             return order
         # The refined order and its dialogue are written in one commit that checks the order
         # still waits for Start: a Start landing in between leaves both as Start left them.
         before = {name: getattr(session, name) for name in _PROPOSAL_FIELDS}
         self._proposed(session, order.model_copy(update={"id": existing_id}), draft)
         try:
-            return await self.store.update_order(
+            return await self.store.orders.update_order(
                 existing_id,
                 actor=actor,
                 expected=EDITABLE,
@@ -219,7 +219,7 @@ class IntakeDialogue:
         """Record a draft shown for confirmation before it is proposed (the console asks
         first), so that the requester's next message refines it."""
         self._record(session, "delegate", f"Drafted: {draft_summary(draft.order)}")
-        await self.store.save_intake(session)
+        await self.store.slack.save_intake(session)
 
     async def start(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
         """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it
@@ -246,17 +246,17 @@ class IntakeDialogue:
         if kind:
             session.kind = kind
         session.state = IntakeState.CLOSED
-        await self.store.save_intake(session)
+        await self.store.slack.save_intake(session)
 
     async def open_points(self, order_id: str) -> list[str]:
-        session = await self.store.intake_for_order(order_id)
+        session = await self.store.slack.intake_for_order(order_id)
         return list((session.draft or {}).get("open_points", [])) if session else []
 
     async def _set_state(self, order_id: str, state: IntakeState) -> None:
-        session = await self.store.intake_for_order(order_id)
+        session = await self.store.slack.intake_for_order(order_id)
         if session is not None:
             session.state = state
-            await self.store.save_intake(session)
+            await self.store.slack.save_intake(session)
 
     @staticmethod
     def _record(session: IntakeSession, role: str, text: str) -> None:

@@ -1,26 +1,22 @@
 """The leads' weekly digest: what to say, when to say it, and saying it exactly once.
 
-- *What*: `build_digest` gathers a team's week and the week before (workers.metrics) plus the
-  last eight weeks for the chart; `headlines` turns them into the few sentences a lead reads in
-  ten seconds; `render_markdown`, `digest_json` and `series_csv` are the CLI's formats.
+- *What*: `build_digest` gathers a team's week and the week before (`Reporting.compare`) plus
+  the last eight weeks for the chart; `headlines` turns them into the few sentences a lead reads
+  in ten seconds; `render_markdown`, `digest_json` and `series_csv` are the CLI's formats.
 - *When*: each `digests:` entry is a 5-field cron in an IANA time zone. The first time the cron
   fires in a week (local time, so 09:00 stays 09:00 across daylight-saving changes), the last
   complete week is due. A sweep that runs later in the week (the bot was down at 09:00) still
   finds it due, and posts it then: a missed digest is caught up once. Weeks that ended before
   Delegate was installed are never due, and an empty week is passed over (recorded as
   'skipped') unless its entry says `post_empty`.
-- *Once*: a digest is claimed by inserting (team, channel, week) into `digest_posts`, whose
-  unique key lets exactly one insert win on SQLite and PostgreSQL alike. `delegate digest
-  --post` claims through the same table, so a week posted by hand is not posted again. On PostgreSQL the sweep
-  also runs on one process at a time (workers.sweeps), so concurrent `delegate run` processes
-  do not even race for it.
-  A claim whose post failed is released for the next sweep; one left behind by a process that
-  died while posting is taken over after `STALE_CLAIM` (the only case that can post twice).
+- *Once*: each digest is claimed in the `digest_posts` ledger before it is posted
+  (workers.store.reporting.digest_posts); `delegate digest --post` claims through the same
+  ledger, so a week posted by hand is not posted again. On PostgreSQL the sweep also runs on
+  one process at a time, so concurrent `delegate run` processes do not even race for it.
 
 Nothing here knows Slack: posting goes through a `DigestPublisher` (bot.digest_post).
 
-One module on purpose: the schedule, the exactly-once claim and the wording of one digest
-change together.
+One module on purpose: the schedule and the wording of one digest change together.
 """
 
 from __future__ import annotations
@@ -33,33 +29,29 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import SQLModel
 
-from workers import metrics
-from workers.config import DigestSchedule, Settings
-from workers.db import reading
-from workers.metrics import ALL, Comparison, Period, RouteSpend, TeamMetrics, WeekPoint, usd
-from workers.models import DigestPost, utcnow  # noqa: F401 (registers the table)
-from workers.sweeps import single_runner
+from workers.config import DigestSchedule, Settings, schedule_teams
+from workers.models import utcnow
+from workers.store.reporting import Claim, Reporting
+from workers.store.reporting.metrics import (
+    ALL,
+    Comparison,
+    Period,
+    RouteSpend,
+    TeamMetrics,
+    WeekPoint,
+    usd,
+)
 
 log = logging.getLogger(__name__)
 
 CHART_WEEKS = 8
-STALE_CLAIM = timedelta(minutes=15)
-# A digest_posts state: the schedule passed over an empty week (posts.state is otherwise
-# 'claimed' or 'posted').
-SKIPPED = "skipped"
-_posts = SQLModel.metadata.tables["digest_posts"]
 
 
 # ----------------------------------------------------------------------------- what to say
@@ -90,10 +82,15 @@ class Digest:
 
 
 async def build_digest(
-    engine: AsyncEngine, settings: Settings, team: str, week: Period, *, weeks: int = CHART_WEEKS
+    reporting: Reporting,
+    settings: Settings,
+    team: str,
+    week: Period,
+    *,
+    weeks: int = CHART_WEEKS,
 ) -> Digest:
-    comparison = await metrics.compare(engine, settings, team, week)
-    series = await metrics.weekly_series(engine, team, week.weeks_back(weeks))
+    comparison = await reporting.compare(settings, team, week)
+    series = await reporting.weekly_series(team, week.weeks_back(weeks))
     return Digest(team, comparison, series)
 
 
@@ -391,11 +388,6 @@ def series_csv(series: Sequence[TeamMetrics]) -> str:
 # ----------------------------------------------------------------------------- when
 
 
-def schedule_teams(schedule: DigestSchedule, settings: Settings) -> list[str]:
-    """The teams a `digests:` entry reports on: those listed, or every configured team."""
-    return list(schedule.teams) or sorted(settings.teams)
-
-
 def trigger(schedule: DigestSchedule) -> CronTrigger:
     return CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
 
@@ -421,147 +413,6 @@ def due_week(schedule: DigestSchedule, now: datetime) -> Period | None:
 def next_fire(schedule: DigestSchedule, after: datetime) -> datetime | None:
     fire = trigger(schedule).get_next_fire_time(None, after.astimezone(ZoneInfo(schedule.timezone)))
     return fire.astimezone(UTC) if fire else None
-
-
-_INSTALLED = SQLModel.metadata.tables["installation"]
-# Data older than the installation record (an install from before migration 0013, or imported
-# history) means Delegate was there by then.
-_EARLIEST_DATA = (
-    SQLModel.metadata.tables["intake_sessions"].c.created_at,
-    SQLModel.metadata.tables["llm_calls"].c.created_at,
-    SQLModel.metadata.tables["transitions"].c.at,
-)
-
-
-async def installed_at(engine: AsyncEngine) -> datetime | None:
-    """When Delegate was installed on this database: the time migration 0013 recorded, or its
-    earliest intake dialogue, model call or state change if older; None if neither exists."""
-    found = []
-    async with reading(engine).connect() as conn:
-        for column in (_INSTALLED.c.installed_at, *_EARLIEST_DATA):
-            found.append((await conn.execute(select(func.min(column)))).scalar())
-    moments = [_as_utc(value) for value in found if value is not None]
-    return min(moments) if moments else None
-
-
-def _as_utc(value: Any) -> datetime:
-    # SQLite returns MIN() over a timestamp column as the stored text.
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def schedule_for(settings: Settings, team: str) -> DigestSchedule | None:
-    """The first `digests:` entry that reports on `team` (its channel and time zone)."""
-    for schedule in settings.digests:
-        if team in schedule_teams(schedule, settings):
-            return schedule
-    return None
-
-
-# ----------------------------------------------------------------------------- once
-
-
-@dataclass(frozen=True)
-class Claim:
-    team: str
-    channel: str
-    week: str
-    id: int
-
-
-async def claim(
-    engine: AsyncEngine,
-    *,
-    team: str,
-    channel: str,
-    week: str,
-    owner: str,
-    now: datetime,
-    over_skipped: bool = False,
-) -> Claim | None:
-    """Claim the digest for (team, channel, week); None if another process has (or posted) it.
-    `over_skipped`: a week the schedule skipped as empty may be claimed (someone asked for it)."""
-    async with engine.begin() as conn:
-        return await _claim(
-            conn,
-            team=team,
-            channel=channel,
-            week=week,
-            owner=owner,
-            now=now,
-            over_skipped=over_skipped,
-        )
-
-
-async def _claim(
-    conn: Any,
-    *,
-    team: str,
-    channel: str,
-    week: str,
-    owner: str,
-    now: datetime,
-    over_skipped: bool = False,
-) -> Claim | None:
-    values = {
-        "team": team,
-        "channel": channel,
-        "week": week,
-        "state": "claimed",
-        "claimed_by": owner,
-        "claimed_at": now,
-    }
-    dialect = conn.dialect.name
-    statement: Any
-    if dialect == "postgresql":
-        statement = pg_insert(_posts).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite_insert(_posts).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - Delegate runs on the two above
-        statement = insert(_posts).values(**values)
-    inserted = await conn.execute(statement)
-    key = and_(_posts.c.team == team, _posts.c.channel == channel, _posts.c.week == week)
-    if inserted.rowcount != 1:
-        # Taken over only if its owner died mid-post (claimed, never posted, long ago), or if
-        # it was skipped as empty and is now asked for.
-        abandoned = and_(_posts.c.state == "claimed", _posts.c.claimed_at < now - STALE_CLAIM)
-        takeable = or_(abandoned, _posts.c.state == SKIPPED) if over_skipped else abandoned
-        taken = await conn.execute(
-            update(_posts)
-            .where(key, takeable)
-            .values(state="claimed", claimed_by=owner, claimed_at=now)
-        )
-        if taken.rowcount != 1:
-            return None
-    row_id = (await conn.execute(select(_posts.c.id).where(key))).scalar_one()
-    return Claim(team, channel, week, int(row_id))
-
-
-async def mark_posted(
-    engine: AsyncEngine, claimed: Claim, *, ts: str | None, now: datetime
-) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(_posts)
-            .where(_posts.c.id == claimed.id)
-            .values(state="posted", ts=ts, posted_at=now)
-        )
-
-
-async def mark_skipped(engine: AsyncEngine, claimed: Claim, *, now: datetime) -> None:
-    """Record that the schedule passed over this (empty) week, so it is not weighed again."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(_posts).where(_posts.c.id == claimed.id).values(state=SKIPPED, posted_at=now)
-        )
-
-
-async def release(engine: AsyncEngine, claimed: Claim) -> None:
-    """Give a claim back after a failed post, so the next sweep tries again."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            delete(_posts).where(_posts.c.id == claimed.id, _posts.c.state == "claimed")
-        )
 
 
 class DigestPublisher(Protocol):
@@ -592,7 +443,7 @@ class DigestScheduler:
     def __init__(
         self,
         settings: Settings,
-        engine: AsyncEngine,
+        reporting: Reporting,
         publisher: DigestPublisher,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -600,7 +451,7 @@ class DigestScheduler:
         render_chart: Callable[[Sequence[WeekPoint], str], bytes] | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.reporting = reporting
         self.publisher = publisher
         self.clock = clock
         self.owner = owner or default_owner()
@@ -623,36 +474,30 @@ class DigestScheduler:
         due = self.due(now)
         if not due:
             return []
-        async with single_runner(self.engine, "digests") as mine:
+        async with self.reporting.single_runner("digests") as mine:
             if not mine:  # another process is sweeping; it posts what is due
                 return []
             # Not the weeks before Delegate was installed: a fresh install has nothing to say
             # about them (and would otherwise post last week's empty digest on its first day).
-            installed = await installed_at(self.engine) or now
+            installed = await self.reporting.installed_at() or now
             return await self._post_all([d for d in due if d.week.end > installed], now)
 
     async def post(self, team: str, channel: str, week: Period) -> Claim | None:
         """Post `team`'s digest for `week` in `channel` now, empty or not, unless it has been
         posted there (or is being posted) already: then None. A failed post raises, and is
         left unclaimed for the schedule or a later attempt."""
-        claimed = await claim(
-            self.engine,
-            team=team,
-            channel=channel,
-            week=week.label,
-            owner=self.owner,
-            now=self.clock(),
-            over_skipped=True,
+        claimed = await self.reporting.claim_digest(
+            team=team, channel=channel, week=week.label, owner=self.owner, now=self.clock()
         )
         if claimed is None:
             return None
         try:
-            digest = await build_digest(self.engine, self.settings, team, week)
+            digest = await build_digest(self.reporting, self.settings, team, week)
             ts = await self._post(channel, digest)
         except BaseException:
-            await release(self.engine, claimed)
+            await self.reporting.release_digest(claimed)
             raise
-        await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+        await self.reporting.digest_posted(claimed, ts=ts, now=self.clock())
         return claimed
 
     async def _post_all(self, due: list[Due], now: datetime) -> list[Claim]:
@@ -660,9 +505,9 @@ class DigestScheduler:
         posted = []
         for claimed, wanted in claims:
             try:
-                digest = await build_digest(self.engine, self.settings, claimed.team, wanted.week)
+                digest = await build_digest(self.reporting, self.settings, claimed.team, wanted.week)
                 if digest.current.is_empty and not wanted.post_empty:
-                    await mark_skipped(self.engine, claimed, now=self.clock())
+                    await self.reporting.digest_skipped(claimed, now=self.clock())
                     log.info("digest for %s %s skipped: an empty week", claimed.team, claimed.week)
                     continue
                 ts = await self._post(claimed.channel, digest)
@@ -673,9 +518,9 @@ class DigestScheduler:
                     claimed.channel,
                     claimed.week,
                 )
-                await release(self.engine, claimed)
+                await self.reporting.release_digest(claimed)
                 continue
-            await mark_posted(self.engine, claimed, ts=ts, now=self.clock())
+            await self.reporting.digest_posted(claimed, ts=ts, now=self.clock())
             log.info(
                 "posted the digest for %s in %s (%s)", claimed.team, claimed.channel, claimed.week
             )
@@ -683,21 +528,9 @@ class DigestScheduler:
         return posted
 
     async def _claim_all(self, due: list[Due], now: datetime) -> list[tuple[Claim, Due]]:
-        claims = []
-        async with self.engine.begin() as conn:
-            # On SQLite this transaction began IMMEDIATE: it already is the only writer.
-            for wanted in due:
-                claimed = await _claim(
-                    conn,
-                    team=wanted.team,
-                    channel=wanted.channel,
-                    week=wanted.week.label,
-                    owner=self.owner,
-                    now=now,
-                )
-                if claimed is not None:
-                    claims.append((claimed, wanted))
-        return claims
+        wanted = [(d.team, d.channel, d.week.label) for d in due]
+        claims = await self.reporting.claim_digests(wanted, owner=self.owner, now=now)
+        return [(claimed, d) for claimed, d in zip(claims, due, strict=True) if claimed]
 
     async def _post(self, channel: str, digest: Digest) -> str | None:
         chart = None

@@ -5,7 +5,7 @@ Notices are outbox rows like every other message to people (the deliverer sends 
 
 Everything is derived from the database on each sweep, and every notice has an idempotency
 key, so a sweep after a restart neither forgets a due reminder nor repeats one. Of several
-`delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.sweeps).
+`delegate run` processes on one PostgreSQL database, one sweeps at a time (workers.store.sweeps).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from workers.keys import (
 from workers.permissions import reviewers_of
 from workers.states import IN_FLIGHT, UNDER_WAY
 from workers.store import OutboxItem, Store, as_utc, row_to_order
-from workers.sweeps import single_runner
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -72,13 +71,13 @@ class FollowUps:
     async def _notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:
         """Owe the thread a notice (sent by the deliverer; its key keeps it to one)."""
         assert order.id
-        await self.store.add_to_outbox(
+        await self.store.outbox.add_to_outbox(
             order.id, [OutboxItem("notice", key, {"text": text, "purpose": purpose})]
         )
 
     async def sweep(self) -> bool:
         """One round; False if another process is sweeping right now (this one skips it)."""
-        async with single_runner(self.store.engine, "follow-ups") as mine:
+        async with self.store.single_runner("follow-ups") as mine:
             if not mine:
                 return False
             now = self.clock()
@@ -99,17 +98,17 @@ class FollowUps:
         """Stored thread text is kept for `slack.thread_retention_days`; the record of a Slack
         delivery only as long as Slack may still redeliver or replay it."""
         days = self.settings.slack.thread_retention_days
-        pruned = await self.store.prune_thread_messages(now - timedelta(days=days))
+        pruned = await self.store.slack.prune_thread_messages(now - timedelta(days=days))
         if pruned:
             log.info("deleted %d stored thread messages older than %g days", pruned, days)
-        await self.store.prune_seen_events(now - SEEN_EVENTS_KEPT)
+        await self.store.slack.prune_seen_events(now - SEEN_EVENTS_KEPT)
 
     async def _reviews(self, now: datetime) -> None:
         review = self.settings.review
-        for row in await self.store.orders_in([Status.AWAITING_REVIEW]):
+        for row in await self.store.orders.orders_in([Status.AWAITING_REVIEW]):
             order = row_to_order(row)
             assert order.id
-            since = await self.store.last_entered(order.id, Status.AWAITING_REVIEW)
+            since = await self.store.orders.last_entered(order.id, Status.AWAITING_REVIEW)
             if since is None:
                 continue
             waited = now - since
@@ -134,10 +133,10 @@ class FollowUps:
 
     async def _quiet(self, now: datetime) -> None:
         limit = timedelta(seconds=self.settings.review.quiet_after_s)
-        for row in await self.store.orders_in(IN_FLIGHT):
+        for row in await self.store.orders.orders_in(IN_FLIGHT):
             order = row_to_order(row)
             assert order.id
-            status_message = await self.store.slack_message(status_key(order.id))
+            status_message = await self.store.slack.slack_message(status_key(order.id))
             moments = [as_utc(row.updated_at)]
             if status_message is not None:
                 moments.append(as_utc(status_message.updated_at))
@@ -153,7 +152,7 @@ class FollowUps:
             )
 
     async def _deadlines(self, now: datetime) -> None:
-        for row in await self.store.orders_in(UNDER_WAY):
+        for row in await self.store.orders.orders_in(UNDER_WAY):
             order = row_to_order(row)
             if order.deadline is None:
                 continue
@@ -185,7 +184,7 @@ class FollowUps:
 
     async def _stuck_checks(self, now: datetime) -> None:
         """A worker that died between the check and the hand-over leaves the order verifying."""
-        for row in await self.store.orders_in([Status.VERIFYING]):
+        for row in await self.store.orders.orders_in([Status.VERIFYING]):
             updated = as_utc(row.updated_at)
             if updated is None or now - updated < VERIFYING_STUCK_AFTER:
                 continue

@@ -568,7 +568,7 @@ DomainApproval = ToolApproval
 """The domain prompt is one kind of tool-call approval (kind 'domain')."""
 
 
-# Closed days of the leads' metrics, summarised once (workers.metric_days). `day` is a UTC date
+# Closed days of the leads' metrics, summarised once (store.reporting.metric_days). `day` is a UTC date
 # as 'YYYY-MM-DD'; `team` is '' for spend no team paid for (an intake call from before intake
 # was charged), which counts only for the whole workspace.
 

@@ -56,8 +56,8 @@ async def enqueue(
 
     A run that was interrupted resumes from its last checkpoint.
     """
-    order = await store.get_order(ref)
-    return await store.enqueue(
+    order = await store.orders.get_order(ref)
+    return await store.queue.enqueue(
         ref,
         priority=priority_of(settings, order.workload_class),
         actor=actor,
@@ -79,7 +79,7 @@ async def cancel(
     lease is released at once (a dead worker's run holds nothing until the week ends). Raises
     IllegalTransition for an order already finished, or no longer in one of the `expected`
     states."""
-    return await store.cancel_order(ref, actor=actor, reason=reason, expected=expected)
+    return await store.queue.cancel_order(ref, actor=actor, reason=reason, expected=expected)
 
 
 async def resume_with_reply(
@@ -90,7 +90,7 @@ async def resume_with_reply(
     If the run is not waiting (it is still working), the message is left for its next step.
     """
     item = {"kind": "reply", "user": user, "text": text, "ts": ts}
-    return await store.add_to_inbox(ref, item, actor=user, expected=TAKES_REPLIES, resume=True)
+    return await store.queue.add_to_inbox(ref, item, actor=user, expected=TAKES_REPLIES, resume=True)
 
 
 def is_finished(order: WorkOrder) -> bool:
@@ -102,7 +102,7 @@ async def claim(
 ) -> Claim:
     """Claim the next order admission lets through. `now` (the worker's clock) only picks the
     quota week; leases and due times run on the database's clock."""
-    return await store.claim(
+    return await store.queue.claim(
         worker_id,
         lease_ttl_s=settings.engine.lease_ttl_s,
         admission=admission(settings, now or utcnow()),
@@ -112,4 +112,4 @@ async def claim(
 async def reap(store: Store, settings: Settings, *, actor: str) -> list[WorkOrder]:
     """Requeue (or fail, after `engine.max_attempts`) runs whose lease expired by the database's
     clock."""
-    return await store.reap_expired(max_lost=settings.engine.max_attempts, actor=actor)
+    return await store.queue.reap_expired(max_lost=settings.engine.max_attempts, actor=actor)

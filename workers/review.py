@@ -63,10 +63,10 @@ async def decide(
     if feedback:
         reason = f"{reason}: {feedback[:500]}"
     if decision == "approve":
-        current = await store.get_order(ref)
+        current = await store.orders.get_order(ref)
         if not completes_approval(current, actor, settings):
             waiting_for = tuple(channel_reviewers(current, settings))
-            order = await store.add_review(
+            order = await store.orders.add_review(
                 ref,
                 deliverable_id=deliverable_id,
                 actor=actor,
@@ -75,8 +75,8 @@ async def decide(
             )
             return Decided(order, decision, waiting_for)
     if decision == "changes":
-        current = await store.get_order(ref)
-        order = await store.request_changes(
+        current = await store.orders.get_order(ref)
+        order = await store.queue.request_changes(
             ref,
             deliverable_id=deliverable_id,
             actor=actor,
@@ -85,7 +85,7 @@ async def decide(
             priority=queue.priority_of(settings, current.workload_class),
         )
     else:
-        order = await store.decide_on(
+        order = await store.orders.decide_on(
             ref,
             DECISION_TARGETS[decision],
             deliverable_id=deliverable_id,
@@ -114,7 +114,7 @@ async def decision_on(store: Store, order_id: str, deliverable_id: int) -> Recor
         Status.REJECTED.value: "reject",
         Status.CHANGES_REQUESTED.value: "changes",
     }
-    for event in reversed(await store.audit_trail(order_id)):
+    for event in reversed(await store.audit.audit_trail(order_id)):
         to = event.data.get("to")
         if event.kind == "transition" and to in decisions:
             if event.data.get("deliverable") == deliverable_id:
@@ -191,7 +191,7 @@ async def handle_exception(
             reason="cancelled after an exception",
             expected={Status.EXCEPTION},
         )
-    order = await store.get_order(ref)
+    order = await store.orders.get_order(ref)
     budget = None
     if action == "extend":
         extended = extended_budget(
@@ -203,7 +203,7 @@ async def handle_exception(
     reason = (
         "budget extended; resuming" if action == "extend" else "retrying from the last checkpoint"
     )
-    return await store.resume_from_exception(
+    return await store.queue.resume_from_exception(
         ref,
         priority=queue.priority_of(settings, order.workload_class),
         actor=actor,

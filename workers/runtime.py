@@ -187,7 +187,7 @@ class Worker:
                     next_reap = self.clock() + reap_every
                     await self._reap()
                 # Slack refuses the bot token: no new runs whose results nobody would see.
-                paused = self.paused = await self.store.problem(SLACK) is not None
+                paused = self.paused = await self.store.outbox.problem(SLACK) is not None
                 while (
                     not paused
                     and len(self.running) < self.concurrency
@@ -268,7 +268,7 @@ class Worker:
             sent_at = self.clock()
             renew = sent_at >= next_renewal
             try:
-                held, cancelled = await self.store.check_leases(
+                held, cancelled = await self.store.queue.check_leases(
                     live, self.worker_id, renew_ttl_s=engine.lease_ttl_s if renew else None
                 )
             except Exception:

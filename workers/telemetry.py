@@ -2,7 +2,7 @@
 
 Counters and histograms are updated where things happen (model calls in the router, Slack calls
 in the client, runs in the worker); figures that live in the database (orders by state, queue
-depth and age) are read at scrape time by `refresh_from_database`, so every process reports the
+depth and age) are read at scrape time (`Reporting.gauges`, then `refresh`), so every process reports the
 same shared truth. One registry per process, exposed at `GET /metrics`.
 """
 
@@ -18,12 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col
 
-from workers.models import WorkOrderRow
-from workers.store.outbox import outbox_figures_query
+from workers.store.reporting.gauges import Gauges
 from workers.workorder import Status
 
 REGISTRY = CollectorRegistry()
@@ -162,38 +158,17 @@ def record_model_call(
         MODEL_COST.labels(provider, model, role).inc(cost_usd)
 
 
-async def refresh_from_database(engine: AsyncEngine, *, now: datetime | None = None) -> None:
-    """Read the shared figures (orders by state, the queue) just before a scrape."""
+def refresh(gauges: Gauges, *, now: datetime | None = None) -> None:
+    """Set the shared figures (orders by state, the queue, the outbox) read just before a
+    scrape (workers.store.reporting.gauges)."""
     now = now or datetime.now(UTC)
-    async with engine.connect() as conn:
-        counts = dict(
-            (
-                await conn.execute(
-                    select(col(WorkOrderRow.status), func.count()).group_by(
-                        col(WorkOrderRow.status)
-                    )
-                )
-            ).all()
-        )
-        oldest = (
-            await conn.execute(
-                select(func.min(col(WorkOrderRow.updated_at))).where(
-                    col(WorkOrderRow.status) == Status.QUEUED.value
-                )
-            )
-        ).scalar()
-        pending, oldest_pending, failed = (await conn.execute(outbox_figures_query())).one()
-    OUTBOX_DEPTH.set(pending - failed)
-    OUTBOX_FAILED.set(failed)
-    OUTBOX_OLDEST_AGE.set(_age(now, oldest_pending))
+    OUTBOX_DEPTH.set(gauges.outbox_pending - gauges.outbox_failed)
+    OUTBOX_FAILED.set(gauges.outbox_failed)
+    OUTBOX_OLDEST_AGE.set(_age(now, gauges.outbox_oldest_pending_at))
     for state in Status:
-        ORDERS.labels(state.value).set(counts.get(state.value, 0))
-    QUEUE_DEPTH.set(counts.get(Status.QUEUED.value, 0))
-    if oldest is None:
-        QUEUE_OLDEST_AGE.set(0)
-    else:
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-        QUEUE_OLDEST_AGE.set(max(0.0, (now - oldest).total_seconds()))
+        ORDERS.labels(state.value).set(gauges.orders_by_state.get(state.value, 0))
+    QUEUE_DEPTH.set(gauges.orders_by_state.get(Status.QUEUED.value, 0))
+    QUEUE_OLDEST_AGE.set(_age(now, gauges.oldest_queued_at))
 
 
 def _age(now: datetime, since: datetime | None) -> float:

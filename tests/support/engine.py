@@ -143,7 +143,7 @@ class Harness:
             Budget(max_usd=2.0, max_tokens=200_000, max_wall_clock_s=120, max_tool_calls=20),
         )
         fields.setdefault("status", Status.AWAITING_CONFIRMATION)
-        created = await self.store.create_order(make_order(**fields), actor="U1")
+        created = await self.store.orders.create_order(make_order(**fields), actor="U1")
         if start:
             created = await queue.enqueue(self.store, self.settings, created.id or "", actor="U1")
         return created

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workers.config import Settings, load_settings
 from workers.db import session_factory
-from workers.metrics import Period
 from workers.models import AuditEvent, IntakeSession, LlmCall, Transition, WorkOrderRow
+from workers.store.reporting.metrics import Period
 
 W47 = Period.iso_week("2026-W47")  # Mon 2026-11-16 .. Mon 2026-11-23 (UTC)
 

@@ -60,10 +60,10 @@ class Pipeline:
                 for c in self.slack.calls_to("chat.postMessage")
             )
         )
-        [order] = await self.bot.store.list_orders()
+        [order] = await self.bot.store.orders.list_orders()
         assert order.id
         if budget:
-            await self.bot.store.update_order(
+            await self.bot.store.orders.update_order(
                 order.id,
                 actor="U1",
                 expected=EDITABLE,
@@ -91,7 +91,7 @@ class Pipeline:
             if action_id in REVIEW_ACTIONS:
                 # A reviewer clicks the prompt for the latest deliverable, once it is posted
                 # (a moment after the state changes).
-                [*_, latest] = await self.bot.store.deliverables(value)
+                [*_, latest] = await self.bot.store.runs.deliverables(value)
                 current = review_value(value, latest.id)
                 await self.slack.wait_until(
                     lambda: any(
@@ -123,7 +123,7 @@ class Pipeline:
 
     async def status_of(self, order_id: str, status: Status, within: float = DEADLINE_S) -> None:
         async def reached() -> bool:
-            return (await self.bot.store.get_order(order_id)).status is status
+            return (await self.bot.store.orders.get_order(order_id)).status is status
 
         await eventually(reached, timeout_s=within)
 
@@ -140,7 +140,7 @@ class Pipeline:
         """Wait until the outbox holds nothing undelivered (every message owed has been sent)."""
 
         async def empty() -> bool:
-            return not await self.bot.store.undelivered()
+            return not await self.bot.store.outbox.undelivered()
 
         await eventually(empty, timeout_s=DEADLINE_S)
 

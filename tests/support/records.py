@@ -20,17 +20,17 @@ async def attempts(store: Store, ref: str | int) -> list[RunAttempt]:
         .where(RunAttempt.order_id == _number(ref))
         .order_by(col(RunAttempt.number))
     )
-    async with store._sessions() as s:
+    async with store.db.sessions() as s:
         return list((await s.exec(query)).all())
 
 
 async def llm_calls(store: Store, ref: str | int) -> list[LlmCall]:
     query = select(LlmCall).where(LlmCall.order_id == _number(ref)).order_by(col(LlmCall.id))
-    async with store._sessions() as s:
+    async with store.db.sessions() as s:
         return list((await s.exec(query)).all())
 
 
 async def team_spend(store: Store, team: str, week: str) -> TeamSpend | None:
     query = select(TeamSpend).where(TeamSpend.team == team, TeamSpend.week == week)
-    async with store._sessions() as s:
+    async with store.db.sessions() as s:
         return (await s.exec(query)).first()

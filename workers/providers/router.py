@@ -322,7 +322,7 @@ class ModelRouter:
                 usage = Usage()
             else:
                 cost = call_cost_micro_usd(price, usage)
-            await self.store.record_llm_call(
+            await self.store.ledger.record_llm_call(
                 LlmCall(
                     order_id=parse_order_id(order_id) if order_id else None,
                     attempt_id=attempt_id,

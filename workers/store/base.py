@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, bindparam, event, func, insert, text, update
 from sqlalchemy import select as sa_select
@@ -34,8 +34,7 @@ from workers.audit import (
     event_hash,
     head_mac,
 )
-from workers.config import Settings
-from workers.db import create_engine, is_sqlite, reading, session_factory
+from workers.db import is_sqlite, reading, session_factory
 from workers.errors import NotFound, StaleUpdate
 from workers.models import AuditEvent, AuditHead, WorkOrderRow, utcnow
 from workers.states import NOT_STARTED, check_transition
@@ -110,60 +109,59 @@ def _after_rollback(session: Any, previous_transaction: Any) -> None:
     session.info.pop(_AFTER_COMMIT, None)
 
 
-class StoreBase:
-    """Engine, transactions, locked reads, state changes and audit appends."""
+class Database:
+    """What the repositories of one store share: the engine and its sessions, the audit key,
+    and whom to tell after a commit. One per process and database (`Store` makes it)."""
 
     def __init__(self, engine: AsyncEngine, *, audit_key: AuditKey | None = None) -> None:
         self.engine = engine
-        self._sessions = session_factory(reading(engine))  # reads: no write lock on SQLite
-        self._writing = session_factory(engine)
-        self._sqlite = is_sqlite(str(engine.url))
+        self.sessions = session_factory(reading(engine))  # reads: no write lock on SQLite
+        self.writing = session_factory(engine)
+        self.sqlite = is_sqlite(str(engine.url))
         self.audit_key = audit_key or AuditKey.unkeyed()
-        self._total_current = False  # the audit total counts chains (see _upgrade_total)
-        self._queued_listeners: list[Callable[[], None]] = []
-        self._outbox_listeners: list[Callable[[], None]] = []
-
-    def on_queued(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener` each time a transaction of this store has queued an order, once it
-        has committed (so that a worker in this process claims it now rather than at its next
-        poll); returns what removes it. Other processes still find the order by polling."""
-        self._queued_listeners.append(listener)
-        return lambda: self._queued_listeners.remove(listener)
-
-    def on_outbox(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener` after each committed transaction of this store that wrote outbox
-        rows (so this process's deliverer sends them now); returns what removes it. Other
-        processes' deliverers find them by polling."""
-        self._outbox_listeners.append(listener)
-        return lambda: self._outbox_listeners.remove(listener)
-
-    @classmethod
-    def from_url(cls, url: str, *, audit_key: AuditKey | None = None) -> Self:
-        return cls(create_engine(url), audit_key=audit_key)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Self:
-        """The store as a deployment configures it: its database and its audit key."""
-        return cls.from_url(settings.database_url, audit_key=settings.audit_signing_key())
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+        self.total_current = False  # the audit total counts chains (see _upgrade_total)
+        self.queued_listeners: list[Callable[[], None]] = []
+        self.outbox_listeners: list[Callable[[], None]] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._writing() as session:
+        async with self.writing() as session:
             async with session.begin():
                 yield session
             if session.info.pop(OUTBOX_WRITTEN, False):
-                for listener in list(self._outbox_listeners):
+                for listener in list(self.outbox_listeners):
                     try:
                         listener()
                     except Exception:  # the commit stands
                         log.exception("outbox listener failed")
 
-    async def ping(self) -> None:
-        async with self._sessions() as session:
-            await session.exec(select(1))
+
+class StoreBase:
+    """One repository's share of the database: transactions, locked reads, state changes and
+    audit appends, over the `Database` every repository of a store shares."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.engine = db.engine
+        self._sessions = db.sessions
+        self._writing = db.writing
+        self._sqlite = db.sqlite
+        self.audit_key = db.audit_key
+
+    @property
+    def _total_current(self) -> bool:
+        return self._db.total_current
+
+    @_total_current.setter
+    def _total_current(self, value: bool) -> None:
+        self._db.total_current = value
+
+    @property
+    def _queued_listeners(self) -> list[Callable[[], None]]:
+        return self._db.queued_listeners
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._db.transaction()
 
     async def _row(
         self, s: AsyncSession, ref: OrderRef, *, for_update: bool = False

@@ -41,7 +41,7 @@ class ReadThread:
         order = ctx.order
         if not order.channel or not order.thread_ts:
             return ToolResult("This work order did not come from a Slack thread.")
-        messages = await ctx.store.thread_messages(order.channel, order.thread_ts)
+        messages = await ctx.store.slack.thread_messages(order.channel, order.thread_ts)
         if not messages:
             return ToolResult("The thread has no messages the bot has seen.")
         lines = []
@@ -110,7 +110,7 @@ class SubmitDeliverable:
             raise ToolInputError("'summary' must be a string")
         files = handed_in_files(arguments.get("files"), ctx.settings.tools.files)
         assert ctx.order.id is not None
-        await ctx.store.save_deliverable(
+        await ctx.store.runs.save_deliverable(
             ctx.order.id,
             tool_use_id=ctx.tool_use_id,
             content=content,

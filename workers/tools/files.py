@@ -256,7 +256,7 @@ class ReadFile:
         if not order.channel or not order.thread_ts:
             return {}
         files: dict[str, dict[str, Any]] = {}
-        for message in await ctx.store.thread_messages(order.channel, order.thread_ts):
+        for message in await ctx.store.slack.thread_messages(order.channel, order.thread_ts):
             if message.user != order.requester:
                 continue
             for entry in message.files or []:

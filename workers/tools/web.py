@@ -495,7 +495,7 @@ class WebFetch:
         """The policy's domains, the channel's extra domains and those allowed for the order."""
         assert ctx.order.id is not None
         extra = ctx.settings.channel_defaults(ctx.order.channel).extra_domains
-        approved = await ctx.store.decided_domains(ctx.order.id, "order")
+        approved = await ctx.store.approvals.decided_domains(ctx.order.id, "order")
         return ctx.policy.model_copy(update={"domains": [*ctx.policy.domains, *extra, *approved]})
 
     async def _ask(
@@ -510,14 +510,14 @@ class WebFetch:
                 f"refused: {host} is not among the domains this order may read, and the order "
                 "has no Slack thread to ask in"
             )
-        approval = await ctx.store.domain_approval_for(order.id, ctx.tool_use_id)
+        approval = await ctx.store.approvals.domain_approval_for(order.id, ctx.tool_use_id)
         if approval is None:
-            denied = AuthorityPolicy(domains=await ctx.store.decided_domains(order.id, "deny"))
+            denied = AuthorityPolicy(domains=await ctx.store.approvals.decided_domains(order.id, "deny"))
             if host_allowed(host, denied):
                 raise ToolForbidden(
                     f"refused: reading {host} was denied for this order; do not ask again"
                 )
-            approval = await ctx.store.request_domain_approval(
+            approval = await ctx.store.approvals.request_domain_approval(
                 order.id,
                 tool_use_id=ctx.tool_use_id,
                 host=host,
@@ -535,7 +535,7 @@ class WebFetch:
                 "order. Do not ask for it again: work from the allowed domains and what you "
                 "have, and say in the deliverable what you could not check."
             )
-        if approval.decision == "once" and not await ctx.store.use_one_time_grant(approval.id):
+        if approval.decision == "once" and not await ctx.store.approvals.use_one_time_grant(approval.id):
             raise ToolInputError(
                 f"refused: the permission to read {approval.host} once was used already; "
                 "call web_fetch again to ask for it anew"

@@ -59,9 +59,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
 import workers.models  # noqa: F401 (registers the tables)
-from workers import metric_days
 from workers.config import Settings
 from workers.states import SELF_APPROVED, IntakeKind
+from workers.store.reporting import metric_days
 from workers.workorder import Status
 
 ALL = metric_days.ALL

@@ -5,7 +5,7 @@
 - *Reviewer*: orders awaiting review that they may decide (`workers.permissions.may_review`, the
   same rule the thread's buttons apply).
 - *Lead*: for every team that names them in `teams.<name>.leads`, the team's figures for the
-  current ISO week (workers.metrics) against the week before, and the latest posted digest.
+  current ISO week (workers.store.reporting.metrics) against the week before, and the latest posted digest.
 
 `watchers` says whose home shows an order, so that a change to it can refresh exactly those.
 """
@@ -20,15 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers import metrics
-from workers.config import Settings
+from workers.config import Settings, schedule_for
 from workers.db import session_factory
-from workers.digest import schedule_for
-from workers.metrics import Comparison, Period
 from workers.models import Deliverable, DigestPost, OutboxMessage, WorkOrderRow
 from workers.permissions import may_review, reviewers_of
 from workers.states import OPEN
-from workers.store import row_to_order
+from workers.store.base import row_to_order
+from workers.store.reporting import metrics
+from workers.store.reporting.metrics import Comparison, Period
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
 LIST_LIMIT = 10

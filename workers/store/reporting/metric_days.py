@@ -32,7 +32,7 @@ from sqlmodel import SQLModel
 
 import workers.models  # noqa: F401 (registers the tables)
 from workers.db import reading
-from workers.sweeps import single_runner
+from workers.store.sweeps import single_runner
 from workers.workorder import Status
 
 log = logging.getLogger(__name__)

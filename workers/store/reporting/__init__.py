@@ -1,0 +1,94 @@
+"""Every query that reads for people rather than for the engine: the leads' figures and digest,
+App Home, `/metrics` gauges and the daily summaries behind them. `Reporting` is the one
+repository the front door and the digest use for them; the modules beside it hold the SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workers.config import Settings
+from workers.store.reporting import digest_posts, gauges, home, metric_days, metrics
+from workers.store.reporting.digest_posts import Claim
+from workers.store.reporting.gauges import Gauges
+from workers.store.reporting.home import HomeData
+from workers.store.reporting.metrics import Comparison, Period, TeamMetrics, WeekPoint
+from workers.store.sweeps import single_runner
+
+__all__ = ["Claim", "Gauges", "HomeData", "Reporting"]
+
+
+class Reporting:
+    """Read-mostly queries over the shared database; the writes here (daily summaries, the
+    digest ledger) belong to reporting alone."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # figures
+    async def team_metrics(self, settings: Settings, team: str, period: Period) -> TeamMetrics:
+        return await metrics.team_metrics(self._engine, settings, team, period)
+
+    async def compare(self, settings: Settings, team: str, period: Period) -> Comparison:
+        return await metrics.compare(self._engine, settings, team, period)
+
+    async def weekly_series(self, team: str, weeks: Sequence[Period]) -> list[WeekPoint]:
+        return await metrics.weekly_series(self._engine, team, weeks)
+
+    async def series_metrics(
+        self, settings: Settings, team: str, weeks: Sequence[Period]
+    ) -> list[TeamMetrics]:
+        return await metrics.series_metrics(self._engine, settings, team, weeks)
+
+    async def summarise_closed_days(self) -> None:
+        """Summarise every closed day not yet summarised (one process at a time)."""
+        await metric_days.sweep(self._engine)
+
+    # App Home and /metrics
+    async def home(self, settings: Settings, user: str, *, now: datetime) -> HomeData:
+        return await home.home_data(self._engine, settings, user, now=now)
+
+    async def gauges(self) -> Gauges:
+        return await gauges.read_gauges(self._engine)
+
+    # the digest's exactly-once ledger
+    async def installed_at(self) -> datetime | None:
+        return await digest_posts.installed_at(self._engine)
+
+    async def claim_digest(
+        self, *, team: str, channel: str, week: str, owner: str, now: datetime
+    ) -> Claim | None:
+        """Claim one digest asked for by hand (a week skipped as empty may be claimed)."""
+        return await digest_posts.claim(
+            self._engine,
+            team=team,
+            channel=channel,
+            week=week,
+            owner=owner,
+            now=now,
+            over_skipped=True,
+        )
+
+    async def claim_digests(
+        self, wanted: Sequence[tuple[str, str, str]], *, owner: str, now: datetime
+    ) -> list[Claim | None]:
+        """Claim each (team, channel, week) in one transaction; None where another has it."""
+        return await digest_posts.claim_all(self._engine, wanted, owner=owner, now=now)
+
+    async def digest_posted(self, claimed: Claim, *, ts: str | None, now: datetime) -> None:
+        await digest_posts.mark_posted(self._engine, claimed, ts=ts, now=now)
+
+    async def digest_skipped(self, claimed: Claim, *, now: datetime) -> None:
+        await digest_posts.mark_skipped(self._engine, claimed, now=now)
+
+    async def release_digest(self, claimed: Claim) -> None:
+        await digest_posts.release(self._engine, claimed)
+
+    def single_runner(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """True inside for the one process that runs the sweep `name` now (PostgreSQL)."""
+        return single_runner(self._engine, name)
+
