@@ -99,10 +99,10 @@ class LivePlan:
         if stream == 0 or not (order.id and order.channel and order.thread_ts):
             return False
         key = stream_key(order.id, stream)
-        record = await self.store.slack_message(key)
+        record = await self.store.slack.slack_message(key)
         if record is not None and record.ts == LOST:
             return False
-        if await self.store.slack_message(f"{key}:stopped") is not None:
+        if await self.store.slack.slack_message(f"{key}:stopped") is not None:
             return False
         tasks = list(plan.get("plan") or [])
         if plan.get("phase") == RUN:
@@ -123,7 +123,7 @@ class LivePlan:
         self, order: WorkOrder, key: str, tasks: list[dict[str, Any]]
     ) -> str | None:
         assert order.id and order.channel and order.thread_ts
-        state, existing = await self.store.claim_slack_message(
+        state, existing = await self.store.slack.claim_slack_message(
             key=key,
             purpose="stream",
             channel=order.channel,
@@ -157,9 +157,9 @@ class LivePlan:
             )
         except SlackApiError as exc:
             if exc.response.status_code >= 500:
-                await self.store.uncertain_slack_message(key, self.owner)
+                await self.store.slack.uncertain_slack_message(key, self.owner)
                 raise RetryLater(5.0, "chat.startStream answered a server error") from exc
-            await self.store.release_slack_message(key, self.owner)
+            await self.store.slack.release_slack_message(key, self.owner)
             if is_refusal(exc):
                 refused(self.client, STREAMS, str(exc.response.get("error")))
                 return None
@@ -170,10 +170,10 @@ class LivePlan:
             await self._lose(order, key, str(exc.response.get("error")))
             return None
         except BaseException:
-            await self.store.uncertain_slack_message(key, self.owner)
+            await self.store.slack.uncertain_slack_message(key, self.owner)
             raise
         ts = str(response["ts"])
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=key, purpose="stream", channel=order.channel, ts=ts, order=order.id
         )
         self._sent(ts).update({str(t["id"]): str(t["status"]) for t in tasks})
@@ -233,7 +233,7 @@ class LivePlan:
         a stop whose answer was lost): from now on the status message is edited instead."""
         error = exc.response.get("error")
         if error == "message_not_in_streaming_state":
-            record = await self.store.slack_message(key)
+            record = await self.store.slack.slack_message(key)
             await self._stopped(order, key, record.ts if record and record.ts else LOST)
             return True
         if error == "message_not_found":
@@ -246,14 +246,14 @@ class LivePlan:
 
     async def _stopped(self, order: WorkOrder, key: str, ts: str) -> None:
         assert order.id and order.channel
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=f"{key}:stopped", purpose="stream", channel=order.channel, ts=ts, order=order.id
         )
 
     async def _lose(self, order: WorkOrder, key: str, why: str) -> None:
         assert order.id and order.channel
         log.info("the live plan goes on the status message (%s)", why, extra={"order": order.id})
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=key, purpose="stream", channel=order.channel, ts=LOST, order=order.id
         )
 
@@ -262,7 +262,7 @@ class LivePlan:
         stopped); saving it also touches the record the quiet-order sweep reads."""
         assert order.id and order.channel
         key = status_key(order.id)
-        before = await self.store.slack_message(key)
+        before = await self.store.slack.slack_message(key)
         if before is not None and before.ts and before.ts != ts:
             # The status message of before the run (queued) would read "In the queue" forever.
             text = f"*{order.id}* · its run's live plan follows in this thread"
@@ -273,7 +273,7 @@ class LivePlan:
             except SlackApiError as exc:
                 if exc.response.get("error") != "message_not_found":
                     raise
-        await self.store.save_slack_message(
+        await self.store.slack.save_slack_message(
             key=key, purpose="status", channel=order.channel, ts=ts, order=order.id
         )
 

@@ -470,7 +470,7 @@ class SlackReporter:
     async def _review_actions(self, order: WorkOrder) -> list[Block]:
         """The review buttons of the latest deliverable, for the end of a run's live plan."""
         assert order.id
-        deliverables = await self.store.deliverables(order.id)
+        deliverables = await self.store.runs.deliverables(order.id)
         if not deliverables:
             return []
         return [review_actions(review_value(order.id, deliverables[-1].id))]

@@ -34,12 +34,12 @@ def register(
     async def on_session_stopped(event: dict[str, Any], client: AsyncWebClient) -> None:
         channel, thread_ts = str(event.get("channel") or ""), str(event.get("thread_ts") or "")
         user = str(event.get("user") or "")
-        session = await store.intake_session(channel, thread_ts) if channel and thread_ts else None
+        session = await store.slack.intake_session(channel, thread_ts) if channel and thread_ts else None
         order_id = session_order_id(session) if session is not None else None
         if order_id is None or not user:
             log.info("a stop in a thread that holds no work order; nothing to stop")
             return
-        order = await store.get_order(order_id)
+        order = await store.orders.get_order(order_id)
         if may_control(order, user, settings):
             await conversations.cancel(order_id, user=user, channel=channel)
             return

@@ -43,7 +43,7 @@ async def pipe(
 
 
 async def _thread(pipe: Pipeline, order_id: str) -> tuple[str, str]:
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert order.channel and order.thread_ts
     return order.channel, order.thread_ts
 
@@ -82,7 +82,7 @@ async def test_an_order_is_a_session_with_a_live_plan_and_a_rendered_table(
 
     # The session: titled with the order, processing while the run worked, suspended at review.
     session = _session(pipe, thread)
-    order = await pipe.bot.store.get_order(order_id)
+    order = await pipe.bot.store.orders.get_order(order_id)
     assert session["title"] == order.title
     assert _in_order(session["history"], ["processing", "suspended"])
 
@@ -133,7 +133,7 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
     thread = await _thread(pipe, order_id)
     await pipe.slack.wait_until(lambda: bool(pipe.slack.streams_in(*thread)))
     await eventually(lambda: len(pipe.anthropic.requests) >= 2 + 1)  # intake + two steps
-    row = await pipe.bot.store.get_row(order_id)
+    row = await pipe.bot.store.orders.get_row(order_id)
     assert row.status == Status.RUNNING.value and row.reserved_micro_usd > 0
 
     # A bystander's stop changes nothing: the run goes on, the session is processing again.
@@ -147,7 +147,7 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
     assert _session(pipe, thread)["status"] == "processing"
     [refusal] = [e for e in pipe.slack.ephemerals if e["recipient"] == "U9"]
     assert "can stop it" in refusal["text"]
-    assert (await pipe.bot.store.get_order(order_id)).status is Status.RUNNING
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.RUNNING
 
     # The requester's stop cancels the run, as Cancel does: its reservation is released.
     status, _ = await pipe.bot.sender.event(pipe.slack.stop_pressed(*thread, "U1"))
@@ -155,11 +155,11 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
     await pipe.status_of(order_id, Status.CANCELLED)
 
     async def released() -> bool:
-        return (await pipe.bot.store.get_row(order_id)).reserved_micro_usd == 0
+        return (await pipe.bot.store.orders.get_row(order_id)).reserved_micro_usd == 0
 
     await eventually(released)
     await pipe.slack.wait_until(lambda: _session(pipe, thread)["status"] == "closed")
-    trail = await pipe.bot.store.audit_trail(order_id)
+    trail = await pipe.bot.store.audit.audit_trail(order_id)
     assert any(e.actor == "U1" and e.data.get("to") == "cancelled" for e in trail)
     # The stream Slack stopped is edited as the status message, with no Cancel left to press.
     [stream] = pipe.slack.streams_in(*thread)

@@ -33,7 +33,7 @@ def _deliverer(store: Store, fake_slack: FakeSlack) -> Deliverer:
 async def _drain(store: Store, deliverer: Deliverer) -> None:
     async def done() -> bool:
         await deliverer.deliver_due()
-        return not await store.undelivered()
+        return not await store.outbox.undelivered()
 
     await eventually(done, timeout_s=30, interval_s=0.02)
 
@@ -42,7 +42,7 @@ async def _running(store: Store, settings_factory: Any) -> WorkOrder:
     settings = settings_factory(
         database_url=str(store.engine.url.render_as_string(hide_password=False))
     )
-    order = await store.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
+    order = await store.orders.create_order(make_order(status=Status.AWAITING_CONFIRMATION), actor="U1")
     assert order.id
     await queue.enqueue(store, settings, order.id, actor="U1")
     claim = await queue.claim(store, settings, "w1")
@@ -61,13 +61,13 @@ async def test_a_restart_finds_its_stream_and_a_lost_stop_is_not_stopped_twice(
     order = await _running(store, settings_factory)
     assert order.id
     first = _deliverer(store, fake_slack)
-    await store.report_status(order.id, "Reading example.com")
+    await store.outbox.report_status(order.id, "Reading example.com")
     await _drain(store, first)
     [stream] = fake_slack.streams_in("C1", "1700000000.000100")
 
     # Another process takes over (the first remembers nothing of it) and the run goes on.
     second = _deliverer(store, fake_slack)
-    await store.report_status(order.id, "Reading example.org")
+    await store.outbox.report_status(order.id, "Reading example.org")
     await _drain(store, second)
     assert len(fake_slack.calls_to("chat.startStream")) == 1, "the stream found, not restarted"
     titles = [t["title"] for t in stream["tasks"].values()]
@@ -76,7 +76,7 @@ async def test_a_restart_finds_its_stream_and_a_lost_stop_is_not_stopped_twice(
     # The stop is carried out but its answer is lost: the next attempt finds the stream
     # stopped and edits it instead (the same final state, once).
     fake_slack.fail_next("chat.stopStream", 500, processed=True)
-    await store.finish_run(order.id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted")
+    await store.queue.finish_run(order.id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted")
     await _drain(store, _deliverer(store, fake_slack))
     assert [c.status for c in fake_slack.calls_to("chat.stopStream")] == [500, 200]
     assert fake_slack.calls_to("chat.stopStream")[-1].response == {
@@ -102,7 +102,7 @@ async def test_a_start_whose_answer_was_lost_falls_back_to_the_status_message(
     await _drain(store, _deliverer(store, fake_slack))
     assert len(fake_slack.calls_to("chat.startStream")) == 1
     [status] = [m for m in fake_slack.messages_in("C1") if "Running" in m.get("text", "")]
-    await store.report_status(order.id, "Reading example.com")
+    await store.outbox.report_status(order.id, "Reading example.com")
     await _drain(store, _deliverer(store, fake_slack))
     assert len(fake_slack.calls_to("chat.startStream")) == 1
     assert not fake_slack.calls_to("chat.appendStream")
@@ -118,7 +118,7 @@ async def test_where_slack_does_not_stream_the_status_message_is_edited_as_befor
     assert order.id
     deliverer = _deliverer(store, fake_slack)
     await _drain(store, deliverer)
-    await store.report_status(order.id, "Reading example.com")
+    await store.outbox.report_status(order.id, "Reading example.com")
     await _drain(store, deliverer)
     assert len(fake_slack.calls_to("chat.startStream")) == 1, "refused once, not asked again"
     [status] = [m for m in fake_slack.messages_in("C1") if "WO-" in m.get("text", "")]
