@@ -194,7 +194,9 @@ class LivePlan:
         except SlackApiError as exc:
             if await self._ended(order, key, exc):
                 return False
-            raise
+            # Refused as it is (no retry changes that): the next step sends these tasks again.
+            log.warning("chat.appendStream refused: %s", exc.response.get("error"))
+            return True
         sent.update({str(t["id"]): str(t["status"]) for t in changed})
         return True
 
@@ -222,7 +224,12 @@ class LivePlan:
         except SlackApiError as exc:
             if await self._ended(order, key, exc):
                 return False
-            raise
+            # The final content refused as it is: stop the stream bare, and the status message
+            # edit shows the final state instead.
+            log.warning("chat.stopStream refused: %s", exc.response.get("error"))
+            await self.client.chat_stopStream(channel=order.channel, ts=ts)
+            await self._stopped(order, key, ts)
+            return False
         await self._stopped(order, key, ts)
         if extra:
             remember(self.client, order, session_status)

@@ -147,3 +147,23 @@ def test_the_plan_keeps_every_step_a_coalesced_status_replaced() -> None:
     assert rest["stream"] == 1 and all(t["status"] == "complete" for t in rest["plan"])
     again = merge_plan(rest, {"phase": "run"})
     assert again["stream"] == 2 and again["plan"] == []
+
+
+async def test_a_final_state_slack_refuses_to_stream_is_shown_on_the_stopped_stream(
+    store: Store, fake_slack: FakeSlack, settings_factory: Any
+) -> None:
+    order = await _running(store, settings_factory)
+    assert order.id
+    deliverer = _deliverer(store, fake_slack)
+    await _drain(store, deliverer)
+    fake_slack.fail_next("chat.stopStream", 200, error="invalid_blocks")
+    await store.queue.finish_run(
+        order.id, "w1", Status.AWAITING_REVIEW, reason="deliverable submitted"
+    )
+    await _drain(store, deliverer)
+    refused, bare = fake_slack.calls_to("chat.stopStream")
+    assert refused.args.get("blocks") and not bare.args.get("blocks")
+    [stream] = fake_slack.streams_in("C1", "1700000000.000100")
+    assert not stream["streaming"]
+    edit = fake_slack.last_call("chat.update")
+    assert edit.args["ts"] == stream["ts"] and "Awaiting review" in json.dumps(edit.args["blocks"])
