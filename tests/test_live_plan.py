@@ -167,3 +167,37 @@ async def test_a_final_state_slack_refuses_to_stream_is_shown_on_the_stopped_str
     assert not stream["streaming"]
     edit = fake_slack.last_call("chat.update")
     assert edit.args["ts"] == stream["ts"] and "Awaiting review" in json.dumps(edit.args["blocks"])
+
+
+async def test_a_wait_for_approval_ends_the_runs_stream_and_the_next_run_streams_anew(
+    store: Store, fake_slack: FakeSlack, settings_factory: Any
+) -> None:
+    order = await _running(store, settings_factory)
+    assert order.id
+    deliverer = _deliverer(store, fake_slack)
+    await store.outbox.report_status(order.id, "Querying the warehouse")
+    await _drain(store, deliverer)
+    await store.queue.finish_run(
+        order.id, "w1", Status.WAITING_FOR_REQUESTER, reason="waiting for a person to allow a tool call"
+    )
+    await _drain(store, deliverer)
+    [first] = fake_slack.streams_in("C1", "1700000000.000100")
+    assert not first["streaming"]
+    assert [(t["title"], t["status"]) for t in first["tasks"].values()][-2:] == [
+        ("Querying the warehouse", "complete"),
+        ("Waiting for approval", "pending"),
+    ]
+    assert fake_slack.last_call("chat.stopStream").args["session_status"] == "suspended"
+
+    # Allowed: the order is queued again and its next run streams a plan of its own.
+    await store.orders.transition(order.id, Status.QUEUED, actor="U1", reason="tool call allowed")
+    settings = settings_factory(
+        database_url=str(store.engine.url.render_as_string(hide_password=False))
+    )
+    claim = await queue.claim(store, settings, "w2")
+    assert claim.order is not None
+    await _drain(store, deliverer)
+    first_again, second = fake_slack.streams_in("C1", "1700000000.000100")
+    assert first_again is first and second["streaming"]
+    assert [t["title"] for t in second["tasks"].values()] == ["Reading the request and its thread"]
+    assert fake_slack.sessions[("C1", "1700000000.000100")]["status"] == "processing"
