@@ -201,3 +201,23 @@ async def test_a_wait_for_approval_ends_the_runs_stream_and_the_next_run_streams
     assert first_again is first and second["streaming"]
     assert [t["title"] for t in second["tasks"].values()] == ["Reading the request and its thread"]
     assert fake_slack.sessions[("C1", "1700000000.000100")]["status"] == "processing"
+
+
+async def test_steps_faster_than_the_status_interval_go_out_in_one_append_losing_none(
+    store: Store, fake_slack: FakeSlack, settings_factory: Any
+) -> None:
+    """A run's steps are coalesced (engine.status_update_interval_s) before they reach
+    chat.appendStream's rate tier: five quick tool calls, one append, five tasks."""
+    order = await _running(store, settings_factory)
+    assert order.id
+    deliverer = _deliverer(store, fake_slack)
+    await _drain(store, deliverer)
+    steps = [f"Reading example.com/page-{n}" for n in range(5)]
+    for step in steps:
+        await store.outbox.report_status(order.id, step, coalesce_s=1.0)
+    await _drain(store, deliverer)
+    [append] = fake_slack.calls_to("chat.appendStream")
+    sent = [c["title"] for c in append.args["chunks"]]
+    assert sent == ["Reading the request and its thread", *steps]
+    [stream] = fake_slack.streams_in("C1", "1700000000.000100")
+    assert [t["status"] for t in stream["tasks"].values()] == ["complete"] * 5 + ["in_progress"]
