@@ -53,6 +53,7 @@ REFUSALS = frozenset(
 
 SESSIONS, STREAMS = "sessions", "streams"
 
+
 @dataclass
 class Surface:
     """What this process knows of one Slack client's workspace (kept as long as the client)."""

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 LOST = "-"
 """The ts recorded for a stream whose start may or may not have happened."""
 CLAIM_S = 60.0
+SENT_MAX = 10_000
 BUSY_RETRY_S = 5.0
 
 
@@ -81,7 +82,10 @@ class LivePlan:
     def _sent(self, ts: str) -> dict[str, str]:
         """What this process sent the stream `ts` (lost with the process: a restart sends the
         whole plan once; a task_update with a known id only updates that task)."""
-        return surface(self.client).sent.setdefault(ts, {})
+        sent = surface(self.client).sent
+        if ts not in sent and len(sent) > SENT_MAX:
+            sent.clear()  # forgetting costs one resend of a plan, never a wrong one
+        return sent.setdefault(ts, {})
 
     async def show(
         self,
