@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
+from bot.blocks import markdown_blocks
 from bot.cards import card_text, render_card
 from bot.digest_blocks import digest_blocks, digest_text
 from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
 from bot.home import home_view
+from bot.live_plan import task_chunks
 from bot.messages import HELP
 from bot.modals import changes_modal, edit_modal, extend_modal, intake_modal
-from bot.blocks import markdown_blocks
-from bot.live_plan import task_chunks
 from bot.mrkdwn import mention, untrusted, untrusted_markdown
 from bot.review_blocks import decided_blocks, decision_line, review_blocks
 from tests.support.factories import make_order
