@@ -22,7 +22,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import approvals, decisions, feedback, home
+from bot import approvals, decisions, feedback, home, session_stop
 from bot.commands import Commands
 from bot.conversation import Conversations, Incoming, control_refusal
 from bot.dedupe import REPLAY, dedupe_middleware, first_delivery, handled
@@ -132,6 +132,7 @@ def create_app(
 
     approvals.register(app, approvals.Approvals(settings, store=store))
     feedback.register(app, feedback.FeedbackPresses(settings, store=store))
+    session_stop.register(app, settings, store=store, conversations=conversations)
 
     @app.event("app_mention")
     async def on_mention(

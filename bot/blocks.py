@@ -15,6 +15,8 @@ BUTTON_TEXT_MAX = 75
 MODAL_TITLE_MAX = 24
 MESSAGE_BLOCKS_MAX = 50
 MESSAGE_TEXT_MAX = 40_000
+MARKDOWN_TEXT_MAX = 12_000
+"""A `markdown` block's limit, and that of all markdown blocks of one message together."""
 TRUNCATION_MARKER = "… _(truncated)_"
 
 Block = dict[str, Any]
@@ -56,6 +58,14 @@ def split_text(text: str, limit: int = SECTION_TEXT_MAX) -> list[str]:
 def sections(text: str) -> list[Block]:
     """One or more mrkdwn sections holding `text` in full."""
     return [{"type": "section", "text": mrkdwn(piece)} for piece in split_text(text)]
+
+
+def markdown_blocks(text: str, limit: int = MARKDOWN_TEXT_MAX) -> list[Block]:
+    """`text` (standard Markdown, already made inert) as a `markdown` block, which Slack renders
+    (tables, lists, code). One block: Slack's limit counts all of a message's markdown blocks
+    together, so splitting would not fit more; longer text is cut with a marker (callers send
+    long deliverables as a file instead)."""
+    return [{"type": "markdown", "text": truncate(text, limit, "… *(truncated)*") or " "}]
 
 
 def header(text: str) -> Block:

@@ -14,16 +14,18 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import (
+    MARKDOWN_TEXT_MAX,
     MESSAGE_BLOCKS_MAX,
     MESSAGE_TEXT_MAX,
     Block,
     cap_blocks,
+    markdown_blocks,
     sections,
     truncate,
 )
 from bot.cards import card_text, render_card
 from bot.feedback import chat_subject, feedback_block
-from bot.mrkdwn import untrusted
+from bot.mrkdwn import untrusted, untrusted_markdown
 from workers import queue
 from workers.config import Settings
 from workers.dialogue import (
@@ -150,10 +152,10 @@ class Conversations:
             )
         elif isinstance(outcome, ChatAnswer):
             assert session.id is not None
-            await self._post(
+            await self._answer(
                 msg.channel,
                 msg.thread_ts,
-                untrusted(outcome.text),
+                outcome.text,
                 extra=[feedback_block(chat_subject(session.id))],
             )
         elif isinstance(outcome, Questions):
@@ -272,6 +274,23 @@ class Conversations:
             thread_ts=thread_ts,
             text=truncate(text, MESSAGE_TEXT_MAX),
             blocks=blocks,
+        )
+
+    async def _answer(
+        self, channel: str, thread_ts: str, text: str, *, extra: list[Block] | None = None
+    ) -> None:
+        """A chat answer as Markdown, which Slack renders (lists, tables, code); one too long
+        for a markdown block goes as mrkdwn sections, in full. `extra` (the feedback buttons)
+        follows either way."""
+        shown = untrusted_markdown(text)
+        if len(shown) > MARKDOWN_TEXT_MAX:
+            await self._post(channel, thread_ts, untrusted(text), extra=extra)
+            return
+        await self.client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread_ts,
+            text=truncate(untrusted(text), MESSAGE_TEXT_MAX),
+            blocks=markdown_blocks(shown) + (extra or []),
         )
 
     async def _react(self, channel: str, ts: str, name: str) -> None:

@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.engine import make_url
 
 from bot.delivery import fix_for
-from bot.scopes import BOT_SCOPES
+from bot.scopes import AGENT_SCOPES, BOT_SCOPES
 from bot.slack_client import is_transient, make_slack_client
 from workers.config import Route, Settings
 from workers.db import create_engine, missing_sqlite_directory, redact_error, redact_url
@@ -319,6 +319,13 @@ async def check_bot_token(settings: Settings) -> list[Check]:
             not missing,
             "all granted" if not missing else f"missing {', '.join(missing)}",
             "add the scopes from manifest.yml under OAuth & Permissions, then reinstall the app",
+        ),
+        Check(
+            "Slack agent surface",
+            True,
+            "declared an agent: sessions and live plans"
+            if AGENT_SCOPES <= granted
+            else "not declared an agent: threads keep an edited status message",
         ),
     ]
 

@@ -73,3 +73,21 @@ def _token(inner: str) -> str:
             return f"{escape(label)} ({target})"
         return target
     return escape("<" + inner + ">")
+
+
+# A standard Markdown link or image: [label](target) / ![alt](target).
+_MD_LINK = re.compile(r"!?\[([^\[\]\n]*)\]\(\s*<?([^()\s<>]*)>?(?:\s+\"[^\"\n]*\")?\s*\)")
+
+
+def untrusted_markdown(text: str) -> str:
+    """`text` for a `markdown` block (standard Markdown, which Slack renders: tables, lists,
+    code): Slack's own control syntax made inert as `untrusted()` does, and a Markdown link whose
+    label is not its target shown as "label (target)", so no label hides where a link goes."""
+
+    def shown(match: re.Match[str]) -> str:
+        label, target = match.group(1).strip(), match.group(2)
+        if not label or label == target:
+            return target
+        return f"{label} ({target})"
+
+    return _MD_LINK.sub(shown, untrusted(text))

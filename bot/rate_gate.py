@@ -66,6 +66,13 @@ BUDGETS: Mapping[str, Budget] = {
     "files.info": TIER_4,
     "canvases.create": TIER_2,
     "canvases.access.set": TIER_3,
+    # The agent surface (docs.slack.dev method pages: sessions tier 3, startStream and
+    # stopStream tier 2, appendStream tier 4).
+    "agents.sessions.setStatus": TIER_3,
+    "agents.sessions.rename": TIER_3,
+    "chat.startStream": TIER_2,
+    "chat.appendStream": TIER_4,
+    "chat.stopStream": TIER_2,
     "reactions.add": TIER_3,
     "reactions.remove": TIER_2,
     "assistant.threads.setStatus": TIER_3,

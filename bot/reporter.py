@@ -17,12 +17,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.agent_session import SESSION_OF, set_session
 from bot.approval_blocks import (
     SHOWN_ARGUMENTS_CHARS,
     approval_request_blocks,
@@ -30,7 +32,17 @@ from bot.approval_blocks import (
     arguments_filename,
     decided_line,
 )
-from bot.blocks import MESSAGE_TEXT_MAX, Block, button, cap_blocks, context, sections, truncate
+from bot.blocks import (
+    MARKDOWN_TEXT_MAX,
+    MESSAGE_TEXT_MAX,
+    Block,
+    button,
+    cap_blocks,
+    context,
+    markdown_blocks,
+    sections,
+    truncate,
+)
 from bot.cards import STATE_LABELS, mention
 from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
 from bot.domain_blocks import domain_request_blocks, domain_request_text
@@ -41,9 +53,17 @@ from bot.ids import (
     EXTEND_ACTION,
     EXTEND_CUSTOM_ACTION,
     RETRY_ACTION,
+    review_value,
 )
-from bot.mrkdwn import untrusted
-from bot.review_blocks import decided_blocks, decision_line, decision_word, review_blocks
+from bot.live_plan import LivePlan
+from bot.mrkdwn import untrusted, untrusted_markdown
+from bot.review_blocks import (
+    decided_blocks,
+    decision_line,
+    decision_word,
+    review_actions,
+    review_blocks,
+)
 from workers.delivery import replay
 from workers.errors import RetryLater
 from workers.keys import deliverable_of, result_key, review_key, status_key
@@ -62,9 +82,14 @@ from workers.progress import (
 from workers.review import decision_on
 from workers.states import ACTIVE, IN_FLIGHT
 from workers.store import Store
+from workers.store.outbox import RUN
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
+
+# The plan the status row being delivered carries (workers.store.outbox `merge_plan`); set per
+# delivery, so concurrent deliveries of one reporter each see their own.
+_PLAN: ContextVar[Mapping[str, Any] | None] = ContextVar("status_plan", default=None)
 
 METADATA_EVENT = "delegate_post"
 EXCEPTION_TITLES: dict[str, str] = {
@@ -107,10 +132,15 @@ class SlackReporter:
         self.client = client
         self.home = home
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.live = LivePlan(store=store, client=client, owner=self.owner)
 
     async def deliver(self, message: OutboxMessage) -> None:
         """Send one message of the durable outbox, rendered from the order's current row."""
-        await replay(self.store, self, message)
+        token = _PLAN.set(dict(message.payload) if message.kind == "status" else None)
+        try:
+            await replay(self.store, self, message)
+        finally:
+            _PLAN.reset(token)
 
     # ProgressReporter
 
@@ -209,10 +239,16 @@ class SlackReporter:
         """Post the deliverable (as text, or as a file when long), then the review prompt."""
         assert order.id and order.channel
         canvas: Canvas | None = None
-        if len(result.content) <= INLINE_DELIVERABLE_MAX:
-            body = f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n{untrusted(result.content)}"
+        shown = untrusted_markdown(result.content)
+        if len(result.content) <= INLINE_DELIVERABLE_MAX and len(shown) <= MARKDOWN_TEXT_MAX:
+            # The deliverable as Markdown, which Slack renders (a table arrives as a table).
+            head = f"*{order.id} deliverable:* {untrusted(result.summary)}"
             await self.post_once(
-                order, key=result.key, purpose="result", text=body, blocks=sections(body)
+                order,
+                key=result.key,
+                purpose="result",
+                text=truncate(f"{head}\n\n{untrusted(result.content)}", MESSAGE_TEXT_MAX),
+                blocks=[*sections(head), *markdown_blocks(shown)],
             )
         else:
             # A canvas where the workspace allows one, else a file (bot.deliverable_files).
@@ -408,12 +444,36 @@ class SlackReporter:
                     "elements": [button("Cancel", CANCEL_ACTION, order.id, style="danger")],
                 }
             )
-        try:
-            await self._put_status(order, status_key(order.id), text, blocks)
-        except SlackApiError as exc:
-            _raise_retry_later(exc)
-            raise  # the deliverer keeps the status row and tries again (no run waits for it)
+        # The thread's agent session says where the order stands (nothing where Slack does
+        # not offer sessions); a run's steps stream as a live plan where Slack streams.
+        session = SESSION_OF.get(order.status)
+        session_set = await set_session(self.client, order, session) if session else False
+        plan = _PLAN.get()
+        shown = False
+        if plan is not None and session is not None:
+            final = blocks
+            if plan.get("phase") != RUN and order.status is Status.AWAITING_REVIEW:
+                final = [*blocks, *await self._review_actions(order)]
+            shown = await self.live.show(order, plan, blocks=final, session_status=session)
+        if not shown:
+            try:
+                await self._put_status(order, status_key(order.id), text, blocks)
+            except SlackApiError as exc:
+                _raise_retry_later(exc)
+                raise  # the deliverer keeps the status row and tries again (no run waits for it)
         self._changed(order)
+        if session_set is None:
+            # Shown, but the session is still to be set: the row goes round again (what it
+            # shows is edited in place, so the thread sees nothing twice).
+            raise RetryLater(5.0, "the agent session status is still to be set")
+
+    async def _review_actions(self, order: WorkOrder) -> list[Block]:
+        """The review buttons of the latest deliverable, for the end of a run's live plan."""
+        assert order.id
+        deliverables = await self.store.runs.deliverables(order.id)
+        if not deliverables:
+            return []
+        return [review_actions(review_value(order.id, deliverables[-1].id))]
 
     async def _put_status(self, order: WorkOrder, key: str, text: str, blocks: list[Block]) -> None:
         """Edit the order's status message in place: post it first if there is none yet, and

@@ -65,20 +65,23 @@ def review_blocks(
         blocks.extend(sections(f"*Files handed in*\n{files_list(result.files)}"))
     if result.spend is not None:
         blocks.append(context(f"Spend and time: {result.spend.describe()}"))
-    blocks.append(
-        {
-            "type": "actions",
-            "block_id": "review_controls",
-            "elements": [
-                button("Approve", APPROVE_ACTION, value, style="primary"),
-                button("Request changes", CHANGES_ACTION, value),
-                button("Reject", REJECT_ACTION, value, style="danger"),
-            ],
-        }
-    )
+    blocks.append(review_actions(value))
     # Anyone who sees the deliverable may rate it; the buttons stay once it is decided.
     blocks.append(feedback_block(order.id))
     return blocks
+
+
+def review_actions(value: str) -> Block:
+    """The review buttons for one deliverable (`value`: bot.ids.review_value)."""
+    return {
+        "type": "actions",
+        "block_id": "review_controls",
+        "elements": [
+            button("Approve", APPROVE_ACTION, value, style="primary"),
+            button("Request changes", CHANGES_ACTION, value),
+            button("Reject", REJECT_ACTION, value, style="danger"),
+        ],
+    }
 
 
 def files_list(files: list[dict[str, object]]) -> str:

@@ -22,6 +22,10 @@ BOT_SCOPES: frozenset[str] = frozenset(
     }
 )
 
+AGENT_SCOPES: frozenset[str] = frozenset({"assistant:write"})
+"""Granted when the app is declared an agent (manifest `features.agent_view`): sessions and the
+live plan. Optional: without it the thread keeps its edited status message (bot.agent_session)."""
+
 BOT_EVENTS: frozenset[str] = frozenset(
     {
         "app_mention",
@@ -30,5 +34,7 @@ BOT_EVENTS: frozenset[str] = frozenset(
         "message.channels",
         "message.groups",
         "link_shared",
+        # The native stop button of an agent session (bot.session_stop).
+        "agent_session_stopped",
     }
 )

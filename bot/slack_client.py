@@ -194,7 +194,15 @@ class _GatedRateLimitHandler(AsyncRetryHandler):
 # Methods that create something: a 5xx or a dropped connection may come after Slack did it, so
 # a blind retry can post twice.
 NOT_REPEATABLE = frozenset(
-    {"chat.postMessage", "files.completeUploadExternal", "canvases.create", "chat.scheduleMessage"}
+    {
+        "chat.postMessage",
+        "files.completeUploadExternal",
+        "canvases.create",
+        "chat.scheduleMessage",
+        # A second start is a second stream; startStream leaves nothing to look for, so the
+        # live plan falls back to the status message instead (bot.live_plan).
+        "chat.startStream",
+    }
 )
 
 LOOKS_BEFORE_REPEATING: ContextVar[bool] = ContextVar("looks_before_repeating", default=False)

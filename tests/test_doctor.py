@@ -69,6 +69,19 @@ async def test_everything_right_passes(env: dict[str, str], tmp_path: Path, sock
     assert "[ok]   model routing" in out
 
 
+async def test_the_agent_surface_is_reported_without_failing(
+    env: dict[str, str], tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    """Declared an agent or not, the doctor passes; it says which (an older install keeps the
+    edited status message, and the fix is to update the manifest)."""
+    code, checks = await _doctor(env, tmp_path)
+    assert code == 0 and "not declared an agent" in checks["Slack agent surface"]["detail"]
+    fake_slack.agent()
+    code, checks = await _doctor(env, tmp_path)
+    assert code == 0
+    assert checks["Slack agent surface"]["detail"].startswith("declared an agent")
+
+
 async def test_a_wrong_app_token_fails_with_the_fix(env: dict[str, str], tmp_path: Path) -> None:
     code, checks = await _doctor(env, tmp_path, SLACK_APP_TOKEN="xapp-1-wrong")
     assert code == 1

@@ -138,6 +138,103 @@ async def test_slack_bad_or_missing_token_refused(fake_slack: FakeSlack) -> None
     assert info.value.response["error"] == "not_authed"
 
 
+async def _slack_error(call: Any) -> str:
+    with pytest.raises(SlackApiError) as info:
+        await call
+    return str(info.value.response["error"])
+
+
+async def test_slack_agent_sessions_as_documented(fake_slack: FakeSlack) -> None:
+    """agents.sessions.* through the real SDK: only an app declared an agent (assistant:write)
+    creates sessions; statuses and titles as docs.slack.dev says; not_authed without a token."""
+    client = slack_client(fake_slack)
+    thread = {"channel_id": "C1", "thread_ts": "1.1"}
+    refused = client.agents_sessions_setStatus(status="processing", **thread)
+    assert await _slack_error(refused) == "missing_scope"
+    fake_slack.agent()
+    answer = await client.agents_sessions_setStatus(status="processing", title="WO-1", **thread)
+    assert (answer["status"], answer["title"]) == ("processing", "WO-1")
+    await client.agents_sessions_setStatus(status="suspended", title="ignored", **thread)
+    await client.agents_sessions_rename(title="WO-1: renamed", **thread)
+    assert fake_slack.sessions[("C1", "1.1")] == {
+        "status": "suspended",
+        "title": "WO-1: renamed",
+        "history": ["processing", "suspended"],
+    }
+    assert await _slack_error(client.agents_sessions_setStatus(status="done", **thread)) == (
+        "invalid_arguments"
+    )
+    long_title = client.agents_sessions_setStatus(status="active", title="x" * 201, channel_id="C1", thread_ts="2.2")
+    assert await _slack_error(long_title) == "invalid_arguments"
+    unknown = client.agents_sessions_rename(title="t", channel_id="C1", thread_ts="9.9")
+    assert await _slack_error(unknown) == "session_not_found"
+    anonymous = AsyncWebClient(base_url=fake_slack.api_url)
+    assert await _slack_error(anonymous.agents_sessions_setStatus(status="closed", **thread)) == (
+        "not_authed"
+    )
+    fake_slack.problems.clear()  # the invalid arguments above were on purpose
+
+
+async def test_slack_streams_as_documented(fake_slack: FakeSlack) -> None:
+    """chat.startStream / appendStream / stopStream through the real SDK, with Slack's rules:
+    a channel stream names its recipient, markdown_text stops at 12,000 characters, a task
+    update with a known id updates that task, and a stopped stream takes no more."""
+    client = slack_client(fake_slack)
+    root = fake_slack.add_message("C1", "please", user="U1")
+    task = {"type": "task_update", "id": "t1", "title": "Reading", "status": "in_progress"}
+    no_recipient = client.chat_startStream(channel="C1", thread_ts=root["ts"], chunks=[task])
+    assert await _slack_error(no_recipient) == "invalid_arguments"
+    started = await client.chat_startStream(
+        channel="C1",
+        thread_ts=root["ts"],
+        recipient_user_id="U1",
+        recipient_team_id="T1",
+        task_display_mode="plan",
+        chunks=[task],
+    )
+    ts = started["ts"]
+    assert await _slack_error(client.chat_update(channel="C1", ts=ts, text="x")) == (
+        "cant_update_message"
+    )
+    too_long = client.chat_appendStream(channel="C1", ts=ts, markdown_text="x" * 12_001)
+    assert await _slack_error(too_long) == "invalid_arguments"
+    await client.chat_appendStream(channel="C1", ts=ts, chunks=[{**task, "status": "complete"}])
+    stopped = await client.chat_stopStream(
+        channel="C1",
+        ts=ts,
+        blocks=[{"type": "markdown", "text": "**done**"}],
+        session_status="suspended",
+    )
+    assert stopped["message"]["tasks"] == {"t1": {"title": "Reading", "status": "complete"}}
+    again = client.chat_appendStream(channel="C1", ts=ts, chunks=[task])
+    assert await _slack_error(again) == "message_not_in_streaming_state"
+    assert fake_slack.sessions[("C1", root["ts"])]["status"] == "suspended"
+    in_a_dm = await client.chat_startStream(channel="D1", thread_ts="1.1", markdown_text="hi")
+    assert in_a_dm["ts"]
+    fake_slack.streaming = False  # a workspace without streaming
+    assert await _slack_error(client.chat_stopStream(channel="D1", ts=in_a_dm["ts"])) == (
+        "unknown_method"
+    )
+    fake_slack.problems.clear()  # the invalid arguments above were on purpose
+
+
+async def test_slack_markdown_blocks_share_one_limit(fake_slack: FakeSlack) -> None:
+    client = slack_client(fake_slack)
+    half = {"type": "markdown", "text": "| a | b |\n" + "x" * 6_500}
+    refused = client.chat_postMessage(channel="C1", text="t", blocks=[half, half])
+    assert await _slack_error(refused) == "invalid_blocks"
+    await client.chat_postMessage(channel="C1", text="t", blocks=[half])
+    fake_slack.problems.clear()
+
+
+async def test_slack_unknown_methods_fail_loudly(fake_slack: FakeSlack) -> None:
+    assert await _slack_error(slack_client(fake_slack).api_call("agents.sessions.explode")) == (
+        "unknown_method"
+    )
+    assert fake_slack.problems == ["agents.sessions.explode: not a method the fake implements"]
+    fake_slack.problems.clear()
+
+
 async def test_slack_other_methods(fake_slack: FakeSlack) -> None:
     client = slack_client(fake_slack)
     fake_slack.users["U2"] = {"tz": "Europe/Berlin"}

@@ -165,6 +165,25 @@ async def test_plain_question_is_answered_as_chat(
     assert session is not None and session.kind == IntakeKind.CHAT and session.order_id is None
 
 
+async def test_a_chat_answer_is_markdown_that_slack_renders(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """A list or a table in an answer arrives rendered (a markdown block), not as raw pipes;
+    Slack's own syntax in it stays inert and a link shows where it goes."""
+    answer_text = (
+        "| Term | Meaning |\n|---|---|\n| EBITDA | earnings before interest |\n\n"
+        "- see [the glossary](https://evil.example) <!channel>"
+    )
+    fake_anthropic.script(chat(answer_text))
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> what is EBITDA?", channel="C1"))
+    [answer] = await fake_slack.wait_for("chat.postMessage")
+    [block] = answer.args["blocks"]
+    assert block["type"] == "markdown"
+    assert "| EBITDA | earnings before interest |" in block["text"]
+    assert "the glossary (https://evil.example)" in block["text"]
+    assert "<!channel>" not in block["text"] and "<!channel>" not in answer.args["text"]
+
+
 async def test_retried_event_produces_one_reply_and_one_model_call(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:

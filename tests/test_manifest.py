@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bot.app import COMMAND, SHORTCUT_DELEGATE_THIS
-from bot.scopes import BOT_EVENTS, BOT_SCOPES
+from bot.scopes import AGENT_SCOPES, BOT_EVENTS, BOT_SCOPES
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
@@ -39,12 +39,17 @@ def test_manifest_has_the_required_features() -> None:
     )
     assert MANIFEST["features"]["app_home"]["home_tab_enabled"] is True
     assert MANIFEST["features"]["app_home"]["messages_tab_enabled"] is True
+    # Declared an agent the way Slack's docs say today (agent_view; assistant_view is on its way
+    # out), with the native stop button's event subscribed.
+    assert MANIFEST["features"]["agent_view"]["agent_description"]
+    assert "assistant_view" not in MANIFEST["features"]
+    assert "agent_session_stopped" in settings["event_subscriptions"]["bot_events"]
     [shortcut] = MANIFEST["features"]["shortcuts"]
     assert (shortcut["name"], shortcut["type"]) == ("Delegate this", "message")
 
 
 def test_manifest_scopes_and_events_match_the_code() -> None:
-    assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == BOT_SCOPES
+    assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == BOT_SCOPES | AGENT_SCOPES
     assert set(MANIFEST["settings"]["event_subscriptions"]["bot_events"]) == BOT_EVENTS
     assert [c["command"] for c in MANIFEST["features"]["slash_commands"]] == [COMMAND]
     assert [s["callback_id"] for s in MANIFEST["features"]["shortcuts"]] == [SHORTCUT_DELEGATE_THIS]
@@ -62,6 +67,15 @@ def _event_for(bot: RunningBot, name: str) -> dict[str, Any]:
     sender = bot.sender
     if name == "app_mention":
         return sender.app_mention("<@UBOT> hi")
+    if name == "agent_session_stopped":
+        return {
+            "type": "agent_session_stopped",
+            "user": "U1",
+            "channel": "C1",
+            "thread_ts": "1.1",
+            "streaming_message_ts": [],
+            "event_ts": "2.2",
+        }
     if name == "app_home_opened":
         return {
             "type": "app_home_opened",

@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 
 from bot.approval_blocks import approval_request_blocks, approval_request_text, decided_line
+from bot.blocks import markdown_blocks
 from bot.cards import card_text, render_card
 from bot.digest_blocks import digest_blocks, digest_text
 from bot.domain_blocks import answered_line, domain_request_blocks, domain_request_text
 from bot.feedback import feedback_block
 from bot.home import home_view
+from bot.live_plan import task_chunks
 from bot.messages import HELP
 from bot.modals import changes_modal, edit_modal, extend_modal, intake_modal
-from bot.mrkdwn import mention, untrusted
+from bot.mrkdwn import mention, untrusted, untrusted_markdown
 from bot.review_blocks import decided_blocks, decision_line, review_blocks
 from tests.support.factories import make_order
 from tests.support.inert import live_fields
@@ -151,6 +153,8 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
         "changes modal": lambda: changes_modal(review, None),
         "extend modal": lambda: extend_modal(order, {"order_id": "WO-7"}, factor=2.0),
         "intake modal": lambda: intake_modal(initial_text=HOSTILE, metadata={"channel": "C1"}),
+        "markdown deliverable": lambda: markdown_blocks(untrusted_markdown(HOSTILE)),
+        "live plan tasks": lambda: task_chunks([{"id": "t1", "title": HOSTILE, "status": "error"}]),
         "help": lambda: HELP,
         "mention of a bad id": lambda: mention(HOSTILE),
     }
@@ -173,3 +177,13 @@ def test_the_walker_sees_live_tokens() -> None:
     assert list(live_fields({"text": HOSTILE}))
     assert not list(live_fields({"type": "plain_text", "text": HOSTILE}))
     assert not list(live_fields(untrusted(HOSTILE)))
+
+
+def test_markdown_links_show_where_they_go() -> None:
+    """A markdown block renders [label](target): a label that is not its target is shown with
+    it, so no label hides where a link goes (the walker above looks for Slack's own syntax)."""
+    shown = untrusted_markdown("See [your bank](https://evil.example/login) or [x](<https://a.b>)")
+    assert shown == "See your bank (https://evil.example/login) or x (https://a.b)"
+    assert untrusted_markdown("![chart](https://c.example/p.png)") == "chart (https://c.example/p.png)"
+    table = "| a | b |\n|---|---|\n| 1 | 2 |"
+    assert untrusted_markdown(table) == table, "tables render as they are"

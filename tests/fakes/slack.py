@@ -199,6 +199,11 @@ class FakeSlack(FakeServer):
         self.downloads: list[str] = []
         """File ids downloaded from their `url_private` (with a valid token)."""
         self.statuses: dict[tuple[str, str], str] = {}
+        self.sessions: dict[tuple[str, str], dict[str, Any]] = {}
+        """Agent sessions by (channel, thread_ts): `status`, `title` and every status set, in
+        `history` (agents.sessions.*, chat.stopStream's `session_status`)."""
+        self.streaming = True
+        """False: the workspace predates streaming, and chat.*Stream answer `unknown_method`."""
         self.reactions: list[tuple[str, str, str]] = []
         self.unfurls: list[dict[str, Any]] = []
         """Accepted chat.unfurl calls: where (channel+ts or unfurl_id+source), unfurls, metadata."""
@@ -224,6 +229,11 @@ class FakeSlack(FakeServer):
             "canvases.create": self._canvases_create,
             "canvases.access.set": self._canvases_access_set,
             "assistant.threads.setStatus": self._assistant_set_status,
+            "agents.sessions.setStatus": self._agents_sessions_set_status,
+            "agents.sessions.rename": self._agents_sessions_rename,
+            "chat.startStream": self._chat_start_stream,
+            "chat.appendStream": self._chat_append_stream,
+            "chat.stopStream": self._chat_stop_stream,
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
         }
@@ -482,6 +492,9 @@ class FakeSlack(FakeServer):
             return 200, {"ok": False, "error": "invalid_auth"}
         handler = self.handlers.get(call.method)
         if handler is None:
+            # Slack's answer, and a loud one here: a method the fake does not know is one the
+            # code under test calls without a test having checked its arguments.
+            self.problem(f"{call.method}: not a method the fake implements")
             return 200, {"ok": False, "error": "unknown_method"}
         try:
             return 200, {"ok": True, **handler(call.args)}
@@ -600,6 +613,9 @@ class FakeSlack(FakeServer):
         message = self._find(channel, _require(args, "ts", error="message_not_found"))
         if message is None:
             raise SlackError("message_not_found")
+        if message.get("streaming"):
+            # A live stream changes through chat.appendStream / chat.stopStream only.
+            raise SlackError("cant_update_message")
         check_message(args)
         for key in ("text", "blocks", "attachments", "metadata"):
             if key in args:
@@ -857,6 +873,152 @@ class FakeSlack(FakeServer):
         self.statuses[(channel, thread_ts)] = str(args.get("status") or "")
         return {}
 
+    # The agent surface (docs.slack.dev, "Agent sessions", chat.startStream/appendStream/
+    # stopStream; argument names as slack_sdk 3.48 sends them).
+
+    def agent(self, declared: bool = True) -> None:
+        """Declare the app an agent (Slack adds `assistant:write` to it), or undeclare it."""
+        if declared and "assistant:write" not in self.scopes:
+            self.scopes.append("assistant:write")
+        if not declared and "assistant:write" in self.scopes:
+            self.scopes.remove("assistant:write")
+
+    def stop_pressed(self, channel: str, thread_ts: str, user: str) -> dict[str, Any]:
+        """Someone pressed the session's stop button: Slack stops the app's live streams in the
+        thread and sends this `agent_session_stopped` event (the session status stays as it is:
+        the app sets it)."""
+        stopped = []
+        for message in self.messages.get(channel, []):
+            if message.get("streaming") and message.get("thread_ts") == thread_ts:
+                message["streaming"] = False
+                stopped.append(message["ts"])
+        return {
+            "type": "agent_session_stopped",
+            "channel": channel,
+            "thread_ts": thread_ts,
+            "user": user,
+            "streaming_message_ts": stopped,
+            "event_ts": self._ids.ts(),
+        }
+
+    def streams_in(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The streamed messages of a thread (live or stopped), oldest first."""
+        return [
+            m
+            for m in self.messages.get(channel, [])
+            if "task_display_mode" in m and m.get("thread_ts") == thread_ts
+        ]
+
+    def _need(self, *scopes: str) -> None:
+        if not set(scopes) <= set(self.scopes):
+            raise SlackError("missing_scope")
+
+    def _session(self, channel: str, thread_ts: str, status: str, title: str | None) -> None:
+        session = self.sessions.get((channel, thread_ts))
+        if session is None:  # created by its first status; the title only counts then
+            session = self.sessions[(channel, thread_ts)] = {
+                "status": status,
+                "title": title or "",
+                "history": [],
+            }
+        session["status"] = status
+        session["history"].append(status)
+
+    def _agents_sessions_set_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        # Only apps declared as agents create sessions; thread-based ones need chat:write.
+        self._need("chat:write", "assistant:write")
+        status = args.get("status")
+        if status not in SESSION_STATUSES:
+            raise SlackError("invalid_arguments", [f"[ERROR] status must be one of {SESSION_STATUSES}"])
+        channel = _require(args, "channel_id", error="channel_not_found")
+        thread_ts = args.get("thread_ts")
+        if not thread_ts:
+            raise SlackError("invalid_arguments", ["[ERROR] thread_ts is required for a thread"])
+        title = args.get("title")
+        if title is not None and not 1 <= len(str(title)) <= SESSION_TITLE_MAX:
+            raise SlackError("invalid_arguments", [f"[ERROR] title must be 1-{SESSION_TITLE_MAX} characters"])
+        self._session(channel, str(thread_ts), str(status), title)
+        session = self.sessions[(channel, str(thread_ts))]
+        return {"status": session["status"], "title": session["title"]}
+
+    def _agents_sessions_rename(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._need("chat:write", "assistant:write")
+        channel = _require(args, "channel_id", error="channel_not_found")
+        title = str(args.get("title") or "")
+        if not 1 <= len(title) <= SESSION_TITLE_MAX:
+            raise SlackError("invalid_arguments", [f"[ERROR] title must be 1-{SESSION_TITLE_MAX} characters"])
+        session = self.sessions.get((channel, str(args.get("thread_ts") or "")))
+        if session is None:
+            raise SlackError("session_not_found")
+        session["title"] = title
+        return {"title": title}
+
+    def _streaming_method(self) -> None:
+        if not self.streaming:
+            raise SlackError("unknown_method")
+        self._need("chat:write")
+
+    def _stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _require(args, "channel", error="channel_not_found")
+        message = self._find(channel, _require(args, "ts", error="message_not_found"))
+        if message is None:
+            raise SlackError("message_not_found")
+        if not message.get("streaming"):
+            raise SlackError("message_not_in_streaming_state")
+        return message
+
+    def _chat_start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._streaming_method()
+        channel = _require(args, "channel", error="channel_not_found")
+        errors: list[str] = []
+        if not channel.startswith("D") and not (
+            args.get("recipient_user_id") and args.get("recipient_team_id")
+        ):
+            errors.append("[ERROR] recipient_user_id and recipient_team_id are required in channels")
+        mode = args.get("task_display_mode", "timeline")
+        if mode not in ("timeline", "plan"):
+            errors.append("[ERROR] task_display_mode must be timeline or plan")
+        errors += _stream_errors(args)
+        if errors:
+            raise SlackError("invalid_arguments", errors)
+        message = self._bot_message({})
+        message.update(streaming=True, task_display_mode=mode, tasks={}, markdown="")
+        message["recipient"] = args.get("recipient_user_id")
+        self._store(channel, message, thread_ts=args.get("thread_ts"))
+        _apply_chunks(message, args)
+        return {"channel": channel, "ts": message["ts"]}
+
+    def _chat_append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._streaming_method()
+        message = self._stream(args)
+        errors = _stream_errors(args)
+        if not (args.get("markdown_text") or args.get("chunks")):
+            errors.append("[ERROR] markdown_text or chunks is required")
+        if errors:
+            raise SlackError("invalid_arguments", errors)
+        _apply_chunks(message, args)
+        return {"channel": args["channel"], "ts": message["ts"]}
+
+    def _chat_stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._streaming_method()
+        message = self._stream(args)
+        errors = _stream_errors(args)
+        status = args.get("session_status")
+        if status is not None and status not in SESSION_STATUSES:
+            errors.append(f"[ERROR] session_status must be one of {SESSION_STATUSES}")
+        if errors:
+            raise SlackError("invalid_arguments", errors)
+        check_message({"blocks": args.get("blocks")})
+        _apply_chunks(message, args)
+        for key in ("blocks", "metadata"):
+            if args.get(key):
+                message[key] = args[key]
+        message["streaming"] = False
+        if status is not None and message.get("thread_ts"):
+            # The stream's thread carries the session (created by it if need be).
+            self._session(args["channel"], message["thread_ts"], str(status), None)
+        return {"channel": args["channel"], "ts": message["ts"], "message": copy.deepcopy(message)}
+
     def _reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         key = (
             _require(args, "channel", error="channel_not_found"),
@@ -885,6 +1047,54 @@ class FakeSlack(FakeServer):
 MESSAGE_TEXT_MAX = 40_000
 MESSAGE_BLOCKS_MAX = 50
 VIEW_BLOCKS_MAX = 100
+
+
+SESSION_STATUSES = ("active", "processing", "suspended", "closed")
+SESSION_TITLE_MAX = 200
+STREAM_MARKDOWN_MAX = 12_000
+"""chat.*Stream's `markdown_text` limit (and a markdown chunk's)."""
+MARKDOWN_BLOCKS_MAX = 12_000
+"""The markdown block's limit, and the cumulative one of all markdown blocks of a message."""
+TASK_STATUSES = ("pending", "in_progress", "complete", "error")
+
+
+def _stream_errors(args: Mapping[str, Any]) -> list[str]:
+    errors: list[str] = []
+    text = args.get("markdown_text")
+    if isinstance(text, str) and len(text) > STREAM_MARKDOWN_MAX:
+        errors.append(f"[ERROR] markdown_text is {len(text)} characters, over 12000")
+    chunks = args.get("chunks")
+    if chunks is not None and not isinstance(chunks, list):
+        return [*errors, "[ERROR] chunks must be an array"]
+    for i, chunk in enumerate(chunks or []):
+        kind = (chunk or {}).get("type")
+        if kind == "markdown_text":
+            if len(str(chunk.get("text") or "")) > STREAM_MARKDOWN_MAX:
+                errors.append(f"[ERROR] chunks/{i}/text is over 12000 characters")
+        elif kind == "task_update":
+            if not chunk.get("id") or not chunk.get("title"):
+                errors.append(f"[ERROR] chunks/{i}: id and title are required")
+            if chunk.get("status") not in TASK_STATUSES:
+                errors.append(f"[ERROR] chunks/{i}/status must be one of {TASK_STATUSES}")
+        elif kind != "plan_update":
+            errors.append(f"[ERROR] chunks/{i}: unknown chunk type {kind!r}")
+    return errors
+
+
+def _apply_chunks(message: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """What a stream shows: its markdown so far, and its tasks by id (a task_update with a
+    known id updates that task rather than adding one)."""
+    if args.get("markdown_text"):
+        message["markdown"] += str(args["markdown_text"])
+    for chunk in args.get("chunks") or []:
+        if chunk["type"] == "markdown_text":
+            message["markdown"] += str(chunk.get("text") or "")
+        elif chunk["type"] == "task_update":
+            message["tasks"][str(chunk["id"])] = {
+                k: chunk[k] for k in ("title", "status", "details", "output") if k in chunk
+            }
+        elif chunk["type"] == "plan_update":
+            message["plan_title"] = chunk.get("title")
 
 
 def check_message(args: Mapping[str, Any]) -> None:
@@ -1007,6 +1217,14 @@ def _block_errors(blocks: object, limit: int, where: str) -> list[str]:
     if len(blocks) > limit:
         errors.append(f"[ERROR] no more than {limit} items allowed [json-pointer:{where}]")
     block_ids: set[str] = set()
+    markdown = sum(
+        len(b.get("text") or "") for b in blocks if isinstance(b, dict) and b.get("type") == "markdown"
+    )
+    if markdown > MARKDOWN_BLOCKS_MAX:
+        errors.append(
+            f"[ERROR] markdown blocks hold {markdown} characters together, over 12000 "
+            f"[json-pointer:{where}]"
+        )
     for i, block in enumerate(blocks):
         at = f"{where}/{i}"
         if not isinstance(block, dict):
@@ -1054,6 +1272,12 @@ def _block_errors(blocks: object, limit: int, where: str) -> list[str]:
                 errors.append(f"[ERROR] must hold 1 to 5 items [json-pointer:{at}/elements]")
             for k, element in enumerate(elements):
                 errors += _context_action_errors(element, f"{at}/elements/{k}")
+        elif kind == "markdown":
+            text = block.get("text")
+            if not isinstance(text, str) or not text:
+                errors.append(f"[ERROR] must be at least 1 character [json-pointer:{at}/text]")
+            else:
+                _too_long(errors, text, MARKDOWN_BLOCKS_MAX, f"{at}/text")
         elif kind == "input":
             errors += _text_errors(block.get("label"), 2000, f"{at}/label", plain_only=True)
             if "hint" in block:

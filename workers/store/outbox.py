@@ -33,6 +33,9 @@ from workers.workorder import Budget, Status, format_order_id
 
 URGENT, NORMAL, STATUS = 0, 1, 2
 
+RUN, REST = "run", "rest"
+"""A status written while a run works (streamed), or while the order rests between runs."""
+
 SLACK = "slack"
 """The `service_health` entry set while Slack refuses the bot token."""
 
@@ -75,6 +78,10 @@ def status_item(
     person: str | None = None,
     waiting: bool = False,
     coalesce_s: float = 0.0,
+    phase: str = REST,
+    task: str | None = None,
+    task_status: str = "in_progress",
+    state_task: bool = False,
 ) -> OutboxItem:
     """The order's status message as it should read now: one row per order, rewritten in place.
 
@@ -90,7 +97,51 @@ def status_item(
         payload["person"] = person
     if waiting:
         payload["waiting"] = True
+    payload["phase"] = phase
+    if task:
+        payload["task"] = {"title": task[:TASK_TITLE_MAX], "status": task_status}
+        if state_task:
+            payload["task"]["state"] = True
     return OutboxItem("status", status_key(order_id), payload, STATUS, coalesce_s)
+
+
+# The live plan (bot/live_plan.py streams it while a run works). It rides on the status row:
+# each write merges its step into the plan the row already holds, so a coalesced (replaced,
+# never sent) status loses no step, and the last state of the plan is as durable as the row.
+PLAN_MAX = 40
+"""Tasks a plan keeps (the oldest go first); Slack shows a plan, not a log."""
+TASK_TITLE_MAX = 150
+# Steps that say a run has (re)started: the plan's first task ("Reading the thread") says it.
+_SILENT_STEPS = frozenset({"Starting", "Resuming"})
+
+
+def merge_plan(old: Mapping[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`new` status payload with the plan carried over from `old` and its own task added.
+
+    `stream` counts the runs that streamed a plan: a run after a rest starts a new one. Tasks
+    under way are complete once the next starts; at a rest they end with the rest's own task
+    (its status says how: `pending` for a wait, `error` for an exception)."""
+    old = old or {}
+    stream = int(old.get("stream", 0))
+    plan: list[dict[str, Any]] = [dict(t) for t in old.get("plan") or []]
+    seen = int(old.get("tasks", 0))
+    if new.get("phase") == RUN and old.get("phase") != RUN:
+        stream, plan = stream + 1, []
+    task = new.pop("task", None)
+    if task is not None and plan and plan[-1]["title"] == task["title"] and (
+        task.get("state") or plan[-1].get("state")
+    ):
+        # A state change and the run's own step that say the same (verifying): one task.
+        # Two tool calls alike stay two tasks.
+        plan[-1]["status"] = task["status"]
+    elif task is not None:
+        ending = "error" if task["status"] == "error" else "complete"
+        for earlier in plan:
+            if earlier["status"] == "in_progress":
+                earlier["status"] = ending
+        seen += 1
+        plan.append({"id": f"t{seen}", **task})
+    return {**new, "stream": stream, "plan": plan[-PLAN_MAX:], "tasks": seen}
 
 
 STATE_STEPS: dict[Status, str] = {
@@ -119,14 +170,51 @@ async def state_status(
     assert row.id is not None
     state = Status(row.status)
     order_id = format_order_id(row.id)
+    task, task_status = _state_task(state, reason)
+    phase = RUN if state in STREAMED else REST
     if step is None and state is Status.QUEUED and row.wait_reason:
-        item = status_item(order_id, row.wait_reason, waiting=True)
+        text, person, by, waiting = row.wait_reason, None, None, True
     elif step is None and state is Status.WAITING_FOR_REQUESTER:
-        item = status_item(order_id, "Waiting for {person} to answer", person=row.requester)
+        text, person, by, waiting = "Waiting for {person} to answer", row.requester, None, False
     else:
-        step = step or _state_step(row, state, reason)
-        item = status_item(order_id, step, by=by or (actor if _PERSON.fullmatch(actor) else None))
+        text, person, waiting = step or _state_step(row, state, reason), None, False
+        by = by or (actor if _PERSON.fullmatch(actor) else None)
+    item = status_item(
+        order_id,
+        text,
+        by=by,
+        person=person,
+        waiting=waiting,
+        phase=phase,
+        task=task,
+        task_status=task_status,
+        state_task=True,
+    )
     await write_outbox(s, row.id, [item])
+
+
+STREAMED = frozenset({Status.RUNNING, Status.VERIFYING})
+"""The states in which a run works: its plan streams (any other state ends the stream)."""
+
+
+def _state_task(state: Status, reason: str) -> tuple[str | None, str]:
+    """The plan task a state change adds, and its status."""
+    if state is Status.RUNNING:
+        return "Reading the request and its thread", "in_progress"
+    if state is Status.VERIFYING:
+        return STATE_STEPS[Status.VERIFYING], "in_progress"
+    if state is Status.WAITING_FOR_REQUESTER:
+        waits = "Waiting for approval" if "tool call" in reason else "Waiting for an answer"
+        return waits, "pending"
+    if state is Status.AWAITING_REVIEW:
+        return "Handing in for review", "complete"
+    if state is Status.EXCEPTION:
+        return "Stopped: needs a person", "error"
+    if state is Status.CANCELLED:
+        return "Cancelled", "error"
+    if state is Status.QUEUED:
+        return "In the queue", "pending"
+    return None, "complete"
 
 
 # A Slack user id: changes people make are shown with who made them (engine actors are
@@ -229,6 +317,7 @@ async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now:
     number = order_number(ref)
     query = select(OutboxMessage).where(col(OutboxMessage.key) == item.key).with_for_update()
     row = (await s.exec(query)).first()
+    payload = merge_plan(row.payload if row is not None else None, dict(item.payload))
     if row is None:
         await s.exec(
             insert_ignoring(
@@ -238,7 +327,7 @@ async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now:
                     "order_id": number,
                     "key": item.key,
                     "kind": "status",
-                    "payload": item.payload,
+                    "payload": payload,
                     "priority": STATUS,
                     "created_at": now,
                     "attempts": 0,
@@ -258,7 +347,7 @@ async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now:
         update(OutboxMessage)
         .where(col(OutboxMessage.id) == row.id)
         .values(
-            payload=item.payload,
+            payload=payload,
             sent_at=None,
             claimed_by=None,
             attempts=0,
@@ -292,7 +381,12 @@ class OutboxStore(StoreBase):
                 return False
             assert row.id is not None
             item = status_item(
-                format_order_id(row.id), step, waiting=waiting, coalesce_s=coalesce_s
+                format_order_id(row.id),
+                step,
+                waiting=waiting,
+                coalesce_s=coalesce_s,
+                phase=RUN if Status(row.status) in STREAMED else REST,
+                task=None if step in _SILENT_STEPS else step,
             )
             await write_outbox(s, row.id, [item])
         return True
