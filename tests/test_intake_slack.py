@@ -177,8 +177,8 @@ async def test_a_chat_answer_is_markdown_that_slack_renders(
     fake_anthropic.script(chat(answer_text))
     await bot.sender.event(bot.sender.app_mention("<@UBOT> what is EBITDA?", channel="C1"))
     [answer] = await fake_slack.wait_for("chat.postMessage")
-    [block] = answer.args["blocks"]
-    assert block["type"] == "markdown"
+    [block, rating] = answer.args["blocks"]  # the answer, then the feedback buttons
+    assert block["type"] == "markdown" and rating["type"] == "context_actions"
     assert "| EBITDA | earnings before interest |" in block["text"]
     assert "the glossary (https://evil.example)" in block["text"]
     assert "<!channel>" not in block["text"] and "<!channel>" not in answer.args["text"]
