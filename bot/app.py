@@ -44,6 +44,7 @@ from bot.reporter import SlackReporter
 from bot.shapes import ShapeMiddleware
 from bot.slack_client import AUTH_ERRORS
 from bot.unfurls import OrderLinks, only_order_refs, order_numbers
+from bot.welcome import welcome
 from workers.config import Settings
 from workers.errors import NotFound, OrderMoved
 from workers.intake import Completer, IntakeEngine
@@ -241,6 +242,9 @@ def create_app(
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:
+        if event.get("tab") == "messages" and event.get("channel") and event.get("user"):
+            await welcome(store, client, user=event["user"], channel=event["channel"])
+            return
         if event.get("tab") != "home":
             return
         await publisher.opened(event["user"])

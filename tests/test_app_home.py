@@ -31,6 +31,7 @@ from tests.support.factories import make_order
 from tests.support.history import seed_history
 from tests.support.pipeline import Pipeline
 from tests.support.settings import FAST_ENGINE
+from tests.support.waiting import bot_idle
 from workers.config import Settings
 from workers.models import WorkOrderRow
 from workers.providers import ModelRouter
@@ -203,6 +204,32 @@ async def test_someone_who_never_delegated_is_shown_how_to_begin_until_they_have
         await homes.drain()
     later = text_of(home_of(fake_slack, "UNEW")[-1])
     assert "Getting started" not in later
+
+
+async def test_the_messages_tab_is_welcomed_once_per_person(
+    store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
+) -> None:
+    """Opening the app's DM (`tab: messages`, the agent experience's thread start) gets one
+    welcome per person, however often it is opened, retried or delivered twice at once."""
+    async with bot_with_homes(settings_factory(), store=store, fake_slack=fake_slack) as (bot, _, _):
+
+        def opened(user: str, event_ts: str) -> dict[str, Any]:
+            return {
+                "type": "app_home_opened",
+                "user": user,
+                "channel": f"D-{user}",
+                "tab": "messages",
+                "event_ts": event_ts,
+            }
+
+        await asyncio.gather(*(bot.sender.event(opened("UNEW", f"1.{i}")) for i in range(3)))
+        await bot.sender.event(opened("UNEW", "2.0"))
+        await bot.sender.event(opened("UOTHER", "3.0"))
+        await bot_idle()
+    posts = fake_slack.calls_to("chat.postMessage")
+    assert sorted(c.args["channel"] for c in posts) == ["D-UNEW", "D-UOTHER"]
+    assert "Tell me here what you need done" in posts[0].args["text"]
+    assert not fake_slack.calls_to("views.publish")  # the Messages tab is not the Home tab
 
 
 async def test_requester_sees_open_and_recent_orders_with_state_spend_and_thread_link(
