@@ -7,12 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from tests.fakes.anthropic import Reply
+from tests.support.databases import Database
 from tests.support.engine import Harness
 from tests.support.records import attempts, llm_calls
 from tests.support.waiting import eventually
 from workers import queue
 from workers.runtime import Worker, run_worker
+from workers.store import Store
 from workers.tools import ToolRegistry
 from workers.tools.base import ToolContext, ToolResult
 from workers.tools.builtin import ReadThread
@@ -253,3 +257,54 @@ async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness)
     stop.set()
     await asyncio.wait_for(task, 5)
     assert await h.store.outbox.undelivered() == []
+
+
+async def test_an_order_queued_by_another_process_wakes_the_worker(
+    harness: Harness, database: Database
+) -> None:
+    """A separate `delegate worker` is woken by PostgreSQL NOTIFY when another process (here a
+    second engine on the same database) queues an order: it claims it without waiting for its
+    poll, which here is an hour. After its listening connection is killed, it listens again."""
+    if database.backend != "postgres":
+        pytest.skip("SQLite has no NOTIFY: another process's queueing is found by polling")
+    h = harness
+    engine = h.settings.engine.model_copy(update={"poll_interval_s": 3600})
+    h.settings = h.settings.model_copy(update={"engine": engine})
+    h.anthropic.script(
+        Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}),
+        Reply.tool("submit_deliverable", {"content": "c2", "summary": "s2"}),
+    )
+    elsewhere = Store(database.engine())
+    try:
+        async with running(h) as worker:
+            await eventually(lambda: worker.last_pass is not None)  # idle: nothing was queued
+            await eventually(lambda: _listening(elsewhere))
+            first = await h.order(start=False)
+            await queue.enqueue(elsewhere, h.settings, first.id or "", actor="U1")
+            await eventually(lambda: _is(h, first.id, Status.AWAITING_REVIEW))
+            # The listening connection dies (a database restart, a proxy timeout): the worker
+            # listens again, and the next queueing still wakes it.
+            await _kill_listeners(elsewhere)
+            await eventually(lambda: _listening(elsewhere))
+            second = await h.order(start=False)
+            await queue.enqueue(elsewhere, h.settings, second.id or "", actor="U1")
+            await eventually(lambda: _is(h, second.id, Status.AWAITING_REVIEW))
+    finally:
+        await elsewhere.close()
+
+
+_LISTENERS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+)
+
+
+async def _listening(store: Store) -> bool:
+    async with store.engine.connect() as conn:
+        return bool((await conn.exec_driver_sql(_LISTENERS)).all())
+
+
+async def _kill_listeners(store: Store) -> None:
+    async with store.engine.connect() as conn:
+        for (pid,) in (await conn.exec_driver_sql(_LISTENERS)).all():
+            await conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")

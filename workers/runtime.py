@@ -123,6 +123,11 @@ class Worker:
         logs.bind(worker=self.worker_id)
         stop = stop or asyncio.Event()
         stop_listening = self.store.on_queued(self._wake.set)
+        # Other processes' queueings (PostgreSQL NOTIFY) wake the claim loop too.
+        notified = asyncio.create_task(
+            self.store.listen_for_queued(self._wake.set, self._stopping),
+            name=f"queue-notifications {self.worker_id}",
+        )
         claiming = asyncio.create_task(self._claim_loop(), name=f"claim-loop {self.worker_id}")
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
         stopped = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -134,6 +139,9 @@ class Worker:
             for task in (claiming, stopped):
                 task.cancel()
             await asyncio.gather(claiming, stopped, return_exceptions=True)
+            # The listener ends on `_stopping`; closing its connection is bounded.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(notified, LEASE_KEEPER_STOP_S)
             try:
                 await self.shutdown()
             finally:

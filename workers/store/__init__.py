@@ -10,6 +10,7 @@ read). Callers name the repository they use (`store.orders.get_order(...)`), so 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Self
@@ -25,6 +26,7 @@ from workers.store.approvals import ApprovalsStore
 from workers.store.audit import AuditStore
 from workers.store.base import Database, OrderRef, as_utc, row_to_order
 from workers.store.feedback import FeedbackStore, Pressed
+from workers.store.notify import listen_for_queued
 from workers.store.orders import EDITABLE_FIELDS, OrdersStore
 from workers.store.outbox import OutboxItem, OutboxStore, Undelivered
 from workers.store.queue import Admission, Claim, QueueStore
@@ -93,6 +95,11 @@ class Store:
         poll); returns what removes it. Other processes still find the order by polling."""
         self.db.queued_listeners.append(listener)
         return lambda: self.db.queued_listeners.remove(listener)
+
+    async def listen_for_queued(self, on_queued: Callable[[], None], stop: asyncio.Event) -> None:
+        """Call `on_queued` when any process queues an order (PostgreSQL NOTIFY), until `stop`;
+        on SQLite only this process's own queueings wake it (`on_queued`)."""
+        await listen_for_queued(self.engine, on_queued, stop)
 
     def on_outbox(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` after each committed transaction of this store that wrote outbox
