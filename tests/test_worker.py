@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
-
 from tests.fakes.anthropic import Reply
 from tests.support.databases import Database
 from tests.support.engine import Harness
@@ -264,17 +262,26 @@ async def test_an_order_queued_by_another_process_wakes_the_worker(
 ) -> None:
     """A separate `delegate worker` is woken by PostgreSQL NOTIFY when another process (here a
     second engine on the same database) queues an order: it claims it without waiting for its
-    poll, which here is an hour. After its listening connection is killed, it listens again."""
-    if database.backend != "postgres":
-        pytest.skip("SQLite has no NOTIFY: another process's queueing is found by polling")
+    poll, which here is an hour. After its listening connection is killed, it listens again.
+    SQLite has no NOTIFY: there the order is found by the next poll."""
     h = harness
-    engine = h.settings.engine.model_copy(update={"poll_interval_s": 3600})
+    postgres = database.backend == "postgres"
+    engine = h.settings.engine.model_copy(update={"poll_interval_s": 3600 if postgres else 0.2})
     h.settings = h.settings.model_copy(update={"engine": engine})
     h.anthropic.script(
         Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}),
         Reply.tool("submit_deliverable", {"content": "c2", "summary": "s2"}),
     )
     elsewhere = Store(database.engine())
+    if not postgres:
+        try:
+            async with running(h):
+                order = await h.order(start=False)
+                await queue.enqueue(elsewhere, h.settings, order.id or "", actor="U1")
+                await eventually(lambda: _is(h, order.id, Status.AWAITING_REVIEW))
+        finally:
+            await elsewhere.close()
+        return
     try:
         async with running(h) as worker:
             await eventually(lambda: worker.last_pass is not None)  # idle: nothing was queued
