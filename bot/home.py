@@ -61,12 +61,35 @@ CHART_KEY = "home-chart:{team}:{week}"
 ChartRenderer = Callable[[Sequence[WeekPoint], str], bytes]
 
 
+def thread_url(team_url: str | None, order: WorkOrder) -> str | None:
+    """The address of the order's thread, when the workspace URL is known."""
+    if not (team_url and order.channel and order.thread_ts):
+        return None
+    return f"{team_url.rstrip('/')}/archives/{order.channel}/p{order.thread_ts.replace('.', '')}"
+
+
 def thread_link(team_url: str | None, order: WorkOrder) -> str:
     """The order id, linked to its thread when the workspace URL is known."""
-    if not (team_url and order.channel and order.thread_ts):
-        return f"*{order.id}*"
-    url = f"{team_url.rstrip('/')}/archives/{order.channel}/p{order.thread_ts.replace('.', '')}"
-    return f"*<{url}|{order.id}>*"
+    url = thread_url(team_url, order)
+    return f"*<{url}|{order.id}>*" if url else f"*{order.id}*"
+
+
+class WorkspaceUrl:
+    """The workspace URL (auth.test), asked once per process and kept, for links to threads."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+        self._url: str | None = None
+
+    async def get(self) -> str | None:
+        if self._url is None:
+            try:
+                response = await self.client.auth_test()
+            except SlackApiError as exc:
+                log.info("auth.test failed (%s); links to threads left out", exc.response.get("error"))
+                return None
+            self._url = str(response.get("url") or "") or None
+        return self._url
 
 
 def message_link(team_url: str | None, channel: str, ts: str, label: str) -> str:
@@ -304,7 +327,7 @@ class HomePublisher:
 
             render_chart = default_renderer
         self.render_chart = render_chart
-        self._team_url: str | None = None
+        self._workspace = WorkspaceUrl(client)
         self._chart_locks: dict[str, asyncio.Lock] = {}
 
     async def opened(self, user: str) -> None:
@@ -347,15 +370,7 @@ class HomePublisher:
             )
 
     async def team_url(self) -> str | None:
-        """The workspace URL (auth.test, once), for links to threads."""
-        if self._team_url is None:
-            try:
-                response = await self.client.auth_test()
-            except SlackApiError as exc:
-                log.info("auth.test failed (%s); Home links left out", exc.response.get("error"))
-                return None
-            self._team_url = str(response.get("url") or "") or None
-        return self._team_url
+        return await self._workspace.get()
 
     async def chart(self, team: str) -> tuple[str, str] | None:
         """(file id, title) of the team's chart for the last complete week, uploaded once."""

@@ -24,12 +24,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import Block, context, mrkdwn, truncate
 from bot.cards import state_label
+from bot.home import WorkspaceUrl, thread_url
 from bot.mrkdwn import mention, untrusted
 from workers.config import Settings
 from workers.digest import money
 from workers.errors import NotFound
 from workers.permissions import may_view
-from workers.store import Store
+from workers.store import Store, row_to_order
 from workers.workorder import WorkOrder, format_order_id
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,6 @@ def linked_order(settings: Settings, url: str) -> int | None:
     rest = urlsplit(url[len(base) :]).path.strip("/")
     match = re.fullmatch(r"WO-(\d{1,9})", rest)
     return int(match.group(1)) if match else None
-
-
-def thread_url(team_url: str | None, order: WorkOrder) -> str | None:
-    if not (team_url and order.channel and order.thread_ts):
-        return None
-    return f"{team_url.rstrip('/')}/archives/{order.channel}/p{order.thread_ts.replace('.', '')}"
 
 
 def compact_card(order: WorkOrder, spent_micro: int, link: str | None) -> list[Block]:
@@ -153,25 +148,17 @@ class OrderLinks:
         self.settings = settings
         self.store = store
         self.client = client
-        self._team_url: str | None = None
+        self._workspace = WorkspaceUrl(client)
 
     async def team_url(self) -> str | None:
-        if self._team_url is None:
-            try:
-                response = await self.client.auth_test()
-            except SlackApiError as exc:
-                log.info("auth.test failed (%s); order links left out", exc.response.get("error"))
-                return None
-            self._team_url = str(response.get("url") or "") or None
-        return self._team_url
+        return await self._workspace.get()
 
     async def _order(self, number: int) -> tuple[WorkOrder, int] | None:
         try:
             row = await self.store.orders.get_row(number)
         except NotFound:
             return None
-        order = await self.store.orders.get_order(number)
-        return order, int(row.spent_micro_usd or 0)
+        return row_to_order(row), int(row.spent_micro_usd or 0)
 
     async def thread_of(self, ref: str) -> str | None:
         """Where `GET /orders/<ref>` sends a browser: the order's thread, if there is one."""
@@ -221,7 +208,8 @@ class OrderLinks:
             return
         thread = event.get("thread_ts")
         blocks: list[Block] = []
-        for number in order_numbers(str(event.get("text") or "")):
+        numbers = order_numbers(str(event.get("text") or ""))
+        for number in numbers:
             found = await self._order(number)
             if found is None:
                 continue
@@ -233,7 +221,7 @@ class OrderLinks:
             blocks += compact_card(order, spent, thread_url(await self.team_url(), order))
         if not blocks:
             return
-        names = ", ".join(format_order_id(n) for n in order_numbers(str(event.get("text") or "")))
+        names = ", ".join(format_order_id(n) for n in numbers)
         await self.client.chat_postEphemeral(
             channel=channel,
             user=user,
