@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import time
@@ -121,7 +122,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine with the settings each backend needs to be safe under concurrency."""
     if is_sqlite(url):
         engine = create_async_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            url,
+            connect_args={
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "factory": _RollbackBeforeClose,
+            },
+            **kwargs,
         )
         _configure_sqlite(engine)
         return engine
@@ -149,6 +155,22 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             dbapi_connection.ping()
         except Exception as exc:  # the pool drops the connection and takes another
             raise DisconnectionError(str(exc)) from exc
+
+
+class _RollbackBeforeClose(sqlite3.Connection):
+    """A SQLite connection that ends its transaction before it closes.
+
+    A task cancelled in the middle of a statement (a worker shutting down mid-claim, an order
+    cancelled mid-step) has its connection closed by SQLAlchemy while that statement is
+    unfinished and still held by a cursor in the task's traceback. SQLite then keeps the
+    connection's transaction, and with it the database's write lock, until the cursor is
+    garbage-collected; every writer in every process waits on it meanwhile."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
