@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
-from anthropic import AsyncAnthropic
-from openai import AsyncOpenAI
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.engine import make_url
@@ -530,9 +528,12 @@ def _broken_routes(settings: Settings, providers: dict[str, _Provider]) -> dict[
 async def _probe(settings: Settings, name: str) -> _Provider:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
+            # The SDKs take seconds of CPU to import; only a configured provider loads its own.
             if name == "anthropic":
                 if settings.anthropic_api_key is None:
                     return _Provider(name, None, "ANTHROPIC_API_KEY is not set", missing_key=True)
+                from anthropic import AsyncAnthropic
+
                 anthropic = AsyncAnthropic(
                     api_key=settings.anthropic_api_key.get_secret_value(),
                     base_url=settings.anthropic_base_url,
@@ -543,6 +544,8 @@ async def _probe(settings: Settings, name: str) -> _Provider:
                 return _Provider(name, models)
             if settings.openai_api_key is None and not settings.openai_base_url:
                 return _Provider(name, None, "OPENAI_API_KEY is not set", missing_key=True)
+            from openai import AsyncOpenAI
+
             key = settings.openai_api_key
             openai = AsyncOpenAI(
                 api_key=key.get_secret_value() if key is not None else "unused",

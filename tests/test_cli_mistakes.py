@@ -171,3 +171,42 @@ async def test_a_rule_across_fields_names_them_without_dumping_the_section(tmp_p
     assert code == 2
     assert "heartbeat_s (50) must be shorter than lease_ttl_s (10)" in err
     assert "poll_interval_s" not in err  # the rest of the merged engine section is not dumped
+
+
+# What `import anthropic`, `import openai` and `import mcp` cost: about 2.5 s of CPU together,
+# before the command could say a word.
+_SDKS = ("anthropic", "openai", "mcp")
+_LOADED = f"""
+import sys
+from bot.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(" ".join(m for m in {_SDKS!r} if m in sys.modules) or "none", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("run",), ("worker",), ("doctor", "--no-slack"), ("show", "1"), ("db", "current")],
+)
+async def test_a_command_that_calls_no_model_loads_no_model_or_mcp_sdk(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`delegate run` without Slack credentials, `delegate worker` or `doctor` without model
+    keys, and the reading commands answer in about a second instead of five: the SDKs of
+    providers and MCP servers that are not configured are never imported."""
+    proc = await asyncio.create_subprocess_exec(
+        str(DELEGATE.with_name("python")),
+        "-c",
+        _LOADED,
+        *command,
+        env=cli_env(),
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert err.decode().splitlines()[-1] == "none", err.decode()[-2000:]
