@@ -26,6 +26,7 @@ from bot.slack_client import is_transient, make_slack_client
 from workers.config import Route, Settings
 from workers.db import create_engine, missing_sqlite_directory, redact_error, redact_url
 from workers.migrate import current_revision, head_revision
+from workers.providers.catalog import anthropic_models, openai_models
 from workers.store import Store
 from workers.store.outbox import SLACK
 from workers.workorder import WorkloadClass
@@ -528,32 +529,19 @@ def _broken_routes(settings: Settings, providers: dict[str, _Provider]) -> dict[
 async def _probe(settings: Settings, name: str) -> _Provider:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            # The SDKs take seconds of CPU to import; only a configured provider loads its own.
             if name == "anthropic":
                 if settings.anthropic_api_key is None:
                     return _Provider(name, None, "ANTHROPIC_API_KEY is not set", missing_key=True)
-                from anthropic import AsyncAnthropic
-
-                anthropic = AsyncAnthropic(
-                    api_key=settings.anthropic_api_key.get_secret_value(),
-                    base_url=settings.anthropic_base_url,
-                    max_retries=0,
+                models = await anthropic_models(
+                    settings.anthropic_api_key.get_secret_value(), settings.anthropic_base_url
                 )
-                models = frozenset([m.id async for m in anthropic.models.list(limit=1000)])
-                await anthropic.close()
                 return _Provider(name, models)
             if settings.openai_api_key is None and not settings.openai_base_url:
                 return _Provider(name, None, "OPENAI_API_KEY is not set", missing_key=True)
-            from openai import AsyncOpenAI
-
             key = settings.openai_api_key
-            openai = AsyncOpenAI(
-                api_key=key.get_secret_value() if key is not None else "unused",
-                base_url=settings.openai_base_url,
-                max_retries=0,
+            models = await openai_models(
+                key.get_secret_value() if key is not None else None, settings.openai_base_url
             )
-            models = frozenset([m.id async for m in openai.models.list()])
-            await openai.close()
             return _Provider(name, models)
     except Exception as exc:
         status = getattr(exc, "status_code", None)

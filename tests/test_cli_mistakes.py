@@ -197,16 +197,36 @@ async def test_a_command_that_calls_no_model_loads_no_model_or_mcp_sdk(
     """`delegate run` without Slack credentials, `delegate worker` or `doctor` without model
     keys, and the reading commands answer in about a second instead of five: the SDKs of
     providers and MCP servers that are not configured are never imported."""
+    _, err = await _python(_LOADED, *command, env=cli_env(), cwd=tmp_path)
+    assert err.splitlines()[-1] == "none", err[-2000:]
+
+
+async def test_checking_the_model_keys_loads_no_sdk(
+    tmp_path: Path, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI
+) -> None:
+    """Start-up and doctor list each provider's models to check its key; that takes one HTTP
+    request, not the provider's SDK (which the first model call loads)."""
+    env = cli_env(**provider_env(fake_anthropic, fake_openai))
+    out, err = await _python(_LOADED, "doctor", "--no-slack", env=env, cwd=tmp_path)
+    assert "anthropic API key: valid" in out and "openai API key: valid" in out, out
+    assert err.splitlines()[-1] == "none", err[-2000:]
+
+    fake_anthropic.api_keys = {"sk-ant-other"}  # a key the provider refuses
+    out, err = await _python(_LOADED, "doctor", "--no-slack", env=env, cwd=tmp_path)
+    assert "anthropic refused the key in ANTHROPIC_API_KEY (HTTP 401)" in out, out
+
+
+async def _python(script: str, *args: str, env: dict[str, str], cwd: Path) -> tuple[str, str]:
     proc = await asyncio.create_subprocess_exec(
         str(DELEGATE.with_name("python")),
         "-c",
-        _LOADED,
-        *command,
-        env=cli_env(),
-        cwd=tmp_path,
+        script,
+        *args,
+        env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await proc.communicate()
-    assert err.decode().splitlines()[-1] == "none", err.decode()[-2000:]
+    out, err = await proc.communicate()
+    return out.decode(), err.decode()

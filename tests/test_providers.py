@@ -230,7 +230,7 @@ async def test_openai_out_of_quota_is_not_retried(
         database, fake_anthropic, fake_openai, routing=routing, openai_api_key=None, anthropic_api_key=None
     )
     local_router = ModelRouter.from_settings(local, store)
-    assert set(local_router.providers) == {"openai"}
+    assert local_router.configured == {"openai"}
     await router.close()
     await local_router.close()
     await store.close()

@@ -63,47 +63,79 @@ class ModelRouter:
         self.clock = clock
         self.sleep = sleep
         self.providers: dict[str, ProviderClient] = {}
-        # An SDK retry is a second billable request under one reservation; retries happen here
-        # instead, each one reserved and charged.
+        """The providers built so far (see `_provider`)."""
+        self._unbuilt: dict[str, Callable[[], ProviderClient]] = {}
         if anthropic is not None:
-            from workers.providers.anthropic import AnthropicProvider
-
-            self.providers["anthropic"] = AnthropicProvider(
-                anthropic.with_options(max_retries=0),
-                inline_retry_after_s=settings.engine.inline_retry_after_s,
-            )
+            self.providers["anthropic"] = self._anthropic(anthropic)
         if openai is not None:
-            from workers.providers.openai import OpenAIProvider
-
-            self.providers["openai"] = OpenAIProvider(openai.with_options(max_retries=0))
+            self.providers["openai"] = self._openai(openai)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store) -> ModelRouter:
-        """SDK clients from the configured keys and base URLs.
+        """A router for the configured keys and base URLs; each SDK client is made, and its SDK
+        imported, on that provider's first call. Together the SDKs take seconds of CPU to
+        import, which a process that never calls a model (the CLI, a bot that is only asked
+        questions its intake answers from the rules) should not pay at start.
 
         An OpenAI base URL without a key is allowed: that is a local OpenAI-compatible server.
-        The SDKs are imported here, not at module level: together they take seconds of CPU to
-        import, which commands that never call a model (audit, show, digest, db) should not pay.
         """
-        anthropic = None
-        if settings.anthropic_api_key is not None:
-            from anthropic import AsyncAnthropic
+        router = cls(settings, store, anthropic=None, openai=None)
+        if (anthropic_key := settings.anthropic_api_key) is not None:
 
-            anthropic = AsyncAnthropic(
-                api_key=settings.anthropic_api_key.get_secret_value(),
-                base_url=settings.anthropic_base_url,
-            )
-        openai = None
+            def anthropic() -> ProviderClient:
+                from anthropic import AsyncAnthropic
+
+                return router._anthropic(
+                    AsyncAnthropic(
+                        api_key=anthropic_key.get_secret_value(),
+                        base_url=settings.anthropic_base_url,
+                    )
+                )
+
+            router._unbuilt["anthropic"] = anthropic
         if settings.openai_api_key is not None or settings.openai_base_url:
-            from workers.providers.openai import make_openai_client
+            openai_key = settings.openai_api_key
 
-            key = settings.openai_api_key
-            openai = make_openai_client(
-                api_key=key.get_secret_value() if key is not None else None,
-                base_url=settings.openai_base_url,
-                inline_retry_after_s=settings.engine.inline_retry_after_s,
-            )
-        return cls(settings, store, anthropic=anthropic, openai=openai)
+            def openai() -> ProviderClient:
+                from workers.providers.openai import make_openai_client
+
+                return router._openai(
+                    make_openai_client(
+                        api_key=openai_key.get_secret_value() if openai_key else None,
+                        base_url=settings.openai_base_url,
+                        inline_retry_after_s=settings.engine.inline_retry_after_s,
+                    )
+                )
+
+            router._unbuilt["openai"] = openai
+        return router
+
+    # An SDK retry is a second billable request under one reservation; retries happen here
+    # instead, each one reserved and charged.
+    def _anthropic(self, client: AsyncAnthropic) -> ProviderClient:
+        from workers.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            client.with_options(max_retries=0),
+            inline_retry_after_s=self.settings.engine.inline_retry_after_s,
+        )
+
+    def _openai(self, client: AsyncOpenAI) -> ProviderClient:
+        from workers.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(client.with_options(max_retries=0))
+
+    @property
+    def configured(self) -> frozenset[str]:
+        """The providers that have a key (or, for OpenAI, a base URL), built or not."""
+        return frozenset(self.providers) | frozenset(self._unbuilt)
+
+    def _provider(self, name: str) -> ProviderClient | None:
+        """Provider `name`, built on first use; None when it has no key configured."""
+        build = self._unbuilt.pop(name, None)
+        if build is not None:
+            self.providers[name] = build()
+        return self.providers.get(name)
 
     async def close(self) -> None:
         for provider in self.providers.values():
@@ -173,7 +205,7 @@ class ModelRouter:
         candidates = [ref for ref in (route.primary, route.fallback) if ref is not None]
         failures: list[ProviderFailure] = []
         for ref in candidates:
-            provider = self.providers.get(ref.provider)
+            provider = self._provider(ref.provider)
             if provider is None:
                 failures.append(
                     ProviderFailure("transient", f"no {ref.provider} API key is configured")
