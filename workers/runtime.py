@@ -350,6 +350,7 @@ async def run_worker(
     store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
+    preloading = asyncio.create_task(router.preload(), name="preload model SDKs")
     own_tools = tools is None
     tools = tools or load_tools(settings, files=files)
     # MCP servers are started (and their tools listed) before the first claim.
@@ -376,6 +377,8 @@ async def run_worker(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await preloading  # an SDK that cannot be imported fails its first call, loudly
         if local is not None:
             await local.close()
         if own_router:
