@@ -147,9 +147,10 @@ class ModelRouter:
 
     def _provider(self, name: str) -> ProviderClient | None:
         """Provider `name`, built on first use; None when it has no key configured."""
-        build = self._unbuilt.pop(name, None)
+        build = self._unbuilt.get(name)
         if build is not None:
-            self.providers[name] = build()
+            self.providers[name] = build()  # a failure here fails this call and is tried again
+            del self._unbuilt[name]
         return self.providers.get(name)
 
     async def close(self) -> None:
