@@ -19,10 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.support.statements import Statements
 from workers import queue
 from workers.budget import BudgetGuard, quota_week, usd_to_micro
 from workers.config import Settings, load_settings
@@ -76,27 +75,13 @@ async def _drop(url: str, name: str | None) -> None:
     await admin.dispose()
 
 
-class _Statements:
-    """Counts the statements (and BEGIN/COMMIT) that engines send."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def watch(self, engine: AsyncEngine) -> None:
-        def _one(*_: object) -> None:
-            self.count += 1
-
-        for name in ("before_cursor_execute", "begin", "commit"):
-            event.listen(engine.sync_engine, name, _one)
-
-
 async def bench_claims(url: str, settings: Settings, *, orders: int, claimers: int) -> None:
     store = Store.from_url(url)
     for n in range(orders):
         created = await store.orders.create_order(_order(n), actor="bench")
         await queue.enqueue(store, settings, created.id or "", actor="bench")
     stores = [Store.from_url(url) for _ in range(claimers)]
-    statements = _Statements()
+    statements = Statements()
     for s in stores:
         statements.watch(s.engine)
 
@@ -136,7 +121,7 @@ async def bench_reservations(url: str, settings: Settings, *, runs: int, calls: 
             )
         )
 
-    statements = _Statements()
+    statements = Statements()
     statements.watch(store.engine)
 
     async def run(guard: BudgetGuard) -> None:

@@ -1,17 +1,16 @@
-"""Round trips to PostgreSQL per run step and per order (issue 23), counted the way
-bench/queue_and_budget.py counts them: every statement SQLAlchemy sends, BEGIN and COMMIT
-included. The ceilings are today's counts, not the goal (a step in 6 statements, a two-call
-order in 40): they make a change that adds round trips fail here, and they are lowered as the
-engine is made to need fewer."""
+"""Round trips to PostgreSQL per run step and per order (issue 23), counted as the
+benchmarks count them (tests/support/statements.py): every statement SQLAlchemy sends, BEGIN
+and COMMIT included. The ceilings are today's counts, not the goal (a step in 6 statements, a
+two-call order in 40): they make a change that adds round trips fail here, and they are lowered
+as the engine is made to need fewer."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+from tests.support.statements import Statements
 from workers import queue
 
 # Measured when this test was added (PostgreSQL 15): a step is 9 transactions, 7 of them
@@ -21,16 +20,6 @@ STEP_CEILING = 50
 ORDER_CEILING = 184  # queue 14 + claim 19 + run 151; the deliverer's side is not counted
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
-
-
-class Statements:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.count = 0
-        for name in ("before_cursor_execute", "begin", "commit"):
-            event.listen(engine.sync_engine, name, self._one)
-
-    def _one(self, *_: object) -> None:
-        self.count += 1
 
 
 async def _order_with_steps(h: Harness, statements: Statements, reads: int) -> dict[str, int]:
@@ -67,6 +56,6 @@ async def test_statements_per_run_step_and_per_order(harness: Harness) -> None:
     two_calls = await _order_with_steps(harness, statements, reads=1)
     three_calls = await _order_with_steps(harness, statements, reads=2)
     per_step = three_calls["run"] - two_calls["run"]
-    print(f"two-call order: {two_calls}; one more step (a model call and its tool call): {per_step}")
+    print(f"two-call order: {two_calls}; one more step (a model call and its tool): {per_step}")
     assert per_step <= STEP_CEILING, f"a run step took {per_step} statements"
     assert two_calls["total"] <= ORDER_CEILING, f"a two-call order took {two_calls}"
