@@ -6,18 +6,16 @@ the native stop button is Cancel under Cancel's authority, and a deliverable's M
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from bot.ids import APPROVE_ACTION, CANCEL_ACTION
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.waiting import eventually
-from workers.store import Store
 from workers.workorder import Status
 
 TABLE = "| Vendor | Price |\n|---|---|\n| Acme | $10 |\n| Globex | $12 |"
@@ -29,16 +27,11 @@ def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
 
 @pytest.fixture
 async def pipe(
-    store: Store,
+    pipeline: PipelineFactory,
     fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
 ) -> AsyncIterator[Pipeline]:
     fake_slack.agent()  # declared an agent: Slack grants assistant:write
-    async with pipeline_for(
-        store, fake_slack, fake_anthropic, fake_openai, settings_factory, admins=["UADMIN"]
-    ) as p:
+    async with pipeline(admins=["UADMIN"]) as p:
         yield p
 
 
@@ -172,17 +165,12 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
 
 
 async def test_without_the_agent_surface_the_status_message_is_edited_as_before(
-    store: Store,
+    pipeline: PipelineFactory,
     fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
 ) -> None:
     """An app not declared an agent: Slack refuses the session once, nothing streams, and the
     status message is edited in place, as before."""
-    async with pipeline_for(
-        store, fake_slack, fake_anthropic, fake_openai, settings_factory
-    ) as pipe:
+    async with pipeline() as pipe:
         pipe.openai.script(verdicts(True, True, True))
         order_id = await pipe.order_started(Reply.tool("read_thread", {}), submit(TABLE))
         await pipe.status_of(order_id, Status.AWAITING_REVIEW)

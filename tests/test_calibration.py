@@ -5,8 +5,7 @@ Block Kit), the lead's App Home and `/metrics`, end to end through signed Slack 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -16,13 +15,11 @@ from sqlalchemy import text
 from bot.cards import START_ACTION
 from bot.digest_blocks import digest_blocks
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, CHANGES_CALLBACK, REJECT_ACTION
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
-from tests.fakes.slack import FakeSlack
+from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
 from tests.support.factories import make_order
 from tests.support.intake import draft, questions
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.records import llm_calls
 from tests.test_feedback import digest_json, open_home
 from workers.digest import build_digest, render_markdown
@@ -38,21 +35,8 @@ def submit(content: str) -> Reply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
-        teams={"default": {"weekly_usd": 100.0, "leads": ["ULEAD"]}},
-    ) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline(teams={"default": {"weekly_usd": 100.0, "leads": ["ULEAD"]}}) as p:
         yield p
 
 

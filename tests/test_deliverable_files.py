@@ -8,17 +8,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from bot.ids import APPROVE_ACTION
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
-from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
-from workers.store import Store
+from tests.fakes.anthropic import Reply
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from workers.workorder import Status
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
@@ -40,16 +37,8 @@ def submit(content: str = "Pricing table attached.", **more: Any) -> Reply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store, fake_slack, fake_anthropic, fake_openai, settings_factory, policies=POLICIES
-    ) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline(policies=POLICIES) as p:
         yield p
 
 

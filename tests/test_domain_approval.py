@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,14 +15,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bot.ids import DOMAIN_DENY_ACTION, DOMAIN_ONCE_ACTION, DOMAIN_ORDER_ACTION
 from tests.fakes import FakeServer
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
-from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.pipeline import Pipeline, PipelineFactory
 from tests.support.waiting import eventually
 from workers.config import Settings, load_settings
-from workers.store import Store
 from workers.tools import ToolRegistry, load_tools
 from workers.tools.suffixes import is_public_suffix
 from workers.workorder import Status
@@ -80,13 +77,7 @@ async def site() -> AsyncIterator[Site]:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
     def tools(settings: Settings) -> ToolRegistry:
         # The site is on loopback: this registry treats exactly that address as public.
         return load_tools(
@@ -96,12 +87,7 @@ async def pipe(
             also_allowed=frozenset({"127.0.0.1"}),
         )
 
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         tools=tools,
         admins=["UADMIN"],
     ) as p:

@@ -20,12 +20,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.feedback import REFUSED, feedback_block
 from bot.ids import APPROVE_ACTION, FEEDBACK_ACTION, REJECT_ACTION
 from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
 from tests.support.factories import make_order
 from tests.support.intake import chat
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.records import llm_calls
 from tests.support.waiting import eventually
 from workers.models import utcnow
@@ -42,14 +41,8 @@ def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(store, fake_slack, fake_anthropic, fake_openai, settings_factory) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline() as p:
         yield p
 
 

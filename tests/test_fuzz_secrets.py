@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,10 +20,9 @@ from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import Reply as OpenAIReply
 from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.pipeline import Pipeline, PipelineFactory
 from tests.support.settings import POLICIES, SIGNING_SECRET
 from tests.support.waiting import bot_idle
-from workers.store import Store
 from workers.workorder import Status
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -39,21 +37,15 @@ SECRETS = [BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, AUDIT_KEY, ANTHROPIC_KEY, OPENA
 
 @pytest.fixture
 async def pipe(
-    store: Store,
+    pipeline: PipelineFactory,
     fake_slack: FakeSlack,
     fake_anthropic: FakeAnthropic,
     fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
 ) -> AsyncIterator[Pipeline]:
     fake_slack.tokens.add(BOT_TOKEN)
     fake_anthropic.api_keys.add(ANTHROPIC_KEY)
     fake_openai.api_keys.add(OPENAI_KEY)
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         slack_bot_token=BOT_TOKEN,
         slack_app_token=APP_TOKEN,
         audit_key=AUDIT_KEY,

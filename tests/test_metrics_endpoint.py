@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ids import APPROVE_ACTION
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
-from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.fakes.anthropic import Reply
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.waiting import eventually
-from workers.store import Store
 from workers.workorder import Status
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(store, fake_slack, fake_anthropic, fake_openai, settings_factory) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline() as p:
         yield p
 
 

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, CHANGES_CALLBACK
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
-from tests.fakes.slack import FakeSlack
 from tests.support.inert import live_fields
 from tests.support.intake import chat
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
-from workers.store import Store
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from workers.workorder import Status
 
 EVIL = (
@@ -29,14 +25,8 @@ LIVE = ("<!channel>", "<!subteam", "<!here", "|https://bank.example>", "<https:/
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(store, fake_slack, fake_anthropic, fake_openai, settings_factory) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline() as p:
         yield p
 
 

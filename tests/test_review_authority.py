@@ -7,7 +7,7 @@ worker pool in between."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,17 +21,14 @@ from bot.ids import (
     REJECT_ACTION,
 )
 from bot.modals import EDIT_CALLBACK
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
-from tests.fakes.slack import FakeSlack
 from tests.support.intake import draft
-from tests.support.pipeline import Pipeline, button_value, pipeline_for
+from tests.support.pipeline import Pipeline, PipelineFactory, button_value
 from tests.support.slack import state_from_view
 from tests.support.waiting import eventually
 from workers.keys import result_key, review_key
 from workers.states import EDITABLE
-from workers.store import Store
 from workers.workorder import Status
 
 CHANNEL = {
@@ -55,19 +52,8 @@ def submit(content: str) -> Reply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline(
         admins=["UADMIN"],
         channels={"C1": CHANNEL},
     ) as p:

@@ -8,7 +8,7 @@ decides, and the outcome says *self-approved* in the thread, on the card, in App
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +20,11 @@ from bot.home import HomePublisher
 from bot.ids import APPROVE_ACTION, REJECT_ACTION
 from bot.show import render_order
 from bot.slack_client import make_slack_client
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.openai import Reply as OpenAIReply
-from tests.fakes.slack import FakeSlack
 from tests.support.intake import draft
-from tests.support.pipeline import Pipeline, pipeline_for
+from tests.support.pipeline import Pipeline, PipelineFactory
 from workers.digest import build_digest, digest_json
-from workers.store import Store
 from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
@@ -48,20 +45,9 @@ def all_met() -> OpenAIReply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
     """C1 configures U7 as its reviewer; C2 configures none (the default channel's)."""
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         admins=["UADMIN"],
         channels={"C1": CHANNEL},
     ) as p:

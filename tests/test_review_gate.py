@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,10 +28,9 @@ from bot.ids import (
     REJECT_ACTION,
     RETRY_ACTION,
 )
-from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply
 from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.records import attempts as fetch_attempts
 from tests.support.records import llm_calls
 from tests.support.settings import FAST_ENGINE
@@ -53,16 +52,8 @@ def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
 
 
 @pytest.fixture
-async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store, fake_slack, fake_anthropic, fake_openai, settings_factory, admins=["UADMIN"]
-    ) as p:
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline(admins=["UADMIN"]) as p:
         yield p
 
 
@@ -603,17 +594,9 @@ async def test_stalled_run_posts_an_exception_and_retry_resumes_it(pipe: Pipelin
 
 async def test_quota_wait_beyond_its_limit_becomes_an_exception(
     store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
+    pipeline: PipelineFactory,
 ) -> None:
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         teams={"default": {"weekly_usd": 0.01}},
         engine={**FAST_ENGINE, "max_quota_wait_s": 1},
     ) as p:

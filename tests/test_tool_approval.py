@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tests.support.databases import Database
 from tests.support.engine import Harness
 from tests.support.factories import make_order
 from tests.support.mcp import stdio_server
-from tests.support.pipeline import Pipeline, button_value, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, button_value, verdicts
 from tests.support.settings import POLICIES, engine_settings
 from tests.support.waiting import eventually
 from workers import queue
@@ -54,19 +54,10 @@ def marker(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def pipe(
-    store: Store,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
+    pipeline: PipelineFactory,
     marker: Path,
 ) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         admins=["UADMIN"],
         policies={"analytics": ANALYTICS},
         channels={"default": {"policy": "default", "allowed_policies": ["research", "analytics"]}},

@@ -5,16 +5,14 @@ not allowed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.fakes.anthropic import FakeAnthropic, Reply, Search, ToolUse
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.anthropic import Reply, Search, ToolUse
 from tests.fakes.openai import Reply as OpenAIReply
-from tests.fakes.slack import FakeSlack
-from tests.support.pipeline import Pipeline, pipeline_for, verdicts
+from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.records import llm_calls
 from workers.workorder import Status
 
@@ -34,19 +32,8 @@ def web_search_tool(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @pytest.fixture
-async def pipe(
-    store: Any,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
+    async with pipeline(
         policies=POLICIES,
         # $2 a search, so that a search's price is plain in the order's spend.
         tool_settings={"web_search": {"max_uses": 3, "price_per_1000_usd": {"anthropic": 2000.0}}},
@@ -117,20 +104,9 @@ ANYWHERE = {
 
 
 @pytest.fixture
-async def openai_pipe(
-    store: Any,
-    fake_slack: FakeSlack,
-    fake_anthropic: FakeAnthropic,
-    fake_openai: FakeOpenAI,
-    settings_factory: Callable[..., Any],
-) -> AsyncIterator[Pipeline]:
+async def openai_pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
     """Runs on OpenAI's Chat Completions, whose search takes no domain list."""
-    async with pipeline_for(
-        store,
-        fake_slack,
-        fake_anthropic,
-        fake_openai,
-        settings_factory,
+    async with pipeline(
         policies=ANYWHERE,
         channels={"default": {"policy": "default", "allowed_policies": ["research", "anywhere"]}},
         routing={"execute": {k: OPENAI_ROUTE for k in ("quick", "standard", "deep")}},

@@ -4,11 +4,14 @@ to the fake Slack and model servers, driven through signed requests like a perso
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from bot.attachments import SlackFiles
 from bot.cards import START_ACTION
@@ -175,6 +178,23 @@ def button_value(message: dict[str, Any], action_id: str) -> str | None:
             if isinstance(element, dict) and element.get("action_id") == action_id:
                 return str(element.get("value"))
     return None
+
+
+PipelineFactory = Callable[..., AbstractAsyncContextManager[Pipeline]]
+"""`async with pipeline(**overrides) as p`: `pipeline_for` on the test's store and fakes."""
+
+
+@pytest.fixture
+def pipeline(
+    store: Store,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    settings_factory: Callable[..., Any],
+) -> PipelineFactory:
+    return functools.partial(
+        pipeline_for, store, fake_slack, fake_anthropic, fake_openai, settings_factory
+    )
 
 
 @asynccontextmanager

@@ -5,12 +5,14 @@ uses without importing it.
 - `database`, `store`, `sqlite_url`: the database the test runs on (databases.py)
 - `settings_factory`: settings pointed at the fakes and that database (settings.py)
 - `harness`: the engine harness (engine.py)
+- `pipeline`: the bot and a worker pool on that store and the fakes (pipeline.py)
 
 Helpers a test imports by name live next to them: `bot.py` (a running bot), `pipeline.py` (bot
 plus worker pool), `processes.py` (worker processes), `slack.py` (modal state), `intake.py`
 (scripted intake-model replies), `factories.py` (domain objects), `waiting.py` (waiting on
 conditions, never on the clock), `cli.py` (the `delegate` command as a subprocess), `records.py`
-(rows only tests read back), `fuzz.py` (hypothesis settings and strategies).
+(rows only tests read back), `statements.py` (statements an engine sends), `fuzz.py`
+(hypothesis settings and strategies).
 """
 
 pytest_plugins = [
@@ -18,4 +20,5 @@ pytest_plugins = [
     "tests.support.databases",
     "tests.support.settings",
     "tests.support.engine",
+    "tests.support.pipeline",
 ]
