@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+import pytest
 
 from tests.fakes.anthropic import Reply
 from tests.support.databases import Database
@@ -255,6 +258,48 @@ async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness)
     stop.set()
     await asyncio.wait_for(task, 5)
     assert await h.store.outbox.undelivered() == []
+
+
+async def test_a_worker_claims_nothing_while_the_model_sdks_load(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing the SDKs holds the interpreter for seconds: a lease taken meanwhile missed its
+    heartbeats on a loaded machine and was taken over mid-step. The pool claims its first order
+    once they are loaded."""
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    seen_while_loading: list[str] = []
+
+    async def slow_preload() -> None:
+        async def status() -> str:
+            return (await h.store.orders.get_row(order.id or "")).status
+
+        async def claimed() -> bool:
+            return await status() != Status.QUEUED.value
+
+        # A slow import: long enough for the pool to have claimed the order many times over.
+        with contextlib.suppress(TimeoutError):
+            await eventually(claimed, timeout_s=1.0)
+        seen_while_loading.append(await status())
+
+    monkeypatch.setattr(h.router, "preload", slow_preload)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(
+            h.settings,
+            reporter=h.reporter,
+            store=h.store,
+            router=h.router,
+            tools=h.tools,
+            stop=stop,
+            handle_signals=False,
+        )
+    )
+    await eventually(lambda: bool(h.reporter.results))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert seen_while_loading == [Status.QUEUED.value]
 
 
 async def test_an_order_queued_by_another_process_wakes_the_worker(

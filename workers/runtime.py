@@ -373,12 +373,16 @@ async def run_worker(
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s started with concurrency %d", worker.worker_id, concurrency)
     try:
+        # Nothing is claimed while the SDKs load: the import holds the interpreter for seconds,
+        # and a lease taken meanwhile can miss its heartbeats and be taken over mid-step.
+        with contextlib.suppress(Exception):  # an SDK that cannot be imported fails its call
+            await _unless_stopped(preloading, stop)
         await worker.run(stop)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        with contextlib.suppress(Exception):
-            await preloading  # an SDK that cannot be imported fails its first call, loudly
+        preloading.cancel()
+        await asyncio.gather(preloading, return_exceptions=True)
         if local is not None:
             await local.close()
         if own_router:
@@ -388,3 +392,14 @@ async def run_worker(
         if own_store:
             await store.close()
         log.info("worker %s stopped", worker.worker_id)
+
+
+async def _unless_stopped(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Wait for `task`, or until `stop` is set (it is left running)."""
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
