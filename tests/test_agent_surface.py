@@ -21,8 +21,8 @@ from workers.workorder import Status
 TABLE = "| Vendor | Price |\n|---|---|\n| Acme | $10 |\n| Globex | $12 |"
 
 
-def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
-    return Reply.tool("submit_deliverable", {"content": content, "summary": summary})
+def submit(content: str, summary: str = "Pricing table ready.", **kwargs: Any) -> Reply:
+    return Reply.tool("submit_deliverable", {"content": content, "summary": summary}, **kwargs)
 
 
 @pytest.fixture
@@ -56,6 +56,15 @@ def _stream_tasks(pipe: Pipeline) -> list[dict[str, Any]]:
     ]
 
 
+def _status_posted(slack: FakeSlack) -> bool:
+    """Whether an order's status message is in its thread (its post carries the status key)."""
+    for call in slack.calls_to("chat.postMessage"):
+        payload = (call.args.get("metadata") or {}).get("event_payload") or {}
+        if str(payload.get("key", "")).endswith(":status"):
+            return True
+    return False
+
+
 def _in_order(seen: list[str], wanted: list[str]) -> bool:
     it = iter(seen)
     return all(any(s == w for s in it) for w in wanted)
@@ -65,8 +74,11 @@ async def test_an_order_is_a_session_with_a_live_plan_and_a_rendered_table(
     pipe: Pipeline,
 ) -> None:
     pipe.openai.script(verdicts(True, True, True))
+    # The run hands in once its plan streams: a busy deliverer may otherwise first look when
+    # the run has already ended, and a run that never streamed keeps its status message.
+    streaming = pipe.slack.once(lambda: bool(pipe.slack.calls_to("chat.startStream")))
     order_id = await pipe.order_started(
-        Reply.tool("read_thread", {}), Reply.tool("read_thread", {}), submit(TABLE)
+        Reply.tool("read_thread", {}), Reply.tool("read_thread", {}), submit(TABLE, hold=streaming)
     )
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     thread = await _thread(pipe, order_id)
@@ -172,7 +184,11 @@ async def test_without_the_agent_surface_the_status_message_is_edited_as_before(
     status message is edited in place, as before."""
     async with pipeline() as pipe:
         pipe.openai.script(verdicts(True, True, True))
-        order_id = await pipe.order_started(Reply.tool("read_thread", {}), submit(TABLE))
+        # The run hands in once its status message is up, so the final state is an edit of it.
+        posted = fake_slack.once(lambda: _status_posted(fake_slack))
+        order_id = await pipe.order_started(
+            Reply.tool("read_thread", {}), submit(TABLE, hold=posted)
+        )
         await pipe.status_of(order_id, Status.AWAITING_REVIEW)
         await pipe.update("· Awaiting review ·")
         await pipe.drained()

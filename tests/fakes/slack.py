@@ -245,6 +245,7 @@ class FakeSlack(FakeServer):
         self.faults: Counter[str] = Counter()
         """Random faults served by `flaky` mode, by kind ('429', '5xx', 'timeout', ...)."""
         self._activity = asyncio.Event()
+        self._watches: list[tuple[Callable[[], bool], asyncio.Event]] = []
         self._ids = _Ids()
         self.app.router.add_route("*", "/api/{method}", self._handle_api)
         self.app.router.add_post("/upload/{file_id}", self._handle_upload)
@@ -282,6 +283,21 @@ class FakeSlack(FakeServer):
 
         await self.wait_until(lambda: answered() >= count, within=within)
         return self.calls_to(method)
+
+    def once(self, predicate: Callable[[], bool]) -> asyncio.Event:
+        """An event set as soon as `predicate()` holds (checked on every request). A model reply
+        held on it (`Reply(hold=...)`) keeps a run from outpacing what its thread was shown: a
+        busy machine's deliverer may otherwise send only the last of several status steps."""
+        event = asyncio.Event()
+        self._watches.append((predicate, event))
+        self._touched()
+        return event
+
+    def _touched(self) -> None:
+        self._activity.set()
+        for predicate, event in self._watches:
+            if not event.is_set() and predicate():
+                event.set()
 
     async def wait_until(self, predicate: Callable[[], bool], *, within: float = DEADLINE_S) -> None:
         """Wait up to `within` seconds until `predicate()` holds, re-checking on every request."""
@@ -452,7 +468,7 @@ class FakeSlack(FakeServer):
         else:  # no fault, or a timeout whose call was carried out before the answer got lost
             call.status, call.response = self._answer(call, headers)
         call.answered_at = time.monotonic()
-        self._activity.set()
+        self._touched()
         if fault is not None and fault.startswith("timeout") and self._flaky is not None:
             await asyncio.sleep(self._flaky.hang_s)
         return web.json_response(call.response, status=call.status, headers=headers)
@@ -526,14 +542,14 @@ class FakeSlack(FakeServer):
         if file is None or file.get("content") is None or team != self.team_id:
             return web.Response(status=404, text="Not Found")
         self.downloads.append(file_id)
-        self._activity.set()
+        self._touched()
         return web.Response(body=file["content"], content_type=file["mimetype"])
 
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         raw = await request.read()
         body = json.loads(raw) if raw else {}
         self.responses.append(ResponseUrlPost(request.match_info["key"], body))
-        self._activity.set()
+        self._touched()
         return web.Response(text="ok", content_type="text/html")
 
     # ------------------------------------------------------------------ state helpers
