@@ -211,7 +211,7 @@ async def test_false_rejects_and_unchecked_deliverables(harness: Harness) -> Non
 
 
 async def test_unreadable_calibration_leaves_the_operational_gauges(store: Store) -> None:
-    """/metrics reads the all-time calibration with the queue and outbox gauges: if it cannot
+    """/metrics reads the last 30 days' calibration with the queue and outbox gauges: if it cannot
     be read (here: its table is gone), those still are, and the calibration is left out."""
     await store.orders.create_order(make_order(), actor="U1")
     async with store.engine.begin() as conn:
