@@ -8,16 +8,26 @@ Each test process migrates one template per backend, once, and every test gets a
 file copy, or `CREATE DATABASE ... TEMPLATE`): running every migration for each of several
 hundred tests was a large share of the suite's time. Migrations themselves are tested in
 test_migration_race and by the template being made with `upgrade` like any database.
+
+PostgreSQL copies are made ahead and dropped behind on a thread of their own (`_PgCopies`): a
+`CREATE DATABASE` and a `DROP DATABASE` (which forces a checkpoint) cost a test about 0.5 s of
+setup and 1 s of teardown on a busy machine, more than most tests themselves. Copies commit
+without waiting for the WAL flush (`synchronous_commit=off`): that changes only what a crash of
+the server would keep, which no test is about.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -78,6 +88,81 @@ def _pg_url(name: str) -> str:
     return str(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
 
 
+T = TypeVar("T")
+
+
+class _PgCopies:
+    """Copies of a migrated template, `AHEAD` of them kept ready and the used ones dropped in
+    the background, by an event loop on a thread of their own (a test's loop ends with it)."""
+
+    AHEAD = 2
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pg-copies", daemon=True)
+        self._thread.start()
+        self._drops: list[Future[None]] = []
+        self._started: Future[None] = self._run(self._start())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def _start(self) -> None:
+        self._admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        self._ready: asyncio.Queue[str] = asyncio.Queue(maxsize=self.AHEAD)
+        self._maker = asyncio.create_task(self._make())
+
+    async def _make(self) -> None:
+        while True:
+            name = f"delegate_t_{uuid.uuid4().hex[:12]}"
+            async with self._admin.connect() as conn:
+                await conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+                await conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+            await self._ready.put(name)
+
+    async def _take(self) -> str:
+        get = asyncio.ensure_future(self._ready.get())
+        # A maker that failed (the server went away) fails the test instead of hanging it.
+        await asyncio.wait([get, self._maker], return_when=asyncio.FIRST_COMPLETED)
+        if not get.done():
+            get.cancel()
+            self._maker.result()
+            raise RuntimeError("the PostgreSQL copy maker stopped")
+        return get.result()
+
+    async def take(self) -> str:
+        """A fresh copy's name, waiting for one to be made if none is ready."""
+        await asyncio.wrap_future(self._started)
+        return await asyncio.wrap_future(self._run(self._take()))
+
+    def give_back(self, name: str) -> None:
+        """Drop the copy, later: its test does not wait for it."""
+        self._drops.append(self._run(self._drop(name)))
+
+    async def _drop(self, name: str) -> None:
+        async with self._admin.connect() as conn:
+            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _close(self) -> None:
+        self._maker.cancel()
+        with contextlib.suppress(BaseException):
+            await self._maker
+        while not self._ready.empty():
+            await self._drop(self._ready.get_nowait())
+        await self._admin.dispose()
+
+    def close(self) -> None:
+        """Wait for every drop, drop the copies not used, and stop the thread."""
+        for drop in self._drops:
+            with contextlib.suppress(Exception):
+                drop.result()
+        self._started.result()
+        self._run(self._close()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
 class _Templates:
     """This test process's migrated templates, made on first use and dropped at the end."""
 
@@ -86,6 +171,7 @@ class _Templates:
         self.sqlite_ready = False
         self.pg_name = f"delegate_tmpl_{uuid.uuid4().hex[:12]}"
         self.pg_ready = False
+        self.pg_copies: _PgCopies | None = None
 
     async def sqlite_copy(self, target: Path) -> None:
         if not self.sqlite_ready:
@@ -95,18 +181,28 @@ class _Templates:
             self.sqlite_ready = True
         shutil.copyfile(self.sqlite_file, target)
 
-    async def pg_copy(self, admin: AsyncEngine, name: str) -> None:
+    async def pg_copy(self) -> str:
+        """The name of a fresh copy of the migrated template (`pg_done` drops it)."""
         if not self.pg_ready:
+            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
             async with admin.connect() as conn:
                 await conn.exec_driver_sql(f'CREATE DATABASE "{self.pg_name}"')
+            await admin.dispose()
             engine = create_engine(_pg_url(self.pg_name))
             await upgrade(engine)
             await engine.dispose()  # a template must have no connections while it is copied
             self.pg_ready = True
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_name}"')
+            self.pg_copies = _PgCopies(self.pg_name)
+        assert self.pg_copies is not None
+        return await self.pg_copies.take()
+
+    def pg_done(self, name: str) -> None:
+        assert self.pg_copies is not None
+        self.pg_copies.give_back(name)
 
     async def drop(self) -> None:
+        if self.pg_copies is not None:
+            await asyncio.to_thread(self.pg_copies.close)
         if self.pg_ready:
             admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
             async with admin.connect() as conn:
@@ -131,15 +227,11 @@ async def database(
         yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'delegate.db'}")
         return
     await require_postgres()
-    name = f"delegate_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = await _templates.pg_copy()
     try:
-        await _templates.pg_copy(admin, name)
         yield Database("postgres", _pg_url(name))
     finally:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.dispose()
+        _templates.pg_done(name)
 
 
 @pytest.fixture
