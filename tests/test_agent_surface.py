@@ -175,7 +175,9 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
     assert _session(pipe, thread)["status"] == "processing"
     [refusal] = [e for e in pipe.slack.ephemerals if e["recipient"] == "U9"]
     assert "can stop it" in refusal["text"]
-    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.RUNNING
+    # ... and costs nothing: the run keeps its reservation and its status.
+    after = await pipe.bot.store.orders.get_row(order_id)
+    assert (after.status, after.reserved_micro_usd) == (row.status, row.reserved_micro_usd)
 
     # The requester's stop cancels the run, as Cancel does: its reservation is released.
     status, _ = await pipe.bot.sender.event(pipe.slack.stop_pressed(*thread, "U1"))
