@@ -24,6 +24,7 @@ from bot.blocks import (
     truncate,
 )
 from bot.cards import card_text, render_card
+from bot.deliverable_files import long_text_link
 from bot.feedback import chat_subject, feedback_block
 from bot.mrkdwn import untrusted, untrusted_markdown
 from workers import queue
@@ -156,6 +157,7 @@ class Conversations:
                 msg.channel,
                 msg.thread_ts,
                 outcome.text,
+                question=msg.text,
                 extra=[feedback_block(chat_subject(session.id))],
             )
         elif isinstance(outcome, Questions):
@@ -277,14 +279,30 @@ class Conversations:
         )
 
     async def _answer(
-        self, channel: str, thread_ts: str, text: str, *, extra: list[Block] | None = None
+        self,
+        channel: str,
+        thread_ts: str,
+        text: str,
+        *,
+        question: str,
+        extra: list[Block] | None = None,
     ) -> None:
-        """A chat answer as Markdown, which Slack renders (lists, tables, code); one too long
-        for a markdown block goes as mrkdwn sections, in full. `extra` (the feedback buttons)
-        follows either way."""
+        """A chat answer as Markdown, which Slack renders (lists, tables, code). One too long
+        for a markdown block goes where a long deliverable goes (a canvas, else a file), and a
+        short message links it. `extra` (the feedback buttons) is on the message either way."""
         shown = untrusted_markdown(text)
         if len(shown) > MARKDOWN_TEXT_MAX:
-            await self._post(channel, thread_ts, untrusted(text), extra=extra)
+            link = await long_text_link(
+                self.client,
+                channel=channel,
+                thread_ts=thread_ts,
+                title=answer_title(question),
+                text=text,
+                filename="answer.md",
+            )
+            await self._post(
+                channel, thread_ts, f"The answer is long, so it is in {link}.", extra=extra
+            )
             return
         await self.client.chat_postMessage(
             channel=channel,
@@ -298,6 +316,12 @@ class Conversations:
             await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
         except SlackApiError:
             pass  # a missing reaction is cosmetic (already_reacted, no permission)
+
+
+def answer_title(question: str) -> str:
+    """A long answer's canvas (or file) title: the question, without mentions."""
+    asked = " ".join(re.sub(r"<[@#!][^>]*>", " ", question).split())
+    return f"Answer: {asked}" if asked else "Answer"
 
 
 def _questions_message(questions: list[str]) -> str:

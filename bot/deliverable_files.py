@@ -1,6 +1,9 @@
 """What goes with a deliverable into its thread besides the text: the files the run handed in,
 and the canvas a long deliverable is put in. Called by `SlackReporter.result` on the one
 delivery road; each piece is done once per key, like every other post.
+
+A chat answer too long for a message goes the same way (`long_text_link`): a canvas where the
+workspace allows one, else a file in the thread.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import sections, truncate
 from bot.mrkdwn import untrusted
@@ -103,36 +107,25 @@ async def canvas_once(
             return None
     else:
         try:
-            response = await reporter.client.canvases_create(
-                title=f"{order.id}: {order.title}"[:250],
-                document_content={
-                    "type": "markdown",
-                    "markdown": truncate(result.content, CANVAS_MAX_CHARS, "…"),
-                },
+            created = await new_canvas(
+                reporter.client, title=f"{order.id}: {order.title}", markdown=result.content
             )
-        except SlackApiError as exc:
-            if is_transient(exc):
-                await store.slack.release_slack_message(key, reporter.owner)
-                raise
-            # Canvases off for the workspace or the plan, or the scope not granted: a file.
-            log.info(
-                "no canvas (%s); uploading the deliverable as a file",
-                exc.response.get("error"),
-                extra={"order": order.id},
-            )
+        except SlackApiError:
+            await store.slack.release_slack_message(key, reporter.owner)
+            raise
+        if created is None:
             await store.slack.save_slack_message(
                 key=key, purpose="canvas", channel=order.channel, ts=NO_CANVAS, order=order.id
             )
             return None
-        canvas_id = str(response["canvas_id"])
+        canvas_id = created
         await store.slack.save_slack_message(
             key=key, purpose="canvas", channel=order.channel, ts=canvas_id, order=order.id
         )
-    canvas = Canvas(canvas_id, await _shared_link(reporter, order, canvas_id))
-    link = f"<{canvas.url}|the canvas>" if canvas.url else f"canvas {canvas_id}"
+    canvas = await shared_canvas(reporter.client, canvas_id, channel=order.channel)
     body = (
         f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n"
-        f"The deliverable is long, so it is in {link}."
+        f"The deliverable is long, so it is in {canvas_link(canvas)}."
     )
     await reporter.post_once(
         order, key=result.key, purpose="result", text=body, blocks=sections(body)
@@ -140,24 +133,88 @@ async def canvas_once(
     return canvas
 
 
-async def _shared_link(reporter: SlackReporter, order: WorkOrder, canvas_id: str) -> str | None:
-    """Let the thread's channel read the canvas, and find its link (both best effort: the
-    canvas exists either way, and the thread says its id)."""
-    assert order.channel
+async def long_text_link(
+    client: AsyncWebClient, *, channel: str, thread_ts: str, title: str, text: str, filename: str
+) -> str:
+    """Put `text` (too long for a message) in a canvas shared with `channel`, or where the
+    workspace refuses canvases in a file in the thread; a mrkdwn link to it, for the message
+    that says where it is. Done once per call: the caller's own dedupe keeps it to one."""
+    canvas_id = await new_canvas(client, title=title, markdown=text)
+    if canvas_id is not None:
+        return canvas_link(await shared_canvas(client, canvas_id, channel=channel))
+    file_id = await upload(
+        client,
+        channel=channel,
+        thread_ts=thread_ts,
+        file=UploadFile(
+            key="", purpose="answer", content=text, filename=filename, title=title[:250]
+        ),
+    )
+    url = await permalink(client, file_id)
+    return f"<{url}|the file>" if url else "the file above"
+
+
+async def new_canvas(client: AsyncWebClient, *, title: str, markdown: str) -> str | None:
+    """Create a canvas holding `markdown`; its id, or None when the workspace refuses canvases
+    (off for the workspace or the plan, or the scope not granted), so the caller sends a file.
+    A transient refusal raises: the same call may well be accepted later."""
     try:
-        await reporter.client.canvases_access_set(
-            canvas_id=canvas_id, access_level="read", channel_ids=[order.channel]
+        response = await client.canvases_create(
+            title=title[:250],
+            document_content={
+                "type": "markdown",
+                "markdown": truncate(markdown, CANVAS_MAX_CHARS, "…"),
+            },
+        )
+    except SlackApiError as exc:
+        if is_transient(exc):
+            raise
+        log.info("no canvas (%s); sending a file instead", exc.response.get("error"))
+        return None
+    return str(response["canvas_id"])
+
+
+def canvas_link(canvas: Canvas) -> str:
+    return f"<{canvas.url}|the canvas>" if canvas.url else f"canvas {canvas.id}"
+
+
+async def shared_canvas(client: AsyncWebClient, canvas_id: str, *, channel: str) -> Canvas:
+    """Let `channel` read the canvas, and find its link (both best effort: the canvas exists
+    either way, and the thread says its id)."""
+    try:
+        await client.canvases_access_set(
+            canvas_id=canvas_id, access_level="read", channel_ids=[channel]
         )
     except SlackApiError as exc:
         if is_transient(exc):
             raise
         log.info("could not share the canvas: %s", exc.response.get("error"))
+    return Canvas(canvas_id, await permalink(client, canvas_id))
+
+
+async def permalink(client: AsyncWebClient, file_id: str) -> str | None:
+    """A file's (or canvas's) link, None when Slack will not say (files.info refused)."""
     try:
-        response = await reporter.client.files_info(file=canvas_id)
+        response = await client.files_info(file=file_id)
     except SlackApiError as exc:
         if is_transient(exc):
             raise
-        log.info("could not find the canvas's link: %s", exc.response.get("error"))
+        log.info("could not find the file's link: %s", exc.response.get("error"))
         return None
-    permalink = (response.get("file") or {}).get("permalink")
-    return str(permalink) if permalink else None
+    link = (response.get("file") or {}).get("permalink")
+    return str(link) if link else None
+
+
+async def upload(
+    client: AsyncWebClient, *, channel: str, thread_ts: str | None, file: UploadFile
+) -> str:
+    """Upload `file` into the thread; its file id."""
+    response = await client.files_upload_v2(
+        channel=channel,
+        thread_ts=thread_ts,
+        content=file.content,
+        filename=file.filename,
+        title=file.title,
+        initial_comment=file.comment,
+    )
+    return str((response.get("files") or [{}])[0].get("id", "uploaded"))

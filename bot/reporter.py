@@ -44,7 +44,7 @@ from bot.blocks import (
     truncate,
 )
 from bot.cards import STATE_LABELS, mention
-from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload_files
+from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload, upload_files
 from bot.domain_blocks import domain_request_blocks, domain_request_text
 from bot.home_refresh import HomeRefresher
 from bot.ids import (
@@ -388,18 +388,12 @@ class SlackReporter:
                 )
                 return
         try:
-            response = await self.client.files_upload_v2(
-                channel=order.channel,
-                thread_ts=order.thread_ts,
-                content=file.content,
-                filename=file.filename,
-                title=file.title,
-                initial_comment=file.comment,
+            file_id = await upload(
+                self.client, channel=order.channel, thread_ts=order.thread_ts, file=file
             )
         except BaseException as exc:
             await self._after_failed_post(file.key, exc)
             raise
-        file_id = str((response.get("files") or [{}])[0].get("id", "uploaded"))
         await self.store.slack.save_slack_message(
             key=file.key, purpose=file.purpose, channel=order.channel, ts=file_id, order=order.id
         )

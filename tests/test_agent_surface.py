@@ -131,6 +131,29 @@ async def test_an_order_is_a_session_with_a_live_plan_and_a_rendered_table(
     await pipe.drained()
 
 
+async def test_an_exception_leaves_the_session_suspended(pipe: Pipeline) -> None:
+    """A run that stops in an exception (here its budget's tool calls run out) waits on a
+    person, as a review does: the thread's session is suspended, not left processing."""
+    # The second call (over the budget) waits until the plan streams, so the stream's stop
+    # is what sets the session (a busy deliverer may otherwise first look after the run).
+    streaming = pipe.slack.once(lambda: bool(pipe.slack.calls_to("chat.startStream")))
+    order_id = await pipe.order_started(
+        Reply.tool("read_thread", {}),
+        Reply.tool("read_thread", {}, hold=streaming),
+        budget={"max_tool_calls": 1},
+    )
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    thread = await _thread(pipe, order_id)
+    await pipe.post("Budget exhausted")
+    await pipe.slack.wait_until(lambda: _session(pipe, thread)["status"] == "suspended")
+    assert _in_order(_session(pipe, thread)["history"], ["processing", "suspended"])
+    [stop] = await pipe.slack.wait_for("chat.stopStream")
+    assert stop.args["session_status"] == "suspended"
+    assert "· Needs attention ·" in json.dumps(stop.args["blocks"], ensure_ascii=False)
+    await pipe.drained()
+    assert _session(pipe, thread)["status"] == "suspended"
+
+
 async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline) -> None:
     order_id = await pipe.order_started(
         Reply.tool("read_thread", {}), Reply(text="thinking slowly", delay=30)
@@ -152,7 +175,9 @@ async def test_the_native_stop_is_cancel_under_cancels_authority(pipe: Pipeline)
     assert _session(pipe, thread)["status"] == "processing"
     [refusal] = [e for e in pipe.slack.ephemerals if e["recipient"] == "U9"]
     assert "can stop it" in refusal["text"]
-    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.RUNNING
+    # ... and costs nothing: the run keeps its reservation and its status.
+    after = await pipe.bot.store.orders.get_row(order_id)
+    assert (after.status, after.reserved_micro_usd) == (row.status, row.reserved_micro_usd)
 
     # The requester's stop cancels the run, as Cancel does: its reservation is released.
     status, _ = await pipe.bot.sender.event(pipe.slack.stop_pressed(*thread, "U1"))

@@ -4,6 +4,7 @@ against the fake Anthropic and OpenAI servers with scripted answers, so every sc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -441,10 +442,14 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
         "First draft: Acme $10 (https://acme.example/pricing), Globex $12. Ask ann@acme.com or "
         "<@U0123ABCD>; token sk-ant-abcdef1234567890.", 1,
     )  # fmt: skip
+    # Thumbs on each version (a press counts for the version shown when it was made).
+    await store.feedback.record_order_feedback(pricing.id, user="U5", rating="down")
     await review.decide(store, settings, pricing.id, "changes", actor="U2", feedback="Initech?")
     second = await _deliver(
         store, settings, pricing.id, "Second draft: Acme $10, Globex $12, Initech $9, sourced.", 2
     )
+    await store.feedback.record_order_feedback(pricing.id, user="U6", rating="up")
+    await store.feedback.record_order_feedback(pricing.id, user="U7", rating="up")
     await review.decide(store, settings, pricing.id, "approve", actor="U2", deliverable_id=second)
     memo = await store.orders.create_order(
         make_order(status=Status.AWAITING_CONFIRMATION, title="Churn memo", verification=reviewed),
@@ -480,6 +485,13 @@ async def test_reviewers_decisions_export_as_a_redacted_suite_that_evaluates(
     assert cases[0]["deliverable"] == (
         "First draft: Acme $10 ([url]), Globex $12. Ask [email] or [person]; token [secret]."
     )
+    # People's thumbs ride along as counts per case (none: no key); who pressed is not there.
+    assert [c.get("feedback") for c in cases] == [
+        {"up": 0, "down": 1},
+        {"up": 2, "down": 0},
+        None,
+    ]
+    assert not {"U5", "U6", "U7"} & set(re.findall(r"U\d+", suite.read_text()))
 
     # The verifier passes the first draft (the reviewer sent it back), fails the rejected memo
     # and passes the approved second draft.

@@ -177,8 +177,9 @@ async def test_slack_agent_sessions_as_documented(fake_slack: FakeSlack) -> None
 
 async def test_slack_streams_as_documented(fake_slack: FakeSlack) -> None:
     """chat.startStream / appendStream / stopStream through the real SDK, with Slack's rules:
-    a channel stream names its recipient, markdown_text stops at 12,000 characters, a task
-    update with a known id updates that task, and a stopped stream takes no more."""
+    a channel stream names its recipient, markdown_text stops at 12,000 characters, malformed
+    chunks are invalid_chunks, a task update with a known id updates that task, and a stopped
+    stream takes no more."""
     client = slack_client(fake_slack)
     root = fake_slack.add_message("C1", "please", user="U1")
     task = {"type": "task_update", "id": "t1", "title": "Reading", "status": "in_progress"}
@@ -198,6 +199,18 @@ async def test_slack_streams_as_documented(fake_slack: FakeSlack) -> None:
     )
     too_long = client.chat_appendStream(channel="C1", ts=ts, markdown_text="x" * 12_001)
     assert await _slack_error(too_long) == "invalid_arguments"
+    # Malformed chunks are Slack's invalid_chunks on all three methods (its method reference).
+    bad_chunks = [
+        [{**task, "status": "done"}],
+        [{"type": "task_update", "title": "no id", "status": "complete"}],
+        [{"type": "sparkle"}],
+        [{"type": "markdown_text", "text": "x" * 12_001}],
+    ]
+    for chunks in bad_chunks:
+        for method in (client.chat_startStream, client.chat_appendStream, client.chat_stopStream):
+            call = method(channel="C1", thread_ts=root["ts"], ts=ts, chunks=chunks,
+                          recipient_user_id="U1", recipient_team_id="T1")  # fmt: skip
+            assert await _slack_error(call) == "invalid_chunks", (method, chunks)
     await client.chat_appendStream(channel="C1", ts=ts, chunks=[{**task, "status": "complete"}])
     stopped = await client.chat_stopStream(
         channel="C1",

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
+from bot.blocks import MARKDOWN_TEXT_MAX
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.dedupe import recover_unhandled
 from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
@@ -182,6 +183,47 @@ async def test_a_chat_answer_is_markdown_that_slack_renders(
     assert "| EBITDA | earnings before interest |" in block["text"]
     assert "the glossary (https://evil.example)" in block["text"]
     assert "<!channel>" not in block["text"] and "<!channel>" not in answer.args["text"]
+
+
+LONG_ANSWER = "# EBITDA\n\n" + " ".join(
+    ["EBITDA is earnings before interest, taxes and amortisation."] * 250
+)
+
+
+async def test_a_long_chat_answer_goes_to_a_canvas_linked_from_a_short_message(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Past a markdown block's limit the answer is a canvas shared with the channel, like a long
+    deliverable; the thread gets a short message linking it, with the feedback buttons."""
+    assert len(LONG_ANSWER) > MARKDOWN_TEXT_MAX
+    fake_anthropic.script(chat(LONG_ANSWER))
+    await bot.sender.event(bot.sender.app_mention("<@UBOT> explain EBITDA at length", channel="C1"))
+    [answer] = await fake_slack.wait_for("chat.postMessage")
+    [canvas_id] = fake_slack.canvases
+    assert fake_slack.canvases[canvas_id]["markdown"] == LONG_ANSWER
+    assert fake_slack.canvases[canvas_id]["channels"] == {"C1": "read"}
+    link = f"https://test.slack.com/docs/T1/{canvas_id}"
+    [line, rating] = answer.args["blocks"]  # the link, then the feedback buttons
+    assert link in line["text"]["text"] and link in answer.args["text"]
+    assert len(answer.args["text"]) < 300 and rating["type"] == "context_actions"
+    assert not fake_slack.calls_to("files.getUploadURLExternal")  # no file beside it
+
+
+async def test_without_canvases_a_long_chat_answer_is_a_file_in_the_thread(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_slack.fail_next("canvases.create", status=200, error="canvas_disabled_user_team")
+    fake_anthropic.script(chat(LONG_ANSWER))
+    mention = bot.sender.app_mention("<@UBOT> explain EBITDA at length", channel="C1")
+    await bot.sender.event(mention)
+    [answer] = await fake_slack.wait_for("chat.postMessage")
+    [upload] = fake_slack.calls_to("files.completeUploadExternal")
+    assert upload.args["thread_ts"] == mention["ts"] and not fake_slack.canvases
+    [file] = [f for f in fake_slack.files.values() if f["name"].endswith(".md")]
+    assert file["content"] == LONG_ANSWER.encode()
+    [line, rating] = answer.args["blocks"]
+    assert f"https://test.slack.com/files/UBOT/{file['id']}" in line["text"]["text"]
+    assert len(answer.args["text"]) < 300 and rating["type"] == "context_actions"
 
 
 async def test_retried_event_produces_one_reply_and_one_model_call(

@@ -994,6 +994,7 @@ class FakeSlack(FakeServer):
         mode = args.get("task_display_mode", "timeline")
         if mode not in ("timeline", "plan"):
             errors.append("[ERROR] task_display_mode must be timeline or plan")
+        _check_chunks(args)
         errors += _stream_errors(args)
         if errors:
             raise SlackError("invalid_arguments", errors)
@@ -1007,6 +1008,7 @@ class FakeSlack(FakeServer):
     def _chat_append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         self._streaming_method()
         message = self._stream(args)
+        _check_chunks(args)
         errors = _stream_errors(args)
         if not (args.get("markdown_text") or args.get("chunks")):
             errors.append("[ERROR] markdown_text or chunks is required")
@@ -1018,6 +1020,7 @@ class FakeSlack(FakeServer):
     def _chat_stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         self._streaming_method()
         message = self._stream(args)
+        _check_chunks(args)
         errors = _stream_errors(args)
         status = args.get("session_status")
         if status is not None and status not in SESSION_STATUSES:
@@ -1075,14 +1078,20 @@ TASK_STATUSES = ("pending", "in_progress", "complete", "error")
 
 
 def _stream_errors(args: Mapping[str, Any]) -> list[str]:
-    errors: list[str] = []
     text = args.get("markdown_text")
     if isinstance(text, str) and len(text) > STREAM_MARKDOWN_MAX:
-        errors.append(f"[ERROR] markdown_text is {len(text)} characters, over 12000")
+        return [f"[ERROR] markdown_text is {len(text)} characters, over 12000"]
+    return []
+
+
+def _check_chunks(args: Mapping[str, Any]) -> None:
+    """Raise what chat.*Stream answer to malformed `chunks`: `invalid_chunks` (Slack's method
+    reference for all three), not `invalid_arguments`."""
+    errors: list[str] = []
     chunks = args.get("chunks")
     if chunks is not None and not isinstance(chunks, list):
-        return [*errors, "[ERROR] chunks must be an array"]
-    for i, chunk in enumerate(chunks or []):
+        errors.append("[ERROR] chunks must be an array")
+    for i, chunk in enumerate(chunks if isinstance(chunks, list) else []):
         kind = (chunk or {}).get("type")
         if kind == "markdown_text":
             if len(str(chunk.get("text") or "")) > STREAM_MARKDOWN_MAX:
@@ -1094,7 +1103,8 @@ def _stream_errors(args: Mapping[str, Any]) -> list[str]:
                 errors.append(f"[ERROR] chunks/{i}/status must be one of {TASK_STATUSES}")
         elif kind != "plan_update":
             errors.append(f"[ERROR] chunks/{i}: unknown chunk type {kind!r}")
-    return errors
+    if errors:
+        raise SlackError("invalid_chunks", errors)
 
 
 def _apply_chunks(message: dict[str, Any], args: Mapping[str, Any]) -> None:

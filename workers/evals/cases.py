@@ -78,6 +78,13 @@ class Criterion(_Strict):
     why: str = ""
 
 
+class CaseFeedback(_Strict):
+    """People's thumbs on a deliverable, as counts (who pressed stays in the database)."""
+
+    up: int = Field(ge=0)
+    down: int = Field(ge=0)
+
+
 class VerifyCase(_Strict):
     id: str = Field(min_length=1)
     title: str = Field(min_length=1)
@@ -93,6 +100,11 @@ class VerifyCase(_Strict):
     )
     tags: list[str] = Field(default_factory=list)
     source: str = ""
+    feedback: CaseFeedback | None = Field(
+        default=None,
+        description="an exported case: the 👍 / 👎 people gave the deliverable in Slack; "
+        "not scored, for choosing and reading cases",
+    )
 
     @model_validator(mode="after")
     def _labelled(self) -> VerifyCase:

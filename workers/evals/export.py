@@ -4,7 +4,8 @@ Each decision made since a date (approve, reject, request changes), on the deliv
 made on, is one case: the order's criteria, that deliverable's text, and the decision as the
 case's label (approved: met; rejected or changes requested: not met). Reviewers decide on the
 whole deliverable, so the label is the case's, not each criterion's. Approvals by the order's
-own requester are left out: they are no independent review.
+own requester are left out: they are no independent review. People's standing thumbs on that
+deliverable (Slack's feedback buttons) go with the case as counts.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from workers.evals.cases import Criterion, VerifyCase
+from workers.evals.cases import CaseFeedback, Criterion, VerifyCase
 from workers.evals.redact import redact
 from workers.store import Store
+from workers.store.reporting.calibration import OrderFeedback
 from workers.workorder import Status, WorkOrder, format_order_id
 
 LABELS = {
@@ -38,6 +40,9 @@ async def export_decisions(
     """The decisions made at or after `since`, oldest first. With `redact_with` (the
     deployment's secrets, possibly none), every text is redacted (workers.evals.redact)."""
     order_ids = await store.reporting.decided_orders(since, LABELS)
+    # Every standing press, whenever made: one made before `since` still rates a deliverable
+    # decided on after it.
+    rated = await store.reporting.order_feedback([format_order_id(n) for n in order_ids])
     self_approved = missing = 0
     decided: list[tuple[datetime, VerifyCase]] = []
     for number in order_ids:
@@ -54,7 +59,8 @@ async def export_decisions(
             if not isinstance(deliverable_id, int) or deliverable_id not in contents:
                 missing += 1
                 continue
-            case = _case(order, deliverable_id, contents[deliverable_id], to, event.at)
+            thumbs = _feedback(rated.get(order.id or ""), deliverable_id)
+            case = _case(order, deliverable_id, contents[deliverable_id], to, event.at, thumbs)
             if redact_with is not None:
                 case = _redacted(case, redact_with)
             decided.append((event.at, case))
@@ -62,7 +68,14 @@ async def export_decisions(
     return Export(cases, self_approved, missing)
 
 
-def _case(order: WorkOrder, deliverable_id: int, content: str, to: str, at: datetime) -> VerifyCase:
+def _case(
+    order: WorkOrder,
+    deliverable_id: int,
+    content: str,
+    to: str,
+    at: datetime,
+    feedback: CaseFeedback | None,
+) -> VerifyCase:
     decision, met = LABELS[to]
     return VerifyCase(
         id=f"{order.id}-d{deliverable_id}",
@@ -75,7 +88,18 @@ def _case(order: WorkOrder, deliverable_id: int, content: str, to: str, at: date
         met=met,
         tags=[decision],
         source=f"{order.id}: {decision} on {at.date().isoformat()}",
+        feedback=feedback,
     )
+
+
+def _feedback(rated: OrderFeedback | None, deliverable_id: int) -> CaseFeedback | None:
+    """The presses on this version of the deliverable (a press counts for the version shown
+    when it was made), as counts; None when nobody rated it."""
+    ratings = [r for r in (rated.ratings if rated else ()) if r.deliverable_id == deliverable_id]
+    if not ratings:
+        return None
+    up = sum(r.rating == "up" for r in ratings)
+    return CaseFeedback(up=up, down=len(ratings) - up)
 
 
 def _redacted(case: VerifyCase, secrets: Sequence[str]) -> VerifyCase:
