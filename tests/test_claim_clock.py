@@ -1,6 +1,8 @@
 """Claims of messages to send use the database's clock (issue 18, failure 3): a process whose
 host clock runs 120 s ahead takes neither another process's live outbox claim nor its live
-post claim, so it never sends the same message a second time."""
+post claim, so it never sends the same message a second time. Due times are the database's too:
+what such a process writes (a message, a status, a prompt, an order put back in the queue) is
+due at once for every other process, not 120 s later."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import pytest
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from workers import models
-from workers.store import OutboxItem, Store
+from workers.budget import quota_week
+from workers.store import Admission, OutboxItem, Store
+from workers.workorder import Status
 
 SKEW = timedelta(seconds=120)
 
@@ -88,6 +92,82 @@ async def test_a_host_clock_ahead_does_not_take_a_live_post_claim(
 
         assert state == "busy", state  # "retaken" would look for the post, miss it, post again
         assert row.claimed_by == "right"
+    finally:
+        await right.close()
+        await skewed.close()
+
+
+def _admission() -> Admission:
+    return Admission(
+        week=quota_week(models.utcnow()),
+        quota_micro_usd=lambda team: 10**12,
+        max_runs_per_user=lambda team: 10,
+    )
+
+
+async def _claimed_kinds(store: Store) -> list[str]:
+    """Claim what is due now and mark it sent; the kinds claimed."""
+    taken = await store.outbox.claim_outbox("right")
+    for message in taken:
+        assert message.id is not None
+        await store.outbox.outbox_sent(message.id, "right")
+    return sorted(m.kind for m in taken)
+
+
+async def test_what_a_host_clock_ahead_writes_is_due_at_once(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message a process whose clock runs 120 s ahead writes, and the order it puts back
+    in the queue, can be claimed at once by a process whose clock is right: its due times are
+    the database's, not its own (audit of issue 18: they were the host's)."""
+    right, skewed = Store(database.engine()), Store(database.engine())
+    try:
+        order = await right.orders.create_order(
+            make_order(status=Status.AWAITING_CONFIRMATION), actor="U1"
+        )
+        assert order.id is not None
+        order_id = order.id
+        with host_clock_ahead(monkeypatch, SKEW):
+            await skewed.outbox.add_to_outbox(order_id, [OutboxItem("question", f"{order_id}:question:1")])
+            await skewed.queue.enqueue(order_id, priority=1, actor="U1", reason="started")
+        # A new message and the status row a state change inserts.
+        assert await _claimed_kinds(right) == ["question", "status"]
+
+        with host_clock_ahead(monkeypatch, SKEW):
+            claim = await skewed.queue.claim("skewed", lease_ttl_s=60, admission=_admission())
+        assert claim.attempt is not None and claim.attempt.id is not None
+        assert await _claimed_kinds(right) == ["status"]  # the sent status row, rewritten
+
+        with host_clock_ahead(monkeypatch, SKEW):
+            assert await skewed.outbox.report_status(order_id, "Reading the thread")
+            approval = await skewed.approvals.request_approval(
+                order_id,
+                tool_use_id="toolu_1",
+                tool="drop_table",
+                server="wh",
+                arguments={"table": "t"},
+                attempt_id=claim.attempt.id,
+            )
+        # A run's step on the status row and the approval prompt its request owes.
+        assert await _claimed_kinds(right) == ["approval", "status"]
+
+        with host_clock_ahead(monkeypatch, SKEW):
+            parked = await skewed.queue.finish_run(
+                order_id,
+                "skewed",
+                Status.WAITING_FOR_REQUESTER,
+                reason="waiting for a person to allow a tool call",
+                attempt_id=claim.attempt.id,
+                awaiting=["toolu_1"],
+            )
+            assert parked is not None and parked.status is Status.WAITING_FOR_REQUESTER
+            assert approval.id is not None
+            await skewed.approvals.decide_approval(approval.id, "once", actor="U1")
+        assert await _claimed_kinds(right) == ["approval_decided", "status"]
+        # The answer put the order back in the queue: due now, not once the skewed clock's now
+        # has come.
+        again = await right.queue.claim("right", lease_ttl_s=60, admission=_admission())
+        assert again.order is not None and again.order.id == order_id
     finally:
         await right.close()
         await skewed.close()

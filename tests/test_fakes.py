@@ -111,6 +111,24 @@ async def test_slack_server_error_surfaces_without_retry(fake_slack: FakeSlack) 
     assert info.value.response["error"] == "channel_not_found"
 
 
+async def test_slack_answers_writes_into_an_archived_channel_is_archived(
+    fake_slack: FakeSlack,
+) -> None:
+    client = slack_client(fake_slack)
+    root = await client.chat_postMessage(channel="C2", text="before")
+    fake_slack.archived.add("C2")
+    for write in (
+        client.chat_postMessage(channel="C2", text="hi", thread_ts=root["ts"]),
+        client.chat_update(channel="C2", ts=root["ts"], text="edited"),
+    ):
+        with pytest.raises(SlackApiError) as info:
+            await write
+        assert info.value.response["error"] == "is_archived"
+    replies = await client.conversations_replies(channel="C2", ts=root["ts"])  # still readable
+    assert [m["text"] for m in replies["messages"]] == ["before"]
+    assert (await client.chat_postMessage(channel="C1", text="elsewhere"))["ok"]
+
+
 async def test_slack_files_upload_v2_end_to_end(fake_slack: FakeSlack) -> None:
     client = slack_client(fake_slack)
     root = await client.chat_postMessage(channel="C1", text="report coming")

@@ -70,6 +70,24 @@ _JSON_ARGS = frozenset({"blocks", "attachments", "view", "files", "metadata", "u
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
+# Methods that write into a channel: Slack answers them `is_archived` in an archived channel
+# (reading it, conversations.replies, still works).
+_CHANNEL_WRITES = frozenset(
+    {
+        "chat.postMessage",
+        "chat.update",
+        "chat.delete",
+        "chat.postEphemeral",
+        "chat.unfurl",
+        "chat.startStream",
+        "chat.appendStream",
+        "chat.stopStream",
+        "files.completeUploadExternal",
+        "reactions.add",
+        "reactions.remove",
+    }
+)
+
 
 class SlackError(Exception):
     """Raised by a method handler to answer `{"ok": false, "error": <code>}`; `messages` go
@@ -187,6 +205,8 @@ class FakeSlack(FakeServer):
         self.calls: list[Call] = []
         self.responses: list[ResponseUrlPost] = []
         self.delay: dict[str, float] = {}
+        self.archived: set[str] = set()
+        """Archived channels: every write into one is answered `is_archived`."""
         self.gates: dict[str, asyncio.Event] = {}
         """Calls of a gated method are held (recorded, unanswered) until its event is set."""
         self.users: dict[str, dict[str, Any] | None] = {}
@@ -506,6 +526,9 @@ class FakeSlack(FakeServer):
             return 200, {"ok": False, "error": "not_authed"}
         if call.token not in self.tokens:
             return 200, {"ok": False, "error": "invalid_auth"}
+        if call.method in _CHANNEL_WRITES and self.archived:
+            if (call.args.get("channel") or call.args.get("channel_id")) in self.archived:
+                return 200, {"ok": False, "error": "is_archived"}
         handler = self.handlers.get(call.method)
         if handler is None:
             # Slack's answer, and a loud one here: a method the fake does not know is one the

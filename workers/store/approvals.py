@@ -24,7 +24,7 @@ from workers.errors import NotFound
 from workers.keys import approval_key, decided_key, domain_key
 from workers.models import ToolApproval, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number, row_to_order
-from workers.store.leases import fenced_row
+from workers.store.leases import fenced_row, transaction_now
 from workers.store.outbox import OutboxItem, write_outbox
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -299,7 +299,7 @@ class ApprovalsStore(StoreBase):
                     Status.QUEUED,
                     actor=actor,
                     reason=f"answered {what}: {decision}",
-                    available_at=utcnow(),
+                    available_at=await transaction_now(s),  # due now on the database's clock
                 )
             # The prompt shows who decided: an edit sent by the same road as the prompt, after it.
             key = prompt_key(approval)

@@ -93,6 +93,22 @@ log = logging.getLogger(__name__)
 _AFTER_COMMIT = "delegate_after_commit"
 # Session.info key: the transaction wrote outbox rows (`StoreBase.on_outbox`).
 OUTBOX_WRITTEN = "delegate_outbox_written"
+# Session.info key: the database's clock as this transaction last read it (workers.store.leases
+# `database_now`, or beside a locked order row), so that the due times it writes are the
+# database's without a statement of their own (`transaction_now`).
+DATABASE_NOW = "delegate_database_now"
+
+# The database's current time, as a column: text on SQLite, a timestamp on PostgreSQL.
+SQLITE_NOW = func.strftime("%Y-%m-%d %H:%M:%f", "now")
+POSTGRES_NOW = func.statement_timestamp()
+
+
+def database_time(value: Any) -> datetime:
+    """A time read from SQLITE_NOW or POSTGRES_NOW, as an aware UTC datetime."""
+    if isinstance(value, str):  # SQLite
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @event.listens_for(AsyncSession.sync_session_class, "after_commit")
@@ -102,6 +118,12 @@ def _after_commit(session: Any) -> None:
             callback()
         except Exception:  # the commit stands: a listener's failure must not look like its own
             log.exception("after-commit listener failed")
+
+
+@event.listens_for(AsyncSession.sync_session_class, "after_transaction_end")
+def _forget_clock(session: Any, transaction: Any) -> None:
+    if transaction.parent is None:  # the clock read belongs to the transaction, not the session
+        session.info.pop(DATABASE_NOW, None)
 
 
 @event.listens_for(AsyncSession.sync_session_class, "after_soft_rollback")
@@ -166,11 +188,19 @@ class StoreBase:
     async def _row(
         self, s: AsyncSession, ref: OrderRef, *, for_update: bool = False
     ) -> WorkOrderRow:
+        """The order's row; `for_update` locks it for the rest of the transaction and reads the
+        database's clock beside it (in the same statement), for the due times the transaction
+        writes (`transaction_now`)."""
         number = order_number(ref)
-        query = select(WorkOrderRow).where(WorkOrderRow.id == number)
-        if for_update:
-            query = self._for_update(query)
-        row = (await s.exec(query)).first()
+        if not for_update:
+            row = (await s.exec(select(WorkOrderRow).where(WorkOrderRow.id == number))).first()
+        else:
+            clock = SQLITE_NOW if self._sqlite else POSTGRES_NOW
+            query = self._for_update(select(WorkOrderRow, clock).where(WorkOrderRow.id == number))
+            found = (await s.exec(query)).first()
+            row = None
+            if found is not None:
+                row, s.info[DATABASE_NOW] = found[0], database_time(found[1])
         if row is None:
             raise NotFound(f"{format_order_id(number)} does not exist")
         return row

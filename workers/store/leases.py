@@ -12,18 +12,24 @@ agree on when a lease ends.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.errors import LeaseLost, NotFound
 from workers.models import RunAttempt, WorkOrderRow
-from workers.store.base import StoreBase
+from workers.store.base import (
+    DATABASE_NOW,
+    POSTGRES_NOW,
+    SQLITE_NOW,
+    StoreBase,
+    database_time,
+)
 from workers.workorder import Status, format_order_id
 
-_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
-_POSTGRES_NOW = text("SELECT statement_timestamp()")
+_SQLITE_NOW = select(SQLITE_NOW)
+_POSTGRES_NOW = select(POSTGRES_NOW)
 
 
 async def database_now(store: StoreBase | None, s: AsyncSession) -> datetime:
@@ -32,10 +38,16 @@ async def database_now(store: StoreBase | None, s: AsyncSession) -> datetime:
     assert s.bind is not None
     sqlite = s.bind.dialect.name == "sqlite"
     value = (await s.exec(_SQLITE_NOW if sqlite else _POSTGRES_NOW)).one()[0]  # type: ignore[call-overload]
-    if isinstance(value, str):  # SQLite
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    now = s.info[DATABASE_NOW] = database_time(value)
+    return now
+
+
+async def transaction_now(s: AsyncSession) -> datetime:
+    """The database's time for the due times this transaction writes: the time it already read
+    (`database_now`, or with its locked order row), else read now. Never the host's clock: a
+    host whose clock runs ahead would write rows nobody may claim until its own now comes."""
+    known = s.info.get(DATABASE_NOW)
+    return known if known is not None else await database_now(None, s)
 
 
 async def fenced_row(store: StoreBase, s: AsyncSession, attempt_id: int) -> WorkOrderRow:

@@ -25,10 +25,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.keys import decided_key, exception_key, result_key, review_key, status_key
-from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow, utcnow
+from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow
 from workers.states import IN_FLIGHT
 from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
-from workers.store.leases import database_now
+from workers.store.leases import database_now, transaction_now
 from workers.workorder import Budget, Status, format_order_id
 
 URGENT, NORMAL, STATUS = 0, 1, 2
@@ -288,9 +288,11 @@ async def write_outbox(
     s: AsyncSession, ref: OrderRef, items: Iterable[OutboxItem], *, now: datetime | None = None
 ) -> None:
     """Add messages inside an open transaction; a key written before is left as it was, but for
-    the status row, which the newest status rewrites (`write_status`). `now` is the database's
-    clock (the caller's transaction read it), so every process agrees on when a row is due."""
-    now = now or utcnow()
+    the status row, which the newest status rewrites (`write_status`). Rows are due at the
+    database's time (`now`, or the time the transaction read: `transaction_now`), so every
+    process agrees on when a row is due: one whose clock ran ahead would otherwise hold back
+    everything it writes by as much."""
+    now = now if now is not None else await transaction_now(s)
     for item in items:
         s.info[OUTBOX_WRITTEN] = True
         if item.kind == "status":
