@@ -115,23 +115,49 @@ class Deliverer:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep up to `batch` sends in flight, claiming more as each one ends: a send Slack is
+        slow to answer (a timeout, the client's own retries) holds up only its own order."""
         next_auth_check = 0.0
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                if await self.store.outbox.problem(SLACK) is not None:
-                    if loop.time() >= next_auth_check:
-                        next_auth_check = loop.time() + self.auth_recheck_s
-                        await self.check_token()
-                else:
-                    while await self.deliver_due() and not stop.is_set():
-                        pass
-            except Exception:
-                log.exception("outbox delivery pass failed; retrying")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await _first(stop.wait, self._wake.wait)
+        sending: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    if await self.store.outbox.problem(SLACK) is not None:
+                        if loop.time() >= next_auth_check:
+                            next_auth_check = loop.time() + self.auth_recheck_s
+                            await self.check_token()
+                    else:
+                        await self._claim_more(sending)
+                except Exception:
+                    log.exception("outbox delivery pass failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_s):
+                        await _first(stop.wait, self._wake.wait)
+        finally:
+            # Sends are finished, never cut off: a post cut off mid-call is an uncertain post.
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    async def _claim_more(self, sending: set[asyncio.Task[None]]) -> None:
+        while (free := self.batch - len(sending)) > 0:
+            messages = await self.store.outbox.claim_outbox(
+                self.owner, limit=free, claim_s=self.claim_s
+            )
+            for message in messages:
+                task = asyncio.create_task(self._send(message), name=f"send {message.key}")
+                sending.add(task)
+                task.add_done_callback(lambda done: self._sent(done, sending))
+            if len(messages) < free:
+                return
+
+    def _sent(self, task: asyncio.Task[None], sending: set[asyncio.Task[None]]) -> None:
+        sending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # _send records every Slack outcome; this is its bookkeeping failing (the database).
+            # The claim runs out and the message is sent again then.
+            log.error("outbox send failed", exc_info=exc)
+        self.kick()  # a slot is free
 
     async def check_token(self) -> bool:
         """auth.test: clear the recorded token problem if Slack accepts the token again."""

@@ -111,6 +111,40 @@ async def test_a_slack_outage_longer_than_the_retries_is_delivered_once_when_sla
     assert _posted(fake_slack) == [key]
 
 
+async def test_a_post_slack_is_slow_to_answer_holds_up_no_other_order(
+    store: Store, fake_slack: FakeSlack
+) -> None:
+    """A send takes as long as Slack takes to answer: up to the client's timeout, and longer
+    with its retries. Meanwhile the same deliverer sends what other orders are owed."""
+    slow = await _order(store, channel="C-slow")
+    fine = await _order(store, channel="C1")
+    assert slow.id and fine.id
+    answer = fake_slack.channel_gates["C-slow"] = asyncio.Event()
+    await store.outbox.add_to_outbox(
+        slow.id, [exception_notice(exception_key(slow.id, 1), "budget", "out of budget")]
+    )
+    deliverer = _deliverer(store, fake_slack)
+    stop = asyncio.Event()
+    running = deliverer.start(stop)
+    try:
+        await fake_slack.wait_until(
+            lambda: any(c.args.get("channel") == "C-slow" for c in fake_slack.calls)
+        )
+        # Written while the slow post waits for its answer.
+        await store.outbox.add_to_outbox(
+            fine.id, [exception_notice(exception_key(fine.id, 1), "budget", "out of budget")]
+        )
+        await fake_slack.wait_until(lambda: exception_key(fine.id or "", 1) in _posted(fake_slack))
+        assert exception_key(slow.id, 1) not in _posted(fake_slack)
+        answer.set()
+        await fake_slack.wait_until(lambda: exception_key(slow.id or "", 1) in _posted(fake_slack))
+    finally:
+        answer.set()
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    assert await store.outbox.undelivered() == []
+
+
 async def test_one_order_s_undeliverable_message_does_not_hold_up_another_s(
     store: Store, fake_slack: FakeSlack
 ) -> None:

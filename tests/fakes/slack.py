@@ -209,6 +209,8 @@ class FakeSlack(FakeServer):
         """Archived channels: every write into one is answered `is_archived`."""
         self.gates: dict[str, asyncio.Event] = {}
         """Calls of a gated method are held (recorded, unanswered) until its event is set."""
+        self.channel_gates: dict[str, asyncio.Event] = {}
+        """Calls into a gated channel are held (recorded, unanswered) until its event is set."""
         self.users: dict[str, dict[str, Any] | None] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.ephemerals: list[dict[str, Any]] = []
@@ -472,9 +474,12 @@ class FakeSlack(FakeServer):
         token = _bearer(request.headers.get("Authorization")) or args.pop("token", None)
         call = Call(method, args, CIMultiDict(request.headers), token)
         self.calls.append(call)
+        self._touched()  # waits on calls still unanswered (a gated one) see it arrive
         if delay := self.delay.get(method):
             await asyncio.sleep(delay)
         if gate := self.gates.get(method):
+            await gate.wait()
+        if gate := self.channel_gates.get(str(args.get("channel") or args.get("channel_id") or "")):
             await gate.wait()
         headers = {"x-oauth-scopes": ",".join(self.scopes)}
         fault = self._draw_fault(method)
