@@ -202,7 +202,11 @@ async def test_slack_streams_as_documented(fake_slack: FakeSlack) -> None:
     root = fake_slack.add_message("C1", "please", user="U1")
     task = {"type": "task_update", "id": "t1", "title": "Reading", "status": "in_progress"}
     no_recipient = client.chat_startStream(channel="C1", thread_ts=root["ts"], chunks=[task])
-    assert await _slack_error(no_recipient) == "invalid_arguments"
+    assert await _slack_error(no_recipient) == "missing_recipient_user_id"
+    no_team = client.chat_startStream(
+        channel="C1", thread_ts=root["ts"], recipient_user_id="U1", chunks=[task]
+    )
+    assert await _slack_error(no_team) == "missing_recipient_team_id"
     started = await client.chat_startStream(
         channel="C1",
         thread_ts=root["ts"],
@@ -215,6 +219,7 @@ async def test_slack_streams_as_documented(fake_slack: FakeSlack) -> None:
     assert await _slack_error(client.chat_update(channel="C1", ts=ts, text="x")) == (
         "cant_update_message"
     )
+    assert await _slack_error(client.chat_appendStream(channel="C1", ts=ts)) == "no_text"
     too_long = client.chat_appendStream(channel="C1", ts=ts, markdown_text="x" * 12_001)
     assert await _slack_error(too_long) == "invalid_arguments"
     # Malformed chunks are Slack's invalid_chunks on all three methods (its method reference).

@@ -1014,11 +1014,12 @@ class FakeSlack(FakeServer):
     def _chat_start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
         self._streaming_method()
         channel = _require(args, "channel", error="channel_not_found")
+        if not channel.startswith("D"):  # a channel stream names its reader (method reference)
+            if not args.get("recipient_user_id"):
+                raise SlackError("missing_recipient_user_id")
+            if not args.get("recipient_team_id"):
+                raise SlackError("missing_recipient_team_id")
         errors: list[str] = []
-        if not channel.startswith("D") and not (
-            args.get("recipient_user_id") and args.get("recipient_team_id")
-        ):
-            errors.append("[ERROR] recipient_user_id and recipient_team_id are required in channels")
         mode = args.get("task_display_mode", "timeline")
         if mode not in ("timeline", "plan"):
             errors.append("[ERROR] task_display_mode must be timeline or plan")
@@ -1037,9 +1038,9 @@ class FakeSlack(FakeServer):
         self._streaming_method()
         message = self._stream(args)
         _check_chunks(args)
-        errors = _stream_errors(args)
         if not (args.get("markdown_text") or args.get("chunks")):
-            errors.append("[ERROR] markdown_text or chunks is required")
+            raise SlackError("no_text")
+        errors = _stream_errors(args)
         if errors:
             raise SlackError("invalid_arguments", errors)
         _apply_chunks(message, args)
