@@ -132,6 +132,7 @@ class _Failure:
     error: str
     retry_after: float | None
     processed: bool = False
+    matching: Callable[[dict[str, Any]], bool] | None = None
 
 
 @dataclass
@@ -341,19 +342,21 @@ class FakeSlack(FakeServer):
         times: int = 1,
         error: str | None = None,
         processed: bool = False,
+        matching: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         """Make the next `times` calls of `method` fail with `status` (200 + `error` also works).
 
         A 429 carries `Retry-After` (default 1 second) and the error `ratelimited`. With
         `processed`, Slack carries the call out first and only the answer is the failure (a
-        post made, then a 500): the case an idempotency key has to handle.
+        post made, then a 500): the case an idempotency key has to handle. With `matching`,
+        only calls whose arguments it accepts fail (one message's edits, not every edit).
         """
         default_error = {429: "ratelimited", 503: "service_unavailable"}.get(
             status, "internal_error" if status >= 500 else "fatal_error"
         )
         if status == 429 and retry_after is None:
             retry_after = 1
-        failure = _Failure(status, error or default_error, retry_after, processed)
+        failure = _Failure(status, error or default_error, retry_after, processed, matching)
         self._failures.setdefault(method, deque()).extend([failure] * times)
 
     def flaky(
@@ -520,8 +523,8 @@ class FakeSlack(FakeServer):
 
     def _answer(self, call: Call, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         queue = self._failures.get(call.method)
-        if queue:
-            failure = queue.popleft()
+        failure = _next_failure(queue, call.args) if queue else None
+        if failure is not None:
             if failure.processed and (handler := self.handlers.get(call.method)) is not None:
                 handler(call.args)
             if failure.retry_after is not None:
@@ -1346,6 +1349,15 @@ def _require(args: Mapping[str, Any], name: str, *, error: str) -> Any:
     if value in (None, ""):
         raise SlackError(error)
     return value
+
+
+def _next_failure(queue: deque[_Failure], args: dict[str, Any]) -> _Failure | None:
+    """Take the first failure queued for a call with these arguments."""
+    for position, failure in enumerate(queue):
+        if failure.matching is None or failure.matching(args):
+            del queue[position]
+            return failure
+    return None
 
 
 def _bearer(header: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,8 @@ from aiohttp import web
 from slack_bolt.async_app import AsyncApp
 
 from bot.app import create_app
+from bot.delivery import Deliverer
+from bot.reporter import SlackReporter
 from bot.server import build_web_app, start_site
 from bot.slack_client import make_slack_client
 from tests.fakes.slack import FakeSlack, SlackSender
@@ -37,9 +40,15 @@ class RunningBot:
 
 @asynccontextmanager
 async def running_bot(
-    settings: Settings, *, store: Store, fake_slack: FakeSlack, **_: Any
+    settings: Settings,
+    *,
+    store: Store,
+    fake_slack: FakeSlack,
+    deliver: bool = False,
+    **_: Any,
 ) -> AsyncIterator[RunningBot]:
-    """Serve the bot over HTTP on a free port, talking to `fake_slack`."""
+    """Serve the bot over HTTP on a free port, talking to `fake_slack`; with `deliver`, a
+    `Deliverer` sends the outbox beside it, as in `delegate run`."""
     settings = settings.model_copy(update={"slack_api_url": fake_slack.api_url})
     client = make_slack_client(settings, backoff_factor_s=0.01)
     router = ModelRouter.from_settings(settings, store)
@@ -59,6 +68,13 @@ async def running_bot(
     url = f"http://{host}:{port}"
     secret = settings.slack_signing_secret
     assert secret is not None
+    stop = asyncio.Event()
+    deliverer = None
+    if deliver:
+        reporter = SlackReporter(
+            store=store, client=make_slack_client(settings, backoff_factor_s=0.01)
+        )
+        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
     try:
         yield RunningBot(
             url=url,
@@ -68,5 +84,8 @@ async def running_bot(
             bolt=bolt,
         )
     finally:
+        stop.set()
+        if deliverer is not None:
+            await asyncio.wait_for(deliverer, 20)
         await runner.cleanup()
         await router.close()
