@@ -126,7 +126,7 @@ def create_app(
             settings,
             store=store,
             client=client,
-            reporter=SlackReporter(store=store, client=client, home=homes),
+            reporter=SlackReporter(store=store, client=client, home=homes, settings=settings),
             conversations=conversations,
         ),
     )

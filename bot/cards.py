@@ -48,6 +48,13 @@ def card_text(order: WorkOrder) -> str:
     return f"{order.id or 'Draft'}: {untrusted(order.title)} ({state_label(order)})"
 
 
+def card_note_text(note: str, actor: str) -> str:
+    """The card's line saying who started or cancelled the order (`CardNote`)."""
+    if note == "started":
+        return f"Started by {mention(actor)}. I'll post progress in this thread."
+    return f"Cancelled by {mention(actor)}."
+
+
 def render_card(
     order: WorkOrder, settings: Settings, *, open_points: list[str] | None = None, note: str = ""
 ) -> list[Block]:

@@ -43,6 +43,7 @@ from workers.models import IntakeSession
 from workers.permissions import may_control
 from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
+from workers.store.outbox import card_note_item
 from workers.workorder import WorkOrder, format_order_id
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,8 @@ class Conversations:
     async def show_card(
         self, order: WorkOrder, *, open_points: list[str] | None = None, note: str = ""
     ) -> None:
-        """Post the order's card in its thread, or update it in place if it was posted before."""
+        """Post the order's card in its thread, or update it in place if it was posted before.
+        (Who started or cancelled the order is edited in by the deliverer: `card_note_item`.)"""
         assert order.id and order.channel
         if open_points is None:
             open_points = await self.dialogue.open_points(order.id)
@@ -218,14 +220,17 @@ class Conversations:
         order = await self.store.orders.get_order(order_id)
         if not await self._authorised(order, user, channel, "start"):
             return None
+        # The card says who started it through the outbox: written with the start, edited in
+        # by the deliverer (a failed edit is retried there, not lost here).
         try:
-            order = await self.dialogue.start(order_id, actor=user, reason="started by requester")
+            return await self.dialogue.start(
+                order_id,
+                actor=user,
+                reason="started by requester",
+                outbox=[card_note_item(order.id or order_id, "started", actor=user)],
+            )
         except IllegalTransition:
             return None  # already started (a double click) or no longer startable
-        await self.show_card(
-            order, note=f"Started by <@{user}>. I'll post progress in this thread."
-        )
-        return order
 
     async def cancel(self, order_id: str, *, user: str, channel: str) -> WorkOrder | None:
         order = await self.store.orders.get_order(order_id)
@@ -234,11 +239,14 @@ class Conversations:
         if order.status in TERMINAL:
             return None
         try:
-            order = await self.dialogue.cancel(order_id, actor=user, reason="cancelled from Slack")
+            return await self.dialogue.cancel(
+                order_id,
+                actor=user,
+                reason="cancelled from Slack",
+                outbox=[card_note_item(order.id or order_id, "cancelled", actor=user)],
+            )
         except IllegalTransition:
             return None
-        await self.show_card(order, note=f"Cancelled by <@{user}>.")
-        return order
 
     async def _authorised(self, order: WorkOrder, user: str, channel: str, verb: str) -> bool:
         if may_control(order, user, self.settings):

@@ -12,7 +12,6 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import Block
 from bot.cards import mention
 from bot.conversation import Conversations
 from bot.ids import (
@@ -29,7 +28,6 @@ from bot.ids import (
 )
 from bot.modals import changes_modal, extend_modal, parse_extend
 from bot.reporter import SlackReporter
-from bot.review_blocks import decided_blocks
 from workers.config import Settings
 from workers.errors import IllegalTransition, NotPermitted, OutdatedDecision
 from workers.keys import result_key, review_key
@@ -174,28 +172,22 @@ class Decisions:
         user: str,
         usd: float | None = None,
         minutes: int | None = None,
-    ) -> tuple[WorkOrder | None, str]:
-        """Extend, Retry or Cancel; returns the order (None if refused) and a line describing it."""
+    ) -> str | None:
+        """Extend, Retry or Cancel; None if done, else why not. The exception notice shows who
+        did it through the outbox (the edit is written with the action, sent by the deliverer),
+        as the status message does."""
         order = await self.store.orders.get_order(order_id)
         if not may_handle_exception(order, user, self.settings):
-            return (
-                None,
-                exception_refusal(order),
-            )
+            return exception_refusal(order)
         try:
-            updated = await handle_exception(
+            await handle_exception(
                 self.store, self.settings, order_id, action, actor=user, usd=usd, minutes=minutes
             )
         except IllegalTransition:
-            return None, f"Someone already acted on {order.id}."
+            return f"Someone already acted on {order.id}."
         except NotPermitted as refused:
-            return None, str(refused)
-        words = {
-            "extend": f"Budget extended to {updated.budget.describe()} by {mention(user)}; resuming from the last checkpoint.",
-            "retry": f"Retried by {mention(user)}; resuming from the last checkpoint.",
-            "cancel": f"Cancelled by {mention(user)}.",
-        }
-        return updated, words[action]
+            return str(refused)
+        return None
 
 
 def register(app: AsyncApp, decisions: Decisions) -> None:
@@ -302,21 +294,11 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        updated, line = await decisions.act_on_exception(
+        problem = await decisions.act_on_exception(
             action["value"], action_name, user=body["user"]["id"]
         )
-        if updated is None:
-            await refuse(client, body, line)
-            return
-        message = body.get("message") or {}
-        blocks: list[Block] = message.get("blocks") or []
-        await _update_quietly(
-            client,
-            channel=body["channel"]["id"],
-            ts=message["ts"],
-            text=line,
-            blocks=decided_blocks(blocks, line=line),
-        )
+        if problem:
+            await refuse(client, body, problem)
 
     def exception_handler(name: ExceptionAction) -> Any:
         async def handler(
@@ -338,11 +320,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
         order = await permitted(client, body, action, may_handle_exception, exception_refusal)
         if order is None:
             return
-        metadata = {
-            "order_id": order.id,
-            "channel": body["channel"]["id"],
-            "ts": (body.get("message") or {}).get("ts"),
-        }
+        metadata = {"order_id": order.id}
         await client.views_open(
             trigger_id=body["trigger_id"],
             view=extend_modal(order, metadata, factor=settings.review.extend_factor),
@@ -372,20 +350,11 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             await ack(response_action="errors", errors={"usd": refusal})
             return
         await ack()  # the extension and the thread updates come after Slack has its answer
-        updated, line = await decisions.act_on_exception(
+        problem = await decisions.act_on_exception(
             str(order.id), "extend", user=body["user"]["id"], usd=usd, minutes=minutes
         )
-        if updated is None:
-            await refuse(client, body, line)
-            return
-        if metadata.get("ts"):
-            await _update_quietly(
-                client,
-                channel=metadata["channel"],
-                ts=metadata["ts"],
-                text=line,
-                blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": line}}],
-            )
+        if problem:
+            await refuse(client, body, problem)
 
 
 def reviewer_refusal(order: WorkOrder) -> str:
@@ -411,10 +380,3 @@ def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:
     ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
     return (str(channel), str(ts)) if channel and ts else None
 
-
-async def _update_quietly(client: AsyncWebClient, **kwargs: Any) -> None:
-    """Update a message that may be gone (deleted, or too old); the decision stands regardless."""
-    try:
-        await client.chat_update(**kwargs)
-    except SlackApiError as exc:
-        log.info("could not update the message: %s", exc.response.get("error"))

@@ -43,7 +43,7 @@ from bot.blocks import (
     sections,
     truncate,
 )
-from bot.cards import STATE_LABELS, mention
+from bot.cards import STATE_LABELS, card_note_text, card_text, mention, render_card
 from bot.deliverable_files import Canvas, UploadFile, canvas_once, upload, upload_files
 from bot.domain_blocks import domain_request_blocks, domain_request_text
 from bot.home_refresh import HomeRefresher
@@ -64,14 +64,17 @@ from bot.review_blocks import (
     review_actions,
     review_blocks,
 )
+from workers.config import Settings
 from workers.delivery import replay
 from workers.errors import RetryLater
-from workers.keys import deliverable_of, result_key, review_key, status_key
+from workers.keys import card_key, deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
 from workers.progress import (
     ApprovalRequest,
+    CardNote,
     DomainRequest,
+    ExceptionDecision,
     ExceptionKind,
     ReviewDecision,
     RunResult,
@@ -125,12 +128,15 @@ class SlackReporter:
         *,
         store: Store,
         client: AsyncWebClient,
+        settings: Settings,
         home: HomeRefresher | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.home = home
+        self.settings = settings
+        """What the work-order card shows of the configuration (its policy's tools)."""
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.live = LivePlan(store=store, client=client, owner=self.owner)
 
@@ -315,31 +321,61 @@ class SlackReporter:
     async def exception(
         self, order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend, *, key: str
     ) -> None:
-        people = {order.escalation_contact, order.requester} - {None}
-        title = EXCEPTION_TITLES.get(kind, "The run stopped")
-        body = (
-            f"{' '.join(mention(p) for p in sorted(people, key=str))} *{order.id}: {title}.*\n"
-            f"{untrusted(message)}\nSpend so far: {spend.describe()}."
-        )
-        assert order.id
-        controls = {
-            "type": "actions",
-            "block_id": "exception_controls",
-            "elements": [
-                button("Extend budget +50 %", EXTEND_ACTION, order.id, style="primary"),
-                button("Extend…", EXTEND_CUSTOM_ACTION, order.id),
-                button("Retry", RETRY_ACTION, order.id),
-                button("Cancel", EXCEPTION_CANCEL_ACTION, order.id, style="danger"),
-            ],
-        }
-        await self.post_once(
-            order,
-            key=key,
-            purpose=f"exception:{kind}",
-            text=body,
-            blocks=[*sections(body), controls],
-        )
+        body, blocks = exception_blocks(order, kind, message, spend)
+        await self.post_once(order, key=key, purpose=f"exception:{kind}", text=body, blocks=blocks)
         self._changed(order)
+
+    async def exception_decided(self, order: WorkOrder, decision: ExceptionDecision) -> None:
+        """Show who pressed Extend, Retry or Cancel on the exception notice: the notice as it
+        was posted, its buttons replaced by that line. A notice never posted needs nothing."""
+        posted = await self.store.slack.slack_message(decision.key)
+        if posted is None or not posted.ts:
+            return
+        line = exception_decision_line(decision)
+        _, blocks = exception_blocks(order, decision.kind, decision.message, decision.spend)
+        await self._edit(
+            order,
+            posted.channel,
+            posted.ts,
+            text=line,
+            blocks=decided_blocks(blocks, line=line),
+            gone="the exception notice is gone; the action stands",
+        )
+
+    async def card_note(self, order: WorkOrder, note: CardNote, *, actor: str) -> None:
+        """Redraw the order's card as the order stands, with who started or cancelled it. A
+        card never posted (an order from the console) needs nothing."""
+        assert order.id
+        posted = await self.store.slack.slack_message(card_key(order.id))
+        if posted is None or not posted.ts:
+            return
+        session = await self.store.slack.intake_for_order(order.id)
+        open_points = list((session.draft or {}).get("open_points", [])) if session else []
+        blocks = render_card(
+            order, self.settings, open_points=open_points, note=card_note_text(note, actor)
+        )
+        await self._edit(
+            order,
+            posted.channel,
+            posted.ts,
+            text=card_text(order),
+            blocks=blocks,
+            gone="the card is gone; the order stands",
+        )
+
+    async def _edit(
+        self, order: WorkOrder, channel: str, ts: str, *, text: str, blocks: list[Block], gone: str
+    ) -> None:
+        """Edit a message the outbox owes an edit: one deleted (or too old to edit) needs none;
+        any other refusal goes back to the deliverer, which retries or gives up on it."""
+        try:
+            await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+        except SlackApiError as exc:
+            if exc.response.get("error") in ("message_not_found", "cant_update_message"):
+                log.info(gone, extra={"order": order.id})
+                return
+            _raise_retry_later(exc)
+            raise
 
     async def notice(
         self, order: WorkOrder, text: str, *, key: str, purpose: str = "notice"
@@ -589,6 +625,41 @@ class SlackReporter:
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not cursor:
                 return None
+
+
+def exception_blocks(
+    order: WorkOrder, kind: ExceptionKind, message: str, spend: Spend
+) -> tuple[str, list[Block]]:
+    """An exception notice (its text, and its blocks with the Extend/Retry/Cancel buttons)."""
+    assert order.id
+    people = {order.escalation_contact, order.requester} - {None}
+    title = EXCEPTION_TITLES.get(kind, "The run stopped")
+    body = (
+        f"{' '.join(mention(p) for p in sorted(people, key=str))} *{order.id}: {title}.*\n"
+        f"{untrusted(message)}\nSpend so far: {spend.describe()}."
+    )
+    controls = {
+        "type": "actions",
+        "block_id": "exception_controls",
+        "elements": [
+            button("Extend budget +50 %", EXTEND_ACTION, order.id, style="primary"),
+            button("Extend…", EXTEND_CUSTOM_ACTION, order.id),
+            button("Retry", RETRY_ACTION, order.id),
+            button("Cancel", EXCEPTION_CANCEL_ACTION, order.id, style="danger"),
+        ],
+    }
+    return body, [*sections(body), controls]
+
+
+def exception_decision_line(decision: ExceptionDecision) -> str:
+    """What an exception notice says in place of its buttons once someone has acted on it."""
+    who = mention(decision.actor)
+    if decision.action == "extend":
+        budget = decision.budget.describe() if decision.budget is not None else "more"
+        return f"Budget extended to {budget} by {who}; resuming from the last checkpoint."
+    if decision.action == "retry":
+        return f"Retried by {who}; resuming from the last checkpoint."
+    return f"Cancelled by {who}."
 
 
 def deliverable_filename(order_id: str, key: str) -> str:

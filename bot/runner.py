@@ -200,7 +200,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         asyncio.create_task(token.run(stop), name="bot-token-watch"),
         asyncio.create_task(models.run(stop), name="model-recheck"),
     ]
-    reporter = SlackReporter(store=store, client=client, home=homes)
+    reporter = SlackReporter(store=store, client=client, home=homes, settings=settings)
     deliverer = Deliverer(store, reporter).start(stop)
     follow_ups = FollowUps(settings, store)
     scheduler = AsyncIOScheduler(timezone="UTC")
@@ -321,7 +321,7 @@ async def run_workers_only(
         checks["slack_token"] = token.status
         tasks.append(asyncio.create_task(token.run(stop), name="bot-token-watch"))
         homes = HomeRefresher(HomePublisher(settings, store=store, client=client).refresh)
-        slack = SlackReporter(store=store, client=client, home=homes)
+        slack = SlackReporter(store=store, client=client, home=homes, settings=settings)
         # Sends what any process owes a thread, including what a dead process left unsent.
         tasks.append(Deliverer(store, slack).start(stop))
     else:

@@ -77,7 +77,7 @@ async def bot_with_homes(
         settings=settings,
     )
     try:
-        yield bot, homes, SlackReporter(store=store, client=client, home=homes)
+        yield bot, homes, SlackReporter(store=store, client=client, settings=settings, home=homes)
     finally:
         await homes.close()
         await runner.cleanup()

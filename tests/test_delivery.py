@@ -77,7 +77,7 @@ async def _awaiting_review(store: Store, settings: Any, **fields: Any) -> WorkOr
 
 
 def _deliverer(store: Store, fake_slack: FakeSlack) -> Deliverer:
-    reporter = SlackReporter(store=store, client=_client(fake_slack))
+    reporter = SlackReporter(store=store, client=_client(fake_slack), settings=Settings())
     return Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
 
 
@@ -358,7 +358,7 @@ async def test_a_stale_status_update_never_overwrites_approved(
     settings = settings_factory(
         database_url=str(store.engine.url.render_as_string(hide_password=False))
     )
-    reporter = SlackReporter(store=store, client=_client(fake_slack))
+    reporter = SlackReporter(store=store, client=_client(fake_slack), settings=settings)
     spend = Spend(0.1, 2.0, 100, 1000, 1, 10, 1, 10, 5.0, 60)
     awaiting = await _awaiting_review(store, settings)
     assert awaiting.id
@@ -391,7 +391,9 @@ async def test_two_processes_posting_the_same_key_post_it_once(
     try:
         fake_slack.delay["chat.postMessage"] = 0.3  # both are in flight together
         reporters = [
-            SlackReporter(store=s, client=_client(fake_slack), owner=f"process-{n}")
+            SlackReporter(
+                store=s, client=_client(fake_slack), settings=Settings(), owner=f"process-{n}"
+            )
             for n, s in enumerate((store, other))
         ]
         key = f"{order.id}:notice:1"

@@ -32,7 +32,7 @@ def _client(fake_slack: FakeSlack) -> AsyncWebClient:
 
 
 def _deliverer(store: Store, client: AsyncWebClient) -> Deliverer:
-    reporter = SlackReporter(store=store, client=client)
+    reporter = SlackReporter(store=store, client=client, settings=Settings())
     return Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
 
 

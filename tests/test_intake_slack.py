@@ -17,11 +17,13 @@ from bot.blocks import MARKDOWN_TEXT_MAX
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.dedupe import recover_unhandled
 from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
+from bot.slack_client import TRANSIENT_RETRIES
 from tests.fakes.anthropic import FakeAnthropic, Reply
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import Call, FakeSlack
 from tests.support.bot import RunningBot, running_bot
 from tests.support.intake import chat, draft, questions
 from tests.support.slack import state_from_view
+from tests.support.statements import refusing_outbox_rows
 from tests.support.waiting import bot_idle, eventually
 from workers import queue
 from workers.audit import AuditKey
@@ -37,7 +39,7 @@ async def bot(
     store: Store, fake_slack: FakeSlack, settings_factory: Callable[..., Any]
 ) -> AsyncIterator[RunningBot]:
     settings = settings_factory(admins=["UADMIN"])
-    async with running_bot(settings, store=store, fake_slack=fake_slack) as running:
+    async with running_bot(settings, store=store, fake_slack=fake_slack, deliver=True) as running:
         yield running
 
 
@@ -448,6 +450,98 @@ async def test_double_click_starts_once(
         e.data.get("to") for e in await bot.store.audit.audit_trail(order_id) if e.kind == "transition"
     ]
     assert kinds.count("queued") == 1
+
+
+async def _card_ts(bot: RunningBot, order_id: str) -> str:
+    saved = await bot.store.slack.slack_message(f"{order_id}:card")
+    assert saved is not None and saved.ts
+    return saved.ts
+
+
+def _edits_of(fake_slack: FakeSlack, ts: str) -> list[Call]:
+    """The chat.update calls on the message `ts` that Slack carried out."""
+    return [
+        c
+        for c in fake_slack.calls_to("chat.update")
+        if c.args.get("ts") == ts and c.status == 200 and (c.response or {}).get("ok")
+    ]
+
+
+async def _drained(store: Store) -> None:
+    async def empty() -> bool:
+        return not await store.outbox.undelivered()
+
+    await eventually(empty)
+
+
+@pytest.mark.parametrize(
+    ("action", "line", "status"),
+    [
+        (START_ACTION, "Started by <@U1>. I'll post progress in this thread.", Status.QUEUED),
+        (CANCEL_ACTION, "Cancelled by <@U1>.", Status.CANCELLED),
+    ],
+)
+async def test_the_cards_start_or_cancel_line_slack_fails_to_show_arrives_once_from_the_outbox(
+    bot: RunningBot,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    action: str,
+    line: str,
+    status: Status,
+) -> None:
+    """The card's "Started by"/"Cancelled by" line is owed by the Start or Cancel itself (an
+    outbox row of its transaction): Slack failing the edit, past the client's own retries,
+    only delays it, and the deliverer shows it once."""
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    ts = await _card_ts(bot, order_id)
+    fake_slack.fail_next(
+        "chat.update",
+        status=500,
+        times=TRANSIENT_RETRIES + 1,
+        matching=lambda args: args.get("ts") == ts,
+    )
+    click = bot.sender.block_action(action, order_id, user_id="U1", channel_id="C1", message_ts=ts)
+    assert (await bot.sender.action(click))[0] == 200
+    await fake_slack.wait_until(lambda: bool(_edits_of(fake_slack, ts)))
+    await bot_idle()
+    await _drained(bot.store)
+    assert (await bot.store.orders.get_order(order_id)).status is status
+    [edit] = _edits_of(fake_slack, ts)
+    shown = _blocks_text(edit.args["blocks"])
+    assert line in shown and order_id in shown and START_ACTION not in shown
+    tried = [c for c in fake_slack.calls_to("chat.update") if c.args.get("ts") == ts]
+    assert len(tried) == TRANSIENT_RETRIES + 2, "failed as often as asked, then shown once"
+
+
+async def test_a_start_whose_card_line_cannot_be_written_is_not_made(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """The card's line is written in the Start's own transaction: when it cannot be, the order
+    is not started either and the card keeps its buttons. Pressed again, Start goes through
+    and the card says so once."""
+    order_id, _ = await _proposed(bot, fake_slack, fake_anthropic)
+    ts = await _card_ts(bot, order_id)
+    def click() -> dict[str, Any]:  # each press is a request of its own
+        return bot.sender.block_action(
+            START_ACTION, order_id, user_id="U1", channel_id="C1", message_ts=ts
+        )
+
+    with refusing_outbox_rows(bot.store.engine, "card"):
+        await bot.sender.action(click())
+        await bot_idle()
+    assert (await bot.store.orders.get_order(order_id)).status is Status.AWAITING_CONFIRMATION
+    session = await bot.store.slack.intake_for_order(order_id)
+    assert session is not None and session.state == IntakeState.PROPOSED
+    await _drained(bot.store)
+    assert fake_slack.calls_to("chat.update") == []
+
+    await bot.sender.action(click())
+    await fake_slack.wait_until(lambda: bool(_edits_of(fake_slack, ts)))
+    await bot_idle()
+    await _drained(bot.store)
+    assert (await bot.store.orders.get_order(order_id)).status is Status.QUEUED
+    [edit] = _edits_of(fake_slack, ts)
+    assert "Started by <@U1>." in _blocks_text(edit.args["blocks"])
 
 
 async def test_an_order_is_never_queued_while_its_dialogue_still_reads_as_a_draft(

@@ -17,6 +17,7 @@ from tests.fakes.slack import FakeSlack
 from tests.support.factories import make_order
 from tests.support.waiting import eventually
 from workers import queue
+from workers.config import Settings
 from workers.store import Store
 from workers.store.outbox import merge_plan
 from workers.workorder import Status, WorkOrder
@@ -26,7 +27,7 @@ def _deliverer(store: Store, fake_slack: FakeSlack) -> Deliverer:
     """A new process's deliverer: a client of its own, so nothing is remembered of what an
     earlier one sent (without retry handlers: every failure reaches the deliverer at once)."""
     client = AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
-    reporter = SlackReporter(store=store, client=client)
+    reporter = SlackReporter(store=store, client=client, settings=Settings())
     return Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
 
 

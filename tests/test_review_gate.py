@@ -28,6 +28,8 @@ from bot.ids import (
     REJECT_ACTION,
     RETRY_ACTION,
 )
+from bot.review_blocks import decided_blocks
+from bot.slack_client import TRANSIENT_RETRIES
 from tests.fakes.anthropic import Reply
 from tests.fakes.slack import FakeSlack
 from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
@@ -35,6 +37,7 @@ from tests.support.records import attempts as fetch_attempts
 from tests.support.records import llm_calls
 from tests.support.settings import FAST_ENGINE
 from tests.support.slack import state_from_view
+from tests.support.statements import refusing_outbox_rows
 from tests.support.waiting import bot_idle, eventually
 from workers.followup import FollowUps
 from workers.keys import status_key
@@ -500,6 +503,15 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
     assert (await pipe.bot.sender.action(ok))[0] == 200
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
     assert (await pipe.bot.store.orders.get_order(order_id)).budget.max_usd == 5.0
+    # The notice shows the extension as the +50 % button's would: its buttons give way.
+    notice, ts = await pipe.post(EXTEND_ACTION), _notice_ts(pipe, EXTEND_ACTION)
+    await pipe.slack.wait_until(lambda: bool(_edits_of(pipe, ts)))
+    [edit] = _edits_of(pipe, ts)
+    line = edit.args["text"]
+    assert line.startswith("Budget extended to $5.00 · ") and line.endswith(
+        "by <@UADMIN>; resuming from the last checkpoint."
+    )
+    assert edit.args["blocks"] == decided_blocks(notice["blocks"], line=line)
 
 
 @pytest.mark.parametrize(
@@ -593,6 +605,88 @@ async def test_stalled_run_posts_an_exception_and_retry_resumes_it(pipe: Pipelin
     await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
     await pipe.post("finally done")
     await pipe.update("Retried by <@U1>")
+
+
+def _notice_ts(pipe: Pipeline, action_id: str) -> str:
+    """The ts of the latest message posted with the button `action_id`."""
+    [*_, notice] = [
+        c
+        for c in pipe.slack.calls_to("chat.postMessage")
+        if action_id in json.dumps(c.args.get("blocks") or [])
+    ]
+    assert notice.response is not None
+    return str(notice.response["ts"])
+
+
+def _edits_of(pipe: Pipeline, ts: str) -> list[Any]:
+    """The chat.update calls on the message `ts` that Slack carried out."""
+    return [
+        c
+        for c in pipe.slack.calls_to("chat.update")
+        if c.args.get("ts") == ts and c.status == 200 and (c.response or {}).get("ok")
+    ]
+
+
+async def test_a_retry_acknowledgement_slack_fails_to_show_arrives_once_from_the_outbox(
+    pipe: Pipeline,
+) -> None:
+    """The edit that shows who pressed Retry on the exception notice is owed by the Retry
+    itself (an outbox row of its transaction): Slack failing it, past the client's own
+    retries, only delays it. The deliverer shows it once, on the notice as it was posted."""
+    chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
+    order_id = await pipe.order_started(*chatter)
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    notice = await pipe.post(RETRY_ACTION)
+    ts = _notice_ts(pipe, RETRY_ACTION)
+    pipe.slack.fail_next(
+        "chat.update",
+        status=500,
+        times=TRANSIENT_RETRIES + 1,
+        matching=lambda args: args.get("ts") == ts,
+    )
+    pipe.openai.script(verdicts(True, True, True))
+    pipe.anthropic.script(submit("finally done"))
+    await pipe.click(RETRY_ACTION, order_id, "U1")
+    await pipe.slack.wait_until(lambda: bool(_edits_of(pipe, ts)))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await bot_idle()
+    await pipe.drained()
+    [edit] = _edits_of(pipe, ts)
+    line = "Retried by <@U1>; resuming from the last checkpoint."
+    assert edit.args["text"] == line
+    assert edit.args["blocks"] == decided_blocks(notice["blocks"], line=line)
+    tried = [c for c in pipe.slack.calls_to("chat.update") if c.args.get("ts") == ts]
+    assert len(tried) == TRANSIENT_RETRIES + 2, "failed as often as asked, then shown once"
+    [row] = [m for m in await pipe.bot.store.outbox.outbox(order_id) if m.kind == "exception_decided"]
+    assert row.sent_at is not None and row.attempts == 2 and row.key.endswith(":decided")
+
+
+async def test_an_exception_cancel_whose_acknowledgement_cannot_be_written_is_not_made(
+    pipe: Pipeline,
+) -> None:
+    """The acknowledgement is written in the Cancel's own transaction: when it cannot be, the
+    order is not cancelled either and the notice keeps its buttons. Pressed again, the Cancel
+    goes through and the notice shows it once."""
+    chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
+    order_id = await pipe.order_started(*chatter)
+    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    notice = await pipe.post(EXCEPTION_CANCEL_ACTION)
+    ts = _notice_ts(pipe, EXCEPTION_CANCEL_ACTION)
+    await pipe.drained()
+    with refusing_outbox_rows(pipe.bot.store.engine, "exception_decided"):
+        await pipe.click(EXCEPTION_CANCEL_ACTION, order_id, "U1")
+        await bot_idle()
+    assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.EXCEPTION
+    await pipe.drained()
+    assert not [c for c in pipe.slack.calls_to("chat.update") if c.args.get("ts") == ts]
+
+    await pipe.click(EXCEPTION_CANCEL_ACTION, order_id, "U1")
+    await pipe.status_of(order_id, Status.CANCELLED)
+    await pipe.slack.wait_until(lambda: bool(_edits_of(pipe, ts)))
+    await bot_idle()
+    await pipe.drained()
+    [edit] = _edits_of(pipe, ts)
+    assert edit.args["blocks"] == decided_blocks(notice["blocks"], line="Cancelled by <@U1>.")
 
 
 async def test_quota_wait_beyond_its_limit_becomes_an_exception(

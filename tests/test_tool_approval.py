@@ -31,6 +31,7 @@ from tests.support.settings import POLICIES, engine_settings
 from tests.support.waiting import eventually
 from workers import queue
 from workers.audit import canonical_json
+from workers.config import Settings
 from workers.progress import ApprovalRequest
 from workers.store import Store
 from workers.store.approvals import MAX_ARGUMENTS_CHARS, CallArguments
@@ -370,7 +371,9 @@ async def test_long_arguments_go_to_the_thread_as_a_file_above_the_prompt(
         order.id, tool_use_id="toolu_1", tool="write_query", server="wh", arguments=arguments
     )
     reporter = SlackReporter(
-        store=store, client=AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
+        store=store,
+        client=AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url),
+        settings=Settings(),
     )
     deliverer = Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
     fake_slack.fail_next("chat.postMessage", 503)  # the prompt fails once after the file is up

@@ -19,6 +19,7 @@ from workers.models import OutboxMessage
 from workers.progress import (
     ApprovalRequest,
     DomainRequest,
+    ExceptionDecision,
     ExceptionKind,
     ProgressReporter,
     ReviewDecision,
@@ -27,6 +28,7 @@ from workers.progress import (
     StatusStep,
 )
 from workers.store import Store, row_to_order
+from workers.workorder import Budget
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,20 @@ async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessag
             self_approved=bool(payload.get("self_approved")),
         )
         await reporter.decided(order, decision)
+    elif message.kind == "exception_decided":
+        budget = payload.get("budget")
+        acted = ExceptionDecision(
+            key=str(payload["key"]),
+            kind=payload.get("kind", "crashed"),
+            message=str(payload.get("message", "")),
+            spend=Spend(**payload["spend"]),
+            action=payload["action"],
+            actor=str(payload.get("actor", "")),
+            budget=Budget.model_validate(budget) if budget is not None else None,
+        )
+        await reporter.exception_decided(order, acted)
+    elif message.kind == "card":
+        await reporter.card_note(order, payload["note"], actor=str(payload.get("actor", "")))
     elif message.kind == "notice":
         purpose = str(payload.get("purpose", "notice"))
         await reporter.notice(order, str(payload.get("text", "")), key=message.key, purpose=purpose)

@@ -9,6 +9,7 @@ the priority of its workload class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ from workers.intake import (
 from workers.models import IntakeSession, utcnow
 from workers.states import EDITABLE, IntakeKind, IntakeState
 from workers.store import EDITABLE_FIELDS, Store
+from workers.store.outbox import OutboxItem
 from workers.workorder import Status, WorkOrder, format_order_id, parse_order_id
 
 # What a refined draft replaces on the order already proposed in the conversation: not what
@@ -221,9 +223,12 @@ class IntakeDialogue:
         self._record(session, "delegate", f"Drafted: {draft_summary(draft.order)}")
         await self.store.slack.save_intake(session)
 
-    async def start(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
-        """Confirm the order: queue it with its class's priority. Raises IllegalTransition if it
-        was started already (a double click) or can no longer be started."""
+    async def start(
+        self, order_id: str, *, actor: str, reason: str, outbox: Sequence[OutboxItem] = ()
+    ) -> WorkOrder:
+        """Confirm the order: queue it with its class's priority, and write what the start owes
+        people (`outbox`) with it. Raises IllegalTransition if it was started already (a
+        double click) or can no longer be started."""
         # Confirmed in the commit that queues it: a worker may claim and run it at once, and a
         # reply read against a dialogue still proposing a draft would go to the draft.
         return await queue.enqueue(
@@ -233,11 +238,15 @@ class IntakeDialogue:
             actor=actor,
             reason=reason,
             intake=IntakeState.CONFIRMED,
+            outbox=outbox,
         )
 
-    async def cancel(self, order_id: str, *, actor: str, reason: str) -> WorkOrder:
-        """Cancel the order and close its conversation. Raises IllegalTransition if finished."""
-        order = await queue.cancel(self.store, order_id, actor=actor, reason=reason)
+    async def cancel(
+        self, order_id: str, *, actor: str, reason: str, outbox: Sequence[OutboxItem] = ()
+    ) -> WorkOrder:
+        """Cancel the order (writing what the cancel owes people, `outbox`, with it) and close
+        its conversation. Raises IllegalTransition if finished."""
+        order = await queue.cancel(self.store, order_id, actor=actor, reason=reason, outbox=outbox)
         await self._set_state(order_id, IntakeState.CLOSED)
         return order
 

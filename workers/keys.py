@@ -18,6 +18,12 @@ def card_key(order_id: str) -> str:
     return f"{order_id}:card"
 
 
+def card_note_key(order_id: str, note: str) -> str:
+    """The edit of the card that says who started or cancelled the order: 'WO-42:card:started',
+    'WO-42:card:cancelled' (each happens once to an order)."""
+    return f"{card_key(order_id)}:{note}"
+
+
 def result_key(order_id: str, deliverable_id: int | None) -> str:
     """A posted deliverable: 'WO-42:result:7' (7 is the stored deliverable's id)."""
     return f"{order_id}:result:{deliverable_id}"
@@ -36,7 +42,8 @@ def review_key(result: str) -> str:
 
 def decided_key(review: str) -> str:
     """The edit that shows the answer on a prompt: 'WO-42:review:7:decided' (a review),
-    'WO-42:approval:3:decided' (an approval request)."""
+    'WO-42:approval:3:decided' (an approval request), 'WO-42:exception:3:decided' (Extend,
+    Retry or Cancel on an exception notice: one of them, once, per notice)."""
     return f"{review}:decided"
 
 

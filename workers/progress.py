@@ -189,6 +189,27 @@ class ReviewDecision:
 
 
 @dataclass(frozen=True)
+class ExceptionDecision:
+    """A person's Extend, Retry or Cancel on an exception notice, as the notice shows it: the
+    notice as it was posted (`kind`, `message`, `spend`: the spend before the action), without
+    its buttons, and who did what."""
+
+    key: str
+    """The notice's idempotency key (e.g. 'WO-42:exception:3')."""
+    kind: ExceptionKind
+    message: str
+    spend: Spend
+    action: Literal["extend", "retry", "cancel"]
+    actor: str
+    budget: Budget | None = None
+    """The envelope an Extend set."""
+
+
+CardNote = Literal["started", "cancelled"]
+"""What a person did to an order that its card says in a line of its own (with who did it)."""
+
+
+@dataclass(frozen=True)
 class DomainRequest:
     """A run wants to read a page outside its allowed domains (`reason` is the model's words)."""
 
@@ -286,6 +307,16 @@ class ProgressReporter(Protocol):
 
     async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
         """A reviewer decided: show it on the review prompt (whose buttons go)."""
+        ...
+
+    async def exception_decided(self, order: WorkOrder, decision: ExceptionDecision) -> None:
+        """Someone pressed Extend, Retry or Cancel: show it on the exception notice (whose
+        buttons go)."""
+        ...
+
+    async def card_note(self, order: WorkOrder, note: CardNote, *, actor: str) -> None:
+        """Someone started or cancelled the order: redraw its card (as the order stands now)
+        with a line saying who."""
         ...
 
     async def notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:

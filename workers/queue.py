@@ -8,7 +8,7 @@ workers at once and an order whose worker died is picked up again once its lease
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from workers.config import Settings
 from workers.models import utcnow
 from workers.states import OPEN, TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Admission, Claim, OrderRef, Store
+from workers.store.outbox import OutboxItem
 from workers.workorder import Status, WorkloadClass, WorkOrder
 
 
@@ -50,9 +51,11 @@ async def enqueue(
     actor: str,
     reason: str = "started",
     intake: IntakeState | None = None,
+    outbox: Sequence[OutboxItem] = (),
 ) -> WorkOrder:
     """Queue an order (from awaiting confirmation, exception, or changes requested), and with
-    `intake` move its intake dialogue to that state in the same commit.
+    `intake` move its intake dialogue to that state in the same commit, in which the messages
+    `outbox` the start owes are written too.
 
     A run that was interrupted resumes from its last checkpoint.
     """
@@ -63,6 +66,7 @@ async def enqueue(
         actor=actor,
         reason=reason,
         intake=intake,
+        outbox=outbox,
     )
 
 
@@ -73,13 +77,23 @@ async def cancel(
     actor: str,
     reason: str = "cancelled",
     expected: Collection[Status] = OPEN,
+    outbox: Sequence[OutboxItem] = (),
+    acknowledge_exception: bool = False,
 ) -> WorkOrder:
     """Cancel an order. A running worker notices within `engine.cancel_poll_s` and stops;
     spend so far stays recorded, calls still in flight are charged their reservation and the
     lease is released at once (a dead worker's run holds nothing until the week ends). Raises
     IllegalTransition for an order already finished, or no longer in one of the `expected`
-    states."""
-    return await store.queue.cancel_order(ref, actor=actor, reason=reason, expected=expected)
+    states. What the cancel owes people (`outbox`, and with `acknowledge_exception` the edit of
+    the exception notice it was pressed on) is written in its transaction."""
+    return await store.queue.cancel_order(
+        ref,
+        actor=actor,
+        reason=reason,
+        expected=expected,
+        outbox=outbox,
+        acknowledge_exception=acknowledge_exception,
+    )
 
 
 async def resume_with_reply(

@@ -179,7 +179,8 @@ async def handle_exception(
     minutes: int | None = None,
 ) -> WorkOrder:
     """Extend (raise the ceilings, then resume), Retry (resume as is) or Cancel an order in
-    exception. Either resumes from the last checkpoint. Raises IllegalTransition if someone
+    exception. Either resumes from the last checkpoint. Each owes the exception notice an
+    edit that shows it, written in its transaction. Raises IllegalTransition if someone
     else acted first, NotPermitted if an Extend raises the order above its workload class's
     envelope and `actor` is neither an admin nor the escalation contact."""
     if action == "cancel":
@@ -190,6 +191,7 @@ async def handle_exception(
             actor=actor,
             reason="cancelled after an exception",
             expected={Status.EXCEPTION},
+            acknowledge_exception=True,
         )
     order = await store.orders.get_order(ref)
     budget = None

@@ -72,7 +72,9 @@ async def running_bot(
     deliverer = None
     if deliver:
         reporter = SlackReporter(
-            store=store, client=make_slack_client(settings, backoff_factor_s=0.01)
+            store=store,
+            client=make_slack_client(settings, backoff_factor_s=0.01),
+            settings=settings,
         )
         deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
     try:

@@ -22,7 +22,9 @@ from workers.config import Settings
 from workers.delivery import drain_outbox
 from workers.progress import (
     ApprovalRequest,
+    CardNote,
     DomainRequest,
+    ExceptionDecision,
     ExceptionKind,
     ReviewDecision,
     RunResult,
@@ -47,6 +49,8 @@ class RecordingReporter:
     results: dict[str, tuple[str, RunResult]] = field(default_factory=dict)
     exceptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     decisions: list[tuple[str, ReviewDecision]] = field(default_factory=list)
+    exceptions_decided: list[tuple[str, ExceptionDecision]] = field(default_factory=list)
+    card_notes: list[tuple[str, str, str]] = field(default_factory=list)
     notices: dict[str, tuple[str, str]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
 
@@ -77,6 +81,12 @@ class RecordingReporter:
 
     async def decided(self, order: WorkOrder, decision: ReviewDecision) -> None:
         self.decisions.append((order.id or "", decision))
+
+    async def exception_decided(self, order: WorkOrder, decision: ExceptionDecision) -> None:
+        self.exceptions_decided.append((order.id or "", decision))
+
+    async def card_note(self, order: WorkOrder, note: CardNote, *, actor: str) -> None:
+        self.card_notes.append((order.id or "", note, actor))
 
     async def notice(self, order: WorkOrder, text: str, *, key: str, purpose: str) -> None:
         self._once(self.notices, key, (order.id or "", text))

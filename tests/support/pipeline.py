@@ -221,7 +221,9 @@ async def pipeline_for(
     async with running_bot(settings, store=store, fake_slack=fake_slack) as bot:
         stop = asyncio.Event()
         reporter = SlackReporter(
-            store=store, client=make_slack_client(bot.settings, backoff_factor_s=0.01)
+            store=store,
+            client=make_slack_client(bot.settings, backoff_factor_s=0.01),
+            settings=bot.settings,
         )
         deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
         worker = asyncio.create_task(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,8 +24,16 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from workers.keys import decided_key, exception_key, result_key, review_key, status_key
+from workers.keys import (
+    card_note_key,
+    decided_key,
+    exception_key,
+    result_key,
+    review_key,
+    status_key,
+)
 from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow
+from workers.progress import CardNote, Spend
 from workers.states import IN_FLIGHT
 from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
 from workers.store.leases import database_now, transaction_now
@@ -44,7 +52,9 @@ SLACK = "slack"
 class OutboxItem:
     """A message to send once the transaction that writes it commits."""
 
-    kind: str  # result, question, exception, domain, decided, notice, status
+    # result, question, exception, domain, approval, decided, approval_decided,
+    # exception_decided, card, notice, status
+    kind: str
     key: str
     payload: dict[str, Any] = field(default_factory=dict)
     priority: int = URGENT
@@ -260,6 +270,47 @@ def decided_item(
         "self_approved": bool(audit.get("self_approved")),
     }
     return [OutboxItem("decided", decided_key(review), payload)]
+
+
+async def exception_decided_item(
+    s: AsyncSession,
+    row: WorkOrderRow,
+    *,
+    action: str,
+    actor: str,
+    budget: Mapping[str, Any] | None = None,
+) -> list[OutboxItem]:
+    """The edit of the exception notice that shows who pressed Extend, Retry or Cancel (its
+    buttons go), owed from the action's own transaction; none if no notice was written.
+
+    Read before the action changes the row: the notice is the order's latest (every move to
+    exception writes one with it), shown again as it was posted, with the spend it showed."""
+    query = (
+        select(OutboxMessage)
+        .where(col(OutboxMessage.order_id) == row.id, col(OutboxMessage.kind) == "exception")
+        .order_by(col(OutboxMessage.id).desc())
+        .limit(1)
+    )
+    notice = (await s.exec(query)).first()
+    if notice is None:
+        return []
+    payload: dict[str, Any] = {
+        "key": notice.key,
+        "kind": notice.payload.get("kind", "crashed"),
+        "message": notice.payload.get("message", ""),
+        "spend": asdict(Spend.of(row)),
+        "action": action,
+        "actor": actor,
+    }
+    if budget is not None:
+        payload["budget"] = dict(budget)
+    return [OutboxItem("exception_decided", decided_key(notice.key), payload)]
+
+
+def card_note_item(order_id: str, note: CardNote, *, actor: str) -> OutboxItem:
+    """The edit of the order's card that says who started or cancelled it, owed from the
+    Start's or the Cancel's own transaction (rendered from the order as it is at send time)."""
+    return OutboxItem("card", card_note_key(order_id, note), {"note": note, "actor": actor})
 
 
 def crashed_notice(row: WorkOrderRow, message: str) -> OutboxItem:

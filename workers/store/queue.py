@@ -26,6 +26,7 @@ from workers.store.outbox import (
     OutboxItem,
     crashed_notice,
     decided_item,
+    exception_decided_item,
     exception_notice,
     status_item,
     write_outbox,
@@ -66,13 +67,15 @@ class QueueStore(SpendStore):
         reason: str,
         now: datetime | None = None,
         intake: IntakeState | None = None,
+        outbox: Sequence[OutboxItem] = (),
     ) -> WorkOrder:
         """Put an order in the queue (Start, Retry, Extend, rework), clearing run bookkeeping;
         with `intake`, move its intake dialogue to that state in the same commit (a worker may
-        claim the order the moment it commits)."""
+        claim the order the moment it commits), and write the messages `outbox` it owes."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
             await self._requeue(s, row, priority=priority, actor=actor, reason=reason, now=now)
+            await write_outbox(s, row.id or 0, outbox)
             if intake is not None:
                 await s.exec(
                     update(IntakeSession)
@@ -156,7 +159,8 @@ class QueueStore(SpendStore):
         budget: dict[str, Any] | None = None,
     ) -> WorkOrder:
         """Retry or Extend: in one transaction, check the order is still in exception, raise its
-        budget if asked, and queue it; of two people acting at once, one wins."""
+        budget if asked, queue it and owe its exception notice the edit that says who did it;
+        of two people acting at once, one wins."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
             check_transition(
@@ -166,6 +170,9 @@ class QueueStore(SpendStore):
                 actor=actor,
                 reason=reason,
                 expected={Status.EXCEPTION},
+            )
+            shown = await exception_decided_item(
+                s, row, action="retry" if budget is None else "extend", actor=actor, budget=budget
             )
             if budget is not None:
                 await self._append_audit(
@@ -188,6 +195,7 @@ class QueueStore(SpendStore):
                 expected={Status.EXCEPTION},
                 **changes,
             )
+            await write_outbox(s, row.id or 0, shown)
             return row_to_order(row)
 
     async def claim(
@@ -485,13 +493,22 @@ class QueueStore(SpendStore):
         actor: str,
         reason: str,
         expected: Collection[Status] | None = None,
+        outbox: Sequence[OutboxItem] = (),
+        acknowledge_exception: bool = False,
     ) -> WorkOrder:
         """Cancel an order and, in the same transaction, release what a run of it holds: the
         lease, the open attempt (which fences out its worker's writes) and the reservations of
         calls still pending, charged their worst case (usage unknown). A worker that died does
-        not keep the team's week reserved."""
+        not keep the team's week reserved. The messages `outbox` the cancel owes are written
+        with it; `acknowledge_exception` (a Cancel pressed on the exception notice) owes the
+        notice the edit that says who cancelled."""
         async with self.transaction() as s:
             row = await self._row(s, ref, for_update=True)
+            shown = (
+                await exception_decided_item(s, row, action="cancel", actor=actor)
+                if acknowledge_exception and row.status == Status.EXCEPTION.value
+                else []
+            )
             # Charge before the move: the team's spend row before the audit's locks (see reap).
             await self._settle_pending(s, row, outcome="interrupted")
             await self._move(
@@ -509,6 +526,7 @@ class QueueStore(SpendStore):
                 .where(col(RunAttempt.order_id) == row.id, col(RunAttempt.ended_at).is_(None))
                 .values(ended_at=utcnow(), outcome="cancelled")
             )
+            await write_outbox(s, row.id or 0, [*shown, *outbox])
             return row_to_order(row)
 
     async def end_attempt(self, attempt_id: int, outcome: str) -> None:
