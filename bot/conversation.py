@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -39,7 +42,7 @@ from workers.dialogue import (
 from workers.errors import IllegalTransition, OrderMoved
 from workers.intake import ChatAnswer, Draft, IntakeEngine, Questions
 from workers.keys import card_key
-from workers.models import IntakeSession
+from workers.models import IntakeSession, SlackMessage
 from workers.permissions import may_control
 from workers.states import TAKES_REPLIES, TERMINAL, IntakeState
 from workers.store import Store
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 GO_WORDS = frozenset({"go", "start", "go ahead", "start it", "yes go", "ship it"})
 CANCEL_WORDS = frozenset({"cancel", "stop", "cancel it", "never mind", "nevermind"})
 TZ_CACHE_S = 3600
+# How long a redraw waits for a card another handler is posting right now.
+CARD_WAIT_S = 5.0
 
 
 def normalise_reply(text: str) -> str:
@@ -84,6 +89,7 @@ class Conversations:
         self.store = store
         self.dialogue = IntakeDialogue(settings, store=store, engine=engine)
         self.client = client
+        self._owner = f"intake:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tz: dict[str, tuple[str, float]] = {}
 
@@ -197,15 +203,32 @@ class Conversations:
             open_points = await self.dialogue.open_points(order.id)
         blocks = render_card(order, self.settings, open_points=open_points, note=note)
         key = card_key(order.id)
-        posted = await self.store.slack.slack_message(key)
-        if posted is not None and posted.ts:
+        # Claimed before it is posted: a Start pressed the moment the card shows finds it being
+        # posted (and its line waits for the ts) rather than no card at all.
+        state, posted = await self.store.slack.claim_slack_message(
+            key=key, purpose="card", channel=order.channel, owner=self._owner, order=order.id
+        )
+        if state == "busy":
+            being_posted = await self._posted_card(key)
+            if being_posted is None:
+                log.warning("the card is still being posted; not redrawn", extra={"order": order.id})
+                return
+            state, posted = "posted", being_posted
+        if state == "posted":
             await self.client.chat_update(
-                channel=posted.channel, ts=posted.ts, text=card_text(order), blocks=blocks
+                channel=posted.channel, ts=posted.ts or "", text=card_text(order), blocks=blocks
             )
             return
-        response = await self.client.chat_postMessage(
-            channel=order.channel, thread_ts=order.thread_ts, text=card_text(order), blocks=blocks
-        )
+        try:
+            response = await self.client.chat_postMessage(
+                channel=order.channel,
+                thread_ts=order.thread_ts,
+                text=card_text(order),
+                blocks=blocks,
+            )
+        except BaseException:
+            await self.store.slack.release_slack_message(key, self._owner)
+            raise
         await self.store.slack.save_slack_message(
             key=key,
             purpose="card",
@@ -213,6 +236,17 @@ class Conversations:
             ts=str(response["ts"]),
             order=order.id,
         )
+
+    async def _posted_card(self, key: str) -> SlackMessage | None:
+        """The card another handler is posting, once it has its ts (None if it takes long)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CARD_WAIT_S):
+                while True:
+                    record = await self.store.slack.slack_message(key)
+                    if record is not None and record.ts:
+                        return record
+                    await asyncio.sleep(0.1)
+        return None
 
     # Controls (buttons, slash commands and thread replies all end up here)
 

@@ -86,6 +86,7 @@ from workers.review import decision_on
 from workers.states import ACTIVE, IN_FLIGHT
 from workers.store import Store
 from workers.store.outbox import RUN
+from workers.store.slack import UNCERTAIN
 from workers.workorder import Status, WorkOrder
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,9 @@ class SlackReporter:
         card never posted (an order from the console) needs nothing."""
         assert order.id
         posted = await self.store.slack.slack_message(card_key(order.id))
+        if posted is not None and not posted.ts and posted.claimed_by not in (None, "", UNCERTAIN):
+            # Pressed the moment the card showed: it is still being recorded.
+            raise RetryLater(BUSY_RETRY_S, "the card is still being posted")
         if posted is None or not posted.ts:
             return
         session = await self.store.slack.intake_for_order(order.id)

@@ -513,6 +513,45 @@ async def test_the_cards_start_or_cancel_line_slack_fails_to_show_arrives_once_f
     assert len(tried) == TRANSIENT_RETRIES + 2, "failed as often as asked, then shown once"
 
 
+async def test_a_start_pressed_the_moment_the_card_shows_is_shown_on_it_once(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Slack shows the card as soon as it has it; the bot records its ts only once Slack has
+    answered the post. A Start pressed in between is still shown on the card, and the card is
+    posted once (the Start used to find no card: its line was dropped, or a second card
+    posted)."""
+    fake_anthropic.script(draft())
+    answer = fake_slack.gates["chat.postMessage"] = asyncio.Event()
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing table", channel="C1")
+    asked = asyncio.create_task(bot.sender.event(mention))
+    try:
+        await fake_slack.wait_until(lambda: bool(fake_slack.calls_to("chat.postMessage")))
+        [order] = await bot.store.orders.list_orders(requester="U1")
+        assert order.id
+        click = bot.sender.block_action(
+            START_ACTION, order.id, user_id="U1", channel_id="C1", message_ts="1.1"
+        )
+        assert (await bot.sender.action(click))[0] == 200
+    finally:
+        del fake_slack.gates["chat.postMessage"]
+        answer.set()
+        await asked
+
+    async def recorded() -> bool:
+        saved = await bot.store.slack.slack_message(f"{order.id}:card")
+        return bool(saved and saved.ts)
+
+    await eventually(recorded)
+    ts = await _card_ts(bot, order.id)
+    await fake_slack.wait_until(lambda: bool(_edits_of(fake_slack, ts)))
+    await _drained(bot.store)
+    [edit] = _edits_of(fake_slack, ts)
+    shown = _blocks_text(edit.args["blocks"])
+    assert "Started by <@U1>" in shown and START_ACTION not in shown
+    posts = fake_slack.calls_to("chat.postMessage")
+    assert len([c for c in posts if START_ACTION in _blocks_text(c.args.get("blocks") or [])]) == 1
+
+
 async def test_a_start_whose_card_line_cannot_be_written_is_not_made(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:

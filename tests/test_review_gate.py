@@ -734,8 +734,13 @@ async def test_cancel_button_on_the_status_message_stops_a_running_order(pipe: P
     slow.delay = 60  # the run is stopped long before this reply would end its step
     order_id = await pipe.order_started(slow)
     await pipe.status_of(order_id, Status.RUNNING)
-    status_message = await pipe.shown("· Running ·")
-    assert CANCEL_ACTION in json.dumps(status_message["blocks"])
+    # The status message offers Cancel (the card, redrawn as the order stands, says Running too).
+    await pipe.slack.wait_until(
+        lambda: any(
+            CANCEL_ACTION in json.dumps(m["blocks"])
+            for m in pipe.posts_with("· Running ·") + pipe.updates_with("· Running ·")
+        )
+    )
     await pipe.click(CANCEL_ACTION, order_id, "U3")  # a bystander
     [refusal] = await pipe.slack.wait_for("chat.postEphemeral")
     assert "Only <@U1>" in refusal.args["text"]
