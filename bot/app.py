@@ -484,14 +484,21 @@ async def _remember(store: Store, event: dict[str, Any]) -> None:
 def _attached(event: dict[str, Any]) -> list[dict[str, Any]] | None:
     """What Slack says is attached to a message (ids, names, types, sizes; never the bytes):
     a run granted read_file may read what its requester attached."""
+    listed = event.get("files")
+    if not isinstance(listed, list):  # anything but Slack's list of file objects: none
+        return None
     files = [
         {
             "id": f["id"],
             "name": str(f.get("name") or f.get("title") or f["id"])[:200],
             "mimetype": str(f.get("mimetype") or ""),
-            "size": int(f.get("size") or 0),
+            "size": _size(f.get("size")),
         }
-        for f in event.get("files") or []
+        for f in listed
         if isinstance(f, dict) and isinstance(f.get("id"), str)
     ]
     return files or None
+
+
+def _size(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -389,6 +389,24 @@ async def test_fuzzed_slash_commands_get_an_answer(
     _check_logs(caplog)
 
 
+@pytest.mark.parametrize(
+    "files",
+    [7, "F1", {"id": "F1"}, [{"id": "F1", "name": "a.csv", "size": "big"}], [None, 3]],
+)
+async def test_a_mention_with_malformed_files_is_answered(
+    bot: RunningBot, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, files: Any
+) -> None:
+    """Slack's `files` is a list of file objects; anything else (found by the fuzzer: a
+    number) is no attachment, never a crashed listener."""
+    caplog.set_level(logging.INFO)
+    event = bot.sender.app_mention("<@UBOT> what is our refund policy?", channel="C1")
+    event["files"] = files
+    assert (await bot.sender.event(event))[0] == 200
+    await fake_slack.wait_until(lambda: bool(fake_slack.calls_to("chat.postMessage")))
+    await bot_idle()
+    _check_logs(caplog)
+
+
 # ---------------------------------------------------------------- oversized bodies
 
 
