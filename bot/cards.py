@@ -52,7 +52,9 @@ def card_note_text(note: str, actor: str) -> str:
     """The card's line saying who started or cancelled the order (`CardNote`)."""
     if note == "started":
         return f"Started by {mention(actor)}. I'll post progress in this thread."
-    return f"Cancelled by {mention(actor)}."
+    if note == "cancelled":
+        return f"Cancelled by {mention(actor)}."
+    return ""  # a review decision: the card's state says it (the prompt names the reviewer)
 
 
 def render_card(

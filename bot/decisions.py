@@ -74,7 +74,6 @@ class Decisions:
         *,
         user: str,
         feedback: str = "",
-        message: tuple[str, str] | None = None,
     ) -> str | None:
         """Record the decision; None on success, else why not (for an ephemeral or a field error).
 
@@ -88,7 +87,7 @@ class Decisions:
         if shown is None:
             shown = -1  # a prompt without a version: not one we can vouch for
         try:
-            decided = await decide(
+            await decide(
                 self.store,
                 self.settings,
                 order_id,
@@ -101,11 +100,8 @@ class Decisions:
             return f"{order.id} has already been decided."
         except OutdatedDecision as outdated:
             return await self.outdated_refusal(order, outdated.current)
-        if decided.waiting_for:  # the thread hears it through the outbox; the buttons stay
-            return None
-        await self._show_decision(
-            decided.order, decision, user=user, feedback=feedback, message=message
-        )
+        # The review prompt, the status message and the card show the decision through the
+        # outbox (written with the decision, sent by the deliverer).
         return None
 
     async def precheck(self, value: str, *, user: str) -> str | None:
@@ -148,19 +144,6 @@ class Decisions:
             f"This prompt shows an earlier version of {order.id}'s deliverable, so the click was "
             f"not counted. Decide on {where}."
         )
-
-    async def _show_decision(
-        self,
-        order: WorkOrder,
-        decision: Decision,
-        *,
-        user: str,
-        feedback: str,
-        message: tuple[str, str] | None,
-    ) -> None:
-        """The review prompt and the status message show the decision through the outbox
-        (written with the decision, sent by the deliverer); the card is redrawn here."""
-        await self.conversations.show_card(order)
 
     # Exceptions
 
@@ -215,7 +198,6 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
                 action["value"],
                 decision,
                 user=body["user"]["id"],
-                message=_clicked(body),
             )
             if problem:
                 await refuse(client, body, problem)
@@ -281,7 +263,6 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             "changes",
             user=user,
             feedback=feedback,
-            message=tuple(metadata["message"]) if metadata.get("message") else None,
         )
         if problem:  # decided meanwhile by someone else, or a newer deliverable arrived
             await refuse(client, body, problem)

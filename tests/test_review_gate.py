@@ -781,3 +781,32 @@ async def test_requester_reply_resumes_a_parked_run(pipe: Pipeline) -> None:
     await pipe.bot.sender.event(reply)
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     assert "EUR please" in json.dumps(pipe.anthropic.requests[-1]["messages"])
+
+
+async def test_the_card_shows_a_review_decision_slack_first_fails_to_show(pipe: Pipeline) -> None:
+    """The card's redraw after a decision is owed by the decision itself (an outbox row of its
+    transaction), like the prompt's: Slack failing the edit past the client's own retries only
+    delays it. It used to be edited from the button handler, and lost."""
+    pipe.openai.script(verdicts(True, True, True))
+    order_id = await pipe.order_started(submit("v1"))
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
+    await pipe.post(APPROVE_ACTION)
+    await pipe.drained()
+    card = await pipe.bot.store.slack.slack_message(f"{order_id}:card")
+    assert card is not None and card.ts
+    ts = card.ts
+    pipe.slack.fail_next(
+        "chat.update",
+        status=500,
+        times=TRANSIENT_RETRIES + 1,
+        matching=lambda args: args.get("ts") == ts,
+    )
+    await pipe.click(APPROVE_ACTION, order_id, "U7")
+    await pipe.status_of(order_id, Status.APPROVED)
+    await pipe.slack.wait_until(
+        lambda: any("Approved" in json.dumps(e.args["blocks"]) for e in _edits_of(pipe, ts))
+    )
+    await pipe.drained()
+    rows = await pipe.bot.store.outbox.outbox(order_id)
+    [row] = [m for m in rows if m.kind == "card" and ":decided:" in m.key]
+    assert row.sent_at is not None and row.attempts == 2

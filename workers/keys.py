@@ -20,7 +20,8 @@ def card_key(order_id: str) -> str:
 
 def card_note_key(order_id: str, note: str) -> str:
     """The edit of the card that says who started or cancelled the order: 'WO-42:card:started',
-    'WO-42:card:cancelled' (each happens once to an order)."""
+    'WO-42:card:cancelled' (each happens once to an order); a review decision's redraw names
+    what was decided: 'WO-42:card:decided:7:approve'."""
     return f"{card_key(order_id)}:{note}"
 
 

@@ -205,7 +205,7 @@ class ExceptionDecision:
     """The envelope an Extend set."""
 
 
-CardNote = Literal["started", "cancelled"]
+CardNote = Literal["started", "cancelled", "decided"]
 """What a person did to an order that its card says in a line of its own (with who did it)."""
 
 

@@ -269,7 +269,13 @@ def decided_item(
         "at": at.isoformat(),
         "self_approved": bool(audit.get("self_approved")),
     }
-    return [OutboxItem("decided", decided_key(review), payload)]
+    # The card shows where the order stands now (approved, rejected, reworking).
+    redraw = OutboxItem(
+        "card",
+        card_note_key(format_order_id(row.id), f"decided:{int(deliverable)}:{decision}"),
+        {"note": "decided", "actor": actor},
+    )
+    return [OutboxItem("decided", decided_key(review), payload), redraw]
 
 
 async def exception_decided_item(
