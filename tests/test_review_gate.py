@@ -472,6 +472,7 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
         *[Reply.tool("read_thread", {}) for _ in range(4)], budget={"max_tool_calls": 3}
     )
     await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.post(EXTEND_CUSTOM_ACTION)  # pressed on the notice, once it is in the thread
     await pipe.click(EXTEND_CUSTOM_ACTION, order_id, "U1")
     [opened] = await pipe.slack.wait_for("views.open")
     view = opened.args["view"]
