@@ -232,7 +232,7 @@ def register(app: AsyncApp, decisions: Decisions) -> None:
             return
         await client.views_open(
             trigger_id=body["trigger_id"],
-            view=changes_modal(order, _clicked(body), value=action["value"], from_home=from_home),
+            view=changes_modal(order, value=action["value"], from_home=from_home),
         )
 
     @app.view(CHANGES_CALLBACK)
@@ -353,11 +353,3 @@ def exception_refusal(order: WorkOrder) -> str:
 def _from_a_view(body: dict[str, Any]) -> bool:
     """A click in App Home (or a modal) rather than on a message."""
     return "view" in body or (body.get("container") or {}).get("type") == "view"
-
-
-def _clicked(body: dict[str, Any]) -> tuple[str, str] | None:
-    """The (channel, ts) of the message whose button was clicked."""
-    channel = (body.get("channel") or {}).get("id")
-    ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
-    return (str(channel), str(ts)) if channel and ts else None
-

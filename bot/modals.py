@@ -357,14 +357,10 @@ def parse_edit(
 
 
 def changes_modal(
-    order: WorkOrder,
-    message: tuple[str, str] | None,
-    *,
-    value: str | None = None,
-    from_home: bool = False,
+    order: WorkOrder, *, value: str | None = None, from_home: bool = False
 ) -> dict[str, Any]:
     """Feedback for a rework; `value` is the clicked button's (the deliverable shown)."""
-    metadata: dict[str, Any] = {"order_id": order.id, "message": message}
+    metadata: dict[str, Any] = {"order_id": order.id}
     if value is not None:
         metadata["value"] = value
     if from_home:

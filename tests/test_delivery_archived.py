@@ -26,12 +26,10 @@ from tests.support.factories import make_order
 from tests.support.pipeline import Pipeline, PipelineFactory
 from tests.support.settings import SIGNING_SECRET
 from tests.support.waiting import eventually
-from tests.test_domain_approval import Loopback, fetch, submit
+from tests.test_domain_approval import fetch, loopback_tools, submit
 from tests.test_metrics_endpoint import scrape, value
 from workers import queue
-from workers.config import Settings
 from workers.keys import status_key
-from workers.tools import ToolRegistry, load_tools
 from workers.workorder import Status
 
 ARCHIVED = "C0ARCHIVED"
@@ -41,16 +39,7 @@ OTHERS = 5
 
 @pytest.fixture
 async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
-    def tools(settings: Settings) -> ToolRegistry:
-        # web_fetch resolves every host to loopback and treats that address as public.
-        return load_tools(
-            settings,
-            use_entry_points=False,
-            resolver=Loopback(),
-            also_allowed=frozenset({"127.0.0.1"}),
-        )
-
-    async with pipeline(tools=tools) as p:
+    async with pipeline(tools=loopback_tools) as p:
         yield p
 
 

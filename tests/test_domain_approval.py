@@ -76,19 +76,21 @@ async def site() -> AsyncIterator[Site]:
         yield server
 
 
+def loopback_tools(settings: Settings) -> ToolRegistry:
+    """The configured tools, web_fetch resolving every host to loopback and treating exactly
+    that address as public (the test site is there)."""
+    return load_tools(
+        settings,
+        use_entry_points=False,
+        resolver=Loopback(),
+        also_allowed=frozenset({"127.0.0.1"}),
+    )
+
+
 @pytest.fixture
 async def pipe(pipeline: PipelineFactory) -> AsyncIterator[Pipeline]:
-    def tools(settings: Settings) -> ToolRegistry:
-        # The site is on loopback: this registry treats exactly that address as public.
-        return load_tools(
-            settings,
-            use_entry_points=False,
-            resolver=Loopback(),
-            also_allowed=frozenset({"127.0.0.1"}),
-        )
-
     async with pipeline(
-        tools=tools,
+        tools=loopback_tools,
         admins=["UADMIN"],
     ) as p:
         yield p

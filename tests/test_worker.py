@@ -233,12 +233,10 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     assert h.anthropic.requests[-1]["messages"][1]["content"][0]["name"] == "read_thread"
 
 
-async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness) -> None:
-    h = harness
-    order = await h.order()
-    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
-    stop = asyncio.Event()
-    task = asyncio.create_task(
+def _pool_in_task(h: Harness, stop: asyncio.Event) -> asyncio.Task[None]:
+    """`run_worker` on the harness's store, router and tools, saying the outbox through its
+    reporter, until `stop` is set."""
+    return asyncio.create_task(
         run_worker(
             h.settings,
             reporter=h.reporter,
@@ -249,6 +247,14 @@ async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness)
             handle_signals=False,
         )
     )
+
+
+async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness) -> None:
+    h = harness
+    order = await h.order()
+    h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+    stop = asyncio.Event()
+    task = _pool_in_task(h, stop)
     # No deliverer of its own: the pool says what the run wrote to the outbox through the
     # reporter it was given (a log-only `delegate worker` does the same with the log).
     await eventually(lambda: bool(h.reporter.results))
@@ -285,17 +291,7 @@ async def test_a_worker_claims_nothing_while_the_model_sdks_load(
 
     monkeypatch.setattr(h.router, "preload", slow_preload)
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_worker(
-            h.settings,
-            reporter=h.reporter,
-            store=h.store,
-            router=h.router,
-            tools=h.tools,
-            stop=stop,
-            handle_signals=False,
-        )
-    )
+    task = _pool_in_task(h, stop)
     await eventually(lambda: bool(h.reporter.results))
     stop.set()
     await asyncio.wait_for(task, 5)
