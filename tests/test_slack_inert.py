@@ -150,7 +150,7 @@ def renderers(settings: Settings) -> dict[str, Callable[[], Any]]:
         "edit modal for an admin": lambda: edit_modal(
             order, settings, metadata={"order_id": "WO-7"}, user="UADMIN"
         ),
-        "changes modal": lambda: changes_modal(review, None),
+        "changes modal": lambda: changes_modal(review),
         "extend modal": lambda: extend_modal(order, {"order_id": "WO-7"}, factor=2.0),
         "intake modal": lambda: intake_modal(initial_text=HOSTILE, metadata={"channel": "C1"}),
         "markdown deliverable": lambda: markdown_blocks(untrusted_markdown(HOSTILE)),
