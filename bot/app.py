@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,7 @@ from bot.shapes import ShapeMiddleware
 from bot.slack_client import AUTH_ERRORS
 from bot.unfurls import OrderLinks, only_order_refs, order_numbers
 from bot.welcome import welcome
+from workers import intake_replies
 from workers.config import Settings
 from workers.errors import NotFound, OrderMoved
 from workers.intake import Completer, IntakeEngine
@@ -398,18 +400,19 @@ def create_app(
         try:
             # Written before the ack, so that a Start landing since the read above is refused
             # in the modal itself (the write checks the state under the row lock).
-            updated = await store.orders.update_order(
+            # The card is redrawn by the deliverer, from a row written with the change.
+            await store.orders.update_order(
                 order.id,
                 actor=user,
                 expected=EDITABLE,
                 reason="edited in Slack",
+                outbox=[intake_replies.card(order.id, uuid.uuid4().hex[:12], edited_by=user)],
                 **result.changes,
             )
         except OrderMoved:
             await ack(response_action="errors", errors={"title": _no_longer_editable(order.id)})
             return
         await ack()
-        await conversations.show_card(updated, note=f"Edited by <@{user}>.")
 
     return app
 

@@ -2,7 +2,7 @@
 and the canvas a long deliverable is put in. Called by `SlackReporter.result` on the one
 delivery road; each piece is done once per key, like every other post.
 
-A chat answer too long for a message goes the same way (`long_text_link`): a canvas where the
+A chat answer too long for a message goes the same way (`long_text_once`): a canvas where the
 workspace allows one, else a file in the thread.
 """
 
@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.blocks import sections, truncate
 from bot.mrkdwn import untrusted
 from bot.slack_client import is_transient
+from bot.threads import Thread
 from workers.errors import RetryLater
 from workers.keys import canvas_key, deliverable_of, file_key
 from workers.progress import RunResult
@@ -133,24 +134,40 @@ async def canvas_once(
     return canvas
 
 
-async def long_text_link(
-    client: AsyncWebClient, *, channel: str, thread_ts: str, title: str, text: str, filename: str
+async def long_text_once(
+    reporter: SlackReporter, thread: Thread, *, key: str, title: str, text: str, filename: str
 ) -> str:
-    """Put `text` (too long for a message) in a canvas shared with `channel`, or where the
-    workspace refuses canvases in a file in the thread; a mrkdwn link to it, for the message
-    that says where it is. Done once per call: the caller's own dedupe keeps it to one."""
-    canvas_id = await new_canvas(client, title=title, markdown=text)
-    if canvas_id is not None:
-        return canvas_link(await shared_canvas(client, canvas_id, channel=channel))
-    file_id = await upload(
-        client,
-        channel=channel,
-        thread_ts=thread_ts,
+    """Put `text` (too long for a message) in a canvas shared with the thread's channel, or
+    where the workspace refuses canvases in a file in the thread, once per `key`; a mrkdwn
+    link to it, for the message that says where it is."""
+    store = reporter.store
+    canvas = f"{key}:canvas"
+    state, existing = await store.slack.claim_slack_message(
+        key=canvas, purpose="canvas", channel=thread.channel, owner=reporter.owner,
+        order=thread.order, claim_s=CLAIM_S,
+    )  # fmt: skip
+    if state == "busy":
+        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {canvas}")
+    canvas_id: str | None = existing.ts if state == "posted" else None
+    if state != "posted":
+        try:
+            canvas_id = await new_canvas(reporter.client, title=title, markdown=text)
+        except SlackApiError:
+            await store.slack.release_slack_message(canvas, reporter.owner)
+            raise
+        await store.slack.save_slack_message(
+            key=canvas, purpose="canvas", channel=thread.channel, ts=canvas_id or NO_CANVAS,
+            order=thread.order,
+        )  # fmt: skip
+    if canvas_id and canvas_id != NO_CANVAS:
+        return canvas_link(await shared_canvas(reporter.client, canvas_id, channel=thread.channel))
+    file_id = await reporter._upload_once(
+        thread,
         file=UploadFile(
-            key="", purpose="answer", content=text, filename=filename, title=title[:250]
+            key=f"{key}:file", purpose="answer", content=text, filename=filename, title=title[:250]
         ),
     )
-    url = await permalink(client, file_id)
+    url = await permalink(reporter.client, file_id)
     return f"<{url}|the file>" if url else "the file above"
 
 

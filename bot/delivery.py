@@ -187,7 +187,7 @@ class Deliverer:
 
     async def _send(self, message: OutboxMessage) -> None:
         assert message.id is not None
-        extra = {"order": f"WO-{message.order_id}", "key": message.key}
+        extra = {"order": f"WO-{message.order_id}" if message.order_id else "", "key": message.key}
         try:
             with looking_before_repeating():
                 await self.reporter.deliver(message)
@@ -222,7 +222,12 @@ class Deliverer:
         if self.reporter.home is None:
             return
         try:
-            self.reporter.home.order_changed(await self.store.orders.get_order(message.order_id))
+            if message.order_id is not None:
+                self.reporter.home.order_changed(await self.store.orders.get_order(message.order_id))
+            elif message.intake_id is not None:  # a dialogue's reply: its requester's Home
+                session = await self.store.slack.intake_by_id(message.intake_id)
+                if session is not None:
+                    self.reporter.home.request(session.requester)
         except Exception:  # the failure is recorded; the Home catches up when next opened
             log.exception("could not refresh the requester's App Home")
 

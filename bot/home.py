@@ -151,11 +151,17 @@ def _not_delivered_blocks(items: list[NotDelivered]) -> list[Block]:
     for item in items:
         blocks.append(
             context(
-                f"{escape(item.order_id)} · its {escape(item.kind)} message · "
+                f"{_where(item)} · its {escape(item.kind)} message · "
                 f"`{escape(item.error)}`: {escape(fix_for(item.error))}"
             )
         )
     return blocks
+
+
+def _where(item: NotDelivered) -> str:
+    if item.order_id:
+        return escape(item.order_id)
+    return f"Your request in <#{item.channel}>" if item.channel else "Your request"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import intake_replies as intake_reply
 from bot.agent_session import SESSION_OF, set_session
 from bot.approval_blocks import (
     SHOWN_ARGUMENTS_CHARS,
@@ -64,6 +65,8 @@ from bot.review_blocks import (
     review_actions,
     review_blocks,
 )
+from bot.threads import Thread
+from workers import intake_replies
 from workers.config import Settings
 from workers.delivery import replay
 from workers.errors import RetryLater
@@ -143,6 +146,14 @@ class SlackReporter:
 
     async def deliver(self, message: OutboxMessage) -> None:
         """Send one message of the durable outbox, rendered from the order's current row."""
+        if message.kind in intake_replies.INTAKE_KINDS:
+            await intake_reply.send(self, message)
+            return
+        if message.kind == intake_replies.CARD:
+            assert message.order_id is not None
+            order = await self.store.orders.get_order(message.order_id)
+            await self.card_shown(order, dict(message.payload))
+            return
         token = _PLAN.set(dict(message.payload) if message.kind == "status" else None)
         try:
             await replay(self.store, self, message)
@@ -343,6 +354,25 @@ class SlackReporter:
             gone="the exception notice is gone; the action stands",
         )
 
+    async def card_shown(self, order: WorkOrder, payload: Mapping[str, Any]) -> None:
+        """Show the order's card as it stands: posted once (its key), edited in place after."""
+        assert order.id
+        points = payload.get("open_points")
+        if points is None:
+            session = await self.store.slack.intake_for_order(order.id)
+            points = (session.draft or {}).get("open_points", []) if session else []
+        edited_by = payload.get("edited_by")
+        note = f"Edited by {mention(str(edited_by))}." if edited_by else ""
+        blocks = render_card(order, self.settings, open_points=list(points), note=note)
+        text = card_text(order)
+        channel, ts, posted_now = await self._post(
+            order, key=card_key(order.id), purpose="card", text=text, blocks=blocks
+        )
+        if not posted_now:
+            await self._edit(
+                order, channel, ts, text=text, blocks=blocks, gone="the card is gone; the order stands"
+            )
+
     async def card_note(self, order: WorkOrder, note: CardNote, *, actor: str) -> None:
         """Redraw the order's card as the order stands, with who started or cancelled it. A
         card never posted (an order from the console) needs nothing."""
@@ -389,16 +419,18 @@ class SlackReporter:
 
     async def _upload_once(
         self,
-        order: WorkOrder,
+        where: WorkOrder | Thread,
         result: RunResult | None = None,
         *,
         file: UploadFile | None = None,
-    ) -> None:
+    ) -> str:
         """Upload the deliverable as a file once (or, with `file`, another file: one handed in
-        with it, the arguments of a long approval request)."""
-        assert order.id and order.channel
+        with it, the arguments of a long approval request, a long chat answer); its id."""
+        thread = Thread.of(where)
         if file is None:
-            assert result is not None
+            assert result is not None and isinstance(where, WorkOrder)
+            order = where
+            assert order.id
             file = UploadFile(
                 key=result.key,
                 purpose="result",
@@ -407,36 +439,36 @@ class SlackReporter:
                 title=f"{order.id}: {order.title}"[:250],
                 comment=truncate(f"*{order.id} deliverable:* {untrusted(result.summary)}", 3000),
             )
-        state, _ = await self.store.slack.claim_slack_message(
+        state, existing = await self.store.slack.claim_slack_message(
             key=file.key,
             purpose=file.purpose,
-            channel=order.channel,
+            channel=thread.channel,
             owner=self.owner,
-            order=order.id,
+            order=thread.order,
             claim_s=POST_CLAIM_S,
         )
         if state == "posted":
-            return
+            return existing.ts or ""
         if state == "busy":
             raise RetryLater(BUSY_RETRY_S, f"another process is uploading {file.key}")
         if state == "retaken":  # an earlier upload's outcome is unknown: look before uploading
             name = file.filename
-            found = await self._look_for(order, file.key, lambda m: _has_file(m, name))
+            found = await self._look_for(thread, file.key, lambda m: _has_file(m, name))
             if found is not None:
                 await self.store.slack.save_slack_message(
-                    key=file.key, purpose=file.purpose, channel=order.channel, ts=found, order=order.id
-                )
-                return
+                    key=file.key, purpose=file.purpose, channel=thread.channel, ts=found,
+                    order=thread.order,
+                )  # fmt: skip
+                return found
         try:
-            file_id = await upload(
-                self.client, channel=order.channel, thread_ts=order.thread_ts, file=file
-            )
+            file_id = await upload(self.client, channel=thread.channel, thread_ts=thread.ts, file=file)
         except BaseException as exc:
             await self._after_failed_post(file.key, exc)
             raise
         await self.store.slack.save_slack_message(
-            key=file.key, purpose=file.purpose, channel=order.channel, ts=file_id, order=order.id
+            key=file.key, purpose=file.purpose, channel=thread.channel, ts=file_id, order=thread.order
         )
+        return file_id
 
     async def _after_failed_post(self, key: str, exc: BaseException) -> None:
         """Keep the key's claim honest: refused (Slack said no, or 429) means not posted; a
@@ -546,24 +578,24 @@ class SlackReporter:
             self.home.order_changed(order)
 
     async def post_once(
-        self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
+        self, where: WorkOrder | Thread, *, key: str, purpose: str, text: str, blocks: list[Block]
     ) -> str:
         """Post into the order's thread unless this key was posted before; returns the ts."""
-        _, ts, _ = await self._post(order, key=key, purpose=purpose, text=text, blocks=blocks)
+        _, ts, _ = await self._post(where, key=key, purpose=purpose, text=text, blocks=blocks)
         return ts
 
     async def _post(
-        self, order: WorkOrder, *, key: str, purpose: str, text: str, blocks: list[Block]
+        self, where: WorkOrder | Thread, *, key: str, purpose: str, text: str, blocks: list[Block]
     ) -> tuple[str, str, bool]:
         """`post_once`'s message as (channel, ts, whether this call posted `text`): False when
         it was posted before, as the claim's own fresh read of the record says."""
-        assert order.id and order.channel
+        thread = Thread.of(where)
         state, existing = await self.store.slack.claim_slack_message(
             key=key,
             purpose=purpose,
-            channel=order.channel,
+            channel=thread.channel,
             owner=self.owner,
-            order=order.id,
+            order=thread.order,
             claim_s=POST_CLAIM_S,
         )
         if state == "posted":
@@ -572,16 +604,16 @@ class SlackReporter:
             raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
             # Its claimer died, or Slack's answer to its post was lost: it may be there.
-            found = await self._look_for(order, key, lambda m: _has_key(m, key))
+            found = await self._look_for(thread, key, lambda m: _has_key(m, key))
             if found:
                 await self.store.slack.save_slack_message(
-                    key=key, purpose=purpose, channel=order.channel, ts=found, order=order.id
+                    key=key, purpose=purpose, channel=thread.channel, ts=found, order=thread.order
                 )
-                return order.channel, found, False
+                return thread.channel, found, False
         try:
             response = await self.client.chat_postMessage(
-                channel=order.channel,
-                thread_ts=order.thread_ts,
+                channel=thread.channel,
+                thread_ts=thread.ts,
                 text=truncate(text, MESSAGE_TEXT_MAX),
                 blocks=cap_blocks(blocks),
                 metadata={"event_type": METADATA_EVENT, "event_payload": {"key": key}},
@@ -591,25 +623,25 @@ class SlackReporter:
             raise
         ts = str(response["ts"])
         await self.store.slack.save_slack_message(
-            key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=order.id
+            key=key, purpose=purpose, channel=str(response["channel"]), ts=ts, order=thread.order
         )
         return str(response["channel"]), ts, True
 
     async def _look_for(
-        self, order: WorkOrder, key: str, match: Callable[[dict[str, Any]], bool]
+        self, thread: Thread, key: str, match: Callable[[dict[str, Any]], bool]
     ) -> str | None:
         """The ts (or file id) of the message in the order's thread that `match` recognises,
         None when the whole thread was read and it is not there. A failed lookup leaves the key
         uncertain and raises, so the deliverer tries again later: answering it by posting is
         what makes duplicates."""
-        if not order.thread_ts or not order.channel:
+        if not thread.ts:
             return None
         cursor: str | None = None
         while True:
             try:
                 response = await self.client.conversations_replies(
-                    channel=order.channel,
-                    ts=order.thread_ts,
+                    channel=thread.channel,
+                    ts=thread.ts,
                     include_all_metadata=True,
                     limit=200,
                     cursor=cursor,

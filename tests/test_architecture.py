@@ -17,7 +17,8 @@ LAYERS: dict[str, list[str]] = {
     ],
     "storage": ["migrate", "store"],
     "engine": [
-        "providers", "tools", "intake", "dialogue", "verify", "queue", "agent", "runtime",
+        "providers", "tools", "intake", "intake_replies", "dialogue", "verify", "queue", "agent",
+        "runtime",
         "review", "followup", "digest", "chart", "telemetry", "delivery", "transcript",
         "evals",
     ],

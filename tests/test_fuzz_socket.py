@@ -26,6 +26,7 @@ from bot.socket import SocketModeRunner
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
+from tests.support.bot import delivering
 from tests.support.fuzz import FUZZ, any_text, ids, junk, mutate, slack_ts, tracebacks
 from tests.support.intake import chat
 from tests.support.waiting import bot_idle
@@ -66,7 +67,8 @@ async def runner(
     await running.start()
     await socket_mode.wait_until(lambda: socket_mode.connections >= 1)
     try:
-        yield running
+        async with delivering(store, settings):
+            yield running
     finally:
         await running.close()
         await router.close()

@@ -44,26 +44,28 @@ def _replies_to(fake_slack: FakeSlack, thread_ts: str) -> list[str]:
     ]
 
 
-async def _ask(bot: RunningBot, user: str, text: str) -> str:
+async def _ask(bot: RunningBot, user: str, text: str, fake_slack: FakeSlack) -> str:
+    """Mention the bot and wait for its reply in the thread (an answer or a refusal)."""
     event = bot.sender.app_mention(f"<@UBOT> {text}", channel="C1", user=user)
     await bot.sender.event(event)
-    await bot_idle()
-    return str(event["ts"])
+    ts = str(event["ts"])
+    await fake_slack.wait_until(lambda: bool(_replies_to(fake_slack, ts)))
+    return ts
 
 
 async def test_one_person_is_rate_limited_and_told_so(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:
     fake_anthropic.script(chat("EBITDA is earnings before interest..."), chat("A KPI is..."))
-    await _ask(bot, "U1", "what is EBITDA?")
-    await _ask(bot, "U1", "what is a KPI?")
-    third = await _ask(bot, "U1", "what is ARR?")
+    await _ask(bot, "U1", "what is EBITDA?", fake_slack)
+    await _ask(bot, "U1", "what is a KPI?", fake_slack)
+    third = await _ask(bot, "U1", "what is ARR?", fake_slack)
     assert len(fake_anthropic.requests) == 2  # the third never reached the model
     [told] = _replies_to(fake_slack, third)
     assert "2 requests in the last hour" in told
     # Someone else is not affected.
     fake_anthropic.script(chat("ARR is annual recurring revenue."))
-    await _ask(bot, "U2", "what is ARR?")
+    await _ask(bot, "U2", "what is ARR?", fake_slack)
     assert len(fake_anthropic.requests) == 3
 
 
@@ -71,11 +73,11 @@ async def test_intake_is_charged_to_the_team_and_stops_at_its_quota(
     bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
 ) -> None:
     fake_anthropic.script(chat("EBITDA is earnings before interest..."))
-    await _ask(bot, "UPOOR", "what is EBITDA?")
+    await _ask(bot, "UPOOR", "what is EBITDA?", fake_slack)
     week = quota_week(utcnow())
     spent = await bot.store.ledger.team_week_used("tiny", week)
     assert spent > 0  # the intake call was charged to the requester's team
-    ts = await _ask(bot, "UPOOR", "and what is a KPI?")
+    ts = await _ask(bot, "UPOOR", "and what is a KPI?", fake_slack)
     assert len(fake_anthropic.requests) == 1
     [told] = _replies_to(fake_slack, ts)
     assert "Team tiny has used its" in told and "Monday" in told

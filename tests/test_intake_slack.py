@@ -1011,3 +1011,76 @@ async def test_a_refinement_in_the_thread_as_the_order_starts_is_refused_and_cha
 
     await fake_slack.wait_until(refused)
     await _untouched_since_start(bot, order_id)
+
+
+def _posted_in(fake_slack: FakeSlack, thread_ts: str, channel: str = "C1") -> list[dict[str, Any]]:
+    """The replies Slack holds in a thread (answered or not: a 500 may follow a made post)."""
+    return [m for m in fake_slack.messages_in(channel, thread_ts) if m["ts"] != thread_ts]
+
+
+async def test_a_question_slack_keeps_refusing_reaches_the_thread_once_slack_recovers(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Issue 18 (one road): what the dialogue says back is an outbox row written with the step.
+    Posted from the event handler, a question Slack refused past the client's retries was lost:
+    the requester waited for questions that never came."""
+    fake_anthropic.script(questions("Which competitors?"), draft())
+    fake_slack.fail_next("chat.postMessage", status=500, times=TRANSIENT_RETRIES + 2)
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing", channel="C1")
+    await bot.sender.event(mention)
+    await fake_slack.wait_until(lambda: bool(_posted_in(fake_slack, mention["ts"])), within=30)
+    [asked] = _posted_in(fake_slack, mention["ts"])
+    assert "1. Which competitors?" in asked["text"]
+    # The card the answer leads to takes the same road, after the question.
+    reply = bot.sender.app_mention("Acme and Globex.", channel="C1", thread_ts=mention["ts"])
+    reply["type"] = "message"
+    await bot.sender.event(reply)
+    await _card_for(fake_slack, within=15)
+    assert len(_posted_in(fake_slack, mention["ts"])) == 2
+
+
+async def test_a_chat_answer_slack_posted_but_answered_500_is_in_the_thread_once(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Issue 18 (exactly once): the post was made and only its answer failed. The client's own
+    retry posted the answer a second time; the deliverer looks in the thread first."""
+    fake_anthropic.script(chat("EBITDA is earnings before interest, taxes and amortisation."))
+    fake_slack.fail_next("chat.postMessage", status=500, processed=True)
+    mention = bot.sender.app_mention("<@UBOT> what is EBITDA?", channel="C1")
+    await bot.sender.event(mention)
+
+    async def answered() -> bool:
+        return bool(_posted_in(fake_slack, mention["ts"])) and not (
+            await bot.store.outbox.undelivered()
+        )
+
+    await eventually(answered, timeout_s=30)
+    await bot_idle()
+    [answer] = _posted_in(fake_slack, mention["ts"])
+    assert "earnings before interest" in answer["text"]
+    assert answer["blocks"][-1]["type"] == "context_actions"  # the feedback buttons
+
+
+async def test_a_reply_to_an_archived_channel_is_kept_and_shown_not_dropped(
+    bot: RunningBot, fake_slack: FakeSlack, fake_anthropic: FakeAnthropic
+) -> None:
+    """Issue 18 (nothing dropped silently): Slack's permanent refusal of a dialogue's reply is
+    final at once, audited, and listed for the doctor and the health check."""
+    fake_anthropic.script(questions("Which competitors?"))
+    fake_slack.fail_next("chat.postMessage", status=200, error="is_archived")
+    mention = bot.sender.app_mention("<@UBOT> competitor pricing", channel="C9")
+    await bot.sender.event(mention)
+
+    async def refused() -> bool:
+        return any(u.permanent for u in await bot.store.outbox.undelivered())
+
+    await eventually(refused, timeout_s=15)
+    [kept] = await bot.store.outbox.undelivered()
+    assert (kept.kind, kept.error, kept.order_id) == (
+        "intake_questions",
+        "is_archived",
+        "the dialogue in C9",
+    )
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1  # not retried: a person must act
+    trail = await bot.store.audit.audit_trail("system")
+    assert [e.data["error"] for e in trail if e.kind == "delivery_failed"] == ["is_archived"]

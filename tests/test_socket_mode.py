@@ -18,6 +18,7 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, SlackError
 from tests.fakes.socket_mode import APP_TOKEN, FakeSocketMode
+from tests.support.bot import delivering
 from tests.support.cli import DELEGATE, cli_env, free_port, health, provider_env, stop_delegate
 from tests.support.intake import questions
 from tests.support.waiting import bot_idle, eventually
@@ -52,7 +53,8 @@ async def runner(
     await running.start()
     await socket_mode.wait_until(lambda: socket_mode.connections >= 1)
     try:
-        yield running
+        async with delivering(store, settings):
+            yield running
     finally:
         await running.close()
         await router.close()

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 async def replay(store: Store, reporter: ProgressReporter, message: OutboxMessage) -> None:
     """Say one outbox message: the reporter call the engine used to make itself."""
+    if message.order_id is None:
+        raise ValueError(f"{message.kind!r} ({message.key}) is a dialogue's, not an order's")
     row = await store.orders.get_row(message.order_id)
     order, spend, payload = row_to_order(row), Spend.of(row), dict(message.payload)
     if message.kind == "status":

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from workers import queue
+from workers import intake_replies, queue
 from workers.budget import quota_week, usd_to_micro
 from workers.config import Settings
 from workers.errors import OrderMoved
@@ -83,6 +83,32 @@ def session_context(session: IntakeSession) -> str:
     return str((session.draft or {}).get("context", ""))
 
 
+@dataclass(frozen=True)
+class _Replies:
+    """What a dialogue in a Slack thread says back to one of the requester's messages."""
+
+    session_id: int
+    reply_to: str
+    channel: str
+    thread_ts: str
+
+    def _where(self) -> dict[str, str]:
+        return {"channel": self.channel, "thread_ts": self.thread_ts}
+
+    def notice(self, why: str, *, text: str = "", order_id: str = "") -> OutboxItem:
+        return intake_replies.notice(
+            self.session_id, self.reply_to, **self._where(), why=why, text=text, order_id=order_id
+        )
+
+    def answer(self, text: str, *, question: str) -> OutboxItem:
+        return intake_replies.answer(
+            self.session_id, self.reply_to, **self._where(), text=text, question=question
+        )
+
+    def questions(self, asked: list[str]) -> OutboxItem:
+        return intake_replies.questions(self.session_id, self.reply_to, **self._where(), asked=asked)
+
+
 class IntakeDialogue:
     """Holds intake conversations: sessions, model steps, proposals, start and cancel."""
 
@@ -110,14 +136,23 @@ class IntakeDialogue:
         channel: str | None,
         tz: str = "UTC",
         context: str = "",
+        reply_to: str | None = None,
     ) -> StepOutcome:
         """Record the requester's message and ask the model what to say next.
 
         A chat answer closes the session; questions count a round; a draft is returned for the
         adapter to `propose` (or, in the console, to confirm first). Both are recorded.
+
+        In a Slack thread (`reply_to`: the requester's message's ts) what the outcome owes the
+        thread is written with it, for the deliverer to post: the console prints it instead.
         """
+        say = self._replies(session, reply_to)
         limited = await self._limit(session.requester)
         if limited is not None:
+            if say is not None:
+                await self.store.outbox.add_intake_replies(
+                    say.session_id, [say.notice(intake_replies.LIMITED, text=limited.message)]
+                )
             return limited
         self._record(session, "requester", text)
         if context:
@@ -132,17 +167,33 @@ class IntakeDialogue:
         try:
             outcome = await self.engine.step(turns, ctx, rounds_so_far=session.rounds)
         except IntakeUnavailable as exc:
-            await self.store.slack.save_intake(session)
+            await self.store.slack.save_intake(
+                session,
+                replies=[say.notice(intake_replies.UNAVAILABLE)] if say is not None else [],
+            )
             return Unavailable(str(exc))
         if isinstance(outcome, ChatAnswer):
             session.kind, session.state = IntakeKind.CHAT, IntakeState.CLOSED
             self._record(session, "delegate", outcome.text)
-            await self.store.slack.save_intake(session)
+            await self.store.slack.save_intake(
+                session,
+                replies=[say.answer(outcome.text, question=text)] if say is not None else [],
+            )
         elif isinstance(outcome, Questions):
             session.rounds += 1
             self._record(session, "delegate", questions_text(outcome.questions))
-            await self.store.slack.save_intake(session)
+            await self.store.slack.save_intake(
+                session,
+                replies=[say.questions(outcome.questions)] if say is not None else [],
+            )
         return outcome
+
+    @staticmethod
+    def _replies(session: IntakeSession, reply_to: str | None) -> _Replies | None:
+        if session.surface != "slack" or reply_to is None:
+            return None
+        assert session.id is not None
+        return _Replies(session.id, reply_to, session.channel, session.thread_ts)
 
     async def _limit(self, requester: str) -> Limited | None:
         """Intake spends the team's money too: refuse before calling the model when the person
@@ -176,13 +227,17 @@ class IntakeDialogue:
         actor: str,
         channel: str | None = None,
         thread_ts: str | None = None,
+        reply_to: str | None = None,
     ) -> WorkOrder | None:
         """Put the draft up for confirmation: a new order, or the conversation's order refined.
+        In a Slack thread the card showing it is written with the change (and, with
+        `reply_to`, why a draft can no longer change).
 
         None if the conversation's order has moved on (started or cancelled) meanwhile.
         """
         order = draft.order.model_copy(update={"channel": channel, "thread_ts": thread_ts})
         existing_id = session_order_id(session)
+        shows_card = session.surface == "slack" and channel is not None
         if existing_id is None:
             order = await self.store.orders.create_order(order, actor=actor)
             assert order.id
@@ -190,12 +245,20 @@ class IntakeDialogue:
                 order.id, Status.AWAITING_CONFIRMATION, actor="intake", reason="draft proposed"
             )
             self._proposed(session, order, draft)
-            await self.store.slack.save_intake(session)
+            # The card is written with the dialogue that proposes it: a Start pressed the
+            # moment it shows finds the dialogue proposing, never a save of it still to come.
+            assert order.id
+            card = intake_replies.card(order.id, "new", open_points=draft.open_points)
+            await self.store.slack.save_intake(session, replies=[card] if shows_card else [])
             return order
         # The refined order and its dialogue are written in one commit that checks the order
         # still waits for Start: a Start landing in between leaves both as Start left them.
         before = {name: getattr(session, name) for name in _PROPOSAL_FIELDS}
         self._proposed(session, order.model_copy(update={"id": existing_id}), draft)
+        # One redraw per refinement: the transcript grows with each.
+        card = intake_replies.card(
+            existing_id, len(session.transcript), open_points=draft.open_points
+        )
         try:
             return await self.store.orders.update_order(
                 existing_id,
@@ -203,11 +266,17 @@ class IntakeDialogue:
                 expected=EDITABLE,
                 reason="refined in thread",
                 intake=session,
+                outbox=[card] if shows_card else [],
                 **order.model_dump(include=set(REFINABLE_FIELDS)),
             )
         except OrderMoved:
             for name, value in before.items():
                 setattr(session, name, value)
+            say = self._replies(session, reply_to)
+            if say is not None:
+                await self.store.outbox.add_intake_replies(
+                    say.session_id, [say.notice(intake_replies.MOVED, order_id=existing_id)]
+                )
             return None
 
     def _proposed(self, session: IntakeSession, order: WorkOrder, draft: Draft) -> None:

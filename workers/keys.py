@@ -25,6 +25,18 @@ def card_note_key(order_id: str, note: str) -> str:
     return f"{card_key(order_id)}:{note}"
 
 
+def card_shown_key(order_id: str, revision: str | int) -> str:
+    """A (re)drawing of the card with the order as it stands: 'WO-42:card:shown:new' when the
+    draft is proposed, then one revision per refinement or Edit."""
+    return f"{card_key(order_id)}:shown:{revision}"
+
+
+def intake_reply_key(session_id: int, reply_to: str) -> str:
+    """What a dialogue says back to one of the requester's messages: 'intake-12:1733.0001'
+    (that message's ts), so a message Slack delivers twice is answered once."""
+    return f"intake-{session_id}:{reply_to}"
+
+
 def result_key(order_id: str, deliverable_id: int | None) -> str:
     """A posted deliverable: 'WO-42:result:7' (7 is the stored deliverable's id)."""
     return f"{order_id}:result:{deliverable_id}"

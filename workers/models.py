@@ -246,7 +246,13 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (Index("ix_outbox_due", "sent_at", "permanent", "next_attempt_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    order_id: int = Field(foreign_key="work_orders.id", index=True)
+    order_id: int | None = Field(default=None, foreign_key="work_orders.id", index=True)
+    intake_id: int | None = Field(
+        default=None,
+        foreign_key="intake_sessions.id",
+        index=True,
+        description="the dialogue a reply or card belongs to (a reply may have no order yet)",
+    )
     key: str = Field(unique=True, description="the message's idempotency key (workers.keys)")
     kind: str = Field(description="result, question, exception, ...")
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,11 +45,11 @@ async def running_bot(
     *,
     store: Store,
     fake_slack: FakeSlack,
-    deliver: bool = False,
+    deliver: bool = True,
     **_: Any,
 ) -> AsyncIterator[RunningBot]:
-    """Serve the bot over HTTP on a free port, talking to `fake_slack`; with `deliver`, a
-    `Deliverer` sends the outbox beside it, as in `delegate run`."""
+    """Serve the bot over HTTP on a free port, talking to `fake_slack`, with a `Deliverer`
+    sending the outbox beside it as in `delegate run` (unless `deliver` is False)."""
     settings = settings.model_copy(update={"slack_api_url": fake_slack.api_url})
     client = make_slack_client(settings, backoff_factor_s=0.01)
     router = ModelRouter.from_settings(settings, store)
@@ -68,26 +69,31 @@ async def running_bot(
     url = f"http://{host}:{port}"
     secret = settings.slack_signing_secret
     assert secret is not None
-    stop = asyncio.Event()
-    deliverer = None
-    if deliver:
-        reporter = SlackReporter(
-            store=store,
-            client=make_slack_client(settings, backoff_factor_s=0.01),
-            settings=settings,
-        )
-        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
     try:
-        yield RunningBot(
-            url=url,
-            store=store,
-            sender=SlackSender(url, secret.get_secret_value()),
-            settings=settings,
-            bolt=bolt,
-        )
+        async with delivering(store, settings) if deliver else contextlib.nullcontext():
+            yield RunningBot(
+                url=url,
+                store=store,
+                sender=SlackSender(url, secret.get_secret_value()),
+                settings=settings,
+                bolt=bolt,
+            )
     finally:
-        stop.set()
-        if deliverer is not None:
-            await asyncio.wait_for(deliverer, 20)
         await runner.cleanup()
         await router.close()
+
+
+@asynccontextmanager
+async def delivering(store: Store, settings: Settings) -> AsyncIterator[None]:
+    """A `Deliverer` sending the outbox to `settings.slack_api_url`, as `delegate run` runs
+    one beside the Slack app (quick polls and back-offs, for tests)."""
+    stop = asyncio.Event()
+    reporter = SlackReporter(
+        store=store, client=make_slack_client(settings, backoff_factor_s=0.01), settings=settings
+    )
+    deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(deliverer, 20)

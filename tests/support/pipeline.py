@@ -218,7 +218,7 @@ async def pipeline_for(
         database_url=str(store.engine.url.render_as_string(hide_password=False)),
         **overrides,
     )
-    async with running_bot(settings, store=store, fake_slack=fake_slack) as bot:
+    async with running_bot(settings, store=store, fake_slack=fake_slack, deliver=False) as bot:
         stop = asyncio.Event()
         reporter = SlackReporter(
             store=store,

@@ -109,6 +109,7 @@ class OrdersStore(StoreBase):
         expected: Collection[Status],
         reason: str = "edited",
         intake: IntakeSession | None = None,
+        outbox: Sequence[OutboxItem] = (),
         **fields: Any,
     ) -> WorkOrder:
         """Change editable fields, validating the result as a whole before anything is written.
@@ -116,7 +117,8 @@ class OrdersStore(StoreBase):
         `expected` are the states the writer accepts (workers.states.EDITABLE for Edit and
         refinement), checked under the row lock as transitions are: an order started between
         the writer's read and this write raises OrderMoved and nothing changes. `intake` is
-        the order's dialogue, saved in the same commit (so a refused refinement leaves it be).
+        the order's dialogue, saved in the same commit (so a refused refinement leaves it be),
+        and `outbox` what the change owes the thread (the card redrawn), written with it.
         """
         unknown = set(fields) - EDITABLE_FIELDS
         if unknown:
@@ -129,6 +131,10 @@ class OrdersStore(StoreBase):
             if intake is not None:
                 intake.updated_at = utcnow()
                 await s.merge(intake)
+            if outbox:
+                await write_outbox(
+                    s, row.id or 0, outbox, intake=intake.id if intake is not None else None
+                )
             updated = WorkOrder.model_validate({**current.model_dump(), **fields})
             before = current.model_dump(mode="json", include=set(fields))
             after = updated.model_dump(mode="json", include=set(fields))

@@ -24,6 +24,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from workers.audit import SYSTEM_CHAIN
 from workers.keys import (
     card_note_key,
     decided_key,
@@ -67,6 +68,7 @@ class Undelivered:
     """A message not (yet) delivered, for the doctor, the health check and the metrics."""
 
     order_id: str
+    """WO-n, or for an intake reply sent before any order exists, its dialogue's channel."""
     key: str
     kind: str
     attempts: int
@@ -342,21 +344,32 @@ _outbox: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 async def write_outbox(
-    s: AsyncSession, ref: OrderRef, items: Iterable[OutboxItem], *, now: datetime | None = None
+    s: AsyncSession,
+    ref: OrderRef | None,
+    items: Iterable[OutboxItem],
+    *,
+    now: datetime | None = None,
+    intake: int | None = None,
 ) -> None:
     """Add messages inside an open transaction; a key written before is left as it was, but for
     the status row, which the newest status rewrites (`write_status`). Rows are due at the
     database's time (`now`, or the time the transaction read: `transaction_now`), so every
     process agrees on when a row is due: one whose clock ran ahead would otherwise hold back
-    everything it writes by as much."""
+    everything it writes by as much.
+
+    `intake` is the dialogue the messages belong to: its replies have no order (`ref` None)
+    until a draft is proposed, and they go out in the order written, as an order's do."""
+    assert ref is not None or intake is not None, "a message belongs to an order or a dialogue"
     now = now if now is not None else await transaction_now(s)
     for item in items:
         s.info[OUTBOX_WRITTEN] = True
         if item.kind == "status":
+            assert ref is not None
             await write_status(s, ref, item, now=now)
             continue
         values = {
-            "order_id": order_number(ref),
+            "order_id": order_number(ref) if ref is not None else None,
+            "intake_id": intake,
             "key": item.key,
             "kind": item.kind,
             "payload": item.payload,
@@ -422,6 +435,12 @@ class OutboxStore(StoreBase):
         async with self.transaction() as s:
             await write_outbox(s, ref, items)
 
+    async def add_intake_replies(self, session_id: int, items: Iterable[OutboxItem]) -> None:
+        """What a dialogue says back without changing itself (a limit reached, a draft that
+        can no longer change)."""
+        async with self.transaction() as s:
+            await write_outbox(s, None, items, intake=session_id)
+
     async def report_status(
         self,
         ref: OrderRef,
@@ -469,7 +488,10 @@ class OutboxStore(StoreBase):
     ) -> list[OutboxMessage]:
         earlier = aliased(OutboxMessage)
         waiting_behind = exists().where(
-            col(earlier.order_id) == col(OutboxMessage.order_id),
+            or_(
+                col(earlier.order_id) == col(OutboxMessage.order_id),
+                col(earlier.intake_id) == col(OutboxMessage.intake_id),
+            ),
             col(earlier.id) < col(OutboxMessage.id),
             col(earlier.sent_at).is_(None),
             col(earlier.permanent).is_(False),
@@ -548,12 +570,14 @@ class OutboxStore(StoreBase):
             row.permanent, row.error = True, error[:500]
             row.claimed_by = row.claimed_until = None
             s.add(row)
+            # A dialogue's reply before any order exists is recorded on the system chain.
             await self._append_audit(
                 s,
-                format_order_id(row.order_id),
+                format_order_id(row.order_id) if row.order_id is not None else SYSTEM_CHAIN,
                 actor=actor,
                 kind="delivery_failed",
-                data={"key": row.key, "kind": row.kind, "error": error},
+                data={"key": row.key, "kind": row.kind, "error": error}
+                | ({"intake": row.intake_id} if row.intake_id is not None else {}),
             )
 
     async def outbox(self, ref: OrderRef) -> list[OutboxMessage]:
@@ -576,7 +600,11 @@ class OutboxStore(StoreBase):
             rows = (await s.exec(query)).all()
         return [
             Undelivered(
-                order_id=format_order_id(r.order_id),
+                order_id=(
+                    format_order_id(r.order_id)
+                    if r.order_id is not None
+                    else f"the dialogue in {r.payload.get('channel', '?')}"
+                ),
                 key=r.key,
                 kind=r.kind,
                 attempts=r.attempts,

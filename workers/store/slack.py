@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from workers.audit import AuditKey, canonical_json
 from workers.models import IntakeSession, SlackEventSeen, SlackMessage, ThreadMessage, utcnow
 from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.leases import database_now
-from workers.store.outbox import insert_ignoring
+from workers.store.outbox import OutboxItem, insert_ignoring, write_outbox
 
 log = logging.getLogger(__name__)
 
@@ -375,13 +376,24 @@ class SlackStore(StoreBase):
         async with self._sessions() as s:
             return (await s.exec(query)).first()
 
+    async def intake_by_id(self, session_id: int) -> IntakeSession | None:
+        async with self._sessions() as s:
+            return await s.get(IntakeSession, session_id)
+
     async def intake_for_order(self, ref: OrderRef) -> IntakeSession | None:
         query = select(IntakeSession).where(IntakeSession.order_id == order_number(ref))
         async with self._sessions() as s:
             return (await s.exec(query)).first()
 
-    async def save_intake(self, session: IntakeSession) -> IntakeSession:
+    async def save_intake(
+        self, session: IntakeSession, *, replies: Sequence[OutboxItem] = ()
+    ) -> IntakeSession:
+        """Save the dialogue, and what it says back in its thread (`replies`) with it: about its
+        order once it has proposed one (so they go out in turn with the order's messages)."""
         session.updated_at = utcnow()
         async with self.transaction() as s:
             merged = await s.merge(session)
+            if replies:
+                await s.flush()
+                await write_outbox(s, merged.order_id, replies, intake=merged.id)
         return merged

@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import case, func
+from sqlalchemy import and_, case, func, or_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.config import Settings, schedule_for
 from workers.db import session_factory
-from workers.models import Deliverable, DigestPost, OutboxMessage, WorkOrderRow
+from workers.models import Deliverable, DigestPost, IntakeSession, OutboxMessage, WorkOrderRow
 from workers.permissions import may_review, reviewers_of
 from workers.states import OPEN
 from workers.store.base import row_to_order
@@ -85,8 +85,10 @@ class NotDelivered:
     bot removed...): shown until someone fixes the cause and retries or the order ends."""
 
     order_id: str
+    """WO-n; empty for a reply of a dialogue that has no order yet (`channel` says where)."""
     kind: str
     error: str
+    channel: str = ""
 
 
 @dataclass
@@ -143,10 +145,16 @@ async def not_delivered(
 ) -> list[NotDelivered]:
     """Messages to the threads of `user`'s orders that could not be delivered, newest first."""
     query = (
-        select(OutboxMessage.order_id, OutboxMessage.kind, OutboxMessage.error)
-        .join(WorkOrderRow, col(WorkOrderRow.id) == col(OutboxMessage.order_id))
+        select(
+            OutboxMessage.order_id, OutboxMessage.kind, OutboxMessage.error, IntakeSession.channel
+        )
+        .outerjoin(WorkOrderRow, col(WorkOrderRow.id) == col(OutboxMessage.order_id))
+        .outerjoin(IntakeSession, col(IntakeSession.id) == col(OutboxMessage.intake_id))
         .where(
-            WorkOrderRow.requester == user,
+            or_(
+                col(WorkOrderRow.requester) == user,
+                and_(col(OutboxMessage.order_id).is_(None), col(IntakeSession.requester) == user),
+            ),
             col(OutboxMessage.permanent).is_(True),
             col(OutboxMessage.sent_at).is_(None),
         )
@@ -154,7 +162,12 @@ async def not_delivered(
         .limit(limit)
     )
     rows = (await session.exec(query)).all()
-    return [NotDelivered(format_order_id(o), k, e or "refused") for o, k, e in rows]
+    return [
+        NotDelivered(
+            format_order_id(o) if o is not None else "", k, e or "refused", channel=c or ""
+        )
+        for o, k, e, c in rows
+    ]
 
 
 async def awaiting_review(
