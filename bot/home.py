@@ -151,11 +151,22 @@ def _not_delivered_blocks(items: list[NotDelivered]) -> list[Block]:
     for item in items:
         blocks.append(
             context(
-                f"{_where(item)} · its {escape(item.kind)} message · "
+                f"{_where(item)} · its {escape(_KIND_WORDS.get(item.kind, item.kind))} message · "
                 f"`{escape(item.error)}`: {escape(fix_for(item.error))}"
             )
         )
     return blocks
+
+
+# The outbox kinds whose names are not words a requester knows.
+_KIND_WORDS = {
+    "intake_questions": "questions",
+    "intake_answer": "answer",
+    "intake_notice": "reply",
+    "card_shown": "card",
+    "exception_decided": "exception",
+    "approval_decided": "approval",
+}
 
 
 def _where(item: NotDelivered) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import insert
 from bot.blocks import MARKDOWN_TEXT_MAX
 from bot.cards import CANCEL_ACTION, EDIT_ACTION, START_ACTION
 from bot.dedupe import recover_unhandled
+from bot.home import home_view
 from bot.modals import EDIT_CALLBACK, INTAKE_CALLBACK
 from bot.slack_client import TRANSIENT_RETRIES
 from tests.fakes.anthropic import FakeAnthropic, Reply
@@ -27,9 +28,10 @@ from tests.support.statements import refusing_outbox_rows
 from tests.support.waiting import bot_idle, eventually
 from workers import queue
 from workers.audit import AuditKey
-from workers.models import SlackEventSeen
+from workers.models import SlackEventSeen, utcnow
 from workers.states import IntakeKind, IntakeState
 from workers.store import Store
+from workers.store.reporting.home import home_data
 from workers.store.slack import sealed_delivery
 from workers.workorder import Status
 
@@ -1084,3 +1086,8 @@ async def test_a_reply_to_an_archived_channel_is_kept_and_shown_not_dropped(
     assert len(fake_slack.calls_to("chat.postMessage")) == 1  # not retried: a person must act
     trail = await bot.store.audit.audit_trail("system")
     assert [e.data["error"] for e in trail if e.kind == "delivery_failed"] == ["is_archived"]
+    # The requester sees it in App Home, with what to do about it.
+    data = await home_data(bot.store.engine, bot.settings, "U1", now=utcnow())
+    home = json.dumps(home_view(data)["blocks"], ensure_ascii=False)
+    assert "Your request in <#C9> · its questions message" in home
+    assert "unarchive it" in home
