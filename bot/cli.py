@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--user", default="console", help="who is asking (default: console)")
     console.add_argument("--tz", default="UTC", help="the requester's time zone (default: UTC)")
 
-    from bot.digest_cli import add_parser as add_digest_parser
+    from bot.digest_args import add_parser as add_digest_parser
     from bot.eval_cli import add_parser as add_eval_parser
     from bot.review_cli import add_parser as add_review_parser
 
