@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlmodel import col
+from sqlmodel import select as select_rows
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.errors import LeaseLost, NotFound
@@ -53,13 +55,21 @@ async def transaction_now(s: AsyncSession) -> datetime:
 async def fenced_row(store: StoreBase, s: AsyncSession, attempt_id: int) -> WorkOrderRow:
     """The order row of a live attempt, locked for the rest of the transaction; `LeaseLost` if
     the attempt no longer holds its order's lease."""
-    attempt = await s.get(RunAttempt, attempt_id)
-    if attempt is None:
+    # One round trip: the order row and the attempt, both locked (order first, as the reaper
+    # and a takeover lock them), with the database's clock. A transaction that ended the attempt
+    # while this waited for the locks is seen: PostgreSQL re-reads locked rows once they are free.
+    clock = SQLITE_NOW if store._sqlite else POSTGRES_NOW
+    query = store._for_update(
+        select_rows(WorkOrderRow, RunAttempt, clock)
+        .join(RunAttempt, col(RunAttempt.order_id) == col(WorkOrderRow.id))
+        .where(col(RunAttempt.id) == attempt_id)
+        .execution_options(populate_existing=True)
+    )
+    found = (await s.exec(query)).first()
+    if found is None:
         raise NotFound(f"run attempt {attempt_id} does not exist")
-    row = await store._row(s, attempt.order_id, for_update=True)
-    # Read the attempt again under the order's lock: the reaper ends attempts under that lock.
-    attempt = await s.get(RunAttempt, attempt_id, populate_existing=True)
-    assert attempt is not None
+    row, attempt, now = found
+    s.info[DATABASE_NOW] = database_time(now)
     if (
         attempt.ended_at is not None
         or row.status != Status.RUNNING.value
