@@ -123,25 +123,33 @@ class Deliverer:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                # Until the next message falls due (a back-off ending), or the next poll: what
+                # this process writes wakes it at once, what others write waits for the poll.
+                wait_s = self.poll_s
                 try:
                     if await self.store.outbox.problem(SLACK) is not None:
                         if loop.time() >= next_auth_check:
                             next_auth_check = loop.time() + self.auth_recheck_s
                             await self.check_token()
                     else:
-                        await self._claim_more(sending)
+                        due_in = await self._claim_more(sending)
+                        if due_in is not None:
+                            wait_s = min(wait_s, due_in)
                 except Exception:
                     log.exception("outbox delivery pass failed; retrying")
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_s):
+                    async with asyncio.timeout(wait_s):
                         await _first(stop.wait, self._wake.wait)
         finally:
             # Sends are finished, never cut off: a post cut off mid-call is an uncertain post.
             await asyncio.gather(*sending, return_exceptions=True)
 
-    async def _claim_more(self, sending: set[asyncio.Task[None]]) -> None:
+    async def _claim_more(self, sending: set[asyncio.Task[None]]) -> float | None:
+        """Claim and start sending what is due while a slot is free; then the seconds until
+        the next message falls due (None: none is waiting; a full batch looks again when a
+        send ends)."""
         while (free := self.batch - len(sending)) > 0:
-            messages = await self.store.outbox.claim_outbox(
+            messages, due_in = await self.store.outbox.claim_due(
                 self.owner, limit=free, claim_s=self.claim_s
             )
             for message in messages:
@@ -149,7 +157,8 @@ class Deliverer:
                 sending.add(task)
                 task.add_done_callback(lambda done: self._sent(done, sending))
             if len(messages) < free:
-                return
+                return due_in
+        return None
 
     def _sent(self, task: asyncio.Task[None], sending: set[asyncio.Task[None]]) -> None:
         sending.discard(task)

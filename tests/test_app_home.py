@@ -307,7 +307,7 @@ async def pipe(
             )
         )
         # Results, review prompts and exceptions go out through the durable outbox.
-        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
+        deliverer = Deliverer(store, reporter, poll_s=1.0, backoff_s=0.05).start(stop)
         try:
             yield Pipeline(bot, fake_slack, fake_anthropic, fake_openai), homes
         finally:

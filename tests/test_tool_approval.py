@@ -375,7 +375,7 @@ async def test_long_arguments_go_to_the_thread_as_a_file_above_the_prompt(
         client=AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url),
         settings=Settings(),
     )
-    deliverer = Deliverer(store, reporter, poll_s=0.02, backoff_s=0.01, max_backoff_s=0.05)
+    deliverer = Deliverer(store, reporter, poll_s=1.0, backoff_s=0.01, max_backoff_s=0.05)
     fake_slack.fail_next("chat.postMessage", 503)  # the prompt fails once after the file is up
 
     async def delivered() -> bool:

@@ -7,6 +7,8 @@ together, so a user's mistake is explained in one place.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import re
 from functools import cached_property
@@ -455,7 +457,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False  # __call__ does the work
 
     def __call__(self) -> dict[str, Any]:
-        data = _load_yaml_text(resources.files("workers").joinpath("defaults.yaml").read_text())
+        data = copy.deepcopy(_shipped_defaults())
         path = os.environ.get("DELEGATE_CONFIG")
         if path:
             try:
@@ -467,6 +469,13 @@ class _YamlSource(PydanticBaseSettingsSource):
             user = _load_yaml_text(text, source=path)
             data = _deep_merge(data, user)
         return data
+
+
+@functools.cache
+def _shipped_defaults() -> dict[str, Any]:
+    """defaults.yaml, parsed once per process (settings are loaded again for each app, CLI
+    command and test; PyYAML takes tens of milliseconds over the file)."""
+    return _load_yaml_text(resources.files("workers").joinpath("defaults.yaml").read_text())
 
 
 def _load_yaml_text(text: str, *, source: str = "defaults.yaml") -> dict[str, Any]:

@@ -91,7 +91,7 @@ async def delivering(store: Store, settings: Settings) -> AsyncIterator[None]:
     reporter = SlackReporter(
         store=store, client=make_slack_client(settings, backoff_factor_s=0.01), settings=settings
     )
-    deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
+    deliverer = Deliverer(store, reporter, poll_s=1.0, backoff_s=0.05).start(stop)
     try:
         yield
     finally:

@@ -225,7 +225,7 @@ async def pipeline_for(
             client=make_slack_client(bot.settings, backoff_factor_s=0.01),
             settings=bot.settings,
         )
-        deliverer = Deliverer(store, reporter, poll_s=0.05, backoff_s=0.05).start(stop)
+        deliverer = Deliverer(store, reporter, poll_s=1.0, backoff_s=0.05).start(stop)
         worker = asyncio.create_task(
             run_worker(
                 bot.settings,

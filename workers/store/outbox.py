@@ -478,10 +478,36 @@ class OutboxStore(StoreBase):
 
         Claim times are the database's (`now` only for tests): a host whose clock runs ahead
         must not see a live claim of another process as expired, and send it a second time."""
+        claimed, _ = await self.claim_due(owner, limit=limit, claim_s=claim_s, now=now)
+        return claimed
+
+    async def claim_due(
+        self, owner: str, *, limit: int = 20, claim_s: float = 60.0, now: datetime | None = None
+    ) -> tuple[list[OutboxMessage], float | None]:
+        """`claim_outbox`, and when it claimed fewer than `limit`, how many seconds until the
+        next message still to be tried falls due (its back-off or a dead claimer's claim ends;
+        None: none waits), so a deliverer sleeps until then instead of polling."""
         async with self.transaction() as s:
-            return await self._claim_outbox(
-                s, owner, limit=limit, claim_s=claim_s, now=now or await database_now(self, s)
+            now = now or await database_now(self, s)
+            claimed = await self._claim_outbox(s, owner, limit=limit, claim_s=claim_s, now=now)
+            if len(claimed) >= limit:
+                return claimed, 0.0
+            due = case(
+                (
+                    col(OutboxMessage.claimed_until) > col(OutboxMessage.next_attempt_at),
+                    col(OutboxMessage.claimed_until),
+                ),
+                else_=col(OutboxMessage.next_attempt_at),
             )
+            query = select(func.min(due)).where(
+                col(OutboxMessage.sent_at).is_(None),
+                col(OutboxMessage.permanent).is_(False),
+                due > now,
+            )
+            next_due = as_utc((await s.exec(query)).one())
+        if next_due is None:
+            return claimed, None
+        return claimed, max(0.0, (next_due - now).total_seconds())
 
     async def _claim_outbox(
         self, s: AsyncSession, owner: str, *, limit: int, claim_s: float, now: datetime
