@@ -24,6 +24,7 @@ from workers.providers.base import (
     Usage,
     retry_after_s,
 )
+from workers.providers.tls import shared_tls_context
 from workers.untrusted import fence
 
 _FINISH_REASONS: dict[str, StopReason] = {
@@ -81,7 +82,8 @@ def make_openai_client(
 ) -> AsyncOpenAI:
     """An AsyncOpenAI whose HTTP client stops the SDK's retries where waiting cannot help."""
     http_client = openai.DefaultAsyncHttpxClient(
-        event_hooks={"response": [retry_policy_hook(inline_retry_after_s)]}
+        event_hooks={"response": [retry_policy_hook(inline_retry_after_s)]},
+        verify=shared_tls_context(),
     )
     return AsyncOpenAI(
         api_key=api_key or "unused", base_url=base_url, http_client=http_client, **kwargs

@@ -90,12 +90,15 @@ class ModelRouter:
         if (anthropic_key := settings.anthropic_api_key) is not None:
 
             def anthropic() -> ProviderClient:
-                from anthropic import AsyncAnthropic
+                from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
+
+                from workers.providers.tls import shared_tls_context
 
                 return router._anthropic(
                     AsyncAnthropic(
                         api_key=anthropic_key.get_secret_value(),
                         base_url=settings.anthropic_base_url,
+                        http_client=DefaultAsyncHttpxClient(verify=shared_tls_context()),
                     )
                 )
 
