@@ -457,8 +457,11 @@ class Agent:
                 self._count_forbidden(run, call.name, gate.refusal)
                 return tool_result(call.id, f"Not allowed: {gate.refusal}", is_error=True), None
             approver = gate.approver
-        await run.guard.charge_tool_call()
-        await self._status(run, tool.describe(call.arguments))
+        # Counted and shown on the status message in one transaction.
+        await run.guard.charge_tool_call(
+            status=tool.describe(call.arguments),
+            coalesce_s=self.settings.engine.status_update_interval_s,
+        )
         context = ToolContext(
             order=run.order,
             policy_name=policy_name,

@@ -279,7 +279,13 @@ class SpendLedger(Protocol):
     ) -> bool: ...
 
     async def count_tool_call(
-        self, ref: str | int, *, max_tool_calls: int, attempt_id: int | None = None
+        self,
+        ref: str | int,
+        *,
+        max_tool_calls: int,
+        attempt_id: int | None = None,
+        status: str | None = None,
+        status_coalesce_s: float = 0.0,
     ) -> bool: ...
 
 
@@ -412,9 +418,15 @@ class BudgetGuard:
             self.overrun = (cost, reservation.reserved_micro_usd)
         return cost
 
-    async def charge_tool_call(self) -> None:
+    async def charge_tool_call(self, *, status: str | None = None, coalesce_s: float = 0.0) -> None:
+        """Count one tool call against the ceiling; `status` (what the call does) is shown on the
+        order's status message in the same transaction (coalesced as a run's steps are)."""
         if not await self.store.count_tool_call(
-            self.order_number, max_tool_calls=self.budget.max_tool_calls, attempt_id=self.attempt_id
+            self.order_number,
+            max_tool_calls=self.budget.max_tool_calls,
+            attempt_id=self.attempt_id,
+            status=status,
+            status_coalesce_s=coalesce_s,
         ):
             raise BudgetExceeded(
                 "tool_calls",

@@ -430,6 +430,22 @@ async def write_status(s: AsyncSession, ref: OrderRef, item: OutboxItem, *, now:
     )
 
 
+def run_step_item(
+    row: WorkOrderRow, step: str, coalesce_s: float, *, waiting: bool = False
+) -> OutboxItem:
+    """The status a step of the order's run (or a wait) shows, for a writer holding its row
+    lock and knowing it in flight (`OutboxStore.report_status`, a counted tool call)."""
+    assert row.id is not None
+    return status_item(
+        format_order_id(row.id),
+        step,
+        waiting=waiting,
+        coalesce_s=coalesce_s,
+        phase=RUN if Status(row.status) in STREAMED else REST,
+        task=None if step in _SILENT_STEPS else step,
+    )
+
+
 class OutboxStore(StoreBase):
     async def add_to_outbox(self, ref: OrderRef, items: Iterable[OutboxItem]) -> None:
         async with self.transaction() as s:
@@ -458,15 +474,7 @@ class OutboxStore(StoreBase):
             if Status(row.status) not in states:
                 return False
             assert row.id is not None
-            item = status_item(
-                format_order_id(row.id),
-                step,
-                waiting=waiting,
-                coalesce_s=coalesce_s,
-                phase=RUN if Status(row.status) in STREAMED else REST,
-                task=None if step in _SILENT_STEPS else step,
-            )
-            await write_outbox(s, row.id, [item])
+            await write_outbox(s, row.id, [run_step_item(row, step, coalesce_s, waiting=waiting)])
         return True
 
     async def claim_outbox(
