@@ -17,9 +17,10 @@ from workers import queue
 # reservation, the settlement and the tool-call record (each with an audit append), and the
 # tool-call count with the coalesced status row. 50 statements when this test was added; 40
 # once a run's fenced write locked its order and attempt in one statement, 37 once a tool
-# call's count and its status row shared a transaction (PostgreSQL 15).
-STEP_CEILING = 37
-ORDER_CEILING = 152  # queue 14 + claim 19 + run 119; the deliverer's side is not counted
+# call's count and its status row shared a transaction, 33 once a checkpoint and its
+# elapsed-time write were one statement (PostgreSQL 15).
+STEP_CEILING = 33
+ORDER_CEILING = 142  # queue 14 + claim 19 + run 109; the deliverer's side is not counted
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 

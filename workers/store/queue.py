@@ -623,18 +623,22 @@ class QueueStore(SpendStore):
         LeaseLost if the attempt no longer holds the order's lease."""
         async with self.transaction() as s:
             row = await fenced_row(self, s, attempt_id)
-            attempt = await s.get(RunAttempt, attempt_id)
-            assert attempt is not None
-            attempt.checkpoint = messages
-            attempt.step = step
-            attempt.checkpoint_at = utcnow()
-            s.add(attempt)
             values: dict[str, Any] = {"elapsed_ms": elapsed_ms}
             if consumed_inbox:
                 values["inbox"] = list(row.inbox or [])[consumed_inbox:]
-            await s.exec(
-                update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(**values)
+            saved = (
+                update(RunAttempt)
+                .where(col(RunAttempt.id) == attempt_id)
+                .values(checkpoint=messages, step=step, checkpoint_at=utcnow())
             )
+            timed = update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(**values)
+            if self._sqlite:
+                await s.exec(saved)
+                await s.exec(timed)
+            else:  # one round trip: the attempt's update rides along as a CTE
+                await s.exec(timed.add_cte(saved.cte("checkpoint")))
+            # The session's copy of the attempt (loaded by the fence) is stale now.
+            s.expire_all()
 
     async def add_to_inbox(
         self,
