@@ -355,8 +355,11 @@ class SlackReporter:
         )
 
     async def card_shown(self, order: WorkOrder, payload: Mapping[str, Any]) -> None:
-        """Show the order's card as it stands: posted once (its key), edited in place after."""
+        """Show the order's card as it stands: posted once (its key), edited in place after.
+        An order with no thread (from the console) has no card to show."""
         assert order.id
+        if not order.channel:
+            return
         points = payload.get("open_points")
         if points is None:
             session = await self.store.slack.intake_for_order(order.id)

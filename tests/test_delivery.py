@@ -26,7 +26,7 @@ from tests.support.factories import make_order
 from tests.support.processes import spawn_worker, worker_env
 from tests.support.settings import FAST_ENGINE
 from tests.support.waiting import eventually
-from workers import queue
+from workers import intake_replies, queue
 from workers.config import Settings, load_settings
 from workers.errors import RetryLater
 from workers.followup import FollowUps
@@ -459,3 +459,23 @@ async def test_outbox_items_written_twice_under_one_key_are_kept_once(store: Sto
     await store.outbox.add_to_outbox(order.id, [item])
     await store.outbox.add_to_outbox(order.id, [item])  # a resumed run writes it again
     assert [m.key for m in await store.outbox.outbox(order.id)] == [item.key]
+
+
+async def test_a_card_owed_to_an_order_without_a_thread_is_settled_not_retried(
+    store: Store, fake_slack: FakeSlack
+) -> None:
+    """A console order has no card in Slack: an Edit's redraw of it (a forged button value for
+    its id) is done by doing nothing, not retried for ever."""
+    order = await _order(store, channel=None, thread_ts=None)
+    assert order.id
+    await store.orders.update_order(
+        order.id,
+        actor="UADMIN",
+        expected={Status.AWAITING_CONFIRMATION},
+        outbox=[intake_replies.card(order.id, "edit-1", edited_by="UADMIN")],
+        title="Renamed",
+    )
+    deliverer = _deliverer(store, fake_slack)
+    assert await deliverer.deliver_due() == 1
+    assert await store.outbox.undelivered() == []
+    assert fake_slack.calls_to("chat.postMessage") == []
