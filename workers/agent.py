@@ -138,6 +138,8 @@ class _Run:
     first_step: int = 0
     """The step this attempt resumed at: each attempt gets `engine.max_steps` of its own."""
     inbox_to_consume: int = 0
+    inbox_seen: list[dict[str, Any]] | None = None
+    """The inbox as the last checkpoint read it under the order's lock; None: read it again."""
     forbidden: int = 0
     nudges: int = 0
     pending_calls: list[ToolUse] = field(default_factory=list)
@@ -673,8 +675,10 @@ class Agent:
         if run.inbox_to_consume:
             return
         assert run.order.id is not None
-        row = await self.store.orders.get_row(run.order.id)
-        inbox = list(row.inbox or [])
+        # The checkpoint just before read it (a message left since is read at the next step).
+        inbox, run.inbox_seen = run.inbox_seen, None
+        if inbox is None:
+            inbox = list((await self.store.orders.get_row(run.order.id)).inbox or [])
         if not inbox:
             return
         last = run.messages[-1]
@@ -935,7 +939,7 @@ class Agent:
 
     async def _checkpoint(self, run: _Run) -> None:
         consumed, run.inbox_to_consume = run.inbox_to_consume, 0
-        await _uncut(
+        run.inbox_seen = await _uncut(
             self.store.queue.save_run_checkpoint(
                 run.attempt_id,
                 messages=run.messages,

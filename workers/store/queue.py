@@ -618,14 +618,16 @@ class QueueStore(SpendStore):
         step: int,
         elapsed_ms: int,
         consumed_inbox: int = 0,
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         """Save the agent's history after a step, with the running time and the inbox it read;
-        LeaseLost if the attempt no longer holds the order's lease."""
+        LeaseLost if the attempt no longer holds the order's lease. Returns what the inbox
+        holds now (read under the lock), for the next step: no read of its own."""
         async with self.transaction() as s:
             row = await fenced_row(self, s, attempt_id)
+            inbox = list(row.inbox or [])[consumed_inbox:]
             values: dict[str, Any] = {"elapsed_ms": elapsed_ms}
             if consumed_inbox:
-                values["inbox"] = list(row.inbox or [])[consumed_inbox:]
+                values["inbox"] = inbox
             saved = (
                 update(RunAttempt)
                 .where(col(RunAttempt.id) == attempt_id)
@@ -639,6 +641,7 @@ class QueueStore(SpendStore):
                 await s.exec(timed.add_cte(saved.cte("checkpoint")))
             # The session's copy of the attempt (loaded by the fence) is stale now.
             s.expire_all()
+        return inbox
 
     async def add_to_inbox(
         self,
