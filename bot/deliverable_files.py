@@ -89,41 +89,15 @@ async def canvas_once(
 ) -> Canvas | None:
     """Put a long deliverable in a canvas shared with the thread's channel and post its link
     (once); None when the workspace does not allow the canvas, so the caller uploads a file."""
-    assert order.id and order.channel
-    key = canvas_key(result.key)
-    store = reporter.store
-    state, existing = await store.slack.claim_slack_message(
-        key=key,
-        purpose="canvas",
-        channel=order.channel,
-        owner=reporter.owner,
-        order=order.id,
-        claim_s=CLAIM_S,
+    canvas = await _shared_canvas_once(
+        reporter,
+        Thread.of(order),
+        key=canvas_key(result.key),
+        title=f"{order.id}: {order.title}",
+        markdown=result.content,
     )
-    if state == "busy":
-        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {key}")
-    if state == "posted":
-        canvas_id = existing.ts or ""
-        if canvas_id == NO_CANVAS:
-            return None
-    else:
-        try:
-            created = await new_canvas(
-                reporter.client, title=f"{order.id}: {order.title}", markdown=result.content
-            )
-        except SlackApiError:
-            await store.slack.release_slack_message(key, reporter.owner)
-            raise
-        if created is None:
-            await store.slack.save_slack_message(
-                key=key, purpose="canvas", channel=order.channel, ts=NO_CANVAS, order=order.id
-            )
-            return None
-        canvas_id = created
-        await store.slack.save_slack_message(
-            key=key, purpose="canvas", channel=order.channel, ts=canvas_id, order=order.id
-        )
-    canvas = await shared_canvas(reporter.client, canvas_id, channel=order.channel)
+    if canvas is None:
+        return None
     body = (
         f"*{order.id} deliverable:* {untrusted(result.summary)}\n\n"
         f"The deliverable is long, so it is in {canvas_link(canvas)}."
@@ -140,27 +114,11 @@ async def long_text_once(
     """Put `text` (too long for a message) in a canvas shared with the thread's channel, or
     where the workspace refuses canvases in a file in the thread, once per `key`; a mrkdwn
     link to it, for the message that says where it is."""
-    store = reporter.store
-    canvas = f"{key}:canvas"
-    state, existing = await store.slack.claim_slack_message(
-        key=canvas, purpose="canvas", channel=thread.channel, owner=reporter.owner,
-        order=thread.order, claim_s=CLAIM_S,
-    )  # fmt: skip
-    if state == "busy":
-        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {canvas}")
-    canvas_id: str | None = existing.ts if state == "posted" else None
-    if state != "posted":
-        try:
-            canvas_id = await new_canvas(reporter.client, title=title, markdown=text)
-        except SlackApiError:
-            await store.slack.release_slack_message(canvas, reporter.owner)
-            raise
-        await store.slack.save_slack_message(
-            key=canvas, purpose="canvas", channel=thread.channel, ts=canvas_id or NO_CANVAS,
-            order=thread.order,
-        )  # fmt: skip
-    if canvas_id and canvas_id != NO_CANVAS:
-        return canvas_link(await shared_canvas(reporter.client, canvas_id, channel=thread.channel))
+    canvas = await _shared_canvas_once(
+        reporter, thread, key=f"{key}:canvas", title=title, markdown=text
+    )
+    if canvas is not None:
+        return canvas_link(canvas)
     file_id = await reporter._upload_once(
         thread,
         file=UploadFile(
@@ -169,6 +127,35 @@ async def long_text_once(
     )
     url = await permalink(reporter.client, file_id)
     return f"<{url}|the file>" if url else "the file above"
+
+
+async def _shared_canvas_once(
+    reporter: SlackReporter, thread: Thread, *, key: str, title: str, markdown: str
+) -> Canvas | None:
+    """The canvas holding `markdown`, created once per `key` and shared with the thread's
+    channel; None when the workspace refuses canvases (recorded, so a retry keeps to a file)."""
+    store = reporter.store
+    state, existing = await store.slack.claim_slack_message(
+        key=key, purpose="canvas", channel=thread.channel, owner=reporter.owner,
+        order=thread.order, claim_s=CLAIM_S,
+    )  # fmt: skip
+    if state == "busy":
+        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {key}")
+    if state == "posted":
+        canvas_id: str | None = existing.ts or ""
+    else:
+        try:
+            canvas_id = await new_canvas(reporter.client, title=title, markdown=markdown)
+        except SlackApiError:
+            await store.slack.release_slack_message(key, reporter.owner)
+            raise
+        await store.slack.save_slack_message(
+            key=key, purpose="canvas", channel=thread.channel, ts=canvas_id or NO_CANVAS,
+            order=thread.order,
+        )  # fmt: skip
+    if not canvas_id or canvas_id == NO_CANVAS:
+        return None
+    return await shared_canvas(reporter.client, canvas_id, channel=thread.channel)
 
 
 async def new_canvas(client: AsyncWebClient, *, title: str, markdown: str) -> str | None:

@@ -69,6 +69,7 @@ from bot.threads import Thread
 from workers import intake_replies
 from workers.config import Settings
 from workers.delivery import replay
+from workers.dialogue import open_points
 from workers.errors import RetryLater
 from workers.keys import card_key, deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
@@ -360,13 +361,11 @@ class SlackReporter:
         assert order.id
         if not order.channel:
             return
-        points = payload.get("open_points")
-        if points is None:
-            session = await self.store.slack.intake_for_order(order.id)
-            points = (session.draft or {}).get("open_points", []) if session else []
         edited_by = payload.get("edited_by")
         note = f"Edited by {mention(str(edited_by))}." if edited_by else ""
-        blocks = render_card(order, self.settings, open_points=list(points), note=note)
+        blocks = render_card(
+            order, self.settings, open_points=await open_points(self.store, order.id), note=note
+        )
         text = card_text(order)
         channel, ts, posted_now = await self._post(
             order, key=card_key(order.id), purpose="card", text=text, blocks=blocks
@@ -386,10 +385,11 @@ class SlackReporter:
             raise RetryLater(BUSY_RETRY_S, "the card is still being posted")
         if posted is None or not posted.ts:
             return
-        session = await self.store.slack.intake_for_order(order.id)
-        open_points = list((session.draft or {}).get("open_points", [])) if session else []
         blocks = render_card(
-            order, self.settings, open_points=open_points, note=card_note_text(note, actor)
+            order,
+            self.settings,
+            open_points=await open_points(self.store, order.id),
+            note=card_note_text(note, actor),
         )
         await self._edit(
             order,

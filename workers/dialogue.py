@@ -78,35 +78,15 @@ def session_order_id(session: IntakeSession) -> str | None:
     return format_order_id(session.order_id) if session.order_id is not None else None
 
 
+async def open_points(store: Store, order_id: str) -> list[str]:
+    """What the order's dialogue left open (its card lists them); none for an order without one."""
+    session = await store.slack.intake_for_order(order_id)
+    return list((session.draft or {}).get("open_points", [])) if session else []
+
+
 def session_context(session: IntakeSession) -> str:
     """The context the conversation started with (e.g. the message a shortcut was used on)."""
     return str((session.draft or {}).get("context", ""))
-
-
-@dataclass(frozen=True)
-class _Replies:
-    """What a dialogue in a Slack thread says back to one of the requester's messages."""
-
-    session_id: int
-    reply_to: str
-    channel: str
-    thread_ts: str
-
-    def _where(self) -> dict[str, str]:
-        return {"channel": self.channel, "thread_ts": self.thread_ts}
-
-    def notice(self, why: str, *, text: str = "", order_id: str = "") -> OutboxItem:
-        return intake_replies.notice(
-            self.session_id, self.reply_to, **self._where(), why=why, text=text, order_id=order_id
-        )
-
-    def answer(self, text: str, *, question: str) -> OutboxItem:
-        return intake_replies.answer(
-            self.session_id, self.reply_to, **self._where(), text=text, question=question
-        )
-
-    def questions(self, asked: list[str]) -> OutboxItem:
-        return intake_replies.questions(self.session_id, self.reply_to, **self._where(), asked=asked)
 
 
 class IntakeDialogue:
@@ -189,11 +169,11 @@ class IntakeDialogue:
         return outcome
 
     @staticmethod
-    def _replies(session: IntakeSession, reply_to: str | None) -> _Replies | None:
+    def _replies(session: IntakeSession, reply_to: str | None) -> intake_replies.Replies | None:
         if session.surface != "slack" or reply_to is None:
             return None
         assert session.id is not None
-        return _Replies(session.id, reply_to, session.channel, session.thread_ts)
+        return intake_replies.Replies(session.id, reply_to, session.channel, session.thread_ts)
 
     async def _limit(self, requester: str) -> Limited | None:
         """Intake spends the team's money too: refuse before calling the model when the person
@@ -248,7 +228,7 @@ class IntakeDialogue:
             # The card is written with the dialogue that proposes it: a Start pressed the
             # moment it shows finds the dialogue proposing, never a save of it still to come.
             assert order.id
-            card = intake_replies.card(order.id, "new", open_points=draft.open_points)
+            card = intake_replies.card(order.id, "new")
             await self.store.slack.save_intake(session, replies=[card] if shows_card else [])
             return order
         # The refined order and its dialogue are written in one commit that checks the order
@@ -256,9 +236,7 @@ class IntakeDialogue:
         before = {name: getattr(session, name) for name in _PROPOSAL_FIELDS}
         self._proposed(session, order.model_copy(update={"id": existing_id}), draft)
         # One redraw per refinement: the transcript grows with each.
-        card = intake_replies.card(
-            existing_id, len(session.transcript), open_points=draft.open_points
-        )
+        card = intake_replies.card(existing_id, len(session.transcript))
         try:
             return await self.store.orders.update_order(
                 existing_id,
@@ -325,10 +303,6 @@ class IntakeDialogue:
             session.kind = kind
         session.state = IntakeState.CLOSED
         await self.store.slack.save_intake(session)
-
-    async def open_points(self, order_id: str) -> list[str]:
-        session = await self.store.slack.intake_for_order(order_id)
-        return list((session.draft or {}).get("open_points", [])) if session else []
 
     async def _set_state(self, order_id: str, state: IntakeState) -> None:
         session = await self.store.slack.intake_for_order(order_id)

@@ -9,6 +9,8 @@ the dialogue's words, never Slack blocks: the front door renders them when it se
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from workers.keys import card_shown_key, intake_reply_key
 from workers.store.outbox import OutboxItem
@@ -24,64 +26,37 @@ INTAKE_KINDS = frozenset({QUESTIONS, ANSWER, NOTICE})
 LIMITED, UNAVAILABLE, MOVED = "limited", "unavailable", "moved"
 
 
-def _place(channel: str, thread_ts: str) -> dict[str, str]:
-    return {"channel": channel, "thread_ts": thread_ts}
+@dataclass(frozen=True)
+class Replies:
+    """What a dialogue in a Slack thread says back to one of the requester's messages
+    (`reply_to`, its ts: one reply per message, however often Slack delivers it)."""
+
+    session_id: int
+    reply_to: str
+    channel: str
+    thread_ts: str
+
+    def _item(self, kind: str, **payload: Any) -> OutboxItem:
+        where = {"channel": self.channel, "thread_ts": self.thread_ts}
+        return OutboxItem(kind, intake_reply_key(self.session_id, self.reply_to), where | payload)
+
+    def questions(self, asked: Sequence[str]) -> OutboxItem:
+        return self._item(QUESTIONS, questions=list(asked))
+
+    def answer(self, text: str, *, question: str) -> OutboxItem:
+        """A chat answer; `question` names a long answer's canvas."""
+        return self._item(ANSWER, text=text, question=question[:500])
+
+    def notice(self, why: str, *, text: str = "", order_id: str = "") -> OutboxItem:
+        """The dialogue could not go on: `why` is LIMITED (`text` says which limit),
+        UNAVAILABLE (the model could not be reached) or MOVED (`order_id` was started or
+        cancelled meanwhile)."""
+        extra = ({"text": text} if text else {}) | ({"order": order_id} if order_id else {})
+        return self._item(NOTICE, why=why, **extra)
 
 
-def questions(
-    session_id: int, reply_to: str, *, channel: str, thread_ts: str, asked: Sequence[str]
-) -> OutboxItem:
-    return OutboxItem(
-        QUESTIONS,
-        intake_reply_key(session_id, reply_to),
-        {**_place(channel, thread_ts), "questions": list(asked)},
-    )
-
-
-def answer(
-    session_id: int, reply_to: str, *, channel: str, thread_ts: str, text: str, question: str
-) -> OutboxItem:
-    """A chat answer; `question` names a long answer's canvas."""
-    return OutboxItem(
-        ANSWER,
-        intake_reply_key(session_id, reply_to),
-        {**_place(channel, thread_ts), "text": text, "question": question[:500]},
-    )
-
-
-def notice(
-    session_id: int,
-    reply_to: str,
-    *,
-    channel: str,
-    thread_ts: str,
-    why: str,
-    text: str = "",
-    order_id: str = "",
-) -> OutboxItem:
-    """The dialogue could not go on: `why` is LIMITED (`text` says which limit), UNAVAILABLE
-    (the model could not be reached) or MOVED (`order_id` was started or cancelled meanwhile)."""
-    payload = {**_place(channel, thread_ts), "why": why}
-    if text:
-        payload["text"] = text
-    if order_id:
-        payload["order"] = order_id
-    return OutboxItem(NOTICE, intake_reply_key(session_id, reply_to), payload)
-
-
-def card(
-    order_id: str,
-    revision: str | int,
-    *,
-    open_points: Sequence[str] | None = None,
-    edited_by: str | None = None,
-) -> OutboxItem:
-    """Show the order's card as it stands when sent: posted the first time, edited after.
-    `open_points` are the draft's (None: the dialogue's, read when sent); `edited_by` is who
-    changed it by hand (Edit)."""
-    payload: dict[str, object] = {}
-    if open_points is not None:
-        payload["open_points"] = list(open_points)
-    if edited_by:
-        payload["edited_by"] = edited_by
+def card(order_id: str, revision: str | int, *, edited_by: str | None = None) -> OutboxItem:
+    """Show the order's card as it stands when sent (with its dialogue's open points): posted
+    the first time, edited after. `edited_by` is who changed it by hand (Edit)."""
+    payload = {"edited_by": edited_by} if edited_by else {}
     return OutboxItem(CARD, card_shown_key(order_id, revision), payload)

@@ -15,9 +15,7 @@ import pytest
 
 from bot.attachments import SlackFiles
 from bot.cards import START_ACTION
-from bot.delivery import Deliverer
 from bot.ids import APPROVE_ACTION, CHANGES_ACTION, REJECT_ACTION, review_value
-from bot.reporter import SlackReporter
 from bot.slack_client import make_slack_client
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.openai import FakeOpenAI
@@ -218,14 +216,8 @@ async def pipeline_for(
         database_url=str(store.engine.url.render_as_string(hide_password=False)),
         **overrides,
     )
-    async with running_bot(settings, store=store, fake_slack=fake_slack, deliver=False) as bot:
+    async with running_bot(settings, store=store, fake_slack=fake_slack) as bot:
         stop = asyncio.Event()
-        reporter = SlackReporter(
-            store=store,
-            client=make_slack_client(bot.settings, backoff_factor_s=0.01),
-            settings=bot.settings,
-        )
-        deliverer = Deliverer(store, reporter, poll_s=1.0, backoff_s=0.05).start(stop)
         worker = asyncio.create_task(
             run_worker(
                 bot.settings,
@@ -242,7 +234,6 @@ async def pipeline_for(
         finally:
             stop.set()
             await asyncio.wait_for(worker, 20)
-            await asyncio.wait_for(deliverer, 20)
 
 
 def verdicts(*passed: bool) -> OpenAIReply:

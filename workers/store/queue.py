@@ -639,8 +639,6 @@ class QueueStore(SpendStore):
                 await s.exec(timed)
             else:  # one round trip: the attempt's update rides along as a CTE
                 await s.exec(timed.add_cte(saved.cte("checkpoint")))
-            # The session's copy of the attempt (loaded by the fence) is stale now.
-            s.expire_all()
         return inbox
 
     async def add_to_inbox(
