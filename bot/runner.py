@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -22,6 +20,7 @@ from bot.delivery import Deliverer
 from bot.digest_post import SlackDigestPublisher
 from bot.home import HomePublisher
 from bot.home_refresh import HomeRefresher
+from bot.jobs import Jobs
 from bot.preflight import BOT_TOKEN_CHECK, Recheck, preflight, unreachable
 from bot.reporter import SlackReporter
 from bot.server import HealthCheck, build_web_app, start_site
@@ -59,7 +58,7 @@ def missing_slack_credentials(settings: Settings) -> str:
 
 
 def add_audit_checkpoints(
-    scheduler: AsyncIOScheduler, settings: Settings, store: Store, client: AsyncWebClient
+    jobs: Jobs, settings: Settings, store: Store, client: AsyncWebClient
 ) -> None:
     """With `audit.checkpoint_path` or `audit.checkpoint_channel` set: a signed checkpoint of
     the audit trail at start, then every `audit.checkpoint_interval_s`, so that a rollback of
@@ -67,15 +66,12 @@ def add_audit_checkpoints(
     audit = settings.audit
     if audit.checkpoint_path is None and audit.checkpoint_channel is None:
         return
-    scheduler.add_job(
+    jobs.every(
+        audit.checkpoint_interval_s,
         write_audit_checkpoint,
-        "interval",
         args=(store, audit.checkpoint_path, client, audit.checkpoint_channel, {}),
-        seconds=audit.checkpoint_interval_s,
         id="audit-checkpoint",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(UTC),
+        at_start=True,
     )
 
 
@@ -203,53 +199,29 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     reporter = SlackReporter(store=store, client=client, home=homes, settings=settings)
     deliverer = Deliverer(store, reporter).start(stop)
     follow_ups = FollowUps(settings, store)
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(
-        follow_ups.sweep,
-        "interval",
-        seconds=settings.review.sweep_interval_s,
-        id="follow-ups",
-        max_instances=1,
-        coalesce=True,
-    )
+    jobs = Jobs()
+    jobs.every(settings.review.sweep_interval_s, follow_ups.sweep, id="follow-ups")
     # Deliveries a dead process acknowledged but never finished: at start, then every minute.
-    scheduler.add_job(
+    jobs.every(
+        EVENT_RECOVERY_SWEEP_S,
         recover_unhandled,
-        "interval",
         args=(bolt, store),
-        seconds=EVENT_RECOVERY_SWEEP_S,
         id="event-recovery",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(UTC),
+        at_start=True,
     )
     # Closed days of the leads' metrics, summarised once: at start (every past day, the first
     # time), then hourly.
-    scheduler.add_job(
-        store.reporting.summarise_closed_days,
-        "interval",
-        seconds=SWEEP_INTERVAL_S,
-        id="metric-days",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(UTC),
+    jobs.every(
+        SWEEP_INTERVAL_S, store.reporting.summarise_closed_days, id="metric-days", at_start=True
     )
-    add_audit_checkpoints(scheduler, settings, store, client)
+    add_audit_checkpoints(jobs, settings, store, client)
     if settings.digests:
         # Every minute, and once at start so that a digest missed while down is caught up.
         digests = DigestScheduler(
             settings, store.reporting, SlackDigestPublisher(client), render_chart=render_chart
         )
-        scheduler.add_job(
-            digests.sweep,
-            "interval",
-            seconds=DIGEST_SWEEP_S,
-            id="digests",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-    scheduler.start()
+        jobs.every(DIGEST_SWEEP_S, digests.sweep, id="digests", at_start=True)
+    jobs.start()
     workers = asyncio.create_task(
         run_worker(
             settings,
@@ -272,7 +244,7 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
         stop.set()
         [worker_outcome] = await asyncio.gather(workers, return_exceptions=True)
         await asyncio.gather(deliverer, *watches, return_exceptions=True)
-        scheduler.shutdown(wait=False)
+        await jobs.stop()
         await homes.close()
         if socket_handler is not None:
             await socket_handler.close()

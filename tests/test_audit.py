@@ -390,24 +390,23 @@ async def test_delegate_run_writes_and_posts_a_checkpoint_when_configured(
     settings_factory: Callable[..., Settings],
     fake_slack: FakeSlack,
 ) -> None:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
+    from bot.jobs import Jobs
     from bot.runner import add_audit_checkpoints
     from bot.slack_client import make_slack_client
 
     store = await _keyed_store(database)
     await _order_with_history(store)
-    scheduler = AsyncIOScheduler(timezone="UTC")
+    jobs = Jobs()
     settings = settings_factory(slack_api_url=fake_slack.api_url)
     client = make_slack_client(settings)
-    add_audit_checkpoints(scheduler, settings, store, client)
-    assert scheduler.get_jobs() == []  # off unless configured
+    add_audit_checkpoints(jobs, settings, store, client)
+    assert jobs.scheduler.get_jobs() == []  # off unless configured
     settings = settings_factory(
         slack_api_url=fake_slack.api_url,
         audit={"checkpoint_path": str(tmp_path), "checkpoint_channel": "C0AUDIT"},
     )
-    add_audit_checkpoints(scheduler, settings, store, client)
-    [job] = scheduler.get_jobs()
+    add_audit_checkpoints(jobs, settings, store, client)
+    [job] = jobs.scheduler.get_jobs()
     assert job.trigger.interval.total_seconds() == 3600
     await job.func(*job.args)
     await store.close()

@@ -228,3 +228,52 @@ async def test_delegate_run_summarises_the_closed_days_when_it_starts(
         assert await _figures(engine) == expected
     finally:
         await engine.dispose()
+
+
+async def test_delegate_run_stops_promptly_when_sigterm_lands_mid_summary(
+    database: Any,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    """A restart while the first start is still summarising years of history: the sweep stops
+    where it is and the process exits. (It used to close the database under the running sweep,
+    whose connection thread then kept the process alive after "Delegate stopped".)"""
+    engine = database.engine()
+    try:
+        seed = Seed(engine)
+        seed.intake_call(1_000, datetime(2023, 11, 1, 12, tzinfo=UTC), requester="U1")
+        await seed.write()
+        env = cli_env(
+            **database.env(),
+            **provider_env(fake_anthropic, fake_openai),
+            PORT=str(free_port()),
+            SLACK_BOT_TOKEN=fake_slack.token,
+            SLACK_SIGNING_SECRET="s3cr3t-signing",
+            SLACK_API_URL=fake_slack.api_url,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+        async def summarised() -> int:
+            async with engine.connect() as conn:
+                return int((await conn.execute(select(func.count()).select_from(MetricDay))).scalar_one())
+
+        try:
+            await eventually(summarised)
+        finally:
+            err = await stop_delegate(proc)
+        assert proc.returncode == 0, err
+        # It was stopped mid-sweep (more than a thousand days were still to go), and said so
+        # before closing the database: no error, no traceback.
+        assert 0 < await summarised() < 1_000, err
+        lines = err.splitlines()
+        stopped = [i for i, line in enumerate(lines) if "stopped the metric-days job mid-run" in line]
+        assert stopped and stopped[0] < len(lines) - 1, err
+        assert "Delegate stopped" in lines[-1], err
+        assert " ERROR " not in err and "Traceback" not in err, err
+    finally:
+        await engine.dispose()

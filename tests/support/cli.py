@@ -107,13 +107,23 @@ async def health(port: int) -> tuple[int, dict[str, Any]] | None:
 
 
 async def stop_delegate(proc: asyncio.subprocess.Process, *, within: float = 30) -> str:
-    """SIGTERM, then the exit; stderr. Fails (and kills it) if it does not exit `within`."""
+    """SIGTERM, then the exit; stderr. Fails, killing it and showing what it wrote, if it does
+    not exit `within`."""
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
+    assert proc.stderr is not None
+    err = asyncio.create_task(proc.stderr.read())
+    # A full stdout pipe would stall it: drained, not kept.
+    out = asyncio.create_task(proc.stdout.read()) if proc.stdout is not None else None
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), within)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return err.decode()
+        await asyncio.wait_for(proc.wait(), within)
+        if out is not None:
+            await out
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(
+            f"delegate did not exit within {within} s of SIGTERM; it wrote:\n"
+            + (await err).decode()[-6000:]
+        ) from None
+    return (await err).decode()
