@@ -40,10 +40,10 @@ async def _kill_backends(database: Database) -> int:
 
 
 def _drop_once(h: Harness) -> list[int]:
-    """SQLite has no server to lose: the next checkpoint write fails as a dropped connection
+    """SQLite has no server to lose: the run's next step write fails as a dropped connection
     does (OperationalError, connection invalidated)."""
     dropped: list[int] = []
-    save = h.store.queue.save_run_checkpoint
+    save = h.store.runs.save_step
 
     async def failing(*args: Any, **kwargs: Any) -> Any:
         if not dropped:
@@ -53,7 +53,7 @@ def _drop_once(h: Harness) -> list[int]:
             )
         return await save(*args, **kwargs)
 
-    h.store.queue.save_run_checkpoint = failing  # type: ignore[method-assign]
+    h.store.runs.save_step = failing  # type: ignore[method-assign]
     return dropped
 
 
@@ -102,7 +102,7 @@ async def test_a_database_that_keeps_failing_runs_ends_in_exception(harness: Har
     async def failing(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("UPDATE run_attempts", {}, Exception("server closed the connection"))
 
-    h.store.queue.save_run_checkpoint = failing  # type: ignore[method-assign]
+    h.store.runs.save_step = failing  # type: ignore[method-assign]
     await eventually(lambda: _run_again(h, order_id), timeout_s=60)
 
     row = await h.store.orders.get_row(order_id)

@@ -13,15 +13,17 @@ from tests.support.engine import Harness
 from tests.support.statements import Statements
 from workers import queue
 
-# A step is 8 transactions: two checkpoints (each with its elapsed-time write), the
-# reservation, the settlement and the tool-call record (each with an audit append), and the
-# tool-call count with the coalesced status row. 50 statements when this test was added; 40
-# once a run's fenced write locked its order and attempt in one statement, 37 once a tool
-# call's count and its status row shared a transaction, 33 once a checkpoint and its
-# elapsed-time write were one statement, 31 once a step read its inbox from the checkpoint
-# before it instead of reading the order again (PostgreSQL 15).
-STEP_CEILING = 31
-ORDER_CEILING = 138  # queue 14 + claim 19 + run 105; the deliverer's side is not counted
+# A step is 4 transactions (and the tool's own reads): the reservation; the settlement with
+# its audit append; the reply's checkpoint with the tool call's count and status row; the tool
+# call's record (with its audit append) with the results' checkpoint.
+# 50 statements when this test was added; 40 once a run's fenced write locked its order and
+# attempt in one statement, 37 once a tool call's count and its status row shared a
+# transaction, 33 once a checkpoint and its elapsed-time write were one statement, 31 once a
+# step read its inbox from the checkpoint before it instead of reading the order again, 25
+# once the reply's checkpoint rode with the tool call's count and a tool call's record with
+# the step's next write (PostgreSQL 15).
+STEP_CEILING = 25
+ORDER_CEILING = 126  # queue 14 + claim 19 + run 93; the deliverer's side is not counted
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 

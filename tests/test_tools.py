@@ -83,8 +83,17 @@ async def test_repeated_forbidden_calls_end_the_run_in_authority_exception(harne
     [(oid, kind, message)] = h.reporter.exceptions.values()
     assert (oid, kind) == (order.id, "authority")
     assert h.anthropic.pending == 1  # it never got to submit
-    audit = [e for e in await h.store.audit.audit_trail(order.id or "") if e.kind == "transition"]
+    trail = await h.store.audit.audit_trail(order.id or "")
+    audit = [e for e in trail if e.kind == "transition"]
     assert audit[-1].data["kind"] == "authority"
+    # Every refused call is on record, the one that ended the run too, and so is the reply
+    # that made it: the run stopped mid-step, with that step's writes still to make.
+    calls = await h.store.runs.tool_calls(order.id or "")
+    refused = [("web_fetch", "forbidden"), ("delete_everything", "forbidden"), ("web_fetch", "forbidden")]
+    assert [(c.name, c.outcome) for c in calls] == refused
+    assert [e.data["name"] for e in trail if e.kind == "tool_call"] == [n for n, _ in refused]
+    latest = await h.store.runs.latest_checkpoint(order.id or "")
+    assert latest is not None and latest.step == 3
 
 
 async def test_plugins_from_configuration_and_entry_points(

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from workers import telemetry
-from workers.budget import BudgetGuard
+from workers.budget import BudgetGuard, ToolCount
 from workers.config import Settings
 from workers.db import is_connection_error
 from workers.errors import (
@@ -43,6 +43,7 @@ from workers.states import WaitKind
 from workers.store import OutboxItem, Store, as_utc
 from workers.store.approvals import CallArguments
 from workers.store.outbox import exception_notice
+from workers.store.runs import Checkpoint
 from workers.tools import ToolContext, ToolForbidden, ToolInputError, ToolRegistry, denial
 from workers.tools.base import Tool
 from workers.tools.policy import decision, origin, why_ask
@@ -140,6 +141,11 @@ class _Run:
     inbox_to_consume: int = 0
     inbox_seen: list[dict[str, Any]] | None = None
     """The inbox as the last checkpoint read it under the order's lock; None: read it again."""
+    unsaved: bool = False
+    """The model's reply is not checkpointed yet: it rides with the step's next write."""
+    unrecorded: list[ToolCall] = field(default_factory=list)
+    """Tool calls made and not yet recorded: they ride with the step's next write, which
+    follows at once (no other tool runs in between)."""
     forbidden: int = 0
     nudges: int = 0
     pending_calls: list[ToolUse] = field(default_factory=list)
@@ -284,7 +290,7 @@ class Agent:
         if first is not None and first.done() and not first.cancelled() and first.exception():
             run.ending = None  # recording the first ending failed (e.g. LeaseLost): record this
         if run.ending is None:
-            run.ending = asyncio.ensure_future(finish)
+            run.ending = asyncio.ensure_future(self._saved_then(run, finish))
         else:  # already ending; the first ending stands
             _close(finish)
         return await asyncio.shield(run.ending)
@@ -356,7 +362,9 @@ class Agent:
                 await self._checkpoint(run)
                 continue
             run.nudges = 0
-            await self._checkpoint(run)
+            # Checkpointed with the first tool call's count (or whatever the step writes
+            # first), before any tool runs: one transaction instead of two.
+            run.unsaved = True
             effect = await self._run_tools(run, reply.tool_calls, [])
             if effect == "finish":
                 return await self._end(run, self._complete(run))
@@ -409,7 +417,7 @@ class Agent:
         async def record(
             allowed: bool, outcome: str, *, error: str | None = None, text: str = ""
         ) -> None:
-            await self.store.runs.record_tool_call(
+            run.unrecorded.append(
                 ToolCall(
                     order_id=run.number,
                     attempt_id=run.attempt_id,
@@ -448,6 +456,8 @@ class Agent:
             try:
                 if callable(check):
                     check(call.arguments)  # never ask a person about a call that cannot run
+                # The request a person answers names a call the checkpoint holds.
+                await self._save(run)
                 gate = await self._approval(run, call, tool)
             except ToolInputError as exc:
                 await record(True, "error", error=str(exc))
@@ -459,11 +469,17 @@ class Agent:
                 self._count_forbidden(run, call.name, gate.refusal)
                 return tool_result(call.id, f"Not allowed: {gate.refusal}", is_error=True), None
             approver = gate.approver
-        # Counted and shown on the status message in one transaction.
-        await run.guard.charge_tool_call(
-            status=tool.describe(call.arguments),
-            coalesce_s=self.settings.engine.status_update_interval_s,
+        # Counted and shown on the status message, with what the step has not written yet,
+        # in one transaction.
+        counted = await self._save(
+            run,
+            count=run.guard.tool_count(
+                status=tool.describe(call.arguments),
+                coalesce_s=self.settings.engine.status_update_interval_s,
+            ),
         )
+        if not counted:
+            raise run.guard.tool_calls_used_up()
         context = ToolContext(
             order=run.order,
             policy_name=policy_name,
@@ -930,6 +946,21 @@ class Agent:
         await self.store.ledger.settle_orphaned_calls(run.order.id)
         return Outcome("cancelled")
 
+    async def _saved_then(self, run: _Run, finish: Awaitable[Outcome]) -> Outcome:
+        """End a run that stopped mid-step with what the step had not written yet: the calls
+        it made are on record, and a reply it paid for is resumed from, not asked again."""
+        try:
+            await self._save(run)
+        except LeaseLost:
+            pass  # another worker holds the order: what this attempt did is not its to write
+        except Exception as exc:
+            log.warning(
+                "could not save the stopped run's last step: %s",
+                exc,
+                extra={"order": run.order.id},
+            )
+        return await finish
+
     async def _lost(self, run: _Run) -> Outcome:
         telemetry.LEASES_LOST.inc()
         await self.store.queue.end_attempt(run.attempt_id, "lost")
@@ -938,16 +969,32 @@ class Agent:
     # Checkpoints and reports
 
     async def _checkpoint(self, run: _Run) -> None:
-        consumed, run.inbox_to_consume = run.inbox_to_consume, 0
-        run.inbox_seen = await _uncut(
-            self.store.queue.save_run_checkpoint(
-                run.attempt_id,
+        run.unsaved = True
+        await self._save(run)
+
+    async def _save(self, run: _Run, *, count: ToolCount | None = None) -> bool:
+        """Write what the step has not written yet (its tool calls, its checkpoint) and
+        `count`, in one transaction; whether `count` was counted."""
+        if not (run.unsaved or run.unrecorded or count):
+            return False
+        checkpoint = None
+        if run.unsaved:
+            checkpoint = Checkpoint(
                 messages=run.messages,
                 step=run.step,
                 elapsed_ms=run.elapsed_ms(),
-                consumed_inbox=consumed,
+                consumed_inbox=run.inbox_to_consume,
+            )
+        calls, run.unrecorded = run.unrecorded, []
+        saved = await _uncut(
+            self.store.runs.save_step(
+                run.attempt_id, tool_calls=calls, checkpoint=checkpoint, count=count
             )
         )
+        if checkpoint is not None:
+            run.unsaved, run.inbox_to_consume = False, 0
+            run.inbox_seen = saved.inbox
+        return bool(saved.counted)
 
     async def _status(self, run: _Run, step: str) -> None:
         """Show what the run is doing on its status message (through the outbox, at most one

@@ -238,6 +238,16 @@ def _stop_message(limit: str, headroom: Headroom, input_tokens: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ToolCount:
+    """One tool call to count against the order's ceiling, and the status it shows (what the
+    call does, coalesced as a run's steps are)."""
+
+    max_tool_calls: int
+    status: str | None = None
+    coalesce_s: float = 0.0
+
+
 @dataclass
 class Reservation:
     call_id: int
@@ -418,6 +428,16 @@ class BudgetGuard:
             self.overrun = (cost, reservation.reserved_micro_usd)
         return cost
 
+    def tool_count(self, *, status: str | None = None, coalesce_s: float = 0.0) -> ToolCount:
+        """A tool call to count, written with the rest of the run's step (`RunsStore.save_step`);
+        a count the ceiling refused is `tool_calls_used_up()`."""
+        return ToolCount(self.budget.max_tool_calls, status, coalesce_s)
+
+    def tool_calls_used_up(self) -> BudgetExceeded:
+        return BudgetExceeded(
+            "tool_calls", f"the order has used all of its {self.budget.max_tool_calls} tool calls"
+        )
+
     async def charge_tool_call(self, *, status: str | None = None, coalesce_s: float = 0.0) -> None:
         """Count one tool call against the ceiling; `status` (what the call does) is shown on the
         order's status message in the same transaction (coalesced as a run's steps are)."""
@@ -428,7 +448,4 @@ class BudgetGuard:
             status=status,
             status_coalesce_s=coalesce_s,
         ):
-            raise BudgetExceeded(
-                "tool_calls",
-                f"the order has used all of its {self.budget.max_tool_calls} tool calls",
-            )
+            raise self.tool_calls_used_up()

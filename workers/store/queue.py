@@ -31,6 +31,7 @@ from workers.store.outbox import (
     status_item,
     write_outbox,
 )
+from workers.store.runs import Checkpoint, write_checkpoint
 from workers.store.spend import SpendStore
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -624,22 +625,9 @@ class QueueStore(SpendStore):
         holds now (read under the lock), for the next step: no read of its own."""
         async with self.transaction() as s:
             row = await fenced_row(self, s, attempt_id)
-            inbox = list(row.inbox or [])[consumed_inbox:]
-            values: dict[str, Any] = {"elapsed_ms": elapsed_ms}
-            if consumed_inbox:
-                values["inbox"] = inbox
-            saved = (
-                update(RunAttempt)
-                .where(col(RunAttempt.id) == attempt_id)
-                .values(checkpoint=messages, step=step, checkpoint_at=utcnow())
+            return await write_checkpoint(
+                self, s, row, attempt_id, Checkpoint(messages, step, elapsed_ms, consumed_inbox)
             )
-            timed = update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(**values)
-            if self._sqlite:
-                await s.exec(saved)
-                await s.exec(timed)
-            else:  # one round trip: the attempt's update rides along as a CTE
-                await s.exec(timed.add_cte(saved.cte("checkpoint")))
-        return inbox
 
     async def add_to_inbox(
         self,

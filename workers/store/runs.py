@@ -4,16 +4,29 @@ and their verdicts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.audit import deliverable_facts, tool_call_facts
+from workers.budget import ToolCount
 from workers.errors import NotFound
-from workers.models import Deliverable, DeliverableFile, LlmCall, RunAttempt, ToolCall, WorkOrderRow
+from workers.models import (
+    Deliverable,
+    DeliverableFile,
+    LlmCall,
+    RunAttempt,
+    ToolCall,
+    WorkOrderRow,
+    utcnow,
+)
 from workers.store.base import OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
+from workers.store.outbox import run_step_item, write_outbox
 from workers.workorder import format_order_id
 
 
@@ -36,6 +49,65 @@ class HandedInFile(Protocol):
     def sha256(self) -> str: ...
 
 _PerOrder = TypeVar("_PerOrder", RunAttempt, LlmCall, ToolCall, Deliverable)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The agent's history after a step, the running time, and how much of the requester's
+    inbox the step read."""
+
+    messages: list[dict[str, Any]]
+    step: int
+    elapsed_ms: int
+    consumed_inbox: int = 0
+
+
+@dataclass(frozen=True)
+class StepSaved:
+    inbox: list[dict[str, Any]] | None
+    """What the inbox holds now, read under the lock (None: no checkpoint was written)."""
+    counted: bool
+    """The tool call was counted (False: none was asked for, or the ceiling refused it)."""
+
+
+async def write_checkpoint(
+    store: StoreBase, s: AsyncSession, row: WorkOrderRow, attempt_id: int, checkpoint: Checkpoint
+) -> list[dict[str, Any]]:
+    """Save `checkpoint` on the attempt whose order row `row` the transaction holds locked;
+    what the inbox holds after the part the step read."""
+    inbox = list(row.inbox or [])[checkpoint.consumed_inbox :]
+    values: dict[str, Any] = {"elapsed_ms": checkpoint.elapsed_ms}
+    if checkpoint.consumed_inbox:
+        values["inbox"] = inbox
+    saved = (
+        update(RunAttempt)
+        .where(col(RunAttempt.id) == attempt_id)
+        .values(checkpoint=checkpoint.messages, step=checkpoint.step, checkpoint_at=utcnow())
+    )
+    timed = update(WorkOrderRow).where(col(WorkOrderRow.id) == row.id).values(**values)
+    if store._sqlite:
+        await s.exec(saved)
+        await s.exec(timed)
+    else:  # one round trip: the attempt's update rides along as a CTE
+        await s.exec(timed.add_cte(saved.cte("checkpoint")))
+    return inbox
+
+
+async def count_tool_call_in(s: AsyncSession, row: WorkOrderRow, count: ToolCount) -> bool:
+    """Count one tool call of the order whose row the transaction holds locked, if the ceiling
+    allows it, and show its `status` in the same transaction; False (nothing counted) if not."""
+    result = await s.exec(
+        update(WorkOrderRow)
+        .where(
+            col(WorkOrderRow.id) == row.id,
+            col(WorkOrderRow.tool_calls) < count.max_tool_calls,
+        )
+        .values(tool_calls=WorkOrderRow.tool_calls + 1)
+    )
+    counted = result.rowcount == 1
+    if counted and count.status is not None:
+        await write_outbox(s, row.id, [run_step_item(row, count.status, count.coalesce_s)])
+    return counted
 
 
 class RunsStore(StoreBase):
@@ -87,15 +159,42 @@ class RunsStore(StoreBase):
                 row: WorkOrderRow | None = await fenced_row(self, s, call.attempt_id)
             else:
                 row = await s.get(WorkOrderRow, call.order_id)
-            s.add(call)
-            await s.flush()
-            # Whom the call ran for: a downstream system's log that shows only a service
-            # account traces back, through this event, to a person.
-            await self._append_audit(
-                s, format_order_id(call.order_id), actor="engine", kind="tool_call",
-                data={**tool_call_facts(call), "requester": row.requester if row else None},
-            )  # fmt: skip
+            await self._record_tool_call(s, call, row)
         return call
+
+    async def _record_tool_call(
+        self, s: AsyncSession, call: ToolCall, row: WorkOrderRow | None
+    ) -> None:
+        s.add(call)
+        await s.flush()
+        # Whom the call ran for: a downstream system's log that shows only a service
+        # account traces back, through this event, to a person.
+        await self._append_audit(
+            s, format_order_id(call.order_id), actor="engine", kind="tool_call",
+            data={**tool_call_facts(call), "requester": row.requester if row else None},
+        )  # fmt: skip
+
+    async def save_step(
+        self,
+        attempt_id: int,
+        *,
+        tool_calls: Sequence[ToolCall] = (),
+        checkpoint: Checkpoint | None = None,
+        count: ToolCount | None = None,
+    ) -> StepSaved:
+        """What a run step writes, in one transaction under the attempt's lease (LeaseLost if
+        it no longer holds it): the tool calls it made, each with its audit event; its
+        checkpoint; and the count of the tool call it is about to make, with the status that
+        call shows. Apart, each was a transaction with a fenced read of its own."""
+        async with self.transaction() as s:
+            row = await fenced_row(self, s, attempt_id)
+            for call in tool_calls:
+                await self._record_tool_call(s, call, row)
+            inbox = None
+            if checkpoint is not None:
+                inbox = await write_checkpoint(self, s, row, attempt_id, checkpoint)
+            counted = count is not None and await count_tool_call_in(s, row, count)
+        return StepSaved(inbox=inbox, counted=counted)
 
     async def tool_calls(self, ref: OrderRef) -> list[ToolCall]:
         return await self._of_order(ToolCall, ref, col(ToolCall.id))

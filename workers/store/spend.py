@@ -21,13 +21,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from workers.audit import SYSTEM_CHAIN, model_call_facts
-from workers.budget import CallPlan, Headroom, usd_to_micro
+from workers.budget import CallPlan, Headroom, ToolCount, usd_to_micro
 from workers.errors import BudgetExceeded, NotFound
 from workers.models import IntakeSlot, LlmCall, TeamSpend, WorkOrderRow
 from workers.progress import Spend
 from workers.store.base import Also, OrderRef, StoreBase, order_number
 from workers.store.leases import fenced_row
-from workers.store.outbox import run_step_item, write_outbox
+from workers.store.runs import count_tool_call_in
 from workers.workorder import Budget, format_order_id
 
 if TYPE_CHECKING:
@@ -360,19 +360,13 @@ class SpendStore(StoreBase):
         `status` (what the call does) shown on the order's status message in the same
         transaction, under the lock the fence took: one round trip less per tool call."""
         async with self.transaction() as s:
-            row = await fenced_row(self, s, attempt_id) if attempt_id is not None else None
-            result = await s.exec(
-                update(WorkOrderRow)
-                .where(
-                    col(WorkOrderRow.id) == order_number(ref),
-                    col(WorkOrderRow.tool_calls) < max_tool_calls,
-                )
-                .values(tool_calls=WorkOrderRow.tool_calls + 1)
+            if attempt_id is not None:
+                row = await fenced_row(self, s, attempt_id)
+            else:
+                row = await self._row(s, ref, for_update=True)
+            return await count_tool_call_in(
+                s, row, ToolCount(max_tool_calls, status if attempt_id is not None else None, status_coalesce_s)
             )
-            counted = result.rowcount == 1
-            if counted and status is not None and row is not None:
-                await write_outbox(s, order_number(ref), [run_step_item(row, status, status_coalesce_s)])
-            return counted
 
     async def set_team_quota(
         self, team: str, week: str, *, quota_micro_usd: int | None, actor: str
