@@ -94,7 +94,7 @@ async def test_failing_criterion_gets_one_automatic_revision(pipe: Pipeline) -> 
     order_id = await pipe.order_started(
         submit("v1 without sources"), submit("v2 with sources for everyone")
     )
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     revision_request = json.dumps(pipe.anthropic.requests[-1]["messages"])
     assert "no source for Globex" in revision_request, "the run saw the verifier's findings"
     assert not pipe.posts_with("v1 without sources"), (
@@ -110,7 +110,7 @@ async def test_failing_criterion_gets_one_automatic_revision(pipe: Pipeline) -> 
 async def test_failures_after_the_last_revision_go_to_the_reviewer_honestly(pipe: Pipeline) -> None:
     pipe.openai.script(verdicts(True, False, True), verdicts(True, False, True))
     order_id = await pipe.order_started(submit("v1"), submit("v2 still missing a source"))
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     prompt = await pipe.post(APPROVE_ACTION)
     text = json.dumps(prompt["blocks"], ensure_ascii=False)
     assert "1 of 3 criteria *not met*" in text and "❌ Every price cites a source URL" in text
@@ -142,7 +142,7 @@ async def test_request_changes_rework_then_approve(pipe: Pipeline) -> None:
         private_metadata=view["private_metadata"],
     )
     assert (await pipe.bot.sender.action(feedback))[0] == 200
-    await pipe.slack.wait_until(lambda: bool(pipe.posts_with("v2 with annual prices")), within=20)
+    await pipe.slack.wait_until(lambda: bool(pipe.posts_with("v2 with annual prices")))
     await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     assert "Add annual prices." in json.dumps(pipe.anthropic.requests[-1]["messages"])
     row = await pipe.bot.store.orders.get_row(order_id)
@@ -179,7 +179,7 @@ async def test_the_changes_modal_is_acknowledged_before_its_work_is_done(
     finally:
         gate.set()
     await pipe.update("Changes requested* by <@U7>")
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
 
 
 async def test_request_changes_is_one_transaction(pipe: Pipeline) -> None:
@@ -431,7 +431,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     order_id = await pipe.order_started(
         Reply.tool("read_thread", {}), submit("v1 after extension"), budget={"max_tool_calls": 1}
     )
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     exception = await pipe.post(EXTEND_ACTION)
     text = exception["text"]
     assert "Budget exhausted" in text and "<@U1>" in text and "Spend so far" in text
@@ -451,7 +451,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     assert (await pipe.bot.store.orders.get_order(order_id)).status is Status.EXCEPTION
 
     await pipe.click(EXTEND_ACTION, order_id, "UADMIN")
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     order = await pipe.bot.store.orders.get_order(order_id)
     assert order.budget.max_tool_calls == 2
     await pipe.post("v1 after extension")
@@ -471,7 +471,7 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
     order_id = await pipe.order_started(
         *[Reply.tool("read_thread", {}) for _ in range(4)], budget={"max_tool_calls": 3}
     )
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     await pipe.post(EXTEND_CUSTOM_ACTION)  # pressed on the notice, once it is in the thread
     await pipe.click(EXTEND_CUSTOM_ACTION, order_id, "U1")
     [opened] = await pipe.slack.wait_for("views.open")
@@ -502,7 +502,7 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
         private_metadata=view["private_metadata"],
     )
     assert (await pipe.bot.sender.action(ok))[0] == 200
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     assert (await pipe.bot.store.orders.get_order(order_id)).budget.max_usd == 5.0
     # The notice shows the extension as the +50 % button's would: its buttons give way.
     notice, ts = await pipe.post(EXTEND_ACTION), _notice_ts(pipe, EXTEND_ACTION)
@@ -535,7 +535,7 @@ async def test_exception_kinds_post_plain_messages_with_buttons(
         else [Reply.error(401, "invalid x-api-key")]
     )
     order_id = await pipe.order_started(*replies, authority_policy="default")
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     exception = await pipe.post(EXTEND_ACTION)
     assert title in exception["text"] and "<@U1>" in exception["text"]
     await pipe.click(EXCEPTION_CANCEL_ACTION, order_id, "U1")
@@ -597,13 +597,13 @@ async def test_quiet_order_gets_a_note_saying_why(pipe: Pipeline) -> None:
 async def test_stalled_run_posts_an_exception_and_retry_resumes_it(pipe: Pipeline) -> None:
     chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
     order_id = await pipe.order_started(*chatter)
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     exception = await pipe.post(RETRY_ACTION)
     assert "The run stalled" in exception["text"] and "<@U1>" in exception["text"]
     pipe.openai.script(verdicts(True, True, True))
     pipe.anthropic.script(submit("finally done"))
     await pipe.click(RETRY_ACTION, order_id, "U1")
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     await pipe.post("finally done")
     await pipe.update("Retried by <@U1>")
 
@@ -636,7 +636,7 @@ async def test_a_retry_acknowledgement_slack_fails_to_show_arrives_once_from_the
     retries, only delays it. The deliverer shows it once, on the notice as it was posted."""
     chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
     order_id = await pipe.order_started(*chatter)
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     notice = await pipe.post(RETRY_ACTION)
     ts = _notice_ts(pipe, RETRY_ACTION)
     pipe.slack.fail_next(
@@ -649,7 +649,7 @@ async def test_a_retry_acknowledgement_slack_fails_to_show_arrives_once_from_the
     pipe.anthropic.script(submit("finally done"))
     await pipe.click(RETRY_ACTION, order_id, "U1")
     await pipe.slack.wait_until(lambda: bool(_edits_of(pipe, ts)))
-    await pipe.status_of(order_id, Status.AWAITING_REVIEW, within=20)
+    await pipe.status_of(order_id, Status.AWAITING_REVIEW)
     await bot_idle()
     await pipe.drained()
     [edit] = _edits_of(pipe, ts)
@@ -670,7 +670,7 @@ async def test_an_exception_cancel_whose_acknowledgement_cannot_be_written_is_no
     goes through and the notice shows it once."""
     chatter = [Reply(text="Let me think about this some more.") for _ in range(3)]
     order_id = await pipe.order_started(*chatter)
-    await pipe.status_of(order_id, Status.EXCEPTION, within=20)
+    await pipe.status_of(order_id, Status.EXCEPTION)
     notice = await pipe.post(EXCEPTION_CANCEL_ACTION)
     ts = _notice_ts(pipe, EXCEPTION_CANCEL_ACTION)
     await pipe.drained()
@@ -699,7 +699,7 @@ async def test_quota_wait_beyond_its_limit_becomes_an_exception(
         engine={**FAST_ENGINE, "max_quota_wait_s": 1},
     ) as p:
         order_id = await p.order_started(submit("never runs"))
-        await p.status_of(order_id, Status.EXCEPTION, within=20)
+        await p.status_of(order_id, Status.EXCEPTION)
         exception = await p.post(EXTEND_ACTION)
         assert "Waited too long for team quota" in exception["text"]
         assert (await llm_calls(store, order_id)) == []
