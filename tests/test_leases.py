@@ -20,6 +20,7 @@ from workers.budget import BudgetGuard
 from workers.errors import LeaseLost
 from workers.models import LlmCall, ToolCall, utcnow
 from workers.runtime import Worker
+from workers.store.runs import Checkpoint
 from workers.workorder import Status
 
 
@@ -86,6 +87,13 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
         )  # fmt: skip
     with pytest.raises(LeaseLost):
         await guard.charge_tool_call()
+    with pytest.raises(LeaseLost):  # a step's writes together: none of them
+        await h.store.runs.save_step(
+            stale,
+            tool_calls=[ToolCall(order_id=number, attempt_id=stale, name="read_thread")],
+            checkpoint=Checkpoint(messages=[], step=3, elapsed_ms=10),
+            count=guard.tool_count(status="Reading the thread"),
+        )
     with pytest.raises(LeaseLost):
         await h.store.runs.record_tool_call(
             ToolCall(order_id=number, attempt_id=stale, name="read_thread", outcome="ok")

@@ -70,13 +70,30 @@ async def fenced_row(store: StoreBase, s: AsyncSession, attempt_id: int) -> Work
         raise NotFound(f"run attempt {attempt_id} does not exist")
     row, attempt, now = found
     s.info[DATABASE_NOW] = database_time(now)
-    if (
-        attempt.ended_at is not None
-        or row.status != Status.RUNNING.value
-        or row.lease_owner != attempt.worker_id
-    ):
-        raise LeaseLost(
-            f"{format_order_id(attempt.order_id)}: attempt {attempt.number} of "
-            f"{attempt.worker_id} no longer holds the lease"
-        )
+    check_fence(
+        order_id=attempt.order_id,
+        status=row.status,
+        lease_owner=row.lease_owner,
+        attempt_number=attempt.number,
+        attempt_worker=attempt.worker_id,
+        attempt_ended=attempt.ended_at is not None,
+    )
     return row
+
+
+def check_fence(
+    *,
+    order_id: int,
+    status: str,
+    lease_owner: str | None,
+    attempt_number: int,
+    attempt_worker: str,
+    attempt_ended: bool,
+) -> None:
+    """`LeaseLost` unless the attempt is live and its worker holds the running order's lease
+    (for a statement that reads the order and its attempt with more beside them)."""
+    if attempt_ended or status != Status.RUNNING.value or lease_owner != attempt_worker:
+        raise LeaseLost(
+            f"{format_order_id(order_id)}: attempt {attempt_number} of {attempt_worker} no "
+            "longer holds the lease"
+        )

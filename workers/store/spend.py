@@ -23,10 +23,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from workers.audit import SYSTEM_CHAIN, model_call_facts
 from workers.budget import CallPlan, Headroom, ToolCount, usd_to_micro
 from workers.errors import BudgetExceeded, NotFound
-from workers.models import IntakeSlot, LlmCall, TeamSpend, WorkOrderRow
+from workers.models import IntakeSlot, LlmCall, RunAttempt, TeamSpend, WorkOrderRow
 from workers.progress import Spend
 from workers.store.base import Also, OrderRef, StoreBase, order_number
-from workers.store.leases import fenced_row
+from workers.store.leases import check_fence, fenced_row
 from workers.store.runs import count_tool_call_in
 from workers.workorder import Budget, format_order_id
 
@@ -150,21 +150,33 @@ class SpendStore(StoreBase):
         lock_team: bool,
     ) -> tuple[LlmCall, CallPlan]:
         async with self.transaction() as s:
-            if call.attempt_id is not None:  # a run's call: fenced by its lease
-                number = (await fenced_row(self, s, call.attempt_id)).id
-            else:
-                number = order_number(ref)
             conn = await s.connection()
             # The order's row, locked, with the team's week beside it (read, not locked: the
-            # conditional charge below is what keeps the quota exact).
-            query = _ORDER_AND_TEAM if self._sqlite else _ORDER_AND_TEAM_LOCKED
-            found = (
-                await conn.execute(query, {"o_id": number, "team": team, "week": week})
-            ).first()
+            # conditional charge below is what keeps the quota exact); a run's call is fenced
+            # by its lease in the same statement (its attempt locked too).
+            if call.attempt_id is not None:
+                query = _FENCED_ORDER_AND_TEAM if self._sqlite else _FENCED_ORDER_AND_TEAM_LOCKED
+                key = {"attempt_id": call.attempt_id}
+            else:
+                query = _ORDER_AND_TEAM if self._sqlite else _ORDER_AND_TEAM_LOCKED
+                key = {"o_id": order_number(ref)}
+            found = (await conn.execute(query, {**key, "team": team, "week": week})).first()
             if found is None:
+                if call.attempt_id is not None:
+                    raise NotFound(f"run attempt {call.attempt_id} does not exist")
                 raise NotFound(f"{format_order_id(order_number(ref))} does not exist")
             (order_id, budget_json, o_spent, o_reserved, o_spent_tokens, o_reserved_tokens,
-             model_calls, spend_id, t_spent, t_reserved, t_quota) = found  # fmt: skip
+             model_calls, spend_id, t_spent, t_reserved, t_quota) = found[:11]  # fmt: skip
+            if call.attempt_id is not None:
+                status, lease_owner, number, worker, ended_at = found[11:]
+                check_fence(
+                    order_id=order_id,
+                    status=status,
+                    lease_owner=lease_owner,
+                    attempt_number=number,
+                    attempt_worker=worker,
+                    attempt_ended=ended_at is not None,
+                )
             if spend_id is None or lock_team:
                 spend = await self._team_week(s, team, week)
                 spend_id, t_quota = spend.id, spend.quota_micro_usd
@@ -396,6 +408,7 @@ class _TeamContended(Exception):
 _ORDERS = WorkOrderRow.__table__  # type: ignore[attr-defined]
 _SPENDS = TeamSpend.__table__  # type: ignore[attr-defined]
 _CALLS = LlmCall.__table__  # type: ignore[attr-defined]
+_ATTEMPTS = RunAttempt.__table__  # type: ignore[attr-defined]
 
 _ORDER_AND_TEAM = (
     sa_select(
@@ -413,6 +426,24 @@ _ORDER_AND_TEAM = (
     .where(_ORDERS.c.id == bindparam("o_id"))
 )  # fmt: skip
 _ORDER_AND_TEAM_LOCKED = _ORDER_AND_TEAM.with_for_update(of=_ORDERS)
+_FENCED_ORDER_AND_TEAM = (
+    sa_select(
+        *_ORDER_AND_TEAM.selected_columns,
+        _ORDERS.c.status, _ORDERS.c.lease_owner,
+        _ATTEMPTS.c.number, _ATTEMPTS.c.worker_id, _ATTEMPTS.c.ended_at,
+    )
+    .select_from(
+        _ORDERS.join(_ATTEMPTS, _ATTEMPTS.c.order_id == _ORDERS.c.id).outerjoin(
+            _SPENDS,
+            and_(_SPENDS.c.team == bindparam("team"), _SPENDS.c.week == bindparam("week")),
+        )
+    )
+    .where(_ATTEMPTS.c.id == bindparam("attempt_id"))
+)  # fmt: skip
+"""A run's reservation read: its order and the team's week, with what fences it (the order's
+lease and its attempt, as `fenced_row` reads them)."""
+# Order and attempt both locked, as fenced_row locks them; the team's week is not.
+_FENCED_ORDER_AND_TEAM_LOCKED = _FENCED_ORDER_AND_TEAM.with_for_update(of=(_ORDERS, _ATTEMPTS))
 _INSERT_CALL = insert(_CALLS).returning(_CALLS.c.id)
 _RESERVE_TEAM = (
     update(_SPENDS)
