@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -259,7 +260,7 @@ def _main(argv: Sequence[str] | None) -> int:
     }
     try:
         return asyncio.run(handlers[args.command](settings, args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # the latter: Ctrl-C pressed twice
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise  # a ConnectionError too, but about our output, not the database: main() handles it
@@ -546,6 +547,7 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
     from workers.providers import ModelRouter
     from workers.store import Store
 
+    interrupted = _cancel_on_ctrl_c()
     store = Store.for_settings(settings)
     try:
         await store.upgrade()
@@ -560,9 +562,36 @@ async def _console(settings: Settings, args: argparse.Namespace) -> int:
             tz=args.tz,
             read_line=_stdin_line_reader(),
         ).run()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not interrupted.is_set() or task is None:
+            raise
+        task.uncancel()
+        return EXIT_INTERRUPTED
     finally:
         await store.close()
     return EXIT_OK if order_id else EXIT_FAILED
+
+
+def _cancel_on_ctrl_c() -> asyncio.Event:
+    """Ctrl-C cancels the running command, whichever of its threads the kernel hands SIGINT to;
+    the event says it was pressed.
+
+    asyncio.run's own handler runs only when the main thread next runs Python code. Delivered to
+    the thread blocked reading standard input, the signal left an idle loop asleep and the
+    console hung; the loop's handler wakes it through its self-pipe."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    pressed = asyncio.Event()
+
+    def interrupt() -> None:
+        if not pressed.is_set():  # a second press must not cut the clean-up short
+            pressed.set()
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    return pressed
 
 
 async def _doctor(settings: Settings, args: argparse.Namespace) -> int:

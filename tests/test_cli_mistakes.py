@@ -5,8 +5,12 @@ bytes that are not UTF-8, Ctrl-C at a prompt, and configuration mistakes."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
+import platform
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 from tests.support.cli import DELEGATE, cli_env, delegate, provider_env
 from tests.support.databases import Database
+from tests.support.waiting import eventually
 from workers.db import create_engine
 from workers.errors import DatabaseUnavailable
 from workers.migrate import upgrade_when_reachable
@@ -158,6 +163,49 @@ async def test_ctrl_c_at_the_prompt_exits_130_at_once(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
         _, err = await talking
         pytest.fail(f"still running 30 s after Ctrl-C:\n{err.decode()[-6000:]}")
+    assert proc.returncode == 130
+    assert "Traceback" not in err.decode()
+
+
+def _threads(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+
+
+def _reading_stdin(pid: int, tid: int) -> bool:
+    """The thread is blocked in read(0, ...) (x86_64 read is syscall 0, aarch64's is 63)."""
+    read = "0" if platform.machine() == "x86_64" else "63"
+    with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+        return f.read().startswith(f"{read} 0x0 ")
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    syscall_tgkill = 234 if platform.machine() == "x86_64" else 131  # aarch64
+    libc.syscall(syscall_tgkill, pid, tid, sig)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sends the signal to one thread (Linux)")
+async def test_ctrl_c_delivered_to_the_thread_reading_stdin_still_exits(tmp_path: Path) -> None:
+    """The kernel hands a process's SIGINT to any of its threads. Delivered to the one blocked
+    reading standard input, it never woke an idle event loop: the console hung until killed
+    (seen once in CI). Here that thread gets it."""
+    proc = await _console(tmp_path)
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.read(20), 60)  # the prompt: stdin is being read
+
+    def readers() -> list[int]:
+        return [tid for tid in _threads(proc.pid) if _reading_stdin(proc.pid, tid)]
+
+    await eventually(readers)  # the prompt is printed just before the thread starts reading
+    [reader] = readers()
+    _tgkill(proc.pid, reader, signal.SIGINT)
+    talking = asyncio.ensure_future(proc.communicate())
+    try:
+        _, err = await asyncio.wait_for(asyncio.shield(talking), 30)
+    except TimeoutError:
+        proc.kill()
+        await talking
+        pytest.fail("still running 30 s after Ctrl-C")
     assert proc.returncode == 130
     assert "Traceback" not in err.decode()
 
