@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.fakes.anthropic import Reply, ToolUse
 from tests.support.engine import Harness
+from workers.store.runs import Checkpoint
 from workers import queue
 from workers.workorder import Budget, Status
 
@@ -49,7 +50,9 @@ async def test_tools_without_results_run_again_on_resume(harness: Harness) -> No
             ],
         },
     ]
-    await h.store.queue.save_run_checkpoint(claim.attempt.id, messages=history, step=1, elapsed_ms=500)
+    await h.store.runs.save_step(
+        claim.attempt.id, checkpoint=Checkpoint(history, step=1, elapsed_ms=500)
+    )
     await h.store.queue.finish_run(order.id or "", "w1", Status.QUEUED, reason="test: worker died")
     h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
     outcome = await h.run_next(worker_id="w2")
@@ -102,8 +105,8 @@ async def test_wall_clock_carries_over_between_attempts(harness: Harness) -> Non
     )
     claim = await queue.claim(h.store, h.settings, "w1")
     assert claim.attempt is not None and claim.attempt.id is not None
-    await h.store.queue.save_run_checkpoint(
-        claim.attempt.id, messages=[{"role": "user", "content": "go"}], step=0, elapsed_ms=2500
+    await h.store.runs.save_step(
+        claim.attempt.id, checkpoint=Checkpoint([{"role": "user", "content": "go"}], step=0, elapsed_ms=2500)
     )
     await h.store.queue.finish_run(order.id or "", "w1", Status.QUEUED, reason="test")
     outcome = await h.run_next(worker_id="w2")

@@ -75,7 +75,9 @@ async def test_each_write_of_a_fenced_out_attempt_raises_lease_lost(harness: Har
     await _take_over(h, order_id, "rescuer")
 
     with pytest.raises(LeaseLost):
-        await h.store.queue.save_run_checkpoint(stale, messages=[], step=3, elapsed_ms=10)
+        await h.store.runs.save_step(
+            stale, checkpoint=Checkpoint([], step=3, elapsed_ms=10)
+        )
     guard = BudgetGuard(
         h.store.ledger, h.settings, order_number=number, team="default", budget=order.budget,
         attempt_id=stale,
@@ -125,7 +127,9 @@ async def test_an_attempt_reclaimed_by_the_same_worker_fences_the_old_attempt(
     assert first.attempt is not None and first.attempt.id
     await _take_over(h, order.id or "", "w1")
     with pytest.raises(LeaseLost):
-        await h.store.queue.save_run_checkpoint(first.attempt.id, messages=[], step=1, elapsed_ms=0)
+        await h.store.runs.save_step(
+            first.attempt.id, checkpoint=Checkpoint([], step=1, elapsed_ms=0)
+        )
     call = LlmCall(order_id=int((order.id or "")[3:]), attempt_id=first.attempt.id, role="execute",
                    provider="anthropic", model="m")  # fmt: skip
     with pytest.raises(LeaseLost):

@@ -189,6 +189,28 @@ def test_whole_days_of_a_span() -> None:
     assert _gaps(start, start + timedelta(hours=1), []) == [(start, start + timedelta(hours=1))]
 
 
+async def _start_delegate_run(
+    database: Any,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    fake_openai: FakeOpenAI,
+    cwd: Path,
+) -> asyncio.subprocess.Process:
+    """`delegate run` against the fakes, its log on a pipe for `stop_delegate`."""
+    env = cli_env(
+        **database.env(),
+        **provider_env(fake_anthropic, fake_openai),
+        PORT=str(free_port()),
+        SLACK_BOT_TOKEN=fake_slack.token,
+        SLACK_SIGNING_SECRET="s3cr3t-signing",
+        SLACK_API_URL=fake_slack.api_url,
+    )
+    return await asyncio.create_subprocess_exec(
+        str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_delegate_run_summarises_the_closed_days_when_it_starts(
     database: Any,
     fake_slack: FakeSlack,
@@ -200,18 +222,7 @@ async def test_delegate_run_summarises_the_closed_days_when_it_starts(
     try:
         await seed_history(engine)
         expected = await _figures(engine)
-        env = cli_env(
-            **database.env(),
-            **provider_env(fake_anthropic, fake_openai),
-            PORT=str(free_port()),
-            SLACK_BOT_TOKEN=fake_slack.token,
-            SLACK_SIGNING_SECRET="s3cr3t-signing",
-            SLACK_API_URL=fake_slack.api_url,
-        )
-        proc = await asyncio.create_subprocess_exec(
-            str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await _start_delegate_run(database, fake_slack, fake_anthropic, fake_openai, tmp_path)
 
         # Every seeded day has long closed, whatever today's date is.
         seeded = {date(2026, 11, d).isoformat() for d in range(10, 27)}
@@ -245,18 +256,7 @@ async def test_delegate_run_stops_promptly_when_sigterm_lands_mid_summary(
         seed = Seed(engine)
         seed.intake_call(1_000, datetime(2023, 11, 1, 12, tzinfo=UTC), requester="U1")
         await seed.write()
-        env = cli_env(
-            **database.env(),
-            **provider_env(fake_anthropic, fake_openai),
-            PORT=str(free_port()),
-            SLACK_BOT_TOKEN=fake_slack.token,
-            SLACK_SIGNING_SECRET="s3cr3t-signing",
-            SLACK_API_URL=fake_slack.api_url,
-        )
-        proc = await asyncio.create_subprocess_exec(
-            str(DELEGATE), "run", "--host", "127.0.0.1", env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await _start_delegate_run(database, fake_slack, fake_anthropic, fake_openai, tmp_path)
 
         async def summarised() -> int:
             async with engine.connect() as conn:

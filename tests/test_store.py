@@ -17,6 +17,7 @@ from sqlmodel import col
 from tests.support.databases import Database
 from tests.support.factories import make_order
 from tests.support.records import llm_calls
+from workers.store.runs import Checkpoint
 from workers.budget import Headroom, _stop_message
 from workers.db import create_engine
 from workers.errors import BudgetExceeded, IllegalTransition, NotFound, OrderMoved
@@ -155,7 +156,9 @@ async def test_attempts_checkpoints_and_calls_round_trip(store: Store) -> None:
         {"role": "user", "content": "go"},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
     ]
-    await store.queue.save_run_checkpoint(first.id, messages=history, step=2, elapsed_ms=0)
+    await store.runs.save_step(
+        first.id, checkpoint=Checkpoint(history, step=2, elapsed_ms=0)
+    )
     await store.queue.finish_run(
         order.id, "w1", Status.QUEUED, reason="asked to wait", attempt_id=first.id
     )

@@ -31,7 +31,6 @@ from workers.store.outbox import (
     status_item,
     write_outbox,
 )
-from workers.store.runs import Checkpoint, write_checkpoint
 from workers.store.spend import SpendStore
 from workers.workorder import Status, WorkOrder, format_order_id
 
@@ -610,24 +609,6 @@ class QueueStore(SpendStore):
                     )
                 reaped.append(row_to_order(row))
         return reaped
-
-    async def save_run_checkpoint(
-        self,
-        attempt_id: int,
-        *,
-        messages: list[dict[str, Any]],
-        step: int,
-        elapsed_ms: int,
-        consumed_inbox: int = 0,
-    ) -> list[dict[str, Any]]:
-        """Save the agent's history after a step, with the running time and the inbox it read;
-        LeaseLost if the attempt no longer holds the order's lease. Returns what the inbox
-        holds now (read under the lock), for the next step: no read of its own."""
-        async with self.transaction() as s:
-            row = await fenced_row(self, s, attempt_id)
-            return await write_checkpoint(
-                self, s, row, attempt_id, Checkpoint(messages, step, elapsed_ms, consumed_inbox)
-            )
 
     async def add_to_inbox(
         self,
