@@ -330,7 +330,14 @@ async def test_a_worker_serves_its_own_health_and_metrics(
             assert response.status == 200
             assert "delegate_queue_depth" in await response.text()
         fake_slack.tokens = set()  # revoked
-        body = await _health_until(proc, port, lambda status, _: status == 503, log)
+        # /healthz reads the token's state and the shared problem row one after the other, so
+        # one answer can land between the two being set; wait for the token's own word.
+        body = await _health_until(
+            proc,
+            port,
+            lambda status, body: status == 503 and body["slack_token"] != "ok",
+            log,
+        )
         assert body["slack_token"].startswith("refused (invalid_auth)"), body
     finally:
         assert await stop_worker(proc, timeout_s=30) == 0, log.read_text()
