@@ -19,7 +19,7 @@ from bot.blocks import sections, truncate
 from bot.mrkdwn import untrusted
 from bot.slack_client import is_transient
 from bot.threads import Thread
-from workers.errors import RetryLater
+from workers.errors import Busy
 from workers.keys import canvas_key, deliverable_of, file_key
 from workers.progress import RunResult
 from workers.tools.files import delivered_name
@@ -140,7 +140,7 @@ async def _shared_canvas_once(
         order=thread.order, claim_s=CLAIM_S,
     )  # fmt: skip
     if state == "busy":
-        raise RetryLater(BUSY_RETRY_S, f"another process is creating the canvas {key}")
+        raise Busy(BUSY_RETRY_S, f"another process is creating the canvas {key}")
     if state == "posted":
         canvas_id: str | None = existing.ts or ""
     else:

@@ -4,7 +4,9 @@ Every process with a Slack client (`delegate run`, `delegate worker`) runs a `De
 claims the messages that are due, sends each through the `SlackReporter` (rendered from the
 order's current row) and marks it sent. Messages that were written by a process that died
 before sending them are simply due: whichever process looks next sends them, once (their
-idempotency keys make a second attempt find the first post).
+idempotency keys make a second attempt find the first post). A claim on a message is short
+(`OUTBOX_CLAIM_S`) and renewed while its send goes on, so what a process that died had claimed
+goes out from another one within seconds, not minutes.
 
 What Slack answers decides what happens next, per message, so one order's trouble never holds
 up another's:
@@ -28,13 +30,14 @@ from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot.reporter import POST_CLAIM_S, SlackReporter
+from bot.reporter import SlackReporter
 from bot.slack_client import AUTH_ERRORS, looking_before_repeating
 from bot.token_watch import slack_problem
-from workers.errors import NotFound, RetryLater
+from workers.errors import Busy, NotFound, RetryLater
 from workers.models import OutboxMessage
 from workers.store import Store
 from workers.store.outbox import SLACK
+from workers.store.slack import RENEWED_CLAIMS, RenewedClaims
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,12 @@ FIXES = {
 }
 
 
+OUTBOX_CLAIM_S = 15.0
+"""How long a deliverer's claim on a message lasts unless renewed. It is renewed every third of
+that while the send goes on, so the messages a killed process had claimed wait at most this long
+for another process; a slow send keeps its claim however long Slack takes."""
+
+
 def fix_for(error: str | None) -> str:
     return FIXES.get(error or "", "invite the bot / check the channel")
 
@@ -84,9 +93,7 @@ class Deliverer:
         *,
         poll_s: float = 1.0,
         batch: int = 20,
-        # A killed deliverer's messages wait out its claim. The key claim (POST_CLAIM_S) is what
-        # keeps a slow post from being made twice, so this one need not outlast it.
-        claim_s: float = POST_CLAIM_S,
+        claim_s: float = OUTBOX_CLAIM_S,
         backoff_s: float = 2.0,
         max_backoff_s: float = 300.0,
         auth_recheck_s: float = 30.0,
@@ -102,6 +109,9 @@ class Deliverer:
         self.auth_recheck_s = auth_recheck_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[int, RenewedClaims] = {}
+        """The claimed messages whose send has not ended, with the keys each send claimed:
+        their claims are renewed."""
 
     def start(self, stop: asyncio.Event) -> asyncio.Task[None]:
         # Whatever this process's transactions write goes out now, not at the next poll.
@@ -119,6 +129,7 @@ class Deliverer:
         slow to answer (a timeout, the client's own retries) holds up only its own order."""
         next_auth_check = 0.0
         loop = asyncio.get_running_loop()
+        next_renewal = loop.time() + self.claim_s / 3
         sending: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -135,6 +146,11 @@ class Deliverer:
                         due_in = await self._claim_more(sending)
                         if due_in is not None:
                             wait_s = min(wait_s, due_in)
+                    if loop.time() >= next_renewal:
+                        next_renewal = loop.time() + self.claim_s / 3
+                        await self._renew_claims()
+                    if self._in_flight:
+                        wait_s = min(wait_s, max(0.0, next_renewal - loop.time()))
                 except Exception:
                     log.exception("outbox delivery pass failed; retrying")
                 with contextlib.suppress(TimeoutError):
@@ -153,6 +169,8 @@ class Deliverer:
                 self.owner, limit=free, claim_s=self.claim_s
             )
             for message in messages:
+                assert message.id is not None
+                self._in_flight[message.id] = RenewedClaims(self.claim_s)
                 task = asyncio.create_task(self._send(message), name=f"send {message.key}")
                 sending.add(task)
                 task.add_done_callback(lambda done: self._sent(done, sending))
@@ -194,12 +212,33 @@ class Deliverer:
             await asyncio.gather(*(self._send(m) for m in messages))
         return len(messages)
 
+    async def _renew_claims(self) -> None:
+        sends = list(self._in_flight.items())
+        await self.store.outbox.renew_send_claims(
+            self.owner,
+            [message_id for message_id, _ in sends],
+            {key for _, claims in sends for key in claims.keys},
+            claim_s=self.claim_s,
+        )
+
     async def _send(self, message: OutboxMessage) -> None:
+        assert message.id is not None
+        claims = self._in_flight.setdefault(message.id, RenewedClaims(self.claim_s))
+        # Each send is a task of its own, so the key claims it makes are its own.
+        RENEWED_CLAIMS.set(claims)
+        try:
+            await self._send_claimed(message)
+        finally:
+            self._in_flight.pop(message.id, None)
+
+    async def _send_claimed(self, message: OutboxMessage) -> None:
         assert message.id is not None
         extra = {"order": f"WO-{message.order_id}" if message.order_id else "", "key": message.key}
         try:
             with looking_before_repeating():
                 await self.reporter.deliver(message)
+        except Busy as exc:  # another process is posting it: no further back-off
+            await self.store.outbox.outbox_retry(message.id, after_s=exc.after_s, error=str(exc))
         except RetryLater as exc:
             await self._retry(message, str(exc), at_least_s=exc.after_s)
         except SlackApiError as exc:

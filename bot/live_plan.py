@@ -39,7 +39,7 @@ from bot.agent_session import (
 )
 from bot.blocks import Block, cap_blocks, sections
 from bot.mrkdwn import untrusted
-from workers.errors import RetryLater
+from workers.errors import Busy, RetryLater
 from workers.keys import status_key
 from workers.store import Store
 from workers.store.outbox import RUN
@@ -138,7 +138,7 @@ class LivePlan:
         if state == "posted":
             return existing.ts
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is starting {key}")
+            raise Busy(BUSY_RETRY_S, f"another process is starting {key}")
         if state == "retaken":
             await self._lose(order, key, "its start may have happened")
             return None

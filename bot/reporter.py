@@ -70,7 +70,7 @@ from workers import intake_replies
 from workers.config import Settings
 from workers.delivery import replay
 from workers.dialogue import open_points
-from workers.errors import RetryLater
+from workers.errors import Busy, RetryLater
 from workers.keys import card_key, deliverable_of, result_key, review_key, status_key
 from workers.models import OutboxMessage
 from workers.permissions import reviewers_of
@@ -382,7 +382,7 @@ class SlackReporter:
         posted = await self.store.slack.slack_message(card_key(order.id))
         if posted is not None and not posted.ts and posted.claimed_by not in (None, "", UNCERTAIN):
             # Pressed the moment the card showed: it is still being recorded.
-            raise RetryLater(BUSY_RETRY_S, "the card is still being posted")
+            raise Busy(BUSY_RETRY_S, "the card is still being posted")
         if posted is None or not posted.ts:
             return
         blocks = render_card(
@@ -453,7 +453,7 @@ class SlackReporter:
         if state == "posted":
             return existing.ts or ""
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is uploading {file.key}")
+            raise Busy(BUSY_RETRY_S, f"another process is uploading {file.key}")
         if state == "retaken":  # an earlier upload's outcome is unknown: look before uploading
             name = file.filename
             found = await self._look_for(thread, file.key, lambda m: _has_file(m, name))
@@ -604,7 +604,7 @@ class SlackReporter:
         if state == "posted":
             return existing.channel, existing.ts or "", False
         if state == "busy":
-            raise RetryLater(BUSY_RETRY_S, f"another process is posting {key}")
+            raise Busy(BUSY_RETRY_S, f"another process is posting {key}")
         if state == "retaken":
             # Its claimer died, or Slack's answer to its post was lost: it may be there.
             found = await self._look_for(thread, key, lambda m: _has_key(m, key))

@@ -145,6 +145,51 @@ async def test_a_post_slack_is_slow_to_answer_holds_up_no_other_order(
     assert await store.outbox.undelivered() == []
 
 
+async def test_a_send_slower_than_its_claim_renews_it_and_nobody_takes_it_over(
+    store: Store, fake_slack: FakeSlack
+) -> None:
+    """Claims are short (bot.delivery.OUTBOX_CLAIM_S) so that what a killed process had claimed
+    goes out soon from another one; a live sender renews its claims for as long as Slack takes,
+    so nobody else takes the message from under it."""
+    order = await _order(store, channel="C-slow")
+    assert order.id
+    key = exception_key(order.id, 1)
+    answer = fake_slack.channel_gates["C-slow"] = asyncio.Event()
+    await store.outbox.add_to_outbox(order.id, [exception_notice(key, "budget", "out of budget")])
+    reporter = SlackReporter(store=store, client=_client(fake_slack), settings=Settings())
+    sender = Deliverer(store, reporter, poll_s=0.05, claim_s=3.0)
+    other = Deliverer(
+        store,
+        SlackReporter(store=store, client=_client(fake_slack), settings=Settings()),
+        claim_s=3.0,
+    )
+    stop = asyncio.Event()
+    running = sender.start(stop)
+    try:
+        await fake_slack.wait_until(
+            lambda: any(c.args.get("channel") == "C-slow" for c in fake_slack.calls)
+        )
+        [claimed] = await store.outbox.outbox(order.id)
+        assert claimed.claimed_until is not None
+
+        async def renewed() -> bool:
+            [row] = await store.outbox.outbox(order.id)
+            assert row.claimed_until is not None
+            return (row.claimed_until - claimed.claimed_until).total_seconds() >= 2
+
+        await eventually(renewed, interval_s=0.1)  # held past its first claim's end
+        assert await other.deliver_due() == 0
+        answer.set()
+        await fake_slack.wait_until(lambda: key in _posted(fake_slack))
+    finally:
+        answer.set()
+        stop.set()
+        await asyncio.wait_for(running, 20)
+    assert _posted(fake_slack) == [key]
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert await store.outbox.undelivered() == []
+
+
 async def test_one_order_s_undeliverable_message_does_not_hold_up_another_s(
     store: Store, fake_slack: FakeSlack
 ) -> None:

@@ -93,6 +93,11 @@ class RetryLater(DelegateError):
         super().__init__(message or f"retry in {after_s:g} s")
 
 
+class Busy(RetryLater):
+    """Another live process holds the claim on this post: look again after `after_s`, without
+    backing off further (its post ends soon, or its claim runs out when it dies)."""
+
+
 class ProviderUnavailable(DelegateError):
     """Every configured model for this call failed (overloaded, server errors, timeouts)."""
 

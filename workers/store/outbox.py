@@ -33,7 +33,7 @@ from workers.keys import (
     review_key,
     status_key,
 )
-from workers.models import OutboxMessage, ServiceHealth, WorkOrderRow
+from workers.models import OutboxMessage, ServiceHealth, SlackMessage, WorkOrderRow
 from workers.progress import CardNote, Spend
 from workers.states import IN_FLIGHT
 from workers.store.base import OUTBOX_WRITTEN, OrderRef, StoreBase, as_utc, order_number
@@ -579,6 +579,46 @@ class OutboxStore(StoreBase):
                         col(OutboxMessage.sent_at).is_(None),
                     )
                     .values(claimed_until=None)
+                )
+
+    async def renew_send_claims(
+        self, owner: str, message_ids: Collection[int], keys: Collection[str], *, claim_s: float
+    ) -> None:
+        """Extend the claims of the sends `owner` still has going: on the outbox messages, and on
+        the keys those sends are posting. A claim lasts a short while and is renewed while its
+        send goes on, so what a process that died had claimed is taken over soon, while a slow
+        send (a rate-limit wait, Slack's timeout, the client's retries) keeps its own.
+
+        A status row rewritten mid-send has no owner but keeps its claim: it is renewed too,
+        unless another process has taken it over since."""
+        if not message_ids and not keys:
+            return
+        async with self.transaction() as s:
+            until = await database_now(self, s) + timedelta(seconds=claim_s)
+            if message_ids:
+                await s.exec(
+                    update(OutboxMessage)
+                    .where(
+                        col(OutboxMessage.id).in_(list(message_ids)),
+                        col(OutboxMessage.sent_at).is_(None),
+                        col(OutboxMessage.claimed_until).is_not(None),
+                        or_(
+                            col(OutboxMessage.claimed_by) == owner,
+                            col(OutboxMessage.claimed_by).is_(None),
+                        ),
+                    )
+                    .values(claimed_until=until)
+                )
+            if keys:
+                await s.exec(
+                    update(SlackMessage)
+                    .where(
+                        col(SlackMessage.key).in_(list(keys)),
+                        col(SlackMessage.claimed_by) == owner,
+                        or_(col(SlackMessage.ts).is_(None), col(SlackMessage.ts) == ""),
+                    )
+                    .values(claimed_until=until)
+                    .execution_options(synchronize_session=False)
                 )
 
     async def outbox_retry(self, message_id: int, *, after_s: float, error: str) -> None:

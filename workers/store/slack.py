@@ -6,6 +6,8 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -29,6 +31,19 @@ UNCERTAIN = "?uncertain"
 """`claimed_by` of a post that may have been made: whoever claims it next looks first."""
 
 _messages: Table = SlackMessage.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class RenewedClaims:
+    """The key claims one send makes while its sender renews them (bot.delivery): they last
+    `claim_s`, not the caller's longer claim, and `keys` says which to renew."""
+
+    claim_s: float
+    keys: set[str] = field(default_factory=set)
+
+
+RENEWED_CLAIMS: ContextVar[RenewedClaims | None] = ContextVar("renewed_claims", default=None)
+"""Set by a sender for the task of one send; a key claimed inside it joins its renewals."""
 
 
 def delivery_mac(key: AuditKey, event_id: str, delivery: dict[str, Any]) -> str:
@@ -186,13 +201,22 @@ class SlackStore(StoreBase):
         key wins; a claim whose owner died is retaken once it has expired (`claim_s`).
 
         Claim times are the database's: a host whose clock runs ahead must not take a live
-        claim of another process for an expired one (and post the message twice)."""
+        claim of another process for an expired one (and post the message twice).
+
+        Inside a send whose claims are renewed (`RENEWED_CLAIMS`), the claim lasts that send's
+        shorter `claim_s` and is renewed with it."""
+        renewed = RENEWED_CLAIMS.get()
+        if renewed is not None:
+            claim_s = min(claim_s, renewed.claim_s)
         async with self.transaction() as s:
             now = await database_now(self, s)
-            return await self._claim_slack_message(
+            state, row = await self._claim_slack_message(
                 s, key=key, purpose=purpose, channel=channel, owner=owner, order=order,
                 until=now + timedelta(seconds=claim_s), now=now,
             )  # fmt: skip
+        if renewed is not None and state in ("claimed", "retaken"):
+            renewed.keys.add(key)
+        return state, row
 
     async def _claim_slack_message(
         self,
