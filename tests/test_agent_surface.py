@@ -18,6 +18,8 @@ from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.waiting import eventually
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 TABLE = "| Vendor | Price |\n|---|---|\n| Acme | $10 |\n| Globex | $12 |"
 
 

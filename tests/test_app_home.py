@@ -39,6 +39,8 @@ from workers.runtime import run_worker
 from workers.store import Store
 from workers.workorder import Status, Verification
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 THREAD_LINK = "https://test.slack.com/archives/C1/p1700000000000100"
 
 

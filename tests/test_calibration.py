@@ -29,6 +29,8 @@ from workers.store import Store
 from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 
 def submit(content: str) -> Reply:
     return Reply.tool("submit_deliverable", {"content": content, "summary": "Table ready."})

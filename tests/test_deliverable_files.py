@@ -18,6 +18,8 @@ from tests.fakes.anthropic import Reply
 from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 CSV = "vendor,price\nAcme,10\nGlobex,12\n"
 POLICIES = {

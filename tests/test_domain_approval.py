@@ -24,6 +24,8 @@ from workers.tools import ToolRegistry, load_tools
 from workers.tools.suffixes import is_public_suffix
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 HOST = "pricing.example"  # not on the research allowlist; served from loopback for the test
 
 

@@ -26,6 +26,8 @@ from workers.evals.scoring import Run, cohen_kappa, f1, verify_scores
 from workers.store import Store
 from workers.workorder import Status, Verification
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 USAGE = {"input_tokens": 1000, "output_tokens": 100}
 # claude-haiku-4-5: $1 in, $5 out per million tokens: 1000 * 1 + 100 * 5 = 1500 micro-dollars.
 HAIKU_CALL = 1500

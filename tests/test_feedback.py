@@ -33,6 +33,8 @@ from workers.store.reporting.calibration import OrderFeedback
 from workers.store.reporting.metrics import Period
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 DELEGATE = Path(sys.executable).with_name("delegate")
 
 

@@ -20,6 +20,8 @@ from tests.support.bot import RunningBot, running_bot
 from tests.support.settings import SIGNING_SECRET
 from workers.store import Store
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 
 @pytest.fixture
 async def bot(

@@ -17,6 +17,8 @@ from tests.support.intake import chat
 from tests.support.waiting import bot_idle
 from workers.store import Store
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 
 @pytest.fixture
 async def bot(

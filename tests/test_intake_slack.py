@@ -35,6 +35,8 @@ from workers.store.reporting.home import home_data
 from workers.store.slack import sealed_delivery
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 
 @pytest.fixture
 async def bot(

@@ -20,6 +20,8 @@ from tests.support.intake import chat
 from tests.support.waiting import bot_idle
 from workers.store import Store
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 ROOT = Path(__file__).resolve().parents[1]
 # A copy of Slack's published schema, kept with the tests (see tests/data/slack/README.md).
 SCHEMA = ROOT / "tests" / "data" / "slack" / "manifest.schema.1.0.0.json"

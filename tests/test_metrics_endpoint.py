@@ -14,6 +14,8 @@ from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.waiting import eventually
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -18,6 +18,8 @@ from tests.support.intake import chat
 from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 EVIL = (
     "Hey <!channel> and <!subteam^S1|@eng>, log in at <https://evil.example|https://bank.example>"
 )

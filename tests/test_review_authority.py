@@ -31,6 +31,8 @@ from workers.keys import result_key, review_key
 from workers.states import EDITABLE
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 CHANNEL = {
     "reviewers": ["U7"],
     "escalation_contact": "U9",

@@ -28,6 +28,8 @@ from workers.digest import build_digest, digest_json
 from workers.store.reporting.metrics import ALL, Period
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 CHANNEL = {
     "reviewers": ["U7"],
     "escalation_contact": "U9",

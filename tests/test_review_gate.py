@@ -1,5 +1,8 @@
 """The verification gate end to end: Slack in (signed requests), a real worker pool running the
-order, the fake models answering, and the thread showing deliverable, checks and decisions."""
+order, the fake models answering, and the thread showing deliverable, checks and decisions.
+
+Decisions, reworks and retries run on both databases; the tests marked `front_door` are about
+what the thread shows (modals, long texts, notices) and run on SQLite only."""
 
 from __future__ import annotations
 
@@ -154,6 +157,7 @@ async def test_request_changes_rework_then_approve(pipe: Pipeline) -> None:
     await pipe.status_of(order_id, Status.APPROVED)
 
 
+@pytest.mark.front_door
 async def test_the_changes_modal_is_acknowledged_before_its_work_is_done(
     pipe: Pipeline,
 ) -> None:
@@ -208,6 +212,7 @@ async def test_request_changes_is_one_transaction(pipe: Pipeline) -> None:
     await pipe.status_of(order_id, Status.APPROVED)
 
 
+@pytest.mark.front_door
 async def test_unauthorised_approver_is_refused(pipe: Pipeline) -> None:
     pipe.openai.script(verdicts(True, True, True))
     order_id = await pipe.order_started(submit("v1"))
@@ -361,6 +366,7 @@ async def test_a_decision_reaches_the_status_after_its_poster_died(pipe: Pipelin
     assert len(statuses) == 1, "the status message is not posted twice"
 
 
+@pytest.mark.front_door
 async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline) -> None:
     pipe.openai.script(verdicts(True, True, True))
     order_id = await pipe.order_started(submit("v1"))
@@ -385,6 +391,7 @@ async def test_a_status_message_deleted_in_slack_is_posted_again(pipe: Pipeline)
     await eventually(recorded)
 
 
+@pytest.mark.front_door
 async def test_long_deliverable_is_uploaded_as_a_file_where_canvases_are_off(
     pipe: Pipeline,
 ) -> None:
@@ -403,6 +410,7 @@ async def test_long_deliverable_is_uploaded_as_a_file_where_canvases_are_off(
     await pipe.post(APPROVE_ACTION)
 
 
+@pytest.mark.front_door
 async def test_a_200000_character_summary_keeps_the_review_buttons(pipe: Pipeline) -> None:
     """The summary used to fill the prompt's 50 blocks, and the cut took the buttons with it."""
     pipe.openai.script(verdicts(True, True, True))
@@ -466,6 +474,7 @@ async def test_budget_exception_extend_resumes_to_completion(pipe: Pipeline) -> 
     assert edits and edits[-1].data["reason"] == "budget extended"
 
 
+@pytest.mark.front_door
 async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
     # The fourth call exceeds the budget; Extend (x1.5) leaves room for it and the submission.
     order_id = await pipe.order_started(
@@ -522,6 +531,7 @@ async def test_custom_extension_modal_validates(pipe: Pipeline) -> None:
         ("provider", "bad_key", "The model provider is unavailable"),
     ],
 )
+@pytest.mark.front_door
 async def test_exception_kinds_post_plain_messages_with_buttons(
     pipe: Pipeline, kind: str, setup: str, title: str
 ) -> None:
@@ -582,6 +592,7 @@ async def test_reminder_and_escalation_fire_on_time_and_survive_a_restart(pipe: 
     assert len(pipe.posts_with("a reminder")) == 1
 
 
+@pytest.mark.front_door
 async def test_quiet_order_gets_a_note_saying_why(pipe: Pipeline) -> None:
     order_id = await pipe.order_started(
         Reply.tool("ask_requester", {"question": "Which currency?"})
@@ -705,6 +716,7 @@ async def test_quota_wait_beyond_its_limit_becomes_an_exception(
         assert (await llm_calls(store, order_id)) == []
 
 
+@pytest.mark.front_door
 async def test_deadline_at_risk_and_missed_notices(pipe: Pipeline) -> None:
     order_id = await pipe.order_started(
         Reply.tool("ask_requester", {"question": "Which currency?"})
@@ -784,6 +796,7 @@ async def test_requester_reply_resumes_a_parked_run(pipe: Pipeline) -> None:
     assert "EUR please" in json.dumps(pipe.anthropic.requests[-1]["messages"])
 
 
+@pytest.mark.front_door
 async def test_the_card_shows_a_review_decision_slack_first_fails_to_show(pipe: Pipeline) -> None:
     """The card's redraw after a decision is owed by the decision itself (an outbox row of its
     transaction), like the prompt's: Slack failing the edit past the client's own retries only

@@ -7,8 +7,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.anthropic import Reply
 from tests.support.engine import Harness
+
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
 
 
 def verdicts(*passed: bool) -> Reply:

@@ -25,6 +25,8 @@ from tests.support.waiting import bot_idle, eventually
 from workers.providers import ModelRouter
 from workers.store import Store
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 
 @pytest.fixture
 async def socket_mode(fake_slack: FakeSlack) -> AsyncIterator[FakeSocketMode]:

@@ -19,6 +19,8 @@ from workers.tools.registry import load_tools
 from workers.tools.web import AddressGuard, FetchRefused, fetch, forbidden_address, html_to_text
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 ANYWHERE = AuthorityPolicy(tools=["web_fetch"], domains=["*"])
 LIMITS = WebFetchSettings(timeout_s=5, max_bytes=50_000, max_chars=5_000, max_redirects=3)
 # The test server listens on 127.0.0.1; this guard treats exactly that address as public.

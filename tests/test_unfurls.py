@@ -22,6 +22,8 @@ from tests.support.waiting import bot_idle, eventually
 from workers.store import Store
 from workers.workorder import Status, Verification
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 BASE = "https://delegate.example.com/orders/"
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from workers.untrusted import fence
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 CLOSERS = [
     "</untrusted>",
     "</UNTRUSTED>",

@@ -16,6 +16,8 @@ from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
 from tests.support.records import llm_calls
 from workers.workorder import Status
 
+pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
+
 PAGES = [("Acme pricing", "https://acme.example.com/pricing"), ("Elsewhere", "https://evil.test/")]
 POLICIES = {
     "research": {

@@ -4,6 +4,14 @@
 Without a PostgreSQL server the postgres half is skipped on a developer machine and fails in CI
 (`CI=true`).
 
+A module (or test) whose subject is the front door (Slack's surfaces, rendering, HTTP
+hostility, authorisation of clicks) rather than what the database does is marked
+`front_door`: it runs once, on SQLite. The engine and storage modules it calls (orders, queue,
+leases, ledger, audit, outbox, approvals) are tested on both backends in their own modules, and
+the whole pipeline still runs on PostgreSQL in the review-gate, delivery, worker and chaos
+tests. Running every Slack rendering test twice cost the suite about a minute of CPU and found
+nothing a storage test would not.
+
 Each test process migrates one template per backend, once, and every test gets a copy of it (a
 file copy, or `CREATE DATABASE ... TEMPLATE`): running every migration for each of several
 hundred tests was a large share of the suite's time. Migrations themselves are tested in
@@ -215,6 +223,22 @@ def _templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]
     templates = _Templates(tmp_path_factory.mktemp("templates"))
     yield templates
     asyncio.run(templates.drop())
+
+
+FRONT_DOOR = "front_door"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{FRONT_DOOR}: the test is about the front door, not storage: SQLite only"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # As a mark, so that pytest gives the test this parametrization instead of the fixture's.
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(FRONT_DOOR):
+        metafunc.definition.add_marker(pytest.mark.parametrize("database", ["sqlite"], indirect=True))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,7 +13,13 @@ plus worker pool), `processes.py` (worker processes), `slack.py` (modal state), 
 conditions, never on the clock), `cli.py` (the `delegate` command as a subprocess), `records.py`
 (rows only tests read back), `statements.py` (statements an engine sends), `fuzz.py`
 (hypothesis settings and strategies).
+
+It also sets how many test processes `-n auto` starts: one and a half per core.
 """
+
+import os
+
+import pytest
 
 pytest_plugins = [
     "tests.fakes.fixtures",
@@ -22,3 +28,11 @@ pytest_plugins = [
     "tests.support.engine",
     "tests.support.pipeline",
 ]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Tests wait about a quarter of their time (on `delegate` subprocesses, servers, conditions),
+    so with one process per core the cores idled that long; half a process more per core keeps
+    them busy (on 2 cores: 7 min 10 s against 8 min 0 s for the whole suite)."""
+    cores = os.cpu_count() or 1
+    return cores + cores // 2

@@ -22,7 +22,7 @@ FAST_ENGINE: dict[str, Any] = {
     "heartbeat_s": 1,
     "max_attempts": 3,
     "status_update_interval_s": 0,
-    "poll_interval_s": 0.05,
+    "poll_interval_s": 0.5,
     "cancel_poll_s": 0.1,
     "shutdown_grace_s": 2,
     "max_output_tokens": 1024,
