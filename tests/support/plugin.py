@@ -30,6 +30,7 @@ pytest_plugins = [
 ]
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist (-p no:xdist) it is unused
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Tests wait about a quarter of their time (on `delegate` subprocesses, servers, conditions),
     so with one process per core the cores idled that long; half a process more per core keeps
