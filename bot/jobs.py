@@ -4,7 +4,10 @@ they are running.
 APScheduler's own shutdown cancels a running coroutine job without waiting for it, and logs the
 cancellation as the job's failure. A job still holding a database connection once the store had
 closed kept `delegate run` from exiting after SIGTERM: aiosqlite's connection thread is not a
-daemon. `stop()` cancels what runs, waits for it to unwind, then shuts the scheduler down."""
+daemon. `stop()` sets `stopping` (a long sweep looks at it between its units of work and
+returns), gives what runs `grace_s` to end, cancels what has not, waits for it to unwind, then
+shuts the scheduler down. Cancelling is the fallback: a PostgreSQL query cut off by it leaves
+asyncpg's connection to be torn down under the closing store."""
 
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class Jobs:
-    def __init__(self) -> None:
+    def __init__(self, *, grace_s: float = 5.0) -> None:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
-        self._running: set[asyncio.Task[Any]] = set()
+        self.grace_s = grace_s
+        self.stopping = asyncio.Event()
+        """Set by `stop()`: a job that loops stops at its next unit of work."""
+        self._running: dict[asyncio.Task[Any], str] = {}
         self._stopping = False
 
     def every(
@@ -53,10 +59,16 @@ class Jobs:
 
     async def stop(self) -> None:
         self._stopping = True
-        running = list(self._running)
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        self.stopping.set()
+        running = dict(self._running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            for name in running.values():
+                # Every job is a sweep that picks up where it left off at the next start.
+                log.info("stopped the %s job mid-run", name)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
@@ -67,17 +79,15 @@ class Jobs:
         async def tracked(*args: Any) -> Any:
             task = asyncio.current_task()
             assert task is not None
-            self._running.add(task)
+            self._running[task] = name
             try:
                 return await job(*args)
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
-                task.uncancel()
-                # Every job is a sweep that picks up where it left off at the next start.
-                log.info("stopped the %s job mid-run", name)
+                task.uncancel()  # cut off by stop(), which says so
                 return None
             finally:
-                self._running.discard(task)
+                self._running.pop(task, None)
 
         return tracked

@@ -212,7 +212,11 @@ async def run_bot(settings: Settings, *, host: str = "0.0.0.0", concurrency: int
     # Closed days of the leads' metrics, summarised once: at start (every past day, the first
     # time), then hourly.
     jobs.every(
-        SWEEP_INTERVAL_S, store.reporting.summarise_closed_days, id="metric-days", at_start=True
+        SWEEP_INTERVAL_S,
+        store.reporting.summarise_closed_days,
+        args=(jobs.stopping,),
+        id="metric-days",
+        at_start=True,
     )
     add_audit_checkpoints(jobs, settings, store, client)
     if settings.digests:

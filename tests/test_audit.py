@@ -57,6 +57,39 @@ async def test_each_event_links_to_the_previous_hash(store: Store) -> None:
     assert len({e.hash for e in trail}) == len(trail)
 
 
+async def test_appends_by_two_processes_and_a_rolled_back_one_keep_one_intact_chain(
+    database: Database,
+) -> None:
+    """Each process appends after the head it last wrote without reading it first (one round
+    trip less on PostgreSQL); when another process has appended since, or the transaction of
+    its last append rolled back, it must notice and link to the real head."""
+    first, second = Store(database.engine()), Store(database.engine())
+    try:
+        chain = "WO-77"
+        for n in range(3):  # each store's last head is stale by the other's append
+            await first.audit.audit(chain, actor="a", kind="note", data={"n": n})
+            await second.audit.audit(chain, actor="b", kind="note", data={"n": n})
+        with pytest.raises(RuntimeError):
+            async with first.audit.transaction() as s:
+                await first.audit._append_audit(s, chain, actor="a", kind="lost", data={})
+                raise RuntimeError("the transaction fails after its append")
+        await first.audit.audit(chain, actor="a", kind="note", data={"n": "after"})
+
+        trail = await first.audit.audit_trail(chain)
+        assert [(e.seq, e.actor, e.kind) for e in trail] == [
+            (1, "a", "note"), (2, "b", "note"), (3, "a", "note"), (4, "b", "note"),
+            (5, "a", "note"), (6, "b", "note"), (7, "a", "note"),
+        ]  # fmt: skip
+        for before, after in itertools.pairwise(trail):
+            assert after.prev_hash == before.hash
+        checked, breaks = await second.audit.verify_audit()
+        assert breaks == [] and checked == 7
+        assert (await first.audit.audit_heads())[chain].count == 7
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_edited_row_is_detected_and_named(store: Store) -> None:
     order_id = await _order_with_history(store)
     trail = await store.audit.audit_trail(order_id)

@@ -67,6 +67,27 @@ async def test_summarised_days_give_the_same_figures_as_the_rows(database: Any) 
     assert from_rows[1]["total_spend_usd"] == 3.051
 
 
+async def test_a_sweep_asked_to_stop_ends_between_two_days_and_the_next_goes_on(
+    database: Any,
+) -> None:
+    """A shutdown does not cut a sweep off mid-query (on PostgreSQL that left asyncpg's
+    connection to be torn down under the closing store, an ERROR after "Delegate stopped"):
+    the sweep stops after the day it is on, and the next sweep summarises the rest."""
+    engine = database.engine()
+    stop = asyncio.Event()
+    try:
+        await seed_history(engine)
+        first = await summarise_closed_days(engine, now=NOW, limit=3)
+        stop.set()
+        stopped = await summarise_closed_days(engine, now=NOW, stop=stop)
+        rest = await summarise_closed_days(engine, now=NOW)
+    finally:
+        await engine.dispose()
+    assert first == [date(2026, 11, d) for d in range(10, 13)]
+    assert stopped == []
+    assert rest == [date(2026, 11, d) for d in range(13, 27)]
+
+
 async def test_a_summarised_day_keeps_the_figures_it_had(database: Any) -> None:
     """A past week reads as it was reported: an order reclassified after its day was summarised
     does not move that day's spend to another class. Spend on work that ended without approval

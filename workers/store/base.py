@@ -10,8 +10,10 @@ locks rows (FOR UPDATE, SKIP LOCKED) and takes advisory locks, while SQLite's BE
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -131,6 +133,27 @@ def _after_rollback(session: Any, previous_transaction: Any) -> None:
     session.info.pop(_AFTER_COMMIT, None)
 
 
+class HeadsSeen:
+    """The head (count, last hash) this process last wrote on each recent chain, to append the
+    next event without reading the head first: the append moves the head only if it is still
+    that one, and reads it if not (another process appended, or that transaction rolled back).
+    A wrong guess costs a round trip, never a wrong chain."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._heads: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+    def get(self, chain: str) -> tuple[int, str] | None:
+        return self._heads.get(chain)
+
+    def wrote(self, chain: str, count: int, last_hash: str) -> None:
+        self._heads[chain] = (count, last_hash)
+        self._heads.move_to_end(chain)
+        if len(self._heads) > self.LIMIT:
+            self._heads.popitem(last=False)
+
+
 class Database:
     """What the repositories of one store share: the engine and its sessions, the audit key,
     and whom to tell after a commit. One per process and database (`Store` makes it)."""
@@ -142,6 +165,7 @@ class Database:
         self.sqlite = is_sqlite(str(engine.url))
         self.audit_key = audit_key or AuditKey.unkeyed()
         self.total_current = False  # the audit total counts chains (see _upgrade_total)
+        self.heads_seen = HeadsSeen()
         self.queued_listeners: list[Callable[[], None]] = []
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -299,7 +323,9 @@ class StoreBase:
     ) -> ChainRecord:
         """Append one event to `chain` inside the connection's transaction, in two round trips:
         the chain's head row is read locked (it is what serialises appends to one chain), then
-        the event is inserted and the head moved in one statement (PostgreSQL). `also` are
+        the event is inserted and the head moved in one statement (PostgreSQL). Without `also`,
+        a chain this process appended to last is tried first in one round trip, from the head
+        it wrote (`HeadsSeen`); the head is read only when that guess is wrong. `also` are
         further (prebuilt statement, parameters) pairs run in that same statement, so that a
         hot row they lock (a team's week) is held only from there to the commit; SQLite runs
         them one after another.
@@ -308,6 +334,14 @@ class StoreBase:
         it: no row is shared by every append in the system."""
         if not self._total_current:
             await self._upgrade_total(conn)
+        guessed = None if self._sqlite or also else self._db.heads_seen.get(chain)
+        if guessed is not None:
+            record, params = self._chain_record(chain, guessed, actor=actor, kind=kind, data=data)
+            params["h_count"] = guessed[0]
+            event_id = (await conn.execute(_APPEND_IF_HEAD_IS, params)).scalar_one_or_none()
+            if event_id is not None:
+                self._db.heads_seen.wrote(chain, record.seq, record.hash)
+                return replace(record, id=event_id)
         head = (await conn.execute(self._head_query, {"h_chain": chain})).first()
         new_chain = head is None
         if head is None:
@@ -318,9 +352,31 @@ class StoreBase:
             new_chain = head is None
             if head is None:
                 head = (await conn.execute(_LAST_EVENT, {"h_chain": chain})).first()
-        count, prev_hash = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
-        seq = count + 1
-        at = utcnow()
+        head_now = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
+        record, params = self._chain_record(chain, head_now, actor=actor, kind=kind, data=data)
+        for _, extra in also:
+            params.update(extra)
+        if new_chain or self._sqlite:
+            event_id = (await conn.execute(_INSERT_EVENT, params)).scalar_one()
+            await conn.execute(_INSERT_HEAD if new_chain else _MOVE_HEAD, params)
+            for statement, _ in also:
+                await conn.execute(statement, params)
+            if new_chain:  # after `also`: the total's lock is the last one taken
+                await self._count_chain(conn)
+        else:
+            event_id = (
+                await conn.execute(_appending(tuple(st for st, _ in also)), params)
+            ).scalar_one()
+        self._db.heads_seen.wrote(chain, record.seq, record.hash)
+        return replace(record, id=event_id)
+
+    def _chain_record(
+        self, chain: str, head: tuple[int, str], *, actor: str, kind: str, data: dict[str, Any]
+    ) -> tuple[ChainRecord, dict[str, Any]]:
+        """The event that follows `head` (count, last hash) on `chain`, hashed under the audit
+        key, and the parameters that insert it and move the head (its id is set once inserted)."""
+        count, prev_hash = head
+        seq, at = count + 1, utcnow()
         digest = event_hash(
             chain=chain,
             seq=seq,
@@ -345,21 +401,8 @@ class StoreBase:
             "h_chain": chain,
             "h_mac": head_mac(self.audit_key, chain, seq, digest),
         }
-        for _, extra in also:
-            params.update(extra)
-        if new_chain or self._sqlite:
-            event_id = (await conn.execute(_INSERT_EVENT, params)).scalar_one()
-            await conn.execute(_INSERT_HEAD if new_chain else _MOVE_HEAD, params)
-            for statement, _ in also:
-                await conn.execute(statement, params)
-            if new_chain:  # after `also`: the total's lock is the last one taken
-                await self._count_chain(conn)
-        else:
-            event_id = (
-                await conn.execute(_appending(tuple(st for st, _ in also)), params)
-            ).scalar_one()
-        return ChainRecord(
-            id=event_id,
+        record = ChainRecord(
+            id=0,
             chain=chain,
             seq=seq,
             at=at,
@@ -370,6 +413,7 @@ class StoreBase:
             hash=digest,
             scheme=SCHEME_HMAC,
         )
+        return record, params
 
     @property
     def _head_query(self) -> Select[int, str]:
@@ -463,6 +507,32 @@ _HEADS_SUMMARY = sa_select(func.coalesce(func.sum(_HEADS.c.count), 0), func.coun
     _HEADS.c.chain != ALL_CHAINS
 )
 _APPENDING: dict[tuple[UpdateBase, ...], UpdateBase] = {}
+
+
+_MOVED_FROM_GUESS = (
+    update(_HEADS)
+    .where(
+        _HEADS.c.chain == bindparam("h_chain"),
+        _HEADS.c.count == bindparam("h_count"),
+        _HEADS.c.last_hash == bindparam("e_prev_hash"),
+    )
+    .values(_HEAD_VALUES)
+    .returning(_HEADS.c.chain)
+    .cte("moved")
+)
+_APPEND_IF_HEAD_IS = (
+    insert(_EVENTS)
+    .from_select(
+        list(_EVENT_COLUMNS),
+        sa_select(
+            *(bindparam(f"e_{name}", type_=_EVENTS.c[name].type) for name in _EVENT_COLUMNS)
+        ).select_from(_MOVED_FROM_GUESS),
+    )
+    .returning(_EVENTS.c.id)
+    .add_cte(_MOVED_FROM_GUESS)
+)
+"""PostgreSQL, one statement: move the head from the (count, hash) this process last wrote and
+insert the event, or do neither (no row back) if the head has moved since."""
 
 
 def _appending(also: tuple[UpdateBase, ...]) -> UpdateBase:

@@ -5,6 +5,7 @@ repository the front door and the digest use for them; the modules beside it hol
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -53,9 +54,10 @@ class Reporting:
     ) -> list[TeamMetrics]:
         return await metrics.series_metrics(self._engine, settings, team, weeks)
 
-    async def summarise_closed_days(self) -> None:
-        """Summarise every closed day not yet summarised (one process at a time)."""
-        await metric_days.sweep(self._engine)
+    async def summarise_closed_days(self, stop: asyncio.Event | None = None) -> None:
+        """Summarise every closed day not yet summarised (one process at a time), until `stop`
+        is set."""
+        await metric_days.sweep(self._engine, stop=stop)
 
     # calibration from production: the verifier against reviewers, clarification, feedback
     async def calibration(self, settings: Settings, team: str, period: Period) -> Calibration:

@@ -15,6 +15,7 @@ calls (by index, order by order).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -370,16 +371,20 @@ def _durations(start: datetime, end: datetime, team: str, dialect: str) -> Any:
 # ----------------------------------------------------------------------------- summarising days
 
 
-async def sweep(engine: AsyncEngine) -> None:
+async def sweep(engine: AsyncEngine, *, stop: asyncio.Event | None = None) -> None:
     """The scheduled sweep: summarise what closed since the last one (on one process at a
-    time; on its first run, every past day)."""
+    time; on its first run, every past day), until `stop` is set (the next sweep goes on)."""
     async with single_runner(engine, "metric-days") as mine:
         if mine:
-            await summarise_closed_days(engine)
+            await summarise_closed_days(engine, stop=stop)
 
 
 async def summarise_closed_days(
-    engine: AsyncEngine, *, now: datetime | None = None, limit: int | None = None
+    engine: AsyncEngine,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[date]:
     """Summarise every closed UTC day not summarised yet, oldest first (at most `limit`), and
     return them. A day is closed an hour after it ends, once none of its model calls is still
@@ -400,6 +405,8 @@ async def summarise_closed_days(
     summarised: list[date] = []
     day = earliest
     while day < last and (limit is None or len(summarised) < limit):
+        if stop is not None and stop.is_set():  # a shutdown: between two days, never mid-day
+            break
         if day not in done and await _summarise_day(engine, day):
             summarised.append(day)
         day += timedelta(days=1)
