@@ -55,6 +55,7 @@ async def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     assert code == 0 and "up to date" in out
 
 
+@pytest.mark.front_door  # what the operator reads; the trail itself: test_audit
 async def test_audit_prints_and_verifies(database: Database, tmp_path: Path) -> None:
     store = Store(database.engine())
     order = await store.orders.create_order(make_order(), actor="U1")

@@ -34,6 +34,7 @@ from workers.store import Store
 from workers.workorder import Status
 
 
+@pytest.mark.front_door  # the log's shape, not the database's
 async def test_json_lines_follow_one_order_across_the_worker(
     database: Database, fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:

@@ -266,6 +266,48 @@ async def test_run_worker_says_the_outbox_through_its_reporter(harness: Harness)
     assert await h.store.outbox.undelivered() == []
 
 
+async def test_the_model_sdks_are_loaded_when_work_arrives_not_at_start(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing the SDKs costs a process a second or more of CPU and tens of MB: a worker
+    with nothing to do (a bot whose orders other workers take, a restart, a health check)
+    does not pay it. The first queued order has them loaded before it is claimed."""
+    h = harness
+    loads: list[str] = []
+    pools: list[Worker] = []
+
+    async def preload() -> None:
+        loads.append("loading")
+
+    monkeypatch.setattr(h.router, "preload", preload)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(
+            h.settings,
+            reporter=h.reporter,
+            store=h.store,
+            router=h.router,
+            tools=h.tools,
+            stop=stop,
+            handle_signals=False,
+            on_start=pools.append,
+        )
+    )
+    try:
+        await eventually(lambda: bool(pools) and pools[0].last_pass is not None)
+        first_pass = pools[0].last_pass
+        await eventually(lambda: pools[0].last_pass != first_pass)  # idle passes, nothing queued
+        assert loads == []
+        order = await h.order()
+        h.anthropic.script(Reply.tool("submit_deliverable", {"content": "c", "summary": "s"}))
+        await eventually(lambda: bool(h.reporter.results))
+        assert loads == ["loading"]
+        assert (await h.store.orders.get_row(order.id or "")).status != Status.QUEUED.value
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
 async def test_a_worker_claims_nothing_while_the_model_sdks_load(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,6 +103,9 @@ class Worker:
             worker_id=self.worker_id,
             clock=clock,
         )
+        self.router = router
+        self._warmed = False
+        """The model SDKs are loaded (`_warm_for_work`)."""
         self.running: dict[int, _Running] = {}
         self.outcomes: deque[tuple[str, Outcome]] = deque(maxlen=1000)
         self._stopping = asyncio.Event()
@@ -196,8 +199,10 @@ class Worker:
                     await self._reap()
                 # Slack refuses the bot token: no new runs whose results nobody would see.
                 paused = self.paused = await self.store.outbox.problem(SLACK) is not None
+                ready = paused or self._warmed or await self._warm_for_work()
                 while (
-                    not paused
+                    ready
+                    and not paused
                     and len(self.running) < self.concurrency
                     and not self._stopping.is_set()
                 ):
@@ -214,6 +219,26 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(engine.poll_interval_s):
                     await self._wake.wait()
+
+    async def _warm_for_work(self) -> bool:
+        """Load the model SDKs once there is work, before the first claim; False while nothing
+        is queued (nothing to claim, and nothing to load yet).
+
+        Importing them holds the interpreter for a second or more: done on the event loop by a
+        first call, it held up everything else (a separate worker's first status came 1.2 s
+        late); done while a lease is held, it could miss its heartbeats on a loaded machine and
+        be taken over mid-step. So it is done in a thread, with nothing claimed yet. Waiting
+        for work spares a process that never runs an order (a bot whose orders other workers
+        take, a health check, a restart) the import's CPU and memory."""
+        if not await self.store.queue.any_queued():
+            return False
+        loading = asyncio.create_task(self.router.preload(), name="preload model SDKs")
+        with contextlib.suppress(Exception):  # an SDK that cannot be imported fails its call
+            await _unless_stopped(loading, self._stopping)
+        if not loading.done():
+            return False  # stopping
+        self._warmed = True
+        return True
 
     def loop_status(self) -> tuple[bool, str]:
         """(healthy, what to say) of the claim loop: a loop that has not completed a pass for
@@ -350,7 +375,6 @@ async def run_worker(
     store = store or Store.for_settings(settings)
     own_router = router is None
     router = router or ModelRouter.from_settings(settings, store)
-    preloading = asyncio.create_task(router.preload(), name="preload model SDKs")
     own_tools = tools is None
     tools = tools or load_tools(settings, files=files)
     # MCP servers are started (and their tools listed) before the first claim.
@@ -373,16 +397,10 @@ async def run_worker(
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s started with concurrency %d", worker.worker_id, concurrency)
     try:
-        # Nothing is claimed while the SDKs load: the import holds the interpreter for seconds,
-        # and a lease taken meanwhile can miss its heartbeats and be taken over mid-step.
-        with contextlib.suppress(Exception):  # an SDK that cannot be imported fails its call
-            await _unless_stopped(preloading, stop)
         await worker.run(stop)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        preloading.cancel()
-        await asyncio.gather(preloading, return_exceptions=True)
         if local is not None:
             await local.close()
         if own_router:

@@ -198,6 +198,12 @@ class QueueStore(SpendStore):
             await write_outbox(s, row.id or 0, shown)
             return row_to_order(row)
 
+    async def any_queued(self) -> bool:
+        """Whether any order is queued (due now or later; admission may still hold it back)."""
+        async with self._sessions() as s:
+            query = select(WorkOrderRow.id).where(WorkOrderRow.status == Status.QUEUED.value)
+            return (await s.exec(query.limit(1))).first() is not None
+
     async def claim(
         self,
         worker_id: str,
