@@ -169,8 +169,6 @@ class Deliverer:
                 self.owner, limit=free, claim_s=self.claim_s
             )
             for message in messages:
-                assert message.id is not None
-                self._in_flight[message.id] = RenewedClaims(self.claim_s)
                 task = asyncio.create_task(self._send(message), name=f"send {message.key}")
                 sending.add(task)
                 task.add_done_callback(lambda done: self._sent(done, sending))

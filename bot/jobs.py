@@ -30,7 +30,6 @@ class Jobs:
         self.stopping = asyncio.Event()
         """Set by `stop()`: a job that loops stops at its next unit of work."""
         self._running: dict[asyncio.Task[Any], str] = {}
-        self._stopping = False
 
     def every(
         self,
@@ -58,7 +57,6 @@ class Jobs:
         self.scheduler.start()
 
     async def stop(self) -> None:
-        self._stopping = True
         self.stopping.set()
         running = dict(self._running)
         if running:
@@ -83,7 +81,7 @@ class Jobs:
             try:
                 return await job(*args)
             except asyncio.CancelledError:
-                if not self._stopping:
+                if not self.stopping.is_set():
                     raise
                 task.uncancel()  # cut off by stop(), which says so
                 return None

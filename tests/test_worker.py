@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -233,7 +233,9 @@ async def test_shutdown_cuts_off_a_step_that_outlasts_the_grace_period(harness: 
     assert h.anthropic.requests[-1]["messages"][1]["content"][0]["name"] == "read_thread"
 
 
-def _pool_in_task(h: Harness, stop: asyncio.Event) -> asyncio.Task[None]:
+def _pool_in_task(
+    h: Harness, stop: asyncio.Event, on_start: Callable[[Worker], object] | None = None
+) -> asyncio.Task[None]:
     """`run_worker` on the harness's store, router and tools, saying the outbox through its
     reporter, until `stop` is set."""
     return asyncio.create_task(
@@ -245,6 +247,7 @@ def _pool_in_task(h: Harness, stop: asyncio.Event) -> asyncio.Task[None]:
             tools=h.tools,
             stop=stop,
             handle_signals=False,
+            on_start=on_start,
         )
     )
 
@@ -281,18 +284,7 @@ async def test_the_model_sdks_are_loaded_when_work_arrives_not_at_start(
 
     monkeypatch.setattr(h.router, "preload", preload)
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_worker(
-            h.settings,
-            reporter=h.reporter,
-            store=h.store,
-            router=h.router,
-            tools=h.tools,
-            stop=stop,
-            handle_signals=False,
-            on_start=pools.append,
-        )
-    )
+    task = _pool_in_task(h, stop, on_start=pools.append)
     try:
         await eventually(lambda: bool(pools) and pools[0].last_pass is not None)
         first_pass = pools[0].last_pass
