@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,6 @@ from workers import queue
 from workers.migrate import upgrade
 from workers.store import Store
 from workers.workorder import Status, WorkloadClass
-
-DELEGATE = Path(sys.executable).with_name("delegate")
 
 
 def _env(settings: Any) -> dict[str, str]:
@@ -42,18 +38,7 @@ def _env(settings: Any) -> dict[str, str]:
 
 
 async def _console(settings: Any, stdin: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        "console",
-        *args,
-        env=_env(settings),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await delegate("console", *args, env=_env(settings), stdin=stdin)
 
 
 async def test_console_dialogue_ends_with_the_confirmed_order_id(
@@ -129,19 +114,8 @@ async def test_the_console_shows_local_times_and_how_to_follow_the_order(
     order_id = lines[-1].removeprefix("Confirmed ")
     assert lines[-2] == f"Follow it with: delegate show {order_id} --tz Europe/Berlin"
 
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        "show",
-        order_id,
-        "--tz",
-        "Europe/Berlin",
-        env=_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    shown, _ = await asyncio.wait_for(proc.communicate(), 60)
-    text = shown.decode()
-    assert proc.returncode == 0
+    code, text, _ = await delegate("show", order_id, "--tz", "Europe/Berlin", env=_env(settings))
+    assert code == 0
     assert f"{order_id}: Competitor pricing one-pager" in text
     assert "State:        queued" in text and "$0.00 of $2.00" in text
     assert "Deadline:     Fri 2031-01-10 09:30 (Europe/Berlin)" in text

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy import select, update
 from bot.blocks import FIELD_TEXT_MAX, HEADER_TEXT_MAX, MESSAGE_BLOCKS_MAX, SECTION_TEXT_MAX
 from bot.digest_blocks import digest_blocks
 from bot.digest_post import SlackDigestPublisher
+from tests.support.cli import delegate
 from tests.support.history import W47, history_settings, seed_history
 from workers.chart import render_chart
 from workers.config import load_settings
@@ -36,7 +36,6 @@ from workers.models import DigestPost, Installation, MetricDay
 from workers.store.reporting import Reporting
 from workers.store.reporting.metrics import Period, WeekPoint
 
-DELEGATE = Path(sys.executable).with_name("delegate")
 REPO = Path(__file__).resolve().parents[1]
 BERLIN_MONDAY_9 = {"channel": "C0LEADS", "cron": "0 9 * * mon", "timezone": "Europe/Berlin"}
 EVERY_MINUTE = {"channel": "C0LEADS", "cron": "* * * * *", "timezone": "UTC"}
@@ -435,16 +434,7 @@ def _cli_env(
 
 
 async def _delegate(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await delegate(*args, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)

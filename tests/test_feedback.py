@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from bot.ids import APPROVE_ACTION, FEEDBACK_ACTION, REJECT_ACTION
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.fakes.slack import FakeSlack
 from tests.support.bot import RunningBot, running_bot
+from tests.support.cli import delegate as run_delegate
 from tests.support.factories import make_order
 from tests.support.intake import chat
 from tests.support.pipeline import Pipeline, PipelineFactory, verdicts
@@ -35,7 +34,6 @@ from workers.workorder import Status
 
 pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
 
-DELEGATE = Path(sys.executable).with_name("delegate")
 
 
 def submit(content: str, summary: str = "Pricing table ready.") -> Reply:
@@ -91,16 +89,8 @@ async def until_rated(store: Store, order_id: str, expected: dict[str, str]) -> 
 
 
 async def delegate(*args: str, database_url: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        *args,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url}
+    return await run_delegate(*args, env=env, timeout=120)
 
 
 async def digest_json(database_url: str) -> dict[str, Any]:

@@ -3,13 +3,10 @@ deliverable and the verifier's verdicts."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
-
 import pytest
 
 from tests.fakes.anthropic import Reply
+from tests.support.cli import delegate
 from tests.support.engine import Harness
 
 pytestmark = pytest.mark.front_door  # SQLite only: tests/support/databases.py
@@ -27,21 +24,11 @@ def verdicts(*passed: bool) -> Reply:
         },
     )
 
-DELEGATE = Path(sys.executable).with_name("delegate")
 
 
 async def _show(harness: Harness, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        "show",
-        *args,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": harness.settings.database_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": harness.settings.database_url}
+    return await delegate("show", *args, env=env)
 
 
 async def test_show_prints_the_deliverable_and_the_verdicts(harness: Harness) -> None:

@@ -3,7 +3,6 @@ run end to end (console, worker, show) with README's own configuration and a scr
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
 import json
@@ -31,7 +30,6 @@ from workers.tools.mcp import McpServers, McpTool
 from workers.workorder import Status
 
 EXAMPLE = REPO / "examples" / "mcp_sqlite"
-DELEGATE = Path(sys.executable).with_name("delegate")
 LOCAL_MODEL = "qwen2.5-7b-instruct"
 
 
@@ -281,19 +279,7 @@ def _all_met() -> Reply:
 
 
 async def _console(env: dict[str, str], stdin: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        "console",
-        "--user",
-        "me",
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await delegate("console", "--user", "me", env=env, stdin=stdin)
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)

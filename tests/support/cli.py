@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ import aiohttp
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
+from tests.support.forkserver import DELEGATE, EXEC_EVERY_COMMAND, forked
 from workers.secret_files import SECRET_VARIABLES
-
-DELEGATE = Path(sys.executable).with_name("delegate")
 
 # Variables a developer's shell might carry that would change what the CLI sees.
 _SCRUB = (
@@ -50,20 +48,32 @@ def cli_env(**values: str) -> dict[str, str]:
 
 
 async def delegate(
-    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    timeout: float = 60,
+    stdin: str | None = None,
 ) -> tuple[int, str, str]:
-    """Run `delegate ARGS`; return (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(DELEGATE),
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    """Run `delegate ARGS` (forked from the fork server, see forkserver.py), `stdin` its
+    input (none: /dev/null); return (exit code, stdout, stderr)."""
+    if EXEC_EVERY_COMMAND:
+        proc = await asyncio.create_subprocess_exec(
+            str(DELEGATE),
+            *args,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        given = None if stdin is None else stdin.encode()
+        out, err = await asyncio.wait_for(proc.communicate(given), timeout)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+    code, out_bytes, err_bytes = await forked(
+        [*args], env=env, cwd=cwd or Path.cwd(), stdin=stdin, timeout=timeout
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return code, out_bytes.decode(), err_bytes.decode()
 
 
 def provider_env(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI) -> dict[str, str]:

@@ -30,6 +30,14 @@ pytest_plugins = [
 ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite starts about 300 `delegate` processes. Where PYTHONDONTWRITEBYTECODE is set
+    (many container images set it), each of them compiled the app from source again, about
+    0.25 s of CPU apiece: the test processes and what they start write the bytecode (into the
+    ignored __pycache__ directories) and reuse it. Set before xdist starts its processes."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist (-p no:xdist) it is unused
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Tests wait about a quarter of their time (on `delegate` subprocesses, servers, conditions),
