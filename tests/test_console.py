@@ -14,7 +14,7 @@ from tests.support.cli import delegate
 from tests.support.factories import make_order
 from tests.support.intake import chat, draft, questions
 from tests.support.processes import spawn_worker, stop_worker
-from tests.support.waiting import eventually
+from tests.support.waiting import PROCESS_START_S, eventually
 from workers import queue
 from workers.migrate import upgrade
 from workers.store import Store
@@ -181,7 +181,7 @@ async def test_the_console_trial_ends_with_the_reviewers_decision(
         async def in_review() -> bool:
             return (await store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
-        await eventually(in_review)
+        await eventually(in_review, timeout_s=PROCESS_START_S)
         code, out, _ = await delegate("show", order_id, env=env)
         assert code == 0 and "State:        awaiting review" in out and "| Acme | $10 |" in out
         assert f"Decide with:  delegate review {order_id} approve|reject|changes" in out

@@ -22,7 +22,7 @@ from tests.support.cli import delegate
 from tests.support.databases import Database
 from tests.support.processes import spawn_worker, stop_worker, worker_env
 from tests.support.settings import FAST_ENGINE
-from tests.support.waiting import eventually
+from tests.support.waiting import PROCESS_START_S, eventually
 from tests.test_docs_examples import REPO, _yaml_block_after
 from workers.config import McpServerSettings
 from workers.store import Store
@@ -328,7 +328,7 @@ async def test_the_churn_one_pager_walk_through(
             assert worker.returncode is None, (tmp_path / "walk.log").read_text()
             return (await store.orders.get_order(order_id)).status is Status.AWAITING_REVIEW
 
-        await eventually(in_review)
+        await eventually(in_review, timeout_s=PROCESS_START_S)
         code, shown, _ = await delegate("show", order_id, env=env)
         assert code == 0 and "State:        awaiting review" in shown
         calls = await store.runs.tool_calls(order_id)

@@ -1,5 +1,6 @@
 """A fork server for `delegate` commands: one process per test process imports what every
-`delegate` start imports (about 1 to 2 s of CPU), then forks a child for each command.
+`delegate` start imports (about 1 to 2 s of CPU), and the model SDKs that a console's or an
+eval's first model call imports (as much again), then forks a child for each command.
 
 The suite runs a few hundred short commands (`delegate audit verify`, `doctor`, `show`,
 `console`, ...). Each child is still a separate process with its own pipes, environment,
@@ -132,6 +133,8 @@ def _stop(server: subprocess.Popen[bytes], directory: str) -> None:
 def _serve(path: str, script: str) -> None:
     sys.path[0] = os.path.dirname(script)  # as the installed script's, not tests/support
     import bot.cli
+    import workers.providers.anthropic
+    import workers.providers.openai  # noqa: F401  (what a console's or eval's first call loads)
 
     bot.cli.build_parser()  # every start builds it: it imports the subcommands' modules
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel

@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable
 
 # Long enough for a loaded 2-core CI machine; a test only ever waits this long when it fails.
 DEADLINE_S = 30.0
+# ... and for a wait that includes starting a `delegate` process and its first order (imports,
+# the model SDKs, an MCP server): about 8 s on an idle machine, over 30 s on a slow, busy one.
+PROCESS_START_S = 120.0
 
 Predicate = Callable[[], object | Awaitable[object]]
 
