@@ -18,7 +18,7 @@ from tests.support.databases import Database
 from workers.config import Settings, load_settings
 
 FAST_ENGINE: dict[str, Any] = {
-    "lease_ttl_s": 2,
+    "lease_ttl_s": 5,  # a busy test process may stall its heartbeats for seconds
     "heartbeat_s": 1,
     "max_attempts": 3,
     "status_update_interval_s": 0,
