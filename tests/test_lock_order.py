@@ -139,3 +139,42 @@ async def test_a_run_that_ends_with_a_call_still_pending_is_charged_its_reservat
     assert [c.outcome for c in await llm_calls(h.store, order.id or "")] == ["interrupted"]
     spend = await team_spend(h.store, "default", quota_week(utcnow()))
     assert spend is not None and spend.reserved_micro_usd == 0 and spend.spent_micro_usd == 1000
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_a_settlement_that_guesses_a_stale_head_charges_the_team_once(
+    database: Database, harness: Harness
+) -> None:
+    """On PostgreSQL a settlement charges the team's week in the statement that appends its
+    audit event from the head this process last wrote. When another process has appended to the
+    chain since, that guess misses: the charge must then not happen in it, only once, with the
+    event, after the head is read."""
+    h = harness
+    order = await _running_with_call(h, "w1", pending_call=False)
+    number, week = int((order.id or "")[3:]), quota_week(utcnow())
+    for n in range(3):
+        call, _ = await h.store.ledger.reserve_spend(
+            number,
+            team="default",
+            week=week,
+            quota_micro_usd=usd_to_micro(100),
+            plan=lambda headroom: CallPlan(100, 1000, 500),
+            call=LlmCall(order_id=number, role="execute", provider="anthropic", model="m"),
+        )
+        other = Store(database.engine())
+        try:
+            await other.audit.audit(order.id or "", actor="other", kind="note", data={"n": n})
+        finally:
+            await other.close()
+        assert call.id is not None
+        settled = await h.store.ledger.settle_spend(
+            call.id, cost_micro_usd=700, tokens=10, usage=None, outcome="ok", latency_ms=1
+        )
+        assert settled
+
+    spend = await team_spend(h.store, "default", week)
+    assert spend is not None and (spend.reserved_micro_usd, spend.spent_micro_usd) == (0, 2100)
+    trail = await h.store.audit.audit_trail(order.id or "")
+    assert [e.kind for e in trail].count("model_call") == 3
+    _, breaks = await h.store.audit.verify_audit()
+    assert breaks == []

@@ -323,22 +323,23 @@ class StoreBase:
     ) -> ChainRecord:
         """Append one event to `chain` inside the connection's transaction, in two round trips:
         the chain's head row is read locked (it is what serialises appends to one chain), then
-        the event is inserted and the head moved in one statement (PostgreSQL). Without `also`,
-        a chain this process appended to last is tried first in one round trip, from the head
-        it wrote (`HeadsSeen`); the head is read only when that guess is wrong. `also` are
-        further (prebuilt statement, parameters) pairs run in that same statement, so that a
-        hot row they lock (a team's week) is held only from there to the commit; SQLite runs
-        them one after another.
+        the event is inserted and the head moved in one statement (PostgreSQL). A chain this
+        process appended to last is tried first in one round trip, from the head it wrote
+        (`HeadsSeen`); the head is read only when that guess is wrong. `also` (see `Also`) run in
+        that same statement, and only if the event is appended, so that a hot row they lock (a
+        team's week) is held only from there to the commit; SQLite runs them one after another.
 
         The total under "*" counts chains, not events, so only a chain's first append touches
         it: no row is shared by every append in the system."""
         if not self._total_current:
             await self._upgrade_total(conn)
-        guessed = None if self._sqlite or also else self._db.heads_seen.get(chain)
+        guessed = None if self._sqlite else self._db.heads_seen.get(chain)
         if guessed is not None:
             record, params = self._chain_record(chain, guessed, actor=actor, kind=kind, data=data)
-            params["h_count"] = guessed[0]
-            event_id = (await conn.execute(_APPEND_IF_HEAD_IS, params)).scalar_one_or_none()
+            for _, _, extra in also:
+                params.update(extra)
+            appending = _appending_if_head_is(tuple(guarded for _, guarded, _ in also))
+            event_id = (await conn.execute(appending, params)).scalar_one_or_none()
             if event_id is not None:
                 self._db.heads_seen.wrote(chain, record.seq, record.hash)
                 return replace(record, id=event_id)
@@ -354,19 +355,19 @@ class StoreBase:
                 head = (await conn.execute(_LAST_EVENT, {"h_chain": chain})).first()
         head_now = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
         record, params = self._chain_record(chain, head_now, actor=actor, kind=kind, data=data)
-        for _, extra in also:
+        for _, _, extra in also:
             params.update(extra)
         if new_chain or self._sqlite:
             event_id = (await conn.execute(_INSERT_EVENT, params)).scalar_one()
             await conn.execute(_INSERT_HEAD if new_chain else _MOVE_HEAD, params)
-            for statement, _ in also:
+            for statement, _, _ in also:
                 await conn.execute(statement, params)
             if new_chain:  # after `also`: the total's lock is the last one taken
                 await self._count_chain(conn)
         else:
-            event_id = (
-                await conn.execute(_appending(tuple(st for st, _ in also)), params)
-            ).scalar_one()
+            # The head just read is locked: moving it "from" itself cannot miss.
+            appending = _appending_if_head_is(tuple(guarded for _, guarded, _ in also))
+            event_id = (await conn.execute(appending, params)).scalar_one()
         self._db.heads_seen.wrote(chain, record.seq, record.hash)
         return replace(record, id=event_id)
 
@@ -389,6 +390,7 @@ class StoreBase:
             scheme=SCHEME_HMAC,
         )
         params: dict[str, Any] = {
+            "h_count": count,
             "e_chain": chain,
             "e_seq": seq,
             "e_at": at,
@@ -464,8 +466,11 @@ class StoreBase:
         # Not marked current here: if this transaction rolls back, the next append does it.
 
 
-Also = tuple[UpdateBase, dict[str, Any]]
-"""A prebuilt statement (bound parameters named apart from the audit's) and its parameters."""
+Also = tuple[UpdateBase, UpdateBase, dict[str, Any]]
+"""What an append also does, as prebuilt statements (bound parameters named apart from the
+audit's): run on its own (SQLite, a chain's first append), the same guarded by the head's move
+(PostgreSQL: selects from `HEAD_MOVED`, so it happens only if the event is appended), and their
+parameters."""
 
 _EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
 _HEADS = AuditHead.__table__  # type: ignore[attr-defined]
@@ -509,7 +514,7 @@ _HEADS_SUMMARY = sa_select(func.coalesce(func.sum(_HEADS.c.count), 0), func.coun
 _APPENDING: dict[tuple[UpdateBase, ...], UpdateBase] = {}
 
 
-_MOVED_FROM_GUESS = (
+HEAD_MOVED = (
     update(_HEADS)
     .where(
         _HEADS.c.chain == bindparam("h_chain"),
@@ -520,28 +525,24 @@ _MOVED_FROM_GUESS = (
     .returning(_HEADS.c.chain)
     .cte("moved")
 )
-_APPEND_IF_HEAD_IS = (
-    insert(_EVENTS)
-    .from_select(
-        list(_EVENT_COLUMNS),
-        sa_select(
-            *(bindparam(f"e_{name}", type_=_EVENTS.c[name].type) for name in _EVENT_COLUMNS)
-        ).select_from(_MOVED_FROM_GUESS),
-    )
-    .returning(_EVENTS.c.id)
-    .add_cte(_MOVED_FROM_GUESS)
-)
-"""PostgreSQL, one statement: move the head from the (count, hash) this process last wrote and
-insert the event, or do neither (no row back) if the head has moved since."""
+"""PostgreSQL: move the head from the (count, hash) given; no row if it has moved since."""
 
 
-def _appending(also: tuple[UpdateBase, ...]) -> UpdateBase:
-    """PostgreSQL: insert the event, move the head and run `also`, as one statement (built once
-    per combination)."""
+def _appending_if_head_is(also: tuple[UpdateBase, ...]) -> UpdateBase:
+    """PostgreSQL, one statement (built once per combination): move the head from the (count,
+    hash) given, insert the event and run `also`, or, if the head has moved since, do none of
+    them and return no row."""
     found = _APPENDING.get(also)
     if found is None:
-        inserted = _INSERT_EVENT.cte("inserted")
-        found = _MOVE_HEAD.returning(sa_select(inserted.c.id).scalar_subquery()).add_cte(inserted)
+        event = sa_select(
+            *(bindparam(f"e_{name}", type_=_EVENTS.c[name].type) for name in _EVENT_COLUMNS)
+        ).select_from(HEAD_MOVED)
+        found = (
+            insert(_EVENTS)
+            .from_select(list(_EVENT_COLUMNS), event)
+            .returning(_EVENTS.c.id)
+            .add_cte(HEAD_MOVED)
+        )
         for n, statement in enumerate(also):
             found = found.add_cte(statement.cte(f"also_{n}"))
         _APPENDING[also] = found

@@ -25,7 +25,7 @@ from workers.budget import CallPlan, Headroom, ToolCount, usd_to_micro
 from workers.errors import BudgetExceeded, NotFound
 from workers.models import IntakeSlot, LlmCall, RunAttempt, TeamSpend, WorkOrderRow
 from workers.progress import Spend
-from workers.store.base import Also, OrderRef, StoreBase, order_number
+from workers.store.base import HEAD_MOVED, Also, OrderRef, StoreBase, order_number
 from workers.store.leases import check_fence, fenced_row
 from workers.store.runs import count_tool_call_in
 from workers.workorder import Budget, format_order_id
@@ -241,11 +241,12 @@ class SpendStore(StoreBase):
 
         `usage` None means unknown (the call was cut off): the cost given is the worst case.
 
-        One transaction of four statements on PostgreSQL: lock the order's row; settle the
-        call (only if still pending) and move its reservation to spend on the order; read the
-        chain's head; append the audit event, move the head and charge the team's week. The
-        team's row, which every run of the team shares, is locked by that last statement only,
-        until the commit.
+        One transaction of three statements on PostgreSQL: lock the order's row; settle the
+        call (only if still pending) and move its reservation to spend on the order; append the
+        audit event from the head this process last wrote, move the head and charge the team's
+        week (if another process appended since, none of that happens, and it is done again
+        after reading the head: a fourth statement). The team's row, which every run of the
+        team shares, is locked by that last statement only, until the commit.
         """
         params: dict[str, Any] = {
             "call_id": call_id,
@@ -284,6 +285,7 @@ class SpendStore(StoreBase):
                 also.append(
                     (
                         charge,
+                        _SETTLE_TEAM_IF_APPENDED,
                         {
                             "t_team": settled.team,
                             "t_week": settled.quota_week,
@@ -561,3 +563,24 @@ def _settle_team(insert: Any) -> UpdateBase:
 
 _SETTLE_TEAM_PG = _settle_team(pg_insert)
 _SETTLE_TEAM_SQLITE = _settle_team(sqlite_insert)
+_SETTLE_TEAM_IF_APPENDED = (
+    pg_insert(_SPENDS)
+    .from_select(
+        ["team", "week", "spent_micro_usd", "reserved_micro_usd"],
+        sa_select(
+            bindparam("t_team", type_=_SPENDS.c.team.type),
+            bindparam("t_week", type_=_SPENDS.c.week.type),
+            bindparam("t_cost", type_=BigInteger),
+            -bindparam("t_reserved", type_=BigInteger),
+        ).select_from(HEAD_MOVED),
+    )
+    .on_conflict_do_update(
+        index_elements=[_SPENDS.c.team, _SPENDS.c.week],
+        set_={
+            "reserved_micro_usd": _SPENDS.c.reserved_micro_usd - bindparam("t_reserved"),
+            "spent_micro_usd": _SPENDS.c.spent_micro_usd + bindparam("t_cost"),
+        },
+    )
+)
+"""PostgreSQL: the same charge, made only if the settlement's audit event is appended (see
+`Also`), so that it rides in the append's one statement even when that guesses the head."""
