@@ -24,9 +24,10 @@ from workers import queue
 # the step's next write, 24 once the reservation was fenced in the statement that reads the
 # order and the team's week, 23 once an audit append moved the head this process last wrote
 # without reading it first, 22 once the settlement's append did too, its team charge made only
-# if the guess holds (PostgreSQL 15).
-STEP_CEILING = 22
-ORDER_CEILING = 115  # queue 13 + claim 17 + run 85; the deliverer's side is not counted
+# if the guess holds, 21 once the checkpoint's statement counted the step's tool call
+# (PostgreSQL 15).
+STEP_CEILING = 21
+ORDER_CEILING = 113  # queue 13 + claim 17 + run 83; the deliverer's side is not counted
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 

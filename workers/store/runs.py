@@ -71,14 +71,23 @@ class StepSaved:
 
 
 async def write_checkpoint(
-    store: StoreBase, s: AsyncSession, row: WorkOrderRow, attempt_id: int, checkpoint: Checkpoint
+    store: StoreBase,
+    s: AsyncSession,
+    row: WorkOrderRow,
+    attempt_id: int,
+    checkpoint: Checkpoint,
+    *,
+    count_tool_call: bool = False,
 ) -> list[dict[str, Any]]:
-    """Save `checkpoint` on the attempt whose order row `row` the transaction holds locked;
-    what the inbox holds after the part the step read."""
+    """Save `checkpoint` on the attempt whose order row `row` the transaction holds locked (and
+    count one tool call in the same statement); what the inbox holds after the part the step
+    read."""
     inbox = list(row.inbox or [])[checkpoint.consumed_inbox :]
     values: dict[str, Any] = {"elapsed_ms": checkpoint.elapsed_ms}
     if checkpoint.consumed_inbox:
         values["inbox"] = inbox
+    if count_tool_call:
+        values["tool_calls"] = WorkOrderRow.tool_calls + 1
     saved = (
         update(RunAttempt)
         .where(col(RunAttempt.id) == attempt_id)
@@ -93,18 +102,22 @@ async def write_checkpoint(
     return inbox
 
 
-async def count_tool_call_in(s: AsyncSession, row: WorkOrderRow, count: ToolCount) -> bool:
+async def count_tool_call_in(
+    s: AsyncSession, row: WorkOrderRow, count: ToolCount, *, counted: bool | None = None
+) -> bool:
     """Count one tool call of the order whose row the transaction holds locked, if the ceiling
-    allows it, and show its `status` in the same transaction; False (nothing counted) if not."""
-    result = await s.exec(
-        update(WorkOrderRow)
-        .where(
-            col(WorkOrderRow.id) == row.id,
-            col(WorkOrderRow.tool_calls) < count.max_tool_calls,
+    allows it, and show its `status` in the same transaction; False (nothing counted) if not.
+    `counted`: already decided and written with the step's checkpoint."""
+    if counted is None:
+        result = await s.exec(
+            update(WorkOrderRow)
+            .where(
+                col(WorkOrderRow.id) == row.id,
+                col(WorkOrderRow.tool_calls) < count.max_tool_calls,
+            )
+            .values(tool_calls=WorkOrderRow.tool_calls + 1)
         )
-        .values(tool_calls=WorkOrderRow.tool_calls + 1)
-    )
-    counted = result.rowcount == 1
+        counted = result.rowcount == 1
     if counted and count.status is not None:
         await write_outbox(s, row.id, [run_step_item(row, count.status, count.coalesce_s)])
     return counted
@@ -190,10 +203,19 @@ class RunsStore(StoreBase):
             row = await fenced_row(self, s, attempt_id)
             for call in tool_calls:
                 await self._record_tool_call(s, call, row)
+            # On PostgreSQL the fenced read locked the order's row, so its count is the count
+            # now: the checkpoint's statement can make the call's count too.
+            decided = None
+            if count is not None and checkpoint is not None and not self._sqlite:
+                decided = row.tool_calls < count.max_tool_calls
             inbox = None
             if checkpoint is not None:
-                inbox = await write_checkpoint(self, s, row, attempt_id, checkpoint)
-            counted = count is not None and await count_tool_call_in(s, row, count)
+                inbox = await write_checkpoint(
+                    self, s, row, attempt_id, checkpoint, count_tool_call=bool(decided)
+                )
+            counted = count is not None and await count_tool_call_in(
+                s, row, count, counted=decided
+            )
         return StepSaved(inbox=inbox, counted=counted)
 
     async def tool_calls(self, ref: OrderRef) -> list[ToolCall]:
