@@ -1,5 +1,6 @@
 """The `delegate` command run as a real subprocess, with an environment the developer's shell
-cannot leak into."""
+cannot leak into: short commands forked from the fork server (forkserver.py), `delegate run`
+and `delegate worker` started afresh."""
 
 from __future__ import annotations
 

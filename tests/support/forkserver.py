@@ -54,8 +54,14 @@ async def forked(
         sock.connect(path)
         request = {"argv": argv, "env": env, "cwd": str(cwd)}
         socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [in_r, out_w, err_w])
+    except OSError:
+        sock.close()
+        for fd in (out_r, err_r, in_w):
+            if fd != -1:
+                os.close(fd)
+        raise
     finally:
-        for fd in (in_r, out_w, err_w):
+        for fd in (in_r, out_w, err_w):  # the child has its own copies
             os.close(fd)
     feeding = None if stdin is None else asyncio.create_task(_feed(in_w, stdin.encode()))
     out, err = asyncio.create_task(_drain(out_r)), asyncio.create_task(_drain(err_r))

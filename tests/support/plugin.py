@@ -10,9 +10,9 @@ uses without importing it.
 Helpers a test imports by name live next to them: `bot.py` (a running bot), `pipeline.py` (bot
 plus worker pool), `processes.py` (worker processes), `slack.py` (modal state), `intake.py`
 (scripted intake-model replies), `factories.py` (domain objects), `waiting.py` (waiting on
-conditions, never on the clock), `cli.py` (the `delegate` command as a subprocess), `records.py`
-(rows only tests read back), `statements.py` (statements an engine sends), `fuzz.py`
-(hypothesis settings and strategies).
+conditions, never on the clock), `cli.py` (the `delegate` command as a subprocess, short ones
+forked from `forkserver.py`), `records.py` (rows only tests read back), `statements.py`
+(statements an engine sends), `fuzz.py` (hypothesis settings and strategies).
 
 It also sets how many test processes `-n auto` starts: one and a half per core.
 """
