@@ -125,7 +125,9 @@ def _server_socket() -> str:
         assert _server.stdout is not None
         if _server.stdout.readline() != b"ready\n":
             _server.wait()
-            raise RuntimeError(f"the fork server did not start:\n{Path(log).read_text()}")
+            said = Path(log).read_text()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise RuntimeError(f"the fork server did not start:\n{said}")
         atexit.register(_stop, _server, directory)
     return _socket
 
