@@ -31,10 +31,11 @@ pytest_plugins = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The suite starts about 300 `delegate` processes. Where PYTHONDONTWRITEBYTECODE is set
-    (many container images set it), each of them compiled the app from source again, about
-    0.25 s of CPU apiece: the test processes and what they start write the bytecode (into the
-    ignored __pycache__ directories) and reuse it. Set before xdist starts its processes."""
+    """The suite starts many Python processes (test processes, fork servers, `delegate run` and
+    `worker`, MCP servers). Where PYTHONDONTWRITEBYTECODE is set (many container images set
+    it), each compiled the app from source again, about 0.25 s of CPU apiece: they write the
+    bytecode (into the ignored __pycache__ directories) and reuse it. Set before xdist starts
+    its processes."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
