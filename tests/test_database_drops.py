@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
@@ -15,6 +16,7 @@ from tests.support.databases import Database
 from tests.support.engine import Harness
 from tests.support.records import attempts as fetch_attempts
 from tests.support.waiting import eventually
+from workers import db
 from workers.agent import DATABASE_DROPPED
 from workers.workorder import Status
 
@@ -58,8 +60,13 @@ def _drop_once(h: Harness) -> list[int]:
 
 
 async def test_a_run_whose_database_connections_are_killed_is_resumed_not_crashed(
-    harness: Harness, database: Database
+    harness: Harness, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A pooled connection idle for over PING_AFTER_IDLE_S is pinged, and replaced if dead,
+    # before use: on a slow machine the kill below took that long, and the run never saw it.
+    # The run's next statement must meet the killed connection, as one sent just after the
+    # kill does.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
     h = harness
     order = await h.order()
     order_id = order.id or ""
