@@ -333,12 +333,13 @@ class StoreBase:
         it: no row is shared by every append in the system."""
         if not self._total_current:
             await self._upgrade_total(conn)
-        guessed = None if self._sqlite else self._db.heads_seen.get(chain)
-        if guessed is not None:
+        extras = [extra for _, _, extra in also]
+        appending = None if self._sqlite else _appending_if_head_is(tuple(g for _, g, _ in also))
+        guessed = None if appending is None else self._db.heads_seen.get(chain)
+        if appending is not None and guessed is not None:
             record, params = self._chain_record(chain, guessed, actor=actor, kind=kind, data=data)
-            for _, _, extra in also:
+            for extra in extras:
                 params.update(extra)
-            appending = _appending_if_head_is(tuple(guarded for _, guarded, _ in also))
             event_id = (await conn.execute(appending, params)).scalar_one_or_none()
             if event_id is not None:
                 self._db.heads_seen.wrote(chain, record.seq, record.hash)
@@ -355,9 +356,9 @@ class StoreBase:
                 head = (await conn.execute(_LAST_EVENT, {"h_chain": chain})).first()
         head_now = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
         record, params = self._chain_record(chain, head_now, actor=actor, kind=kind, data=data)
-        for _, _, extra in also:
+        for extra in extras:
             params.update(extra)
-        if new_chain or self._sqlite:
+        if new_chain or appending is None:
             event_id = (await conn.execute(_INSERT_EVENT, params)).scalar_one()
             await conn.execute(_INSERT_HEAD if new_chain else _MOVE_HEAD, params)
             for statement, _, _ in also:
@@ -366,7 +367,6 @@ class StoreBase:
                 await self._count_chain(conn)
         else:
             # The head just read is locked: moving it "from" itself cannot miss.
-            appending = _appending_if_head_is(tuple(guarded for _, guarded, _ in also))
             event_id = (await conn.execute(appending, params)).scalar_one()
         self._db.heads_seen.wrote(chain, record.seq, record.hash)
         return replace(record, id=event_id)

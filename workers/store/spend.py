@@ -544,14 +544,22 @@ _SETTLE_BOTH = (
 """PostgreSQL: settle the call and charge its order, one statement."""
 
 
-def _settle_team(insert: Any) -> UpdateBase:
-    """The team's week: the reservation swapped for the cost (created if missing, as before)."""
-    statement = insert(_SPENDS).values(
-        team=bindparam("t_team"),
-        week=bindparam("t_week"),
-        spent_micro_usd=bindparam("t_cost"),
-        reserved_micro_usd=-bindparam("t_reserved", type_=BigInteger),
-    )
+def _settle_team(insert: Any, *, only_if_appended: bool = False) -> UpdateBase:
+    """The team's week: the reservation swapped for the cost (created if missing, as before).
+    `only_if_appended` (PostgreSQL): made only if the settlement's audit event is appended (it
+    selects from `HEAD_MOVED`, see `Also`), so that it rides in the append's one statement even
+    when that guesses the head."""
+    row = {
+        "team": bindparam("t_team", type_=_SPENDS.c.team.type),
+        "week": bindparam("t_week", type_=_SPENDS.c.week.type),
+        "spent_micro_usd": bindparam("t_cost", type_=BigInteger),
+        "reserved_micro_usd": -bindparam("t_reserved", type_=BigInteger),
+    }
+    statement = insert(_SPENDS)
+    if only_if_appended:
+        statement = statement.from_select(list(row), sa_select(*row.values()).select_from(HEAD_MOVED))
+    else:
+        statement = statement.values(row)
     return statement.on_conflict_do_update(
         index_elements=[_SPENDS.c.team, _SPENDS.c.week],
         set_={
@@ -563,24 +571,4 @@ def _settle_team(insert: Any) -> UpdateBase:
 
 _SETTLE_TEAM_PG = _settle_team(pg_insert)
 _SETTLE_TEAM_SQLITE = _settle_team(sqlite_insert)
-_SETTLE_TEAM_IF_APPENDED = (
-    pg_insert(_SPENDS)
-    .from_select(
-        ["team", "week", "spent_micro_usd", "reserved_micro_usd"],
-        sa_select(
-            bindparam("t_team", type_=_SPENDS.c.team.type),
-            bindparam("t_week", type_=_SPENDS.c.week.type),
-            bindparam("t_cost", type_=BigInteger),
-            -bindparam("t_reserved", type_=BigInteger),
-        ).select_from(HEAD_MOVED),
-    )
-    .on_conflict_do_update(
-        index_elements=[_SPENDS.c.team, _SPENDS.c.week],
-        set_={
-            "reserved_micro_usd": _SPENDS.c.reserved_micro_usd - bindparam("t_reserved"),
-            "spent_micro_usd": _SPENDS.c.spent_micro_usd + bindparam("t_cost"),
-        },
-    )
-)
-"""PostgreSQL: the same charge, made only if the settlement's audit event is appended (see
-`Also`), so that it rides in the append's one statement even when that guesses the head."""
+_SETTLE_TEAM_IF_APPENDED = _settle_team(pg_insert, only_if_appended=True)
